@@ -1,0 +1,26 @@
+"""The built-in components, registered through the same hook and entry point as any plugin."""
+from __future__ import annotations
+
+from diffbench.hookspecs import hookimpl
+
+
+@hookimpl
+def diffbench_register(registry) -> None:
+    """Register diffbench's own samplers, schedulers, targets, models and metrics."""
+    from diffbench import models, schedulers, targets
+    from diffbench.samplers import SAMPLERS
+
+    for name, info in SAMPLERS.items():
+        registry.add("sampler", name, info.fn, order=info.order, nfe=info.nfe, stochastic=info.stochastic)
+    for name, fn in schedulers.SCHEDULERS.items():
+        registry.add("scheduler", name, fn, discrete_only=name in ("leading", "trailing"))
+    for name, target in targets.TARGETS.items():
+        registry.add("target", name, target, description=type(target).__doc__.split("\n")[0])
+    for name, loader in models.MODELS.items():
+        registry.add("model", name, loader)
+    try:
+        from diffbench import metrics
+    except ImportError:  # metrics are optional until their module lands
+        return
+    for name, metric in metrics.METRICS.items():
+        registry.add("metric", name, metric)

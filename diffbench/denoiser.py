@@ -1,0 +1,151 @@
+"""The σ-space denoiser D(x, sigma) -> x0_hat that every sampler sees, with NFE counting.
+
+A model's network works in its own coordinates (x_t = alpha x0 + sigma eps, time t, a
+prediction target); ``SigmaDenoiser`` converts, counts every network evaluation per sample
+(classifier-free guidance counts both halves) and accumulates the time spent in the network.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from diffbench.noise import Coef, NoiseSchedule
+
+Network = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+class Denoiser(Protocol):
+    """What samplers call: x0_hat = denoiser(x, sigma) for a batch x at noise level sigma (float)."""
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor: ...
+
+
+@dataclass
+class DiffusionModel:
+    """A pretrained denoiser: raw network, its noise schedule and prediction target, data shape."""
+
+    name: str
+    network: Network  # raw(x_t, t, labels or None) -> target-space output
+    schedule: NoiseSchedule
+    target: Any  # a registered target: to_x0(out, x_t, coef) / from_x0(x0, x_t, coef)
+    shape: tuple[int, ...]
+    num_classes: int | None = None  # class-conditional when set; label num_classes = "no label"
+    checkpoint_hash: str | None = None
+    dataset: str | None = None  # reference dataset for distribution metrics
+    data_range: tuple[float, float] = (-1.0, 1.0)
+    info: dict[str, Any] = field(default_factory=dict)
+    analytic: Any = None  # exact model (e.g. GaussianMixture) where the true score is known
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def to(self, device=None, dtype=None) -> "DiffusionModel":
+        """Move the network (when it is a module) and record the device and dtype."""
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        if isinstance(self.network, torch.nn.Module):
+            self.network.to(device=device, dtype=dtype)
+        if self.analytic is not None and hasattr(self.analytic, "to"):
+            self.analytic = self.analytic.to(device=device, dtype=dtype)
+        self.device, self.dtype = device, dtype
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.name, "checkpoint_hash": self.checkpoint_hash,
+                "target": self.target.name, **self.schedule.describe(), **self.info}
+
+
+class NetworkCounter:
+    """Counts network rows evaluated and time inside the network for one batch of samples."""
+
+    def __init__(self, batch_size: int | None = None, device: torch.device = torch.device("cpu")) -> None:
+        self.batch_size = batch_size  # samples per batch; set from the first call when None
+        self.rows = 0
+        self.calls = 0
+        self._cuda = device.type == "cuda"
+        self._seconds = 0.0
+        self._events: list[tuple[Any, Any]] = []
+
+    @property
+    def nfe(self) -> float:
+        """Network evaluations per sample."""
+        return self.rows / self.batch_size if self.batch_size else 0.0
+
+    def run(self, fn: Callable[..., Tensor], *args: Any) -> Tensor:
+        self.calls += 1
+        self.rows += args[0].shape[0]
+        if self._cuda:  # events, not syncs: the loop never waits for the device
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn(*args)
+            end.record()
+            self._events.append((start, end))
+            return out
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self._seconds += time.perf_counter() - t0
+        return out
+
+    def network_seconds(self) -> float:
+        if self._cuda:
+            torch.cuda.synchronize()
+            self._seconds += sum(s.elapsed_time(e) for s, e in self._events) / 1000.0
+            self._events.clear()
+        return self._seconds
+
+
+class SigmaDenoiser:
+    """σ-space view of a ``DiffusionModel`` with guidance, optional x0 clipping and NFE counting.
+
+    guidance: None → conditional only (one evaluation); w → x0_u + w (x0_c - x0_u), two
+    evaluations batched into one call. ``labels=None`` samples unconditionally.
+    """
+
+    def __init__(self, model: DiffusionModel, *, labels: Tensor | None = None, guidance: float | None = None,
+                 clip_x0: bool = False, quantize: bool = False, counter: NetworkCounter | None = None) -> None:
+        self.model = model
+        self.labels = labels
+        self.guidance = guidance if (guidance is not None and labels is not None and guidance != 1.0) else None
+        self.clip_x0 = clip_x0
+        self.quantize = quantize
+        self.counter = counter or NetworkCounter(None, model.device)
+        self._cache: dict[float, tuple[float, Coef]] = {}
+        if self.guidance is not None:
+            null = torch.full_like(labels, model.num_classes)
+            self._pair_labels = torch.cat([labels, null])
+
+    def _time(self, sigma: float) -> tuple[float, Coef]:
+        hit = self._cache.get(sigma)
+        if hit is None:
+            sched = self.model.schedule
+            s = float(sched.quantize(sigma)) if self.quantize and sched.discrete else sigma
+            t = float(sched.t_of_sigma(s))
+            c = sched.coef(t)
+            hit = self._cache[sigma] = (t, Coef(*(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma))))
+        return hit
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        sigma = float(sigma)
+        if self.counter.batch_size is None:
+            self.counter.batch_size = x.shape[0]
+        t, c = self._time(sigma)
+        x_t = x * c.alpha
+        if self.guidance is None:
+            labels = self.labels
+            if labels is None and self.model.num_classes is not None:
+                labels = torch.full((x.shape[0],), self.model.num_classes, device=x.device, dtype=torch.long)
+            t_in = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+            out = self.counter.run(self.model.network, x_t, t_in, labels)
+            x0 = self.model.target.to_x0(out, x_t, c)
+        else:
+            x_pair = torch.cat([x_t, x_t])
+            t_in = torch.full((x_pair.shape[0],), t, device=x.device, dtype=x.dtype)
+            out = self.counter.run(self.model.network, x_pair, t_in, self._pair_labels)
+            x0_c, x0_u = self.model.target.to_x0(out, x_pair, c).chunk(2)
+            x0 = torch.lerp(x0_u, x0_c, self.guidance)
+        if self.clip_x0:
+            x0 = x0.clamp(*self.model.data_range)
+        return x0

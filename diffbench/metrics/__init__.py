@@ -1,0 +1,4 @@
+"""Built-in metrics: name → metric object with compute(...)."""
+from __future__ import annotations
+
+METRICS: dict = {}

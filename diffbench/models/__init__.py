@@ -1,0 +1,6 @@
+"""Built-in model loaders: name → callable(**options) -> DiffusionModel."""
+from __future__ import annotations
+
+from diffbench.models.gmm import gmm
+
+MODELS = {"gmm": gmm}

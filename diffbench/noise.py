@@ -1,0 +1,203 @@
+"""Noise schedules of pretrained models: x_t = alpha(t) x0 + sigma(t) eps.
+
+Samplers work in σ-space, x = x_t / alpha, σ = sigma(t) / alpha(t); a schedule supplies the
+map between its own time t and σ. All schedule arithmetic is float64 NumPy on the host: it
+runs once per distinct σ, never on the device inside the sampling loop.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+ArrayLike = Any  # float or np.ndarray
+
+
+@dataclass(frozen=True)
+class Coef:
+    """alpha, sigma and their time derivatives at one t (floats or broadcastable arrays)."""
+
+    alpha: Any
+    sigma: Any
+    dalpha: Any = math.nan
+    dsigma: Any = math.nan
+
+
+class NoiseSchedule:
+    """Base class: subclasses define alpha/sigma in their own time t and the σ ↔ t maps."""
+
+    name: ClassVar[str] = ""
+    discrete: ClassVar[bool] = False
+    sigma_min: float
+    sigma_max: float
+
+    def sigma_of_t(self, t: ArrayLike) -> ArrayLike:
+        raise NotImplementedError
+
+    def t_of_sigma(self, sigma: ArrayLike) -> ArrayLike:
+        raise NotImplementedError
+
+    def coef(self, t: ArrayLike) -> Coef:
+        raise NotImplementedError
+
+    @property
+    def t_min(self) -> float:
+        return float(self.t_of_sigma(self.sigma_min))
+
+    @property
+    def t_max(self) -> float:
+        return float(self.t_of_sigma(self.sigma_max))
+
+    def describe(self) -> dict[str, Any]:
+        return {"schedule": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+def _vp_coef(sig_ve: ArrayLike) -> Coef:
+    alpha = 1.0 / np.sqrt(1.0 + np.square(sig_ve))
+    return Coef(alpha, sig_ve * alpha)
+
+
+class DiscreteVP(NoiseSchedule):
+    """DDPM-style VP schedule over ``num_steps`` training timesteps (Ho et al. 2020)."""
+
+    discrete = True
+
+    def __init__(self, betas: np.ndarray) -> None:
+        self.betas = np.asarray(betas, dtype=np.float64)
+        self.alphas_cumprod = np.cumprod(1.0 - self.betas)
+        self.sigmas = np.sqrt((1.0 - self.alphas_cumprod) / self.alphas_cumprod)
+        self.log_sigmas = np.log(self.sigmas)
+        self.num_steps = len(self.betas)
+        self.timesteps = np.arange(self.num_steps)
+        self.sigma_min = float(self.sigmas[0])
+        self.sigma_max = float(self.sigmas[-1])
+
+    def sigma_of_t(self, t: ArrayLike) -> ArrayLike:
+        # log-σ linear interpolation between training timesteps (k-diffusion's DiscreteSchedule)
+        return np.exp(np.interp(t, self.timesteps, self.log_sigmas))
+
+    def t_of_sigma(self, sigma: ArrayLike) -> ArrayLike:
+        return np.interp(np.log(sigma), self.log_sigmas, self.timesteps.astype(np.float64))
+
+    def coef(self, t: ArrayLike) -> Coef:
+        return _vp_coef(self.sigma_of_t(t))
+
+    def quantize(self, sigma: ArrayLike) -> ArrayLike:
+        """Nearest training σ (in log σ) for each σ > 0; σ = 0 stays 0."""
+        sigma = np.asarray(sigma, dtype=np.float64)
+        out = np.zeros_like(sigma)
+        pos = sigma > 0
+        idx = np.abs(np.log(sigma[pos])[:, None] - self.log_sigmas[None, :]).argmin(axis=1)
+        out[pos] = self.sigmas[idx]
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "num_steps": self.num_steps,
+                "beta_start": float(self.betas[0]), "beta_end": float(self.betas[-1])}
+
+
+class LinearVP(DiscreteVP):
+    """Linear-β VP schedule, β from 1e-4 to 0.02 (Ho et al. 2020)."""
+
+    name = "linear"
+
+    def __init__(self, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+        super().__init__(np.linspace(beta_start, beta_end, num_steps, dtype=np.float64))
+
+
+class ScaledLinearVP(DiscreteVP):
+    """Scaled-linear VP schedule, √β linear from √0.00085 to √0.012 (Rombach et al. 2022)."""
+
+    name = "scaled-linear"
+
+    def __init__(self, num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> None:
+        super().__init__(np.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=np.float64) ** 2)
+
+
+class _Continuous(NoiseSchedule):
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+
+class CosineVP(_Continuous):
+    """Cosine VP schedule alpha = cos(πt/2), sigma = sin(πt/2) (Nichol & Dhariwal 2021 form, s = 0)."""
+
+    name = "cosine"
+
+    def sigma_of_t(self, t):
+        return np.tan(0.5 * np.pi * np.asarray(t, dtype=np.float64))
+
+    def t_of_sigma(self, sigma):
+        return 2.0 / np.pi * np.arctan(np.asarray(sigma, dtype=np.float64))
+
+    def coef(self, t):
+        a = 0.5 * np.pi * np.asarray(t, dtype=np.float64)
+        return Coef(np.cos(a), np.sin(a), -0.5 * np.pi * np.sin(a), 0.5 * np.pi * np.cos(a))
+
+
+class VE(_Continuous):
+    """Variance-exploding schedule sigma(t) = σ_min (σ_max/σ_min)^t, t in [0, 1] (Song et al. 2021)."""
+
+    name = "ve"
+
+    def sigma_of_t(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** np.asarray(t, dtype=np.float64)
+
+    def t_of_sigma(self, sigma):
+        return np.log(np.asarray(sigma, dtype=np.float64) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+
+    def coef(self, t):
+        s = self.sigma_of_t(t)
+        return Coef(np.ones_like(s), s, np.zeros_like(s), s * math.log(self.sigma_max / self.sigma_min))
+
+
+class EDM(_Continuous):
+    """EDM schedule sigma(t) = t, alpha = 1 (Karras et al. 2022)."""
+
+    name = "edm"
+
+    def sigma_of_t(self, t):
+        return np.asarray(t, dtype=np.float64)
+
+    def t_of_sigma(self, sigma):
+        return np.asarray(sigma, dtype=np.float64)
+
+    def coef(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        return Coef(np.ones_like(t), t, np.zeros_like(t), np.ones_like(t))
+
+
+class RectifiedFlow(_Continuous):
+    """Rectified flow x_t = (1 - t) x0 + t eps (Liu et al. 2023; Lipman et al. 2023)."""
+
+    name = "flow"
+
+    def sigma_of_t(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        return t / (1.0 - t)
+
+    def t_of_sigma(self, sigma):
+        sigma = np.asarray(sigma, dtype=np.float64)
+        return sigma / (1.0 + sigma)
+
+    def coef(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        return Coef(1.0 - t, t, -np.ones_like(t), np.ones_like(t))
+
+
+SCHEDULES: dict[str, type[NoiseSchedule]] = {
+    cls.name: cls for cls in (LinearVP, ScaledLinearVP, CosineVP, VE, EDM, RectifiedFlow)
+}
+
+
+def make_schedule(name: str, **options: Any) -> NoiseSchedule:
+    """Build a noise schedule by name: linear, scaled-linear, cosine, ve, edm, flow."""
+    try:
+        cls = SCHEDULES[name]
+    except KeyError:
+        raise ValueError(f"unknown noise schedule {name!r}; available: {', '.join(SCHEDULES)}") from None
+    return cls(**options)

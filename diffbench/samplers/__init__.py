@@ -1,0 +1,57 @@
+"""Built-in samplers. Each is ``fn(denoiser, x, sigmas, *, noise=None, **options) -> x``.
+
+``SAMPLERS`` maps the registered name to the function and its declarations: the ODE order
+when the options make it deterministic, whether given options make it stochastic, and the
+network evaluations per sample it makes for a σ list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from diffbench.samplers._common import ends_at_zero, num_steps
+from diffbench.samplers.ancestral import ddim, ddpm, euler_ancestral
+from diffbench.samplers.dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3
+from diffbench.samplers.dpm_solver_pp import dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, dpmpp_3m
+from diffbench.samplers.euler import euler, heun
+
+
+def per_step(calls: int) -> Callable[..., int]:
+    """Declared NFE for ``calls`` evaluations per step, one fewer on the step into σ = 0."""
+    def nfe(sigmas, **_: Any) -> int:
+        return calls * num_steps(sigmas) - (calls - 1) * ends_at_zero(sigmas)
+    return nfe
+
+
+def _never(**_: Any) -> bool:
+    return False
+
+
+def _when_positive(option: str) -> Callable[..., bool]:
+    def stochastic(**options: Any) -> bool:
+        return float(options.get(option, 0.0)) > 0.0
+    return stochastic
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    fn: Callable[..., Any]
+    order: int | None  # convergence order of the deterministic configuration
+    nfe: Callable[..., int]
+    stochastic: Callable[..., bool]
+
+
+SAMPLERS: dict[str, SamplerInfo] = {
+    "ddpm": SamplerInfo(ddpm, None, per_step(1), lambda **_: True),
+    "ddim": SamplerInfo(ddim, 1, per_step(1), _when_positive("eta")),
+    "euler": SamplerInfo(euler, 1, per_step(1), _when_positive("churn_amount")),
+    "euler-ancestral": SamplerInfo(euler_ancestral, 1, per_step(1), _when_positive("eta")),
+    "heun": SamplerInfo(heun, 2, per_step(2), _when_positive("churn_amount")),
+    "dpm-solver-1": SamplerInfo(dpm_solver_1, 1, per_step(1), _never),
+    "dpm-solver-2": SamplerInfo(dpm_solver_2, 2, per_step(2), _never),
+    "dpm-solver-3": SamplerInfo(dpm_solver_3, 3, per_step(3), _never),
+    "dpm-solver++-2s": SamplerInfo(dpmpp_2s, 2, per_step(2), _never),
+    "dpm-solver++-2m": SamplerInfo(dpmpp_2m, 2, per_step(1), _never),
+    "dpm-solver++-3m": SamplerInfo(dpmpp_3m, 3, per_step(1), _never),
+    "dpm-solver++-2m-sde": SamplerInfo(dpmpp_2m_sde, 2, per_step(1), _when_positive("eta")),
+}

@@ -1,0 +1,126 @@
+"""One sampling call: model × sampler × scheduler × steps over seeded per-sample noise."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
+from diffbench.devices import resolve_device, resolve_dtype, synchronize
+from diffbench.registry import Component, Registry, default_registry
+from diffbench.schedulers import StepGrid, materialize
+from diffbench.seeding import StepNoise, initial_noise
+
+
+def resolve_options(component: Component, given: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults of ``component`` overridden by ``given``; unknown options are a ValueError."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(component.options))
+    if unknown:
+        allowed = ", ".join(sorted(component.options)) or "none"
+        raise ValueError(f"{component.kind} {component.name!r} has no option {unknown[0]!r}; options: {allowed}")
+    return {**component.options, **given}
+
+
+@dataclass
+class SampleResult:
+    """Samples and what it took to make them: measured NFE, the grid, every option, timings."""
+
+    samples: Tensor  # (num_samples, *shape), on the CPU
+    labels: Tensor | None
+    nfe: float  # network evaluations per sample, counted
+    declared_nfe: int  # what the sampler declares per denoiser call sequence (× 2 with guidance)
+    grid: StepGrid
+    sampler: str
+    sampler_options: dict[str, Any]
+    scheduler: str
+    scheduler_options: dict[str, Any]
+    sample_seconds: float
+    network_seconds: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds_per_sample(self) -> float:
+        return self.sample_seconds / max(len(self.samples), 1)
+
+    @property
+    def network_share(self) -> float:
+        return self.network_seconds / self.sample_seconds if self.sample_seconds > 0 else float("nan")
+
+
+def make_grid(model: DiffusionModel, scheduler: str, steps: int, options: dict[str, Any] | None = None, *,
+              quantize: bool = False, registry: Registry | None = None) -> tuple[StepGrid, dict[str, Any]]:
+    """Materialise the σ list for ``model`` and return it with the resolved scheduler options."""
+    comp = (registry or default_registry()).get("scheduler", scheduler)
+    opts = resolve_options(comp, options)
+    return materialize(comp.obj, model.schedule, steps, quantize=quantize, **opts), opts
+
+
+def sample_labels(model: DiffusionModel, indices: list[int], conditional: bool) -> Tensor | None:
+    """Class label of sample i is i mod num_classes (balanced, batch-independent); None if unconditional."""
+    if model.num_classes is None or not conditional:
+        return None
+    return torch.tensor([i % model.num_classes for i in indices], dtype=torch.long, device=model.device)
+
+
+def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, scheduler: str = "karras",
+           sampler_options: dict[str, Any] | None = None, scheduler_options: dict[str, Any] | None = None,
+           quantize: bool = False, num_samples: int = 16, seed: int = 0, first_index: int = 0,
+           batch_size: int = 256, conditional: bool = True, guidance: float | None = None,
+           clip_x0: bool = False, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+           registry: Registry | None = None, progress=None) -> SampleResult:
+    """Draw ``num_samples`` samples; sample i starts from noise seeded by (seed, first_index + i).
+
+    ``progress`` is an optional callable(n_done) invoked after each batch.
+    """
+    registry = registry or default_registry()
+    comp = registry.get("sampler", sampler)
+    s_opts = resolve_options(comp, sampler_options)
+    dev = resolve_device(device) if device is not None else model.device
+    model.to(dev, resolve_dtype(dtype, model.dtype))
+    grid, sch_opts = make_grid(model, scheduler, steps, scheduler_options, quantize=quantize, registry=registry)
+    if guidance is not None and model.num_classes is None:
+        raise ValueError(f"model {model.name!r} is unconditional; guidance needs a class-conditional model")
+    if batch_size < 1 or num_samples < 1:
+        raise ValueError("num_samples and batch_size must be positive")
+
+    sigmas = grid.sigmas
+    sigma_start = float(sigmas[0])
+    outs, all_labels, nfe_rows, sample_seconds, network_seconds = [], [], 0.0, 0.0, 0.0
+    with torch.inference_mode():
+        for start in range(0, num_samples, batch_size):
+            idx = list(range(first_index + start, first_index + min(start + batch_size, num_samples)))
+            labels = sample_labels(model, idx, conditional)
+            counter = NetworkCounter(len(idx), dev)
+            den = SigmaDenoiser(model, labels=labels, guidance=guidance, clip_x0=clip_x0,
+                                quantize=quantize, counter=counter)
+            x = initial_noise(seed, idx, model.shape, device=dev, dtype=model.dtype) * sigma_start
+            noise = StepNoise(seed, idx, model.shape, len(sigmas) - 1, device=dev, dtype=model.dtype)
+            if comp.meta["stochastic"](**s_opts):
+                noise(0)  # draw the bank before the clock starts: RNG set-up is not sampling time
+            synchronize(dev)
+            t0 = time.perf_counter()
+            x = comp.obj(den, x, sigmas, noise=noise, **s_opts)
+            synchronize(dev)
+            sample_seconds += time.perf_counter() - t0
+            network_seconds += counter.network_seconds()
+            nfe_rows += counter.rows
+            outs.append(x.detach().to("cpu"))
+            if labels is not None:
+                all_labels.append(labels.cpu())
+            if progress is not None:
+                progress(len(idx))
+    samples = torch.cat(outs)
+    declared = comp.meta["nfe"](sigmas, **s_opts) * (2 if guidance not in (None, 1.0) else 1)
+    return SampleResult(
+        samples=samples, labels=torch.cat(all_labels) if all_labels else None, nfe=nfe_rows / num_samples,
+        declared_nfe=declared, grid=grid, sampler=sampler, sampler_options=s_opts, scheduler=scheduler,
+        scheduler_options={**sch_opts, "quantize": quantize}, sample_seconds=sample_seconds,
+        network_seconds=network_seconds,
+        meta={"seed": seed, "first_index": first_index, "num_samples": num_samples, "batch_size": batch_size,
+              "guidance": guidance, "conditional": conditional, "clip_x0": clip_x0, "device": str(dev),
+              "dtype": str(model.dtype).replace("torch.", "")},
+    )

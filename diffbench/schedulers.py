@@ -1,0 +1,126 @@
+"""Step schedulers: the descending σ sequence a sampler visits, N steps ending at σ = 0.
+
+Every scheduler has the signature ``fn(schedule, steps, **options) -> Tensor`` (float64, length
+steps + 1, last entry 0). ``materialize`` adds what is shared: validation, optional
+quantisation to training timesteps on discrete models, and the recorded timesteps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from diffbench.noise import DiscreteVP, NoiseSchedule
+
+
+def _with_zero(sigmas: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.append(np.asarray(sigmas, dtype=np.float64), 0.0))
+
+
+def _range(schedule: NoiseSchedule, sigma_min: float | None, sigma_max: float | None) -> tuple[float, float]:
+    lo = schedule.sigma_min if sigma_min is None else float(sigma_min)
+    hi = schedule.sigma_max if sigma_max is None else float(sigma_max)
+    if not 0 < lo < hi:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={lo}, sigma_max={hi}")
+    return lo, hi
+
+
+def _require_discrete(schedule: NoiseSchedule, spacing: str) -> DiscreteVP:
+    if not isinstance(schedule, DiscreteVP):
+        raise ValueError(f"scheduler {spacing!r} needs a discrete-time model; {schedule.name!r} is continuous "
+                         "(use linspace, karras, logsnr, quadratic or exponential)")
+    return schedule
+
+
+def linspace(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+    """Uniform time, endpoints included: t = linspace(t_max, t_min, N) (DDIM/diffusers 'linspace')."""
+    if isinstance(schedule, DiscreteVP):
+        t = np.round(np.linspace(0, schedule.num_steps - 1, steps))[::-1]
+    else:
+        t = np.linspace(schedule.t_max, schedule.t_min, steps)
+    return _with_zero(schedule.sigma_of_t(t))
+
+
+def leading(schedule: NoiseSchedule, steps: int, *, offset: int = 0) -> torch.Tensor:
+    """Uniform training timesteps from 0 by stride T // N (DDIM 'leading'; never reaches t = T - 1)."""
+    sched = _require_discrete(schedule, "leading")
+    stride = sched.num_steps // steps
+    t = (np.arange(steps) * stride + offset)[::-1]
+    return _with_zero(sched.sigma_of_t(t.astype(np.float64)))
+
+
+def trailing(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+    """Uniform training timesteps counted back from t = T - 1 (Lin et al. 2024 'trailing')."""
+    sched = _require_discrete(schedule, "trailing")
+    t = np.round(np.arange(sched.num_steps, 0, -sched.num_steps / steps)) - 1
+    return _with_zero(sched.sigma_of_t(t))
+
+
+def karras(schedule: NoiseSchedule, steps: int, *, rho: float = 7.0,
+           sigma_min: float | None = None, sigma_max: float | None = None) -> torch.Tensor:
+    """σ uniform in σ^(1/ρ) (Karras et al. 2022, eq. 5)."""
+    lo, hi = _range(schedule, sigma_min, sigma_max)
+    ramp = np.linspace(0, 1, steps)
+    return _with_zero((hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho)
+
+
+def logsnr(schedule: NoiseSchedule, steps: int, *, sigma_min: float | None = None,
+           sigma_max: float | None = None) -> torch.Tensor:
+    """Uniform in log-SNR λ = -log σ (DPM-Solver's 'logSNR' spacing, Lu et al. 2022)."""
+    lo, hi = _range(schedule, sigma_min, sigma_max)
+    return _with_zero(np.exp(np.linspace(np.log(hi), np.log(lo), steps)))
+
+
+def quadratic(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+    """Uniform in √t between t_max and t_min (DPM-Solver's 'time_quadratic', Lu et al. 2022)."""
+    t = np.linspace(np.sqrt(schedule.t_max), np.sqrt(schedule.t_min), steps) ** 2
+    return _with_zero(schedule.sigma_of_t(t))
+
+
+def exponential(schedule: NoiseSchedule, steps: int, *, rho: float = 1.0, sigma_min: float | None = None,
+                sigma_max: float | None = None) -> torch.Tensor:
+    """Polyexponential: log σ = log σ_min + ramp^ρ (log σ_max - log σ_min) (k-diffusion; ρ = 1 equals logsnr)."""
+    lo, hi = _range(schedule, sigma_min, sigma_max)
+    ramp = np.linspace(1, 0, steps) ** rho
+    return _with_zero(np.exp(np.log(lo) + ramp * (np.log(hi) - np.log(lo))))
+
+
+SCHEDULERS: dict[str, Callable[..., torch.Tensor]] = {
+    "linspace": linspace, "leading": leading, "trailing": trailing, "karras": karras,
+    "logsnr": logsnr, "quadratic": quadratic, "exponential": exponential,
+}
+
+
+@dataclass(frozen=True)
+class StepGrid:
+    """A materialised grid: σ list, the model time of each σ, whether σ was quantised."""
+
+    sigmas: torch.Tensor  # float64, descending, last entry 0
+    timesteps: list[float]  # model time of each σ > 0 (training timesteps on discrete models)
+    quantized: bool
+
+    def record(self) -> dict[str, Any]:
+        return {"sigmas": self.sigmas.tolist(), "timesteps": self.timesteps, "quantized": self.quantized}
+
+
+def materialize(fn: Callable[..., torch.Tensor], schedule: NoiseSchedule, steps: int, *,
+                quantize: bool = False, **options: Any) -> StepGrid:
+    """Run scheduler ``fn`` and check its output; optionally snap σ to training timesteps."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    sigmas = torch.as_tensor(fn(schedule, steps, **options), dtype=torch.float64).flatten()
+    if quantize:
+        if not schedule.discrete:
+            raise ValueError(f"quantize needs a discrete-time model; {schedule.name!r} is continuous")
+        sigmas = torch.from_numpy(schedule.quantize(sigmas.numpy()))
+    if sigmas.shape[0] != steps + 1 or sigmas[-1] != 0:
+        raise ValueError(f"scheduler returned {sigmas.shape[0]} values; expected {steps + 1} ending at 0")
+    if not bool((sigmas[:-1] > sigmas[1:]).all()):
+        raise ValueError("scheduler σ values are not strictly decreasing"
+                         + (" after quantisation (too many steps for the training grid?)" if quantize else ""))
+    if not bool(torch.isfinite(sigmas).all()):
+        raise ValueError("scheduler returned non-finite σ")
+    timesteps = [float(v) for v in schedule.t_of_sigma(sigmas[:-1].numpy())]
+    return StepGrid(sigmas, timesteps, quantize)
