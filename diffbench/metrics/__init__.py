@@ -1,4 +1,9 @@
-"""Built-in metrics: name → metric object with compute(...)."""
+"""Built-in metrics: name → metric object with ``options`` and ``compute(...)`` (see base.Metric)."""
 from __future__ import annotations
 
-METRICS: dict = {}
+from diffbench.metrics import exact, fidelity
+from diffbench.metrics.base import Metric, MetricContext, MetricValue
+
+METRICS: dict = {**exact.METRICS, **fidelity.METRICS}
+
+__all__ = ["METRICS", "Metric", "MetricContext", "MetricValue"]
