@@ -1,0 +1,87 @@
+"""Machine calibration: the bare network's evaluation time, and harness overhead relative to it.
+
+Speed comparisons across machines divide sampling time by the bare network time measured on the
+same machine in the same run, so a baseline recorded elsewhere does not raise false alarms.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffbench.denoiser import DiffusionModel
+from diffbench.devices import synchronize
+
+
+def _network_inputs(model: DiffusionModel, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch_size, *model.shape), generator=gen).to(model.device, model.dtype)
+    t = torch.full((batch_size,), float(model.schedule.t_of_sigma(1.0)), device=model.device, dtype=model.dtype)
+    labels = None
+    if model.num_classes is not None:
+        labels = torch.arange(batch_size, device=model.device) % model.num_classes
+    return x, t, labels
+
+
+def time_network_call(model: DiffusionModel, batch_size: int, inputs=None) -> float:
+    """Seconds for one bare network evaluation at ``batch_size`` (device synchronised)."""
+    x, t, labels = inputs or _network_inputs(model, batch_size)
+    with torch.inference_mode():
+        synchronize(model.device)
+        t0 = time.perf_counter()
+        model.network(x, t, labels)
+        synchronize(model.device)
+    return time.perf_counter() - t0
+
+
+def bare_network_seconds(model: DiffusionModel, batch_size: int, *, repeats: int = 10, warmup: int = 2) -> float:
+    """Median seconds of one bare network evaluation at ``batch_size`` after ``warmup`` calls."""
+    inputs = _network_inputs(model, batch_size)
+    for _ in range(warmup):
+        time_network_call(model, batch_size, inputs)
+    return statistics.median(time_network_call(model, batch_size, inputs) for _ in range(repeats))
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Harness overhead: sampling wall-clock / (NFE × bare network time) − 1, per repetition."""
+
+    ratios: list[float]
+    bare_seconds: list[float]
+    sample_seconds: list[float]
+    nfe: float
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ratios)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"overhead_median": self.median, "ratios": self.ratios, "nfe": self.nfe,
+                "bare_seconds_median": statistics.median(self.bare_seconds),
+                "sample_seconds_median": statistics.median(self.sample_seconds)}
+
+
+def harness_overhead(model: DiffusionModel, sampler: str = "euler", *, steps: int = 20, batch_size: int = 256,
+                     repeats: int = 10, scheduler: str = "karras", **sample_kwargs: Any) -> Overhead:
+    """Interleave bare-network timings with full sampling calls; each repetition pairs the two.
+
+    The bare time of a repetition is the median of NFE calls made right before its sampling call, so
+    both sides see the same machine state (thermal, other load).
+    """
+    from diffbench.sampling import sample
+
+    kw = dict(steps=steps, scheduler=scheduler, num_samples=batch_size, batch_size=batch_size, **sample_kwargs)
+    first = sample(model, sampler, **kw)  # warm-up, and the NFE this configuration makes
+    nfe = first.nfe
+    inputs = _network_inputs(model, batch_size)
+    ratios, bares, samples = [], [], []
+    for _ in range(repeats):
+        bare = statistics.median(time_network_call(model, batch_size, inputs) for _ in range(max(3, int(nfe))))
+        res = sample(model, sampler, **kw)
+        ratios.append(res.sample_seconds / (nfe * bare) - 1.0)
+        bares.append(bare)
+        samples.append(res.sample_seconds)
+    return Overhead(ratios, bares, samples, nfe)
