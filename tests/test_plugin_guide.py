@@ -1,0 +1,70 @@
+"""The plugin author's guide documents every hook spec and registry kind, and its example plugin works."""
+from __future__ import annotations
+
+import inspect
+import re
+import types
+from pathlib import Path
+
+from diffbench import hookspecs, testing
+from diffbench.registry import KINDS, build_registry
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "plugin-guide.md"
+
+
+def hook_specs() -> dict[str, str]:
+    """Name → documented form ``name(param, ...)`` of every hook spec in diffbench.hookspecs."""
+    marker = f"{hookspecs.PROJECT}_spec"
+    return {name: f"{name}({', '.join(inspect.signature(fn).parameters)})"
+            for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, marker)}
+
+
+def headings(text: str, level: int) -> list[str]:
+    return re.findall(rf"^{'#' * level} (.+?)\s*$", text, flags=re.M)
+
+
+def section(text: str, title: str) -> str:
+    """The body of the level-2 section ``title``, up to the next level-2 heading."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    assert match, f"the guide has no '## {title}' section"
+    return match[1]
+
+
+def undocumented_hooks(text: str) -> list[str]:
+    """Hook specs without a '### `name(params)`' heading in the guide's Hook specifications section."""
+    documented = set(headings(section(text, "Hook specifications"), 3))
+    return [name for name, form in hook_specs().items() if f"`{form}`" not in documented]
+
+
+def test_every_hook_spec_is_documented():
+    assert hook_specs(), "diffbench.hookspecs defines no hook spec"
+    assert undocumented_hooks(GUIDE.read_text()) == []
+
+
+def test_a_missing_hook_spec_is_detected():
+    text = GUIDE.read_text()
+    for name, form in hook_specs().items():
+        assert undocumented_hooks(text.replace(f"### `{form}`", "### something else")) == [name]
+
+
+def test_every_registry_kind_is_documented():
+    documented = set(headings(section(GUIDE.read_text(), "Components"), 3))
+    assert [kind for kind in KINDS if f"`{kind}`" not in documented] == []
+
+
+def test_every_kit_check_is_documented():
+    text = section(GUIDE.read_text(), "Testing with the conformance kit")
+    assert [n for checks in testing.CHECKS.values() for n in checks if f"`{n}`" not in text] == []
+
+
+def test_the_example_plugin_registers_and_passes_the_kit():
+    code = re.findall(r"```python\n(.*?)```", section(GUIDE.read_text(), "A complete example"), flags=re.S)
+    assert len(code) == 1
+    plugin = types.ModuleType("guide_example")
+    exec(compile(code[0], "plugin-guide example", "exec"), plugin.__dict__)
+    registry = build_registry(extra_plugins=[plugin], autoload=False)
+    assert not registry.errors
+    comp = registry.get("sampler", "midpoint")
+    assert comp.plugin == "guide_example" and comp.description.startswith("Explicit midpoint (RK2)")
+    results = testing.check_sampler(comp)
+    assert {r.status for r in results} == {"passed"}
