@@ -42,6 +42,11 @@ class DiffusionModel:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 
+    def __post_init__(self) -> None:
+        if getattr(self.target, "needs_derivatives", False) and not self.schedule.has_derivatives:
+            raise ValueError(f"target {self.target.name!r} needs a noise schedule with time derivatives; "
+                             f"{self.schedule.name!r} has none")
+
     def to(self, device=None, dtype=None) -> "DiffusionModel":
         """Move the network (when it is a module) and record the device and dtype."""
         device = torch.device(device) if device is not None else self.device
@@ -101,16 +106,19 @@ class SigmaDenoiser:
     """σ-space view of a ``DiffusionModel`` with guidance, optional x0 clipping and NFE counting.
 
     guidance: None → conditional only (one evaluation); w → x0_u + w (x0_c - x0_u), two
-    evaluations batched into one call. ``labels=None`` samples unconditionally.
+    evaluations batched into one call. ``labels=None`` samples unconditionally. The network is
+    evaluated at exactly the σ the sampler passes (quantising σ to training timesteps is done on
+    the grid, never here, so the network and the update always use the same σ).
     """
 
     def __init__(self, model: DiffusionModel, *, labels: Tensor | None = None, guidance: float | None = None,
-                 clip_x0: bool = False, quantize: bool = False, counter: NetworkCounter | None = None) -> None:
+                 clip_x0: bool = False, counter: NetworkCounter | None = None) -> None:
+        if guidance is not None and labels is None:
+            raise ValueError("guidance needs class labels")
         self.model = model
         self.labels = labels
-        self.guidance = guidance if (guidance is not None and labels is not None and guidance != 1.0) else None
+        self.guidance = guidance if (guidance is not None and guidance != 1.0) else None
         self.clip_x0 = clip_x0
-        self.quantize = quantize
         self.counter = counter or NetworkCounter(None, model.device)
         self._cache: dict[float, tuple[float, Coef]] = {}
         if self.guidance is not None:
@@ -121,8 +129,7 @@ class SigmaDenoiser:
         hit = self._cache.get(sigma)
         if hit is None:
             sched = self.model.schedule
-            s = float(sched.quantize(sigma)) if self.quantize and sched.discrete else sigma
-            t = float(sched.t_of_sigma(s))
+            t = float(sched.t_of_sigma(sigma))
             c = sched.coef(t)
             hit = self._cache[sigma] = (t, Coef(*(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma))))
         return hit

@@ -30,6 +30,7 @@ class NoiseSchedule:
 
     name: ClassVar[str] = ""
     discrete: ClassVar[bool] = False
+    has_derivatives: ClassVar[bool] = True  # coef(t) gives dalpha/dt and dsigma/dt
     sigma_min: float
     sigma_max: float
 
@@ -63,6 +64,7 @@ class DiscreteVP(NoiseSchedule):
     """DDPM-style VP schedule over ``num_steps`` training timesteps (Ho et al. 2020)."""
 
     discrete = True
+    has_derivatives = False  # σ(t) is piecewise log-linear between timesteps: no useful derivative
 
     def __init__(self, betas: np.ndarray) -> None:
         self.betas = np.asarray(betas, dtype=np.float64)

@@ -13,7 +13,6 @@ import inspect
 import os
 import sys
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any, Callable, Iterable, Iterator
 
 import pluggy
@@ -236,6 +235,8 @@ def build_registry(extra_plugins: Iterable[object] = (), *, autoload: bool | Non
         try:
             pm.register(plugin, name=name)
             pm.check_pending()
+            if not pm.get_hookcallers(plugin):
+                raise ValueError("it defines no diffbench hook (is diffbench_register marked @hookimpl?)")
         except Exception as exc:
             if pm.is_registered(plugin):
                 pm.unregister(plugin)
@@ -262,7 +263,9 @@ def build_registry(extra_plugins: Iterable[object] = (), *, autoload: bool | Non
         name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}"
         register(plugin, name, (None, None))
 
-    for impl in pm.hook.diffbench_register.get_hookimpls():
+    # built-ins first, so they own their names and a plugin that clashes with one is the one reported
+    impls = sorted(pm.hook.diffbench_register.get_hookimpls(), key=lambda i: i.plugin_name != "builtin")
+    for impl in impls:
         dist, version = sources.get(impl.plugin_name, (None, None))
         registry._load_plugin(impl.plugin_name, dist, version, lambda impl=impl: impl.function(registry=registry))
     return registry

@@ -84,9 +84,12 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
     grid, sch_opts = make_grid(model, scheduler, steps, scheduler_options, quantize=quantize, registry=registry)
     if guidance is not None and model.num_classes is None:
         raise ValueError(f"model {model.name!r} is unconditional; guidance needs a class-conditional model")
+    if guidance is not None and not conditional:
+        raise ValueError("guidance needs conditional=True (unconditional sampling has no labels to guide)")
     if batch_size < 1 or num_samples < 1:
         raise ValueError("num_samples and batch_size must be positive")
 
+    stochastic = comp.meta.get("stochastic")  # optional for third-party samplers: unknown → maybe stochastic
     sigmas = grid.sigmas
     sigma_start = float(sigmas[0])
     outs, all_labels, nfe_rows, sample_seconds, network_seconds = [], [], 0.0, 0.0, 0.0
@@ -95,11 +98,10 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
             idx = list(range(first_index + start, first_index + min(start + batch_size, num_samples)))
             labels = sample_labels(model, idx, conditional)
             counter = NetworkCounter(len(idx), dev)
-            den = SigmaDenoiser(model, labels=labels, guidance=guidance, clip_x0=clip_x0,
-                                quantize=quantize, counter=counter)
+            den = SigmaDenoiser(model, labels=labels, guidance=guidance, clip_x0=clip_x0, counter=counter)
             x = initial_noise(seed, idx, model.shape, device=dev, dtype=model.dtype) * sigma_start
             noise = StepNoise(seed, idx, model.shape, len(sigmas) - 1, device=dev, dtype=model.dtype)
-            if comp.meta["stochastic"](**s_opts):
+            if stochastic is None or stochastic(**s_opts):
                 noise(0)  # draw the bank before the clock starts: RNG set-up is not sampling time
             synchronize(dev)
             t0 = time.perf_counter()

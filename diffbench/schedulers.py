@@ -24,20 +24,31 @@ def _range(schedule: NoiseSchedule, sigma_min: float | None, sigma_max: float | 
     hi = schedule.sigma_max if sigma_max is None else float(sigma_max)
     if not 0 < lo < hi:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={lo}, sigma_max={hi}")
+    if schedule.discrete and not schedule.sigma_min <= lo < hi <= schedule.sigma_max:
+        # outside the training range t(σ) clamps, so the network would silently see another σ
+        raise ValueError(f"σ range [{lo:g}, {hi:g}] leaves the discrete model's training range "
+                         f"[{schedule.sigma_min:g}, {schedule.sigma_max:g}]")
     return lo, hi
 
 
-def _require_discrete(schedule: NoiseSchedule, spacing: str) -> DiscreteVP:
+def _require_discrete(schedule: NoiseSchedule, spacing: str, steps: int) -> DiscreteVP:
     if not isinstance(schedule, DiscreteVP):
         raise ValueError(f"scheduler {spacing!r} needs a discrete-time model; {schedule.name!r} is continuous "
                          "(use linspace, karras, logsnr, quadratic or exponential)")
+    if steps > schedule.num_steps:
+        raise ValueError(f"scheduler {spacing!r} allows at most {schedule.num_steps} steps "
+                         f"(the model's training timesteps), got {steps}")
     return schedule
 
 
 def linspace(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     """Uniform time, endpoints included: t = linspace(t_max, t_min, N) (DDIM/diffusers 'linspace')."""
     if isinstance(schedule, DiscreteVP):
-        t = np.round(np.linspace(0, schedule.num_steps - 1, steps))[::-1]
+        sched = _require_discrete(schedule, "linspace", steps)
+        # round(i (T-1) / (N-1)) on the exact quotient (one division, so ties go half-to-even as on paper;
+        # diffusers' float linspace rounds a few ties the other way, e.g. N = 27); one step starts at T - 1
+        i = np.arange(steps - 1, -1, -1)
+        t = np.round(i * (sched.num_steps - 1) / (steps - 1)) if steps > 1 else np.array([sched.num_steps - 1.0])
     else:
         t = np.linspace(schedule.t_max, schedule.t_min, steps)
     return _with_zero(schedule.sigma_of_t(t))
@@ -45,16 +56,20 @@ def linspace(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
 
 def leading(schedule: NoiseSchedule, steps: int, *, offset: int = 0) -> torch.Tensor:
     """Uniform training timesteps from 0 by stride T // N (DDIM 'leading'; never reaches t = T - 1)."""
-    sched = _require_discrete(schedule, "leading")
+    sched = _require_discrete(schedule, "leading", steps)
     stride = sched.num_steps // steps
     t = (np.arange(steps) * stride + offset)[::-1]
+    if not (0 <= offset and t[0] < sched.num_steps):
+        raise ValueError(f"leading offset {offset} puts timesteps outside 0..{sched.num_steps - 1}")
     return _with_zero(sched.sigma_of_t(t.astype(np.float64)))
 
 
 def trailing(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     """Uniform training timesteps counted back from t = T - 1 (Lin et al. 2024 'trailing')."""
-    sched = _require_discrete(schedule, "trailing")
-    t = np.round(np.arange(sched.num_steps, 0, -sched.num_steps / steps)) - 1
+    sched = _require_discrete(schedule, "trailing", steps)
+    # round(T (N - i) / N) - 1 on the exact quotient; diffusers' np.arange(T, 0, -T/N) returns N + 1
+    # values for some N (61, 103, ...) and rounds some ties the other way (N = 48)
+    t = np.round(sched.num_steps * (steps - np.arange(steps)) / steps) - 1
     return _with_zero(sched.sigma_of_t(t))
 
 

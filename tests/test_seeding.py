@@ -1,0 +1,76 @@
+"""Per-sample random streams: sample i's noise depends only on (seed, i)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffbench import seeding
+from diffbench.seeding import StepNoise, initial_noise, stream_seed
+
+
+def test_stream_seed_is_deterministic_and_separates_its_inputs():
+    seeds = {stream_seed(s, i, k) for s in range(3) for i in range(50) for k in range(2)}
+    assert len(seeds) == 300 and all(0 <= v < 2**63 for v in seeds)
+    assert stream_seed(7, 3, 0) == stream_seed(7, 3, 0)
+
+
+def test_initial_noise_of_sample_i_does_not_depend_on_its_batch():
+    full = initial_noise(5, range(10), (3, 2))
+    assert full.shape == (10, 3, 2)
+    for i in range(10):
+        assert torch.equal(initial_noise(5, [i], (3, 2))[0], full[i])
+    assert torch.equal(initial_noise(5, [7, 2], (3, 2)), full[[7, 2]])
+    assert not torch.equal(initial_noise(6, range(10), (3, 2)), full)
+
+
+def test_noise_is_standard_normal():
+    z = initial_noise(0, range(20_000), (2,), dtype=torch.float64)
+    # mean within 5 SE (1/sqrt(40 000) = 0.005), variance within 5 SE (sqrt(2/40 000) ≈ 0.007)
+    assert abs(float(z.mean())) < 0.025 and abs(float(z.var()) - 1) < 0.035
+
+
+def test_step_noise_depends_only_on_seed_and_index():
+    bank = StepNoise(1, range(6), (2,), num_steps=4)
+    alone = StepNoise(1, [4], (2,), num_steps=4)
+    for k in range(4):
+        assert bank(k).shape == (6, 2)
+        assert torch.equal(bank(k)[4], alone(k)[0])
+    assert not torch.equal(bank(0), bank(1))
+    # the step stream is not the starting-noise stream
+    assert not torch.equal(bank(0), initial_noise(1, range(6), (2,)))
+
+
+def test_step_noise_outside_the_steps_is_an_error():
+    with pytest.raises(IndexError, match="step noise index 4 outside 0..3"):
+        StepNoise(0, [0], (1,), num_steps=4)(4)
+
+
+def count_rng_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    real = torch.randn
+
+    def randn(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seeding.torch, "randn", randn)
+    return calls
+
+
+def test_one_rng_call_per_sample_for_the_whole_step_bank(monkeypatch):
+    calls = count_rng_calls(monkeypatch)
+    noise = StepNoise(0, range(5), (2,), num_steps=50)
+    assert calls[0] == 0  # nothing drawn until a step needs it (deterministic samplers pay nothing)
+    for k in range(50):
+        noise(k)
+    assert calls[0] == 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_dtype_and_device(dtype):
+    z = initial_noise(0, range(3), (2,), dtype=dtype, device="cpu")
+    assert z.dtype == dtype and z.device.type == "cpu"
+    assert StepNoise(0, range(3), (2,), 2, dtype=dtype)(1).dtype == dtype
+    # lower precisions are the float32 draw, rounded
+    if dtype == torch.float16:
+        assert torch.equal(z, initial_noise(0, range(3), (2,)).half())
