@@ -1,0 +1,157 @@
+"""The ``diffbench`` command: a thin layer over the Python API.
+
+Exit codes: 0 ok, 1 regression or failed check, 2 usage or configuration error (one line, no
+traceback), 3 internal error, 130 interrupted (every finished cell kept).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: reported in one line, exit 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from diffbench.registry import UnknownComponentError
+    from diffbench.suite import SuiteError
+
+    return (UserError, SuiteError, UnknownComponentError, FileNotFoundError)
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map exceptions to the exit-code convention."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from diffbench.runner import RunInterrupted
+
+        try:
+            return fn(*args, **kwargs)
+        except click.exceptions.Exit:
+            raise
+        except RunInterrupted as exc:
+            click.echo(f"diffbench: {exc}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            click.echo("diffbench: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except _user_errors() as exc:
+            click.echo(f"diffbench: error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except Exception as exc:
+            traceback.print_exc()
+            click.echo(f"diffbench: internal error: {type(exc).__name__}: {exc} (a bug; please report it "
+                       "with the traceback above)", err=True)
+            sys.exit(EXIT_INTERNAL)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="diffbench")
+def cli() -> None:
+    """Benchmark diffusion samplers: quality against counted NFE and wall-clock."""
+
+
+@cli.command()
+@click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default: results/<suite>/<run-id>/).")
+@click.option("--resume", is_flag=True, help="Continue a run: keep its finished cells (default: the newest run).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Reference-statistics cache (default: $DIFFBENCH_CACHE_DIR or ~/.cache/diffbench).")
+@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@handled
+def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, progress: bool) -> None:
+    """Run every cell of SUITE and write cells.csv, plots and report.md."""
+    from diffbench import report
+    from diffbench.runner import run_suite
+
+    result = run_suite(suite, out, resume=resume, cache_dir=cache_dir, progress=progress)
+    click.echo(report.text_table(result.cells, report.directions(result.run.read_manifest())))
+    skipped = f", {result.skipped} kept from before" if result.skipped else ""
+    click.echo(f"\n{result.ran} cells run ({result.failed} failed){skipped} → {result.path}/report.md")
+
+
+@cli.command()
+@click.argument("suites", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@handled
+def validate(suites: tuple[Path, ...]) -> None:
+    """Check suite files against the schema and the installed plugins."""
+    from diffbench.registry import default_registry
+    from diffbench.suite import expand, load_suite
+
+    for path in suites:
+        suite = load_suite(path, default_registry())
+        click.echo(f"{path}: ok ({len(expand(suite))} cells)")
+
+
+@cli.command()
+@handled
+def schema() -> None:
+    """Print the JSON Schema of suite files, with every installed plugin's options."""
+    from diffbench.registry import default_registry
+    from diffbench.suite import json_schema
+
+    click.echo(json.dumps(json_schema(default_registry()), indent=2))
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
+@handled
+def show(run_dir: Path) -> None:
+    """Print a run's table (RUN: a run directory, or a suite's results folder for its newest run)."""
+    from diffbench import report
+    from diffbench.results import find_run
+
+    run = find_run(run_dir)
+    if not run.csv_path.exists():
+        raise UserError(f"{run.path}: no cells.csv yet")
+    manifest = run.read_manifest()
+    click.echo(f"{manifest.get('suite')} · {run.path} · {manifest.get('status')}")
+    click.echo(report.text_table(run.read_csv(), report.directions(manifest)))
+
+
+@cli.command(name="report")
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
+@handled
+def report_cmd(run_dir: Path) -> None:
+    """Redraw a run's plots and rewrite its report.md."""
+    from diffbench import plots, report
+    from diffbench.results import find_run
+
+    run = find_run(run_dir)
+    frame = run.read_csv()
+    files = plots.make_plots(frame, run.path, report.directions(run.read_manifest()))
+    click.echo(report.write_report(run, frame, files))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of components.")
+@handled
+def plugins(as_json: bool) -> None:
+    """List every registered component: kind, name, plugin, distribution, version."""
+    from diffbench.registry import default_registry
+
+    rows = [c.as_row() for c in default_registry()]  # load errors go to stderr as warnings
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    cols = ("kind", "name", "plugin", "distribution", "version")
+    widths = [max(len(c), *(len(str(r[c] or "-")) for r in rows)) for c in cols]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+    for r in rows:
+        click.echo("  ".join(str(r[c] or "-").ljust(w) for c, w in zip(cols, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="diffbench")

@@ -1,0 +1,202 @@
+"""The run's table (terminal and Markdown) and report.md, saying which differences are beyond noise.
+
+The rule: a cell is compared with the best cell at similar cost, i.e. among the finished cells
+whose counted NFE is within a factor ``NFE_WINDOW`` of its own. The difference is beyond noise
+when it exceeds ``Z`` combined standard errors, √(se_cell² + se_best²). Cells share their
+starting noise, so their errors are positively correlated and this test is conservative.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diffbench import plots
+from diffbench.results import STATUS_OK, UNCERTAINTY_SUFFIX, RunDir, metric_names, write_atomic
+
+NFE_WINDOW = 1.25
+Z = 2.0
+RULE = (f"Each cell is compared with the best cell whose counted NFE is within a factor {NFE_WINDOW:g} of its "
+        f"own. A difference is called beyond noise when it exceeds {Z:g} combined standard errors "
+        f"(√(se_cell² + se_best²)); cells share their starting noise, so this test is conservative.")
+
+
+def fmt_pm(value: Any, se: Any) -> str:
+    """'value ± se' with the digits the uncertainty supports."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    value = float(value)
+    se = float(se) if se is not None and not (isinstance(se, float) and math.isnan(se)) else None
+    big_or_tiny = value != 0 and not 1e-3 <= abs(value) < 1e5
+    if se is None or se <= 0 or not math.isfinite(se):
+        return f"{value:.4g}"
+    if big_or_tiny:
+        return f"{value:.3g} ± {se:.2g}"
+    digits = min(6, max(0, 1 - math.floor(math.log10(se))))
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def directions(manifest: dict[str, Any]) -> dict[str, bool]:
+    """Metric value name → higher is better, as recorded by the runner."""
+    return {k: bool(v.get("higher_is_better")) for k, v in manifest.get("metric_values", {}).items()}
+
+
+def noise_verdicts(frame: pd.DataFrame, metric: str, higher_is_better: bool = False, *,
+                   window: float = NFE_WINDOW, z: float = Z) -> pd.Series:
+    """Per cell: 'best', 'within noise' or 'worse (k.k σ)' against the best cell at similar NFE."""
+    out = pd.Series("", index=frame.index, dtype=object)
+    ok = frame[(frame["status"] == STATUS_OK) & frame[metric].notna()]
+    vals = ok[metric].astype(float)
+    ses = pd.to_numeric(ok[metric + UNCERTAINTY_SUFFIX], errors="coerce")
+    nfe = ok["nfe"].astype(float)
+    sign = -1.0 if higher_is_better else 1.0
+    for i in ok.index:
+        peers = ok.index[(nfe / nfe[i]).between(1 / window, window)]
+        best = min(peers, key=lambda j: sign * vals[j])
+        if best == i or vals[best] == vals[i]:
+            out[i] = "best"
+            continue
+        combined = math.hypot(ses[i], ses[best]) if np.isfinite([ses[i], ses[best]]).all() else math.nan
+        if not combined > 0:
+            out[i] = "no uncertainty"
+        else:
+            k = abs(vals[i] - vals[best]) / combined
+            out[i] = f"worse ({k:.1f}σ)" if k > z else "within noise"
+    return out
+
+
+def convergence_orders(frame: pd.DataFrame, metric: str, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per line: the declared order; the measured one, −slope of log(metric) against log(steps) fitted
+    over the finer half of its step counts (at least two points); the local order between neighbours."""
+    declared = {(r.get("model"), r.get("sampler")): r.get("sampler_order") for r in records}
+    ok = frame[(frame["status"] == STATUS_OK) & (pd.to_numeric(frame[metric], errors="coerce") > 0)].copy()
+    ok["series"] = plots.series_labels(ok)
+    rows = []
+    for label, s in ok.groupby("series", sort=False):
+        s = s.sort_values("steps")
+        fine = s[s["steps"] >= s["steps"].median()] if len(s) > 3 else s
+        if len(fine) < 2:
+            continue
+        log_n, log_e = np.log(s["steps"].astype(float)).to_numpy(), np.log(s[metric].astype(float)).to_numpy()
+        slope = np.polyfit(np.log(fine["steps"].astype(float)), np.log(fine[metric].astype(float)), 1)[0]
+        local = -np.diff(log_e) / np.diff(log_n)
+        order = declared.get((s["model"].iloc[0], s["sampler"].iloc[0]))
+        rows.append({"line": label, "declared order": "-" if order is None else order,
+                     "measured order": f"{-slope:.2f}", "fitted over steps": ", ".join(str(n) for n in fine["steps"]),
+                     "local orders (coarse → fine)": ", ".join(f"{v:.2f}" for v in local)})
+    return pd.DataFrame(rows)
+
+
+def table(frame: pd.DataFrame, dirs: dict[str, bool] | None = None) -> pd.DataFrame:
+    """The display table: identity, NFE, each metric ± se with its verdict, timing, status."""
+    dirs = dirs or {}
+    t = pd.DataFrame(index=frame.index)
+    if plots.varies(frame, "model"):
+        t["model"] = frame["model"]
+    t["sampler"], t["scheduler"], t["steps"] = frame["sampler"], frame["scheduler"], frame["steps"]
+    t["NFE"] = frame["nfe"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+    if plots.varies(frame, "guidance"):
+        t["w"] = frame["guidance"].map(plots.guidance_text)
+    for m in metric_names(frame):
+        se = frame[m + UNCERTAINTY_SUFFIX]
+        t[m] = [fmt_pm(v, s) for v, s in zip(frame[m], se)]
+        if pd.to_numeric(se, errors="coerce").notna().any():  # no verdicts for a metric without errors
+            t[f"{m} vs best"] = noise_verdicts(frame, m, dirs.get(m, False))
+    t["s/sample"] = frame["seconds_per_sample"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    t["net %"] = frame["network_share"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.0f}")
+    t["status"] = [s if s == STATUS_OK else f"{s}: {e if isinstance(e, str) else ''}"
+                   for s, e in zip(frame["status"], frame["error"])]
+    return t
+
+
+def markdown(t: pd.DataFrame) -> str:
+    """A pipe table (no extra dependency)."""
+    cells = lambda row: "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"  # noqa: E731
+    lines = [cells(t.columns), "|" + "|".join("---" for _ in t.columns) + "|"]
+    lines += [cells(row) for row in t.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def text_table(frame: pd.DataFrame, dirs: dict[str, bool] | None = None) -> str:
+    """The table for a terminal."""
+    return table(frame, dirs).to_string(index=False, max_colwidth=100)
+
+
+def _methods(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in records:
+        for name, m in r.get("metrics", {}).items():
+            if m.get("method") and m["method"] not in out.setdefault(name, []):
+                out[name].append(m["method"])
+    return out
+
+
+def _header(manifest: dict[str, Any]) -> list[str]:
+    git = manifest.get("git") or {}
+    counts = manifest.get("cells", {})
+    models = ", ".join(f"`{key}` ({m.get('target')} target, {m.get('schedule')} schedule, checkpoint "
+                       f"{m.get('checkpoint_hash')})" for key, m in (manifest.get("models") or {}).items())
+    lines = [
+        f"- **model**: {models or 'unknown'}; reference data: {manifest.get('reference') or 'none'}",
+        f"- **samples**: {manifest.get('num_samples')} per seed × seeds {manifest.get('seeds')}; "
+        f"batch size {manifest.get('batch_size')}",
+        f"- **device**: {manifest.get('device')} ({manifest.get('device_name')}), dtype {manifest.get('dtype')}, "
+        f"torch {manifest.get('versions', {}).get('torch')}",
+        f"- **code**: diffbench {manifest.get('versions', {}).get('diffbench')}, git {git.get('sha') or 'unknown'}"
+        + (" (dirty)" if git.get("dirty") else ""),
+        f"- **run**: {manifest.get('status')}, started {manifest.get('started')}, "
+        f"{manifest.get('wall_seconds', 0):.0f} s wall-clock; cells ok {counts.get('ok', 0)}, "
+        f"failed {counts.get('failed', 0)} of {counts.get('total', 0)}",
+        f"- **command**: `{manifest.get('command')}`",
+    ]
+    for key, value in (manifest.get("metric_info") or {}).items():
+        lines.append(f"- **{key}**: {value}")
+    return lines
+
+
+def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: list[Path] | None = None) -> Path:
+    """Write report.md into the run directory: header, table, noise rule, plots, failures, samples."""
+    manifest = run.read_manifest()
+    frame = run.read_csv() if frame is None else frame
+    records = sorted(run.read_cells(), key=lambda r: r.get("index", 0))
+    dirs = directions(manifest)
+    plot_files = plot_files if plot_files is not None else [
+        run.path / n for n in (plots.NFE_PLOT, plots.TIME_PLOT, plots.GUIDANCE_PLOT) if (run.path / n).exists()]
+    out = [f"# {manifest.get('suite')}", ""] + ([manifest["description"].strip(), ""] if manifest.get("description") else [])
+    out += [*_header(manifest), "",
+           "## Results", "", markdown(table(frame, dirs)) if len(frame) else "_no cells finished_", ""]
+    out += ["**Reading the table.** NFE is counted network evaluations per sample (guidance counts both "
+            "halves); `s/sample` is sampling wall-clock per sample after a warm-up, metrics excluded; "
+            "`net %` is the share of it spent inside the network. " + RULE, ""]
+    for name, methods in _methods(records).items():
+        better = "higher" if dirs.get(name) else "lower"
+        out.append(f"- `{name}` ({better} is better): uncertainty is {'; '.join(methods)}")
+    out.append("")
+    has_se = [m for m in metric_names(frame) if pd.to_numeric(frame[m + UNCERTAINTY_SUFFIX], errors="coerce").notna().any()]
+    for metric in [m for m in has_se if "error" in m and not dirs.get(m)]:
+        orders = convergence_orders(frame, metric, records)
+        if len(orders):
+            out += [f"## Convergence order from `{metric}`", "",
+                    "Measured order = −slope of log error against log steps, least squares over the finer half "
+                    "of each line's step counts; local orders are the same slope between neighbouring step "
+                    "counts, so a line settling at its declared order, or flattening on an error floor, shows. "
+                    "Stochastic samplers have no order to declare.", "",
+                    markdown(orders), ""]
+    if plot_files:
+        out += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_files] + [""]
+    failed = [r for r in records if r.get("status") != STATUS_OK]
+    if failed:
+        out += ["## Failed cells", ""] + [f"- `{r['cell_id']}`: {r.get('error')}" for r in failed] + [""]
+    pictures = [r for r in records if r.get("sample_image")]
+    if pictures:
+        out += ["## Samples", "", "<details><summary>one picture per cell (seed "
+                f"{manifest.get('seeds', [0])[0]})</summary>", ""]
+        out += [f"**{r['sampler']} / {r['scheduler']} / {r['steps']} steps**\n\n![{r['cell_id']}]"
+                f"(cells/{r['sample_image']})\n" for r in pictures]
+        out += ["</details>", ""]
+    path = run.path / "report.md"
+    write_atomic(path, "\n".join(out))
+    return path

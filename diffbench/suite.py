@@ -1,0 +1,472 @@
+"""Suite files: the pydantic schema, plugin-aware validation and expansion of the grid into cells.
+
+A suite names one model (or several: then the model is an axis too), metrics, sample counts and
+seeds, and a grid over sampler × scheduler × steps × guidance, trimmed by ``exclude`` rules and
+extended by ``include`` rules. Every error
+is one line naming the YAML path and, where there is a closed set, the allowed values.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
+
+from diffbench.devices import DTYPES
+from diffbench.registry import Component, Registry, UnknownComponentError
+
+AXES = ("model", "sampler", "scheduler", "steps", "guidance")
+NAMED_AXES = ("model", "sampler", "scheduler")  # entries with a name and a label
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+class SuiteError(ValueError):
+    """A suite that cannot run as written; the message is one line naming the YAML path."""
+
+
+# --- schema ------------------------------------------------------------------------------------
+
+class Strict(BaseModel):
+    """Base model: unknown keys are an error that lists the allowed ones."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = [f.alias or n for n, f in cls.model_fields.items()]
+            for key in data:
+                if key not in allowed:
+                    raise PydanticCustomError("unknown_key", "unknown key {key!r}; allowed: {allowed}",
+                                              {"key": str(key), "allowed": ", ".join(allowed) or "none"})
+        return data
+
+
+def _named(data: Any) -> Any:
+    """Accept the shorthand ``ddim`` for ``{name: ddim}``."""
+    return {"name": data} if isinstance(data, str) else data
+
+
+class ComponentSpec(Strict):
+    """A plugin by registered name with its options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return _named(data)
+
+
+class ModelSpec(ComponentSpec):
+    """A pretrained denoiser to sample from; ``label`` tells apart two entries of the same model."""
+
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class MetricSpec(ComponentSpec):
+    """A metric computed on every cell's samples."""
+
+
+class SamplerSpec(ComponentSpec):
+    """A sampler with its options; ``label`` tells apart two entries of the same sampler."""
+
+    label: str | None = None
+    clip_x0: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class SchedulerSpec(ComponentSpec):
+    """A step scheduler with its options; ``quantize`` snaps σ to training timesteps (discrete models)."""
+
+    label: str | None = None
+    quantize: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.label or (f"{self.name}-q" if self.quantize else self.name)
+
+
+class GridSpec(Strict):
+    """The axes whose product makes the cells."""
+
+    sampler: list[SamplerSpec] = Field(min_length=1)
+    scheduler: list[SchedulerSpec] = Field(default_factory=lambda: [SchedulerSpec(name="karras")], min_length=1)
+    steps: list[PositiveInt] = Field(min_length=1)
+    guidance: list[Union[float, None]] = Field(default_factory=lambda: [None], min_length=1)
+
+    @field_validator("guidance")
+    @classmethod
+    def _nonneg(cls, v: list[float | None]) -> list[float | None]:
+        for g in v:
+            if g is not None and g < 0:
+                raise ValueError(f"guidance must be null or >= 0, got {g}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> "GridSpec":
+        for axis in ("sampler", "scheduler"):
+            keys = [e.key for e in getattr(self, axis)]
+            dup = next((k for k in keys if keys.count(k) > 1), None)
+            if dup is not None:
+                raise ValueError(f"{axis} {dup!r} appears twice; give one entry a distinct 'label'")
+        return self
+
+
+class Rule(Strict):
+    """Matches cells by axis values (a value or a list); unnamed axes match anything."""
+
+    model: Union[str, list[str], None] = None
+    sampler: Union[str, list[str], None] = None
+    scheduler: Union[str, list[str], None] = None
+    steps: Union[PositiveInt, list[PositiveInt], None] = None
+    guidance: Union[float, list[Union[float, None]], None] = None
+
+    def values(self, axis: str) -> list[Any] | None:
+        """The rule's values for ``axis``, or None when the rule does not name it."""
+        if axis not in self.model_fields_set:
+            return None
+        v = getattr(self, axis)
+        return list(v) if isinstance(v, list) else [v]
+
+
+class Suite(Strict):
+    """A benchmark suite: one model, its metrics and a grid of sampling configurations."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    model: list[ModelSpec] = Field(min_length=1, description="one model, or a list (then an axis of the grid)")
+    reference: str | None = None  # reference dataset for distribution metrics; default: each model's own
+    metrics: list[MetricSpec] = Field(default_factory=list)
+    num_samples: PositiveInt = Field(description="samples per seed group")
+    batch_size: PositiveInt = 256
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    device: str = "auto"
+    dtype: Literal[tuple(DTYPES)] | None = None  # type: ignore[valid-type]  # None: the model's own
+    conditional: bool = True
+    grid: GridSpec
+    include: list[Rule] = Field(default_factory=list)
+    exclude: list[Rule] = Field(default_factory=list)
+    requires: dict[str, str] = Field(default_factory=dict, description="distribution -> version specifier")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE.match(v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct")
+        return v
+
+    @field_validator("metrics", "model", mode="before")
+    @classmethod
+    def _as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, dict)) else v
+
+    @field_validator("model")
+    @classmethod
+    def _unique_models(cls, v: list[ModelSpec]) -> list[ModelSpec]:
+        keys = [m.key for m in v]
+        dup = next((k for k in keys if keys.count(k) > 1), None)
+        if dup is not None:
+            raise ValueError(f"model {dup!r} appears twice; give one entry a distinct 'label'")
+        return v
+
+
+# --- error formatting --------------------------------------------------------------------------
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic adds union-member and validator tags to loc ('str', 'list[...]', 'function-after[...]')
+    return tuple(p for p in loc if isinstance(p, int) or not re.search(r"[\[\]()]|^(str|int|float|bool|list|dict|none)$", str(p)))
+
+
+def first_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
+    """One line for the first error of a pydantic ValidationError, naming its YAML path."""
+    err = exc.errors()[0]
+    loc = prefix + _clean_loc(tuple(err["loc"]))
+    if err["type"] == "unknown_key":
+        loc = loc + (err["ctx"]["key"],)
+        msg = f"unknown key; allowed: {err['ctx']['allowed']}"
+    else:
+        msg = err["msg"].removeprefix("Value error, ")
+    return f"{_path(loc)}: {msg}"
+
+
+# --- plugin options ----------------------------------------------------------------------------
+
+def _type_of_default(default: Any) -> Any:
+    for t in (bool, int, float, str, list, dict):
+        if type(default) is t:
+            return t
+    return Any
+
+
+def _hints(comp: Component) -> dict[str, Any]:
+    fn = comp.obj if inspect.isfunction(comp.obj) or inspect.ismethod(comp.obj) else None
+    if fn is None:
+        return {}
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: fall back to the defaults' types
+        return {}
+
+
+def options_model(comp: Component) -> type[BaseModel]:
+    """A pydantic model of ``comp``'s options: annotated types where given, else the default's type."""
+    hints = _hints(comp)
+    fields = {}
+    for i, (key, default) in enumerate(comp.options.items()):
+        hint = hints.get(key) or (float if isinstance(default, float) else _type_of_default(default))
+        # aliases keep option names such as 'json' or 'copy' from clashing with BaseModel attributes
+        fields[f"o{i}"] = (hint, Field(default=default, alias=key))
+    return create_model(f"{comp.kind}_{comp.name}_options".replace("-", "_"), __base__=Strict, **fields)
+
+
+def check_options(comp: Component, options: dict[str, Any], path: str) -> dict[str, Any]:
+    """Validate ``options`` against ``comp``; return them coerced (only the keys given)."""
+    try:
+        validated = options_model(comp).model_validate(options)
+    except ValidationError as exc:
+        line = first_error(exc)
+        if "unknown key" in line:
+            line = line.replace("unknown key;", f"{comp.kind} {comp.name!r} has no such option;")
+        raise SuiteError(f"{path}.{line}") from None
+    return validated.model_dump(by_alias=True, exclude_unset=True)
+
+
+def _check_component(registry: Registry, kind: str, spec: ComponentSpec, path: str) -> ComponentSpec:
+    try:
+        comp = registry.get(kind, spec.name)
+    except UnknownComponentError as exc:
+        raise SuiteError(f"{path}.name: {exc}") from None
+    return spec.model_copy(update={"options": check_options(comp, spec.options, f"{path}.options")})
+
+
+def _check_requires(requires: dict[str, str], registry: Registry) -> None:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    versions = registry.plugin_versions()
+    for dist, spec in requires.items():
+        try:
+            wanted = SpecifierSet(spec)
+        except InvalidSpecifier:
+            raise SuiteError(f"requires.{dist}: invalid version specifier {spec!r}") from None
+        if dist not in versions:
+            raise SuiteError(f"requires.{dist}: no plugin distribution {dist!r} is installed; "
+                             f"installed: {', '.join(sorted(versions)) or 'none'}")
+        have = versions[dist]
+        if have is None or have not in wanted:
+            raise SuiteError(f"requires.{dist}: need {dist}{spec}, found {have}")
+
+
+def check_plugins(suite: Suite, registry: Registry) -> Suite:
+    """Resolve every plugin name and option against ``registry``; return the suite with coerced options."""
+    _check_requires(suite.requires, registry)
+    models = [_check_component(registry, "model", m, "model" if len(suite.model) == 1 else f"model[{i}]")
+              for i, m in enumerate(suite.model)]
+    metrics = [_check_component(registry, "metric", m, f"metrics[{i}]") for i, m in enumerate(suite.metrics)]
+    samplers = [_check_component(registry, "sampler", s, f"grid.sampler[{i}]") for i, s in enumerate(suite.grid.sampler)]
+    schedulers = [_check_component(registry, "scheduler", s, f"grid.scheduler[{i}]")
+                  for i, s in enumerate(suite.grid.scheduler)]
+    grid = suite.grid.model_copy(update={"sampler": samplers, "scheduler": schedulers})
+    checked = suite.model_copy(update={"model": models, "metrics": metrics, "grid": grid})
+    for kind, rules in (("include", suite.include), ("exclude", suite.exclude)):
+        for i, rule in enumerate(rules):
+            _check_rule(checked, rule, f"{kind}[{i}]", registry)
+    return checked
+
+
+def axis_entries(suite: Suite, axis: str) -> list[Any]:
+    """The values of one grid axis (models, samplers and schedulers are specs with a ``key``)."""
+    return list(suite.model) if axis == "model" else list(getattr(suite.grid, axis))
+
+
+def _check_rule(suite: Suite, rule: Rule, path: str, registry: Registry) -> None:
+    """Rule values must match an entry (exclude) or an entry or a registered name (include)."""
+    for axis in NAMED_AXES:
+        entries = axis_entries(suite, axis)
+        known = {e.key for e in entries} | {e.name for e in entries}
+        adds = path.startswith("include")
+        for v in rule.values(axis) or []:
+            if v not in known and not (adds and (axis, v) in registry):
+                allowed = sorted(known | set(registry.names(axis)) if adds else known)
+                raise SuiteError(f"{path}.{axis}: {v!r} matches no {axis}; allowed: {', '.join(allowed)}")
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def parse_suite(data: Any, registry: Registry | None = None, *, source: str = "suite") -> Suite:
+    """Validate a suite given as a mapping; with a registry, check plugin names and options too."""
+    if not isinstance(data, dict):
+        raise SuiteError(f"{source}: a suite must be a mapping of keys, got {type(data).__name__}")
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as exc:
+        raise SuiteError(first_error(exc)) from None
+    return check_plugins(suite, registry) if registry is not None else suite
+
+
+def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
+    """Read and validate a YAML suite file; every problem is a one-line SuiteError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read suite ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SuiteError(f"{path}:{where}: invalid YAML: {problem}") from None
+    try:
+        return parse_suite(data, registry, source=str(path))
+    except SuiteError as exc:
+        raise SuiteError(f"{path}: {exc}") from None
+
+
+# --- grid expansion ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One point of the grid: what to sample, before anything has run."""
+
+    index: int
+    model: ModelSpec
+    sampler: SamplerSpec
+    scheduler: SchedulerSpec
+    steps: int
+    guidance: float | None
+    config: dict[str, Any] = field(compare=False, hash=False, default_factory=dict)
+
+    @property
+    def cell_id(self) -> str:
+        g = "none" if self.guidance is None else f"{self.guidance:g}"
+        name = f"{self.model.key}__{self.sampler.key}__{self.scheduler.key}__n{self.steps}__g{g}"
+        return f"{re.sub(r'[^A-Za-z0-9_.+-]+', '_', name)}-{self.config_hash[:8]}"
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of everything that determines this cell's numbers (used by --resume)."""
+        return hashlib.sha256(json.dumps(self.config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _matches(rule: Rule, cell: dict[str, Any]) -> bool:
+    for axis in AXES:
+        wanted = rule.values(axis)
+        if wanted is None:
+            continue
+        v = cell[axis]
+        names = {v.key, v.name} if axis in NAMED_AXES else {v}
+        if not any(w in names for w in wanted):
+            return False
+    return True
+
+
+_SPECS = {"model": ModelSpec, "sampler": SamplerSpec, "scheduler": SchedulerSpec}
+
+
+def _rule_entries(suite: Suite, rule: Rule, axis: str) -> list[Any]:
+    """Values an include rule expands over: those it names (grid entries, else new with defaults) or all."""
+    entries, wanted = axis_entries(suite, axis), rule.values(axis)
+    if wanted is None:
+        return entries
+    if axis not in NAMED_AXES:
+        return wanted
+    out = []
+    for w in wanted:
+        out.extend([e for e in entries if w in (e.key, e.name)] or [_SPECS[axis](name=w)])
+    return out
+
+
+def _cell_config(suite: Suite, cell: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "reference": suite.reference, "metrics": [m.model_dump() for m in suite.metrics],
+        "num_samples": suite.num_samples, "batch_size": suite.batch_size, "seeds": suite.seeds,
+        "device": suite.device, "dtype": suite.dtype, "conditional": suite.conditional,
+        **{axis: (v.model_dump() if axis in NAMED_AXES else v) for axis, v in cell.items()},
+    }
+
+
+def expand(suite: Suite) -> list[CellSpec]:
+    """The suite's cells: grid product minus ``exclude`` matches, plus ``include`` expansions, deduplicated."""
+    combos = [dict(zip(AXES, c)) for c in itertools.product(*(axis_entries(suite, a) for a in AXES))]
+    combos = [c for c in combos if not any(_matches(r, c) for r in suite.exclude)]
+    for rule in suite.include:
+        combos.extend(dict(zip(AXES, c)) for c in itertools.product(*(_rule_entries(suite, rule, a) for a in AXES)))
+    cells, seen = [], set()
+    for c in combos:
+        cell = CellSpec(len(cells), **c, config=_cell_config(suite, c))
+        if cell.config_hash not in seen:
+            seen.add(cell.config_hash)
+            cells.append(cell)
+    return cells
+
+
+# --- JSON Schema -------------------------------------------------------------------------------
+
+def _component_union(registry: Registry, kind: str, base: type[ComponentSpec]) -> Any:
+    names = registry.names(kind)
+    if not names:
+        return base
+    variants = []
+    for name in names:
+        comp = registry.get(kind, name)
+        variants.append(create_model(f"{base.__name__}_{name}".replace("-", "_").replace("+", "p"), __base__=base,
+                                     name=(Literal[name], ...),
+                                     options=(options_model(comp), Field(default_factory=dict,
+                                                                         description=comp.description))))
+    return Union[Literal[tuple(names)], Annotated_union(variants)]  # type: ignore[valid-type]
+
+
+def Annotated_union(variants: list[type[BaseModel]]) -> Any:  # noqa: N802 - a type constructor
+    """A union of component models told apart by their ``name``."""
+    return typing.Annotated[Union[tuple(variants)], Field(discriminator="name")]  # type: ignore[valid-type]
+
+
+def json_schema(registry: Registry) -> dict[str, Any]:
+    """JSON Schema of suite files, with every registered plugin's options."""
+    sampler = _component_union(registry, "sampler", SamplerSpec)
+    scheduler = _component_union(registry, "scheduler", SchedulerSpec)
+    grid = create_model("GridSpec", __base__=GridSpec, sampler=(list[sampler], Field(min_length=1)),
+                        scheduler=(list[scheduler], Field(default_factory=list, min_length=1)))
+    one_model = _component_union(registry, "model", ModelSpec)
+    model = create_model("SuiteSchema", __base__=Suite,
+                         model=(Union[one_model, list[one_model]], ...),
+                         metrics=(list[_component_union(registry, "metric", MetricSpec)], Field(default_factory=list)),
+                         grid=(grid, ...))
+    schema = model.model_json_schema()
+    schema["title"] = "diffbench suite"
+    return schema

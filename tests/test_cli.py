@@ -1,0 +1,131 @@
+"""The CLI: exit codes (0 ok, 2 user error in one line, 3 internal, 130 interrupted) and each command."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from diffbench import registry as registry_module
+from diffbench import runner
+from diffbench.cli import cli
+from diffbench.registry import PluginError
+from runhelpers import grid, small, test_registry
+
+
+@pytest.fixture(autouse=True)
+def test_plugins(monkeypatch):
+    """The CLI's process-wide registry, with the test plugins in it."""
+    reg, _ = test_registry()
+    monkeypatch.setattr(registry_module, "_default", reg)
+    return reg
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def suite_file(tmp_path, **overrides):
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(small(**overrides)))
+    return path
+
+
+def assert_one_line_error(result, code, text):
+    assert result.exit_code == code
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert text in result.stderr
+
+
+def test_validate(tmp_path):
+    result = invoke("validate", suite_file(tmp_path))
+    assert result.exit_code == 0 and result.stdout.endswith("ok (6 cells)\n")
+    bad = suite_file(tmp_path, grid=grid(sampler=[{"name": "ddim", "options": {"etta": 0}}]))
+    assert_one_line_error(invoke("validate", bad), 2, "grid.sampler[0].options.etta: sampler 'ddim' has no such option")
+    assert_one_line_error(invoke("validate", tmp_path / "none.yaml"), 2, "cannot read suite")
+
+
+def test_usage_errors_exit_2():
+    assert CliRunner().invoke(cli, ["run"]).exit_code == 2
+    assert CliRunner().invoke(cli, ["frobnicate"]).exit_code == 2
+
+
+def test_schema_includes_plugin_options():
+    result = invoke("schema")
+    schema = json.loads(result.stdout)
+    assert result.exit_code == 0 and schema["title"] == "diffbench suite"
+    assert any(k.startswith("MetricSpec_mean_norm") for k in schema["$defs"])
+    assert '"eta"' in result.stdout and '"rho"' in result.stdout
+
+
+def test_plugins_table_and_json(monkeypatch):
+    result = invoke("plugins")
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["kind", "name", "plugin", "distribution", "version"]
+    assert any(r.split()[:2] == ["sampler", "heun"] for r in rows)
+    listed = json.loads(invoke("plugins", "--json").stdout)
+    assert {"kind", "name", "plugin", "distribution", "version"} <= set(listed[0])
+    assert {"kind": "metric", "name": "mean-norm"}.items() <= next(c for c in listed if c["name"] == "mean-norm").items()
+
+
+def test_plugins_warns_about_broken_plugins(monkeypatch):
+    reg, _ = test_registry()
+    reg.errors.append(PluginError("badplug", "bad-dist", "failed to import: ImportError: nope"))
+    monkeypatch.setattr(registry_module, "_default", None)
+    monkeypatch.setattr(registry_module, "build_registry", lambda: reg)
+    result = invoke("plugins")
+    assert result.exit_code == 0
+    assert "warning: plugin 'badplug' (bad-dist): failed to import" in result.stderr
+
+
+def test_run_show_and_report(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", suite_file(tmp_path, grid=grid(steps=[2])), "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "3 cells run (0 failed)" in result.stdout and (out / "cells.csv").exists()
+    shown = invoke("show", out)
+    assert shown.exit_code == 0 and "dpm-solver++-2m" in shown.stdout and "mean-norm vs best" in shown.stdout
+    assert invoke("show", tmp_path).stdout == shown.stdout  # a suite's folder: its newest run
+    assert_one_line_error(invoke("show", out / "cells"), 2, "not a diffbench run directory")
+    assert invoke("report", out).stdout.strip().endswith("report.md")
+
+    again = invoke("run", suite_file(tmp_path, grid=grid(steps=[2])), "--out", out, "--no-progress")
+    assert_one_line_error(again, 2, "holds a run already; pass --resume")
+    resumed = invoke("run", suite_file(tmp_path, grid=grid(steps=[2])), "--out", out, "--resume", "--no-progress")
+    assert resumed.exit_code == 0 and "0 cells run (0 failed), 3 kept from before" in resumed.stdout
+
+
+def test_config_error_found_at_run_time_is_exit_2(tmp_path):
+    result = invoke("run", suite_file(tmp_path, grid=grid(guidance=[3.0])), "--out", tmp_path / "r")
+    assert_one_line_error(result, 2, "model 'gmm' is unconditional")
+
+
+def test_internal_error_is_exit_3(tmp_path, monkeypatch):
+    def explode(*_, **__):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(runner, "run_suite", explode)
+    result = invoke("run", suite_file(tmp_path), "--out", tmp_path / "r")
+    assert result.exit_code == 3
+    assert "Traceback" in result.stderr and result.stderr.splitlines()[-1].startswith(
+        "diffbench: internal error: ZeroDivisionError: oops")
+
+
+def test_ctrl_c_keeps_cells_and_exits_130(tmp_path):
+    path = suite_file(tmp_path, metrics=[{"name": "interrupter", "options": {"after": 2}}])  # warm-up is call 1
+    result = invoke("run", path, "--out", tmp_path / "r", "--no-progress")
+    assert_one_line_error(result, 130, "interrupted: 1 of 6 cells kept in")
+    assert "finish with --resume" in result.stderr
+    assert len(list((tmp_path / "r" / "cells").glob("*.json"))) == 1
+
+
+@pytest.mark.skipif(shutil.which("diffbench") is None, reason="console script not installed")
+def test_console_script_exit_code(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: gmm\nnum_samples: 0\n")
+    proc = subprocess.run(["diffbench", "validate", str(bad)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"diffbench: error: {bad}: num_samples: Input should be greater than 0"]

@@ -1,0 +1,208 @@
+"""The runner against truth: counted NFE, paired noise, failures recorded, resume, honest timing, records."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pandas as pd
+import pytest
+import torch
+
+from diffbench.results import RunDir
+from diffbench.runner import RunInterrupted, run_suite
+from diffbench.sampling import make_grid
+from diffbench.suite import SuiteError, parse_suite
+from runhelpers import grid, initial_checksum, small, test_registry
+
+
+def run(data, out, registry=None, draw=False, **kw):
+    registry = registry or test_registry()[0]
+    return run_suite(parse_suite(data, registry), out, registry=registry, progress=False, cache_dir=out / "cache", draw=draw, **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    return run(small(), out, draw=True)
+
+
+def test_run_writes_every_output(finished):
+    files = {p.name for p in finished.path.iterdir()}
+    assert {"cells.csv", "manifest.json", "suite.json", "report.md", "cells", "metric_vs_nfe.png",
+            "metric_vs_time.png"} <= files
+    assert finished.ran == 6 and finished.skipped == 0 and finished.failed == 0
+    assert (finished.cells["status"] == "ok").all()
+    pictures = sorted(p.name for p in (finished.path / "cells").glob("*.png"))
+    assert len(pictures) == 6
+
+
+def test_cell_nfe_is_counted_and_equals_declared(finished):
+    reg, _ = test_registry()
+    cells = finished.cells
+    assert (cells["nfe"] == cells["declared_nfe"]).all()
+    heun = cells[cells["sampler"] == "heun"].set_index("steps")["nfe"]
+    assert heun[2] == 3 and heun[4] == 7  # 2N - 1: no correction on the step into σ = 0
+    euler = cells[cells["sampler"] == "euler"].set_index("steps")["nfe"]
+    assert euler[2] == 2 and euler[4] == 4
+    for rec in RunDir(finished.path).read_cells():
+        comp = reg.get("sampler", rec["sampler_name"])
+        assert rec["nfe"] == comp.meta["nfe"](torch.tensor(rec["grid"]["sigmas"]), **rec["sampler_options"])
+
+
+def test_cell_record_has_grid_and_every_option(finished, tmp_path):
+    rec = json.loads(next((finished.path / "cells").glob("gmm__heun__*n4*.json")).read_text())
+    assert rec["sampler_options"] == {"churn_amount": 0.0, "s_tmin": 0.0, "s_tmax": None, "s_noise": 1.0,
+                                      "clip_x0": False}
+    assert rec["scheduler_options"] == {"rho": 7.0, "sigma_min": None, "sigma_max": None, "quantize": False}
+    from diffbench import load_model
+
+    expected, _ = make_grid(load_model("gmm"), "karras", 4)
+    assert rec["grid"]["sigmas"] == expected.sigmas.tolist() and rec["grid"]["sigmas"][-1] == 0
+    assert len(rec["grid"]["timesteps"]) == 4
+    assert rec["model_identity"]["checkpoint_hash"] and rec["dtype"] == "float64"
+
+
+def test_manifest_records_provenance(finished):
+    m = json.loads((finished.path / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["cells"] == {"total": 6, "ok": 6, "failed": 0}
+    assert set(m["git"]) == {"sha", "dirty"}
+    assert {"diffbench", "torch", "torch-fidelity", "python"} <= set(m["versions"])
+    assert "diffbench" in m["plugins"] and m["device"] == "cpu" and m["dtype"] == "float64"
+    assert m["calibration"]["gmm"]["network_seconds_per_call"] > 0 and m["command"]
+    assert m["models"]["gmm"]["checkpoint_hash"]
+    assert m["metric_values"]["mean-norm"]["higher_is_better"] is False
+
+
+def test_every_cell_starts_from_the_same_noise(tmp_path):
+    data = small(metrics=["checksum"], num_samples=40, batch_size=16,
+                 grid=grid(sampler=["start-noise"], scheduler=["karras", "logsnr"], steps=[1, 3, 7]))
+    res = run(data, tmp_path / "r")
+    want = initial_checksum(0, 40, (2,))
+    assert res.cells["checksum"].tolist() == pytest.approx([want] * 6, rel=1e-12)
+
+
+def test_several_models_share_the_starting_noise(tmp_path):
+    models = [{"name": "gmm", "label": "x0"}, {"name": "gmm", "label": "eps", "options": {"target": "eps"}}]
+    data = small(model=models, metrics=["checksum", "mean-norm"], grid=grid(sampler=["start-noise", "heun"], steps=[3]))
+    res = run(data, tmp_path / "r")
+    assert res.cells["model"].tolist() == ["x0", "x0", "eps", "eps"]
+    start = res.cells[res.cells["sampler"] == "start-noise"]["checksum"]
+    assert start.tolist() == pytest.approx([initial_checksum(0, 64, (2,))] * 2, rel=1e-12)
+    heun = res.cells[res.cells["sampler"] == "heun"]["mean-norm"].tolist()
+    assert heun[0] == pytest.approx(heun[1], rel=1e-9)  # the same exact denoiser, whatever the target
+    assert set(RunDir(res.path).read_manifest()["calibration"]) == {"x0", "eps"}
+
+
+def test_failing_cells_are_recorded_and_the_rest_complete(tmp_path):
+    data = small(grid=grid(sampler=["broken", "euler", "nan"], steps=[2]))
+    res = run(data, tmp_path / "r")
+    status = res.cells.set_index("sampler")
+    assert status.loc["euler", "status"] == "ok" and status.loc["euler", "mean-norm"] > 0
+    assert status.loc["broken", "status"] == "failed"
+    assert status.loc["broken", "error"] == "RuntimeError: broken sampler exploded"
+    assert status.loc["nan", "status"] == "failed" and "non-finite samples: 64 of 64" in status.loc["nan", "error"]
+    assert res.failed == 2
+    rec = json.loads(next((res.path / "cells").glob("gmm__broken*.json")).read_text())
+    assert "Traceback" in rec["traceback"]
+    assert "## Failed cells" in (res.path / "report.md").read_text()
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=["sample_seconds", "seconds_per_sample", "network_share"])
+
+
+def test_interrupt_keeps_finished_cells_and_resume_reproduces_the_full_run(tmp_path, finished):
+    reg, plugin = test_registry()
+    data = small(metrics=["mean-norm", {"name": "interrupter", "options": {"after": 3}}])  # warm-up calls it once
+    with pytest.raises(RunInterrupted, match="interrupted: 2 of 6 cells kept") as info:
+        run(data, tmp_path / "r", registry=reg)
+    partial = RunDir(tmp_path / "r")
+    assert info.value.run.path == partial.path
+    assert len(partial.read_cells()) == 2 and len(partial.read_csv()) == 2
+    assert partial.read_manifest()["status"] == "interrupted"
+    assert not list(partial.path.rglob("*.tmp"))
+
+    plugin.interrupter.calls = -100  # no more Ctrl-C
+    resumed = run(data, tmp_path / "r", registry=reg, resume=True)
+    assert resumed.skipped == 2 and resumed.ran == 4
+    assert partial.read_manifest()["status"] == "complete" and partial.read_manifest()["resumed"] == 1
+    full = comparable(finished.cells).drop(columns=["cell_id", "suite"])
+    again = comparable(resumed.cells).drop(columns=["cell_id", "suite", "interrupter", "interrupter_se"])
+    pd.testing.assert_frame_equal(full, again)
+
+
+def test_resume_reruns_cells_whose_configuration_changed(tmp_path):
+    run(small(grid=grid(sampler=["euler"], steps=[2, 4])), tmp_path / "r")
+    changed = run(small(grid=grid(sampler=["euler", "heun"], steps=[2, 4])), tmp_path / "r", resume=True)
+    assert changed.skipped == 2 and changed.ran == 2 and len(changed.cells) == 4
+    rerun = run(small(num_samples=32, grid=grid(sampler=["euler"], steps=[2])), tmp_path / "r", resume=True)
+    assert rerun.skipped == 0 and rerun.ran == 1 and len(rerun.cells) == 1
+
+
+def test_existing_run_needs_resume(tmp_path):
+    run(small(grid=grid(sampler=["euler"], steps=[2])), tmp_path / "r")
+    with pytest.raises(SuiteError, match="holds a run already; pass --resume"):
+        run(small(grid=grid(sampler=["euler"], steps=[2])), tmp_path / "r")
+    with pytest.raises(SuiteError, match="holds a run of suite 'small', not 'other'"):
+        run(small(name="other", grid=grid(sampler=["euler"], steps=[2])), tmp_path / "r", resume=True)
+
+
+def test_default_output_is_results_suite_run_id(tmp_path):
+    reg, _ = test_registry()
+    suite = parse_suite(small(grid=grid(sampler=["euler"], steps=[2])), reg)
+    first = run_suite(suite, registry=reg, progress=False, results_root=tmp_path, cache_dir=tmp_path / "c", draw=False)
+    assert first.path.parent == tmp_path / "small" and first.path.name[:2] == "20"
+    again = run_suite(suite, registry=reg, progress=False, results_root=tmp_path, resume=True, cache_dir=tmp_path,
+                      draw=False)
+    assert again.path == first.path and again.skipped == 1
+
+
+def test_uncertainty_across_seed_groups(tmp_path):
+    res = run(small(seeds=[0, 1, 2], grid=grid(sampler=["euler"], steps=[3])), tmp_path / "r")
+    rec = RunDir(res.path).read_cells()[0]
+    per_seed = [s["metrics"]["mean-norm"]["value"] for s in rec["per_seed"]]
+    assert len(set(per_seed)) == 3
+    assert rec["metrics"]["mean-norm"]["value"] == pytest.approx(statistics.fmean(per_seed))
+    assert rec["metrics"]["mean-norm"]["uncertainty"] == pytest.approx(statistics.stdev(per_seed) / 3 ** 0.5)
+    assert "3 seed groups" in rec["metrics"]["mean-norm"]["method"]
+    assert res.cells.loc[0, "seeds"] == "0;1;2"
+
+
+def test_single_seed_keeps_the_metric_s_own_error(finished):
+    rec = RunDir(finished.path).read_cells()[0]
+    own = rec["per_seed"][0]["metrics"]["mean-norm"]
+    assert rec["metrics"]["mean-norm"]["uncertainty"] == own["uncertainty"] and own["method"] == "std / √n over samples"
+
+
+def test_timing_excludes_metrics_and_is_consistent(tmp_path):
+    res = run(small(metrics=[{"name": "slow", "options": {"seconds": 0.5}}], grid=grid(sampler=["euler"], steps=[2])),
+              tmp_path / "r")
+    row = res.cells.iloc[0]
+    assert 0 < row["sample_seconds"] < 0.5
+    assert row["seconds_per_sample"] == pytest.approx(row["sample_seconds"] / 64)
+    assert 0 < row["network_share"] <= 1
+
+
+def test_configuration_problems_found_before_running(tmp_path):
+    with pytest.raises(SuiteError, match="grid.guidance: model 'gmm' is unconditional"):
+        run(small(grid=grid(guidance=[2.0])), tmp_path / "a")
+    with pytest.raises(SuiteError, match=r"grid.scheduler\[0\] \(leading, steps=2\): scheduler 'leading' needs a disc"):
+        run(small(grid=grid(scheduler=["leading"])), tmp_path / "b")
+    with pytest.raises(SuiteError, match="device: .*CUDA is not available"):
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present")
+        run(small(device="cuda"), tmp_path / "c")
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_metric_that_cannot_run_here_is_a_config_error_before_any_output(tmp_path):
+    with pytest.raises(SuiteError, match=r"metrics\[1\] \(picky\): needs an image model"):
+        run(small(metrics=["mean-norm", "picky"]), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_metric_bug_fails_each_cell_with_its_name(tmp_path):
+    res = run(small(metrics=[{"name": "picky", "options": {"bug": True}}], grid=grid(steps=[2])), tmp_path / "r")
+    assert (res.cells["status"] == "failed").all()
+    assert set(res.cells["error"]) == {"metric 'picky': ZeroDivisionError: metric bug"}
+    assert res.cells["nfe"].notna().all()  # sampling finished; its numbers are kept
