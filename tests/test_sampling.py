@@ -180,3 +180,15 @@ def test_third_party_sampler_without_stochastic_declaration():
     reg = build_registry([Plugin()], autoload=False)
     res = sample(edm_model(), "identity", steps=3, num_samples=2, registry=reg)
     assert res.nfe == res.declared_nfe == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["heun", "ddpm"])
+def test_cuda_matches_cpu_from_the_same_noise(name):
+    # noise is drawn on the CPU per sample, so both devices start from, and step with, identical noise
+    cpu = draw(edm_model("eps"), name, device="cpu", dtype="float64")
+    cuda = draw(edm_model("eps"), name, device="cuda", dtype="float64")
+    assert cuda.samples.device.type == "cpu" and cuda.meta["device"].startswith("cuda")
+    torch.testing.assert_close(cuda.samples, cpu.samples, rtol=1e-9, atol=1e-9)
+    assert cuda.nfe == cpu.nfe == cuda.declared_nfe and cuda.network_seconds > 0

@@ -81,3 +81,15 @@ def test_lower_order_final_caps_3m_at_order_2_on_a_grid_stopping_above_zero(prob
                          lower_order_final=True) - exact).norm(dim=1).mean()) for n in steps]
     slope = fit_slope(steps, errors)
     assert abs(slope - 2) < TOLERANCE, f"measured order {slope:.3f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ORDERED)
+def test_declared_order_over_the_full_range(name):
+    # the lead's measurement: 64 points, N = 64..1024; deeper in the asymptotic regime, so half the tolerance
+    model = edm_model("eps")
+    x = start_points(64, SIGMA_MAX)
+    slope = measured_order((model, x, model.analytic.ode_solve(x, SIGMA_MAX, SIGMA_STOP)), name,
+                           (64, 128, 256, 512, 1024))
+    order = SAMPLERS[name].order
+    assert abs(slope - order) < TOLERANCE / 2, f"{name}: measured order {slope:.3f}, declared {order}"

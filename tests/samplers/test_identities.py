@@ -4,7 +4,7 @@
 - DDIM(η=1) is DDPM's ancestral step with the posterior variance: η = 1 makes DDIM's
   σ_t² = (1-ᾱ_prev)/(1-ᾱ_t)·(1-ᾱ_t/ᾱ_prev) = β̃_t, and its mean equals the posterior mean μ̃_t.
 - DDIM(η) is Euler-ancestral(η): both step to σ_down = √(σ_next² - σ_up²) and add σ_up·noise.
-Rounding: every update is a few float64 operations on |x| ≤ ~300, so differences stay below 1e-11.
+Rounding: float64 ulp at |x| ≤ ~300 is 6e-14 and the flow contracts towards the data; measured ≤ 2e-15.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from helpers import SCHEDULES, edm_model, run, start_points, truncated_karras
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROUNDING = 1e-11
+ROUNDING = 1e-12
 POINTS, SIGMA_MAX = 32, 80.0
 
 
