@@ -9,13 +9,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from diffbench.results import STATUS_OK, UNCERTAINTY_SUFFIX, metric_names  # noqa: E402
 
+MARKERS = "os^vDPX<>*"  # lines that coincide (ddim and euler are one method) stay visible
 NFE_PLOT, TIME_PLOT, GUIDANCE_PLOT = "metric_vs_nfe.png", "metric_vs_time.png", "metric_vs_guidance.png"
 
 
@@ -45,7 +46,7 @@ def _image_grid(images: torch.Tensor, path: Path, data_range: tuple[float, float
     grid = make_grid(x, nrow=nrow, padding=1, pad_value=1.0)
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 or (arr[..., 0] == arr[..., 1]).all() else arr)
-    scale = max(1, 256 // max(img.size))  # tiny images (8×8 digits) are upscaled to stay readable
+    scale = max(1, 512 // max(img.size))  # tiny images (8×8 digits) are upscaled to stay readable
     img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST).save(path)
 
 
@@ -114,6 +115,21 @@ def _log_y(values: Iterable[float]) -> bool:
     return len(v) > 1 and bool((v > 0).all()) and v.max() / v.min() > 100
 
 
+def _log_axis(ax: Any, which: str, values: pd.Series) -> None:
+    """Log scale with plain-number labels at 1, 2, 5 × 10^k while that stays readable."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    v = pd.to_numeric(values, errors="coerce")
+    v = v[v > 0]
+    plain = FuncFormatter(lambda t, _: f"{t:g}")
+    axis.set_major_formatter(plain)
+    if len(v) and v.max() / v.min() < 300:  # within ~2.5 decades, label 2× and 5× too
+        axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        axis.set_minor_formatter(plain)
+    else:
+        axis.set_minor_formatter(NullFormatter())
+
+
 def pareto_front(cost: np.ndarray, value: np.ndarray, higher_is_better: bool) -> np.ndarray:
     """Indices of points no other point beats on both cost (lower) and value, ordered by cost."""
     v = -value if higher_is_better else value
@@ -153,8 +169,8 @@ def plot_vs(frame: pd.DataFrame, metrics: list[str], x: str, path: Path, *, xlab
         df = _ok(frame, metric)
         for i, (label, s) in enumerate(df.groupby("series", sort=False)):
             s = s.sort_values(["nfe", x])  # a line follows step count, whatever the x axis
-            ax.errorbar(s[x], s[metric], yerr=_errors(s, metric), marker="o", ms=4, capsize=2, lw=1.2,
-                        color=f"C{i % 10}", ls="-" if i < 10 else "--", label=label)
+            ax.errorbar(s[x], s[metric], yerr=_errors(s, metric), marker=MARKERS[i % len(MARKERS)], ms=4,
+                        capsize=2, lw=1.2, color=f"C{i % 10}", ls="-" if i < 10 else "--", label=label)
         if pareto:
             higher = (directions or {}).get(metric, False)
             idx = pareto_front(df[x].to_numpy(float), df[metric].to_numpy(float), higher)
@@ -163,11 +179,9 @@ def plot_vs(frame: pd.DataFrame, metrics: list[str], x: str, path: Path, *, xlab
             ax.scatter(front[x], front[metric], s=90, facecolors="none", edgecolors="k", zorder=3,
                        label="Pareto front" if ax is axes[0] else None)
         if log_x:
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
+            _log_axis(ax, "x", df[x])
         if _log_y(df[metric]):
-            ax.set_yscale("log")
-            ax.yaxis.set_minor_formatter(NullFormatter())
+            _log_axis(ax, "y", df[metric])
         better = "higher" if (directions or {}).get(metric, False) else "lower"
         ax.set(xlabel=xlabel, ylabel=f"{metric} ({better} is better)", title=metric)
         ax.grid(True, which="both", alpha=0.3)

@@ -206,3 +206,13 @@ def test_a_metric_bug_fails_each_cell_with_its_name(tmp_path):
     assert (res.cells["status"] == "failed").all()
     assert set(res.cells["error"]) == {"metric 'picky': ZeroDivisionError: metric bug"}
     assert res.cells["nfe"].notna().all()  # sampling finished; its numbers are kept
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_matches_cpu(tmp_path, finished):
+    res = run(small(device="cuda"), tmp_path / "r")
+    manifest = RunDir(res.path).read_manifest()
+    assert manifest["device"].startswith("cuda") and (res.cells["status"] == "ok").all()
+    # the same per-sample noise (drawn on the CPU), float64 on both: the same numbers to rounding
+    assert res.cells["mean-norm"].tolist() == pytest.approx(finished.cells["mean-norm"].tolist(), rel=1e-9)

@@ -161,9 +161,20 @@ def test_shipped_suites_validate(path):
 
     registry = default_registry()
     data = yaml.safe_load(path.read_text())
-    missing = [(k, n) for k, n in [("model", data["model"] if isinstance(data["model"], str) else data["model"]["name"])]
-               + [("metric", m if isinstance(m, str) else m["name"]) for m in data.get("metrics", [])]
+    name = lambda spec: spec if isinstance(spec, str) else spec["name"]  # noqa: E731
+    models = data["model"] if isinstance(data["model"], list) else [data["model"]]
+    missing = [(k, n) for k, n in [("model", name(m)) for m in models] + [("metric", name(m)) for m in data["metrics"]]
                if (k, n) not in registry]
     if missing:
         pytest.skip(f"plugins not registered yet: {missing}")
     assert len(expand(load_suite(path, registry))) > 0
+
+
+def test_json_schema_accepts_valid_suites_and_rejects_bad_options():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json_schema(REG)
+    jsonschema.validate(small(model=["gmm", {"name": "gmm", "label": "b"}], include=[{"steps": 3}]), schema)
+    for path in shipped_suites():
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(small(grid=grid(sampler=[{"name": "ddim", "options": {"etaa": 1}}])), schema)
