@@ -68,6 +68,10 @@ def noise_verdicts(frame: pd.DataFrame, metric: str, higher_is_better: bool = Fa
     return out
 
 
+def has_uncertainty(frame: pd.DataFrame, metric: str) -> bool:
+    return bool(pd.to_numeric(frame[metric + UNCERTAINTY_SUFFIX], errors="coerce").notna().any())
+
+
 def convergence_orders(frame: pd.DataFrame, metric: str, records: list[dict[str, Any]]) -> pd.DataFrame:
     """Per line: the declared order; the measured one, −slope of log(metric) against log(steps) fitted
     over the finer half of its step counts (at least two points); the local order between neighbours."""
@@ -101,9 +105,8 @@ def table(frame: pd.DataFrame, dirs: dict[str, bool] | None = None) -> pd.DataFr
     if plots.varies(frame, "guidance"):
         t["w"] = frame["guidance"].map(plots.guidance_text)
     for m in metric_names(frame):
-        se = frame[m + UNCERTAINTY_SUFFIX]
-        t[m] = [fmt_pm(v, s) for v, s in zip(frame[m], se)]
-        if pd.to_numeric(se, errors="coerce").notna().any():  # no verdicts for a metric without errors
+        t[m] = [fmt_pm(v, s) for v, s in zip(frame[m], frame[m + UNCERTAINTY_SUFFIX])]
+        if has_uncertainty(frame, m):  # no verdicts for a metric without errors (solver-error-max)
             t[f"{m} vs best"] = noise_verdicts(frame, m, dirs.get(m, False))
     t["s/sample"] = frame["seconds_per_sample"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
     t["net %"] = frame["network_share"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.0f}")
@@ -165,7 +168,9 @@ def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: lis
     dirs = directions(manifest)
     plot_files = plot_files if plot_files is not None else [
         run.path / n for n in (plots.NFE_PLOT, plots.TIME_PLOT, plots.GUIDANCE_PLOT) if (run.path / n).exists()]
-    out = [f"# {manifest.get('suite')}", ""] + ([manifest["description"].strip(), ""] if manifest.get("description") else [])
+    out = [f"# {manifest.get('suite')}", ""]
+    if manifest.get("description"):
+        out += [manifest["description"].strip(), ""]
     out += [*_header(manifest), "",
            "## Results", "", markdown(table(frame, dirs)) if len(frame) else "_no cells finished_", ""]
     out += ["**Reading the table.** NFE is counted network evaluations per sample (guidance counts both "
@@ -175,8 +180,7 @@ def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: lis
         better = "higher" if dirs.get(name) else "lower"
         out.append(f"- `{name}` ({better} is better): uncertainty is {'; '.join(methods)}")
     out.append("")
-    has_se = [m for m in metric_names(frame) if pd.to_numeric(frame[m + UNCERTAINTY_SUFFIX], errors="coerce").notna().any()]
-    for metric in [m for m in has_se if "error" in m and not dirs.get(m)]:
+    for metric in [m for m in metric_names(frame) if "error" in m and not dirs.get(m) and has_uncertainty(frame, m)]:
         orders = convergence_orders(frame, metric, records)
         if len(orders):
             out += [f"## Convergence order from `{metric}`", "",

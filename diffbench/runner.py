@@ -8,39 +8,31 @@ samples is recorded as failed and the run goes on; Ctrl-C keeps every finished c
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata as md
-import math
 import os
-import platform
 import shlex
-import statistics
-import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-import diffbench
 from diffbench import plots, report
 from diffbench.calibration import bare_network_seconds
+from diffbench.cell import now, run_cell, sample_cell
 from diffbench.denoiser import DiffusionModel
 from diffbench.devices import resolve_device, resolve_dtype
-from diffbench.metrics.base import MetricContext, MetricValue
-from diffbench.registry import Component, Registry, default_registry
+from diffbench.metrics.base import MetricContext
+from diffbench.provenance import device_name, git_state, versions
+from diffbench.registry import Registry, default_registry
 from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir, find_run, write_json
-from diffbench.sampling import SampleResult, make_grid, resolve_options, sample
+from diffbench.sampling import make_grid, resolve_options
 from diffbench.suite import CellSpec, Suite, SuiteError, check_plugins, expand, load_suite
 
 DEFAULT_ROOT = Path("results")
 CACHE_ENV = "DIFFBENCH_CACHE_DIR"
-# metric values where larger is better, when the metric does not say (see metric_direction)
-HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "density", "coverage", "inception_score", "isc")
 
 
 class RunInterrupted(Exception):
@@ -148,53 +140,7 @@ def _on_model(suite: Suite, cell: CellSpec) -> str:
     return f" on model {cell.model.key!r}" if len(suite.model) > 1 else ""
 
 
-def metric_direction(comp: Component, value_name: str) -> bool:
-    """Whether larger values of a metric's output are better: the metric's ``higher_is_better`` (a bool
-    or a mapping by value name), else the component's meta, else a list of well-known names."""
-    declared = getattr(comp.obj, "higher_is_better", comp.meta.get("higher_is_better"))
-    if isinstance(declared, dict):
-        declared = declared.get(value_name)
-    if isinstance(declared, bool):
-        return declared
-    return any(word in value_name.lower() for word in HIGHER_IS_BETTER)
-
-
 # --- provenance --------------------------------------------------------------------------------
-
-def git_state(path: Path | None = None) -> dict[str, Any]:
-    """HEAD SHA and dirty flag of the checkout that holds diffbench's source (None outside git)."""
-    cwd = path or Path(diffbench.__file__).resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain") if sha else None
-    return {"sha": sha, "dirty": bool(status) if status is not None else None}
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
-
-
-def versions() -> dict[str, str | None]:
-    return {"python": platform.python_version(), "diffbench": diffbench.__version__, "torch": torch.__version__,
-            "torch-fidelity": _version("torch-fidelity"), "numpy": _version("numpy"),
-            "platform": platform.platform()}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
 
 def calibrate(model: DiffusionModel, batch_size: int, repeats: int = 5) -> dict[str, Any]:
     """Bare network time on one batch: the per-machine yardstick speed comparisons divide by."""
@@ -208,7 +154,7 @@ def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Reg
     model = next(iter(models.values()))
     return {
         "suite": suite.name, "description": suite.description, "status": "running",
-        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "started": now(),
         "command": command if command is not None else shlex.join(sys.argv),
         "git": git_state(), "versions": versions(), "plugins": registry.plugin_versions(),
         "device": str(model.device), "device_name": device_name(model.device),
@@ -218,130 +164,6 @@ def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Reg
         "batch_size": suite.batch_size, "seeds": suite.seeds,
         "metrics": {m.name: {"options": m.options} for m in suite.metrics},
     }
-
-
-# --- one cell ----------------------------------------------------------------------------------
-
-def _aggregate(per_seed: list[dict[str, MetricValue]]) -> dict[str, MetricValue]:
-    """One value per metric: the metric's own when one seed, else the mean with the spread across seeds."""
-    if len(per_seed) == 1:
-        return per_seed[0]
-    out = {}
-    for name in per_seed[0]:
-        vals = [d[name].value for d in per_seed if name in d]
-        k = len(vals)
-        se = statistics.stdev(vals) / math.sqrt(k) if k > 1 else None
-        out[name] = MetricValue(statistics.fmean(vals), se,
-                                f"standard error of the mean over {k} seed groups (std across groups / √{k})")
-    return out
-
-
-def _sample(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, seed: int,
-            num_samples: int, progress: Callable[[int], None] | None = None) -> SampleResult:
-    return sample(model, cell.sampler.name, steps=cell.steps, scheduler=cell.scheduler.name,
-                  sampler_options=cell.sampler.options, scheduler_options=cell.scheduler.options,
-                  quantize=cell.scheduler.quantize, num_samples=num_samples, seed=seed,
-                  batch_size=suite.batch_size, conditional=suite.conditional, guidance=cell.guidance,
-                  clip_x0=cell.sampler.clip_x0, registry=registry, progress=progress)
-
-
-def _record_base(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry) -> dict[str, Any]:
-    return {
-        "cell_id": cell.cell_id, "index": cell.index, "config_hash": cell.config_hash, "suite": suite.name,
-        "model": cell.model.key, "sampler": cell.sampler.key, "sampler_name": cell.sampler.name,
-        "sampler_order": registry.get("sampler", cell.sampler.name).meta.get("order"),
-        "scheduler": cell.scheduler.key, "scheduler_name": cell.scheduler.name, "steps": cell.steps,
-        "guidance": cell.guidance, "seeds": suite.seeds, "num_samples": suite.num_samples,
-        "status": STATUS_FAILED, "error": None, "nfe": None, "declared_nfe": None, "sample_seconds": None,
-        "seconds_per_sample": None, "network_seconds": None, "network_share": None, "metrics": {},
-        "per_seed": [], "model_identity": model.identity(), "config": cell.config,
-        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-
-
-class CellError(Exception):
-    """A cell's failure with a message that already says where (recorded without the class name)."""
-
-
-def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
-             run: RunDir, bar: Any) -> dict[str, Any]:
-    """Sample every seed group of one cell, score it, and return its record (failures recorded, not raised)."""
-    rec = _record_base(suite, cell, model, registry)
-    metrics = [(m, registry.get("metric", m.name)) for m in suite.metrics]
-    results: list[SampleResult] = []
-    try:
-        scores = []
-        for seed in suite.seeds:
-            res = _sample(suite, cell, model, registry, seed, suite.num_samples, progress=bar.update)
-            results.append(res)
-            if seed == suite.seeds[0]:
-                _describe_sampling(rec, res)
-            bad = int((~torch.isfinite(res.samples)).flatten(1).any(1).sum())
-            if bad:
-                raise CellError(f"non-finite samples: {bad} of {len(res.samples)} (seed {seed})")
-            if seed == suite.seeds[0]:
-                rec["sample_image"] = _sample_picture(res, model, run.cell_path(cell.cell_id, ".png"))
-            bar.set_postfix_str("metrics")
-            values: dict[str, MetricValue] = {}
-            for spec, comp in metrics:
-                try:
-                    values.update(comp.obj.compute(res.samples, model=model, result=res, context=context,
-                                                   **resolve_options(comp, spec.options)))
-                except Exception as exc:
-                    raise CellError(f"metric {spec.name!r}: {type(exc).__name__}: {exc}") from exc
-            scores.append(values)
-            rec["per_seed"].append({"seed": seed, "nfe": res.nfe, "sample_seconds": res.sample_seconds,
-                                    "network_seconds": res.network_seconds,
-                                    "metrics": {k: vars(v) for k, v in values.items()}})
-            bar.set_postfix_str("")
-        _summarise(rec, results, _aggregate(scores), metrics)
-        rec["status"] = STATUS_OK
-    except Exception as exc:  # a plugin's failure is this cell's result, not the run's
-        if results:
-            _summarise(rec, results, {}, metrics)  # what sampling cost is still worth keeping
-        text = str(exc) if isinstance(exc, CellError) else f"{type(exc).__name__}: {exc}"
-        rec["error"] = text.splitlines()[0] if text else type(exc).__name__
-        rec["traceback"] = traceback.format_exc()
-    rec["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    return rec
-
-
-def _describe_sampling(rec: dict[str, Any], res: SampleResult) -> None:
-    rec.update({"sampler_options": {**res.sampler_options, "clip_x0": res.meta["clip_x0"]},
-                "scheduler_options": res.scheduler_options, "grid": res.grid.record(),
-                "declared_nfe": res.declared_nfe, "device": res.meta["device"], "dtype": res.meta["dtype"],
-                "batch_size": res.meta["batch_size"], "conditional": res.meta["conditional"]})
-
-
-def _summarise(rec: dict[str, Any], results: list[SampleResult], values: dict[str, MetricValue],
-               metrics: list[tuple[Any, Component]]) -> None:
-    n = sum(len(r.samples) for r in results)
-    sample_s = sum(r.sample_seconds for r in results)
-    network_s = sum(r.network_seconds for r in results)
-    rec.update({
-        "nfe": statistics.fmean(r.nfe for r in results), "sample_seconds": sample_s,
-        "seconds_per_sample": sample_s / n, "network_seconds": network_s,
-        "network_share": network_s / sample_s if sample_s > 0 else None,
-    })
-    owner = {}
-    for spec, comp in metrics:
-        for name in values:
-            owner.setdefault(name, comp)
-    rec["metrics"] = {name: {**vars(v), "higher_is_better": metric_direction(owner[name], name)}
-                      for name, v in values.items()}
-
-
-def _sample_picture(res: SampleResult, model: DiffusionModel, path: Path) -> str | None:
-    """Save a picture of the cell's samples; a plotting problem never fails the cell."""
-    try:
-        reference = None
-        if model.analytic is not None and hasattr(model.analytic, "sample") and res.samples.ndim == 2:
-            reference = model.analytic.sample(len(res.samples), generator=torch.Generator().manual_seed(0))
-        written = plots.save_samples(res.samples, path, data_range=model.data_range, reference=reference)
-    except Exception as exc:
-        print(f"diffbench: warning: no sample picture for {path.stem}: {exc}", file=sys.stderr)
-        return None
-    return written.name if written is not None else None
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -355,7 +177,7 @@ def _warm_up(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
     error found before the grid runs rather than the same failure in every cell.
     """
     try:
-        res = _sample(suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples))
+        res = sample_cell(suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples))
     except Exception:
         return  # the cell itself will fail and record why
     for i, spec in enumerate(suite.metrics):
@@ -379,7 +201,7 @@ def _finish(run: RunDir, manifest: dict[str, Any], status: str, t0: float, conte
         for name, m in r.get("metrics", {}).items():
             values.setdefault(name, {"higher_is_better": m.get("higher_is_better"), "method": m.get("method")})
     manifest.update({
-        "status": status, "finished": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "status": status, "finished": now(),
         "wall_seconds": manifest.get("wall_seconds_before", 0.0) + time.perf_counter() - t0,
         "metric_info": context.info, "metric_values": values,
         "cells": {"total": len(cells), "ok": int((frame["status"] == STATUS_OK).sum()),

@@ -208,7 +208,8 @@ def _path(loc: tuple[Any, ...]) -> str:
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     # pydantic adds union-member and validator tags to loc ('str', 'list[...]', 'function-after[...]')
-    return tuple(p for p in loc if isinstance(p, int) or not re.search(r"[\[\]()]|^(str|int|float|bool|list|dict|none)$", str(p)))
+    tags = re.compile(r"[\[\]()]|^(str|int|float|bool|list|dict|none)$")
+    return tuple(p for p in loc if isinstance(p, int) or not tags.search(str(p)))
 
 
 def first_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
@@ -296,7 +297,8 @@ def check_plugins(suite: Suite, registry: Registry) -> Suite:
     models = [_check_component(registry, "model", m, "model" if len(suite.model) == 1 else f"model[{i}]")
               for i, m in enumerate(suite.model)]
     metrics = [_check_component(registry, "metric", m, f"metrics[{i}]") for i, m in enumerate(suite.metrics)]
-    samplers = [_check_component(registry, "sampler", s, f"grid.sampler[{i}]") for i, s in enumerate(suite.grid.sampler)]
+    samplers = [_check_component(registry, "sampler", s, f"grid.sampler[{i}]")
+                for i, s in enumerate(suite.grid.sampler)]
     schedulers = [_check_component(registry, "scheduler", s, f"grid.scheduler[{i}]")
                   for i, s in enumerate(suite.grid.scheduler)]
     grid = suite.grid.model_copy(update={"sampler": samplers, "scheduler": schedulers})

@@ -68,7 +68,8 @@ def test_plugins_table_and_json(monkeypatch):
     assert any(r.split()[:2] == ["sampler", "heun"] for r in rows)
     listed = json.loads(invoke("plugins", "--json").stdout)
     assert {"kind", "name", "plugin", "distribution", "version"} <= set(listed[0])
-    assert {"kind": "metric", "name": "mean-norm"}.items() <= next(c for c in listed if c["name"] == "mean-norm").items()
+    mean_norm = next(c for c in listed if c["name"] == "mean-norm")
+    assert mean_norm["kind"] == "metric" and mean_norm["options"] == {"scale": 1.0}
 
 
 def test_plugins_warns_about_broken_plugins(monkeypatch):

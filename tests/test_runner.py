@@ -17,7 +17,8 @@ from runhelpers import grid, initial_checksum, small, test_registry
 
 def run(data, out, registry=None, draw=False, **kw):
     registry = registry or test_registry()[0]
-    return run_suite(parse_suite(data, registry), out, registry=registry, progress=False, cache_dir=out / "cache", draw=draw, **kw)
+    return run_suite(parse_suite(data, registry), out, registry=registry, progress=False, cache_dir=out / "cache",
+                     draw=draw, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +217,19 @@ def test_cuda_run_matches_cpu(tmp_path, finished):
     assert manifest["device"].startswith("cuda") and (res.cells["status"] == "ok").all()
     # the same per-sample noise (drawn on the CPU), float64 on both: the same numbers to rounding
     assert res.cells["mean-norm"].tolist() == pytest.approx(finished.cells["mean-norm"].tolist(), rel=1e-9)
+
+
+def test_git_state_reads_sha_and_dirty_flag(tmp_path):
+    import subprocess
+
+    from diffbench.provenance import git_state
+
+    assert git_state(tmp_path) == {"sha": None, "dirty": None}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    (tmp_path / "f").write_text("a")
+    for args in (["init", "-q"], ["add", "f"], ["commit", "-q", "-m", "x"]):
+        subprocess.run(git + args, check=True)
+    sha = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_state(tmp_path) == {"sha": sha, "dirty": False}
+    (tmp_path / "f").write_text("b")
+    assert git_state(tmp_path) == {"sha": sha, "dirty": True}

@@ -50,8 +50,10 @@ def test_valid_suite_resolves_shorthand_and_defaults():
     (small(model={"name": "gmm", "options": {"dims": 3}}), "model.options.dims: model 'gmm' has no such option;"),
     (small(metrics=[{"name": "mean-norm", "options": {"scale": "big"}}]), "metrics[0].options.scale: Input should"),
     (small(metrics=["fidd"]), "metrics[0].name: unknown metric 'fidd'; available:"),
-    (small(exclude=[{"sampler": "ddim"}]), "exclude[0].sampler: 'ddim' matches no sampler; allowed: dpm-solver++-2m, euler, heun"),
-    (small(include=[{"sampler": "heun", "stepz": 3}]), "include[0].stepz: unknown key; allowed: model, sampler, scheduler,"),
+    (small(exclude=[{"sampler": "ddim"}]),
+     "exclude[0].sampler: 'ddim' matches no sampler; allowed: dpm-solver++-2m, euler, heun"),
+    (small(include=[{"sampler": "heun", "stepz": 3}]),
+     "include[0].stepz: unknown key; allowed: model, sampler, scheduler,"),
     (small(requires={"diffbench": ">=99"}), "requires.diffbench: need diffbench>=99, found"),
     (small(requires={"nope-dist": ">=1"}), "requires.nope-dist: no plugin distribution 'nope-dist' is installed"),
 ])

@@ -1,0 +1,168 @@
+"""One cell: sample every seed group, check the samples, score them, build the cell's record.
+
+A failure (a plugin raises, samples are not finite) becomes the record's ``status``/``error``;
+it is never raised, so the run goes on.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import statistics
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from diffbench import plots
+from diffbench.denoiser import DiffusionModel
+from diffbench.metrics.base import MetricContext, MetricValue
+from diffbench.registry import Component, Registry
+from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir
+from diffbench.sampling import SampleResult, resolve_options, sample
+from diffbench.suite import CellSpec, Suite
+
+# metric values where larger is better, when the metric does not say (see metric_direction)
+HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "density", "coverage", "inception_score", "isc")
+
+
+def now() -> str:
+    """Local time with offset, to the second (ISO 8601)."""
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def metric_direction(comp: Component, value_name: str) -> bool:
+    """Whether larger values of a metric's output are better: the metric's ``higher_is_better`` (a bool
+    or a mapping by value name), else the component's meta, else a list of well-known names."""
+    declared = getattr(comp.obj, "higher_is_better", comp.meta.get("higher_is_better"))
+    if isinstance(declared, dict):
+        declared = declared.get(value_name)
+    if isinstance(declared, bool):
+        return declared
+    return any(word in value_name.lower() for word in HIGHER_IS_BETTER)
+
+
+def _aggregate(per_seed: list[dict[str, MetricValue]]) -> dict[str, MetricValue]:
+    """One value per metric: the metric's own when one seed, else the mean with the spread across seeds."""
+    if len(per_seed) == 1:
+        return per_seed[0]
+    out = {}
+    for name in per_seed[0]:
+        vals = [d[name].value for d in per_seed if name in d]
+        k = len(vals)
+        se = statistics.stdev(vals) / math.sqrt(k) if k > 1 else None
+        out[name] = MetricValue(statistics.fmean(vals), se,
+                                f"standard error of the mean over {k} seed groups (std across groups / √{k})")
+    return out
+
+
+def sample_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, seed: int,
+                num_samples: int, progress: Callable[[int], None] | None = None) -> SampleResult:
+    """One seed group of one cell through the core's sampling call (timed, NFE counted there)."""
+    return sample(model, cell.sampler.name, steps=cell.steps, scheduler=cell.scheduler.name,
+                  sampler_options=cell.sampler.options, scheduler_options=cell.scheduler.options,
+                  quantize=cell.scheduler.quantize, num_samples=num_samples, seed=seed,
+                  batch_size=suite.batch_size, conditional=suite.conditional, guidance=cell.guidance,
+                  clip_x0=cell.sampler.clip_x0, registry=registry, progress=progress)
+
+
+def _record_base(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry) -> dict[str, Any]:
+    return {
+        "cell_id": cell.cell_id, "index": cell.index, "config_hash": cell.config_hash, "suite": suite.name,
+        "model": cell.model.key, "sampler": cell.sampler.key, "sampler_name": cell.sampler.name,
+        "sampler_order": registry.get("sampler", cell.sampler.name).meta.get("order"),
+        "scheduler": cell.scheduler.key, "scheduler_name": cell.scheduler.name, "steps": cell.steps,
+        "guidance": cell.guidance, "seeds": suite.seeds, "num_samples": suite.num_samples,
+        "status": STATUS_FAILED, "error": None, "nfe": None, "declared_nfe": None, "sample_seconds": None,
+        "seconds_per_sample": None, "network_seconds": None, "network_share": None, "metrics": {},
+        "per_seed": [], "model_identity": model.identity(), "config": cell.config,
+        "started": now(),
+    }
+
+
+class CellError(Exception):
+    """A cell's failure with a message that already says where (recorded without the class name)."""
+
+
+def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
+             run: RunDir, bar: Any) -> dict[str, Any]:
+    """Sample every seed group of one cell, score it, and return its record (failures recorded, not raised)."""
+    rec = _record_base(suite, cell, model, registry)
+    metrics = [(m, registry.get("metric", m.name)) for m in suite.metrics]
+    results: list[SampleResult] = []
+    try:
+        scores = []
+        for seed in suite.seeds:
+            res = sample_cell(suite, cell, model, registry, seed, suite.num_samples, progress=bar.update)
+            results.append(res)
+            if seed == suite.seeds[0]:
+                _describe_sampling(rec, res)
+            bad = int((~torch.isfinite(res.samples)).flatten(1).any(1).sum())
+            if bad:
+                raise CellError(f"non-finite samples: {bad} of {len(res.samples)} (seed {seed})")
+            if seed == suite.seeds[0]:
+                rec["sample_image"] = _sample_picture(res, model, run.cell_path(cell.cell_id, ".png"))
+            bar.set_postfix_str("metrics")
+            values: dict[str, MetricValue] = {}
+            for spec, comp in metrics:
+                try:
+                    values.update(comp.obj.compute(res.samples, model=model, result=res, context=context,
+                                                   **resolve_options(comp, spec.options)))
+                except Exception as exc:
+                    raise CellError(f"metric {spec.name!r}: {type(exc).__name__}: {exc}") from exc
+            scores.append(values)
+            rec["per_seed"].append({"seed": seed, "nfe": res.nfe, "sample_seconds": res.sample_seconds,
+                                    "network_seconds": res.network_seconds,
+                                    "metrics": {k: vars(v) for k, v in values.items()}})
+            bar.set_postfix_str("")
+        _summarise(rec, results, _aggregate(scores), metrics)
+        rec["status"] = STATUS_OK
+    except Exception as exc:  # a plugin's failure is this cell's result, not the run's
+        if results:
+            _summarise(rec, results, {}, metrics)  # what sampling cost is still worth keeping
+        text = str(exc) if isinstance(exc, CellError) else f"{type(exc).__name__}: {exc}"
+        rec["error"] = text.splitlines()[0] if text else type(exc).__name__
+        rec["traceback"] = traceback.format_exc()
+    rec["finished"] = now()
+    return rec
+
+
+def _describe_sampling(rec: dict[str, Any], res: SampleResult) -> None:
+    rec.update({"sampler_options": {**res.sampler_options, "clip_x0": res.meta["clip_x0"]},
+                "scheduler_options": res.scheduler_options, "grid": res.grid.record(),
+                "declared_nfe": res.declared_nfe, "device": res.meta["device"], "dtype": res.meta["dtype"],
+                "batch_size": res.meta["batch_size"], "conditional": res.meta["conditional"]})
+
+
+def _summarise(rec: dict[str, Any], results: list[SampleResult], values: dict[str, MetricValue],
+               metrics: list[tuple[Any, Component]]) -> None:
+    n = sum(len(r.samples) for r in results)
+    sample_s = sum(r.sample_seconds for r in results)
+    network_s = sum(r.network_seconds for r in results)
+    rec.update({
+        "nfe": statistics.fmean(r.nfe for r in results), "sample_seconds": sample_s,
+        "seconds_per_sample": sample_s / n, "network_seconds": network_s,
+        "network_share": network_s / sample_s if sample_s > 0 else None,
+    })
+    owner = {}
+    for spec, comp in metrics:
+        for name in values:
+            owner.setdefault(name, comp)
+    rec["metrics"] = {name: {**vars(v), "higher_is_better": metric_direction(owner[name], name)}
+                      for name, v in values.items()}
+
+
+def _sample_picture(res: SampleResult, model: DiffusionModel, path: Path) -> str | None:
+    """Save a picture of the cell's samples; a plotting problem never fails the cell."""
+    try:
+        reference = None
+        if model.analytic is not None and hasattr(model.analytic, "sample") and res.samples.ndim == 2:
+            reference = model.analytic.sample(len(res.samples), generator=torch.Generator().manual_seed(0))
+        written = plots.save_samples(res.samples, path, data_range=model.data_range, reference=reference)
+    except Exception as exc:
+        print(f"diffbench: warning: no sample picture for {path.stem}: {exc}", file=sys.stderr)
+        return None
+    return written.name if written is not None else None
+
+
