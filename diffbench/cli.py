@@ -134,6 +134,33 @@ def report_cmd(run_dir: Path) -> None:
     click.echo(report.write_report(run, frame, files))
 
 
+@cli.command(name="compare")
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--metric-tol", multiple=True, metavar="[METRIC=]TOL",
+              help="Allowance beyond noise, absolute (0.5) or relative to the baseline (5%); repeatable, "
+                   "METRIC= for one metric (default 0).")
+@click.option("--time-tol", default=None, metavar="TOL",
+              help="Allowed growth of machine-normalised sampling time, 0.25 or 25% (default 25%); 'off' skips it.")
+@click.option("--z", type=float, default=None, help="Standard errors a metric may move (default 2).")
+@click.option("--json", "as_json", is_flag=True, help="The comparison as JSON.")
+@handled
+def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time_tol: str | None, z: float | None,
+                as_json: bool) -> None:
+    """Compare RUN with BASELINE cell by cell; exit 1 when any cell regressed."""
+    from diffbench import compare
+
+    try:
+        rule = compare.Rule(z=compare.Z if z is None else z, metric_tol=compare.parse_metric_tols(metric_tol),
+                            time_tol=compare.parse_time_tol(time_tol))
+        result = compare.compare(baseline, run_dir, rule)
+    except compare.CompareError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(result.to_json() if as_json else compare.text(result), nl=not as_json)
+    if result.regressions:
+        sys.exit(EXIT_FAILED)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of components.")
 @handled

@@ -1,0 +1,233 @@
+"""diffbench compare: verdicts derived by hand on constructed run directories, and the CLI's exit codes."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from diffbench import compare
+from diffbench.cli import cli
+from diffbench.compare import BETTER, SAME, WORSE, Rule, Tolerance
+from diffbench.results import RunDir
+
+
+def metric(value: float, se: float | None, higher: bool | None = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"value": value, "uncertainty": se, "method": "test"}
+    if higher is not None:
+        out["higher_is_better"] = higher
+    return out
+
+
+def record(steps: int = 10, *, sampler: str = "euler", fid: float = 10.0, fid_se: float = 0.3,
+           precision: float = 0.8, precision_se: float = 0.03, nfe: float | None = None,
+           sample_seconds: float = 0.4, network_seconds: float | None = 0.2, status: str = "ok",
+           num_samples: int = 100, **extra: Any) -> dict[str, Any]:
+    """A finished cell of a one-model suite; cell id and config follow the runner's layout."""
+    config = {"num_samples": num_samples, "sampler": {"name": sampler}, "steps": steps}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    rec = {"cell_id": f"m__{sampler}__karras__n{steps}__gnone-{digest}",
+           "index": steps, "model": "m", "sampler": sampler, "scheduler": "karras", "steps": steps, "guidance": None,
+           "status": status, "error": None if status == "ok" else "boom", "nfe": steps if nfe is None else nfe,
+           "sample_seconds": sample_seconds, "seconds_per_sample": sample_seconds / num_samples,
+           "network_seconds": network_seconds, "config": config,
+           "metrics": {"fid": metric(fid, fid_se), "precision": metric(precision, precision_se, True)}}
+    rec.update(extra)
+    return rec
+
+
+def make_run(path: Path, records: list[dict[str, Any]], *, bare: float | None = 0.01, batch: int = 100,
+             suite: str = "smoke") -> Path:
+    """A run directory as the runner leaves it: manifest with calibration, one JSON per cell."""
+    run = RunDir(path)
+    manifest: dict[str, Any] = {"suite": suite, "status": "complete", "models": {"m": {"model": "m"}}}
+    if bare is not None:
+        manifest["calibration"] = {"m": {"network_seconds_per_call": bare, "batch_size": batch}}
+    run.write_manifest(manifest)
+    for r in records:
+        run.write_cell(r)
+    return path
+
+
+def verdicts(base: Path, run: Path, rule: Rule | None = None) -> dict[str, dict[str, str]]:
+    """Cell label → check name → verdict (and 'cell' → the cell's verdict)."""
+    result = compare.compare(base, run, rule)
+    return {c.label: {"cell": c.verdict, **{k.what: k.verdict for k in c.checks}} for c in result.cells}
+
+
+def invoke(*args: Any):
+    return CliRunner().invoke(cli, ["compare", *(str(a) for a in args)], catch_exceptions=False)
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    return make_run(tmp_path / "base", [record(10), record(20, fid=8.0)])
+
+
+# --- quality -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fid, expected", [
+    (10.9, SAME),    # +0.9 < 2·√(0.3² + 0.4²) = 1.0
+    (11.1, WORSE),   # +1.1 > 1.0
+    (8.9, BETTER),   # −1.1, beyond 1.0 the good way
+])
+def test_fid_lower_is_better_within_z_combined_se(base, tmp_path, fid, expected):
+    run = make_run(tmp_path / "run", [record(10, fid=fid, fid_se=0.4), record(20, fid=8.0)])
+    got = verdicts(base, run)
+    assert got["euler karras n=10"]["fid"] == expected
+    assert got["euler karras n=10"]["cell"] == expected
+    assert got["euler karras n=20"]["cell"] == SAME
+
+
+@pytest.mark.parametrize("precision, expected", [(0.69, WORSE), (0.71, SAME), (0.91, BETTER)])
+def test_precision_higher_is_better(base, tmp_path, precision, expected):
+    # threshold 2·√(0.03² + 0.04²) = 0.1
+    run = make_run(tmp_path / "run", [record(10, precision=precision, precision_se=0.04), record(20, fid=8.0)])
+    assert verdicts(base, run)["euler karras n=10"]["precision"] == expected
+
+
+def test_metric_tolerance_absolute_relative_and_per_metric(base, tmp_path):
+    run = make_run(tmp_path / "run", [record(10, fid=11.4, fid_se=0.4), record(20, fid=8.0)])  # +1.4
+    cell = "euler karras n=10"
+    assert verdicts(base, run)[cell]["fid"] == WORSE
+    assert verdicts(base, run, Rule(metric_tol={"fid": Tolerance(0.5)}))[cell]["fid"] == SAME  # 1.0 + 0.5
+    assert verdicts(base, run, Rule(metric_tol={"": Tolerance(0.05, relative=True)}))[cell]["fid"] == SAME  # + 0.5
+    assert verdicts(base, run, Rule(metric_tol={"precision": Tolerance(0.5)}))[cell]["fid"] == WORSE
+    assert verdicts(base, run, Rule(z=3.0))[cell]["fid"] == SAME  # 3·0.5 = 1.5
+
+
+def test_direction_falls_back_to_known_metrics_then_warns(tmp_path):
+    old = record(10)
+    old["metrics"] = {"class-accuracy": metric(0.9, 0.01, None), "mystery": metric(1.0, 0.01, None)}
+    worse = copy.deepcopy(old)
+    worse["metrics"] = {"class-accuracy": metric(0.8, 0.01, None), "mystery": metric(1.1, 0.01, None)}
+    result = compare.compare(make_run(tmp_path / "b", [old]), make_run(tmp_path / "r", [worse]))
+    assert {c.what: c.verdict for c in result.cells[0].checks}["class-accuracy"] == WORSE
+    assert {c.what: c.verdict for c in result.cells[0].checks}["mystery"] == WORSE  # assumed lower is better
+    assert result.warnings == ["metric 'mystery': direction not recorded; assuming lower is better"]
+
+
+def test_missing_metric_in_run_is_worse(base, tmp_path):
+    rec = record(10)
+    del rec["metrics"]["precision"]
+    run = make_run(tmp_path / "run", [rec, record(20, fid=8.0)])
+    assert verdicts(base, run)["euler karras n=10"]["precision"] == WORSE
+
+
+# --- cost and speed ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nfe, expected", [(11, WORSE), (10, SAME), (9, BETTER)])
+def test_nfe_may_not_grow(base, tmp_path, nfe, expected):
+    run = make_run(tmp_path / "run", [record(10, nfe=nfe), record(20, fid=8.0)])
+    assert verdicts(base, run)["euler karras n=10"]["nfe"] == expected
+
+
+def test_speed_in_network_evaluations_timed_in_the_same_call(base, tmp_path):
+    # baseline: NFE 10 × 0.4 s sampling / 0.2 s in the network = 20 network evaluations
+    def cell(sample: float, network: float) -> dict[str, dict[str, str]]:
+        run = make_run(tmp_path / f"run-{sample}-{network}", [record(10, sample_seconds=sample, network_seconds=network),
+                                                           record(20, fid=8.0)])
+        return verdicts(base, run)["euler karras n=10"]
+
+    assert cell(0.8, 0.4)["time"] == SAME  # a machine twice as slow, or twice as loaded
+    assert cell(0.52, 0.2)["time"] == WORSE  # +30% of harness time: 26 evaluations
+    assert cell(0.48, 0.2)["time"] == SAME  # +20%
+    assert cell(0.28, 0.2)["time"] == BETTER  # −30%
+
+
+def test_speed_tolerance_and_off(base, tmp_path):
+    run = make_run(tmp_path / "run", [record(10, sample_seconds=0.52), record(20, fid=8.0)])
+    assert verdicts(base, run, Rule(time_tol=0.5))["euler karras n=10"]["time"] == SAME
+    assert "time" not in verdicts(base, run, Rule(time_tol=None))["euler karras n=10"]
+
+
+def test_speed_falls_back_to_the_calibration(tmp_path):
+    # no in-call network time: 0.4 s / 100 samples × batch 100 / 0.01 s bare call = 40 calls
+    base = make_run(tmp_path / "base", [record(10, network_seconds=None)], bare=0.01)
+    same = make_run(tmp_path / "same", [record(10, sample_seconds=0.8, network_seconds=None)], bare=0.02)
+    slow = make_run(tmp_path / "slow", [record(10, sample_seconds=0.6, network_seconds=None)], bare=0.01)
+    assert verdicts(base, same)["euler karras n=10"]["time"] == SAME
+    assert verdicts(base, slow)["euler karras n=10"]["time"] == WORSE
+    check = compare.compare(base, slow).cells[0].checks[-1]
+    assert (check.baseline, check.run, check.note) == (pytest.approx(40.0), pytest.approx(60.0), "per calibration")
+
+
+def test_speed_not_compared_without_network_time_or_calibration(base, tmp_path):
+    run = make_run(tmp_path / "run", [record(10, network_seconds=None), record(20, fid=8.0)], bare=None)
+    check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "time")
+    assert check.verdict == SAME and "speed not compared" in check.note
+
+
+# --- status and matching -----------------------------------------------------------------------
+
+def test_failed_cell_in_run_is_worse_failed_baseline_cell_is_skipped(tmp_path):
+    base = make_run(tmp_path / "b", [record(10), record(20, status="failed")])
+    run = make_run(tmp_path / "r", [record(10, status="failed"), record(20)])
+    result = compare.compare(base, run)
+    assert [c.verdict for c in result.cells] == [WORSE, SAME]
+    assert result.cells[0].note == "failed: boom" and "baseline cell failed" in result.cells[1].note
+
+
+def test_new_cells_are_listed_not_compared(base, tmp_path):
+    run = make_run(tmp_path / "run", [record(10), record(20, fid=8.0), record(40)])
+    result = compare.compare(base, run)
+    assert len(result.cells) == 2 and result.new_cells == [record(40)["cell_id"]]
+    assert "not in the baseline" in compare.text(result)
+
+
+def test_cli_exit_codes(base, tmp_path):
+    same = make_run(tmp_path / "same", [record(10, fid=10.2), record(20, fid=8.0)])
+    worse = make_run(tmp_path / "worse", [record(10, fid=12.0), record(20, fid=8.0)])
+    ok = invoke(base, same)
+    assert ok.exit_code == 0 and "2 cells: 0 better, 2 same within noise, 0 worse" in ok.stdout
+    assert "z = 2" in ok.stdout
+    bad = invoke(base, worse)
+    assert bad.exit_code == 1 and "REGRESSION in 1 cell(s)" in bad.stdout
+    assert invoke(base, worse, "--metric-tol", "fid=1.5").exit_code == 0
+    assert invoke(base, worse, "--metric-tol", "20%").exit_code == 0
+
+
+def test_cli_json(base, tmp_path):
+    worse = make_run(tmp_path / "worse", [record(10, nfe=12), record(20, fid=8.0)])
+    result = invoke(base, worse, "--json", "--time-tol", "off")
+    data = json.loads(result.stdout)
+    assert result.exit_code == 1 and data["regressions"] == 1 and data["z"] == 2.0 and data["time_tol"] is None
+    assert [c["verdict"] for c in data["cells"]] == [WORSE, SAME]
+    assert {c["what"] for c in data["cells"][0]["checks"]} == {"fid", "precision", "nfe"}
+
+
+def one_line_error(result, text: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert text in result.stderr
+
+
+def test_bad_input_exits_2_with_one_line(base, tmp_path):
+    one_line_error(invoke(base, tmp_path / "nowhere"), "not a diffbench run directory")
+    one_line_error(invoke(tmp_path / "nowhere", base), "baseline: ")
+    other_suite = make_run(tmp_path / "other", [record(10), record(20, fid=8.0)], suite="steps")
+    one_line_error(invoke(base, other_suite), "baseline is suite 'smoke', run is suite 'steps'")
+    partial = make_run(tmp_path / "partial", [record(10)])
+    one_line_error(invoke(base, partial), "run lacks 1 baseline cell(s), e.g. m__euler__karras__n20__gnone")
+    reconfigured = make_run(tmp_path / "reconf", [record(10, num_samples=50), record(20, fid=8.0)])
+    one_line_error(invoke(base, reconfigured), "run with another configuration (num_samples: 100 vs 50)")
+    empty = make_run(tmp_path / "empty", [])
+    one_line_error(invoke(empty, base), "no cell records")
+    shutil.copytree(base, tmp_path / "corrupt")
+    next((tmp_path / "corrupt" / "cells").glob("*.json")).write_text("{not json")
+    one_line_error(invoke(base, tmp_path / "corrupt"), "unreadable run")
+    one_line_error(invoke(base, base, "--metric-tol", "fid=lots"), "tolerance 'lots'")
+
+
+def test_a_changed_checkpoint_is_named(tmp_path):
+    base = make_run(tmp_path / "b", [record(10)])
+    run = make_run(tmp_path / "r", [record(10)])
+    manifest = RunDir(run).read_manifest()
+    manifest["models"]["m"]["checkpoint_hash"] = "abcdef0123456789"
+    RunDir(run).write_manifest(manifest)
+    assert compare.compare(base, run).warnings == ["model 'm': checkpoint differs (baseline None, run abcdef012345)"]
