@@ -68,8 +68,10 @@ def harness_overhead(model: DiffusionModel, sampler: str = "euler", *, steps: in
                      repeats: int = 10, scheduler: str = "karras", **sample_kwargs: Any) -> Overhead:
     """Interleave bare-network timings with full sampling calls; each repetition pairs the two.
 
-    The bare time of a repetition is the median of NFE calls made right before its sampling call, so
-    both sides see the same machine state (thermal, other load).
+    The bare time of a repetition is the mean of NFE calls made right before its sampling call, so
+    both sides see the same machine state (thermal, other load) and are the same statistic: a total
+    over NFE calls (a median of the bare calls would drop the slow tail that the sampling total keeps,
+    and read load spikes as harness overhead).
     """
     from diffbench.sampling import sample
 
@@ -79,7 +81,7 @@ def harness_overhead(model: DiffusionModel, sampler: str = "euler", *, steps: in
     inputs = _network_inputs(model, batch_size)
     ratios, bares, samples = [], [], []
     for _ in range(repeats):
-        bare = statistics.median(time_network_call(model, batch_size, inputs) for _ in range(max(3, int(nfe))))
+        bare = statistics.fmean(time_network_call(model, batch_size, inputs) for _ in range(max(3, round(nfe))))
         res = sample(model, sampler, **kw)
         ratios.append(res.sample_seconds / (nfe * bare) - 1.0)
         bares.append(bare)
