@@ -1,4 +1,314 @@
-"""FID, KID and precision/recall through torch-fidelity with a named feature extractor."""
+"""FID, KID and precision/recall through torch-fidelity with a named feature extractor; class accuracy.
+
+Samples become uint8 images (``digits_cnn.to_uint8``; grey images repeated to RGB for RGB
+extractors), torch-fidelity's extractor turns them into features and torch-fidelity's
+feature → metric functions score them against reference features. Reference features are
+cached on disk under ``context.cache_dir``, keyed by dataset, split, extractor, extractor
+checkpoint sha256 and feature layer, so a second evaluation extracts only the samples' features.
+"""
 from __future__ import annotations
 
-METRICS: dict = {}
+import hashlib
+import json
+import os
+import tempfile
+import weakref
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffbench.checkpoints import file_sha256, shipped
+from diffbench.datasets import load_dataset
+from diffbench.metrics import digits_cnn
+from diffbench.metrics.base import MetricContext, MetricValue
+
+INCEPTION = "inception-v3-compat"
+CACHE_FORMAT = 1  # bump when the cached feature layout or the uint8 mapping changes
+
+
+class MetricUnavailable(ValueError):
+    """A metric cannot run here (missing weights, no reference dataset); the message is one line."""
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """A resolved torch-fidelity feature extractor: name, weights file, its sha256, feature layer."""
+
+    name: str
+    weights_path: str | None
+    sha256: str
+    layer: str
+
+    def describe(self) -> dict[str, Any]:
+        resize = ("none (native 8×8)" if self.name == digits_cnn.NAME else
+                  "bilinear to 299×299 inside torch-fidelity (TF1-compatible)" if self.name == INCEPTION else
+                  "as defined by the extractor")
+        return {"feature_extractor": self.name, "feature_extractor_hash": self.sha256, "feature_layer": self.layer,
+                "resize": resize, "uint8_mapping": digits_cnn.UINT8_MAPPING}
+
+
+def _inception_url() -> str:
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return URL_INCEPTION_V3
+
+
+def _extractor_weights(name: str, weights_path: str | None) -> Path:
+    """The weights file for ``name``; never downloads: a missing file is a one-line MetricUnavailable."""
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise MetricUnavailable(f"feature extractor {name!r}: weights_path {str(path)!r} does not exist")
+        return path
+    if name == digits_cnn.NAME:
+        return shipped(digits_cnn.NAME)
+    if name == INCEPTION:
+        url = _inception_url()
+        path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        if path.is_file():
+            return path
+        raise MetricUnavailable(
+            f"feature extractor {INCEPTION!r}: weights not found offline at {path}; download {url} "
+            "and pass the metric option weights_path=<file> (or place the file at that path)")
+    raise MetricUnavailable(f"feature extractor {name!r}: pass the metric option weights_path=<file> "
+                            "(diffbench never downloads weights at run time)")
+
+
+def resolve_extractor(name: str, weights_path: str | None, metric: str) -> Extractor:
+    """Check that ``name`` is a registered torch-fidelity extractor with weights available offline."""
+    digits_cnn.register_with_torch_fidelity()
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    if name not in FEATURE_EXTRACTORS_REGISTRY:
+        raise MetricUnavailable(f"unknown feature extractor {name!r}; registered with torch-fidelity: "
+                                f"{', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))}")
+    path = _extractor_weights(name, weights_path)
+    layer = FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric(metric)
+    return Extractor(name, str(path), file_sha256(path), layer)
+
+
+@lru_cache(maxsize=4)
+def _extractor_module(ext: Extractor, device: str) -> torch.nn.Module:
+    from torch_fidelity.utils import create_feature_extractor
+
+    module = create_feature_extractor(ext.name, [ext.layer], cuda=False,
+                                      feature_extractor_weights_path=ext.weights_path, verbose=False)
+    return module.to(device)  # not cuda=True: that picks the current device, not the one asked for
+
+
+def extract_features(images: Tensor, data_range: tuple[float, float], ext: Extractor,
+                     device: torch.device | str = "cpu", batch_size: int = 256) -> Tensor:
+    """Features (N, D) float32 on the CPU of float images (N, C, H, W) in ``data_range``."""
+    device = torch.device(device)
+    module = _extractor_module(ext, str(device))
+    u8 = digits_cnn.to_uint8(images, data_range)
+    if u8.shape[1] == 1 and ext.name != digits_cnn.NAME:
+        u8 = u8.expand(-1, 3, -1, -1)  # grey → RGB for RGB extractors
+    with torch.inference_mode():
+        feats = [module(b.to(device))[0].float().cpu() for b in u8.split(batch_size)]
+    return torch.cat(feats)
+
+
+_SAMPLE_FEATURES: dict[int, tuple[weakref.ref, int, tuple, Tensor]] = {}
+
+
+def sample_features(samples: Tensor, data_range: tuple[float, float], ext: Extractor,
+                    device: torch.device, batch_size: int = 256) -> Tensor:
+    """Features of ``samples``, memoised for the live tensor so fid, kid and prc on one run extract once."""
+    for k in [k for k, v in _SAMPLE_FEATURES.items() if v[0]() is None]:
+        del _SAMPLE_FEATURES[k]
+    key = (ext, str(device), tuple(data_range))
+    hit = _SAMPLE_FEATURES.get(id(samples))
+    # same object, unchanged since (``_version`` counts in-place edits), same extractor
+    if hit is not None and hit[0]() is samples and hit[1] == samples._version and hit[2] == key:
+        return hit[3]
+    feats = extract_features(samples, data_range, ext, device, batch_size)
+    _SAMPLE_FEATURES[id(samples)] = (weakref.ref(samples), samples._version, key, feats)
+    return feats
+
+
+def _tensor_sha256(t: Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def reference_features(dataset: str, split: str, ext: Extractor, context: MetricContext,
+                       batch_size: int = 256) -> tuple[Tensor, str]:
+    """Reference features of ``dataset``/``split`` and their sha256, from the disk cache when present."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    key = {"format": CACHE_FORMAT, "dataset": dataset, "split": split, "extractor": ext.name,
+           "extractor_hash": ext.sha256, "layer": ext.layer}
+    key_json = json.dumps(key, sort_keys=True)
+    cache_dir = Path(context.cache_dir)
+    path = cache_dir / f"ref-{dataset}-{split}-{ext.name}-{hashlib.sha256(key_json.encode()).hexdigest()[:16]}.safetensors"
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("key") == key_json:
+                return f.get_tensor("features"), meta["sha256"]
+    data = load_dataset(dataset, split)
+    feats = extract_features(data.images, (-1.0, 1.0), ext, context.device, batch_size)
+    sha = _tensor_sha256(feats)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"features": feats}, tmp, metadata={"key": key_json, "sha256": sha})
+        os.replace(tmp, path)  # atomic: concurrent runs never read a half-written file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return feats, sha
+
+
+class _FidelityMetric:
+    """Shared set-up: extractor, sample and reference features, what-was-used in context.info."""
+
+    name: ClassVar[str] = ""
+    options: ClassVar[dict[str, Any]] = {}
+    base_options: ClassVar[dict[str, Any]] = {"extractor": None, "weights_path": None, "reference_split": "train",
+                                              "batch_size": 256}
+
+    def features(self, samples: Tensor, model: Any, context: MetricContext, *, extractor: str | None,
+                 weights_path: str | None, reference_split: str, batch_size: int) -> tuple[Tensor, Tensor]:
+        if getattr(model, "dataset", None) is None:
+            raise MetricUnavailable(f"metric {self.name!r} needs a model with a reference dataset; "
+                                    f"model {getattr(model, 'name', model)!r} has none")
+        name = extractor or (digits_cnn.NAME if model.dataset == "digits" else INCEPTION)
+        ext = resolve_extractor(name, weights_path, self.name)
+        gen = sample_features(samples, tuple(model.data_range), ext, context.device, batch_size)
+        ref, ref_hash = reference_features(model.dataset, reference_split, ext, context, batch_size)
+        context.info.update(ext.describe())
+        context.info.update({"reference_dataset": model.dataset, "reference_split": reference_split,
+                             "reference_size": len(ref), "reference_hash": ref_hash, "num_samples": len(gen)})
+        return gen, ref
+
+    def compute(self, samples: Tensor, *, model: Any, result: Any, context: MetricContext,
+                **options: Any) -> dict[str, MetricValue]:
+        opts = {**self.options, **options}
+        base = {k: opts.pop(k) for k in self.base_options}
+        gen, ref = self.features(samples, model, context, **base)
+        return self.score(gen, ref, context, **opts)
+
+    def score(self, gen: Tensor, ref: Tensor, context: MetricContext, **options: Any) -> dict[str, MetricValue]:
+        raise NotImplementedError
+
+
+def _fid_against(ref: Tensor):
+    """FID of generated statistics against a fixed reference, via eigvalsh(√Σr Σg √Σr) (same value, faster)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    stats = fid_features_to_statistics(ref.double())
+    lam, vec = np.linalg.eigh(stats["sigma"])
+    root = (vec * np.sqrt(np.clip(lam, 0, None))) @ vec.T
+    tr_ref = np.trace(stats["sigma"])
+
+    def fid(gen: np.ndarray) -> float:
+        mu, sigma = gen.mean(0), np.cov(gen, rowvar=False)
+        tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sigma @ root), 0, None)).sum()
+        return float(((mu - stats["mu"]) ** 2).sum() + np.trace(sigma) + tr_ref - 2 * tr_covmean)
+
+    return fid
+
+
+class FID(_FidelityMetric):
+    """Fréchet distance between Gaussian fits of sample and reference features (Heusel et al. 2017)."""
+
+    name = "fid"
+    higher_is_better = False
+    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "bootstrap": 100}
+
+    def score(self, gen, ref, context, *, bootstrap: int) -> dict[str, MetricValue]:
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+        stats = [fid_features_to_statistics(f.double()) for f in (gen, ref)]
+        value = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
+        se, method = None, "torch-fidelity FID; no uncertainty (bootstrap=0)"
+        if bootstrap > 1:
+            fid, g = _fid_against(ref), gen.double().numpy()
+            rng = np.random.default_rng(context.seed)
+            boots = [fid(g[rng.integers(0, len(g), len(g))]) for _ in range(bootstrap)]
+            se = float(np.std(boots, ddof=1))
+            method = f"torch-fidelity FID; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features"
+        return {"fid": MetricValue(float(value), se, method)}
+
+
+class KID(_FidelityMetric):
+    """Kernel (polynomial, cubic) MMD² between sample and reference features (Bińkowski et al. 2018)."""
+
+    name = "kid"
+    higher_is_better = False
+    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "subsets": 100, "subset_size": 1000}
+
+    def score(self, gen, ref, context, *, subsets: int, subset_size: int) -> dict[str, MetricValue]:
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
+        # at most half of the smaller set, so subsets differ and their spread measures sampling noise;
+        # the estimate stays unbiased for any subset size
+        size = min(subset_size, min(len(gen), len(ref)) // 2)
+        out = kid_features_to_metric(gen, ref, kid_subsets=subsets, kid_subset_size=size, rng_seed=context.seed,
+                                     verbose=False)
+        context.info["kid_subset_size"] = size
+        method = (f"torch-fidelity KID, mean over {subsets} subsets of {size}; s.e. = s.d. over subsets "
+                  "(conservative: the spread of a single-subset estimate)")
+        return {"kid": MetricValue(out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"],
+                                   method)}
+
+
+class PRC(_FidelityMetric):
+    """Improved precision and recall of sample vs reference features, k-NN balls (Kynkäänniemi et al. 2019)."""
+
+    name = "prc"
+    higher_is_better = True  # precision and recall
+    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "neighborhood": 3}
+
+    def score(self, gen, ref, context, *, neighborhood: int) -> dict[str, MetricValue]:
+        from torch_fidelity.metric_prc import prc_features_to_metric
+
+        out = prc_features_to_metric(gen, ref, prc_neighborhood=neighborhood, prc_batch_size=10000,
+                                     save_cpu_ram=False, verbose=False)
+        p, r = out["precision"], out["recall"]
+        return {
+            "precision": MetricValue(p, binomial_se(p, len(gen)),
+                                     f"torch-fidelity precision, k={neighborhood}; binomial s.e. over samples"),
+            "recall": MetricValue(r, binomial_se(r, len(ref)),
+                                  f"torch-fidelity recall, k={neighborhood}; binomial s.e. over reference images "
+                                  "(approximate: ignores dependence through the samples' k-NN radii)"),
+        }
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error sqrt(p (1 - p) / n) of a proportion."""
+    return float(np.sqrt(p * (1.0 - p) / n)) if n else float("nan")
+
+
+class ClassAccuracy:
+    """Share of class-conditional samples that the shipped digits-cnn classifies as their conditioning label."""
+
+    name = "class-accuracy"
+    higher_is_better = True
+    options: ClassVar[dict[str, Any]] = {}
+
+    def compute(self, samples: Tensor, *, model: Any, result: Any, context: MetricContext,
+                **options: Any) -> dict[str, MetricValue]:
+        if getattr(model, "dataset", None) != "digits":
+            raise MetricUnavailable(f"metric 'class-accuracy' needs a digits model; "
+                                    f"model {getattr(model, 'name', model)!r} is on {getattr(model, 'dataset', None)!r}")
+        labels = getattr(result, "labels", None)
+        if labels is None:
+            raise MetricUnavailable("metric 'class-accuracy' needs class-conditional samples (conditional=True)")
+        pred = digits_cnn.classify(samples, tuple(model.data_range))
+        p = (pred == labels.cpu()).float().mean().item()
+        context.info["classifier"] = digits_cnn.NAME
+        context.info["classifier_hash"] = digits_cnn.load_classifier()[1]
+        return {"class-accuracy": MetricValue(p, binomial_se(p, len(labels)),
+                                              "share classified as the conditioning label; binomial s.e.")}
+
+
+METRICS: dict = {m.name: m for m in (FID(), KID(), PRC(), ClassAccuracy())}

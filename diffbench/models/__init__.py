@@ -1,6 +1,7 @@
 """Built-in model loaders: name → callable(**options) -> DiffusionModel."""
 from __future__ import annotations
 
+from diffbench.models import digits
 from diffbench.models.gmm import gmm
 
-MODELS = {"gmm": gmm}
+MODELS = {"gmm": gmm, **digits.MODELS}

@@ -1,0 +1,72 @@
+"""The shipped digits denoisers: digits-eps (linear VP, ε), digits-v (cosine VP, v), digits-flow (RF, velocity).
+
+Each is a ``DenoiserMLP`` trained on the digits train split (scripts/train_digits.py) and
+shipped as diffbench/data/<name>.safetensors; its config (architecture, schedule, target,
+training) lives in the file's metadata and its sha256 is the model's checkpoint hash.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffbench.checkpoints import load_checkpoint, shipped
+from diffbench.denoiser import DiffusionModel
+from diffbench.models.network import DenoiserMLP
+from diffbench.noise import NoiseSchedule, make_schedule
+from diffbench.targets import TARGETS
+
+
+@dataclass(frozen=True)
+class DigitsSpec:
+    """How one digits model is set up: noise schedule, prediction target, network time scaling."""
+
+    schedule: str
+    target: str
+    time_scale: float  # network sees t * time_scale: discrete steps 0..999 as they are, continuous t ×1000
+
+    def make_schedule(self) -> NoiseSchedule:
+        return make_schedule(self.schedule)
+
+
+SPECS: dict[str, DigitsSpec] = {
+    "digits-eps": DigitsSpec("linear", "eps", 1.0),
+    "digits-v": DigitsSpec("cosine", "v", 1000.0),
+    "digits-flow": DigitsSpec("flow", "flow", 1000.0),
+}
+
+
+def load_digits_model(name: str, checkpoint: str | None = None) -> DiffusionModel:
+    """Build digits model ``name`` from its shipped checkpoint (or ``checkpoint``), without pickle."""
+    spec = SPECS[name]
+    state, config, sha = load_checkpoint(Path(checkpoint) if checkpoint else shipped(name))
+    trained_as = config.get("model")
+    if trained_as != name:
+        raise ValueError(f"checkpoint {checkpoint or shipped(name)} holds {trained_as!r}, not {name!r}")
+    net = DenoiserMLP(**config["arch"])
+    net.load_state_dict(state)
+    net.eval().requires_grad_(False)
+    info: dict[str, Any] = {"train_split": config.get("split"), "train_steps": config.get("training", {}).get("steps")}
+    return DiffusionModel(
+        name=name, network=net, schedule=spec.make_schedule(), target=TARGETS[spec.target],
+        shape=tuple(config["arch"]["shape"]), num_classes=config["arch"]["num_classes"], checkpoint_hash=sha,
+        dataset="digits", data_range=(-1.0, 1.0), info=info,
+    )
+
+
+def digits_eps(*, checkpoint: str | None = None) -> DiffusionModel:
+    """Digits denoiser, linear-β VP with 1000 discrete steps, ε-prediction (DDPM set-up, Ho et al. 2020)."""
+    return load_digits_model("digits-eps", checkpoint)
+
+
+def digits_v(*, checkpoint: str | None = None) -> DiffusionModel:
+    """Digits denoiser, cosine VP, v-prediction (Salimans & Ho 2022)."""
+    return load_digits_model("digits-v", checkpoint)
+
+
+def digits_flow(*, checkpoint: str | None = None) -> DiffusionModel:
+    """Digits denoiser, rectified flow, velocity prediction (Liu et al. 2023; Lipman et al. 2023)."""
+    return load_digits_model("digits-flow", checkpoint)
+
+
+MODELS = {"digits-eps": digits_eps, "digits-v": digits_v, "digits-flow": digits_flow}

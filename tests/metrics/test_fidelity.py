@@ -1,0 +1,189 @@
+"""FID/KID/PRC through torch-fidelity with digits-cnn, the reference cache, offline errors, class accuracy."""
+import socket
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from diffbench.datasets import digits
+from diffbench.metrics import digits_cnn, fidelity
+from diffbench.metrics.base import MetricContext
+from diffbench.metrics.fidelity import METRICS, MetricUnavailable
+
+DIGITS_MODEL = SimpleNamespace(name="stub", dataset="digits", data_range=(-1.0, 1.0))
+
+
+@pytest.fixture
+def context(tmp_path):
+    return MetricContext(cache_dir=tmp_path / "cache", seed=0)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any socket use or torch.hub download fails the test instead of hanging."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+def compute(metric, samples, context, result=None, **options):
+    return METRICS[metric].compute(samples, model=DIGITS_MODEL, result=result, context=context, **options)
+
+
+def noisy(images, std):
+    """Images with fixed Gaussian noise of ``std`` added (clipped to the data range)."""
+    gen = torch.Generator().manual_seed(0)
+    return (images + std * torch.randn(images.shape, generator=gen)).clamp(-1, 1)
+
+
+def test_fid_of_the_reference_against_itself_is_zero(context):
+    v = compute("fid", digits("train").images, context, bootstrap=10)["fid"]
+    assert abs(v.value) < 1e-6
+    assert v.uncertainty is not None and "bootstrap" in v.method
+
+
+def test_fid_and_kid_grow_with_a_shift_of_the_distribution(context):
+    test = digits("test").images
+    fid = [compute("fid", noisy(test, s), context, bootstrap=20)["fid"] for s in (0.0, 0.3, 0.6)]
+    kid = [compute("kid", noisy(test, s), context, subsets=20)["kid"] for s in (0.0, 0.3, 0.6)]
+    # the held-out split is close to the reference; each step of noise lands far outside the error bars
+    assert fid[0].value + 3 * fid[0].uncertainty < fid[1].value
+    assert fid[1].value + 3 * fid[1].uncertainty < fid[2].value
+    assert abs(kid[0].value) < 3 * kid[0].uncertainty
+    assert kid[0].value + 3 * kid[0].uncertainty < kid[1].value
+    assert kid[1].value + 3 * kid[1].uncertainty < kid[2].value
+
+
+def test_fid_matches_torch_fidelity_and_fast_bootstrap_formula(context):
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    ext = fidelity.resolve_extractor("digits-cnn", None, "fid")
+    gen = fidelity.extract_features(digits("test").images, (-1.0, 1.0), ext)
+    ref, _ = fidelity.reference_features("digits", "train", ext, context)
+    stats = [fid_features_to_statistics(f) for f in (gen, ref)]  # torch-fidelity's own float32 path
+    expected = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
+    v = compute("fid", digits("test").images, context, bootstrap=0)["fid"]
+    assert v.value == pytest.approx(expected, rel=1e-4) and v.uncertainty is None
+    assert fidelity._fid_against(ref)(gen.double().numpy()) == pytest.approx(expected, rel=1e-4)
+
+
+def test_kid_and_prc_values_carry_uncertainty_and_method(context):
+    out = compute("prc", digits("train").images, context)
+    assert out["precision"].value == 1.0 and out["recall"].value == 1.0
+    kid = compute("kid", digits("test").images, context, subsets=20)["kid"]
+    assert kid.uncertainty > 0 and "20 subsets of 150" in kid.method  # half the smaller set
+    assert context.info["kid_subset_size"] == 150
+
+
+def test_context_records_what_was_used(context):
+    compute("fid", digits("test").images, context, bootstrap=0)
+    info = context.info
+    assert info["feature_extractor"] == "digits-cnn" and info["feature_layer"] == "128"
+    assert info["feature_extractor_hash"] == digits_cnn.load_classifier()[1]
+    assert info["num_samples"] == 300 and info["reference_size"] == 1497 and info["reference_split"] == "train"
+    assert len(info["reference_hash"]) == 64 and "none" in info["resize"] and "255" in info["uint8_mapping"]
+
+
+def test_second_evaluation_extracts_no_reference_features(context, monkeypatch):
+    calls = []
+    real = fidelity.extract_features
+    monkeypatch.setattr(fidelity, "extract_features", lambda images, *a, **k: calls.append(len(images)) or real(images, *a, **k))
+    first = compute("fid", digits("test").images, context, bootstrap=0)["fid"]
+    assert calls == [300, 1497]  # samples, then the reference (cache miss)
+    assert len(list(context.cache_dir.glob("ref-digits-train-digits-cnn-*.safetensors"))) == 1
+    hash_first = context.info["reference_hash"]
+
+    monkeypatch.setattr(fidelity, "load_dataset", lambda *a: pytest.fail("reference dataset reloaded"))
+    calls.clear()
+    fresh = MetricContext(cache_dir=context.cache_dir, seed=0)  # e.g. a later run
+    second = compute("fid", digits("test").images.clone(), fresh, bootstrap=0)["fid"]
+    assert calls == [300]  # only the new samples
+    assert second.value == pytest.approx(first.value) and fresh.info["reference_hash"] == hash_first
+
+
+def test_metrics_on_one_tensor_extract_its_features_once(context, monkeypatch):
+    samples = digits("test").images.clone()
+    calls = []
+    real = fidelity.extract_features
+    monkeypatch.setattr(fidelity, "extract_features", lambda images, *a, **k: calls.append(len(images)) or real(images, *a, **k))
+    for metric, opts in (("fid", {"bootstrap": 0}), ("kid", {"subsets": 5}), ("prc", {})):
+        compute(metric, samples, context, **opts)
+    assert calls.count(300) == 1
+    samples.add_(0.1)  # an in-place edit invalidates the memo
+    compute("fid", samples, context, bootstrap=0)
+    assert calls.count(300) == 2
+
+
+def test_uint8_mapping_round_trips_digits():
+    x = digits("all").images
+    u = digits_cnn.to_uint8(x)
+    assert u.dtype == torch.uint8 and (digits_cnn.from_uint8(u) - x).abs().max() <= 1 / 255 + 1e-6
+    assert digits_cnn.to_uint8(torch.tensor([-3.0, 3.0])).tolist() == [0, 255]
+
+
+def test_digits_cnn_registered_with_torch_fidelity():
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.utils import create_feature_extractor
+
+    digits_cnn.register_with_torch_fidelity()
+    digits_cnn.register_with_torch_fidelity()  # idempotent
+    ext = create_feature_extractor("digits-cnn", ["128", "logits"], cuda=False, verbose=False)
+    assert FEATURE_EXTRACTORS_REGISTRY["digits-cnn"] is type(ext)
+    feats, logits = ext(digits_cnn.to_uint8(digits("test").images[:8]))
+    assert feats.shape == (8, 128) and logits.shape == (8, 10)
+    with pytest.raises(ValueError, match="uint8"):
+        ext(digits("test").images[:8])
+
+
+def test_inception_without_offline_weights_is_a_one_line_error(context, monkeypatch, tmp_path, no_network):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    rgb_model = SimpleNamespace(name="rgb", dataset="some-rgb-set", data_range=(-1.0, 1.0))
+    samples = torch.zeros(4, 3, 32, 32)
+    for metric in ("fid", "kid", "prc"):  # inception-v3-compat is the default off digits
+        with pytest.raises(MetricUnavailable) as err:
+            METRICS[metric].compute(samples, model=rgb_model, result=None, context=context)
+        msg = str(err.value)
+        assert "\n" not in msg and "inception-v3-compat" in msg and "weights_path=" in msg
+    with pytest.raises(MetricUnavailable, match="does not exist") as err:
+        compute("fid", samples, context, extractor="inception-v3-compat", weights_path=str(tmp_path / "nope.pth"))
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_extractor_and_model_without_dataset_are_one_line_errors(context):
+    with pytest.raises(MetricUnavailable, match="unknown feature extractor 'nope'"):
+        compute("fid", digits("test").images, context, extractor="nope")
+    gmm_like = SimpleNamespace(name="gmm", dataset=None, data_range=(-1.0, 1.0))
+    with pytest.raises(MetricUnavailable, match="model 'gmm' has none"):
+        METRICS["kid"].compute(torch.zeros(4, 2), model=gmm_like, result=None, context=context)
+
+
+def test_class_accuracy_of_real_test_images(context):
+    test = digits("test")
+    v = METRICS["class-accuracy"].compute(test.images, model=DIGITS_MODEL, result=SimpleNamespace(labels=test.labels),
+                                          context=context)["class-accuracy"]
+    assert v.value >= 0.97  # the shipped classifier's test accuracy
+    assert v.uncertainty == pytest.approx(np.sqrt(v.value * (1 - v.value) / 300))
+    wrong = METRICS["class-accuracy"].compute(test.images, model=DIGITS_MODEL,
+                                              result=SimpleNamespace(labels=(test.labels + 1) % 10), context=context)
+    assert wrong["class-accuracy"].value < 0.05
+
+
+def test_class_accuracy_needs_labels(context):
+    with pytest.raises(MetricUnavailable, match="class-conditional"):
+        METRICS["class-accuracy"].compute(digits("test").images, model=DIGITS_MODEL,
+                                          result=SimpleNamespace(labels=None), context=context)
+
+
+def test_metrics_are_registered():
+    from diffbench.registry import build_registry
+
+    reg = build_registry(autoload=False)
+    assert {"fid", "kid", "prc", "class-accuracy"} <= set(reg.names("metric"))
+    assert reg.get("metric", "kid").options["subsets"] == 100
+    assert METRICS["prc"].higher_is_better and METRICS["class-accuracy"].higher_is_better
+    assert not METRICS["fid"].higher_is_better and not METRICS["kid"].higher_is_better
