@@ -92,7 +92,7 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
     metrics = [(m, registry.get("metric", m.name)) for m in suite.metrics]
     results: list[SampleResult] = []
     try:
-        scores = []
+        scores, directions = [], {}
         for seed in suite.seeds:
             res = sample_cell(suite, cell, model, registry, seed, suite.num_samples, progress=bar.update)
             results.append(res)
@@ -104,23 +104,19 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
             if seed == suite.seeds[0]:
                 rec["sample_image"] = _sample_picture(res, model, run.cell_path(cell.cell_id, ".png"))
             bar.set_postfix_str("metrics")
-            values: dict[str, MetricValue] = {}
-            for spec, comp in metrics:
-                try:
-                    values.update(comp.obj.compute(res.samples, model=model, result=res, context=context,
-                                                   **resolve_options(comp, spec.options)))
-                except Exception as exc:
-                    raise CellError(f"metric {spec.name!r}: {type(exc).__name__}: {exc}") from exc
+            values = _score(res, model, metrics, context, directions)
             scores.append(values)
             rec["per_seed"].append({"seed": seed, "nfe": res.nfe, "sample_seconds": res.sample_seconds,
                                     "network_seconds": res.network_seconds,
                                     "metrics": {k: vars(v) for k, v in values.items()}})
             bar.set_postfix_str("")
-        _summarise(rec, results, _aggregate(scores), metrics)
+        _summarise(rec, results)
+        rec["metrics"] = {name: {**vars(v), "higher_is_better": directions[name]}
+                          for name, v in _aggregate(scores).items()}
         rec["status"] = STATUS_OK
     except Exception as exc:  # a plugin's failure is this cell's result, not the run's
         if results:
-            _summarise(rec, results, {}, metrics)  # what sampling cost is still worth keeping
+            _summarise(rec, results)  # what sampling cost is still worth keeping
         text = str(exc) if isinstance(exc, CellError) else f"{type(exc).__name__}: {exc}"
         rec["error"] = text.splitlines()[0] if text else type(exc).__name__
         rec["traceback"] = traceback.format_exc()
@@ -135,8 +131,23 @@ def _describe_sampling(rec: dict[str, Any], res: SampleResult) -> None:
                 "batch_size": res.meta["batch_size"], "conditional": res.meta["conditional"]})
 
 
-def _summarise(rec: dict[str, Any], results: list[SampleResult], values: dict[str, MetricValue],
-               metrics: list[tuple[Any, Component]]) -> None:
+def _score(res: SampleResult, model: DiffusionModel, metrics: list[tuple[Any, Component]],
+           context: MetricContext, directions: dict[str, bool]) -> dict[str, MetricValue]:
+    """Every metric on one seed group; ``directions`` learns whether each value is better high."""
+    values: dict[str, MetricValue] = {}
+    for spec, comp in metrics:
+        try:
+            out = comp.obj.compute(res.samples, model=model, result=res, context=context,
+                                   **resolve_options(comp, spec.options))
+        except Exception as exc:
+            raise CellError(f"metric {spec.name!r}: {type(exc).__name__}: {exc}") from exc
+        values.update(out)
+        directions.update({name: metric_direction(comp, name) for name in out})
+    return values
+
+
+def _summarise(rec: dict[str, Any], results: list[SampleResult]) -> None:
+    """Counted NFE and timings over the seed groups sampled so far."""
     n = sum(len(r.samples) for r in results)
     sample_s = sum(r.sample_seconds for r in results)
     network_s = sum(r.network_seconds for r in results)
@@ -145,12 +156,6 @@ def _summarise(rec: dict[str, Any], results: list[SampleResult], values: dict[st
         "seconds_per_sample": sample_s / n, "network_seconds": network_s,
         "network_share": network_s / sample_s if sample_s > 0 else None,
     })
-    owner = {}
-    for spec, comp in metrics:
-        for name in values:
-            owner.setdefault(name, comp)
-    rec["metrics"] = {name: {**vars(v), "higher_is_better": metric_direction(owner[name], name)}
-                      for name, v in values.items()}
 
 
 def _sample_picture(res: SampleResult, model: DiffusionModel, path: Path) -> str | None:

@@ -85,13 +85,21 @@ def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, pro
 @click.argument("suites", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @handled
 def validate(suites: tuple[Path, ...]) -> None:
-    """Check suite files against the schema and the installed plugins."""
+    """Check suite files against the schema and the installed plugins (each file, one line)."""
     from diffbench.registry import default_registry
-    from diffbench.suite import expand, load_suite
+    from diffbench.suite import SuiteError, expand, load_suite
 
+    bad = 0
     for path in suites:
-        suite = load_suite(path, default_registry())
+        try:
+            suite = load_suite(path, default_registry())
+        except SuiteError as exc:
+            click.echo(f"diffbench: error: {exc}", err=True)
+            bad += 1
+            continue
         click.echo(f"{path}: ok ({len(expand(suite))} cells)")
+    if bad:
+        sys.exit(EXIT_USAGE)
 
 
 @cli.command()

@@ -159,7 +159,8 @@ def _finish(fig: Any, axes: list[Any], path: Path) -> Path:
 
 
 def plot_vs(frame: pd.DataFrame, metrics: list[str], x: str, path: Path, *, xlabel: str, log_x: bool = True,
-            directions: dict[str, bool] | None = None, pareto: bool = False) -> Path | None:
+            directions: dict[str, bool] | None = None, pareto: bool = False,
+            order: tuple[str, ...] = ("nfe",)) -> Path | None:
     """One panel per metric: metric against column ``x`` with error bars, one line per series."""
     metrics = [m for m in metrics if not _ok(frame, m).empty]
     if not metrics:
@@ -168,7 +169,7 @@ def plot_vs(frame: pd.DataFrame, metrics: list[str], x: str, path: Path, *, xlab
     for ax, metric in zip(axes, metrics):
         df = _ok(frame, metric)
         for i, (label, s) in enumerate(df.groupby("series", sort=False)):
-            s = s.sort_values(["nfe", x])  # a line follows step count, whatever the x axis
+            s = s.sort_values([*order, x])  # a line follows step count (by default), whatever the x axis
             ax.errorbar(s[x], s[metric], yerr=_errors(s, metric), marker=MARKERS[i % len(MARKERS)], ms=4,
                         capsize=2, lw=1.2, color=f"C{i % 10}", ls="-" if i < 10 else "--", label=label)
         if pareto:
@@ -205,5 +206,5 @@ def make_plots(frame: pd.DataFrame, out_dir: str | Path, directions: dict[str, b
         g["guidance_axis"], g["guidance"] = g["guidance"], 0  # series by sampler × steps, not by w
         made.append(plot_vs(g, metrics, "guidance_axis", out_dir / GUIDANCE_PLOT,
                             xlabel="guidance scale w (no guidance plotted as 1)", log_x=False,
-                            directions=directions))
+                            directions=directions, order=()))
     return [p for p in made if p is not None]

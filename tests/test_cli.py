@@ -46,6 +46,10 @@ def test_validate(tmp_path):
     bad = suite_file(tmp_path, grid=grid(sampler=[{"name": "ddim", "options": {"etta": 0}}]))
     assert_one_line_error(invoke("validate", bad), 2, "grid.sampler[0].options.etta: sampler 'ddim' has no such option")
     assert_one_line_error(invoke("validate", tmp_path / "none.yaml"), 2, "cannot read suite")
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(small()))
+    both = invoke("validate", bad, good)  # every file is checked; any bad one makes it exit 2
+    assert both.exit_code == 2 and "etta" in both.stderr and both.stdout == f"{good}: ok (6 cells)\n"
 
 
 def test_usage_errors_exit_2():

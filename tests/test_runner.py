@@ -233,3 +233,9 @@ def test_git_state_reads_sha_and_dirty_flag(tmp_path):
     assert git_state(tmp_path) == {"sha": sha, "dirty": False}
     (tmp_path / "f").write_text("b")
     assert git_state(tmp_path) == {"sha": sha, "dirty": True}
+
+
+def test_each_metric_keeps_its_own_direction(tmp_path):
+    res = run(small(metrics=["mean-norm", "checksum"], grid=grid(sampler=["euler"], steps=[2])), tmp_path / "r")
+    values = RunDir(res.path).read_manifest()["metric_values"]
+    assert values["mean-norm"]["higher_is_better"] is False and values["checksum"]["higher_is_better"] is True
