@@ -30,10 +30,9 @@ def fmt_pm(value: Any, se: Any) -> str:
         return ""
     value = float(value)
     se = float(se) if se is not None and not (isinstance(se, float) and math.isnan(se)) else None
-    big_or_tiny = value != 0 and not 1e-3 <= abs(value) < 1e5
     if se is None or se <= 0 or not math.isfinite(se):
         return f"{value:.4g}"
-    if big_or_tiny:
+    if not 1e-3 <= se < 1e4 or abs(value) >= 1e6:  # the error sets the digits; outside that, significant figures
         return f"{value:.3g} ± {se:.2g}"
     digits = min(6, max(0, 1 - math.floor(math.log10(se))))
     return f"{value:.{digits}f} ± {se:.{digits}f}"
