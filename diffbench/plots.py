@@ -123,7 +123,7 @@ def _log_axis(ax: Any, which: str, values: pd.Series) -> None:
     v = v[v > 0]
     plain = FuncFormatter(lambda t, _: f"{t:g}")
     axis.set_major_formatter(plain)
-    if len(v) and v.max() / v.min() < 300:  # within ~2.5 decades, label 2× and 5× too
+    if len(v) and v.max() / v.min() < 30:  # within ~1.5 decades, label 2× and 5× too
         axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
         axis.set_minor_formatter(plain)
     else:

@@ -239,3 +239,19 @@ def test_each_metric_keeps_its_own_direction(tmp_path):
     res = run(small(metrics=["mean-norm", "checksum"], grid=grid(sampler=["euler"], steps=[2])), tmp_path / "r")
     values = RunDir(res.path).read_manifest()["metric_values"]
     assert values["mean-norm"]["higher_is_better"] is False and values["checksum"]["higher_is_better"] is True
+
+
+def test_guidance_counts_both_halves_on_a_conditional_image_model(tmp_path):
+    data = small(model="digits-eps", num_samples=16, batch_size=16,
+                 grid=grid(sampler=["euler", "heun"], steps=[2], guidance=[None, 2.0]))
+    res = run(data, tmp_path / "r")
+    nfe = res.cells.set_index(["sampler", res.cells["guidance"].fillna(1.0)])["nfe"]
+    assert nfe[("euler", 1.0)] == 2 and nfe[("euler", 2.0)] == 4
+    assert nfe[("heun", 1.0)] == 3 and nfe[("heun", 2.0)] == 6
+    assert (res.cells["nfe"] == res.cells["declared_nfe"]).all()
+    from PIL import Image
+
+    with Image.open(next((res.path / "cells").glob("*.png"))) as img:
+        assert img.mode == "L" and img.size[0] >= 128  # a 4 × 4 grid of 8 × 8 digits, upscaled
+    with pytest.raises(SuiteError, match="guidance needs conditional: true"):
+        run({**data, "conditional": False}, tmp_path / "s")
