@@ -13,6 +13,7 @@ from diffbench import registry as registry_module
 from diffbench import runner
 from diffbench.cli import cli
 from diffbench.registry import PluginError
+from diffbench.results import RunDir
 from runhelpers import grid, small, test_registry
 
 
@@ -134,3 +135,25 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run(["diffbench", "validate", str(bad)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"diffbench: error: {bad}: num_samples: Input should be greater than 0"]
+
+
+@pytest.mark.skipif(shutil.which("diffbench") is None, reason="console script not installed")
+def test_real_sigint_keeps_finished_cells(tmp_path):
+    import signal
+    import time
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(small(metrics=["solver-error"], grid=grid(steps=[2, 3, 4, 5, 6, 7, 8, 9]))))
+    out = tmp_path / "r"
+    proc = subprocess.Popen(["diffbench", "run", str(path), "--out", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "cells").glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    kept = list((out / "cells").glob("*.json"))
+    assert proc.returncode == 130 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"interrupted: {len(kept)} of 24 cells kept" in err
+    assert len(RunDir(out).read_csv()) == len(kept) >= 1
+    assert RunDir(out).read_manifest()["status"] == "interrupted" and not list(out.rglob("*.tmp"))
