@@ -62,7 +62,7 @@ def sample_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: R
     """One seed group of one cell through the core's sampling call (timed, NFE counted there)."""
     return sample(model, cell.sampler.name, steps=cell.steps, scheduler=cell.scheduler.name,
                   sampler_options=cell.sampler.options, scheduler_options=cell.scheduler.options,
-                  quantize=cell.scheduler.quantize, num_samples=num_samples, seed=seed,
+                  quantize=cell.scheduler.quantize, final_zero=cell.scheduler.final_zero, num_samples=num_samples, seed=seed,
                   batch_size=suite.batch_size, conditional=suite.conditional, guidance=cell.guidance,
                   clip_x0=cell.sampler.clip_x0, registry=registry, progress=progress)
 

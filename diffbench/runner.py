@@ -128,7 +128,8 @@ def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionM
             raise SuiteError("grid.guidance: guidance needs conditional: true")
         try:
             make_grid(model, cell.scheduler.name, cell.steps, cell.scheduler.options,
-                      quantize=cell.scheduler.quantize, registry=registry)
+                      quantize=cell.scheduler.quantize, final_zero=cell.scheduler.final_zero,
+                      registry=registry)
         except ValueError as exc:
             where = f"grid.scheduler[{keys.index(cell.scheduler.key)}]" if cell.scheduler.key in keys else "include"
             raise SuiteError(f"{where} ({cell.scheduler.key}, steps={cell.steps}){_on_model(suite, cell)}: "

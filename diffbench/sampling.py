@@ -52,11 +52,12 @@ class SampleResult:
 
 
 def make_grid(model: DiffusionModel, scheduler: str, steps: int, options: dict[str, Any] | None = None, *,
-              quantize: bool = False, registry: Registry | None = None) -> tuple[StepGrid, dict[str, Any]]:
+              quantize: bool = False, final_zero: bool = True,
+              registry: Registry | None = None) -> tuple[StepGrid, dict[str, Any]]:
     """Materialise the σ list for ``model`` and return it with the resolved scheduler options."""
     comp = (registry or default_registry()).get("scheduler", scheduler)
     opts = resolve_options(comp, options)
-    return materialize(comp.obj, model.schedule, steps, quantize=quantize, **opts), opts
+    return materialize(comp.obj, model.schedule, steps, quantize=quantize, final_zero=final_zero, **opts), opts
 
 
 def sample_labels(model: DiffusionModel, indices: list[int], conditional: bool) -> Tensor | None:
@@ -68,7 +69,7 @@ def sample_labels(model: DiffusionModel, indices: list[int], conditional: bool) 
 
 def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, scheduler: str = "karras",
            sampler_options: dict[str, Any] | None = None, scheduler_options: dict[str, Any] | None = None,
-           quantize: bool = False, num_samples: int = 16, seed: int = 0, first_index: int = 0,
+           quantize: bool = False, final_zero: bool = True, num_samples: int = 16, seed: int = 0, first_index: int = 0,
            batch_size: int = 256, conditional: bool = True, guidance: float | None = None,
            clip_x0: bool = False, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
            registry: Registry | None = None, progress=None) -> SampleResult:
@@ -81,7 +82,8 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
     s_opts = resolve_options(comp, sampler_options)
     dev = resolve_device(device) if device is not None else model.device
     model.to(dev, resolve_dtype(dtype, model.dtype))
-    grid, sch_opts = make_grid(model, scheduler, steps, scheduler_options, quantize=quantize, registry=registry)
+    grid, sch_opts = make_grid(model, scheduler, steps, scheduler_options, quantize=quantize,
+                               final_zero=final_zero, registry=registry)
     if guidance is not None and model.num_classes is None:
         raise ValueError(f"model {model.name!r} is unconditional; guidance needs a class-conditional model")
     if guidance is not None and not conditional:
@@ -120,7 +122,7 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
     return SampleResult(
         samples=samples, labels=torch.cat(all_labels) if all_labels else None, nfe=nfe_rows / num_samples,
         declared_nfe=declared, grid=grid, sampler=sampler, sampler_options=s_opts, scheduler=scheduler,
-        scheduler_options={**sch_opts, "quantize": quantize}, sample_seconds=sample_seconds,
+        scheduler_options={**sch_opts, "quantize": quantize, "final_zero": final_zero}, sample_seconds=sample_seconds,
         network_seconds=network_seconds,
         meta={"seed": seed, "first_index": first_index, "num_samples": num_samples, "batch_size": batch_size,
               "guidance": guidance, "conditional": conditional, "clip_x0": clip_x0, "device": str(dev),

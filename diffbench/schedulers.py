@@ -110,32 +110,44 @@ SCHEDULERS: dict[str, Callable[..., torch.Tensor]] = {
 
 @dataclass(frozen=True)
 class StepGrid:
-    """A materialised grid: σ list, the model time of each σ, whether σ was quantised."""
+    """A materialised grid: σ list, the model time of each σ, whether σ was quantised, whether it ends at 0."""
 
-    sigmas: torch.Tensor  # float64, descending, last entry 0
+    sigmas: torch.Tensor  # float64, descending, last entry 0 unless final_zero is False
     timesteps: list[float]  # model time of each σ > 0 (training timesteps on discrete models)
     quantized: bool
+    final_zero: bool = True
 
     def record(self) -> dict[str, Any]:
-        return {"sigmas": self.sigmas.tolist(), "timesteps": self.timesteps, "quantized": self.quantized}
+        return {"sigmas": self.sigmas.tolist(), "timesteps": self.timesteps, "quantized": self.quantized,
+                "final_zero": self.final_zero}
 
 
 def materialize(fn: Callable[..., torch.Tensor], schedule: NoiseSchedule, steps: int, *,
-                quantize: bool = False, **options: Any) -> StepGrid:
-    """Run scheduler ``fn`` and check its output; optionally snap σ to training timesteps."""
+                quantize: bool = False, final_zero: bool = True, **options: Any) -> StepGrid:
+    """Run scheduler ``fn`` and check its output; optionally snap σ to training timesteps.
+
+    ``final_zero=False`` stops at the scheduler's smallest σ > 0 instead of stepping into σ = 0:
+    the scheduler is asked for steps + 1 points and its trailing 0 is dropped. Convergence-order
+    studies need it, because the step into σ = 0 is first order for every solver.
+    """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    sigmas = torch.as_tensor(fn(schedule, steps, **options), dtype=torch.float64).flatten()
+    sigmas = torch.as_tensor(fn(schedule, steps if final_zero else steps + 1, **options),
+                             dtype=torch.float64).flatten()
     if quantize:
         if not schedule.discrete:
             raise ValueError(f"quantize needs a discrete-time model; {schedule.name!r} is continuous")
         sigmas = torch.from_numpy(schedule.quantize(sigmas.numpy()))
-    if sigmas.shape[0] != steps + 1 or sigmas[-1] != 0:
-        raise ValueError(f"scheduler returned {sigmas.shape[0]} values; expected {steps + 1} ending at 0")
+    if sigmas.shape[0] != steps + 1 + (not final_zero) or sigmas[-1] != 0:
+        raise ValueError(f"scheduler returned {sigmas.shape[0]} values; expected {steps + 1 + (not final_zero)} "
+                         "ending at 0")
+    if not final_zero:
+        sigmas = sigmas[:-1]
     if not bool((sigmas[:-1] > sigmas[1:]).all()):
         raise ValueError("scheduler σ values are not strictly decreasing"
                          + (" after quantisation (too many steps for the training grid?)" if quantize else ""))
     if not bool(torch.isfinite(sigmas).all()):
         raise ValueError("scheduler returned non-finite σ")
-    timesteps = [float(v) for v in schedule.t_of_sigma(sigmas[:-1].numpy())]
-    return StepGrid(sigmas, timesteps, quantize)
+    positive = sigmas[:-1] if final_zero else sigmas
+    timesteps = [float(v) for v in schedule.t_of_sigma(positive.numpy())]
+    return StepGrid(sigmas, timesteps, quantize, final_zero)

@@ -162,3 +162,17 @@ def test_bad_step_counts(steps):
 def test_unknown_scheduler_option_is_named():
     with pytest.raises(ValueError, match="scheduler 'karras' has no option 'rh'"):
         diffbench.make_grid(edm_model(), "karras", 10, {"rh": 7})
+
+
+def test_final_zero_false_stops_at_the_smallest_positive_sigma():
+    """steps + 1 points ending at the scheduler's σ_min: the same grid as N + 1 steps minus the step to 0."""
+    from diffbench.noise import make_schedule
+    from diffbench.schedulers import karras, materialize
+
+    schedule = make_schedule("edm")
+    open_grid = materialize(karras, schedule, 10, final_zero=False, sigma_min=0.1, sigma_max=80.0)
+    closed = materialize(karras, schedule, 11, sigma_min=0.1, sigma_max=80.0)
+    assert open_grid.sigmas.shape == (11,)
+    assert open_grid.sigmas[-1].item() == pytest.approx(0.1, rel=1e-12)
+    assert torch.equal(open_grid.sigmas, closed.sigmas[:-1])
+    assert len(open_grid.timesteps) == 11 and open_grid.record()["final_zero"] is False

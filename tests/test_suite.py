@@ -136,8 +136,18 @@ def test_cell_ids_are_stable_and_change_with_anything_that_changes_numbers():
     assert len({c.cell_id for c in a}) == len(a)
     assert a[0].cell_id.startswith("gmm__euler__karras__n2__gnone-")
     for change in (small(num_samples=65), small(seeds=[1]), small(model={"name": "gmm", "options": {"seed": 1}}),
-                   small(grid=grid(scheduler=[{"name": "karras", "options": {"rho": 5.0}}]))):
+                   small(grid=grid(scheduler=[{"name": "karras", "options": {"rho": 5.0}}])),
+                   small(grid=grid(scheduler=[{"name": "karras", "final_zero": False}]))):
         assert expand(parse_suite(change, REG))[0].cell_id != a[0].cell_id
+
+
+def test_final_zero_at_its_default_leaves_cell_ids_as_recorded_before_the_option():
+    explicit = expand(parse_suite(small(grid=grid(scheduler=[{"name": "karras", "final_zero": True}])), REG))
+    assert [c.cell_id for c in explicit] == [c.cell_id for c in expand(parse_suite(small(), REG))]
+    assert "final_zero" not in explicit[0].config["scheduler"]
+    open_cells = expand(parse_suite(small(grid=grid(scheduler=[{"name": "karras", "final_zero": False}])), REG))
+    assert open_cells[0].scheduler.key == "karras-nozero"
+    assert open_cells[0].config["scheduler"]["final_zero"] is False
 
 
 def test_json_schema_has_every_plugin_and_its_options():
