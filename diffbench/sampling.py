@@ -101,6 +101,7 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
             labels = sample_labels(model, idx, conditional)
             counter = NetworkCounter(len(idx), dev)
             den = SigmaDenoiser(model, labels=labels, guidance=guidance, clip_x0=clip_x0, counter=counter)
+            den.prepare(sigmas)  # σ → t conversions are grid set-up, not sampling time
             x = initial_noise(seed, idx, model.shape, device=dev, dtype=model.dtype) * sigma_start
             noise = StepNoise(seed, idx, model.shape, len(sigmas) - 1, device=dev, dtype=model.dtype)
             if stochastic is None or stochastic(**s_opts):

@@ -102,3 +102,21 @@ def test_counter_counts_rows_per_sample_and_time():
         den(x, sigma)
     assert (counter.batch_size, counter.calls, counter.rows, counter.nfe) == (6, 3, 18, 3.0)
     assert counter.network_seconds() > 0
+
+
+def test_prepare_converts_the_grid_ahead_so_the_timed_loop_makes_no_schedule_calls(monkeypatch):
+    model = gmm(schedule="linear")  # discrete VP: σ → t is an interpolation over the training steps
+    x = torch.randn(4, *model.shape, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.tensor([2.0, 1.0, 0.5, 0.0])
+    fresh, prepared = SigmaDenoiser(model), SigmaDenoiser(model)
+    prepared.prepare(sigmas)
+
+    def no_schedule_calls(*_):
+        raise AssertionError("schedule evaluated inside the loop")
+
+    expected = [fresh(x, s) for s in (2.0, 1.0, 0.5)]
+    monkeypatch.setattr(model.schedule, "t_of_sigma", no_schedule_calls)
+    for e, s in zip(expected, (2.0, 1.0, 0.5)):
+        assert torch.equal(prepared(x, s), e)
+    with pytest.raises(AssertionError, match="inside the loop"):
+        prepared(x, 0.7)  # off the grid: converted on first use
