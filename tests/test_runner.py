@@ -54,7 +54,8 @@ def test_cell_record_has_grid_and_every_option(finished, tmp_path):
     rec = json.loads(next((finished.path / "cells").glob("gmm__heun__*n4*.json")).read_text())
     assert rec["sampler_options"] == {"churn_amount": 0.0, "s_tmin": 0.0, "s_tmax": None, "s_noise": 1.0,
                                       "clip_x0": False}
-    assert rec["scheduler_options"] == {"rho": 7.0, "sigma_min": None, "sigma_max": None, "quantize": False}
+    assert rec["scheduler_options"] == {"rho": 7.0, "sigma_min": None, "sigma_max": None, "quantize": False,
+                                        "final_zero": True}
     from diffbench import load_model
 
     expected, _ = make_grid(load_model("gmm"), "karras", 4)

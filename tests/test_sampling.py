@@ -95,7 +95,8 @@ def test_what_ran_is_recorded():
     expected = diffbench.make_grid(edm_model(), "karras", 4, {"rho": 5.0})[0]
     assert torch.equal(res.grid.sigmas, expected.sigmas)
     assert res.sampler_options == {"lower_order_final": True}
-    assert res.scheduler_options == {"rho": 5.0, "sigma_min": None, "sigma_max": None, "quantize": False}
+    assert res.scheduler_options == {"rho": 5.0, "sigma_min": None, "sigma_max": None, "quantize": False,
+                                        "final_zero": True}
     assert res.meta["seed"] == 9 and res.meta["num_samples"] == 3 and res.meta["dtype"] == "float32"
     assert res.sample_seconds > 0 and 0 < res.network_share <= 1
 
