@@ -121,6 +121,7 @@ class SigmaDenoiser:
         self.clip_x0 = clip_x0
         self.counter = counter or NetworkCounter(None, model.device)
         self._cache: dict[float, tuple[float, Coef]] = {}
+        self._null: Tensor | None = None
         if self.guidance is not None:
             null = torch.full_like(labels, model.num_classes)
             self._pair_labels = torch.cat([labels, null])
@@ -133,6 +134,14 @@ class SigmaDenoiser:
             c = sched.coef(t)
             hit = self._cache[sigma] = (t, Coef(*(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma))))
         return hit
+
+    def _null_labels(self, x: Tensor) -> Tensor | None:
+        """The 'no label' batch for unconditional sampling of a conditional model, built once."""
+        if self.model.num_classes is None:
+            return None
+        if self._null is None or self._null.shape[0] != x.shape[0]:
+            self._null = torch.full((x.shape[0],), self.model.num_classes, device=x.device, dtype=torch.long)
+        return self._null
 
     def prepare(self, sigmas: Any) -> None:
         """Convert every σ > 0 of a grid to network time and coefficients now, not inside the timed loop.
@@ -152,9 +161,7 @@ class SigmaDenoiser:
         t, c = self._time(sigma)
         x_t = x * c.alpha
         if self.guidance is None:
-            labels = self.labels
-            if labels is None and self.model.num_classes is not None:
-                labels = torch.full((x.shape[0],), self.model.num_classes, device=x.device, dtype=torch.long)
+            labels = self.labels if self.labels is not None else self._null_labels(x)
             t_in = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
             out = self.counter.run(self.model.network, x_t, t_in, labels)
             x0 = self.model.target.to_x0(out, x_t, c)
