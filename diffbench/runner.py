@@ -270,7 +270,8 @@ def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, r
     except KeyboardInterrupt:
         outer.close()
         _finish(run, manifest, "interrupted", t0, context, cells, draw)
-        raise RunInterrupted(run, len(done) + ran, len(cells)) from None
+        # count what is on disk: the interrupt may land between a cell's write and ``ran += 1``
+        raise RunInterrupted(run, len(_records(run, cells)), len(cells)) from None
     outer.close()
     frame = _finish(run, manifest, "complete", t0, context, cells, draw)
     return RunResult(run, frame, ran=ran, skipped=len(done), failed=failed)
