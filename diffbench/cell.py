@@ -17,15 +17,11 @@ import torch
 
 from diffbench import plots
 from diffbench.denoiser import DiffusionModel
-from diffbench.metrics.base import MetricContext, MetricValue
+from diffbench.metrics.base import MetricContext, MetricValue, conventional_direction
 from diffbench.registry import Component, Registry
 from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir
 from diffbench.sampling import SampleResult, resolve_options, sample
 from diffbench.suite import CellSpec, Suite
-
-# metric values where larger is better, when the metric does not say (see metric_direction)
-HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "density", "coverage", "inception_score", "isc")
-
 
 def now() -> str:
     """Local time with offset, to the second (ISO 8601)."""
@@ -34,13 +30,13 @@ def now() -> str:
 
 def metric_direction(comp: Component, value_name: str) -> bool:
     """Whether larger values of a metric's output are better: the metric's ``higher_is_better`` (a bool
-    or a mapping by value name), else the component's meta, else a list of well-known names."""
+    or a mapping by value name), else the component's meta, else the naming convention (lower when none)."""
     declared = getattr(comp.obj, "higher_is_better", comp.meta.get("higher_is_better"))
     if isinstance(declared, dict):
         declared = declared.get(value_name)
     if isinstance(declared, bool):
         return declared
-    return any(word in value_name.lower() for word in HIGHER_IS_BETTER)
+    return bool(conventional_direction(value_name))
 
 
 def _aggregate(per_seed: list[dict[str, MetricValue]]) -> dict[str, MetricValue]:

@@ -15,15 +15,13 @@ from typing import Any
 
 import pandas as pd
 
+from diffbench.metrics.base import conventional_direction
 from diffbench.results import STATUS_OK, RunDir, dumps, find_run
 
 Z = 2.0
 TIME_TOL = 0.25  # in-call normalised time varied ≤ 4.3% over 8 smoke runs on a loaded 2-core CPU
 NFE_RTOL = 1e-9
 BETTER, SAME, WORSE = "better", "same", "worse"
-# higher is better, for records written before the runner recorded each value's direction
-KNOWN_DIRECTIONS = {"fid": False, "kid": False, "solver-error": False, "class-accuracy": True,
-                    "precision": True, "recall": True}
 
 
 class CompareError(Exception):
@@ -210,13 +208,14 @@ def _match(base: dict[str, dict[str, Any]], run: dict[str, dict[str, Any]]) -> t
 # --- the checks --------------------------------------------------------------------------------
 
 def higher_is_better(name: str, *records: dict[str, Any], warnings: list[str]) -> bool:
-    """A metric value's direction: as recorded by the runner, else a table of known metrics."""
+    """A metric value's direction: as recorded by the runner, else the naming convention the runner uses."""
     for rec in records:
         declared = (rec.get("metrics", {}).get(name) or {}).get("higher_is_better")
         if isinstance(declared, bool):
             return declared
-    if name in KNOWN_DIRECTIONS:
-        return KNOWN_DIRECTIONS[name]
+    conventional = conventional_direction(name)
+    if conventional is not None:
+        return conventional
     warnings.append(f"metric {name!r}: direction not recorded; assuming lower is better")
     return False
 

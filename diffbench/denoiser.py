@@ -102,6 +102,16 @@ class NetworkCounter:
         return self._seconds
 
 
+def guided(guidance: float | None) -> bool:
+    """Whether a guidance scale needs the unconditional half too (w = 1 is plain conditional sampling)."""
+    return guidance is not None and guidance != 1.0
+
+
+def evaluations_per_call(guidance: float | None) -> int:
+    """Network evaluations per sample that one denoiser call makes at this guidance scale."""
+    return 2 if guided(guidance) else 1
+
+
 class SigmaDenoiser:
     """σ-space view of a ``DiffusionModel`` with guidance, optional x0 clipping and NFE counting.
 
@@ -117,7 +127,7 @@ class SigmaDenoiser:
             raise ValueError("guidance needs class labels")
         self.model = model
         self.labels = labels
-        self.guidance = guidance if (guidance is not None and guidance != 1.0) else None
+        self.guidance = guidance if guided(guidance) else None
         self.clip_x0 = clip_x0
         self.counter = counter or NetworkCounter(None, model.device)
         self._cache: dict[float, tuple[float, Coef]] = {}

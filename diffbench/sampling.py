@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
+from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser, evaluations_per_call
 from diffbench.devices import resolve_device, resolve_dtype, synchronize
 from diffbench.registry import Component, Registry, default_registry
 from diffbench.schedulers import StepGrid, materialize
@@ -119,7 +119,7 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
             if progress is not None:
                 progress(len(idx))
     samples = torch.cat(outs)
-    declared = comp.meta["nfe"](sigmas, **s_opts) * (2 if guidance not in (None, 1.0) else 1)
+    declared = comp.meta["nfe"](sigmas, **s_opts) * evaluations_per_call(guidance)
     return SampleResult(
         samples=samples, labels=torch.cat(all_labels) if all_labels else None, nfe=nfe_rows / num_samples,
         declared_nfe=declared, grid=grid, sampler=sampler, sampler_options=s_opts, scheduler=scheduler,

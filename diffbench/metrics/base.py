@@ -28,6 +28,21 @@ class MetricContext:
     info: dict[str, Any] = field(default_factory=dict)  # filled by metrics: extractor, reference hash, ...
 
 
+# Naming convention for metrics that do not declare ``higher_is_better``.
+HIGHER_IS_BETTER_WORDS = ("accuracy", "precision", "recall", "density", "coverage", "inception_score", "isc")
+LOWER_IS_BETTER_WORDS = ("fid", "kid", "error")
+
+
+def conventional_direction(value_name: str) -> bool | None:
+    """True (higher is better) / False (lower is better) by the name's convention, None when it has none."""
+    name = value_name.lower()
+    if any(word in name for word in HIGHER_IS_BETTER_WORDS):
+        return True
+    if any(word in name for word in LOWER_IS_BETTER_WORDS):
+        return False
+    return None
+
+
 class Metric(Protocol):
     """A metric plugin: ``options`` are its defaults; ``compute`` returns one or more named values."""
 
