@@ -18,7 +18,7 @@ from runhelpers import grid, small, test_registry
 
 
 @pytest.fixture(autouse=True)
-def test_plugins(monkeypatch):
+def with_test_plugins(monkeypatch):
     """The CLI's process-wide registry, with the test plugins in it."""
     reg, _ = test_registry()
     monkeypatch.setattr(registry_module, "_default", reg)
