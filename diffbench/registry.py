@@ -25,6 +25,28 @@ DISABLE_AUTOLOAD_ENV = "DIFFBENCH_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_MODULE = "diffbench.builtin"
 
 
+# The declarations each kind accepts as ``registry.add(kind, name, obj, **meta)`` keywords: the ONE table.
+# A key not listed for its kind is rejected, so a misspelling (``orders=2``) cannot switch a check off.
+# Adding a declaration key? Add it here, with a one-line meaning (docs/plugin-guide.md shows this table).
+DECLARATIONS: dict[str, dict[str, str]] = {
+    "sampler": {
+        "nfe": "callable(sigmas, **options) -> int: network evaluations per sample for this σ list (required)",
+        "order": "int or None: convergence order of the deterministic configuration (None: no claim)",
+        "stochastic": "callable(**options) -> bool: whether these options draw noise through noise(k)",
+        "order_options": "dict: options that make the sampler deterministic and full order (the order check)",
+        "stochastic_options": "dict: options under which the sampler is stochastic (the kit's stochastic run)",
+    },
+    "scheduler": {
+        "discrete_only": "bool: needs a discrete model's training timesteps; refuses continuous schedules",
+    },
+    "target": {},
+    "model": {},
+    "metric": {
+        "higher_is_better": "bool, or a dict by value name: the direction regressions are read in",
+    },
+}
+
+
 class RegistrationError(ValueError):
     """A component was rejected by the registry."""
 
@@ -115,9 +137,22 @@ def _validate(kind: str, obj: Any, meta: dict[str, Any]) -> dict[str, Any]:
         if not callable(meta.get("nfe")):
             raise RegistrationError("a sampler must declare nfe=callable(sigmas, **options)")
         order = meta.get("order")
-        if order is not None and (not isinstance(order, int) or order < 1):
+        if order is not None and (not isinstance(order, int) or isinstance(order, bool) or order < 1):
             raise RegistrationError(f"a sampler's order must be a positive int or None, got {order!r}")
-        return keyword_options(obj, skip=("noise", "cond"))
+        stochastic = meta.get("stochastic")
+        if stochastic is not None and not callable(stochastic):
+            raise RegistrationError(f"a sampler's stochastic must be callable(**options) -> bool, got {stochastic!r}")
+        options = keyword_options(obj, skip=("noise", "cond"))
+        for key in ("order_options", "stochastic_options"):
+            given = meta.get(key)
+            if given is None:
+                continue
+            if not isinstance(given, dict):
+                raise RegistrationError(f"a sampler's {key} must be a dict of options, got {given!r}")
+            if set(given) - set(options):
+                raise RegistrationError(f"{key} names {sorted(set(given) - set(options))[0]!r}, which is not an "
+                                        f"option; options are {', '.join(options) or 'none'}")
+        return options
     if kind == "scheduler":
         _check_positional(obj, ("schedule", "steps"), kind)
         return keyword_options(obj)
@@ -154,6 +189,11 @@ class Registry:
             raise RegistrationError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
         if not isinstance(name, str) or not name:
             raise RegistrationError(f"{kind} name must be a non-empty string")
+        unknown = sorted(set(meta) - set(DECLARATIONS.get(kind, {})))
+        if unknown:
+            known = ", ".join(["description", *DECLARATIONS.get(kind, {})])
+            raise RegistrationError(f"{kind} {name!r}: unknown declaration {unknown[0]!r}; a {kind} declares "
+                                    f"{known}")
         if name in self._items[kind]:
             other = self._items[kind][name]
             raise RegistrationError(f"{kind} {name!r} is already registered by plugin {other.plugin!r}")

@@ -6,12 +6,13 @@ import inspect
 import re
 import sys
 import textwrap
+import types
 
 import pytest
 
 import diffbench
 from diffbench import hookspecs
-from diffbench.registry import DISABLE_AUTOLOAD_ENV, KINDS, RegistrationError, Registry, build_registry
+from diffbench.registry import DECLARATIONS, DISABLE_AUTOLOAD_ENV, KINDS, RegistrationError, Registry, build_registry
 
 SAMPLER_NAMES = ["ddim", "ddpm", "dpm-solver++-2m", "dpm-solver++-2m-sde", "dpm-solver++-2s", "dpm-solver++-3m",
                  "dpm-solver-1", "dpm-solver-2", "dpm-solver-3", "euler", "euler-ancestral", "heun"]
@@ -146,10 +147,39 @@ def nfe(sigmas, **_):
     ("target", object(), {}, "to_x0"),
     ("model", 3, {}, "must be a callable"),
     ("metric", object(), {}, "compute"),
+    ("sampler", sampler_fn, {"nfe": nfe, "orders": 2},
+     "sampler 'x': unknown declaration 'orders'; a sampler declares description, nfe, order, stochastic, "
+     "order_options, stochastic_options"),
+    ("scheduler", lambda schedule, steps: None, {"discrete": True}, "unknown declaration 'discrete'"),
+    ("model", lambda: None, {"order": 1}, "a model declares description"),
+    ("sampler", sampler_fn, {"nfe": nfe, "order": True}, "order must be a positive int"),
+    ("sampler", sampler_fn, {"nfe": nfe, "stochastic": True}, "stochastic must be callable"),
+    ("sampler", sampler_fn, {"nfe": nfe, "stochastic_options": {"eta": 1.0}},
+     "stochastic_options names 'eta', which is not an option; options are none"),
+    ("sampler", sampler_fn, {"nfe": nfe, "order_options": [("eta", 0)]}, "order_options must be a dict"),
 ])
 def test_invalid_components_are_rejected(kind, obj, meta, match):
     with pytest.raises(RegistrationError, match=re.escape(match)):
         Registry().add(kind, "x", obj, **meta)
+
+
+def test_every_kind_has_one_declaration_table():
+    assert list(DECLARATIONS) == list(KINDS)
+    assert all(isinstance(text, str) and text for table in DECLARATIONS.values() for text in table.values())
+
+
+def test_a_misspelled_declaration_fails_the_plugin_by_name():
+    plugin = types.ModuleType("misspelt")
+    exec(HEADER + GOOD_SAMPLER + """
+@hookimpl
+def diffbench_register(registry):
+    registry.add("sampler", "typo-sampler", sampler, nfe=lambda sigmas, **_: 0, orders=2)
+""", plugin.__dict__)
+    reg = build_registry(extra_plugins=[plugin], autoload=False)
+    assert ("sampler", "typo-sampler") not in reg
+    assert [str(e) for e in reg.errors] == ["plugin 'misspelt': registration failed: sampler 'typo-sampler': "
+                                            "unknown declaration 'orders'; a sampler declares description, nfe, "
+                                            "order, stochastic, order_options, stochastic_options"]
 
 
 def test_add_and_get():
