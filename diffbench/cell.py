@@ -20,7 +20,7 @@ from diffbench.denoiser import DiffusionModel
 from diffbench.metrics.base import MetricContext, MetricValue, conventional_direction
 from diffbench.registry import Component, Registry
 from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir
-from diffbench.sampling import SampleResult, resolve_options, sample
+from diffbench.sampling import SampleResult, SamplerOutputError, resolve_options, sample
 from diffbench.suite import CellSpec, Suite
 
 def now() -> str:
@@ -72,13 +72,18 @@ def _record_base(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: 
         "guidance": cell.guidance, "seeds": suite.seeds, "num_samples": suite.num_samples,
         "status": STATUS_FAILED, "error": None, "nfe": None, "declared_nfe": None, "sample_seconds": None,
         "seconds_per_sample": None, "network_seconds": None, "network_share": None, "metrics": {},
-        "per_seed": [], "model_identity": model.identity(), "config": cell.config,
+        "per_seed": [], "warnings": [], "model_identity": model.identity(), "config": cell.config,
         "started": now(),
     }
 
 
 class CellError(Exception):
     """A cell's failure with a message that already says where (recorded without the class name)."""
+
+
+# What a plugin may raise that fails only its cell: any exception, and SystemExit (a plugin calling
+# sys.exit or argparse). KeyboardInterrupt is the user's Ctrl-C and stops the run.
+CELL_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit)
 
 
 def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
@@ -94,9 +99,7 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
             results.append(res)
             if seed == suite.seeds[0]:
                 _describe_sampling(rec, res)
-            bad = int((~torch.isfinite(res.samples)).flatten(1).any(1).sum())
-            if bad:
-                raise CellError(f"non-finite samples: {bad} of {len(res.samples)} (seed {seed})")
+            rec["warnings"] += [w for w in res.meta.get("warnings", []) if w not in rec["warnings"]]
             if seed == suite.seeds[0]:
                 rec["sample_image"] = _sample_picture(res, model, run.cell_path(cell.cell_id, ".png"))
             bar.set_postfix_str("metrics")
@@ -110,10 +113,10 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
         rec["metrics"] = {name: {**vars(v), "higher_is_better": directions[name]}
                           for name, v in _aggregate(scores).items()}
         rec["status"] = STATUS_OK
-    except Exception as exc:  # a plugin's failure is this cell's result, not the run's
+    except CELL_FAILURES as exc:  # a plugin's failure is this cell's result, not the run's
         if results:
             _summarise(rec, results)  # what sampling cost is still worth keeping
-        text = str(exc) if isinstance(exc, CellError) else f"{type(exc).__name__}: {exc}"
+        text = str(exc) if isinstance(exc, (CellError, SamplerOutputError)) else f"{type(exc).__name__}: {exc}"
         rec["error"] = text.splitlines()[0] if text else type(exc).__name__
         rec["traceback"] = traceback.format_exc()
     rec["finished"] = now()
@@ -135,7 +138,7 @@ def _score(res: SampleResult, model: DiffusionModel, metrics: list[tuple[Any, Co
         try:
             out = comp.obj.compute(res.samples, model=model, result=res, context=context,
                                    **resolve_options(comp, spec.options))
-        except Exception as exc:
+        except CELL_FAILURES as exc:
             raise CellError(f"metric {spec.name!r}: {type(exc).__name__}: {exc}") from exc
         values.update(out)
         directions.update({name: metric_direction(comp, name) for name in out})

@@ -7,6 +7,8 @@ prediction target); ``SigmaDenoiser`` converts, counts every network evaluation 
 from __future__ import annotations
 
 import time
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -57,6 +59,16 @@ class DiffusionModel:
             self.analytic = self.analytic.to(device=device, dtype=dtype)
         self.device, self.dtype = device, dtype
         return self
+
+    def placed(self, device=None, dtype=None) -> "DiffusionModel":
+        """This model when it is on ``device`` in ``dtype`` already, else a converted copy (self unchanged)."""
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        if device == self.device and dtype == self.dtype:
+            return self
+        # one deepcopy of both keeps an analytic model shared with its network shared in the copy
+        network, analytic = copy.deepcopy((self.network, self.analytic))
+        return dataclasses.replace(self, network=network, analytic=analytic).to(device, dtype)
 
     def identity(self) -> dict[str, Any]:
         return {"model": self.name, "checkpoint_hash": self.checkpoint_hash,

@@ -23,6 +23,7 @@ KINDS = ("sampler", "scheduler", "target", "model", "metric")
 ENTRY_POINT_GROUP = "diffbench"
 DISABLE_AUTOLOAD_ENV = "DIFFBENCH_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_MODULE = "diffbench.builtin"
+BUILTIN_PLUGIN = "builtin"  # the plugin name the built-in components are registered under
 
 
 # The declarations each kind accepts as ``registry.add(kind, name, obj, **meta)`` keywords: the ONE table.
@@ -287,7 +288,7 @@ def build_registry(extra_plugins: Iterable[object] = (), *, autoload: bool | Non
     entry_points = list(md.entry_points(group=ENTRY_POINT_GROUP)) if autoload else []
     if not any(ep.value == BUILTIN_MODULE for ep in entry_points):
         # Not installed as a distribution (or autoload off): load the built-ins from their module.
-        register(importlib.import_module(BUILTIN_MODULE), "builtin", _builtin_dist())
+        register(importlib.import_module(BUILTIN_MODULE), BUILTIN_PLUGIN, _builtin_dist())
     for ep in entry_points:
         dist = _dist_of(ep)
         if ep.name in sources:
@@ -304,7 +305,7 @@ def build_registry(extra_plugins: Iterable[object] = (), *, autoload: bool | Non
         register(plugin, name, (None, None))
 
     # built-ins first, so they own their names and a plugin that clashes with one is the one reported
-    impls = sorted(pm.hook.diffbench_register.get_hookimpls(), key=lambda i: i.plugin_name != "builtin")
+    impls = sorted(pm.hook.diffbench_register.get_hookimpls(), key=lambda i: i.plugin_name != BUILTIN_PLUGIN)
     for impl in impls:
         dist, version = sources.get(impl.plugin_name, (None, None))
         registry._load_plugin(impl.plugin_name, dist, version, lambda impl=impl: impl.function(registry=registry))

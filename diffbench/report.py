@@ -193,6 +193,11 @@ def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: lis
     failed = [r for r in records if r.get("status") != STATUS_OK]
     if failed:
         out += ["## Failed cells", ""] + [f"- `{r['cell_id']}`: {r.get('error')}" for r in failed] + [""]
+    warned = [r for r in records if r.get("warnings")]
+    if warned:
+        out += ["## Warnings", "", "A plugin sampler whose counted NFE differs from what it declares: its cells "
+                "use the counted NFE, but the declaration is wrong.", ""]
+        out += [f"- `{r['cell_id']}`: {w}" for r in warned for w in r["warnings"]] + [""]
     pictures = [r for r in records if r.get("sample_image")]
     if pictures:
         out += ["## Samples", "", "<details><summary>one picture per cell (seed "

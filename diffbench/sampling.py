@@ -10,7 +10,7 @@ from torch import Tensor
 
 from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser, evaluations_per_call
 from diffbench.devices import resolve_device, resolve_dtype, synchronize
-from diffbench.registry import Component, Registry, default_registry
+from diffbench.registry import BUILTIN_PLUGIN, Component, Registry, default_registry
 from diffbench.schedulers import StepGrid, materialize
 from diffbench.seeding import StepNoise, initial_noise
 
@@ -51,6 +51,35 @@ class SampleResult:
         return self.network_seconds / self.sample_seconds if self.sample_seconds > 0 else float("nan")
 
 
+class SamplerOutputError(ValueError):
+    """A sampler's batch is not finite samples of the model's shape and dtype, or it miscounts its NFE."""
+
+
+def check_batch(x: Any, rows: int, model: DiffusionModel, sampler: str, first: int) -> None:
+    """Raise SamplerOutputError unless ``x`` is a finite (rows, *model.shape) tensor of the model's dtype."""
+    where = f"sampler {sampler!r} (samples {first}..{first + rows - 1})"
+    if not isinstance(x, Tensor):
+        raise SamplerOutputError(f"{where} returned {type(x).__name__}, not a tensor")
+    if tuple(x.shape) != (rows, *model.shape):
+        raise SamplerOutputError(f"{where} returned shape {tuple(x.shape)}, expected {(rows, *model.shape)}")
+    if x.dtype != model.dtype:
+        raise SamplerOutputError(f"{where} returned dtype {str(x.dtype).replace('torch.', '')}, expected "
+                                 f"{str(model.dtype).replace('torch.', '')}")
+    bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+    if bad:
+        raise SamplerOutputError(f"{where} returned non-finite samples: {bad} of {rows}")
+
+
+def check_nfe(counted: float, declared: int, comp: Component) -> str | None:
+    """A counted NFE that differs from the declared one: an error for a built-in, a warning for a plugin."""
+    if counted == declared:
+        return None
+    text = (f"sampler {comp.name!r} made {counted:g} network evaluations per sample but declares {declared}")
+    if comp.plugin == BUILTIN_PLUGIN:
+        raise SamplerOutputError(text)
+    return f"{text} (plugin {comp.plugin!r}; its cost axis uses the counted NFE)"
+
+
 def make_grid(model: DiffusionModel, scheduler: str, steps: int, options: dict[str, Any] | None = None, *,
               quantize: bool = False, final_zero: bool = True,
               registry: Registry | None = None) -> tuple[StepGrid, dict[str, Any]]:
@@ -75,13 +104,17 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
            registry: Registry | None = None, progress=None) -> SampleResult:
     """Draw ``num_samples`` samples; sample i starts from noise seeded by (seed, first_index + i).
 
-    ``progress`` is an optional callable(n_done) invoked after each batch.
+    ``progress`` is an optional callable(n_done) invoked after each batch. Each batch is checked:
+    a result that is not finite samples of the model's shape and dtype, or a built-in sampler whose
+    counted NFE differs from its declared NFE, raises SamplerOutputError; for a plugin sampler the
+    NFE mismatch is a warning in ``meta["warnings"]``. ``device``/``dtype`` other than the model's
+    sample a converted copy: the caller's model is left as it was.
     """
     registry = registry or default_registry()
     comp = registry.get("sampler", sampler)
     s_opts = resolve_options(comp, sampler_options)
     dev = resolve_device(device) if device is not None else model.device
-    model.to(dev, resolve_dtype(dtype, model.dtype))
+    model = model.placed(dev, resolve_dtype(dtype, model.dtype))
     grid, sch_opts = make_grid(model, scheduler, steps, scheduler_options, quantize=quantize,
                                final_zero=final_zero, registry=registry)
     if guidance is not None and model.num_classes is None:
@@ -94,6 +127,8 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
     stochastic = comp.meta.get("stochastic")  # optional for third-party samplers: unknown → maybe stochastic
     sigmas = grid.sigmas
     sigma_start = float(sigmas[0])
+    declared = comp.meta["nfe"](sigmas, **s_opts) * evaluations_per_call(guidance)
+    warnings: list[str] = []
     outs, all_labels, nfe_rows, sample_seconds, network_seconds = [], [], 0.0, 0.0, 0.0
     with torch.inference_mode():
         for start in range(0, num_samples, batch_size):
@@ -113,13 +148,16 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
             sample_seconds += time.perf_counter() - t0
             network_seconds += counter.network_seconds()
             nfe_rows += counter.rows
+            check_batch(x, len(idx), model, sampler, idx[0])
+            warning = check_nfe(counter.rows / len(idx), declared, comp)
+            if warning is not None and warning not in warnings:
+                warnings.append(warning)
             outs.append(x.detach().to("cpu"))
             if labels is not None:
                 all_labels.append(labels.cpu())
             if progress is not None:
                 progress(len(idx))
     samples = torch.cat(outs)
-    declared = comp.meta["nfe"](sigmas, **s_opts) * evaluations_per_call(guidance)
     return SampleResult(
         samples=samples, labels=torch.cat(all_labels) if all_labels else None, nfe=nfe_rows / num_samples,
         declared_nfe=declared, grid=grid, sampler=sampler, sampler_options=s_opts, scheduler=scheduler,
@@ -127,5 +165,5 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
         network_seconds=network_seconds,
         meta={"seed": seed, "first_index": first_index, "num_samples": num_samples, "batch_size": batch_size,
               "guidance": guidance, "conditional": conditional, "clip_x0": clip_x0, "device": str(dev),
-              "dtype": str(model.dtype).replace("torch.", "")},
+              "dtype": str(model.dtype).replace("torch.", ""), "warnings": warnings},
     )

@@ -102,7 +102,7 @@ def test_failing_cells_are_recorded_and_the_rest_complete(tmp_path):
     assert status.loc["euler", "status"] == "ok" and status.loc["euler", "mean-norm"] > 0
     assert status.loc["broken", "status"] == "failed"
     assert status.loc["broken", "error"] == "RuntimeError: broken sampler exploded"
-    assert status.loc["nan", "status"] == "failed" and "non-finite samples: 64 of 64" in status.loc["nan", "error"]
+    assert status.loc["nan", "status"] == "failed" and "non-finite samples: 32 of 32" in status.loc["nan", "error"]
     assert res.failed == 2
     rec = json.loads(next((res.path / "cells").glob("gmm__broken*.json")).read_text())
     assert "Traceback" in rec["traceback"]
