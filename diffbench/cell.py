@@ -1,4 +1,4 @@
-"""One cell: sample every seed group, check the samples, score them, build the cell's record.
+"""One cell: stream every seed group's batches into the metrics' features, score once, build the record.
 
 A failure (a plugin raises, samples are not finite) becomes the record's ``status``/``error``;
 it is never raised, so the run goes on.
@@ -17,10 +17,11 @@ import torch
 
 from diffbench import plots
 from diffbench.denoiser import DiffusionModel
-from diffbench.metrics.base import MetricContext, MetricValue, conventional_direction
+from diffbench.metrics.base import Batch, MetricContext, MetricValue, conventional_direction
+from diffbench.metrics.stream import MetricError, MetricPlan
 from diffbench.registry import Component, Registry
 from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir
-from diffbench.sampling import SampleResult, SamplerOutputError, resolve_options, sample
+from diffbench.sampling import SampleResult, SamplerOutputError, SamplingCall, resolve_options, sample_batches
 from diffbench.suite import CellSpec, Suite
 
 def now() -> str:
@@ -53,14 +54,27 @@ def _aggregate(per_seed: list[dict[str, MetricValue]]) -> dict[str, MetricValue]
     return out
 
 
-def sample_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, seed: int,
-                num_samples: int, progress: Callable[[int], None] | None = None) -> SampleResult:
-    """One seed group of one cell through the core's sampling call (timed, NFE counted there)."""
-    return sample(model, cell.sampler.name, steps=cell.steps, scheduler=cell.scheduler.name,
-                  sampler_options=cell.sampler.options, scheduler_options=cell.scheduler.options,
-                  quantize=cell.scheduler.quantize, final_zero=cell.scheduler.final_zero, num_samples=num_samples, seed=seed,
-                  batch_size=suite.batch_size, conditional=suite.conditional, guidance=cell.guidance,
-                  clip_x0=cell.sampler.clip_x0, registry=registry, progress=progress)
+def sampling_call(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, seed: int,
+                  num_samples: int, progress: Callable[[int], None] | None = None, first_index: int = 0) -> SamplingCall:
+    """One seed group (or a slice of it from ``first_index``) of one cell, prepared to stream batch by batch."""
+    return sample_batches(model, cell.sampler.name, steps=cell.steps, scheduler=cell.scheduler.name,
+                          sampler_options=cell.sampler.options, scheduler_options=cell.scheduler.options,
+                          quantize=cell.scheduler.quantize, final_zero=cell.scheduler.final_zero,
+                          num_samples=num_samples, seed=seed, first_index=first_index, batch_size=suite.batch_size,
+                          conditional=suite.conditional, guidance=cell.guidance, clip_x0=cell.sampler.clip_x0,
+                          registry=registry, progress=progress)
+
+
+def metric_plan(suite: Suite, model: DiffusionModel, registry: Registry, context: MetricContext) -> MetricPlan:
+    """The suite's metrics on ``model``, their feature extractors built (MetricError names a metric that cannot)."""
+    pairs = []
+    for spec in suite.metrics:
+        comp = registry.get("metric", spec.name)
+        try:
+            pairs.append((comp, resolve_options(comp, spec.options)))
+        except ValueError as exc:
+            raise MetricError(spec.name, exc) from exc
+    return MetricPlan(pairs, model, context)
 
 
 def _record_base(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry) -> dict[str, Any]:
@@ -88,22 +102,36 @@ CELL_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit)
 
 def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
              run: RunDir, bar: Any) -> dict[str, Any]:
-    """Sample every seed group of one cell, score it, and return its record (failures recorded, not raised)."""
+    """Sample every seed group of one cell, streaming batches into the metrics' features; score each group once.
+
+    Samples are not kept: each batch goes through the feature extractors as it is produced (only the
+    preview picture's first samples, and the samples of metrics in the in-memory form, are kept).
+    Failures are recorded, not raised.
+    """
     rec = _record_base(suite, cell, model, registry)
-    metrics = [(m, registry.get("metric", m.name)) for m in suite.metrics]
     results: list[SampleResult] = []
     try:
+        plan = metric_plan(suite, model, registry, context)
         scores, directions = [], {}
         for seed in suite.seeds:
-            res = sample_cell(suite, cell, model, registry, seed, suite.num_samples, progress=bar.update)
+            first = seed == suite.seeds[0]
+            call = sampling_call(suite, cell, model, registry, seed, suite.num_samples, progress=bar.update)
+            rows, preview = plan.rows(), Preview()
+            for batch in call:  # each batch checked by the sampling call (shape, dtype, finite, NFE)
+                rows.add(batch)
+                if first:
+                    preview.add(batch)
+            res = call.result
             results.append(res)
-            if seed == suite.seeds[0]:
-                _describe_sampling(rec, res)
             rec["warnings"] += [w for w in res.meta.get("warnings", []) if w not in rec["warnings"]]
-            if seed == suite.seeds[0]:
-                rec["sample_image"] = _sample_picture(res, model, run.cell_path(cell.cell_id, ".png"))
+            if first:
+                _describe_sampling(rec, res)
+                rec["sample_image"] = _sample_picture(preview.samples(), model, run.cell_path(cell.cell_id, ".png"))
             bar.set_postfix_str("metrics")
-            values = _score(res, model, metrics, context, directions)
+            values: dict[str, MetricValue] = {}
+            for planned, out in plan.score(rows, res):
+                values.update(out)
+                directions.update({name: metric_direction(planned.component, name) for name in out})
             scores.append(values)
             rec["per_seed"].append({"seed": seed, "nfe": res.nfe, "sample_seconds": res.sample_seconds,
                                     "network_seconds": res.network_seconds,
@@ -116,7 +144,8 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
     except CELL_FAILURES as exc:  # a plugin's failure is this cell's result, not the run's
         if results:
             _summarise(rec, results)  # what sampling cost is still worth keeping
-        text = str(exc) if isinstance(exc, (CellError, SamplerOutputError)) else f"{type(exc).__name__}: {exc}"
+        known = (CellError, MetricError, SamplerOutputError)
+        text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
         rec["error"] = text.splitlines()[0] if text else type(exc).__name__
         rec["traceback"] = traceback.format_exc()
     rec["finished"] = now()
@@ -130,24 +159,28 @@ def _describe_sampling(rec: dict[str, Any], res: SampleResult) -> None:
                 "batch_size": res.meta["batch_size"], "conditional": res.meta["conditional"]})
 
 
-def _score(res: SampleResult, model: DiffusionModel, metrics: list[tuple[Any, Component]],
-           context: MetricContext, directions: dict[str, bool]) -> dict[str, MetricValue]:
-    """Every metric on one seed group; ``directions`` learns whether each value is better high."""
-    values: dict[str, MetricValue] = {}
-    for spec, comp in metrics:
-        try:
-            out = comp.obj.compute(res.samples, model=model, result=res, context=context,
-                                   **resolve_options(comp, spec.options))
-        except CELL_FAILURES as exc:
-            raise CellError(f"metric {spec.name!r}: {type(exc).__name__}: {exc}") from exc
-        values.update(out)
-        directions.update({name: metric_direction(comp, name) for name in out})
-    return values
+class Preview:
+    """The samples the cell's picture shows: the first ``plots.MAX_PREVIEW`` images, or every 2-D point."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+        self.count = 0
+
+    def add(self, batch: Batch) -> None:
+        x = batch.samples
+        if x.ndim != 2:  # a scatter of points shows them all (a few bytes each), a grid the first images
+            x = x[:max(plots.MAX_PREVIEW - self.count, 0)]
+        if len(x):
+            self.parts.append(x)
+            self.count += len(x)
+
+    def samples(self) -> torch.Tensor | None:
+        return torch.cat(self.parts) if self.parts else None
 
 
 def _summarise(rec: dict[str, Any], results: list[SampleResult]) -> None:
     """Counted NFE and timings over the seed groups sampled so far."""
-    n = sum(len(r.samples) for r in results)
+    n = sum(int(r.meta["num_samples"]) for r in results)
     sample_s = sum(r.sample_seconds for r in results)
     network_s = sum(r.network_seconds for r in results)
     rec.update({
@@ -157,13 +190,15 @@ def _summarise(rec: dict[str, Any], results: list[SampleResult]) -> None:
     })
 
 
-def _sample_picture(res: SampleResult, model: DiffusionModel, path: Path) -> str | None:
+def _sample_picture(samples: torch.Tensor | None, model: DiffusionModel, path: Path) -> str | None:
     """Save a picture of the cell's samples; a plotting problem never fails the cell."""
+    if samples is None:
+        return None
     try:
         reference = None
-        if model.analytic is not None and hasattr(model.analytic, "sample") and res.samples.ndim == 2:
-            reference = model.analytic.sample(len(res.samples), generator=torch.Generator().manual_seed(0))
-        written = plots.save_samples(res.samples, path, data_range=model.data_range, reference=reference)
+        if model.analytic is not None and hasattr(model.analytic, "sample") and samples.ndim == 2:
+            reference = model.analytic.sample(len(samples), generator=torch.Generator().manual_seed(0))
+        written = plots.save_samples(samples, path, data_range=model.data_range, reference=reference)
     except Exception as exc:
         print(f"diffbench: warning: no sample picture for {path.stem}: {exc}", file=sys.stderr)
         return None

@@ -22,8 +22,11 @@ NFE_PLOT, TIME_PLOT, GUIDANCE_PLOT = "metric_vs_nfe.png", "metric_vs_time.png", 
 
 # --- per-cell sample pictures ------------------------------------------------------------------
 
+MAX_PREVIEW = 100  # images in a cell's preview grid
+
+
 def save_samples(samples: torch.Tensor, path: str | Path, *, data_range: tuple[float, float] = (-1.0, 1.0),
-                 reference: torch.Tensor | None = None, max_images: int = 100) -> Path | None:
+                 reference: torch.Tensor | None = None, max_images: int = MAX_PREVIEW) -> Path | None:
     """A grid of the first samples (images) or a scatter (2-D points); None for other shapes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

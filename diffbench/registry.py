@@ -167,8 +167,10 @@ def _validate(kind: str, obj: Any, meta: dict[str, Any]) -> dict[str, Any]:
             raise RegistrationError("a model must be a callable returning a DiffusionModel")
         return keyword_options(obj)
     if kind == "metric":
-        if not callable(getattr(obj, "compute", None)):
-            raise RegistrationError("a metric must have a compute(...) method")
+        streaming = callable(getattr(obj, "features", None)) and callable(getattr(obj, "score", None))
+        if not streaming and not callable(getattr(obj, "compute", None)):
+            raise RegistrationError("a metric must have features(...) and score(...) methods "
+                                    "(or the in-memory compute(...) method)")
         return dict(getattr(obj, "options", {}) or {})
     raise RegistrationError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
 

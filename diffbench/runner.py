@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from diffbench import plots, report
 from diffbench.calibration import bare_network_seconds
-from diffbench.cell import now, run_cell, sample_cell
+from diffbench.cell import metric_plan, now, run_cell, sampling_call
 from diffbench.denoiser import DiffusionModel
 from diffbench.devices import resolve_device, resolve_dtype
 from diffbench.metrics.base import MetricContext
+from diffbench.metrics.stream import MetricError
 from diffbench.provenance import device_name, git_state, versions
 from diffbench.registry import Registry, default_registry
 from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir, find_run, write_json
@@ -170,26 +171,40 @@ def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Reg
 # --- the run -----------------------------------------------------------------------------------
 
 def _warm_up(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry,
-            context: MetricContext) -> None:
+             context: MetricContext) -> None:
     """One untimed full-batch sampling call per model, so first-call costs stay out of every cell's time.
 
-    Its samples also try every metric once: a metric that cannot run on this model (no reference
-    dataset, extractor weights missing, not analytic) raises ValueError, and that is a configuration
-    error found before the grid runs rather than the same failure in every cell.
+    Every metric is set up first (a metric that cannot run on this model — no reference dataset,
+    extractor weights missing, not analytic — raises ValueError there or when scoring the warm-up
+    batch), and that is a configuration error found before the grid runs rather than the same
+    failure in every cell. Scoring the warm-up batch also fills the reference-feature cache.
     """
     try:
-        res = sample_cell(suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples))
+        plan = metric_plan(suite, model, registry, context)
+    except MetricError as exc:
+        _metric_config_error(suite, cell, exc)
+        return  # a metric bug: every cell records it
+    try:
+        call = sampling_call(suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples))
+        rows = plan.rows()
+        for batch in call:
+            rows.add(batch)
+    except MetricError as exc:
+        _metric_config_error(suite, cell, exc)
+        return
     except Exception:
         return  # the cell itself will fail and record why
-    for i, spec in enumerate(suite.metrics):
-        comp = registry.get("metric", spec.name)
-        try:
-            comp.obj.compute(res.samples, model=model, result=res, context=context,
-                             **resolve_options(comp, spec.options))
-        except ValueError as exc:
-            raise SuiteError(f"metrics[{i}] ({spec.name}){_on_model(suite, cell)}: {exc}") from None
-        except Exception:
-            pass  # a metric bug: every cell records it
+    try:
+        plan.score(rows, call.result)
+    except MetricError as exc:
+        _metric_config_error(suite, cell, exc)
+
+
+def _metric_config_error(suite: Suite, cell: CellSpec, exc: MetricError) -> None:
+    """A metric's ValueError during the warm-up is a SuiteError naming the suite's metrics entry."""
+    if isinstance(exc.original, ValueError):
+        i = next(i for i, m in enumerate(suite.metrics) if m.name == exc.metric)
+        raise SuiteError(f"metrics[{i}] ({exc.metric}){_on_model(suite, cell)}: {exc.original}") from None
 
 
 def _finish(run: RunDir, manifest: dict[str, Any], status: str, t0: float, context: MetricContext,

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
 from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser, evaluations_per_call
 from diffbench.devices import resolve_device, resolve_dtype, synchronize
+from diffbench.metrics.base import Batch
 from diffbench.registry import BUILTIN_PLUGIN, Component, Registry, default_registry
 from diffbench.schedulers import StepGrid, materialize
 from diffbench.seeding import StepNoise, initial_noise
@@ -29,7 +30,7 @@ def resolve_options(component: Component, given: dict[str, Any] | None) -> dict[
 class SampleResult:
     """Samples and what it took to make them: measured NFE, the grid, every option, timings."""
 
-    samples: Tensor  # (num_samples, *shape), on the CPU
+    samples: Tensor | None  # (num_samples, *shape) on the CPU; None when streamed (sample_batches)
     labels: Tensor | None
     nfe: float  # network evaluations per sample, counted
     declared_nfe: int  # what the sampler declares per denoiser call sequence (× 2 with guidance)
@@ -44,7 +45,7 @@ class SampleResult:
 
     @property
     def seconds_per_sample(self) -> float:
-        return self.sample_seconds / max(len(self.samples), 1)
+        return self.sample_seconds / max(int(self.meta.get("num_samples") or 0), 1)
 
     @property
     def network_share(self) -> float:
@@ -96,6 +97,101 @@ def sample_labels(model: DiffusionModel, indices: list[int], conditional: bool) 
     return torch.tensor([i % model.num_classes for i in indices], dtype=torch.long, device=model.device)
 
 
+class SamplingCall:
+    """One prepared sampling call; iterating it samples batch by batch and yields each ``Batch``.
+
+    Everything that can be wrong with the call (unknown sampler or option, a grid the model cannot
+    take, guidance without labels) raises ValueError here, before any sampling. While iterating,
+    ``result`` (a SampleResult with ``samples`` None) accumulates counted NFE, timings and labels;
+    it is complete once the iterator is exhausted. Only sampling itself is timed: whatever the
+    consumer does with a batch between iterations (feature extraction, checks, saving) is not.
+
+    Each batch is checked before it is yielded: a result that is not finite samples of the model's
+    shape and dtype, or a built-in sampler whose counted NFE differs from its declared NFE, raises
+    SamplerOutputError; for a plugin sampler the NFE mismatch is a warning in ``meta["warnings"]``.
+    ``device``/``dtype`` other than the model's sample a converted copy: the caller's model is left
+    as it was.
+    """
+
+    def __init__(self, model: DiffusionModel, sampler: str = "euler", *, steps: int, scheduler: str = "karras",
+                 sampler_options: dict[str, Any] | None = None, scheduler_options: dict[str, Any] | None = None,
+                 quantize: bool = False, final_zero: bool = True, num_samples: int = 16, seed: int = 0,
+                 first_index: int = 0, batch_size: int = 256, conditional: bool = True,
+                 guidance: float | None = None, clip_x0: bool = False, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None, registry: Registry | None = None, progress=None) -> None:
+        registry = registry or default_registry()
+        self.component = comp = registry.get("sampler", sampler)
+        s_opts = resolve_options(comp, sampler_options)
+        self.device = dev = resolve_device(device) if device is not None else model.device
+        model = model.placed(dev, resolve_dtype(dtype, model.dtype))
+        grid, sch_opts = make_grid(model, scheduler, steps, scheduler_options, quantize=quantize,
+                                   final_zero=final_zero, registry=registry)
+        if guidance is not None and model.num_classes is None:
+            raise ValueError(f"model {model.name!r} is unconditional; guidance needs a class-conditional model")
+        if guidance is not None and not conditional:
+            raise ValueError("guidance needs conditional=True (unconditional sampling has no labels to guide)")
+        if batch_size < 1 or num_samples < 1:
+            raise ValueError("num_samples and batch_size must be positive")
+        self.model, self.progress = model, progress
+        self.num_samples, self.batch_size, self.first_index, self.seed = num_samples, batch_size, first_index, seed
+        self.conditional, self.guidance, self.clip_x0 = conditional, guidance, clip_x0
+        self.sampler_options = s_opts
+        declared = comp.meta["nfe"](grid.sigmas, **s_opts) * evaluations_per_call(guidance)
+        self.result = SampleResult(
+            samples=None, labels=None, nfe=0.0, declared_nfe=declared, grid=grid, sampler=sampler,
+            sampler_options=s_opts, scheduler=scheduler,
+            scheduler_options={**sch_opts, "quantize": quantize, "final_zero": final_zero}, sample_seconds=0.0,
+            network_seconds=0.0,
+            meta={"seed": seed, "first_index": first_index, "num_samples": num_samples, "batch_size": batch_size,
+                  "guidance": guidance, "conditional": conditional, "clip_x0": clip_x0, "device": str(dev),
+                  "dtype": str(model.dtype).replace("torch.", ""), "warnings": []},
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        model, dev, res, comp, s_opts = self.model, self.device, self.result, self.component, self.sampler_options
+        stochastic = comp.meta.get("stochastic")  # optional for third-party samplers: unknown → maybe stochastic
+        sigmas = res.grid.sigmas
+        sigma_start = float(sigmas[0])
+        labels_seen, nfe_rows = [], 0.0
+        with torch.inference_mode():
+            for start in range(0, self.num_samples, self.batch_size):
+                first = self.first_index + start
+                idx = list(range(first, self.first_index + min(start + self.batch_size, self.num_samples)))
+                labels = sample_labels(model, idx, self.conditional)
+                counter = NetworkCounter(len(idx), dev)
+                den = SigmaDenoiser(model, labels=labels, guidance=self.guidance, clip_x0=self.clip_x0,
+                                    counter=counter)
+                den.prepare(sigmas)  # σ → t conversions are grid set-up, not sampling time
+                x = initial_noise(self.seed, idx, model.shape, device=dev, dtype=model.dtype) * sigma_start
+                noise = StepNoise(self.seed, idx, model.shape, len(sigmas) - 1, device=dev, dtype=model.dtype)
+                if stochastic is None or stochastic(**s_opts):
+                    noise(0)  # draw the bank before the clock starts: RNG set-up is not sampling time
+                synchronize(dev)
+                t0 = time.perf_counter()
+                x = comp.obj(den, x, sigmas, noise=noise, **s_opts)
+                synchronize(dev)
+                res.sample_seconds += time.perf_counter() - t0
+                res.network_seconds += counter.network_seconds()
+                nfe_rows += counter.rows
+                res.nfe = nfe_rows / (start + len(idx))
+                check_batch(x, len(idx), model, res.sampler, idx[0])
+                warning = check_nfe(counter.rows / len(idx), res.declared_nfe, comp)
+                if warning is not None and warning not in res.meta["warnings"]:
+                    res.meta["warnings"].append(warning)
+                cpu_labels = labels.cpu() if labels is not None else None
+                if cpu_labels is not None:
+                    labels_seen.append(cpu_labels)
+                    res.labels = torch.cat(labels_seen)
+                if self.progress is not None:
+                    self.progress(len(idx))
+                yield Batch(x.detach().to("cpu"), torch.arange(first, first + len(idx)), cpu_labels, self.seed, res)
+
+
+def sample_batches(model: DiffusionModel, sampler: str = "euler", **kwargs: Any) -> SamplingCall:
+    """A prepared sampling call (same arguments as ``sample``) to iterate batch by batch; see SamplingCall."""
+    return SamplingCall(model, sampler, **kwargs)
+
+
 def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, scheduler: str = "karras",
            sampler_options: dict[str, Any] | None = None, scheduler_options: dict[str, Any] | None = None,
            quantize: bool = False, final_zero: bool = True, num_samples: int = 16, seed: int = 0, first_index: int = 0,
@@ -104,66 +200,16 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
            registry: Registry | None = None, progress=None) -> SampleResult:
     """Draw ``num_samples`` samples; sample i starts from noise seeded by (seed, first_index + i).
 
-    ``progress`` is an optional callable(n_done) invoked after each batch. Each batch is checked:
-    a result that is not finite samples of the model's shape and dtype, or a built-in sampler whose
-    counted NFE differs from its declared NFE, raises SamplerOutputError; for a plugin sampler the
-    NFE mismatch is a warning in ``meta["warnings"]``. ``device``/``dtype`` other than the model's
-    sample a converted copy: the caller's model is left as it was.
+    ``progress`` is an optional callable(n_done) invoked after each batch. All samples are kept in
+    memory (``result.samples``); ``sample_batches`` streams them instead. Each batch is checked
+    (SamplerOutputError, NFE warnings in ``meta["warnings"]``) and ``device``/``dtype`` leave the
+    caller's model as it was: see SamplingCall.
     """
-    registry = registry or default_registry()
-    comp = registry.get("sampler", sampler)
-    s_opts = resolve_options(comp, sampler_options)
-    dev = resolve_device(device) if device is not None else model.device
-    model = model.placed(dev, resolve_dtype(dtype, model.dtype))
-    grid, sch_opts = make_grid(model, scheduler, steps, scheduler_options, quantize=quantize,
-                               final_zero=final_zero, registry=registry)
-    if guidance is not None and model.num_classes is None:
-        raise ValueError(f"model {model.name!r} is unconditional; guidance needs a class-conditional model")
-    if guidance is not None and not conditional:
-        raise ValueError("guidance needs conditional=True (unconditional sampling has no labels to guide)")
-    if batch_size < 1 or num_samples < 1:
-        raise ValueError("num_samples and batch_size must be positive")
-
-    stochastic = comp.meta.get("stochastic")  # optional for third-party samplers: unknown → maybe stochastic
-    sigmas = grid.sigmas
-    sigma_start = float(sigmas[0])
-    declared = comp.meta["nfe"](sigmas, **s_opts) * evaluations_per_call(guidance)
-    warnings: list[str] = []
-    outs, all_labels, nfe_rows, sample_seconds, network_seconds = [], [], 0.0, 0.0, 0.0
-    with torch.inference_mode():
-        for start in range(0, num_samples, batch_size):
-            idx = list(range(first_index + start, first_index + min(start + batch_size, num_samples)))
-            labels = sample_labels(model, idx, conditional)
-            counter = NetworkCounter(len(idx), dev)
-            den = SigmaDenoiser(model, labels=labels, guidance=guidance, clip_x0=clip_x0, counter=counter)
-            den.prepare(sigmas)  # σ → t conversions are grid set-up, not sampling time
-            x = initial_noise(seed, idx, model.shape, device=dev, dtype=model.dtype) * sigma_start
-            noise = StepNoise(seed, idx, model.shape, len(sigmas) - 1, device=dev, dtype=model.dtype)
-            if stochastic is None or stochastic(**s_opts):
-                noise(0)  # draw the bank before the clock starts: RNG set-up is not sampling time
-            synchronize(dev)
-            t0 = time.perf_counter()
-            x = comp.obj(den, x, sigmas, noise=noise, **s_opts)
-            synchronize(dev)
-            sample_seconds += time.perf_counter() - t0
-            network_seconds += counter.network_seconds()
-            nfe_rows += counter.rows
-            check_batch(x, len(idx), model, sampler, idx[0])
-            warning = check_nfe(counter.rows / len(idx), declared, comp)
-            if warning is not None and warning not in warnings:
-                warnings.append(warning)
-            outs.append(x.detach().to("cpu"))
-            if labels is not None:
-                all_labels.append(labels.cpu())
-            if progress is not None:
-                progress(len(idx))
-    samples = torch.cat(outs)
-    return SampleResult(
-        samples=samples, labels=torch.cat(all_labels) if all_labels else None, nfe=nfe_rows / num_samples,
-        declared_nfe=declared, grid=grid, sampler=sampler, sampler_options=s_opts, scheduler=scheduler,
-        scheduler_options={**sch_opts, "quantize": quantize, "final_zero": final_zero}, sample_seconds=sample_seconds,
-        network_seconds=network_seconds,
-        meta={"seed": seed, "first_index": first_index, "num_samples": num_samples, "batch_size": batch_size,
-              "guidance": guidance, "conditional": conditional, "clip_x0": clip_x0, "device": str(dev),
-              "dtype": str(model.dtype).replace("torch.", ""), "warnings": warnings},
-    )
+    call = SamplingCall(model, sampler, steps=steps, scheduler=scheduler, sampler_options=sampler_options,
+                        scheduler_options=scheduler_options, quantize=quantize, final_zero=final_zero,
+                        num_samples=num_samples, seed=seed, first_index=first_index, batch_size=batch_size,
+                        conditional=conditional, guidance=guidance, clip_x0=clip_x0, device=device, dtype=dtype,
+                        registry=registry, progress=progress)
+    outs = [batch.samples for batch in call]
+    call.result.samples = torch.cat(outs) if len(outs) > 1 else outs[0]
+    return call.result

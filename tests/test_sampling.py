@@ -12,7 +12,7 @@ from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
 from diffbench.hookspecs import hookimpl
 from diffbench.registry import build_registry
 from diffbench.samplers import SAMPLERS
-from diffbench.sampling import sample
+from diffbench.sampling import sample, sample_batches
 from helpers import conditional_model, edm_model, truncated_karras
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -44,6 +44,25 @@ def test_sample_i_depends_only_on_seed_and_i(name):
     whole = draw(model, name, num_samples=9, seed=2).samples
     part = draw(model, name, num_samples=4, first_index=5, seed=2, batch_size=3)
     assert torch.equal(part.samples, whole[5:9]) and part.meta["first_index"] == 5
+
+
+def test_streamed_batches_are_the_samples_of_one_call_and_the_totals_match():
+    model = conditional_model()
+    whole = sample(model, "heun", steps=4, num_samples=10, seed=1, batch_size=4)
+    call = sample_batches(model, "heun", steps=4, num_samples=10, seed=1, batch_size=4)
+    assert call.result.samples is None and call.result.declared_nfe == whole.declared_nfe
+    got = list(call)
+    assert [len(b.samples) for b in got] == [4, 4, 2]
+    assert torch.equal(torch.cat([b.indices for b in got]), torch.arange(10))
+    assert torch.equal(torch.cat([b.samples for b in got]), whole.samples)
+    assert torch.equal(torch.cat([b.labels for b in got]), whole.labels) and torch.equal(call.result.labels, whole.labels)
+    assert call.result.nfe == whole.nfe == 7 and call.result.samples is None
+    assert all(b.result is call.result and b.seed == 1 for b in got)
+
+
+def test_a_bad_call_is_refused_before_any_sampling():
+    with pytest.raises(ValueError, match="guidance needs a class-conditional model"):
+        sample_batches(edm_model("eps"), "euler", steps=4, guidance=2.0)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from diffbench.devices import resolve_dtype
-from diffbench.metrics.base import MetricContext, MetricValue
+from diffbench.metrics.base import MetricContext, MetricValue, SampleRows, StreamingMetric
 from diffbench.models.gmm import GaussianMixture
 from diffbench.seeding import initial_noise
 
@@ -41,6 +41,15 @@ def exact_endpoints(mixture: GaussianMixture, x: Tensor, sigma_from: float, sigm
     return end if sigma_to > 0 else mix.denoise(end, stop)
 
 
+def _mixture(model: Any) -> GaussianMixture:
+    """The model's exact Gaussian mixture; ValueError when it has none."""
+    mixture = getattr(model, "analytic", None)
+    if not isinstance(mixture, GaussianMixture):
+        raise ValueError(f"solver-error needs an analytic model with an exact ODE solution; "
+                         f"model {getattr(model, 'name', model)!r} has none")
+    return mixture
+
+
 def summarize(errors: Tensor) -> dict[str, MetricValue]:
     """Mean, RMS and max of per-sample errors; mean and RMS with their standard error over samples."""
     e = errors.to(torch.float64)
@@ -59,31 +68,34 @@ def summarize(errors: Tensor) -> dict[str, MetricValue]:
     }
 
 
-class SolverError:
+class SolverError(StreamingMetric):
     """Per-sample L2 distance between each sample and the exact ODE solution from its own starting noise.
 
     Needs an analytic model (``model.analytic`` a GaussianMixture): the reference is the probability-flow
     ODE solved by DOP853 in float64 from the sample's regenerated starting point to the grid's last σ.
     For a stochastic sampler it measures the distance to the deterministic flow, not a solver error.
+    Its features are the samples themselves (analytic models are low-dimensional): the reference ODE is
+    solved once on all of them, in the same chunks whatever the batch size.
     """
 
     name = "solver-error"
     options: dict[str, Any] = {"sigma_stop": 1e-6, "rtol": 1e-12, "atol": 1e-12}
     higher_is_better = False
 
-    def compute(self, samples: Tensor, *, model: Any, result: Any, context: MetricContext | None = None,
-                **options: Any) -> dict[str, MetricValue]:
-        """{solver-error-mean, -rms, -max} of ``samples`` (the output of ``result``)."""
+    def features(self, *, model: Any, context: MetricContext, **options: Any) -> SampleRows:
+        _mixture(model)
+        return SampleRows()
+
+    def score(self, features: Tensor, *, model: Any, result: Any, context: MetricContext | None = None,
+              **options: Any) -> dict[str, MetricValue]:
+        """{solver-error-mean, -rms, -max} of the samples ``features`` (the output of ``result``)."""
         opts = {**self.options, **options}
-        return summarize(self.errors(samples, model=model, result=result, **opts))
+        return summarize(self.errors(features, model=model, result=result, **opts))
 
     def errors(self, samples: Tensor, *, model: Any, result: Any, sigma_stop: float = 1e-6,
                rtol: float = 1e-12, atol: float = 1e-12) -> Tensor:
         """Per-sample L2 errors (float64)."""
-        mixture = getattr(model, "analytic", None)
-        if not isinstance(mixture, GaussianMixture):
-            raise ValueError(f"solver-error needs an analytic model with an exact ODE solution; "
-                             f"model {getattr(model, 'name', model)!r} has none")
+        mixture = _mixture(model)
         if result.meta.get("guidance") not in (None, 1.0):
             raise ValueError("solver-error compares with the unguided ODE; the run used guidance")
         if len(samples) != int(result.meta["num_samples"]):

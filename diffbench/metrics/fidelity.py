@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import tempfile
-import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import Tensor
 from diffbench.checkpoints import file_sha256, shipped
 from diffbench.datasets import load_dataset
 from diffbench.metrics import digits_cnn
-from diffbench.metrics.base import MetricContext, MetricValue
+from diffbench.metrics.base import Batch, MetricContext, MetricValue, StreamingMetric
 
 INCEPTION = "inception-v3-compat"
 CACHE_FORMAT = 1  # bump when the cached feature layout or the uint8 mapping changes
@@ -114,22 +113,21 @@ def extract_features(images: Tensor, data_range: tuple[float, float], ext: Extra
     return torch.cat(feats)
 
 
-_SAMPLE_FEATURES: dict[int, tuple[weakref.ref, int, tuple, Tensor]] = {}
+@dataclass(frozen=True)
+class FidelityFeatures:
+    """Per-batch features of one torch-fidelity extractor; fid, kid and prc with equal keys share them."""
 
+    ext: Extractor
+    data_range: tuple[float, float]
+    device: str
+    batch_size: int
 
-def sample_features(samples: Tensor, data_range: tuple[float, float], ext: Extractor,
-                    device: torch.device, batch_size: int = 256) -> Tensor:
-    """Features of ``samples``, memoised for the live tensor so fid, kid and prc on one run extract once."""
-    for k in [k for k, v in _SAMPLE_FEATURES.items() if v[0]() is None]:
-        del _SAMPLE_FEATURES[k]
-    key = (ext, str(device), tuple(data_range))
-    hit = _SAMPLE_FEATURES.get(id(samples))
-    # same object, unchanged since (``_version`` counts in-place edits), same extractor
-    if hit is not None and hit[0]() is samples and hit[1] == samples._version and hit[2] == key:
-        return hit[3]
-    feats = extract_features(samples, data_range, ext, device, batch_size)
-    _SAMPLE_FEATURES[id(samples)] = (weakref.ref(samples), samples._version, key, feats)
-    return feats
+    @property
+    def key(self) -> tuple:
+        return ("torch-fidelity", self.ext, self.data_range, self.device, self.batch_size)
+
+    def __call__(self, batch: Batch) -> Tensor:
+        return extract_features(batch.samples, self.data_range, self.ext, self.device, self.batch_size)
 
 
 def _tensor_sha256(t: Tensor) -> str:
@@ -167,36 +165,40 @@ def reference_features(dataset: str, split: str, ext: Extractor, context: Metric
     return feats, sha
 
 
-class _FidelityMetric:
-    """Shared set-up: extractor, sample and reference features, what-was-used in context.info."""
+class _FidelityMetric(StreamingMetric):
+    """Shared set-up: extractor, per-batch sample features, reference features, what-was-used in context.info."""
 
     name: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
     base_options: ClassVar[dict[str, Any]] = {"extractor": None, "weights_path": None, "reference_split": "train",
                                               "batch_size": 256}
 
-    def features(self, samples: Tensor, model: Any, context: MetricContext, *, extractor: str | None,
-                 weights_path: str | None, reference_split: str, batch_size: int) -> tuple[Tensor, Tensor]:
+    def _extractor(self, model: Any, extractor: str | None, weights_path: str | None) -> Extractor:
         if getattr(model, "dataset", None) is None:
             raise MetricUnavailable(f"metric {self.name!r} needs a model with a reference dataset; "
                                     f"model {getattr(model, 'name', model)!r} has none")
         name = extractor or (digits_cnn.NAME if model.dataset == "digits" else INCEPTION)
-        ext = resolve_extractor(name, weights_path, self.name)
-        gen = sample_features(samples, tuple(model.data_range), ext, context.device, batch_size)
-        ref, ref_hash = reference_features(model.dataset, reference_split, ext, context, batch_size)
-        context.info.update(ext.describe())
-        context.info.update({"reference_dataset": model.dataset, "reference_split": reference_split,
-                             "reference_size": len(ref), "reference_hash": ref_hash, "num_samples": len(gen)})
-        return gen, ref
+        return resolve_extractor(name, weights_path, self.name)
 
-    def compute(self, samples: Tensor, *, model: Any, result: Any, context: MetricContext,
-                **options: Any) -> dict[str, MetricValue]:
+    def features(self, *, model: Any, context: MetricContext, extractor: str | None = None,
+                 weights_path: str | None = None, batch_size: int = 256, **_: Any) -> FidelityFeatures:
+        ext = self._extractor(model, extractor, weights_path)
+        return FidelityFeatures(ext, tuple(float(v) for v in model.data_range), str(context.device), int(batch_size))
+
+    def score(self, features: Tensor, *, model: Any, result: Any, context: MetricContext, **options: Any
+              ) -> dict[str, MetricValue]:
         opts = {**self.options, **options}
         base = {k: opts.pop(k) for k in self.base_options}
-        gen, ref = self.features(samples, model, context, **base)
-        return self.score(gen, ref, context, **opts)
+        ext = self._extractor(model, base["extractor"], base["weights_path"])
+        split = base["reference_split"]
+        ref, ref_hash = reference_features(model.dataset, split, ext, context, base["batch_size"])
+        context.info.update(ext.describe())
+        context.info.update({"reference_dataset": model.dataset, "reference_split": split,
+                             "reference_size": len(ref), "reference_hash": ref_hash, "num_samples": len(features)})
+        return self.score_features(features, ref, context, **opts)
 
-    def score(self, gen: Tensor, ref: Tensor, context: MetricContext, **options: Any) -> dict[str, MetricValue]:
+    def score_features(self, gen: Tensor, ref: Tensor, context: MetricContext, **options: Any
+                       ) -> dict[str, MetricValue]:
         raise NotImplementedError
 
 
@@ -224,7 +226,7 @@ class FID(_FidelityMetric):
     higher_is_better = False
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "bootstrap": 100}
 
-    def score(self, gen, ref, context, *, bootstrap: int) -> dict[str, MetricValue]:
+    def score_features(self, gen, ref, context, *, bootstrap: int) -> dict[str, MetricValue]:
         from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
         stats = [fid_features_to_statistics(f.double()) for f in (gen, ref)]
@@ -246,7 +248,7 @@ class KID(_FidelityMetric):
     higher_is_better = False
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "subsets": 100, "subset_size": 1000}
 
-    def score(self, gen, ref, context, *, subsets: int, subset_size: int) -> dict[str, MetricValue]:
+    def score_features(self, gen, ref, context, *, subsets: int, subset_size: int) -> dict[str, MetricValue]:
         from torch_fidelity.metric_kid import kid_features_to_metric
 
         # at most half of the smaller set, so subsets differ and their spread measures sampling noise;
@@ -268,7 +270,7 @@ class PRC(_FidelityMetric):
     higher_is_better = True  # precision and recall
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "neighborhood": 3}
 
-    def score(self, gen, ref, context, *, neighborhood: int) -> dict[str, MetricValue]:
+    def score_features(self, gen, ref, context, *, neighborhood: int) -> dict[str, MetricValue]:
         from torch_fidelity.metric_prc import prc_features_to_metric
 
         out = prc_features_to_metric(gen, ref, prc_neighborhood=neighborhood, prc_batch_size=10000,
@@ -288,26 +290,42 @@ def binomial_se(p: float, n: int) -> float:
     return float(np.sqrt(p * (1.0 - p) / n)) if n else float("nan")
 
 
-class ClassAccuracy:
+@dataclass(frozen=True)
+class ClassMatches:
+    """Per sample 1.0 when digits-cnn classifies it as its conditioning label, else 0.0."""
+
+    data_range: tuple[float, float]
+
+    @property
+    def key(self) -> tuple:
+        return ("class-matches", digits_cnn.NAME, self.data_range)
+
+    def __call__(self, batch: Batch) -> Tensor:
+        if batch.labels is None:
+            raise MetricUnavailable("metric 'class-accuracy' needs class-conditional samples (conditional=True)")
+        pred = digits_cnn.classify(batch.samples, self.data_range)
+        return (pred == batch.labels.cpu()).float()
+
+
+class ClassAccuracy(StreamingMetric):
     """Share of class-conditional samples that the shipped digits-cnn classifies as their conditioning label."""
 
     name = "class-accuracy"
     higher_is_better = True
     options: ClassVar[dict[str, Any]] = {}
 
-    def compute(self, samples: Tensor, *, model: Any, result: Any, context: MetricContext,
-                **options: Any) -> dict[str, MetricValue]:
+    def features(self, *, model: Any, context: MetricContext, **options: Any) -> ClassMatches:
         if getattr(model, "dataset", None) != "digits":
             raise MetricUnavailable(f"metric 'class-accuracy' needs a digits model; "
                                     f"model {getattr(model, 'name', model)!r} is on {getattr(model, 'dataset', None)!r}")
-        labels = getattr(result, "labels", None)
-        if labels is None:
-            raise MetricUnavailable("metric 'class-accuracy' needs class-conditional samples (conditional=True)")
-        pred = digits_cnn.classify(samples, tuple(model.data_range))
-        p = (pred == labels.cpu()).float().mean().item()
+        return ClassMatches(tuple(float(v) for v in model.data_range))
+
+    def score(self, features: Tensor, *, model: Any, result: Any, context: MetricContext,
+              **options: Any) -> dict[str, MetricValue]:
+        p = features.float().mean().item()
         context.info["classifier"] = digits_cnn.NAME
         context.info["classifier_hash"] = digits_cnn.load_classifier()[1]
-        return {"class-accuracy": MetricValue(p, binomial_se(p, len(labels)),
+        return {"class-accuracy": MetricValue(p, binomial_se(p, len(features)),
                                               "share classified as the conditioning label; binomial s.e.")}
 
 

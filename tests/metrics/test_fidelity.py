@@ -106,19 +106,6 @@ def test_second_evaluation_extracts_no_reference_features(context, monkeypatch):
     assert second.value == pytest.approx(first.value) and fresh.info["reference_hash"] == hash_first
 
 
-def test_metrics_on_one_tensor_extract_its_features_once(context, monkeypatch):
-    samples = digits("test").images.clone()
-    calls = []
-    real = fidelity.extract_features
-    monkeypatch.setattr(fidelity, "extract_features", lambda images, *a, **k: calls.append(len(images)) or real(images, *a, **k))
-    for metric, opts in (("fid", {"bootstrap": 0}), ("kid", {"subsets": 5}), ("prc", {})):
-        compute(metric, samples, context, **opts)
-    assert calls.count(300) == 1
-    samples.add_(0.1)  # an in-place edit invalidates the memo
-    compute("fid", samples, context, bootstrap=0)
-    assert calls.count(300) == 2
-
-
 def test_uint8_mapping_round_trips_digits():
     x = digits("all").images
     u = digits_cnn.to_uint8(x)

@@ -1,0 +1,138 @@
+"""The streaming metric flow of one sampling call: one extractor per feature key, rows per batch, one score.
+
+``MetricPlan`` resolves a cell's metrics into feature extractors (metrics whose extractors share a
+key share one), ``FeatureRows`` collects each extractor's rows batch by batch (and merges the rows
+of several workers in sample-index order), and ``MetricPlan.score`` scores each metric once on the
+gathered rows. Metrics with only the older ``compute(samples, ...)`` get the samples themselves as
+rows (see ``diffbench.metrics.base``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Hashable, Iterable
+
+import torch
+from torch import Tensor
+
+from diffbench.metrics.base import Batch, FeatureExtractor, MetricContext, MetricValue, SampleRows, is_streaming
+
+
+class MetricError(Exception):
+    """A metric failed; the message names the metric (one line)."""
+
+    def __init__(self, metric: str, exc: BaseException) -> None:
+        super().__init__(f"metric {metric!r}: {type(exc).__name__}: {exc}")
+        self.metric, self.original = metric, exc
+
+
+@dataclass(frozen=True)
+class PlannedMetric:
+    """One metric of a plan: its component, resolved options and the key of the rows it scores."""
+
+    name: str
+    component: Any  # registry.Component
+    options: dict[str, Any]
+    key: Hashable
+    streaming: bool
+
+
+class MetricPlan:
+    """A cell's metrics on one model: build with ``(component, options)`` pairs; extractors are built here."""
+
+    def __init__(self, metrics: Iterable[tuple[Any, dict[str, Any]]], model: Any, context: MetricContext) -> None:
+        self.model, self.context = model, context
+        self.metrics: list[PlannedMetric] = []
+        self.extractors: dict[Hashable, FeatureExtractor] = {}
+        self.owner: dict[Hashable, str] = {}  # the metric named when a shared extractor fails
+        for comp, options in metrics:
+            streaming = is_streaming(comp.obj)
+            try:
+                ext = comp.obj.features(model=model, context=context, **options) if streaming else SampleRows()
+                key = ext.key
+                hash(key)
+            except (Exception, SystemExit) as exc:  # SystemExit from a plugin fails its cell, not the run
+                raise MetricError(comp.name, exc) from exc
+            if key not in self.extractors:
+                self.extractors[key], self.owner[key] = ext, comp.name
+            self.metrics.append(PlannedMetric(comp.name, comp, options, key, streaming))
+
+    def rows(self) -> FeatureRows:
+        """An empty collector for one sampling call."""
+        return FeatureRows(self.extractors, self.owner)
+
+    def score(self, rows: FeatureRows, result: Any) -> list[tuple[PlannedMetric, dict[str, MetricValue]]]:
+        """Each metric scored once on the gathered rows; ``result`` is the call's SampleResult."""
+        gathered = rows.gathered()
+        out = []
+        for m in self.metrics:
+            feats = gathered[m.key]
+            try:
+                if m.streaming:
+                    values = m.component.obj.score(feats, model=self.model, result=result, context=self.context,
+                                                   **m.options)
+                else:
+                    res = dataclasses.replace(result, samples=feats) if dataclasses.is_dataclass(result) else result
+                    values = m.component.obj.compute(feats, model=self.model, result=res, context=self.context,
+                                                     **m.options)
+            except (Exception, SystemExit) as exc:  # SystemExit from a plugin fails its cell, not the run
+                raise MetricError(m.name, exc) from exc
+            out.append((m, values))
+        return out
+
+
+class FeatureRows:
+    """Per-sample rows of every extractor, collected batch by batch, with the sample indices they belong to."""
+
+    def __init__(self, extractors: dict[Hashable, FeatureExtractor], owner: dict[Hashable, str] | None = None) -> None:
+        self.extractors, self.owner = extractors, owner or {}
+        self.parts: dict[Hashable, list[Tensor]] = {k: [] for k in extractors}
+        self.indices: list[Tensor] = []
+
+    def add(self, batch: Batch) -> None:
+        """Run every extractor once on ``batch`` and keep its rows (one per sample)."""
+        for key, ext in self.extractors.items():
+            try:
+                rows = ext(batch)
+                if not isinstance(rows, Tensor) or rows.ndim < 1 or len(rows) != len(batch.samples):
+                    raise ValueError(f"feature extractor returned {type(rows).__name__} "
+                                     f"{tuple(getattr(rows, 'shape', ()))}, not one row for each of "
+                                     f"{len(batch.samples)} samples")
+            except (Exception, SystemExit) as exc:  # SystemExit from a plugin fails its cell, not the run
+                raise MetricError(self.owner.get(key, str(key)), exc) from exc
+            self.parts[key].append(rows.detach().cpu())
+        self.indices.append(batch.indices.detach().cpu().long())
+
+    def __len__(self) -> int:
+        return sum(len(i) for i in self.indices)
+
+    def gathered(self) -> dict[Hashable, Tensor]:
+        """Each extractor's rows concatenated in sample-index order (ValueError on a repeated index)."""
+        if not self.indices:
+            raise ValueError("no samples were collected")
+        idx = torch.cat(self.indices)
+        order = None
+        if len(idx) > 1 and not bool((idx[1:] > idx[:-1]).all()):
+            order = torch.argsort(idx, stable=True)
+            if bool((idx[order][1:] == idx[order][:-1]).any()):
+                raise ValueError("the same sample index was collected twice")
+        out = {}
+        for key, parts in self.parts.items():
+            rows = torch.cat(parts) if len(parts) > 1 else parts[0]
+            out[key] = rows if order is None else rows[order]
+        return out
+
+    def export(self) -> dict[str, Any]:
+        """Plain tensors to send from a worker: {"indices": (n,), "rows": {key: (n, ...)}} (picklable)."""
+        return {"indices": torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long),
+                "rows": {k: torch.cat(v) for k, v in self.parts.items() if v}}
+
+    def absorb(self, exported: dict[str, Any]) -> None:
+        """Add a worker's ``export()`` (same extractor keys; its sample indices disjoint from the others)."""
+        if len(exported["indices"]) == 0:
+            return
+        if set(exported["rows"]) != set(self.parts):
+            raise ValueError("cannot merge rows of different feature extractors")
+        for key, rows in exported["rows"].items():
+            self.parts[key].append(rows)
+        self.indices.append(exported["indices"].long())
