@@ -113,7 +113,7 @@ def test_what_ran_is_recorded():
                  num_samples=3, seed=9, dtype="float32")
     expected = diffbench.make_grid(edm_model(), "karras", 4, {"rho": 5.0})[0]
     assert torch.equal(res.grid.sigmas, expected.sigmas)
-    assert res.sampler_options == {"lower_order_final": True}
+    assert res.sampler_options == {"lower_order_final": "auto"}
     assert res.scheduler_options == {"rho": 5.0, "sigma_min": None, "sigma_max": None, "quantize": False,
                                         "final_zero": True}
     assert res.meta["seed"] == 9 and res.meta["num_samples"] == 3 and res.meta["dtype"] == "float32"

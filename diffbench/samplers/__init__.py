@@ -11,9 +11,11 @@ from typing import Any, Callable
 
 from diffbench.samplers._common import ends_at_zero, num_steps
 from diffbench.samplers.ancestral import ddim, ddpm, euler_ancestral
+from diffbench.samplers.deis import deis
 from diffbench.samplers.dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3
-from diffbench.samplers.dpm_solver_pp import dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, dpmpp_3m
+from diffbench.samplers.dpm_solver_pp import dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, dpmpp_3m, dpmpp_3m_corrected
 from diffbench.samplers.euler import euler, heun
+from diffbench.samplers.lms import lms
 
 
 def per_step(calls: int) -> Callable[..., int]:
@@ -52,6 +54,9 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "dpm-solver-3": SamplerInfo(dpm_solver_3, 3, per_step(3), _never),
     "dpm-solver++-2s": SamplerInfo(dpmpp_2s, 2, per_step(2), _never),
     "dpm-solver++-2m": SamplerInfo(dpmpp_2m, 2, per_step(1), _never),
-    "dpm-solver++-3m": SamplerInfo(dpmpp_3m, 3, per_step(1), _never),
+    "dpm-solver++-3m": SamplerInfo(dpmpp_3m, 2, per_step(1), _never),  # as published: see its docstring
+    "dpm-solver++-3m-corrected": SamplerInfo(dpmpp_3m_corrected, 3, per_step(1), _never),
     "dpm-solver++-2m-sde": SamplerInfo(dpmpp_2m_sde, 2, per_step(1), _when_positive("eta")),
+    "lms": SamplerInfo(lms, 4, per_step(1), _never),  # the default order=4; order=p converges at order p
+    "deis": SamplerInfo(deis, 3, per_step(1), _never),  # the default order=3
 }

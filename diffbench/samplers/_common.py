@@ -2,12 +2,29 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 Noise = Callable[[int], Tensor]
+LowerOrderFinal = Union[bool, Literal["auto"]]
+AUTO_BELOW_STEPS = 15  # diffusers' multistep schedulers lower the final orders only below 15 steps
+
+
+def lowers_final(lower_order_final: LowerOrderFinal, n: int) -> bool:
+    """Whether a multistep solver lowers its order on the last steps of an ``n``-step grid.
+
+    ``"auto"`` is diffusers' rule (DPMSolverMultistepScheduler, DEISMultistepScheduler): only when
+    n < 15. Lowering makes the last step first order, so a grid stopping above σ = 0 converges at
+    order 2 at most; a grid ending at σ = 0 takes a first-order last step whatever this says.
+    """
+    if lower_order_final == "auto":
+        return n < AUTO_BELOW_STEPS
+    if isinstance(lower_order_final, bool):
+        return lower_order_final
+    raise ValueError(f"lower_order_final must be true, false or 'auto', got {lower_order_final!r}")
 
 
 def steps_of(sigmas: Tensor) -> Iterator[tuple[int, float, float]]:
@@ -58,3 +75,16 @@ def churn(x: Tensor, k: int, sigma: float, n: int, noise: Noise | None, amount: 
 def log_ratio(sigma: float, sigma_next: float) -> float:
     """h = λ_next - λ with λ = -log σ (log-SNR half)."""
     return math.log(sigma / sigma_next)
+
+
+def lagrange_integrals(nodes: list[float], integrate: Callable[[np.polynomial.Polynomial], float]) -> list[float]:
+    """``integrate(ℓ_j)`` for each Lagrange basis polynomial ℓ_j on ``nodes`` (ℓ_j(nodes[i]) = δ_ij).
+
+    The multistep weights of LMS (ℓ_j in σ, integrated over dσ) and DEIS (ℓ_j in log σ, over dσ = e^u du).
+    """
+    out = []
+    for j, node in enumerate(nodes):
+        others = [n for i, n in enumerate(nodes) if i != j]
+        basis = np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])
+        out.append(integrate(basis / float(np.prod([node - n for n in others]))))
+    return out
