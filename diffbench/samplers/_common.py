@@ -27,9 +27,14 @@ def lowers_final(lower_order_final: LowerOrderFinal, n: int) -> bool:
     raise ValueError(f"lower_order_final must be true, false or 'auto', got {lower_order_final!r}")
 
 
+def sigmas_list(sigmas: Tensor) -> list[float]:
+    """The σ list as host floats (one device transfer)."""
+    return torch.as_tensor(sigmas).tolist()
+
+
 def steps_of(sigmas: Tensor) -> Iterator[tuple[int, float, float]]:
     """(k, σ_k, σ_{k+1}) as host floats: one transfer before the loop, none inside it."""
-    s = torch.as_tensor(sigmas).tolist()
+    s = sigmas_list(sigmas)
     for k in range(len(s) - 1):
         yield k, s[k], s[k + 1]
 

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from diffbench.samplers._common import LowerOrderFinal, lagrange_integrals, lowers_final, num_steps, steps_of
+from diffbench.samplers._common import LowerOrderFinal, lagrange_integrals, lowers_final, num_steps, sigmas_list
 
 
 def _exp_integral(p: np.polynomial.Polynomial, a: float, b: float) -> float:
@@ -33,9 +33,9 @@ def deis(denoiser, x, sigmas, *, noise=None, order: int = 3, lower_order_final: 
         raise ValueError(f"deis order must be 1, 2 or 3, got {order!r}")
     n = num_steps(sigmas)
     lower = lowers_final(lower_order_final, n)
-    s = [float(v) for v in sigmas.tolist()]
+    s = sigmas_list(sigmas)  # one host transfer before the loop
     eps: list = []  # ε of previous steps, newest first
-    for k, sigma, sigma_next in steps_of(sigmas):
+    for k, (sigma, sigma_next) in enumerate(zip(s, s[1:])):
         denoised = denoiser(x, sigma)
         if sigma_next == 0.0:
             x = denoised

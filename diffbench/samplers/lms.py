@@ -1,7 +1,7 @@
 """Linear multistep in σ (k-diffusion's sample_lms): Adams–Bashforth on a non-uniform grid."""
 from __future__ import annotations
 
-from diffbench.samplers._common import lagrange_integrals, steps_of, to_d
+from diffbench.samplers._common import lagrange_integrals, sigmas_list, to_d
 
 
 def lms_coefficients(sigmas: list[float], k: int, order: int) -> list[float]:
@@ -22,9 +22,9 @@ def lms(denoiser, x, sigmas, *, noise=None, order: int = 4):
     """
     if order not in (1, 2, 3, 4):
         raise ValueError(f"lms order must be 1, 2, 3 or 4, got {order!r}")
-    s = [float(v) for v in sigmas.tolist()]
+    s = sigmas_list(sigmas)  # one host transfer before the loop
     ds: list = []  # derivatives, newest first
-    for k, sigma, sigma_next in steps_of(sigmas):
+    for k, (sigma, sigma_next) in enumerate(zip(s, s[1:])):
         denoised = denoiser(x, sigma)
         if sigma_next == 0.0:
             x = denoised

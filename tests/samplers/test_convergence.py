@@ -20,7 +20,7 @@ from helpers import edm_model, fit_slope, run, start_points, truncated_karras
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 SIGMA_MAX, SIGMA_STOP, POINTS = 80.0, 0.1, 16
-STEPS = {1: (32, 64, 128, 256), 2: (32, 64, 128, 256), 3: (64, 128, 256, 512)}
+STEPS = {1: (32, 64, 128, 256), 2: (32, 64, 128, 256), 3: (64, 128, 256, 512), 4: (64, 128, 256, 512)}
 TOLERANCE = 0.2
 # options that make a sampler deterministic and keep its full order to the end of a grid that stops above 0
 DETERMINISTIC = {
