@@ -177,18 +177,38 @@ def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of components.")
 @handled
 def plugins(as_json: bool) -> None:
-    """List every registered component: kind, name, plugin, distribution, version."""
+    """List every registered component (kind, name, plugin, distribution, version, description) and every
+    plugin that failed to load or register; exit 1 when one did."""
     from diffbench.registry import default_registry
 
-    rows = [c.as_row() for c in default_registry()]  # load errors go to stderr as warnings
+    registry = default_registry()  # load errors also go to stderr as warnings
+    rows = [c.as_row() for c in registry]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    cols = ("kind", "name", "plugin", "distribution", "version")
-    widths = [max(len(c), *(len(str(r[c] or "-")) for r in rows)) for c in cols]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
-    for r in rows:
-        click.echo("  ".join(str(r[c] or "-").ljust(w) for c, w in zip(cols, widths)).rstrip())
+    else:
+        cols = ("kind", "name", "plugin", "distribution", "version", "description")
+        cells = [[str(r[c] or "-") for c in cols] for r in rows]
+        for row in cells:
+            row[-1] = shorten(row[-1], 72)
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+        for row in cells:
+            click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        if registry.errors:
+            click.echo(f"\n{len(registry.errors)} plugin(s) failed to load or register (their components are "
+                       "not listed):")
+            for err in registry.errors:
+                click.echo(f"  {err}")
+    if registry.errors:
+        sys.exit(EXIT_FAILED)
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut at a word boundary to at most ``width`` characters, with '…' when cut."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1].rsplit(" ", 1)[0] if " " in text[: width - 1] else text[: width - 1]
+    return cut.rstrip(" ,;:") + "…"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from pydantic_core import PydanticCustomError
 
 from diffbench.devices import DTYPES
-from diffbench.registry import Component, Registry, UnknownComponentError
+from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution
 
 AXES = ("model", "sampler", "scheduler", "steps", "guidance")
 NAMED_AXES = ("model", "sampler", "scheduler")  # entries with a name and a label
@@ -279,16 +279,21 @@ def _check_component(registry: Registry, kind: str, spec: ComponentSpec, path: s
 def _check_requires(requires: dict[str, str], registry: Registry) -> None:
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-    versions = registry.plugin_versions()
+    versions = {normalize_distribution(d): v for d, v in registry.plugin_versions().items()}
     for dist, spec in requires.items():
         try:
             wanted = SpecifierSet(spec)
         except InvalidSpecifier:
             raise SuiteError(f"requires.{dist}: invalid version specifier {spec!r}") from None
-        if dist not in versions:
+        if normalize_distribution(dist) not in versions:
+            failed = [e for e in registry.errors if e.distribution
+                      and normalize_distribution(e.distribution) == normalize_distribution(dist)]
+            if failed:
+                raise SuiteError(f"requires.{dist}: {dist} is installed but its plugin failed to load or register: "
+                                 + "; ".join(str(e) for e in failed))
             raise SuiteError(f"requires.{dist}: no plugin distribution {dist!r} is installed; "
-                             f"installed: {', '.join(sorted(versions)) or 'none'}")
-        have = versions[dist]
+                             f"installed: {', '.join(sorted(registry.plugin_versions())) or 'none'}")
+        have = versions[normalize_distribution(dist)]
         if have is None or have not in wanted:
             raise SuiteError(f"requires.{dist}: need {dist}{spec}, found {have}")
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+import diffbench
 from diffbench import registry as registry_module
 from diffbench import runner
 from diffbench.cli import cli
@@ -69,8 +70,10 @@ def test_schema_includes_plugin_options():
 def test_plugins_table_and_json(monkeypatch):
     result = invoke("plugins")
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["kind", "name", "plugin", "distribution", "version"]
-    assert any(r.split()[:2] == ["sampler", "heun"] for r in rows)
+    assert header.split() == ["kind", "name", "plugin", "distribution", "version", "description"]
+    heun = next(r for r in rows if r.split()[:2] == ["sampler", "heun"])
+    assert heun.split()[2:5] == ["builtin", "diffbench", diffbench.__version__]
+    assert heun.endswith("Heun's 2nd-order method, no correction on the step to σ = 0 (Karras et…")
     listed = json.loads(invoke("plugins", "--json").stdout)
     assert {"kind", "name", "plugin", "distribution", "version"} <= set(listed[0])
     mean_norm = next(c for c in listed if c["name"] == "mean-norm")
@@ -83,8 +86,26 @@ def test_plugins_warns_about_broken_plugins(monkeypatch):
     monkeypatch.setattr(registry_module, "_default", None)
     monkeypatch.setattr(registry_module, "build_registry", lambda: reg)
     result = invoke("plugins")
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # a failed check: the plugin's components are missing
     assert "warning: plugin 'badplug' (bad-dist): failed to import" in result.stderr
+    assert result.stdout.endswith("\n1 plugin(s) failed to load or register (their components are not listed):\n"
+                                  "  plugin 'badplug' (bad-dist): failed to import: ImportError: nope\n")
+
+
+def test_validate_names_a_plugin_that_failed_to_register(tmp_path, monkeypatch):
+    reg, _ = test_registry()
+    reg.errors.append(PluginError("extra", "diffbench-extra", "registration failed: sampler 'ipndm': unknown "
+                                                              "declaration 'orders'"))
+    for comp in [c for c in reg if c.distribution == "diffbench-extra"]:
+        del reg._items[comp.kind][comp.name]
+    monkeypatch.setattr(registry_module, "_default", reg)
+    result = invoke("validate", suite_file(tmp_path, requires={"diffbench_extra": ">=0.1"}))
+    assert_one_line_error(result, 2, "requires.diffbench_extra: diffbench_extra is installed but its plugin failed to "
+                                     "load or register: plugin 'extra' (diffbench-extra): registration failed: "
+                                     "sampler 'ipndm': unknown declaration 'orders'")
+    named = invoke("validate", suite_file(tmp_path, grid=grid(sampler=["ipndm"])))
+    assert_one_line_error(named, 2, "unknown sampler 'ipndm'; available: ")
+    assert "; plugin 'extra' (diffbench-extra): registration failed" in named.stderr
 
 
 def test_run_show_and_report(tmp_path):
