@@ -11,7 +11,7 @@ def diffbench_register(registry) -> None:
     from diffbench.samplers import SAMPLERS
 
     for name, info in SAMPLERS.items():
-        registry.add("sampler", name, info.fn, order=info.order, nfe=info.nfe, stochastic=info.stochastic)
+        registry.add("sampler", name, info.fn, **info.declarations())
     for name, fn in schedulers.SCHEDULERS.items():
         registry.add("scheduler", name, fn, discrete_only=name in ("leading", "trailing"))
     for name, target in targets.TARGETS.items():

@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata as md
 import inspect
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -96,6 +97,11 @@ class PluginError:
     def __str__(self) -> str:
         dist = f" ({self.distribution})" if self.distribution else ""
         return f"plugin {self.plugin!r}{dist}: {self.message}"
+
+
+def normalize_distribution(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): case, '-', '_' and '.' runs alike."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _jsonable(v: Any) -> Any:
@@ -228,7 +234,8 @@ class Registry:
             return self._items[kind][name]
         except KeyError:
             known = ", ".join(sorted(self._items[kind])) or "none"
-            raise UnknownComponentError(f"unknown {kind} {name!r}; available: {known}") from None
+            failed = "".join(f"; {e}" for e in self.errors)  # the component may be in a plugin that failed
+            raise UnknownComponentError(f"unknown {kind} {name!r}; available: {known}{failed}") from None
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._items[kind])

@@ -8,11 +8,13 @@ exact denoiser of a Gaussian mixture and its float64 reference ODE solution.
 """
 from __future__ import annotations
 
+import difflib
+import importlib.metadata as md
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Integral
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,7 +23,8 @@ from torch import Tensor
 from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
 from diffbench.models.gmm import gmm
 from diffbench.noise import EDM, SCHEDULES, Coef, NoiseSchedule
-from diffbench.registry import Component, Registry, default_registry
+from diffbench.registry import (ENTRY_POINT_GROUP, Component, PluginError, Registry, default_registry,
+                                normalize_distribution)
 from diffbench.sampling import resolve_options
 from diffbench.schedulers import karras, materialize
 from diffbench.seeding import StepNoise, initial_noise
@@ -110,6 +113,12 @@ def _fmt(options: Mapping[str, Any]) -> str:
 
 # --- samplers -----------------------------------------------------------------------------
 
+# The small grids every configuration runs on (steps, σ_min; None: Karras from 80 to 0.1, then 0).
+GRIDS = ((1, None), (2, None), (5, None), (10, None), (1, ORDER_SIGMAS[1]), (5, ORDER_SIGMAS[1]))
+
+Options = Union[Mapping[str, Any], Sequence[Mapping[str, Any]], None]  # one option set or several
+
+
 @dataclass
 class _Run:
     out: Tensor
@@ -118,7 +127,7 @@ class _Run:
     calls: list[tuple[Any, int]]  # (σ as passed, batch rows) per denoiser call
     last_denoised: Tensor | None
     nfe: float
-    noise_given: list[tuple[Tensor, Tensor]]  # (tensor handed out by noise(k), its copy at the time)
+    noise_given: list[tuple[int, Tensor, Tensor]]  # (k, tensor handed out by noise(k), its copy at the time)
 
 
 class _Recorder:
@@ -141,7 +150,7 @@ class _RecordingNoise:
 
     def __call__(self, k: int) -> Tensor:
         out = self.noise(k)
-        self.given.append((out, out.clone()))
+        self.given.append((k, out, out.clone()))
         return out
 
 
@@ -161,19 +170,33 @@ def _describe(sigmas: Tensor) -> str:
     return f"{len(sigmas) - 1} Karras steps from σ = {float(sigmas[0]):g} to {end}"
 
 
+def _where(sigmas: Tensor, options: Mapping[str, Any]) -> str:
+    return f"{_describe(sigmas)}, options {_fmt(options)}"
+
+
 def _run(comp: Component, options: Mapping[str, Any], sigmas: Tensor, *, indices: Iterable[int] = range(BATCH),
-         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> _Run:
-    """Sample from the kit's GMM with per-sample seeded noise, as diffbench.sample does."""
+         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64, seed: int = SEED) -> _Run:
+    """Sample from the kit's GMM with per-sample seeded noise, as diffbench.sample does.
+
+    An exception, a non-Tensor or a non-finite output is reported here, as itself, naming the grid
+    and options, before any check compares outputs.
+    """
     model = _model(device, dtype)
     indices = list(indices)
     counter = NetworkCounter(len(indices), model.device)
     den = _Recorder(SigmaDenoiser(model, counter=counter))
-    x = initial_noise(SEED, indices, model.shape, device=model.device, dtype=dtype) * float(sigmas[0])
+    x = initial_noise(seed, indices, model.shape, device=model.device, dtype=dtype) * float(sigmas[0])
     x_before = x.clone()
-    noise = _RecordingNoise(StepNoise(SEED, indices, model.shape, len(sigmas) - 1, device=model.device, dtype=dtype))
-    with torch.inference_mode():
-        out = comp.obj(den, x, sigmas, noise=noise, **options)
-    _require(isinstance(out, Tensor), f"returned {type(out).__name__}, not a Tensor")
+    noise = _RecordingNoise(StepNoise(seed, indices, model.shape, len(sigmas) - 1, device=model.device, dtype=dtype))
+    where = _where(sigmas, options)
+    try:
+        with torch.inference_mode():
+            out = comp.obj(den, x, sigmas, noise=noise, **options)
+    except Exception as exc:
+        raise CheckFailure(f"{comp.kind} {comp.name!r} raised {type(exc).__name__}: {exc} ({where})") from exc
+    _require(isinstance(out, Tensor), f"returned {type(out).__name__}, not a Tensor ({where})")
+    bad = int((~torch.isfinite(out)).sum()) if out.is_floating_point() else 0
+    _require(bad == 0, f"non-finite output: {bad} of {out.numel()} values are NaN or infinite ({where})")
     return _Run(out, x, x_before, den.calls, den.last, counter.nfe, noise.given)
 
 
@@ -182,7 +205,15 @@ def _stochastic(comp: Component, options: Mapping[str, Any]) -> bool | None:
     return None if declared is None else bool(declared(**options))
 
 
-def _order_options(comp: Component, options: Mapping[str, Any] | None, order_options: Mapping[str, Any] | None
+def _option_sets(options: Options) -> list[dict[str, Any]]:
+    """The option sets given to the kit: one mapping, a sequence of them, or none (the defaults)."""
+    if options is None or isinstance(options, Mapping):
+        return [dict(options or {})]
+    sets = [dict(o) for o in options]
+    return sets or [{}]
+
+
+def _order_options(comp: Component, options: Options, order_options: Mapping[str, Any] | None
                    ) -> dict[str, Any] | None:
     """The deterministic, full-order configuration the order check uses; None if there is none.
 
@@ -191,7 +222,7 @@ def _order_options(comp: Component, options: Mapping[str, Any] | None, order_opt
     numeric option in turn is set to 0 until ``stochastic(**options)`` says False (η, churn).
     """
     explicit = {**comp.meta.get("order_options", {}), **(order_options or {})}
-    opts = resolve_options(comp, {**(options or {}), **explicit})
+    opts = resolve_options(comp, {**_option_sets(options)[0], **explicit})
     if "lower_order_final" in comp.options and "lower_order_final" not in explicit:
         opts["lower_order_final"] = False
     if not _stochastic(comp, opts):
@@ -203,6 +234,24 @@ def _order_options(comp: Component, options: Mapping[str, Any] | None, order_opt
         if not _stochastic(comp, trial):
             return trial
     return None
+
+
+def _stochastic_options(comp: Component, options: Options) -> dict[str, Any] | None:
+    """The stochastic configuration: the first option set with the declared ``stochastic_options``."""
+    opts = resolve_options(comp, {**_option_sets(options)[0], **comp.meta.get("stochastic_options", {})})
+    return opts if _stochastic(comp, opts) else None
+
+
+def _configs(comp: Component, options: Options, order_options: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Every configuration the kit runs: each option set given (default: the defaults), the deterministic
+    full-order one (the order check's) and the stochastic one (``stochastic_options``), without repeats."""
+    out: list[dict[str, Any]] = []
+    candidates = [resolve_options(comp, s) for s in _option_sets(options)]
+    candidates += [_order_options(comp, options, order_options), _stochastic_options(comp, options)]
+    for opts in candidates:
+        if opts is not None and opts not in out:
+            out.append(opts)
+    return out
 
 
 _REFERENCE: dict[tuple, Tensor] = {}
@@ -233,106 +282,146 @@ def _max_diff(a: Tensor, b: Tensor) -> float:
     return float((a.to(torch.float64) - b.to(torch.float64)).abs().max())
 
 
-def _configs(comp: Component, options: Mapping[str, Any] | None, order_options: Mapping[str, Any] | None
-             ) -> list[dict[str, Any]]:
-    """The default configuration and, when it differs, the deterministic full-order one."""
-    base = resolve_options(comp, options)
-    det = _order_options(comp, options, order_options)
-    return [base] + ([det] if det is not None and det != base else [])
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
 
 
-def check_declarations(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
-    """nfe(σ, **options) is an int, stochastic(**options) a bool, a declared order has a deterministic setting."""
-    opts = resolve_options(comp, options)
-    for sigmas in (_grid(5), _grid(5, ORDER_SIGMAS[1])):
-        n = comp.meta["nfe"](sigmas, **opts)
-        _require(isinstance(n, Integral) and not isinstance(n, bool) and n >= 0,
-                 f"nfe(sigmas, **options) returned {n!r}; declare a non-negative int ({_describe(sigmas)})")
-    if "stochastic" in comp.meta:
-        s = comp.meta["stochastic"](**opts)
-        _require(isinstance(s, (bool, np.bool_)), f"stochastic(**options) returned {s!r}; declare a bool")
+def check_declarations(comp: Component, options: Options = None, order_options=None) -> None:
+    """nfe(σ, **options) is an int and stochastic(**options) a bool in every configuration; a declared order
+    has a deterministic configuration; options that make the sampler stochastic are declared."""
+    for opts in _configs(comp, options, order_options):
+        for sigmas in (_grid(5), _grid(5, ORDER_SIGMAS[1])):
+            n = comp.meta["nfe"](sigmas, **opts)
+            _require(isinstance(n, Integral) and not isinstance(n, bool) and n >= 0,
+                     f"nfe(sigmas, **options) returned {n!r}; declare a non-negative int ({_where(sigmas, opts)})")
+        if "stochastic" in comp.meta:
+            s = comp.meta["stochastic"](**opts)
+            _require(_is_bool(s), f"stochastic(**options) returned {s!r}; declare a bool (options {_fmt(opts)})")
     order = comp.meta.get("order")
     if order is not None:
         _require(_order_options(comp, options, order_options) is not None,
                  f"declares order {order} but is stochastic in every configuration the kit tried; "
                  "declare order_options= with the deterministic configuration")
+    declared = comp.meta.get("stochastic_options")
+    if declared is not None:
+        _require(_stochastic_options(comp, options) is not None,
+                 f"declares stochastic_options={_fmt(declared)} but stochastic(**options) is False with them")
+    elif "stochastic" in comp.meta and not _stochastic(comp, resolve_options(comp, _option_sets(options)[0])):
+        for key, value in comp.options.items():  # a numeric option that turns noise on, e.g. η = 1
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                    _stochastic(comp, {**comp.options, key: type(value)(1)}):
+                raise CheckFailure(f"stochastic({key}={type(value)(1)!r}) is True but the sampler declares no "
+                                   f"stochastic_options; declare stochastic_options={{{key!r}: ...}} so the kit "
+                                   "tests its stochastic path")
 
 
-def check_denoiser_calls(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
+def check_denoiser_calls(comp: Component, options: Options = None, order_options=None) -> None:
     """Every call passes the whole batch and σ as a finite positive Python float (no device sync)."""
     for opts in _configs(comp, options, order_options):
-        run = _run(comp, opts, _grid(5))
+        sigmas = _grid(5)
+        run = _run(comp, opts, sigmas)
         for k, (sigma, rows) in enumerate(run.calls):
             _require(isinstance(sigma, float), f"call {k} passed σ as {type(sigma).__name__}, not float: σ lives "
-                     "on the host (iterate over sigmas.tolist()); a tensor σ costs a device sync per call")
-            _require(0.0 < sigma < math.inf, f"call {k} evaluated the denoiser at σ = {sigma!r}")
-            _require(rows == BATCH, f"call {k} passed {rows} rows for a batch of {BATCH}")
+                     "on the host (iterate over sigmas.tolist()); a tensor σ costs a device sync per call "
+                     f"({_where(sigmas, opts)})")
+            _require(0.0 < sigma < math.inf, f"call {k} evaluated the denoiser at σ = {sigma!r} ({_where(sigmas, opts)})")
+            _require(rows == BATCH, f"call {k} passed {rows} rows for a batch of {BATCH} ({_where(sigmas, opts)})")
 
 
-def check_determinism(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
-    """Two runs with the same seed give identical samples."""
-    opts = resolve_options(comp, options)
+def check_determinism(comp: Component, options: Options = None, order_options=None) -> None:
+    """Two runs with the same seed give identical samples, in every configuration (the stochastic one too)."""
     sigmas = _grid(10)
-    a, b = _run(comp, opts, sigmas).out, _run(comp, opts, sigmas).out
-    _require(torch.equal(a, b), f"two runs with seed {SEED} differ by up to {_max_diff(a, b):.3g} "
-             f"({_describe(sigmas)}, options {_fmt(opts)})")
-
-
-def check_batch_invariance(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
-    """Sample i's result does not depend on which other samples share its batch."""
-    opts = resolve_options(comp, options)
-    sigmas = _grid(10)
-    full = _run(comp, opts, sigmas).out
-    subset = [5, 2]
-    part = _run(comp, opts, sigmas, indices=subset).out
-    for row, i in enumerate(subset):
-        diff = _max_diff(part[row], full[i])
-        _require(diff <= 1e-9 * (1.0 + float(full[i].abs().max())),
-                 f"sample {i} differs by {diff:.3g} between a batch of {BATCH} and the batch {subset}: use only "
-                 "noise(k) for randomness (it is per sample) and no statistics across the batch")
-
-
-def check_nfe(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
-    """Counted network evaluations per sample equal the declared nfe(sigmas, **options)."""
-    grids = [_grid(1), _grid(2), _grid(5), _grid(10), _grid(1, ORDER_SIGMAS[1]), _grid(5, ORDER_SIGMAS[1])]
     for opts in _configs(comp, options, order_options):
-        for sigmas in grids:
+        a, b = _run(comp, opts, sigmas).out, _run(comp, opts, sigmas).out
+        _require(torch.equal(a, b), f"two runs with seed {SEED} differ by up to {_max_diff(a, b):.3g} "
+                 f"({_where(sigmas, opts)})")
+
+
+def check_batch_invariance(comp: Component, options: Options = None, order_options=None) -> None:
+    """Sample i's result does not depend on which other samples share its batch (every configuration)."""
+    sigmas = _grid(10)
+    subset = [5, 2]
+    for opts in _configs(comp, options, order_options):
+        full = _run(comp, opts, sigmas).out
+        part = _run(comp, opts, sigmas, indices=subset).out
+        for row, i in enumerate(subset):
+            diff = _max_diff(part[row], full[i])
+            _require(diff <= 1e-9 * (1.0 + float(full[i].abs().max())),
+                     f"sample {i} differs by {diff:.3g} between a batch of {BATCH} and the batch {subset}: use only "
+                     f"noise(k) for randomness (it is per sample) and no statistics across the batch "
+                     f"({_where(sigmas, opts)})")
+
+
+def check_noise(comp: Component, options: Options = None, order_options=None) -> None:
+    """noise(k) is the only randomness, k is a step index, and noise is drawn exactly when
+    stochastic(**options) says so (and then changes the samples with the seed)."""
+    sigmas = _grid(10)
+    for opts in _configs(comp, options, order_options):
+        where = _where(sigmas, opts)
+        runs = []
+        for global_seed in (1, 2):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(global_seed)
+                runs.append(_run(comp, opts, sigmas))
+        a, b = runs
+        _require(torch.equal(a.out, b.out), f"the samples depend on torch's global random state (up to "
+                 f"{_max_diff(a.out, b.out):.3g} between two global seeds): draw randomness only through noise(k) "
+                 f"({where})")
+        steps = sorted({k for k, _, _ in a.noise_given})
+        declared = _stochastic(comp, opts)
+        if declared is not None:
+            _require(not declared or steps, f"stochastic(**options) is True but the sampler never called noise(k): "
+                     f"draw the noise through noise(k), or declare stochastic False for these options ({where})")
+            _require(declared or not steps, f"called noise(k) at steps {steps} although stochastic(**options) is "
+                     f"False: the runner draws the noise bank only for stochastic options; declare it ({where})")
+        if steps:
+            other = _run(comp, opts, sigmas, seed=SEED + 1).out
+            _require(not torch.equal(other, _run(comp, opts, sigmas).out),
+                     f"called noise(k) but the samples do not change with the seed of the noise ({where})")
+
+
+def check_nfe(comp: Component, options: Options = None, order_options=None) -> None:
+    """Counted network evaluations per sample equal the declared nfe(sigmas, **options) on every grid."""
+    for opts in _configs(comp, options, order_options):
+        for sigmas in (_grid(*g) for g in GRIDS):
             counted, declared = _run(comp, opts, sigmas).nfe, comp.meta["nfe"](sigmas, **opts)
             _require(counted == declared, f"counted {counted:g} network evaluations per sample, declared "
-                     f"{declared} ({_describe(sigmas)}, options {_fmt(opts)})")
+                     f"{declared} ({_where(sigmas, opts)})")
 
 
-def check_dtype_device(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
+def check_dtype_device(comp: Component, options: Options = None, order_options=None) -> None:
     """The output keeps the input's shape, dtype and device (CUDA too when available)."""
-    opts = resolve_options(comp, options)
     cases = [("cpu", torch.float32), ("cpu", torch.float64)]
     if torch.cuda.is_available():
         cases.append(("cuda", torch.float32))
-    for device, dtype in cases:
-        run = _run(comp, opts, _grid(5), device=device, dtype=dtype)
-        got, want = (run.out.shape, run.out.dtype, run.out.device), (run.x.shape, run.x.dtype, run.x.device)
-        _require(got == want, "input (shape, dtype, device) {} came back as {}".format(
-            *(f"({tuple(s)}, {str(t).replace('torch.', '')}, {d})" for s, t, d in (want, got))))
-
-
-def check_inputs_not_mutated(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
-    """x, sigmas and the step noise the sampler is handed are left unchanged."""
+    sigmas = _grid(5)
     for opts in _configs(comp, options, order_options):
-        sigmas = _grid(5)
-        sigmas_before = sigmas.clone()
-        run = _run(comp, opts, sigmas)
-        _require(torch.equal(run.x, run.x_before),
-                 f"modified its input x in place (max change {_max_diff(run.x, run.x_before):.3g})")
-        _require(torch.equal(sigmas, sigmas_before), "modified its input sigmas in place")
-        for k, (given, copy) in enumerate(run.noise_given):
-            _require(torch.equal(given, copy), f"modified the tensor returned by noise() in place (call {k}); "
-                     "it is a view of the per-sample noise bank")
+        for device, dtype in cases:
+            run = _run(comp, opts, sigmas, device=device, dtype=dtype)
+            got, want = (run.out.shape, run.out.dtype, run.out.device), (run.x.shape, run.x.dtype, run.x.device)
+            _require(got == want, "input (shape, dtype, device) {} came back as {} ({})".format(
+                *(f"({tuple(s)}, {str(t).replace('torch.', '')}, {d})" for s, t, d in (want, got)),
+                _where(sigmas, opts)))
+
+
+def check_inputs_not_mutated(comp: Component, options: Options = None, order_options=None) -> None:
+    """x, sigmas and the step noise the sampler is handed are left unchanged, on every grid (1 step too)."""
+    for opts in _configs(comp, options, order_options):
+        for sigmas in (_grid(*g) for g in GRIDS):
+            where = _where(sigmas, opts)
+            sigmas_before = sigmas.clone()
+            run = _run(comp, opts, sigmas)
+            _require(torch.equal(run.x, run.x_before),
+                     f"modified its input x in place (max change {_max_diff(run.x, run.x_before):.3g}; {where})")
+            _require(torch.equal(sigmas, sigmas_before), f"modified its input sigmas in place ({where})")
+            for k, given, copy in run.noise_given:
+                _require(torch.equal(given, copy), f"modified the tensor returned by noise({k}) in place; it is a "
+                         f"view of the per-sample noise bank ({where})")
 
 
 def _check_ends_denoised(comp: Component, opts: dict[str, Any], sigmas: Tensor) -> None:
     run = _run(comp, opts, sigmas)
-    where = f"{_describe(sigmas)}, options {_fmt(opts)}"
-    _require(bool(torch.isfinite(run.out).all()), f"non-finite output ({where})")
+    where = _where(sigmas, opts)
     if float(sigmas[-1]) == 0.0:
         _require(run.last_denoised is not None, f"never called the denoiser ({where})")
         diff = _max_diff(run.out, run.last_denoised)
@@ -341,14 +430,14 @@ def _check_ends_denoised(comp: Component, opts: dict[str, Any], sigmas: Tensor) 
                  f"differs from it by {diff:.3g} ({where})")
 
 
-def check_one_step(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
+def check_one_step(comp: Component, options: Options = None, order_options=None) -> None:
     """One step works: finite, and one step into σ = 0 returns D(x, σ_max)."""
     for opts in _configs(comp, options, order_options):
         for sigmas in (_grid(1), _grid(1, ORDER_SIGMAS[1])):
             _check_ends_denoised(comp, opts, sigmas)
 
 
-def check_final_sigma_zero(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
+def check_final_sigma_zero(comp: Component, options: Options = None, order_options=None) -> None:
     """Grids ending at σ = 0 work: finite output, and the last step returns the denoised point."""
     for opts in _configs(comp, options, order_options):
         for steps in (2, 5, 10):
@@ -368,7 +457,7 @@ def _errors_text(errors: list[float]) -> str:
             f"against the exact ODE solution, Karras σ {ORDER_SIGMAS[0]:g} → {ORDER_SIGMAS[1]:g}")
 
 
-def check_convergence(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
+def check_convergence(comp: Component, options: Options = None, order_options=None) -> None:
     """The deterministic configuration converges to the exact ODE solution on the analytic GMM."""
     opts = _deterministic(comp, options, order_options)
     errors = _errors(comp, opts)
@@ -380,13 +469,13 @@ def check_convergence(comp: Component, options: Mapping[str, Any] | None = None,
              f"error {errors[-1]:.3g} at {ORDER_STEPS[-1]} steps exceeds {CONVERGENCE_TOLERANCE} ({why})")
 
 
-def measured_order(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> float:
+def measured_order(comp: Component, options: Options = None, order_options=None) -> float:
     """Least-squares slope of log error against log steps over ORDER_STEPS (the kit's order estimate)."""
     errors = _errors(comp, _deterministic(comp, options, order_options))
     return float(-np.polyfit(np.log(ORDER_STEPS), np.log(errors), 1)[0])
 
 
-def check_order(comp: Component, options: Mapping[str, Any] | None = None, order_options=None) -> None:
+def check_order(comp: Component, options: Options = None, order_options=None) -> None:
     """The measured convergence slope of the deterministic configuration rounds to the declared order."""
     order = comp.meta.get("order")
     if order is None:
@@ -399,7 +488,7 @@ def check_order(comp: Component, options: Mapping[str, Any] | None = None, order
 
 
 SAMPLER_CHECKS: dict[str, Callable[..., None]] = {fn.__name__: fn for fn in (
-    check_declarations, check_denoiser_calls, check_determinism, check_batch_invariance, check_nfe,
+    check_declarations, check_denoiser_calls, check_determinism, check_batch_invariance, check_noise, check_nfe,
     check_dtype_device, check_inputs_not_mutated, check_one_step, check_final_sigma_zero,
     check_convergence, check_order)}
 
@@ -418,10 +507,14 @@ def _supported(comp: Component) -> list[NoiseSchedule]:
 def _sigma_lists(comp: Component, options: Mapping[str, Any] | None
                  ) -> Iterator[tuple[str, Tensor, int, NoiseSchedule]]:
     """(where, σ list, steps, noise schedule) for every supported schedule and SCHEDULER_STEPS."""
-    opts = resolve_options(comp, options)
+    for opts in (resolve_options(comp, s) for s in _option_sets(options)):
+        yield from _sigma_lists_for(comp, opts)
+
+
+def _sigma_lists_for(comp: Component, opts: dict[str, Any]) -> Iterator[tuple[str, Tensor, int, NoiseSchedule]]:
     for schedule in _supported(comp):
         for steps in SCHEDULER_STEPS:
-            where = f"noise schedule {schedule.name!r}, {steps} steps"
+            where = f"noise schedule {schedule.name!r}, {steps} steps, options {_fmt(opts)}"
             try:
                 out = comp.obj(schedule, steps, **opts)
             except Exception as exc:
@@ -430,20 +523,20 @@ def _sigma_lists(comp: Component, options: Mapping[str, Any] | None
             yield where, torch.as_tensor(out, dtype=torch.float64), steps, schedule
 
 
-def check_scheduler_length(comp: Component, options: Mapping[str, Any] | None = None) -> None:
+def check_scheduler_length(comp: Component, options: Options = None) -> None:
     """A 1-D σ list of steps + 1 values, for several step counts including 1."""
     for where, sigmas, steps, _ in _sigma_lists(comp, options):
         _require(sigmas.ndim == 1 and len(sigmas) == steps + 1,
                  f"returned shape {tuple(sigmas.shape)}, expected ({steps + 1},) ({where})")
 
 
-def check_scheduler_ends_at_zero(comp: Component, options: Mapping[str, Any] | None = None) -> None:
+def check_scheduler_ends_at_zero(comp: Component, options: Options = None) -> None:
     """The last σ is exactly 0."""
     for where, sigmas, _, _ in _sigma_lists(comp, options):
         _require(float(sigmas[-1]) == 0.0, f"last σ is {float(sigmas[-1])!r}, not 0 ({where})")
 
 
-def check_scheduler_decreasing(comp: Component, options: Mapping[str, Any] | None = None) -> None:
+def check_scheduler_decreasing(comp: Component, options: Options = None) -> None:
     """σ is finite and strictly decreasing."""
     for where, sigmas, _, _ in _sigma_lists(comp, options):
         _require(bool(torch.isfinite(sigmas).all()), f"non-finite σ ({where})")
@@ -452,7 +545,7 @@ def check_scheduler_decreasing(comp: Component, options: Mapping[str, Any] | Non
                  f"{sigmas.tolist()[:12]} ({where})")
 
 
-def check_scheduler_range(comp: Component, options: Mapping[str, Any] | None = None) -> None:
+def check_scheduler_range(comp: Component, options: Options = None) -> None:
     """Every σ > 0 lies within the noise schedule's [σ_min, σ_max]."""
     for where, sigmas, _, schedule in _sigma_lists(comp, options):
         positive = sigmas[sigmas > 0]
@@ -463,28 +556,29 @@ def check_scheduler_range(comp: Component, options: Mapping[str, Any] | None = N
                  f"[{schedule.sigma_min:g}, {schedule.sigma_max:g}] ({where})")
 
 
-def check_scheduler_schedules(comp: Component, options: Mapping[str, Any] | None = None) -> None:
+def check_scheduler_schedules(comp: Component, options: Options = None) -> None:
     """diffbench's materialize accepts the grids on every supported noise schedule; a scheduler declared
     discrete_only refuses continuous ones with a ValueError."""
-    opts = resolve_options(comp, options)
-    for schedule in _supported(comp):
-        try:
-            grid = materialize(comp.obj, schedule, 10, **opts)
-        except ValueError as exc:
-            raise CheckFailure(f"materialize rejected its grid: {exc} (noise schedule {schedule.name!r}, 10 steps)")
-        _require(all(math.isfinite(t) for t in grid.timesteps),
-                 f"σ maps to non-finite model times {grid.timesteps} (noise schedule {schedule.name!r})")
-    if not comp.meta.get("discrete_only", False):
-        return
-    for schedule in _noise_schedules():
-        if schedule.discrete:
+    for opts in (resolve_options(comp, s) for s in _option_sets(options)):
+        for schedule in _supported(comp):
+            where = f"noise schedule {schedule.name!r}, 10 steps, options {_fmt(opts)}"
+            try:
+                grid = materialize(comp.obj, schedule, 10, **opts)
+            except ValueError as exc:
+                raise CheckFailure(f"materialize rejected its grid: {exc} ({where})") from None
+            _require(all(math.isfinite(t) for t in grid.timesteps),
+                     f"σ maps to non-finite model times {grid.timesteps} ({where})")
+        if not comp.meta.get("discrete_only", False):
             continue
-        try:
-            comp.obj(schedule, 10, **opts)
-        except ValueError:
-            continue
-        raise CheckFailure(f"declared discrete_only but accepted the continuous noise schedule {schedule.name!r}; "
-                           "raise ValueError naming the problem")
+        for schedule in _noise_schedules():
+            if schedule.discrete:
+                continue
+            try:
+                comp.obj(schedule, 10, **opts)
+            except ValueError:
+                continue
+            raise CheckFailure(f"declared discrete_only but accepted the continuous noise schedule "
+                               f"{schedule.name!r}; raise ValueError naming the problem (options {_fmt(opts)})")
 
 
 SCHEDULER_CHECKS: dict[str, Callable[..., None]] = {fn.__name__: fn for fn in (
@@ -583,14 +677,71 @@ CHECKS: dict[str, dict[str, Callable[..., None]]] = {
 
 # --- selecting components, generating and running checks ----------------------------------
 
+class Selection(list):
+    """The components ``components()`` chose, with what was asked for and the plugin errors that bear on it.
+
+    ``parametrize_with_checks`` turns an empty selection, or one whose plugins failed to load or
+    register, into a failing test that says why: an empty parameter set would pass with nothing checked.
+    """
+
+    def __init__(self, items: Iterable[Component], *, asked: str, errors: Sequence[PluginError] = (),
+                 hint: str = "") -> None:
+        super().__init__(items)
+        self.asked, self.errors, self.hint = asked, list(errors), hint
+
+    def problems(self) -> list[str]:
+        """Why this selection cannot be trusted to have checked everything; empty when it can."""
+        out = [f"plugin failed to load or register: {e}" for e in self.errors]
+        if not self and not self.errors:  # the errors say why nothing was selected
+            out.append(f"no components selected ({self.asked}){'; ' + self.hint if self.hint else ''}")
+        return out
+
+
+def _installed_distributions(registry: Registry) -> set[str]:
+    """Distributions with a ``diffbench`` entry point or a registered component (loaded or not)."""
+    names = {c.distribution for c in registry if c.distribution} | {e.distribution for e in registry.errors
+                                                                   if e.distribution}
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        if dist is not None:
+            names.add(dist.metadata["Name"])
+    return names
+
+
 def components(registry: Registry | None = None, *, kinds: Iterable[str] = KIT_KINDS,
-               distribution: str | None = None, plugin: str | None = None) -> list[Component]:
-    """The registry's components the kit can check, optionally only those of one distribution or plugin."""
+               distribution: str | None = None, plugin: str | None = None) -> Selection:
+    """The registry's components the kit can check, optionally only those of one distribution or plugin.
+
+    Distribution names match as pip matches them (``My_Plugin`` selects ``my-plugin``); plugin names
+    (the entry point's name) match exactly. The result also carries the load and registration
+    errors of the plugins asked for (all plugins when no filter is given).
+    """
     registry = registry or default_registry()
     kinds = tuple(kinds)
-    return [c for c in registry if c.kind in kinds and c.kind in CHECKS
-            and (distribution is None or c.distribution == distribution)
-            and (plugin is None or c.plugin == plugin)]
+    want = normalize_distribution(distribution) if distribution is not None else None
+
+    def of_dist(name: str | None) -> bool:
+        return want is None or (name is not None and normalize_distribution(name) == want)
+
+    chosen = [c for c in registry if c.kind in kinds and c.kind in CHECKS and of_dist(c.distribution)
+              and (plugin is None or c.plugin == plugin)]
+    errors = [e for e in registry.errors if of_dist(e.distribution) and (plugin is None or e.plugin == plugin)]
+    asked = ", ".join([f"kinds {', '.join(kinds)}"] + ([f"distribution {distribution!r}"] if distribution else [])
+                      + ([f"plugin {plugin!r}"] if plugin else []))
+    hint = ""
+    if distribution is not None and not chosen and not errors:
+        installed = sorted(_installed_distributions(registry))
+        if not any(normalize_distribution(n) == want for n in installed):
+            close = difflib.get_close_matches(distribution, installed, n=1)
+            hint = (f"no installed distribution is called {distribution!r} (names match ignoring case and "
+                    f"'-', '_', '.'); installed: {', '.join(installed) or 'none'}"
+                    + (f"; did you mean {close[0]!r}?" if close else ""))
+        else:
+            hint = f"distribution {distribution!r} registered no component of these kinds"
+    elif plugin is not None and not chosen and not errors:
+        plugins = sorted({c.plugin for c in registry})
+        hint = f"no plugin is called {plugin!r}; plugins: {', '.join(plugins)}"
+    return Selection(chosen, asked=asked, errors=errors, hint=hint)
 
 
 def _label(comp: Component) -> str:
@@ -606,10 +757,36 @@ def _resolve(item: Component | str, registry: Registry | None) -> Component:
     raise TypeError(f"expected a Component or 'kind:name', got {item!r}")
 
 
-def generate_checks(items: Iterable[Component | str] | Registry, *, options: Mapping[str, Mapping] | None = None,
+@dataclass(frozen=True)
+class SelectionProblem:
+    """A stand-in check for a selection that cannot be trusted: calling it fails with the reason."""
+
+    id: str
+    message: str
+    name: str = "selection"
+
+    def run(self) -> None:
+        raise CheckFailure(self.message)
+
+    def __call__(self) -> None:
+        self.run()
+
+
+def _problems(items: Any) -> list[str]:
+    if isinstance(items, Selection):
+        return items.problems()
+    if isinstance(items, Registry):
+        return components(items).problems()
+    return []
+
+
+def generate_checks(items: Iterable[Component | str] | Registry, *, options: Mapping[str, Options] | None = None,
                     order_options: Mapping[str, Mapping] | None = None,
                     registry: Registry | None = None) -> list[Check]:
-    """Every check for every component; ``options`` / ``order_options`` keyed by 'kind[name]'."""
+    """Every check for every component; ``options`` / ``order_options`` keyed by 'kind[name]'.
+
+    ``options`` gives one option set or a list of them per component; the kit runs each.
+    """
     comps = components(items) if isinstance(items, Registry) else [_resolve(i, registry) for i in items]
     labels = {_label(c) for c in comps}
     for what, mapping in (("options", options), ("order_options", order_options)):
@@ -623,7 +800,10 @@ def generate_checks(items: Iterable[Component | str] | Registry, *, options: Map
             raise ValueError(f"the kit has no checks for kind {comp.kind!r}; it checks {', '.join(CHECKS)}")
         settings: dict[str, Any] = {}
         if comp.kind in ("sampler", "scheduler"):
-            settings["options"] = dict((options or {}).get(_label(comp), {}))
+            sets = _option_sets((options or {}).get(_label(comp)))
+            for s in sets:
+                resolve_options(comp, s)  # an unknown option is an error here, not a failed check later
+            settings["options"] = sets
         if comp.kind == "sampler":
             settings["order_options"] = (order_options or {}).get(_label(comp))
         checks += [Check(comp, name, fn, settings) for name, fn in CHECKS[comp.kind].items()]
@@ -648,12 +828,14 @@ def _expected(checks: list[Check], expected_failures: Mapping[str, str] | None) 
 
 def parametrize_with_checks(items: Iterable[Component | str] | Registry, *,
                             expected_failures: Mapping[str, str] | None = None,
-                            options: Mapping[str, Mapping] | None = None,
+                            options: Mapping[str, Options] | None = None,
                             order_options: Mapping[str, Mapping] | None = None,
                             registry: Registry | None = None):
     """A ``pytest.mark.parametrize`` over every check of every component, argument name ``check``.
 
-    Ids read ``sampler[heun]-check_order``; expected failures become strict xfails.
+    Ids read ``sampler[heun]-check_order``; expected failures become strict xfails. An empty
+    selection, or plugins of the selection that failed to load or register, add a failing case
+    (id ``selection-empty`` / ``selection-plugin-errors``) that shows why: never a silent pass.
 
         @parametrize_with_checks(components(distribution="my-dist"))
         def test_conformance(check):
@@ -661,10 +843,21 @@ def parametrize_with_checks(items: Iterable[Component | str] | Registry, *,
     """
     import pytest
 
+    items = items if isinstance(items, (Selection, Registry)) else list(items)
     checks = generate_checks(items, options=options, order_options=order_options, registry=registry)
     xfail = _expected(checks, expected_failures)
     params = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, raises=CheckFailure, reason=xfail[c.id])]
                            if c.id in xfail else []) for c in checks]
+    problems = _problems(items)
+    if not checks and not problems:
+        problems = ["no components selected (an empty list was given)"]
+    errors = [p for p in problems if p.startswith("plugin failed")]
+    if errors:
+        params.append(pytest.param(SelectionProblem("selection-plugin-errors", "; ".join(errors)),
+                                   id="selection-plugin-errors"))
+    if len(errors) < len(problems) or (not checks and not errors):
+        rest = [p for p in problems if p not in errors] or problems
+        params.append(pytest.param(SelectionProblem("selection-empty", "; ".join(rest)), id="selection-empty"))
     return pytest.mark.parametrize("check", params)
 
 
@@ -695,38 +888,49 @@ def run_checks(checks: list[Check], expected_failures: Mapping[str, str] | None 
     return results
 
 
-def _component(kind: str, obj: Any, registry: Registry | None, meta: dict[str, Any]) -> Component:
+def component(kind: str, obj: Any, *, name: str | None = None, registry: Registry | None = None,
+              **declarations: Any) -> Component:
+    """A Component to check: a registered one (``obj`` its name), or ``obj`` validated as the registry would.
+
+    ``declarations`` are the ``registry.add`` keywords (``nfe=``, ``order=``, ``stochastic=``, …);
+    None values are left out.
+    """
     if isinstance(obj, Component):
         return obj
     if isinstance(obj, str):
         return (registry or default_registry()).get(kind, obj)
-    scratch = Registry()  # a bare function: validate it as the registry would
-    name = getattr(obj, "__name__", None) or getattr(obj, "name", None) or type(obj).__name__
-    return scratch.add(kind, name, obj, **{k: v for k, v in meta.items() if v is not None})
+    scratch = Registry()
+    name = name or getattr(obj, "__name__", None) or getattr(obj, "name", None) or type(obj).__name__
+    return scratch.add(kind, name, obj, **{k: v for k, v in declarations.items() if v is not None})
 
 
 def check_sampler(sampler: str | Component | Callable, *, nfe: Callable | None = None, order: int | None = None,
-                  stochastic: Callable | None = None, options: Mapping[str, Any] | None = None,
-                  order_options: Mapping[str, Any] | None = None, expected_failures: Mapping[str, str] | None = None,
+                  stochastic: Callable | None = None, stochastic_options: Mapping[str, Any] | None = None,
+                  options: Options = None, order_options: Mapping[str, Any] | None = None,
+                  expected_failures: Mapping[str, str] | None = None,
                   registry: Registry | None = None) -> list[CheckResult]:
-    """Run every sampler check on a registered sampler (by name) or a bare function with its declarations."""
-    comp = _component("sampler", sampler, registry, {"nfe": nfe, "order": order, "stochastic": stochastic})
+    """Run every sampler check on a registered sampler (by name) or a bare function with its declarations.
+
+    ``options``: one option set or a list of them, each run besides the kit's own configurations.
+    """
+    comp = component("sampler", sampler, registry=registry, nfe=nfe, order=order, stochastic=stochastic,
+                     stochastic_options=dict(stochastic_options) if stochastic_options is not None else None)
     label = _label(comp)
-    checks = generate_checks([comp], options={label: options or {}}, order_options={label: order_options}
+    checks = generate_checks([comp], options={label: options}, order_options={label: order_options}
                              if order_options is not None else None)
     return run_checks(checks, expected_failures)
 
 
 def check_scheduler(scheduler: str | Component | Callable, *, discrete_only: bool | None = None,
-                    options: Mapping[str, Any] | None = None, expected_failures: Mapping[str, str] | None = None,
+                    options: Options = None, expected_failures: Mapping[str, str] | None = None,
                     registry: Registry | None = None) -> list[CheckResult]:
     """Run every scheduler check on a registered scheduler (by name) or a bare function."""
-    comp = _component("scheduler", scheduler, registry, {"discrete_only": discrete_only})
-    return run_checks(generate_checks([comp], options={_label(comp): options or {}}), expected_failures)
+    comp = component("scheduler", scheduler, registry=registry, discrete_only=discrete_only)
+    return run_checks(generate_checks([comp], options={_label(comp): options}), expected_failures)
 
 
 def check_target(target: str | Component | Any, *, expected_failures: Mapping[str, str] | None = None,
                  registry: Registry | None = None) -> list[CheckResult]:
     """Run every target check on a registered target (by name) or an object with to_x0/from_x0."""
-    comp = _component("target", target, registry, {})
+    comp = component("target", target, registry=registry)
     return run_checks(generate_checks([comp]), expected_failures)

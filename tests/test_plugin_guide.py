@@ -6,6 +6,8 @@ import re
 import types
 from pathlib import Path
 
+import pytest
+
 from diffbench import hookspecs, testing
 from diffbench.registry import KINDS, build_registry
 
@@ -66,5 +68,20 @@ def test_the_example_plugin_registers_and_passes_the_kit():
     assert not registry.errors
     comp = registry.get("sampler", "midpoint")
     assert comp.plugin == "guide_example" and comp.description.startswith("Explicit midpoint (RK2)")
+    assert testing._configs(comp, None, None) == [{"eta": 0.0}, {"eta": 1.0}]  # the stochastic one is run too
     results = testing.check_sampler(comp)
     assert {r.status for r in results} == {"passed"}
+    assert {r.id.rsplit("-", 1)[1] for r in results} == set(testing.SAMPLER_CHECKS)
+
+
+def test_the_example_plugin_with_randn_instead_of_noise_fails_the_kit():
+    code = re.findall(r"```python\n(.*?)```", section(GUIDE.read_text(), "A complete example"), flags=re.S)[0]
+    broken = code.replace("sigma_up * noise(k)", "sigma_up * torch.randn_like(x)")
+    assert broken != code
+    plugin = types.ModuleType("guide_example_randn")
+    exec(compile("import torch\n" + broken, "plugin-guide example, broken", "exec"), plugin.__dict__)
+    comp = build_registry(extra_plugins=[plugin], autoload=False).get("sampler", "midpoint")
+    with pytest.raises(testing.CheckFailure) as info:
+        testing.check_sampler(comp)
+    failed = {r.id.rsplit("-", 1)[1] for r in info.value.results if r.status == "failed"}
+    assert failed == {"check_determinism", "check_batch_invariance", "check_noise"}

@@ -5,14 +5,14 @@ import inspect
 import math
 import re
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 from diffbench import testing
 from diffbench.registry import default_registry
-from diffbench.samplers import per_step
-from diffbench.samplers._common import steps_of, to_d
+from diffbench.samplers import per_step, steps_of, to_d
 from diffbench.schedulers import karras
 from diffbench.targets import EpsTarget
 
@@ -87,7 +87,7 @@ def test_wrong_heun_coefficient_fails_the_order_check():
 
 
 def test_measured_order_of_wrong_heun_is_one():
-    comp = testing._component("sampler", heun_wrong_weights, None, {"nfe": per_step(2), "order": 2, "stochastic": _never})
+    comp = testing.component("sampler", heun_wrong_weights, nfe=per_step(2), order=2, stochastic=_never)
     assert math.isclose(testing.measured_order(comp), 1.0, abs_tol=0.2)
 
 
@@ -116,7 +116,8 @@ def test_mutating_noise_fails():
             x = denoiser(x, s) if sn == 0.0 else x + (sn - s) * to_d(x, s, denoiser(x, s)) + 0.0 * noise(k).mul_(2)
         return x
 
-    assert "modified the tensor returned by noise()" in _failures(ancestral)["check_inputs_not_mutated"]
+    failures = _failures(ancestral, stochastic=lambda **_: True, order=None)
+    assert "modified the tensor returned by noise(0) in place" in failures["check_inputs_not_mutated"]
 
 
 def test_global_rng_fails_determinism_and_batch_invariance():
@@ -180,6 +181,138 @@ def test_stochastic_option_is_zeroed_for_the_order_check():
     assert testing._order_options(multistep, {}, {"lower_order_final": True})["lower_order_final"] is True
 
 
+# --- stochastic configurations, noise, 1-step grids, non-finite output, exceptions ----------------------
+
+def eta_sampler(use_global_rng=False, always_noise=False, never_noise=False):
+    """An Euler/DDIM-η sampler (DDIM, Song et al. 2021, in σ-space) with one plantable fault."""
+    from diffbench.samplers import ancestral_step
+
+    def ddim_eta(denoiser, x, sigmas, *, noise=None, eta: float = 0.0):
+        for k, s, sn in steps_of(sigmas):
+            x0 = denoiser(x, s)
+            down, up = ancestral_step(s, sn, eta)
+            x = x0 + (down / s) * (x - x0)
+            if never_noise:
+                continue
+            if up > 0.0 or (always_noise and sn > 0.0):
+                x = x + up * (torch.randn_like(x) if use_global_rng else noise(k))
+        return x
+    return ddim_eta
+
+
+def _eta_declarations(**extra):
+    return {"nfe": per_step(1), "order": 1, "stochastic": lambda eta=0.0, **_: eta > 0,
+            "stochastic_options": {"eta": 1.0}, **extra}
+
+
+def _failures_of(fn, **declared) -> dict[str, str]:
+    with pytest.raises(testing.CheckFailure) as info:
+        testing.check_sampler(fn, **declared)
+    return {r.id.rsplit("-", 1)[1]: r.message for r in info.value.results if r.status == "failed"}
+
+
+def test_correct_stochastic_sampler_passes_and_runs_its_stochastic_configuration():
+    comp = testing.component("sampler", eta_sampler(), **_eta_declarations())
+    assert testing._configs(comp, None, None) == [{"eta": 0.0}, {"eta": 1.0}]
+    assert {r.status for r in testing.check_sampler(comp)} == {"passed"}
+
+
+def test_global_rng_in_the_stochastic_path_is_caught():
+    """The bug the old kit missed: deterministic by default, torch.randn when η > 0."""
+    failures = _failures_of(eta_sampler(use_global_rng=True), **_eta_declarations())
+    assert set(failures) == {"check_determinism", "check_batch_invariance", "check_noise"}
+    assert "options {eta=1.0}" in failures["check_determinism"]
+    assert "depend on torch's global random state" in failures["check_noise"]
+
+
+def test_stochastic_options_left_undeclared_fail_declarations():
+    declared = {k: v for k, v in _eta_declarations().items() if k != "stochastic_options"}
+    failures = _failures_of(eta_sampler(use_global_rng=True), **declared)
+    assert set(failures) == {"check_declarations"}
+    assert "stochastic(eta=1.0) is True but the sampler declares no stochastic_options" in failures[
+        "check_declarations"]
+
+
+def test_noise_use_must_match_the_declaration():
+    drawn_when_deterministic = _failures_of(eta_sampler(always_noise=True), **_eta_declarations())
+    assert set(drawn_when_deterministic) == {"check_noise"}
+    assert re.search(r"called noise\(k\) at steps \[0, .*\] although stochastic\(\*\*options\) is False: .*"
+                     r"options \{eta=0.0\}", drawn_when_deterministic["check_noise"])
+    never_drawn = _failures_of(eta_sampler(never_noise=True), **_eta_declarations())
+    assert set(never_drawn) == {"check_noise"}
+    assert "stochastic(**options) is True but the sampler never called noise(k)" in never_drawn["check_noise"]
+    assert "options {eta=1.0}" in never_drawn["check_noise"]
+
+
+def test_declared_stochastic_options_that_are_not_stochastic_fail():
+    failures = _failures_of(eta_sampler(), **_eta_declarations(stochastic_options={"eta": 0.0}))
+    assert "declares stochastic_options={eta=0.0} but stochastic(**options) is False" in failures[
+        "check_declarations"]
+
+
+def test_mutation_on_a_one_step_grid_is_caught():
+    def mutates_on_one_step(denoiser, x, sigmas, *, noise=None):
+        if len(sigmas) == 2:
+            x.mul_(1.0)  # an in-place op that leaves values unchanged is fine; this one is not
+            x.add_(0.5)
+            return euler(denoiser, x - 0.5, sigmas)
+        return euler(denoiser, x, sigmas)
+
+    failures = _failures(mutates_on_one_step)
+    assert set(failures) == {"check_inputs_not_mutated"}
+    assert "modified its input x in place (max change 0.5; 1 Karras steps from σ = 80 to σ = 0" in failures[
+        "check_inputs_not_mutated"]
+
+
+def test_non_finite_output_is_reported_as_itself():
+    def nan_on_long_grids(denoiser, x, sigmas, *, noise=None):
+        out = euler(denoiser, x, sigmas)
+        return out * float("nan") if len(sigmas) > 6 else out
+
+    failures = _failures(nan_on_long_grids)
+    assert failures["check_determinism"] == ("check_determinism: non-finite output: 16 of 16 values are NaN or "
+                                             "infinite (10 Karras steps from σ = 80 to σ = 0, options {})")
+    assert all("differ" not in m and "non-finite output" in m for m in failures.values())
+
+
+def test_an_exception_names_the_grid():
+    def fails_on_one_step(denoiser, x, sigmas, *, noise=None):
+        if len(sigmas) == 2:
+            raise ZeroDivisionError("no room for a second stage")
+        return euler(denoiser, x, sigmas)
+
+    msg = _failures(fails_on_one_step)["check_one_step"]
+    assert msg == ("check_one_step: sampler 'fails_on_one_step' raised ZeroDivisionError: no room for a second "
+                   "stage (1 Karras steps from σ = 80 to σ = 0, options {})")
+
+
+def test_several_option_sets_are_each_checked():
+    def wrong_nfe_for_big_gain(denoiser, x, sigmas, *, noise=None, gain: float = 1.0):
+        if gain > 2:  # an extra evaluation the declaration does not count
+            denoiser(x, float(sigmas[0]))
+        return euler(denoiser, x, sigmas)
+
+    assert {r.status for r in testing.check_sampler(wrong_nfe_for_big_gain, nfe=per_step(1), order=1,
+                                                    stochastic=_never, options=[{}, {"gain": 2.0}])} == {"passed"}
+    failures = _failures(wrong_nfe_for_big_gain, options=[{"gain": 2.0}, {"gain": 3.0}])
+    assert "options {gain=3.0}" in failures["check_nfe"]
+    with pytest.raises(ValueError, match="has no option 'gian'"):
+        testing.check_sampler(wrong_nfe_for_big_gain, nfe=per_step(1), options=[{"gian": 3.0}])
+
+
+# --- selecting components: never a vacuous pass ---------------------------------------------------------
+
+def test_distribution_names_match_as_pip_matches_them():
+    reg = default_registry()
+    assert {c.name for c in testing.components(reg, distribution="DiffBench")} == {c.name for c in BUILTINS}
+    assert not testing.components(reg, distribution="diffbench").problems()
+    typo = testing.components(reg, distribution="difbench")
+    assert typo == [] and typo.problems() == [
+        "no components selected (kinds sampler, scheduler, target, distribution 'difbench'); no installed "
+        "distribution is called 'difbench' (names match ignoring case and '-', '_', '.'); installed: "
+        + ", ".join(sorted(testing._installed_distributions(reg))) + "; did you mean 'diffbench'?"]
+
+
 # --- schedulers and targets --------------------------------------------------------------------------
 
 def _scheduler_failures(fn, **kw) -> dict[str, str]:
@@ -233,7 +366,7 @@ def test_ids_and_unknown_keys():
 
 
 def test_run_checks_expected_failures():
-    comp = testing._component("sampler", heun_wrong_weights, None, {"nfe": per_step(2), "order": 2, "stochastic": _never})
+    comp = testing.component("sampler", heun_wrong_weights, nfe=per_step(2), order=2, stochastic=_never)
     checks = [c for c in testing.generate_checks([comp]) if c.name in ("check_order", "check_nfe")]
     results = testing.run_checks(checks, {"check_order": "wrong weights, kept as a demonstration"})
     assert [(r.id.split("-")[-1], r.status) for r in results] == [("check_nfe", "passed"), ("check_order", "xfailed")]
@@ -244,13 +377,12 @@ def test_run_checks_expected_failures():
 def test_parametrize_in_pytest(pytester):
     pytester.makepyfile(textwrap.dedent("""
         from diffbench import testing
-        from diffbench.samplers import per_step
-        from diffbench.samplers._common import steps_of, to_d
+        from diffbench.samplers import per_step, steps_of, to_d
 
     """) + inspect.getsource(heun_wrong_weights) + textwrap.dedent("""
 
-        comp = testing._component("sampler", heun_wrong_weights, None,
-                                  {"nfe": per_step(2), "order": 2, "stochastic": lambda **_: False})
+        comp = testing.component("sampler", heun_wrong_weights, nfe=per_step(2), order=2,
+                                 stochastic=lambda **_: False)
 
         @testing.parametrize_with_checks([comp, "sampler:ddpm"],
                                          expected_failures={"sampler[heun_wrong_weights]-check_order": "demo"})
@@ -266,3 +398,45 @@ def test_parametrize_in_pytest(pytester):
         "*test_kit[[]sampler[[]heun_wrong_weights[]]-check_order[]] XFAIL*",
         "*check_order: 'ddpm' declares no order*",
     ])
+
+
+def _guide_snippet() -> str:
+    """The conformance test the plugin guide tells authors to write."""
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "plugin-guide.md").read_text()
+    section = guide[guide.index("## Testing with the conformance kit"):]
+    return re.search(r"```python\n(.*?)```", section, flags=re.S)[1]
+
+
+def test_the_guide_snippet_fails_on_a_misspelled_distribution(pytester):
+    snippet = _guide_snippet()
+    assert 'distribution="diffbench-mysamplers"' in snippet
+    pytester.makepyfile(snippet.replace("diffbench-mysamplers", "diffbench-extar"))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*test_conformance[[]selection-empty[]]*",
+                                 "*no installed distribution is called 'diffbench-extar'*did you mean*"])
+
+
+def test_the_guide_snippet_fails_when_the_plugin_failed_to_register(pytester):
+    """A distribution whose plugin raises in diffbench_register: its error is the failing test's message."""
+    pytester.makepyfile(broken_plugin="""
+        from diffbench.hookspecs import hookimpl
+
+        def sampler(denoiser, x, sigmas, *, noise=None):
+            return x
+
+        @hookimpl
+        def diffbench_register(registry):
+            registry.add("sampler", "broken", sampler, nfe=lambda sigmas, **_: 0, orders=2)
+    """)
+    info = pytester.mkdir("diffbench_mysamplers-0.1.dist-info")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: diffbench-mysamplers\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[diffbench]\nmysamplers = broken_plugin\n")
+    pytester.makepyfile(test_kit=_guide_snippet())
+    pytester.syspathinsert()
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:randomly", "test_kit.py")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*CheckFailure: plugin failed to load or register: plugin 'mysamplers' "
+                                 "(diffbench-mysamplers): registration failed: sampler 'broken': unknown "
+                                 "declaration 'orders'*",
+                                 "*FAILED test_kit.py::test_conformance[[]selection-plugin-errors[]]*"])

@@ -1,21 +1,31 @@
 """Built-in samplers. Each is ``fn(denoiser, x, sigmas, *, noise=None, **options) -> x``.
 
 ``SAMPLERS`` maps the registered name to the function and its declarations: the ODE order
-when the options make it deterministic, whether given options make it stochastic, and the
-network evaluations per sample it makes for a σ list.
+when the options make it deterministic, whether given options make it stochastic, the
+network evaluations per sample it makes for a σ list, and the options under which it is
+stochastic (the conformance kit's stochastic run).
+
+The helpers a sampler (built-in or a plugin's) should use are public here: ``steps_of``,
+``to_d``, ``log_ratio``, ``ancestral_step``, ``churn``, ``require_noise``, ``num_steps``,
+``ends_at_zero``, and the NFE declaration ``per_step``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from diffbench.samplers._common import ends_at_zero, num_steps
+from diffbench.samplers._common import (ancestral_step, churn, ends_at_zero, log_ratio, num_steps, require_noise,
+                                        steps_of, to_d)
 from diffbench.samplers.ancestral import ddim, ddpm, euler_ancestral
 from diffbench.samplers.deis import deis
 from diffbench.samplers.dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3
 from diffbench.samplers.dpm_solver_pp import dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, dpmpp_3m, dpmpp_3m_corrected
 from diffbench.samplers.euler import euler, heun
 from diffbench.samplers.lms import lms
+
+
+__all__ = ["SAMPLERS", "SamplerInfo", "ancestral_step", "churn", "ends_at_zero", "log_ratio", "num_steps",
+           "per_step", "require_noise", "steps_of", "to_d"]
 
 
 def per_step(calls: int) -> Callable[..., int]:
@@ -41,14 +51,20 @@ class SamplerInfo:
     order: int | None  # convergence order of the deterministic configuration
     nfe: Callable[..., int]
     stochastic: Callable[..., bool]
+    stochastic_options: dict[str, Any] | None = None  # options that make it stochastic, when its defaults don't
+
+    def declarations(self) -> dict[str, Any]:
+        """The ``registry.add`` keywords (see diffbench.registry.DECLARATIONS)."""
+        out = {"order": self.order, "nfe": self.nfe, "stochastic": self.stochastic}
+        return out if self.stochastic_options is None else {**out, "stochastic_options": self.stochastic_options}
 
 
 SAMPLERS: dict[str, SamplerInfo] = {
     "ddpm": SamplerInfo(ddpm, None, per_step(1), lambda **_: True),
-    "ddim": SamplerInfo(ddim, 1, per_step(1), _when_positive("eta")),
-    "euler": SamplerInfo(euler, 1, per_step(1), _when_positive("churn_amount")),
+    "ddim": SamplerInfo(ddim, 1, per_step(1), _when_positive("eta"), {"eta": 1.0}),
+    "euler": SamplerInfo(euler, 1, per_step(1), _when_positive("churn_amount"), {"churn_amount": 1.0}),
     "euler-ancestral": SamplerInfo(euler_ancestral, 1, per_step(1), _when_positive("eta")),
-    "heun": SamplerInfo(heun, 2, per_step(2), _when_positive("churn_amount")),
+    "heun": SamplerInfo(heun, 2, per_step(2), _when_positive("churn_amount"), {"churn_amount": 1.0}),
     "dpm-solver-1": SamplerInfo(dpm_solver_1, 1, per_step(1), _never),
     "dpm-solver-2": SamplerInfo(dpm_solver_2, 2, per_step(2), _never),
     "dpm-solver-3": SamplerInfo(dpm_solver_3, 3, per_step(3), _never),

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 from torch import Tensor
 
-from diffbench.samplers._common import steps_of, to_d
+from diffbench.samplers import steps_of, to_d
 
 # Adams–Bashforth weights for equal steps, newest derivative first.
 _FIXED = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from torch import Tensor
 
-from diffbench.samplers._common import log_ratio, num_steps, steps_of
+from diffbench.samplers import log_ratio, num_steps, steps_of
 
 VARIANTS = ("bh1", "bh2")
 
