@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,96 +20,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffbench.checkpoints import file_sha256, shipped
 from diffbench.datasets import load_dataset
 from diffbench.metrics import digits_cnn
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, StreamingMetric
+from diffbench.metrics.extractors import (INCEPTION, Extractor, MetricUnavailable, UnsafeWeights, extract_features,
+                                         resolve_extractor)
 
-INCEPTION = "inception-v3-compat"
+__all__ = ["FID", "KID", "PRC", "ClassAccuracy", "METRICS", "INCEPTION", "Extractor", "MetricUnavailable",
+           "UnsafeWeights", "extract_features", "resolve_extractor", "reference_features"]
+
 CACHE_FORMAT = 1  # bump when the cached feature layout or the uint8 mapping changes
-
-
-class MetricUnavailable(ValueError):
-    """A metric cannot run here (missing weights, no reference dataset); the message is one line."""
-
-
-@dataclass(frozen=True)
-class Extractor:
-    """A resolved torch-fidelity feature extractor: name, weights file, its sha256, feature layer."""
-
-    name: str
-    weights_path: str | None
-    sha256: str
-    layer: str
-
-    def describe(self) -> dict[str, Any]:
-        resize = ("none (native 8×8)" if self.name == digits_cnn.NAME else
-                  "bilinear to 299×299 inside torch-fidelity (TF1-compatible)" if self.name == INCEPTION else
-                  "as defined by the extractor")
-        return {"feature_extractor": self.name, "feature_extractor_hash": self.sha256, "feature_layer": self.layer,
-                "resize": resize, "uint8_mapping": digits_cnn.UINT8_MAPPING}
-
-
-def _inception_url() -> str:
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
-    return URL_INCEPTION_V3
-
-
-def _extractor_weights(name: str, weights_path: str | None) -> Path:
-    """The weights file for ``name``; never downloads: a missing file is a one-line MetricUnavailable."""
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise MetricUnavailable(f"feature extractor {name!r}: weights_path {str(path)!r} does not exist")
-        return path
-    if name == digits_cnn.NAME:
-        return shipped(digits_cnn.NAME)
-    if name == INCEPTION:
-        url = _inception_url()
-        path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-        if path.is_file():
-            return path
-        raise MetricUnavailable(
-            f"feature extractor {INCEPTION!r}: weights not found offline at {path}; download {url} "
-            "and pass the metric option weights_path=<file> (or place the file at that path)")
-    raise MetricUnavailable(f"feature extractor {name!r}: pass the metric option weights_path=<file> "
-                            "(diffbench never downloads weights at run time)")
-
-
-def resolve_extractor(name: str, weights_path: str | None, metric: str) -> Extractor:
-    """Check that ``name`` is a registered torch-fidelity extractor with weights available offline."""
-    digits_cnn.register_with_torch_fidelity()
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-    if name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise MetricUnavailable(f"unknown feature extractor {name!r}; registered with torch-fidelity: "
-                                f"{', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))}")
-    path = _extractor_weights(name, weights_path)
-    layer = FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric(metric)
-    return Extractor(name, str(path), file_sha256(path), layer)
-
-
-@lru_cache(maxsize=4)
-def _extractor_module(ext: Extractor, device: str) -> torch.nn.Module:
-    from torch_fidelity.utils import create_feature_extractor
-
-    module = create_feature_extractor(ext.name, [ext.layer], cuda=False,
-                                      feature_extractor_weights_path=ext.weights_path, verbose=False)
-    return module.to(device)  # not cuda=True: that picks the current device, not the one asked for
-
-
-def extract_features(images: Tensor, data_range: tuple[float, float], ext: Extractor,
-                     device: torch.device | str = "cpu", batch_size: int = 256) -> Tensor:
-    """Features (N, D) float32 on the CPU of float images (N, C, H, W) in ``data_range``."""
-    device = torch.device(device)
-    module = _extractor_module(ext, str(device))
-    u8 = digits_cnn.to_uint8(images, data_range)
-    if u8.shape[1] == 1 and ext.name != digits_cnn.NAME:
-        u8 = u8.expand(-1, 3, -1, -1)  # grey → RGB for RGB extractors
-    with torch.inference_mode():
-        feats = [module(b.to(device))[0].float().cpu() for b in u8.split(batch_size)]
-    return torch.cat(feats)
 
 
 @dataclass(frozen=True)
@@ -194,12 +113,19 @@ class _FidelityMetric(StreamingMetric):
         ref, ref_hash = reference_features(model.dataset, split, ext, context, base["batch_size"])
         context.info.update(ext.describe())
         context.info.update({"reference_dataset": model.dataset, "reference_split": split,
-                             "reference_size": len(ref), "reference_hash": ref_hash, "num_samples": len(features)})
+                             "reference_size": len(ref), "reference_hash": ref_hash, "num_samples": len(features),
+                             "feature_dim": int(features.shape[1]), "torch_fidelity": _torch_fidelity_version()})
         return self.score_features(features, ref, context, **opts)
 
     def score_features(self, gen: Tensor, ref: Tensor, context: MetricContext, **options: Any
                        ) -> dict[str, MetricValue]:
         raise NotImplementedError
+
+
+def _torch_fidelity_version() -> str:
+    import torch_fidelity
+
+    return torch_fidelity.__version__
 
 
 def _fid_against(ref: Tensor):

@@ -1,0 +1,95 @@
+"""Extractor weights load as tensors only (no pickle payload runs); the Inception plumbing on random weights."""
+from __future__ import annotations
+
+import pathlib
+import pickle
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from diffbench.metrics import extractors
+from diffbench.metrics.base import MetricContext
+from diffbench.metrics.extractors import INCEPTION, UnsafeWeights, load_tensors, resolve_extractor
+from diffbench.metrics.fidelity import METRICS
+from inception import random_inception_state, save_random_inception
+
+RGB_MODEL = SimpleNamespace(name="rgb", dataset="digits", data_range=(-1.0, 1.0))
+
+
+class Payload:
+    """Unpickling this creates ``marker``: proof that code from the file ran."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def hostile_files(tmp_path):
+    """Weights files whose loading would run code: torch.save'd and plainly pickled payloads."""
+    marker = tmp_path / "payload-ran"
+    zipped, plain = tmp_path / "evil.pth", tmp_path / "evil-plain.pkl"
+    torch.save({"weight": torch.zeros(2), "x": Payload(marker)}, zipped)
+    plain.write_bytes(pickle.dumps(Payload(marker)))
+    return marker, [zipped, plain]
+
+
+@pytest.mark.parametrize("name", [INCEPTION, "vgg16", "clip-vit-b-32", "digits-cnn"])
+def test_a_pickle_payload_in_extractor_weights_never_runs(tmp_path, name):
+    marker, files = hostile_files(tmp_path)
+    context = MetricContext(cache_dir=tmp_path / "cache")
+    for path in files:
+        with pytest.raises(UnsafeWeights) as err:
+            METRICS["fid"].compute(torch.zeros(2, 1, 8, 8), model=RGB_MODEL, context=context, extractor=name,
+                                   weights_path=str(path), bootstrap=0)
+        msg = str(err.value)
+        assert "\n" not in msg and str(path) in msg and "safetensors" in msg, msg
+        assert not marker.exists(), f"the payload in {path.name} ran"
+    assert not list((tmp_path / "cache").glob("*")) if (tmp_path / "cache").exists() else True
+
+
+def test_load_tensors_reads_safetensors_and_plain_state_dicts_and_refuses_whole_modules(tmp_path):
+    state = {"a": torch.arange(3.0), "b": torch.ones(2, 2)}
+    torch.save(state, tmp_path / "sd.pt")
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "sd.safetensors"))
+    for name in ("sd.pt", "sd.safetensors"):
+        got = load_tensors(tmp_path / name)
+        assert set(got) == {"a", "b"} and all(torch.equal(got[k], state[k]) for k in state)
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a pickled module: needs its class to load
+    with pytest.raises(UnsafeWeights, match="cannot be read as tensors only"):
+        load_tensors(tmp_path / "module.pt")
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(UnsafeWeights, match="holds list, not a state dict"):
+        load_tensors(tmp_path / "list.pt")
+
+
+def test_a_weights_file_changed_after_it_was_resolved_is_refused(tmp_path):
+    path = save_random_inception(tmp_path / "inception.safetensors")
+    ext = resolve_extractor(INCEPTION, str(path), "fid")
+    path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ValueError, match="changed while diffbench was using it"):
+        load_tensors(path, ext.sha256)
+
+
+@pytest.mark.slow  # ~6 s quiet, ~25 s on a loaded 2-core machine: two Inception builds and forwards at 299×299
+def test_random_inception_plumbing_uint8_resize_299_2048_features(tmp_path):
+    """diffbench's features (safe build from safetensors) equal torch-fidelity's own extractor on uint8 images."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    path = save_random_inception(tmp_path / "inception.safetensors")
+    ext = resolve_extractor(INCEPTION, str(path), "fid")
+    assert ext.layer == "2048"
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    feats = extractors.extract_features(images, (-1.0, 1.0), ext)
+    assert feats.shape == (2, 2048) and feats.dtype == torch.float32 and bool(torch.isfinite(feats).all())
+    torch.save(random_inception_state(), tmp_path / "reference.pth")  # our own file: torch-fidelity's loader
+    theirs = FeatureExtractorInceptionV3(INCEPTION, ["2048"], feature_extractor_weights_path=str(tmp_path / "reference.pth"))
+    u8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    with torch.inference_mode():
+        want = theirs(u8)[0]
+    torch.testing.assert_close(feats, want, rtol=0, atol=0)
+    assert "299" in ext.describe()["resize"]
