@@ -23,6 +23,8 @@ from diffbench.registry import Component, Registry
 from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir
 from diffbench.sampling import SampleResult, SamplerOutputError, SamplingCall, resolve_options, sample_batches
 from diffbench.suite import CellSpec, Suite
+from diffbench.timelimit import TimeLimitExceeded
+from diffbench.timelimit import time_limit as limit_time
 
 def now() -> str:
     """Local time with offset, to the second (ISO 8601)."""
@@ -101,50 +103,54 @@ CELL_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit)
 
 
 def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
-             run: RunDir, bar: Any) -> dict[str, Any]:
+             run: RunDir, bar: Any, time_limit: float | None = None) -> dict[str, Any]:
     """Sample every seed group of one cell, streaming batches into the metrics' features; score each group once.
 
     Samples are not kept: each batch goes through the feature extractors as it is produced (only the
     preview picture's first samples, and the samples of metrics in the in-memory form, are kept).
-    Failures are recorded, not raised.
+    Failures are recorded, not raised. ``time_limit`` (seconds) bounds sampling and scoring together;
+    a cell past it is recorded as failed.
     """
     rec = _record_base(suite, cell, model, registry)
+    rec["time_limit"] = time_limit
     results: list[SampleResult] = []
     try:
-        plan = metric_plan(suite, model, registry, context)
-        scores, directions = [], {}
-        for seed in suite.seeds:
-            first = seed == suite.seeds[0]
-            call = sampling_call(suite, cell, model, registry, seed, suite.num_samples, progress=bar.update)
-            rows, preview = plan.rows(), Preview()
-            for batch in call:  # each batch checked by the sampling call (shape, dtype, finite, NFE)
-                rows.add(batch)
+        with limit_time(time_limit):
+            plan = metric_plan(suite, model, registry, context)
+            scores, directions = [], {}
+            for seed in suite.seeds:
+                first = seed == suite.seeds[0]
+                call = sampling_call(suite, cell, model, registry, seed, suite.num_samples, progress=bar.update)
+                rows, preview = plan.rows(), Preview()
+                for batch in call:  # each batch checked by the sampling call (shape, dtype, finite, NFE)
+                    rows.add(batch)
+                    if first:
+                        preview.add(batch)
+                res = call.result
+                results.append(res)
+                rec["warnings"] += [w for w in res.meta.get("warnings", []) if w not in rec["warnings"]]
                 if first:
-                    preview.add(batch)
-            res = call.result
-            results.append(res)
-            rec["warnings"] += [w for w in res.meta.get("warnings", []) if w not in rec["warnings"]]
-            if first:
-                _describe_sampling(rec, res)
-                rec["sample_image"] = _sample_picture(preview.samples(), model, run.cell_path(cell.cell_id, ".png"))
-            bar.set_postfix_str("metrics")
-            values: dict[str, MetricValue] = {}
-            for planned, out in plan.score(rows, res):
-                values.update(out)
-                directions.update({name: metric_direction(planned.component, name) for name in out})
-            scores.append(values)
-            rec["per_seed"].append({"seed": seed, "nfe": res.nfe, "sample_seconds": res.sample_seconds,
-                                    "network_seconds": res.network_seconds,
-                                    "metrics": {k: vars(v) for k, v in values.items()}})
-            bar.set_postfix_str("")
-        _summarise(rec, results)
-        rec["metrics"] = {name: {**vars(v), "higher_is_better": directions[name]}
-                          for name, v in _aggregate(scores).items()}
-        rec["status"] = STATUS_OK
-    except CELL_FAILURES as exc:  # a plugin's failure is this cell's result, not the run's
+                    _describe_sampling(rec, res)
+                    rec["sample_image"] = _sample_picture(preview.samples(), model, run.cell_path(cell.cell_id, ".png"))
+                bar.set_postfix_str("metrics")
+                values: dict[str, MetricValue] = {}
+                for planned, out in plan.score(rows, res):
+                    values.update(out)
+                    directions.update({name: metric_direction(planned.component, name) for name in out})
+                scores.append(values)
+                rec["per_seed"].append({"seed": seed, "nfe": res.nfe, "sample_seconds": res.sample_seconds,
+                                        "network_seconds": res.network_seconds,
+                                        "metrics": {k: vars(v) for k, v in values.items()}})
+                bar.set_postfix_str("")
+            _summarise(rec, results)
+            rec["metrics"] = {name: {**vars(v), "higher_is_better": directions[name]}
+                              for name, v in _aggregate(scores).items()}
+            rec["status"] = STATUS_OK
+    except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a plugin's failure is this cell's result, not the run's
+        rec["status"], rec["metrics"] = STATUS_FAILED, {}
         if results:
             _summarise(rec, results)  # what sampling cost is still worth keeping
-        known = (CellError, MetricError, SamplerOutputError)
+        known = (CellError, MetricError, SamplerOutputError, TimeLimitExceeded)
         text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
         rec["error"] = text.splitlines()[0] if text else type(exc).__name__
         rec["traceback"] = traceback.format_exc()

@@ -1,7 +1,8 @@
 """The ``diffbench`` command: a thin layer over the Python API.
 
-Exit codes: 0 ok, 1 regression or failed check, 2 usage or configuration error (one line, no
-traceback), 3 internal error, 130 interrupted (every finished cell kept).
+Exit codes: 0 ok, 1 regression, failed check or a run that finished with failed cells, 2 usage or
+configuration error (one line, no traceback), 3 internal error, 130 interrupted (every finished
+cell kept).
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from diffbench.registry import UnknownComponentError
+    from diffbench.results import RunDirError
     from diffbench.suite import SuiteError
 
-    return (UserError, SuiteError, UnknownComponentError, FileNotFoundError)
+    return (UserError, SuiteError, RunDirError, UnknownComponentError, FileNotFoundError)
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -65,6 +67,11 @@ def cli() -> None:
     """Benchmark diffusion samplers: quality against counted NFE and wall-clock."""
 
 
+def _say(line: str) -> None:
+    """The plan on stdout (the run's own output); warnings on stderr."""
+    click.echo(f"diffbench: {line}", err=line.startswith("warning"))
+
+
 @cli.command()
 @click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -72,36 +79,55 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue a run: keep its finished cells (default: the newest run).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Reference-statistics cache (default: $DIFFBENCH_CACHE_DIR or ~/.cache/diffbench).")
+@click.option("--time-limit", type=float, default=None, metavar="SECONDS",
+              help="Fail a cell that takes longer than this (overrides the suite's time_limit; default: none).")
+@click.option("--allow-large", is_flag=True,
+              help="Run a plan beyond the size limits (10,000 cells, 10 million samples, 10^10 network "
+                   "evaluations, 8 GiB of noise per batch).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
 @handled
-def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, progress: bool) -> None:
-    """Run every cell of SUITE and write cells.csv, plots and report.md."""
+def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, time_limit: float | None,
+        allow_large: bool, progress: bool) -> None:
+    """Run every cell of SUITE and write cells.csv, plots and report.md (exit 1 if any cell failed)."""
     from diffbench import report
     from diffbench.runner import run_suite
 
-    result = run_suite(suite, out, resume=resume, cache_dir=cache_dir, progress=progress)
+    result = run_suite(suite, out, resume=resume, cache_dir=cache_dir, progress=progress, time_limit=time_limit,
+                       allow_large=allow_large, announce=_say)
     click.echo(report.text_table(result.cells, report.directions(result.run.read_manifest())))
     skipped = f", {result.skipped} kept from before" if result.skipped else ""
     click.echo(f"\n{result.ran} cells run ({result.failed} failed){skipped} → {result.path}/report.md")
+    if result.failed_cells:
+        click.echo(f"diffbench: {result.failed_cells} of {len(result.cells)} cells failed (see 'Failed cells' in "
+             f"{result.path}/report.md)", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 @cli.command()
 @click.argument("suites", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--allow-large", is_flag=True, help="Accept a plan beyond the size limits, as run --allow-large.")
 @handled
-def validate(suites: tuple[Path, ...]) -> None:
-    """Check suite files against the schema and the installed plugins (each file, one line)."""
+def validate(suites: tuple[Path, ...], allow_large: bool) -> None:
+    """Run every check 'run' makes before sampling, on each suite file (each file, one line).
+
+    That is the schema and the installed plugins, then the models: σ grids, guidance, the plan's size
+    limits, and a warm-up batch on which every metric is tried once.
+    """
     from diffbench.registry import default_registry
-    from diffbench.suite import SuiteError, expand, load_suite
+    from diffbench.results import RunDirError
+    from diffbench.runner import preflight
+    from diffbench.suite import SuiteError
 
     bad = 0
     for path in suites:
         try:
-            suite = load_suite(path, default_registry())
-        except SuiteError as exc:
-            click.echo(f"diffbench: error: {exc}", err=True)
+            prep = preflight(path, default_registry(), allow_large=allow_large)
+        except (SuiteError, RunDirError) as exc:
+            msg = str(exc)
+            click.echo(f"diffbench: error: {msg if msg.startswith(str(path)) else f'{path}: {msg}'}", err=True)
             bad += 1
             continue
-        click.echo(f"{path}: ok ({len(expand(suite))} cells)")
+        click.echo(f"{path}: ok ({prep.plan.describe()})")
     if bad:
         sys.exit(EXIT_USAGE)
 

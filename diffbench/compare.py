@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from diffbench.metrics.base import conventional_direction
-from diffbench.results import STATUS_OK, RunDir, dumps, find_run
+from diffbench.results import STATUS_OK, DamagedFileError, RunDir, dumps, find_run
 
 Z = 2.0
 TIME_TOL = 0.25  # in-call normalised time varied ≤ 4.3% over 8 smoke runs on a loaded 2-core CPU
@@ -44,8 +44,8 @@ class Tolerance:
             value = float(text[:-1] if relative else text)
         except ValueError:
             raise CompareError(f"tolerance {text!r}: expected a number or a percentage like 5%") from None
-        if not value >= 0:
-            raise CompareError(f"tolerance {text!r}: must be non-negative")
+        if not 0 <= value < math.inf:  # nan and inf would switch the gate off
+            raise CompareError(f"tolerance {text!r}: must be a finite non-negative number")
         return cls(value / 100 if relative else value, relative)
 
     def of(self, baseline: float) -> float:
@@ -62,6 +62,11 @@ class Rule:
     z: float = Z
     metric_tol: dict[str, Tolerance] = field(default_factory=dict)  # by metric name; "" is the default
     time_tol: float | None = TIME_TOL  # relative; None: speed not compared
+
+    def __post_init__(self) -> None:
+        if isinstance(self.z, bool) or not isinstance(self.z, (int, float)) or not 0 <= self.z < math.inf:
+            raise CompareError(f"z {self.z!r}: must be a finite non-negative number (nan or inf would switch "
+                               "the quality gate off)")
 
     def tolerance(self, metric: str) -> Tolerance:
         return self.metric_tol.get(metric, self.metric_tol.get("", Tolerance()))
@@ -160,6 +165,8 @@ def _load(path: str | Path, role: str) -> tuple[RunDir, dict[str, Any], dict[str
         manifest = run.read_manifest()
         records = {r["cell_id"]: r for r in run.read_cells()}
     except FileNotFoundError as exc:
+        raise CompareError(f"{role}: {exc}") from None
+    except DamagedFileError as exc:
         raise CompareError(f"{role}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:  # bad JSON, a record without cell_id
         raise CompareError(f"{role} {path}: unreadable run ({type(exc).__name__}: {exc})") from None

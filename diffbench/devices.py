@@ -10,12 +10,19 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """'auto' → CUDA when present, else CPU; 'cuda[:i]' is checked to exist."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {str(device)!r} is not a device torch knows ({exc})") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {str(device)!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(device)!r} requested but MPS is not available")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {str(device)!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from diffbench.results import STATUS_OK, UNCERTAINTY_SUFFIX, metric_names  # noqa: E402
+from diffbench.results import STATUS_OK, UNCERTAINTY_SUFFIX, atomic_path, metric_names  # noqa: E402
 
 MARKERS = "os^vDPX<>*"  # lines that coincide (ddim and euler are one method) stay visible
 NFE_PLOT, TIME_PLOT, GUIDANCE_PLOT = "metric_vs_nfe.png", "metric_vs_time.png", "metric_vs_guidance.png"
@@ -31,9 +31,11 @@ def save_samples(samples: torch.Tensor, path: str | Path, *, data_range: tuple[f
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if samples.ndim == 4:
-        _image_grid(samples[:max_images], path, data_range)
+        with atomic_path(path) as tmp:
+            _image_grid(samples[:max_images], tmp, data_range)
     elif samples.ndim == 2 and samples.shape[1] == 2:
-        _scatter(samples, path, reference)
+        with atomic_path(path) as tmp:
+            _scatter(samples, tmp, reference)
     else:
         return None
     return path
@@ -156,8 +158,11 @@ def _finish(fig: Any, axes: list[Any], path: Path) -> Path:
     if handles:  # below the panels; bbox_inches="tight" grows the canvas to fit it
         fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
                    fontsize=8, frameon=False)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -159,11 +159,12 @@ def _header(manifest: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: list[Path] | None = None) -> Path:
+def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: list[Path] | None = None,
+                 records: list[dict[str, Any]] | None = None) -> Path:
     """Write report.md into the run directory: header, table, noise rule, plots, failures, samples."""
     manifest = run.read_manifest()
     frame = run.read_csv() if frame is None else frame
-    records = sorted(run.read_cells(), key=lambda r: r.get("index", 0))
+    records = sorted(run.read_cells() if records is None else records, key=lambda r: r.get("index", 0))
     dirs = directions(manifest)
     plot_files = plot_files if plot_files is not None else [
         run.path / n for n in (plots.NFE_PLOT, plots.TIME_PLOT, plots.GUIDANCE_PLOT) if (run.path / n).exists()]

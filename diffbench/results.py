@@ -7,15 +7,21 @@ Layout of a run directory::
     cells.csv             one row per cell (rebuilt from cells/ after every cell)
     cells/<cell-id>.json  a cell's record: σ list, timesteps, every option, per-seed numbers
     cells/<cell-id>.png   a sample grid (image models) or scatter (2-D models)
+    .lock                 held (fcntl) by the run writing here; shards lock names of their own
+
+Every file is written atomically (a temporary file renamed over it) with the permissions the umask
+gives a new file. A record that cannot be read names its file in one line (DamagedFileError).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
@@ -26,23 +32,55 @@ TAIL_COLUMNS = ["sample_seconds", "seconds_per_sample", "network_share", "status
 UNCERTAINTY_SUFFIX = "_se"
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+LOCK_NAME = ".lock"
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked; the message is one line naming the path."""
+
+
+class DamagedFileError(RunDirError):
+    """A file of a run directory that cannot be read (truncated, not JSON, not a record)."""
+
+
+class RunBusyError(RunDirError):
+    """Another process holds the run directory's lock."""
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the current umask (mkstemp's own 0600 is not 'normal')."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix) to write to; renamed over ``path`` when the block ends.
+
+    Readers see the old file or the whole new one, never a part; on an exception (KeyboardInterrupt
+    too) the temporary is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:  # including KeyboardInterrupt: never leave the temporary behind
-        try:
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _json_safe(v: Any) -> Any:
@@ -65,7 +103,41 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file's data; DamagedFileError naming the file when it is truncated or not JSON."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedFileError(f"{path}: unreadable ({_reason(exc)})") from None
+    except IsADirectoryError:
+        raise DamagedFileError(f"{path}: a directory, not a file") from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"truncated or not JSON: {exc.msg} at line {exc.lineno}" if exc.msg else "not JSON"
+    return f"not UTF-8 text at byte {getattr(exc, 'start', '?')}"
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """A cell record; DamagedFileError unless it is a JSON object with a cell_id."""
+    rec = read_json(path)
+    if not isinstance(rec, dict) or not isinstance(rec.get("cell_id"), str):
+        raise DamagedFileError(f"{path}: not a cell record (no cell_id)")
+    return rec
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """RunDirError unless ``path`` is, or could be created as, a directory this process can write."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():  # a dangling link would make mkdir fail later
+            raise RunDirError(f"{what} {path}: {probe} is a broken symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunDirError(f"{what} {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirError(f"{what} {path}: {probe} is not writable")
 
 
 def cell_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +176,40 @@ class RunDir:
         self.suite_path = self.path / "suite.json"
 
     def exists(self) -> bool:
-        return self.manifest_path.exists()
+        """Whether a run started here: its manifest, or its suite.json when killed before the manifest."""
+        return self.manifest_path.exists() or self.suite_path.exists()
+
+    def is_empty(self) -> bool:
+        """No entries but lock files and temporaries (a run killed before writing anything)."""
+        if not self.path.is_dir():
+            return True
+        return all(p.name.startswith(LOCK_NAME) or (p.name.startswith(".") and ".tmp" in p.name)
+                   for p in self.path.iterdir())
+
+    @contextlib.contextmanager
+    def lock(self, name: str = LOCK_NAME) -> Iterator[None]:
+        """Hold ``RUN/<name>`` exclusively (fcntl: a killed process releases it); RunBusyError if taken.
+
+        A whole run locks ``.lock``; a shard of a run locks a name of its own (``.lock-shard-3``), so
+        shards can share one directory.
+        """
+        if "/" in name or not name.startswith(LOCK_NAME):
+            raise ValueError(f"lock name {name!r} must start with {LOCK_NAME!r} and name no directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                raise RunBusyError(f"{self.path}: in use by another diffbench run (pid {holder}, {name}); "
+                                   "wait for it or choose another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def cell_path(self, cell_id: str, suffix: str = ".json") -> Path:
         return self.cells_dir / f"{cell_id}{suffix}"
@@ -113,13 +218,25 @@ class RunDir:
         write_json(self.cell_path(record["cell_id"]), record)
 
     def read_cell(self, cell_id: str) -> dict[str, Any] | None:
+        """The cell's record, None when there is none; DamagedFileError when it cannot be read."""
         path = self.cell_path(cell_id)
-        return read_json(path) if path.exists() else None
+        return read_record(path) if path.exists() else None
 
-    def read_cells(self) -> list[dict[str, Any]]:
+    def read_cells(self, on_damaged: Callable[[DamagedFileError], None] | None = None) -> list[dict[str, Any]]:
+        """Every cell record; a damaged one raises DamagedFileError, or is passed to ``on_damaged`` and skipped."""
         if not self.cells_dir.is_dir():
             return []
-        return [read_json(p) for p in sorted(self.cells_dir.glob("*.json"))]
+        out = []
+        for p in sorted(self.cells_dir.glob("*.json")):
+            if p.name.startswith("."):
+                continue  # a temporary of an interrupted write
+            try:
+                out.append(read_record(p))
+            except DamagedFileError as exc:
+                if on_damaged is None:
+                    raise
+                on_damaged(exc)
+        return out
 
     def write_csv(self, records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
         frame = cells_frame(self.read_cells() if records is None else records)
@@ -127,10 +244,19 @@ class RunDir:
         return frame
 
     def read_csv(self) -> pd.DataFrame:
-        return pd.read_csv(self.csv_path, keep_default_na=False, na_values=[""])
+        """cells.csv as a frame; DamagedFileError naming the file when it cannot be parsed."""
+        try:
+            return pd.read_csv(self.csv_path, keep_default_na=False, na_values=[""])
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DamagedFileError(f"{self.csv_path}: unreadable ({reason})") from None
 
     def read_manifest(self) -> dict[str, Any]:
-        return read_json(self.manifest_path)
+        """manifest.json; DamagedFileError unless it is a JSON object."""
+        manifest = read_json(self.manifest_path)
+        if not isinstance(manifest, dict):
+            raise DamagedFileError(f"{self.manifest_path}: not a run manifest (not a JSON object)")
+        return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.manifest_path, manifest)

@@ -8,29 +8,34 @@ samples is recorded as failed and the run goes on; Ctrl-C keeps every finished c
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from diffbench import plots, report
 from diffbench.calibration import bare_network_seconds
-from diffbench.cell import metric_plan, now, run_cell, sampling_call
-from diffbench.denoiser import DiffusionModel
+from diffbench.cell import CELL_FAILURES, metric_plan, now, run_cell, sampling_call
+from diffbench.denoiser import DiffusionModel, evaluations_per_call
 from diffbench.devices import resolve_device, resolve_dtype
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.stream import MetricError
+from diffbench.plan import Plan, check_batch_bytes, check_grid_size, check_plan
 from diffbench.provenance import device_name, git_state, versions
 from diffbench.registry import Registry, default_registry
-from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir, find_run, write_json
+from diffbench.results import (STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, check_writable, find_run,
+                               read_json, write_json)
 from diffbench.sampling import make_grid, resolve_options
 from diffbench.suite import CellSpec, Suite, SuiteError, check_plugins, expand, load_suite
+from diffbench.timelimit import TimeLimitExceeded, check_seconds, time_limit
 
 DEFAULT_ROOT = Path("results")
 CACHE_ENV = "DIFFBENCH_CACHE_DIR"
@@ -59,6 +64,11 @@ class RunResult:
     def path(self) -> Path:
         return self.run.path
 
+    @property
+    def failed_cells(self) -> int:
+        """Cells of the suite whose record is not ok, this run's and kept ones alike."""
+        return int((self.cells["status"] != STATUS_OK).sum()) if len(self.cells) else 0
+
 
 # --- set-up ------------------------------------------------------------------------------------
 
@@ -72,30 +82,52 @@ def new_run_id() -> str:
 
 
 def _run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path) -> tuple[RunDir, bool]:
-    """The run directory and whether it continues an earlier run."""
+    """The run directory and whether it continues an earlier run (checks only: nothing is written)."""
     if out_dir is None:
         base = root / suite.name
+        check_writable(base, "results folder")
         if resume:
             try:
                 return find_run(base), True
             except FileNotFoundError:
                 pass  # nothing to resume: start afresh
-        run = RunDir(base / new_run_id())
-        while run.path.exists():  # two runs in one second
-            time.sleep(1)
-            run = RunDir(base / new_run_id())
-        return run, False
+        return RunDir(base / new_run_id()), False
     run = RunDir(out_dir)
+    check_writable(run.path, "--out")
     if run.exists():
         if not resume:
             raise SuiteError(f"{run.path}: holds a run already; pass --resume to continue it or choose another --out")
-        earlier = run.read_manifest().get("suite")
+        earlier = _earlier_suite(run)
         if earlier != suite.name:
             raise SuiteError(f"{run.path}: holds a run of suite {earlier!r}, not {suite.name!r}")
         return run, True
-    if run.path.exists() and any(run.path.iterdir()):
+    if not run.is_empty():
         raise SuiteError(f"{run.path}: exists and is not a diffbench run directory; choose another --out")
     return run, False
+
+
+def _earlier_suite(run: RunDir) -> str | None:
+    """The suite name of the run in ``run``: from its manifest, else its suite.json (killed before the manifest)."""
+    try:
+        return run.read_manifest().get("suite")
+    except (DamagedFileError, FileNotFoundError) as exc:
+        data = read_json(run.suite_path) if run.suite_path.exists() else None
+        if not isinstance(data, dict):
+            raise exc
+        return data.get("name")
+
+
+def _claim(run: RunDir, fresh_default: bool) -> RunDir:
+    """Create a new default run directory, under another run id if two runs start in the same second."""
+    if not fresh_default:
+        return run
+    while True:
+        try:
+            run.path.mkdir(parents=True, exist_ok=False)
+            return run
+        except FileExistsError:
+            time.sleep(1)
+            run = RunDir(run.path.parent / new_run_id())
 
 
 def load_models(suite: Suite, registry: Registry) -> dict[str, DiffusionModel]:
@@ -110,17 +142,21 @@ def load_models(suite: Suite, registry: Registry) -> dict[str, DiffusionModel]:
         where = "model" if len(suite.model) == 1 else f"model[{i}]"
         try:
             model = comp.obj(**resolve_options(comp, spec.options))
-        except (ValueError, TypeError, FileNotFoundError) as exc:
-            raise SuiteError(f"{where}: {spec.name!r} could not be loaded: {exc}") from None
+        except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a model that cannot load is a configuration error
+            text = str(exc) if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {exc}"
+            raise SuiteError(f"{where}: {spec.name!r} could not be loaded: {text}") from None
         if suite.reference is not None:
             model.dataset = suite.reference  # distribution metrics score against model.dataset
         models[spec.key] = model.to(device, resolve_dtype(suite.dtype, model.dtype))
     return models
 
 
-def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel], registry: Registry) -> None:
-    """Config problems that need the model (guidance on an unconditional model, grids it cannot take)."""
+def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel], registry: Registry,
+               allow_large: bool = False) -> Plan:
+    """Config problems that need the model (guidance on an unconditional model, grids it cannot take, a
+    batch's noise too large); returns the run's plan with its declared network evaluations."""
     keys = [s.key for s in suite.grid.scheduler]
+    nfe = 0.0
     for cell in cells:
         model = models[cell.model.key]
         if cell.guidance is not None and model.num_classes is None:
@@ -128,13 +164,31 @@ def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionM
         if cell.guidance is not None and not suite.conditional:
             raise SuiteError("grid.guidance: guidance needs conditional: true")
         try:
-            make_grid(model, cell.scheduler.name, cell.steps, cell.scheduler.options,
-                      quantize=cell.scheduler.quantize, final_zero=cell.scheduler.final_zero,
-                      registry=registry)
-        except ValueError as exc:
+            grid, _ = make_grid(model, cell.scheduler.name, cell.steps, cell.scheduler.options,
+                                quantize=cell.scheduler.quantize, final_zero=cell.scheduler.final_zero,
+                                registry=registry)
+        except CELL_FAILURES as exc:
             where = f"grid.scheduler[{keys.index(cell.scheduler.key)}]" if cell.scheduler.key in keys else "include"
+            text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             raise SuiteError(f"{where} ({cell.scheduler.key}, steps={cell.steps}){_on_model(suite, cell)}: "
-                             f"{exc}") from None
+                             f"{text}") from None
+        comp = registry.get("sampler", cell.sampler.name)
+        options = resolve_options(comp, cell.sampler.options)
+        try:
+            per_sample = comp.meta["nfe"](grid.sigmas, **options) * evaluations_per_call(cell.guidance)
+        except CELL_FAILURES:
+            per_sample = len(grid.sigmas) * evaluations_per_call(cell.guidance)  # the cell will record the bug
+        nfe += float(per_sample) * suite.num_samples * len(suite.seeds)
+        stochastic = comp.meta.get("stochastic")
+        try:
+            noisy = stochastic is None or bool(stochastic(**options))
+        except CELL_FAILURES:
+            noisy = True
+        rows = min(suite.batch_size, suite.num_samples) * (1 + evaluations_per_call(cell.guidance))
+        size = math.prod(model.shape) * torch.empty((), dtype=model.dtype).element_size()
+        check_batch_bytes(rows * size * (1 + (len(grid.sigmas) - 1 if noisy else 0)),
+                          "batch_size × grid.steps", allow_large)
+    return Plan(len(cells), len(suite.seeds), suite.num_samples, nfe)
 
 
 def _on_model(suite: Suite, cell: CellSpec) -> str:
@@ -170,47 +224,61 @@ def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Reg
 
 # --- the run -----------------------------------------------------------------------------------
 
-def _warm_up(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry,
+def _warm_up(suite: Suite, cells: list[CellSpec], model: DiffusionModel, registry: Registry,
              context: MetricContext) -> None:
     """One untimed full-batch sampling call per model, so first-call costs stay out of every cell's time.
 
-    Every metric is set up first (a metric that cannot run on this model — no reference dataset,
-    extractor weights missing, not analytic — raises ValueError there or when scoring the warm-up
-    batch), and that is a configuration error found before the grid runs rather than the same
-    failure in every cell. Scoring the warm-up batch also fills the reference-feature cache.
+    Every metric is set up first and scores the warm-up batch: a metric that cannot run on this model
+    (no reference dataset, extractor weights missing, not analytic, or any other exception) is a
+    configuration error found before anything is written, rather than the same failure in every cell.
+    Scoring the warm-up batch also fills the reference-feature cache. A sampler that fails here fails
+    its own cells later; the warm-up moves on to the next sampler.
     """
     try:
         plan = metric_plan(suite, model, registry, context)
     except MetricError as exc:
-        _metric_config_error(suite, cell, exc)
-        return  # a metric bug: every cell records it
-    try:
-        call = sampling_call(suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples))
+        _metric_config_error(suite, cells[0], exc)
+    tried = set()
+    for cell in cells:
+        if cell.sampler.key in tried:
+            continue
+        tried.add(cell.sampler.key)
         rows = plan.rows()
-        for batch in call:
-            rows.add(batch)
-    except MetricError as exc:
-        _metric_config_error(suite, cell, exc)
+        try:
+            with time_limit(suite.time_limit):
+                call = sampling_call(suite, cell, model, registry, suite.seeds[0],
+                                     min(suite.batch_size, suite.num_samples))
+                for batch in call:
+                    rows.add(batch)
+        except MetricError as exc:
+            _metric_config_error(suite, cell, exc)
+        except (*CELL_FAILURES, TimeLimitExceeded):
+            continue  # the cell itself will fail and record why
+        try:
+            with time_limit(suite.time_limit):
+                plan.score(rows, call.result)
+        except MetricError as exc:
+            _metric_config_error(suite, cell, exc)
+        except TimeLimitExceeded as exc:
+            raise SuiteError(f"metrics: scoring one warm-up batch ran past time_limit ({exc})") from None
         return
-    except Exception:
-        return  # the cell itself will fail and record why
-    try:
-        plan.score(rows, call.result)
-    except MetricError as exc:
-        _metric_config_error(suite, cell, exc)
 
 
-def _metric_config_error(suite: Suite, cell: CellSpec, exc: MetricError) -> None:
-    """A metric's ValueError during the warm-up is a SuiteError naming the suite's metrics entry."""
-    if isinstance(exc.original, ValueError):
-        i = next(i for i, m in enumerate(suite.metrics) if m.name == exc.metric)
-        raise SuiteError(f"metrics[{i}] ({exc.metric}){_on_model(suite, cell)}: {exc.original}") from None
+def _metric_config_error(suite: Suite, cell: CellSpec, exc: MetricError) -> NoReturn:
+    """A metric failing during the warm-up, whatever it raised, is a SuiteError naming the suite's metrics entry."""
+    i = next((i for i, m in enumerate(suite.metrics) if m.name == exc.metric), None)
+    where = f"metrics[{i}] ({exc.metric})" if i is not None else f"metric {exc.metric!r}"
+    orig = exc.original
+    text = str(orig) if isinstance(orig, ValueError) else f"{type(orig).__name__}: {orig}"
+    raise SuiteError(f"{where}{_on_model(suite, cell)}: {text.splitlines()[0] if text else type(orig).__name__}") \
+        from None
 
 
 def _finish(run: RunDir, manifest: dict[str, Any], status: str, t0: float, context: MetricContext,
-            cells: list[CellSpec], draw: bool = True) -> pd.DataFrame:
+            cells: list[CellSpec], draw: bool = True,
+            on_damaged: Callable[[DamagedFileError], None] | None = None) -> pd.DataFrame:
     """Rebuild cells.csv from the cell records of this suite, close the manifest, draw plots, write the report."""
-    records = _records(run, cells)
+    records = _records(run, cells, on_damaged)
     frame = run.write_csv(records)
     values = {}
     for r in records:
@@ -226,49 +294,114 @@ def _finish(run: RunDir, manifest: dict[str, Any], status: str, t0: float, conte
     run.write_manifest(manifest)
     try:
         files = plots.make_plots(frame, run.path, report.directions(manifest)) if draw else []
-        report.write_report(run, frame, files)
+        report.write_report(run, frame, files, records)
     except Exception as exc:  # results are on disk already; a plotting bug must not hide them
         print(f"diffbench: warning: plots or report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     return frame
 
 
-def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, resume: bool = False,
-              registry: Registry | None = None, progress: bool = True, cache_dir: str | Path | None = None,
-              command: str | None = None, results_root: str | Path = DEFAULT_ROOT, draw: bool = True) -> RunResult:
-    """Run every cell of ``suite`` into ``out_dir`` (default ``results/<suite>/<run-id>/``).
+@dataclass
+class Prepared:
+    """A suite past every pre-flight check: its cells, models (loaded, warmed up), plan and metric context."""
 
-    With ``resume``, cells already finished with the same configuration are kept, not rerun
-    (failed cells are retried). ``draw=False`` skips the run plots (the report is still written).
-    Raises SuiteError for a suite that cannot run (before writing anything) and RunInterrupted on
-    Ctrl-C, after saving everything finished.
+    suite: Suite
+    cells: list[CellSpec]
+    models: dict[str, DiffusionModel]
+    plan: Plan
+    context: MetricContext
+    registry: Registry
+    warm_start: float  # perf_counter() when the warm-up began (wall-clock counts from here)
+
+
+def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, out_dir: str | Path | None = None,
+              resume: bool = False, results_root: str | Path | None = None, cache_dir: str | Path | None = None,
+              time_limit: float | None = None, allow_large: bool = False) -> Prepared:
+    """Every check a run makes before it writes anything, in the order a run makes them.
+
+    The suite file (strict values, bounded YAML), the plugins and their options, the grid's size and
+    that it is not empty, the output and cache directories (when ``results_root`` is given: as a run
+    would use them), the models (device, sizes), every cell's σ grid on its model, guidance on
+    conditional models only, the plan's limits, and a warm-up that samples one batch per model and
+    tries every metric on it. Raises SuiteError (or RunDirError) with a one-line message.
     """
     registry = registry or default_registry()
     suite = load_suite(suite, registry) if isinstance(suite, (str, Path)) else check_plugins(suite, registry)
+    if time_limit is not None:
+        try:
+            suite = suite.model_copy(update={"time_limit": check_seconds(time_limit)})
+        except ValueError as exc:
+            raise SuiteError(f"--time-limit: {exc}") from None
+    check_grid_size(suite, allow_large)
     cells = expand(suite)
+    if not cells:
+        raise SuiteError("grid: no cells are left after exclude and include")
+    if results_root is not None:
+        _run_dir(suite, out_dir, resume, Path(results_root))
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if suite.metrics:
+        check_writable(cache, "cache directory")
     models = load_models(suite, registry)
-    _preflight(suite, cells, models, registry)
-    run, resumed = _run_dir(suite, out_dir, resume, Path(results_root))
-    done = {c.cell_id for c in cells if resumed and _finished(run, c)}
-    todo = [c for c in cells if c.cell_id not in done]
+    plan = _preflight(suite, cells, models, registry, allow_large)
+    check_plan(plan, allow_large)
     device = next(iter(models.values())).device
-    context = MetricContext(cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), device=device,
-                            seed=suite.seeds[0], info={})
-    t0 = time.perf_counter()
-    for key, model in models.items():  # before anything is written: a metric that cannot run leaves no run
-        first = next((c for c in todo if c.model.key == key), None)
-        if first is not None:
-            _warm_up(suite, first, model, registry, context)
+    context = MetricContext(cache_dir=cache, device=device, seed=suite.seeds[0], info={})
+    warm_start = time.perf_counter()
+    for key, model in models.items():
+        _warm_up(suite, [c for c in cells if c.model.key == key], model, registry, context)
+    return Prepared(suite, cells, models, plan, context, registry, warm_start)
 
+
+def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, resume: bool = False,
+              registry: Registry | None = None, progress: bool = True, cache_dir: str | Path | None = None,
+              command: str | None = None, results_root: str | Path = DEFAULT_ROOT, draw: bool = True,
+              time_limit: float | None = None, allow_large: bool = False,
+              announce: Callable[[str], None] | None = None) -> RunResult:
+    """Run every cell of ``suite`` into ``out_dir`` (default ``results/<suite>/<run-id>/``).
+
+    With ``resume``, cells already finished with the same configuration are kept, not rerun
+    (failed cells and cells whose record cannot be read are rerun). ``draw=False`` skips the run plots
+    (the report is still written). ``time_limit`` (seconds, overriding the suite's) fails a cell that
+    takes longer. ``announce`` receives the plan and warnings as lines. Raises SuiteError for a suite
+    that cannot run and RunDirError for an unusable or busy run directory (both before writing
+    anything), and RunInterrupted on Ctrl-C, after saving everything finished.
+    """
+    say = announce or (lambda line: None)
+    prep = preflight(suite, registry, out_dir=out_dir, resume=resume, results_root=results_root,
+                     cache_dir=cache_dir, time_limit=time_limit, allow_large=allow_large)
+    say(f"plan: {prep.plan.describe()}")
+    run, resumed = _run_dir(prep.suite, out_dir, resume, Path(results_root))
+    run = _claim(run, fresh_default=out_dir is None and not resumed)
+    with run.lock():
+        if out_dir is not None:  # another run may have written here since the check above
+            run, resumed = _run_dir(prep.suite, out_dir, resume, Path(results_root))
+        return _execute(prep, run, resumed, progress=progress, command=command, draw=draw, say=say)
+
+
+def _execute(prep: Prepared, run: RunDir, resumed: bool, *, progress: bool, command: str | None, draw: bool,
+             say: Callable[[str], None]) -> RunResult:
+    """The run proper, under the run directory's lock."""
+    suite, cells, models, registry, context = prep.suite, prep.cells, prep.models, prep.registry, prep.context
+    warned: set[str] = set()
+
+    def damaged(exc: DamagedFileError) -> None:
+        if str(exc) not in warned:
+            warned.add(str(exc))
+            say(f"warning: {exc}; rerunning its cell")
+
+    done = {c.cell_id for c in cells if resumed and _finished(run, c, damaged)}
+    todo = [c for c in cells if c.cell_id not in done]
     manifest = base_manifest(suite, models, registry, command)
+    manifest.update(plan=prep.plan.as_dict(), time_limit=suite.time_limit)
     if resumed:
-        earlier = run.read_manifest()
+        earlier = _earlier_manifest(run, say)
         manifest.update(started=earlier.get("started", manifest["started"]), resumed=earlier.get("resumed", 0) + 1,
                         wall_seconds_before=earlier.get("wall_seconds", 0.0))
-    run.path.mkdir(parents=True, exist_ok=True)
     write_json(run.suite_path, suite.model_dump(mode="json"))
+    run.write_manifest(manifest)  # from here on the run is resumable
     manifest["calibration"] = {key: calibrate(m, suite.batch_size) for key, m in models.items()}
     run.write_manifest(manifest)
 
+    t0 = prep.warm_start
     ran = failed = 0
     outer = tqdm(total=len(cells), initial=len(done), desc=suite.name, unit="cell", disable=not progress,
                  position=0, dynamic_ncols=True)
@@ -276,28 +409,45 @@ def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, r
         for cell in todo:
             with tqdm(total=suite.num_samples * len(suite.seeds), desc=cell.cell_id.rsplit("-", 1)[0],
                       unit="sample", leave=False, disable=not progress, position=1, dynamic_ncols=True) as bar:
-                record = run_cell(suite, cell, models[cell.model.key], registry, context, run, bar)
+                record = run_cell(suite, cell, models[cell.model.key], registry, context, run, bar,
+                                  time_limit=suite.time_limit)
             run.write_cell(record)
-            run.write_csv(_records(run, cells))
+            run.write_csv(_records(run, cells, damaged))
             ran += 1
             failed += record["status"] != STATUS_OK
             outer.update(1)
     except KeyboardInterrupt:
         outer.close()
-        _finish(run, manifest, "interrupted", t0, context, cells, draw)
+        _finish(run, manifest, "interrupted", t0, context, cells, draw, damaged)
         # count what is on disk: the interrupt may land between a cell's write and ``ran += 1``
-        raise RunInterrupted(run, len(_records(run, cells)), len(cells)) from None
+        raise RunInterrupted(run, len(_records(run, cells, damaged)), len(cells)) from None
     outer.close()
-    frame = _finish(run, manifest, "complete", t0, context, cells, draw)
+    frame = _finish(run, manifest, "complete", t0, context, cells, draw, damaged)
     return RunResult(run, frame, ran=ran, skipped=len(done), failed=failed)
 
 
-def _records(run: RunDir, cells: list[CellSpec]) -> list[dict[str, Any]]:
-    """This suite's cell records (a resumed run may hold records of cells since changed)."""
+def _earlier_manifest(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
+    """The manifest of the run being resumed; {} when it was never written or cannot be read."""
+    try:
+        return run.read_manifest()
+    except FileNotFoundError:
+        return {}
+    except DamagedFileError as exc:
+        say(f"warning: {exc}; writing a new one")
+        return {}
+
+
+def _records(run: RunDir, cells: list[CellSpec],
+             on_damaged: Callable[[DamagedFileError], None] | None = None) -> list[dict[str, Any]]:
+    """This suite's cell records (a resumed run may hold records of cells since changed); damaged ones skipped."""
     wanted = {c.cell_id for c in cells}
-    return [r for r in run.read_cells() if r["cell_id"] in wanted]
+    return [r for r in run.read_cells(on_damaged=on_damaged or (lambda exc: None)) if r["cell_id"] in wanted]
 
 
-def _finished(run: RunDir, cell: CellSpec) -> bool:
-    rec = run.read_cell(cell.cell_id)
+def _finished(run: RunDir, cell: CellSpec, on_damaged: Callable[[DamagedFileError], None]) -> bool:
+    try:
+        rec = run.read_cell(cell.cell_id)
+    except DamagedFileError as exc:
+        on_damaged(exc)
+        return False
     return rec is not None and rec.get("status") == STATUS_OK and rec.get("config_hash") == cell.config_hash

@@ -15,19 +15,23 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model, field_validator,
                       model_validator)
 from pydantic_core import PydanticCustomError
 
 from diffbench.devices import DTYPES
 from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution
+from diffbench.suitefile import MAX_BYTES, SuiteFileError, check_data, parse_yaml, yaml_path
 
 AXES = ("model", "sampler", "scheduler", "steps", "guidance")
 NAMED_AXES = ("model", "sampler", "scheduler")  # entries with a name and a label
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+MAX_ID_CHARS = 160  # readable part of a cell id (file names: 255 bytes)
+MAX_STEPS = 100_000  # a σ grid longer than this is a typo (and gigabytes of step noise), not a benchmark
+Steps = Annotated[int, Field(gt=0, le=MAX_STEPS)]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]  # per-sample streams hash (seed, i): non-negative, 63 bits
 
 
 class SuiteError(ValueError):
@@ -37,9 +41,11 @@ class SuiteError(ValueError):
 # --- schema ------------------------------------------------------------------------------------
 
 class Strict(BaseModel):
-    """Base model: unknown keys are an error that lists the allowed ones."""
+    """Base model: unknown keys are an error that lists the allowed ones; values are never coerced
+    (``true`` is not 1, ``"3"`` is not 3) and numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=False)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=False, strict=True,
+                              allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -113,7 +119,7 @@ class GridSpec(Strict):
 
     sampler: list[SamplerSpec] = Field(min_length=1)
     scheduler: list[SchedulerSpec] = Field(default_factory=lambda: [SchedulerSpec(name="karras")], min_length=1)
-    steps: list[PositiveInt] = Field(min_length=1)
+    steps: list[Steps] = Field(min_length=1)
     guidance: list[Union[float, None]] = Field(default_factory=lambda: [None], min_length=1)
 
     @field_validator("guidance")
@@ -140,7 +146,7 @@ class Rule(Strict):
     model: Union[str, list[str], None] = None
     sampler: Union[str, list[str], None] = None
     scheduler: Union[str, list[str], None] = None
-    steps: Union[PositiveInt, list[PositiveInt], None] = None
+    steps: Union[Steps, list[Steps], None] = None
     guidance: Union[float, list[Union[float, None]], None] = None
 
     def values(self, axis: str) -> list[Any] | None:
@@ -161,7 +167,7 @@ class Suite(Strict):
     metrics: list[MetricSpec] = Field(default_factory=list)
     num_samples: PositiveInt = Field(description="samples per seed group")
     batch_size: PositiveInt = 256
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     device: str = "auto"
     dtype: Literal[tuple(DTYPES)] | None = None  # type: ignore[valid-type]  # None: the model's own
     conditional: bool = True
@@ -169,6 +175,8 @@ class Suite(Strict):
     include: list[Rule] = Field(default_factory=list)
     exclude: list[Rule] = Field(default_factory=list)
     requires: dict[str, str] = Field(default_factory=dict, description="distribution -> version specifier")
+    time_limit: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="seconds a cell may take (sampling and scoring); null: no limit")
 
     @field_validator("device")
     @classmethod
@@ -201,13 +209,6 @@ class Suite(Strict):
 
 # --- error formatting --------------------------------------------------------------------------
 
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     # pydantic adds union-member and validator tags to loc ('str', 'list[...]', 'function-after[...]')
     tags = re.compile(r"[\[\]()]|^(str|int|float|bool|list|dict|none)$")
@@ -223,7 +224,9 @@ def first_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
         msg = f"unknown key; allowed: {err['ctx']['allowed']}"
     else:
         msg = err["msg"].removeprefix("Value error, ")
-    return f"{_path(loc)}: {msg}"
+        if isinstance(err.get("input"), bool) and err["type"] in ("int_type", "float_type"):
+            msg += f", not the boolean {str(err['input']).lower()}"
+    return f"{yaml_path(loc)}: {msg}"
 
 
 # --- plugin options ----------------------------------------------------------------------------
@@ -340,6 +343,10 @@ def parse_suite(data: Any, registry: Registry | None = None, *, source: str = "s
     if not isinstance(data, dict):
         raise SuiteError(f"{source}: a suite must be a mapping of keys, got {type(data).__name__}")
     try:
+        check_data(data)
+    except SuiteFileError as exc:
+        raise SuiteError(str(exc)) from None
+    try:
         suite = Suite.model_validate(data)
     except ValidationError as exc:
         raise SuiteError(first_error(exc)) from None
@@ -350,16 +357,14 @@ def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
     """Read and validate a YAML suite file; every problem is a one-line SuiteError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # never read more than a suite file may hold
     except OSError as exc:
         raise SuiteError(f"{path}: cannot read suite ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SuiteError(f"{path}:{where}: invalid YAML: {problem}") from None
+        data = parse_yaml(raw)
+    except SuiteFileError as exc:
+        raise SuiteError(f"{path}: {exc}") from None
     try:
         return parse_suite(data, registry, source=str(path))
     except SuiteError as exc:
@@ -384,7 +389,10 @@ class CellSpec:
     def cell_id(self) -> str:
         g = "none" if self.guidance is None else f"{self.guidance:g}"
         name = f"{self.model.key}__{self.sampler.key}__{self.scheduler.key}__n{self.steps}__g{g}"
-        return f"{re.sub(r'[^A-Za-z0-9_.+-]+', '_', name)}-{self.config_hash[:8]}"
+        # readable part cut to fit a file name (with '.json', '.png' and a temporary's affixes) under 255
+        # bytes, never starting with '.'; the hash keeps cut ids distinct
+        readable = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)[:MAX_ID_CHARS].lstrip(".") or "cell"
+        return f"{readable}-{self.config_hash[:8]}"
 
     @property
     def config_hash(self) -> str:

@@ -63,14 +63,21 @@ class Interrupter:
 
 
 class Picky:
-    """Cannot run on the model (as FID on a model without a reference dataset), or has a bug."""
+    """Cannot run on the model (as FID on a model without a reference dataset), or has a bug (from its
+    call number ``after`` + 1 on: ``after=1`` lets the runner's warm-up pass and fails every cell)."""
 
     name = "picky"
-    options = {"bug": False}
+    options = {"bug": False, "after": 0}
 
-    def compute(self, samples, *, bug: bool = False, **_: Any) -> dict[str, MetricValue]:
-        if bug:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def compute(self, samples, *, bug: bool = False, after: int = 0, **_: Any) -> dict[str, MetricValue]:
+        self.calls += 1
+        if bug and self.calls > after:
             raise ZeroDivisionError("metric bug")
+        if bug:
+            return {"picky": MetricValue(0.0, None, "none")}
         raise ValueError("needs an image model")
 
 

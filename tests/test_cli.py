@@ -44,14 +44,16 @@ def assert_one_line_error(result, code, text):
 
 def test_validate(tmp_path):
     result = invoke("validate", suite_file(tmp_path))
-    assert result.exit_code == 0 and result.stdout.endswith("ok (6 cells)\n")
+    # euler 2 + 4, heun 3 + 7 (2N - 1), dpm-solver++-2m 2 + 4 = 22 evaluations per sample, × 64 samples
+    plan = "6 cells × 1 seed × 64 samples = 384 samples, 1,408 network evaluations (declared)"
+    assert result.exit_code == 0 and result.stdout.endswith(f"ok ({plan})\n")
     bad = suite_file(tmp_path, grid=grid(sampler=[{"name": "ddim", "options": {"etta": 0}}]))
     assert_one_line_error(invoke("validate", bad), 2, "grid.sampler[0].options.etta: sampler 'ddim' has no such option")
     assert_one_line_error(invoke("validate", tmp_path / "none.yaml"), 2, "cannot read suite")
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(small()))
     both = invoke("validate", bad, good)  # every file is checked; any bad one makes it exit 2
-    assert both.exit_code == 2 and "etta" in both.stderr and both.stdout == f"{good}: ok (6 cells)\n"
+    assert both.exit_code == 2 and "etta" in both.stderr and both.stdout == f"{good}: ok ({plan})\n"
 
 
 def test_usage_errors_exit_2():

@@ -220,7 +220,7 @@ def test_bad_input_exits_2_with_one_line(base, tmp_path):
     one_line_error(invoke(empty, base), "no cell records")
     shutil.copytree(base, tmp_path / "corrupt")
     next((tmp_path / "corrupt" / "cells").glob("*.json")).write_text("{not json")
-    one_line_error(invoke(base, tmp_path / "corrupt"), "unreadable run")
+    one_line_error(invoke(base, tmp_path / "corrupt"), "corrupt/cells/m__euler__karras__n")
     one_line_error(invoke(base, base, "--metric-tol", "fid=lots"), "tolerance 'lots'")
 
 

@@ -2,11 +2,14 @@
 shared run directories, and the honesty of what sample() leaves behind."""
 from __future__ import annotations
 
+import json
 import re
 import sys
+import time
 
 import pytest
 import torch
+import yaml
 
 from diffbench.hookspecs import hookimpl
 from diffbench.registry import Registry, build_registry
@@ -14,7 +17,7 @@ from diffbench.results import RunDir
 from diffbench.runner import run_suite
 from diffbench.samplers import per_step
 from diffbench.sampling import SamplerOutputError, sample
-from diffbench.suite import parse_suite
+from diffbench.suite import SuiteError, load_suite, parse_suite
 import runhelpers
 from runhelpers import grid, small
 
@@ -126,3 +129,161 @@ def test_sample_in_another_dtype_leaves_the_callers_model_as_it_was():
     again = sample(model, "euler", steps=3, num_samples=2)
     fresh = sample(build_registry(autoload=False).get("model", "digits-eps").obj(), "euler", steps=3, num_samples=2)
     assert again.samples.dtype == torch.float32 and torch.equal(again.samples, fresh.samples)
+
+
+# --- a sampler past the per-cell time limit ------------------------------------------------------
+
+def sleepy(denoiser, x, sigmas, *, noise=None, seconds: float = 30.0):
+    """Never returns in time (a hung plugin), after one network call."""
+    denoiser(x, float(sigmas[0]))
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+    return x
+
+
+class Sleepy:
+    @hookimpl
+    def diffbench_register(self, registry: Registry) -> None:
+        registry.add("sampler", "sleepy", sleepy, order=None, nfe=lambda s, **_: 1, stochastic=lambda **_: False)
+
+
+def test_a_cell_past_its_time_limit_fails_and_the_run_goes_on(tmp_path):
+    registry = build_registry(extra_plugins=[runhelpers.TestPlugin(), Sleepy()], autoload=False)
+    data = small(time_limit=0.5, grid=grid(sampler=["sleepy", "euler"], steps=[2]))
+    t0 = time.monotonic()
+    res = run(data, tmp_path / "r", registry=registry)
+    assert time.monotonic() - t0 < 20  # two 0.5 s limits (warm-up and the cell), not 30 s sleeps
+    cells = res.cells.set_index("sampler")
+    assert cells.loc["sleepy", "status"] == "failed" and cells.loc["sleepy", "error"] == "time limit of 0.5 s exceeded"
+    assert cells.loc["euler", "status"] == "ok"
+    # the CLI flag overrides the suite's limit
+    res = run(small(grid=grid(sampler=["sleepy"], steps=[2]), metrics=[]), tmp_path / "r2", registry=registry,
+              time_limit=0.3)
+    assert res.cells.iloc[0]["error"] == "time limit of 0.3 s exceeded"
+
+
+# --- configuration problems found at warm-up, empty grids, plans -----------------------------------
+
+def test_a_metric_failing_at_warm_up_with_any_exception_is_a_config_error_before_anything_is_written(tmp_path):
+    with pytest.raises(SuiteError, match=r"^metrics\[0\] \(picky\): ZeroDivisionError: metric bug$"):
+        run(small(metrics=[{"name": "picky", "options": {"bug": True}}]), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_empty_grid_is_an_error(tmp_path):
+    data = small(grid=grid(sampler=["euler"], steps=[2]), exclude=[{"sampler": "euler"}])
+    with pytest.raises(SuiteError, match="^grid: no cells are left after exclude and include$"):
+        run(data, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_huge_plan_needs_allow_large_and_is_stated(tmp_path):
+    from diffbench.plan import MAX_CELLS, MAX_SAMPLES
+
+    big = small(num_samples=MAX_SAMPLES // 6 + 1)  # 6 cells
+    with pytest.raises(SuiteError, match=r"num_samples × seeds × cells: 10,000,002 samples exceeds the limit of "
+                                         r"10,000,000; pass --allow-large"):
+        run(big, tmp_path / "r")
+    many = small(grid=grid(steps=list(range(1, 3400))))  # 3 samplers × 3399 steps > MAX_CELLS
+    with pytest.raises(SuiteError, match=rf"^grid: 10,197 cells \(before exclude\) exceeds the limit of {MAX_CELLS:,}"):
+        run(many, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    said = []
+    res = run(small(grid=grid(sampler=["euler"], steps=[2, 3])), tmp_path / "ok", announce=said.append)
+    # euler: N evaluations for N steps; 2 + 3 = 5 per sample, × 64 samples
+    assert said == ["plan: 2 cells × 1 seed × 64 samples = 128 samples, 320 network evaluations (declared)"]
+    assert json.loads((res.path / "manifest.json").read_text())["plan"]["network_evaluations"] == 320
+
+
+# --- hostile suite files ---------------------------------------------------------------------------
+
+def write(tmp_path, text: str | bytes):
+    path = tmp_path / "suite.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def suite_text(**overrides) -> str:
+    return yaml.safe_dump(small(**overrides), sort_keys=False)
+
+
+def load_error(tmp_path, text) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(SuiteError) as info:
+        load_suite(path, hostile_registry())
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: ")
+    return msg.removeprefix(f"{path}: ")
+
+
+@pytest.mark.parametrize("text, expected", [
+    # non-finite numbers anywhere, typed or not
+    ("grid:\n  guidance: [1.0, .nan]\n", "grid.guidance[1]: nan is not a finite number"),
+    ("grid:\n  sampler: [{name: ddim, options: {eta: .inf}}]\n", "grid.sampler[0].options.eta: inf is not a finite number"),
+    ("metrics: [{name: mean-norm, options: {scale: -.inf}}]\n", "metrics[0].options.scale: -inf is not a finite number"),
+    # booleans where integers (or floats) are expected
+    ("num_samples: true\n", "num_samples: Input should be a valid integer, not the boolean true"),
+    ("grid:\n  steps: [4, false]\n", "grid.steps[1]: Input should be a valid integer, not the boolean false"),
+    ("seeds: [true]\n", "seeds[0]: Input should be a valid integer, not the boolean true"),
+    ("grid:\n  sampler: [{name: ddim, options: {eta: true}}]\n",
+     "grid.sampler[0].options.eta: Input should be a valid number, not the boolean true"),
+    # negative seeds
+    ("seeds: [0, -1]\n", "seeds[1]: Input should be greater than or equal to 0"),
+    # absurd sizes that would allocate before the first sample
+    ("grid:\n  steps: [1000000000]\n", "grid.steps[0]: Input should be less than or equal to 100000"),
+])
+def test_strict_values_are_one_line_errors_naming_the_yaml_path(tmp_path, text, expected):
+    data = yaml.safe_load(suite_text())
+    data.update(yaml.safe_load(text) if "grid:" not in text else {})
+    if "grid:" in text:
+        data["grid"].update(yaml.safe_load(text)["grid"])
+    assert load_error(tmp_path, yaml.safe_dump(data, sort_keys=False)) == expected
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    text = suite_text() + "num_samples: 8\n"
+    line = text.count("\n")
+    first = text.splitlines().index("num_samples: 64") + 1
+    assert load_error(tmp_path, text) == f"line {line}: duplicate key 'num_samples' (first on line {first})"
+
+
+def test_binary_and_non_utf8_files_are_refused(tmp_path):
+    assert load_error(tmp_path, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR") == \
+        "a binary file, not a YAML suite (it contains NUL bytes)"
+    assert load_error(tmp_path, b"name: small\ndescription: caf\xe9\n") == "line 2: not UTF-8 text (byte 0xe9)"
+
+
+def test_nesting_and_alias_bombs_are_bounded(tmp_path):
+    from diffbench.suitefile import MAX_DEPTH, MAX_VALUES
+
+    deep = "description: " + "[" * 10_000 + "]" * 10_000 + "\n"
+    assert load_error(tmp_path, suite_text() + deep).endswith(f"nested deeper than {MAX_DEPTH} levels")
+    laughs = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]  # 9^9 ≈ 387 million strings
+    bomb = "x-bomb:\n" + "".join(f"  {line}\n" for line in laughs)
+    t0 = time.monotonic()
+    assert load_error(tmp_path, suite_text() + bomb) == \
+        f"more than {MAX_VALUES} values once YAML aliases are expanded (an alias bomb or a self-referencing structure?)"
+    assert time.monotonic() - t0 < 10
+    assert load_error(tmp_path, suite_text() + "x-loop: &l [*l]\n").startswith(f"more than {MAX_VALUES} values")
+
+
+def test_a_file_larger_than_a_suite_may_be_is_refused_without_reading_it_all(tmp_path):
+    from diffbench.suitefile import MAX_BYTES
+
+    assert load_error(tmp_path, suite_text() + "#" * MAX_BYTES + "\n") == \
+        f"larger than a suite file may be ({MAX_BYTES} bytes)"
+
+
+def test_a_device_torch_cannot_use_is_a_one_line_config_error(tmp_path):
+    for device, why in [("cuda:3", "CUDA is not available" if not torch.cuda.is_available() else "does not exist")]:
+        with pytest.raises(SuiteError, match=f"^device: device '{device}' .*{why}"):
+            run(small(device=device), tmp_path / "r")
+    assert load_error(tmp_path, suite_text(device="tpu")) == "device: device must be auto, cpu, cuda or cuda:N, got 'tpu'"
+
+
+def test_a_model_of_absurd_size_is_refused_before_it_allocates(tmp_path):
+    with pytest.raises(SuiteError, match=r"^model: 'gmm' could not be loaded: dim=100000 with components=3 needs "
+                                         r"224 GiB of covariances \(limit 0.5 GiB\)$"):
+        run(small(model={"name": "gmm", "options": {"dim": 100_000}}), tmp_path / "r")

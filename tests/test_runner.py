@@ -204,7 +204,8 @@ def test_a_metric_that_cannot_run_here_is_a_config_error_before_any_output(tmp_p
 
 
 def test_a_metric_bug_fails_each_cell_with_its_name(tmp_path):
-    res = run(small(metrics=[{"name": "picky", "options": {"bug": True}}], grid=grid(steps=[2])), tmp_path / "r")
+    picky = {"name": "picky", "options": {"bug": True, "after": 1}}  # the warm-up's call passes
+    res = run(small(metrics=[picky], grid=grid(steps=[2])), tmp_path / "r")
     assert (res.cells["status"] == "failed").all()
     assert set(res.cells["error"]) == {"metric 'picky': ZeroDivisionError: metric bug"}
     assert res.cells["nfe"].notna().all()  # sampling finished; its numbers are kept

@@ -127,10 +127,24 @@ class ExactNetwork(torch.nn.Module):
         return self.target.from_x0(x0, x_t, coef)
 
 
+MAX_COVARIANCE_ENTRIES = 1 << 26  # components × dim²: 512 MiB of float64 covariances
+
+
+def check_size(dim: int, components: int) -> None:
+    """A mixture small enough to build: ValueError before anything is allocated."""
+    if dim < 1 or components < 1:
+        raise ValueError(f"dim and components must be positive, got dim={dim}, components={components}")
+    if components * dim * dim > MAX_COVARIANCE_ENTRIES:
+        raise ValueError(f"dim={dim} with components={components} needs {components * dim * dim * 8 / 2**30:.3g} "
+                         f"GiB of covariances (limit {MAX_COVARIANCE_ENTRIES * 8 / 2**30:g} GiB)")
+
+
 def gmm(*, dim: int = 2, components: int = 3, seed: int = 0, schedule: str = "edm", target: str = "x0",
         means: list | None = None, covs: list | None = None, weights: list | None = None,
         sigma_min: float | None = None, sigma_max: float | None = None) -> DiffusionModel:
     """Analytic Gaussian-mixture model: exact denoiser under any noise schedule and target."""
+    if means is None:
+        check_size(dim, components)
     if means is not None:
         k = len(means)
         mix = GaussianMixture(weights if weights is not None else [1.0 / k] * k, means,
