@@ -252,7 +252,10 @@ class RunDir:
             raise DamagedFileError(f"{self.csv_path}: unreadable ({reason})") from None
 
     def read_manifest(self) -> dict[str, Any]:
-        """manifest.json; DamagedFileError unless it is a JSON object."""
+        """manifest.json; DamagedFileError when it is missing or not a JSON object."""
+        if not self.manifest_path.exists() and self.suite_path.exists():
+            raise DamagedFileError(f"{self.manifest_path}: missing (the run stopped before writing it; "
+                                   "'diffbench run --resume' finishes it)")
         manifest = read_json(self.manifest_path)
         if not isinstance(manifest, dict):
             raise DamagedFileError(f"{self.manifest_path}: not a run manifest (not a JSON object)")
@@ -265,10 +268,10 @@ class RunDir:
 def find_run(path: str | Path) -> RunDir:
     """A run directory, or the newest run inside a suite's results folder; FileNotFoundError if none."""
     path = Path(path)
-    if (path / "manifest.json").exists():
+    if RunDir(path).exists():
         return RunDir(path)
     if path.is_dir():
-        runs = sorted(p for p in path.iterdir() if (p / "manifest.json").exists())
+        runs = sorted(p for p in path.iterdir() if RunDir(p).exists())
         if runs:
             return RunDir(runs[-1])
     raise FileNotFoundError(f"{path}: not a diffbench run directory (no manifest.json)")

@@ -428,10 +428,10 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, *, progress: bool, comm
 
 def _earlier_manifest(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
     """The manifest of the run being resumed; {} when it was never written or cannot be read."""
+    if not run.manifest_path.exists():
+        return {}  # killed before writing it
     try:
         return run.read_manifest()
-    except FileNotFoundError:
-        return {}
     except DamagedFileError as exc:
         say(f"warning: {exc}; writing a new one")
         return {}

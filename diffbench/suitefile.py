@@ -64,11 +64,13 @@ class _Loader(yaml.SafeLoader):
 
 
 def check_data(data: Any, max_values: int = MAX_VALUES) -> None:
-    """Bound the expanded size of ``data`` and refuse non-finite numbers, naming their path."""
+    """Bound the expanded size and depth of ``data`` and refuse non-finite numbers, naming their path."""
     count, stack = 0, [((), data)]
     while stack:
         loc, value = stack.pop()
         count += 1
+        if len(loc) > MAX_DEPTH:  # also ends a self-referencing structure (`&a [*a]`)
+            raise SuiteFileError(f"{yaml_path(loc[:MAX_DEPTH])}: nested deeper than {MAX_DEPTH} levels")
         if count > max_values:
             raise SuiteFileError(f"more than {max_values} values once YAML aliases are expanded "
                                  "(an alias bomb or a self-referencing structure?)")

@@ -3,17 +3,23 @@ shared run directories, and the honesty of what sample() leaves behind."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 
 from diffbench.hookspecs import hookimpl
 from diffbench.registry import Registry, build_registry
-from diffbench.results import RunDir
+from diffbench.cli import cli
+from diffbench.results import RunBusyError, RunDir, RunDirError
 from diffbench.runner import run_suite
 from diffbench.samplers import per_step
 from diffbench.sampling import SamplerOutputError, sample
@@ -69,10 +75,10 @@ def hostile_registry() -> Registry:
     return build_registry(extra_plugins=[runhelpers.TestPlugin(), Misbehaving()], autoload=False)
 
 
-def run(data, out, registry=None, **kw):
+def run(data, out, registry=None, draw=False, **kw):
     registry = registry or hostile_registry()
     return run_suite(parse_suite(data, registry), out, registry=registry, progress=False, cache_dir=out / "cache",
-                     draw=False, **kw)
+                     draw=draw, **kw)
 
 
 def test_each_misbehaving_sampler_fails_its_own_cell_with_a_reason(tmp_path):
@@ -266,7 +272,8 @@ def test_nesting_and_alias_bombs_are_bounded(tmp_path):
     assert load_error(tmp_path, suite_text() + bomb) == \
         f"more than {MAX_VALUES} values once YAML aliases are expanded (an alias bomb or a self-referencing structure?)"
     assert time.monotonic() - t0 < 10
-    assert load_error(tmp_path, suite_text() + "x-loop: &l [*l]\n").startswith(f"more than {MAX_VALUES} values")
+    assert load_error(tmp_path, suite_text() + "x-loop: &l [*l]\n") == \
+        f"x-loop{'[0]' * (MAX_DEPTH - 1)}: nested deeper than {MAX_DEPTH} levels"
 
 
 def test_a_file_larger_than_a_suite_may_be_is_refused_without_reading_it_all(tmp_path):
@@ -287,3 +294,232 @@ def test_a_model_of_absurd_size_is_refused_before_it_allocates(tmp_path):
     with pytest.raises(SuiteError, match=r"^model: 'gmm' could not be loaded: dim=100000 with components=3 needs "
                                          r"224 GiB of covariances \(limit 0.5 GiB\)$"):
         run(small(model={"name": "gmm", "options": {"dim": 100_000}}), tmp_path / "r")
+
+
+# --- damaged or shared run directories --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished small run (6 cells) to damage in copies."""
+    return run(small(), tmp_path_factory.mktemp("fin") / "r")
+
+
+def copy_run(res, dest):
+    shutil.copytree(res.path, dest)
+    return dest
+
+
+def test_resume_reruns_unreadable_and_truncated_records_saying_which(finished_run, tmp_path):
+    out = copy_run(finished_run, tmp_path / "r")
+    cells = sorted((out / "cells").glob("*.json"))
+    truncated, garbage = cells[0], cells[3]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    garbage.write_bytes(b"\xff\xfe not json at all")
+    said = []
+    res = run(small(), out, resume=True, announce=said.append)
+    assert res.ran == 2 and res.skipped == 4 and (res.cells["status"] == "ok").all()
+    warnings = [s for s in said if s.startswith("warning")]
+    assert len(warnings) == 2 and all(w.endswith("; rerunning its cell") for w in warnings)
+    assert any(str(truncated) in w and "truncated or not JSON" in w for w in warnings)
+    assert any(str(garbage) in w and "not UTF-8" in w for w in warnings)
+    # the rerun cells are whole again and equal the originals' numbers (same seeds, same noise)
+    before = finished_run.cells.set_index("cell_id")["mean-norm"]
+    after = res.cells.set_index("cell_id")["mean-norm"]
+    assert after.to_dict() == pytest.approx(before.to_dict(), rel=1e-12)
+
+
+@pytest.mark.parametrize("damage", ["record", "manifest", "csv"])
+def test_show_report_and_compare_name_the_bad_file_in_one_line(finished_run, tmp_path, damage):
+    out = copy_run(finished_run, tmp_path / "r")
+    bad = {"record": sorted((out / "cells").glob("*.json"))[1], "manifest": out / "manifest.json",
+           "csv": out / "cells.csv"}[damage]
+    bad.write_bytes(b'{"cell_id": "x", "trunc' if damage != "csv" else b'a,b\n"unterminated\n')
+    commands = [["report", str(out)]]
+    if damage != "csv":
+        commands.append(["compare", str(finished_run.path), str(out)])  # compare reads records and manifest
+    if damage != "record":
+        commands.append(["show", str(out)])  # show reads cells.csv and the manifest
+    for args in commands:
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, args
+        assert str(bad) in result.stderr and "unreadable" in result.stderr, (args, result.stderr)
+
+
+def test_a_run_killed_before_its_manifest_is_resumable(finished_run, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    shutil.copy(finished_run.path / "suite.json", out / "suite.json")
+    (out / ".lock").write_text("12345\n")  # left by the killed process (its lock died with it)
+    with pytest.raises(SuiteError, match="holds a run already; pass --resume"):
+        run(small(), out)
+    res = run(small(), out, resume=True)
+    assert res.ran == 6 and (res.cells["status"] == "ok").all()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    # a directory holding only the lock (killed before writing anything) is a fresh start
+    empty = tmp_path / "e"
+    empty.mkdir()
+    (empty / ".lock").write_text("")
+    assert run(small(grid=grid(steps=[2])), empty).ran == 3
+
+
+class LoadSpy:
+    """Counts model loads: an unwritable output must be found before any."""
+
+    loads = 0
+
+    @hookimpl
+    def diffbench_register(self, registry: Registry) -> None:
+        gmm = build_registry(autoload=False).get("model", "gmm").obj
+
+        def spied(**kw):
+            LoadSpy.loads += 1
+            return gmm(**kw)
+
+        spied.__signature__ = __import__("inspect").signature(gmm)
+        registry.add("model", "spied-gmm", spied)
+
+
+def test_an_unwritable_out_or_cache_dir_is_found_before_any_model_loads(tmp_path):
+    registry = build_registry(extra_plugins=[runhelpers.TestPlugin(), LoadSpy()], autoload=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    data = small(model={"name": "spied-gmm"})
+    with pytest.raises(RunDirError, match=f"^--out {blocker}/run: {blocker} is not a directory$"):
+        run_suite(parse_suite(data, registry), blocker / "run", registry=registry, progress=False,
+                  cache_dir=tmp_path / "cache")
+    with pytest.raises(RunDirError, match=f"^cache directory {blocker}/c: {blocker} is not a directory$"):
+        run_suite(parse_suite(data, registry), tmp_path / "r", registry=registry, progress=False,
+                  cache_dir=blocker / "c")
+    if os.geteuid() != 0:  # root may write anywhere: a read-only directory stops only other users
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(RunDirError, match="is not writable"):
+            run_suite(parse_suite(data, registry), ro / "r", registry=registry, progress=False,
+                      cache_dir=tmp_path / "cache")
+    assert LoadSpy.loads == 0 and not (tmp_path / "r").exists()
+
+
+def test_a_second_run_into_a_busy_directory_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "r"
+    with RunDir(out).lock():
+        with pytest.raises(RunBusyError, match=rf"^{out}: in use by another diffbench run \(pid {os.getpid()}, "
+                                               r"\.lock\); wait for it or choose another --out$"):
+            run(small(), out)
+        # a shard locks its own name in the same directory
+        with RunDir(out).lock(".lock-shard-1"):
+            with pytest.raises(RunBusyError, match="lock-shard-1"):
+                with RunDir(out).lock(".lock-shard-1"):
+                    pass
+    assert not (out / "manifest.json").exists()
+    assert run(small(grid=grid(steps=[2])), out).ran == 3  # released: the directory is usable again
+
+
+def test_the_lock_is_released_when_its_process_is_killed(tmp_path):
+    out = tmp_path / "r"
+    code = (f"import time; from diffbench.results import RunDir\n"
+            f"with RunDir({str(out)!r}).lock():\n    print('locked', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunBusyError, match=f"pid {proc.pid}"):
+            with RunDir(out).lock():
+                pass
+        proc.kill()
+        proc.wait(10)
+        with RunDir(out).lock():  # kill -9 released it
+            pass
+    finally:
+        proc.kill()
+
+
+def test_labels_too_long_for_a_file_name_still_give_valid_cell_files(tmp_path):
+    long = "x" * 300
+    samplers = [{"name": "euler", "label": long + "a"}, {"name": "euler", "label": long + "b"}]
+    res = run(small(grid=grid(sampler=samplers, steps=[2])), tmp_path / "r", draw=True)
+    assert (res.cells["status"] == "ok").all() and res.cells["cell_id"].nunique() == 2
+    files = sorted(p.name for p in (res.path / "cells").iterdir())
+    assert len(files) == 4 and all(len(f.encode()) <= 200 for f in files)  # record and picture per cell
+
+
+def test_plots_and_pictures_are_written_atomically_with_normal_permissions(finished_run, tmp_path, monkeypatch):
+    from diffbench import plots
+
+    out = copy_run(finished_run, tmp_path / "r")
+    picture = next((out / "cells").glob("*.png"))
+    before = picture.read_bytes()
+
+    def fail_midway(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("PIL.Image.Image.save", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        plots.save_samples(torch.zeros(4, 1, 8, 8), picture)
+    assert picture.read_bytes() == before and not list((out / "cells").glob(".*"))  # old file, no temporary
+    monkeypatch.undo()
+    umask = os.umask(0o022)
+    try:
+        res = run(small(grid=grid(sampler=["euler"], steps=[2])), tmp_path / "p", draw=True)
+    finally:
+        os.umask(umask)
+    written = [p for p in res.path.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert {p.suffix for p in written} >= {".json", ".png", ".csv", ".md"}
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o644"}
+
+
+# --- exit codes tell the truth ----------------------------------------------------------------------
+
+@pytest.fixture
+def hostile_cli(monkeypatch):
+    """The CLI with the hostile test plugins installed."""
+    registry = hostile_registry()
+    monkeypatch.setattr("diffbench.registry.default_registry", lambda: registry)
+    monkeypatch.setattr("diffbench.runner.default_registry", lambda: registry)
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return invoke
+
+
+def test_a_run_with_failed_cells_exits_1_with_a_one_line_summary(hostile_cli, tmp_path):
+    path = write(tmp_path, suite_text(grid=grid(sampler=["euler", "nan", "exits"], steps=[2])))
+    result = hostile_cli("run", path, "--out", tmp_path / "r", "--no-progress")
+    assert result.exit_code == 1
+    assert result.stderr == f"diffbench: 2 of 3 cells failed (see 'Failed cells' in {tmp_path / 'r'}/report.md)\n"
+    assert result.stdout.startswith("diffbench: plan: 3 cells × 1 seed × 64 samples = 192 samples, "
+                                    "256 network evaluations (declared)\n")  # euler 2, nan 1, exits 1 per sample
+    ok = hostile_cli("run", write(tmp_path, suite_text(grid=grid(sampler=["euler"], steps=[2]))),
+                     "--out", tmp_path / "ok", "--no-progress")
+    assert ok.exit_code == 0 and ok.stderr == ""
+
+
+@pytest.mark.parametrize("z", ["nan", "inf", "-1"])
+def test_compare_refuses_a_z_that_would_switch_the_gate_off(finished_run, hostile_cli, z):
+    result = hostile_cli("compare", finished_run.path, finished_run.path, "--z", z)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "must be a finite non-negative number" in result.stderr
+    for tol in (["--metric-tol", "nan"], ["--metric-tol", "mean-norm=inf"], ["--time-tol", "nan%"]):
+        bad = hostile_cli("compare", finished_run.path, finished_run.path, *tol)
+        assert bad.exit_code == 2 and "must be a finite non-negative number" in bad.stderr, tol
+
+
+def test_validate_runs_the_checks_run_makes_before_sampling(hostile_cli, tmp_path):
+    cases = {
+        "guidance on an unconditional model":
+            (dict(grid=grid(guidance=[2.0])), "grid.guidance: model 'gmm' is unconditional; use guidance: [null]"),
+        "a metric that cannot run on the model":
+            (dict(metrics=["mean-norm", "picky"]), "metrics[1] (picky): needs an image model"),
+        "a scheduler the model cannot take":
+            (dict(grid=grid(scheduler=[{"name": "karras", "quantize": True}])), "grid.scheduler[0] (karras-q, steps=2)"),
+        "a device torch cannot use": (dict(device="cuda:5"), "device: device 'cuda:5'"),
+        "an empty grid": (dict(exclude=[{"steps": [2, 4]}]), "grid: no cells are left after exclude and include"),
+        "a plan beyond the limits": (dict(num_samples=2_000_000), "samples exceeds the limit of 10,000,000"),
+    }
+    for what, (overrides, expected) in cases.items():
+        path = write(tmp_path, suite_text(**overrides))
+        result = hostile_cli("validate", path)
+        assert result.exit_code == 2, what
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"diffbench: error: {path}: "), what
+        assert expected in result.stderr, (what, result.stderr)
+    assert hostile_cli("validate", write(tmp_path, suite_text(num_samples=2_000_000)), "--allow-large").exit_code == 0
