@@ -211,3 +211,10 @@ def _sample_picture(samples: torch.Tensor | None, model: DiffusionModel, path: P
     return written.name if written is not None else None
 
 
+
+
+def failed_record(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, error: str) -> dict[str, Any]:
+    """The record of a cell that failed outside ``run_cell`` (e.g. its worker process was lost)."""
+    rec = _record_base(suite, cell, model, registry)
+    rec.update(error=error, finished=now())
+    return rec

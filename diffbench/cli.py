@@ -24,11 +24,12 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from diffbench.executors import ExecutorError
     from diffbench.registry import UnknownComponentError
     from diffbench.results import RunDirError
     from diffbench.suite import SuiteError
 
-    return (UserError, SuiteError, RunDirError, UnknownComponentError, FileNotFoundError)
+    return (UserError, SuiteError, RunDirError, UnknownComponentError, FileNotFoundError, ExecutorError)
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,18 +86,30 @@ def _say(line: str) -> None:
               help="Run a plan beyond the size limits (10,000 cells, 10 million samples, 10^10 network "
                    "evaluations, 8 GiB of noise per batch).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where cells run: this process, or one Ray task per cell (pip install \"diffbench[ray]\").")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray cluster to join (e.g. auto, or ray://head:10001); default: start a local Ray instance.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Run only shard I of N (1-based) into the shared --out directory; merge with 'diffbench report'.")
 @handled
 def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, time_limit: float | None,
-        allow_large: bool, progress: bool) -> None:
+        allow_large: bool, progress: bool, executor: str, address: str | None, shard: str | None) -> None:
     """Run every cell of SUITE and write cells.csv, plots and report.md (exit 1 if any cell failed)."""
     from diffbench import report
+    from diffbench.executors import make_executor
     from diffbench.runner import run_suite
 
     result = run_suite(suite, out, resume=resume, cache_dir=cache_dir, progress=progress, time_limit=time_limit,
-                       allow_large=allow_large, announce=_say)
-    click.echo(report.text_table(result.cells, report.directions(result.run.read_manifest())))
+                       allow_large=allow_large, announce=_say, executor=make_executor(executor, address=address),
+                       shard=shard)
     skipped = f", {result.skipped} kept from before" if result.skipped else ""
-    click.echo(f"\n{result.ran} cells run ({result.failed} failed){skipped} → {result.path}/report.md")
+    if shard is not None:
+        click.echo(f"shard {shard}: {result.ran} cells run ({result.failed} failed){skipped} → {result.path}; "
+                   f"when every shard is done: diffbench report {result.path}")
+    else:
+        click.echo(report.text_table(result.cells, report.directions(result.run.read_manifest())))
+        click.echo(f"\n{result.ran} cells run ({result.failed} failed){skipped} → {result.path}/report.md")
     if result.failed_cells:
         click.echo(f"diffbench: {result.failed_cells} of {len(result.cells)} cells failed (see 'Failed cells' in "
              f"{result.path}/report.md)", err=True)
@@ -162,10 +175,23 @@ def show(run_dir: Path) -> None:
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
 @handled
 def report_cmd(run_dir: Path) -> None:
-    """Redraw a run's plots and rewrite its report.md."""
+    """Redraw a run's plots and rewrite its report.md; a run made by shards is merged first.
+
+    Merging writes the whole suite's manifest.json, cells.csv, plots and report.md and lists the
+    cells no shard has finished (exit 1 while any is missing).
+    """
     from diffbench import plots, report
+    from diffbench.executors.shard import is_sharded, merge
     from diffbench.results import find_run
 
+    if is_sharded(run_dir):
+        merged = merge(run_dir)
+        click.echo(merged.run.path / "report.md")
+        if merged.missing:
+            click.echo(f"diffbench: {len(merged.missing)} cells missing (no shard has finished them): "
+                       + ", ".join(merged.missing), err=True)
+            sys.exit(EXIT_FAILED)
+        return
     run = find_run(run_dir)
     frame = run.read_csv()
     files = plots.make_plots(frame, run.path, report.directions(run.read_manifest()))

@@ -154,6 +154,9 @@ def _header(manifest: dict[str, Any]) -> list[str]:
         f"failed {counts.get('failed', 0)} of {counts.get('total', 0)}",
         f"- **command**: `{manifest.get('command')}`",
     ]
+    if manifest.get("missing_cells"):  # a merged sharded run that no shard has finished yet
+        lines.append(f"- **missing cells** ({len(manifest['missing_cells'])}, no record yet): "
+                     + ", ".join(f"`{c}`" for c in manifest["missing_cells"]))
     for key, value in (manifest.get("metric_info") or {}).items():
         lines.append(f"- **{key}**: {value}")
     return lines

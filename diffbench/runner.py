@@ -23,16 +23,18 @@ from tqdm.auto import tqdm
 
 from diffbench import plots, report
 from diffbench.calibration import bare_network_seconds
-from diffbench.cell import CELL_FAILURES, metric_plan, now, run_cell, sampling_call
+from diffbench.cell import CELL_FAILURES, metric_plan, now, sampling_call
 from diffbench.denoiser import DiffusionModel, evaluations_per_call
 from diffbench.devices import resolve_device, resolve_dtype
+from diffbench.executors import Executor, Job, make_executor, placement
+from diffbench.executors.shard import Shard, ShardDir, shard_run_dir
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.stream import MetricError
 from diffbench.plan import Plan, check_batch_bytes, check_grid_size, check_plan
 from diffbench.provenance import device_name, git_state, versions
 from diffbench.registry import Registry, default_registry
-from diffbench.results import (STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, check_writable, find_run,
-                               read_json, write_json)
+from diffbench.results import (LOCK_NAME, STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, cells_frame,
+                               check_writable, find_run, read_json, write_atomic, write_json)
 from diffbench.sampling import make_grid, resolve_options
 from diffbench.suite import CellSpec, Suite, SuiteError, check_plugins, expand, load_suite
 from diffbench.timelimit import TimeLimitExceeded, check_seconds, time_limit
@@ -104,6 +106,14 @@ def _run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path)
     if not run.is_empty():
         raise SuiteError(f"{run.path}: exists and is not a diffbench run directory; choose another --out")
     return run, False
+
+
+def _where(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path,
+           shard: Shard | None) -> tuple[RunDir, bool]:
+    """The run directory (a shard's view of it with ``shard``) and whether it continues an earlier run."""
+    if shard is not None:
+        return shard_run_dir(suite, out_dir, resume, shard)
+    return _run_dir(suite, out_dir, resume, root)
 
 
 def _earlier_suite(run: RunDir) -> str | None:
@@ -277,9 +287,14 @@ def _metric_config_error(suite: Suite, cell: CellSpec, exc: MetricError) -> NoRe
 def _finish(run: RunDir, manifest: dict[str, Any], status: str, t0: float, context: MetricContext,
             cells: list[CellSpec], draw: bool = True,
             on_damaged: Callable[[DamagedFileError], None] | None = None) -> pd.DataFrame:
-    """Rebuild cells.csv from the cell records of this suite, close the manifest, draw plots, write the report."""
+    """Rebuild cells.csv from the cell records of this suite, close the manifest, draw plots, write the report.
+
+    A shard (``ShardDir``) closes only its own manifest: the shared table, plots and report are the
+    merge's (``diffbench report RUN``), so shards never write the same file.
+    """
     records = _records(run, cells, on_damaged)
-    frame = run.write_csv(records)
+    sharded = isinstance(run, ShardDir)
+    frame = cells_frame(records) if sharded else run.write_csv(records)
     values = {}
     for r in records:
         for name, m in r.get("metrics", {}).items():
@@ -291,7 +306,10 @@ def _finish(run: RunDir, manifest: dict[str, Any], status: str, t0: float, conte
         "cells": {"total": len(cells), "ok": int((frame["status"] == STATUS_OK).sum()),
                   "failed": int((frame["status"] == STATUS_FAILED).sum())},
     })
+    manifest.setdefault("executor", {})["cells"] = {r["cell_id"]: placement(r) for r in records}
     run.write_manifest(manifest)
+    if sharded:
+        return frame
     try:
         files = plots.make_plots(frame, run.path, report.directions(manifest)) if draw else []
         report.write_report(run, frame, files, records)
@@ -315,14 +333,15 @@ class Prepared:
 
 def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, out_dir: str | Path | None = None,
               resume: bool = False, results_root: str | Path | None = None, cache_dir: str | Path | None = None,
-              time_limit: float | None = None, allow_large: bool = False) -> Prepared:
+              time_limit: float | None = None, allow_large: bool = False, shard: Shard | None = None) -> Prepared:
     """Every check a run makes before it writes anything, in the order a run makes them.
 
     The suite file (strict values, bounded YAML), the plugins and their options, the grid's size and
     that it is not empty, the output and cache directories (when ``results_root`` is given: as a run
     would use them), the models (device, sizes), every cell's σ grid on its model, guidance on
     conditional models only, the plan's limits, and a warm-up that samples one batch per model and
-    tries every metric on it. Raises SuiteError (or RunDirError) with a one-line message.
+    tries every metric on it. Raises SuiteError (or RunDirError) with a one-line message. With
+    ``shard``, only that shard's cells (and its view of the shared run directory).
     """
     registry = registry or default_registry()
     suite = load_suite(suite, registry) if isinstance(suite, (str, Path)) else check_plugins(suite, registry)
@@ -335,8 +354,10 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     cells = expand(suite)
     if not cells:
         raise SuiteError("grid: no cells are left after exclude and include")
+    if shard is not None:
+        cells = shard.select(cells)
     if results_root is not None:
-        _run_dir(suite, out_dir, resume, Path(results_root))
+        _where(suite, out_dir, resume, Path(results_root), shard)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if suite.metrics:
         check_writable(cache, "cache directory")
@@ -355,31 +376,41 @@ def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, r
               registry: Registry | None = None, progress: bool = True, cache_dir: str | Path | None = None,
               command: str | None = None, results_root: str | Path = DEFAULT_ROOT, draw: bool = True,
               time_limit: float | None = None, allow_large: bool = False,
-              announce: Callable[[str], None] | None = None) -> RunResult:
+              announce: Callable[[str], None] | None = None, executor: Executor | str | None = None,
+              shard: Shard | str | None = None) -> RunResult:
     """Run every cell of ``suite`` into ``out_dir`` (default ``results/<suite>/<run-id>/``).
 
     With ``resume``, cells already finished with the same configuration are kept, not rerun
     (failed cells and cells whose record cannot be read are rerun). ``draw=False`` skips the run plots
     (the report is still written). ``time_limit`` (seconds, overriding the suite's) fails a cell that
-    takes longer. ``announce`` receives the plan and warnings as lines. Raises SuiteError for a suite
-    that cannot run and RunDirError for an unusable or busy run directory (both before writing
-    anything), and RunInterrupted on Ctrl-C, after saving everything finished.
+    takes longer. ``announce`` receives the plan and warnings as lines. ``executor`` computes the
+    cells ('local', the default, 'ray', or an Executor); this process writes every record. ``shard``
+    ('I/N') runs only shard I's cells into the shared ``out_dir`` under a lock of its own (see
+    ``diffbench.executors.shard``). Raises SuiteError for a suite that cannot run and RunDirError for
+    an unusable or busy run directory (both before writing anything), and RunInterrupted on Ctrl-C,
+    after saving everything finished.
     """
     say = announce or (lambda line: None)
+    if isinstance(shard, str):
+        try:
+            shard = Shard.parse(shard)
+        except ValueError as exc:
+            raise SuiteError(str(exc)) from None
+    executor = make_executor(executor or "local") if executor is None or isinstance(executor, str) else executor
     prep = preflight(suite, registry, out_dir=out_dir, resume=resume, results_root=results_root,
-                     cache_dir=cache_dir, time_limit=time_limit, allow_large=allow_large)
+                     cache_dir=cache_dir, time_limit=time_limit, allow_large=allow_large, shard=shard)
     say(f"plan: {prep.plan.describe()}")
-    run, resumed = _run_dir(prep.suite, out_dir, resume, Path(results_root))
+    run, resumed = _where(prep.suite, out_dir, resume, Path(results_root), shard)
     run = _claim(run, fresh_default=out_dir is None and not resumed)
-    with run.lock():
+    with run.lock(LOCK_NAME if shard is None else f"{LOCK_NAME}-shard-{shard.name}"):
         if out_dir is not None:  # another run may have written here since the check above
-            run, resumed = _run_dir(prep.suite, out_dir, resume, Path(results_root))
-        return _execute(prep, run, resumed, progress=progress, command=command, draw=draw, say=say)
+            run, resumed = _where(prep.suite, out_dir, resume, Path(results_root), shard)
+        return _execute(prep, run, resumed, executor, shard, progress=progress, command=command, draw=draw, say=say)
 
 
-def _execute(prep: Prepared, run: RunDir, resumed: bool, *, progress: bool, command: str | None, draw: bool,
-             say: Callable[[str], None]) -> RunResult:
-    """The run proper, under the run directory's lock."""
+def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, shard: Shard | None, *, progress: bool,
+             command: str | None, draw: bool, say: Callable[[str], None]) -> RunResult:
+    """The run proper, under the run directory's lock: the executor computes the cells, this writes them."""
     suite, cells, models, registry, context = prep.suite, prep.cells, prep.models, prep.registry, prep.context
     warned: set[str] = set()
 
@@ -390,8 +421,11 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, *, progress: bool, comm
 
     done = {c.cell_id for c in cells if resumed and _finished(run, c, damaged)}
     todo = [c for c in cells if c.cell_id not in done]
+    executor_info = executor.start(Job(suite, registry, models, context, run, progress))  # may fail: nothing written yet
     manifest = base_manifest(suite, models, registry, command)
-    manifest.update(plan=prep.plan.as_dict(), time_limit=suite.time_limit)
+    manifest.update(plan=prep.plan.as_dict(), time_limit=suite.time_limit, executor=executor_info)
+    if shard is not None:
+        manifest["shard"] = {"index": shard.index, "count": shard.count, "cells": len(cells)}
     if resumed:
         earlier = _earlier_manifest(run, say)
         manifest.update(started=earlier.get("started", manifest["started"]), resumed=earlier.get("resumed", 0) + 1,
@@ -406,21 +440,24 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, *, progress: bool, comm
     outer = tqdm(total=len(cells), initial=len(done), desc=suite.name, unit="cell", disable=not progress,
                  position=0, dynamic_ncols=True)
     try:
-        for cell in todo:
-            with tqdm(total=suite.num_samples * len(suite.seeds), desc=cell.cell_id.rsplit("-", 1)[0],
-                      unit="sample", leave=False, disable=not progress, position=1, dynamic_ncols=True) as bar:
-                record = run_cell(suite, cell, models[cell.model.key], registry, context, run, bar,
-                                  time_limit=suite.time_limit)
+        for finished in executor.run(todo):
+            record = finished.record
+            for suffix, data in finished.files.items():  # files a worker made beside its record (the picture)
+                write_atomic(run.cell_path(record["cell_id"], suffix), data)
             run.write_cell(record)
-            run.write_csv(_records(run, cells, damaged))
+            if not isinstance(run, ShardDir):
+                run.write_csv(_records(run, cells, damaged))
             ran += 1
             failed += record["status"] != STATUS_OK
             outer.update(1)
     except KeyboardInterrupt:
         outer.close()
+        executor.close()  # cancels work in flight
         _finish(run, manifest, "interrupted", t0, context, cells, draw, damaged)
         # count what is on disk: the interrupt may land between a cell's write and ``ran += 1``
         raise RunInterrupted(run, len(_records(run, cells, damaged)), len(cells)) from None
+    finally:
+        executor.close()
     outer.close()
     frame = _finish(run, manifest, "complete", t0, context, cells, draw, damaged)
     return RunResult(run, frame, ran=ran, skipped=len(done), failed=failed)

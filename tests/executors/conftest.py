@@ -1,0 +1,19 @@
+"""A local Ray instance with 2 CPU workers, shared by the module that asks for it (started once: ~5-10 s)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    paths = [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}})
+    yield ray
+    ray.shutdown()
