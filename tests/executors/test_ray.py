@@ -30,7 +30,7 @@ def numbers(path):
     out = {}
     for rec in RunDir(path).read_cells():
         out[rec["cell_id"]] = (rec["status"], rec["error"], rec["nfe"], rec["declared_nfe"], rec["metrics"],
-                               [(s["seed"], s["nfe"], s["metrics"]) for s in rec["per_seed"]], rec["grid"])
+                               [(s["seed"], s["nfe"], s["metrics"]) for s in rec["per_seed"]], rec.get("grid"))
     return out
 
 
@@ -103,8 +103,9 @@ def test_a_plugin_error_fails_its_cell_only(ray_instance, tmp_path):
     status = res.cells.set_index("sampler")
     assert status.loc["euler", "status"] == "ok" and status.loc["euler", "mean-norm"] > 0
     assert status.loc["broken", "error"] == "RuntimeError: broken sampler exploded"
-    assert status.loc["nan", "status"] == "failed" and "non-finite samples: 64 of 64" in status.loc["nan", "error"]
+    assert status.loc["nan", "status"] == "failed" and "non-finite" in status.loc["nan", "error"]
     assert res.failed == 2
+    assert numbers(res.path) == numbers(run(data, tmp_path / "local").path)  # the same errors as a local run
     rec = next(r for r in RunDir(res.path).read_cells() if r["sampler"] == "broken")
     assert "Traceback" in rec["traceback"] and rec["worker"]["executor"] == "ray"
 

@@ -1,0 +1,94 @@
+"""Speed of the Ray executor (tox -e bench): task overhead per cell, and suites/steps.yaml on 2 workers vs local.
+
+Overhead per cell: tiny gmm cells (euler, 8 samples, a near-free metric) run end to end by the local
+executor and by Ray with one task at a time (``cpus_per_cell=2`` on the 2-CPU instance, so nothing
+runs in parallel), each at 5 and at 25 cells; the per-cell cost of an executor is the slope
+(T25 − T5) / 20, so per-run set-up (starting tasks, loading the model once per worker) is not
+counted as per-cell. Ray's overhead per cell = its slope − the local slope.
+
+Speed-up: the whole main job, suites/steps.yaml, with the local executor (torch on every core, one
+cell at a time) and with Ray on 2 workers of 1 CPU and 1 torch thread each, reference features
+cached. The machine's load average is recorded with every timing: on a shared machine it moves them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffbench.executors.ray import RayExecutor
+from diffbench.runner import run_suite
+from diffbench.suite import parse_suite
+from runhelpers import test_registry
+
+pytestmark = pytest.mark.benchmark
+REPO = Path(__file__).resolve().parents[2]
+MEDIANS: dict[tuple[str, int], float] = {}
+STEPS_SECONDS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    paths = [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}})
+    yield ray
+    ray.shutdown()
+
+
+def tiny_suite(cells: int) -> dict:
+    return {"name": f"tiny{cells}", "model": "gmm", "metrics": ["mean-norm"], "num_samples": 8, "batch_size": 8,
+            "seeds": [0], "device": "cpu",
+            "grid": {"sampler": ["euler"], "scheduler": ["karras"], "steps": list(range(1, cells + 1))}}
+
+
+def executor(name: str, cpus_per_cell: int):
+    return "local" if name == "local" else RayExecutor(cpus_per_cell=cpus_per_cell)
+
+
+@pytest.mark.benchmark(group="Ray task overhead per cell (tiny gmm cells, one at a time)")
+@pytest.mark.parametrize("name", ["local", "ray"])
+@pytest.mark.parametrize("cells", [5, 25])
+def test_task_overhead(benchmark, figures, ray_instance, tmp_path, name, cells):
+    registry, _ = test_registry()
+    suite = parse_suite(tiny_suite(cells), registry)
+    rounds = iter(range(100))
+
+    def fresh():
+        return (suite, tmp_path / f"r{next(rounds)}"), {"registry": registry, "progress": False, "draw": False,
+                                                        "cache_dir": tmp_path / "cache",
+                                                        "executor": executor(name, cpus_per_cell=2)}
+
+    result = benchmark.pedantic(run_suite, setup=fresh, rounds=5, warmup_rounds=1)
+    assert result.ran == cells and result.failed == 0
+    MEDIANS[name, cells] = benchmark.stats.stats.median
+    benchmark.extra_info.update(cells=cells, load_average=os.getloadavg())
+    if len(MEDIANS) == 4:
+        slope = {n: (MEDIANS[n, 25] - MEDIANS[n, 5]) / 20 for n in ("local", "ray")}
+        fixed = (MEDIANS["ray", 5] - 5 * slope["ray"]) - (MEDIANS["local", 5] - 5 * slope["local"])
+        figures.append(f"Ray task overhead: {1e3 * (slope['ray'] - slope['local']):.1f} ms per cell "
+                       f"(local {1e3 * slope['local']:.1f} ms/cell, ray {1e3 * slope['ray']:.1f} ms/cell; "
+                       f"per-run set-up +{fixed:.2f} s); load average {os.getloadavg()[0]:.2f}")
+
+
+@pytest.mark.benchmark(group="suites/steps.yaml end to end: local vs Ray with 2 workers")
+@pytest.mark.parametrize("name", ["local", "ray"])
+def test_steps_suite(benchmark, figures, ray_instance, tmp_path, name):
+    data = yaml.safe_load((REPO / "suites" / "steps.yaml").read_text())
+    run_suite(parse_suite({**data, "num_samples": 8, "batch_size": 8,  # caches reference features, warms up
+                           "grid": {"sampler": ["euler"], "scheduler": ["karras"], "steps": [2]}}),
+              tmp_path / "warm", progress=False, draw=False)
+    before = os.getloadavg()
+    result = benchmark.pedantic(run_suite, args=(REPO / "suites" / "steps.yaml", tmp_path / "run"),
+                                kwargs={"progress": False, "draw": False, "executor": executor(name, 1)},
+                                rounds=1, iterations=1)
+    assert result.failed == 0 and result.ran == 60
+    STEPS_SECONDS[name] = benchmark.stats.stats.median
+    benchmark.extra_info.update(load_average_before=before, load_average_after=os.getloadavg())
+    figures.append(f"steps.yaml with the {name} executor: {STEPS_SECONDS[name]:.1f} s "
+                   f"(load average {before[0]:.2f} before, {os.getloadavg()[0]:.2f} after)")
+    if len(STEPS_SECONDS) == 2:
+        figures.append(f"steps.yaml speed-up, Ray 2 workers vs local: {STEPS_SECONDS['local'] / STEPS_SECONDS['ray']:.2f}x")
