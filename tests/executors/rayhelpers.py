@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from diffbench.hookspecs import hookimpl
@@ -33,10 +34,17 @@ def dies_once(denoiser, x, sigmas, *, noise=None, marker: str = ""):
     return euler(denoiser, x, sigmas, noise=noise)
 
 
+def sleepy(denoiser, x, sigmas, *, noise=None, seconds: float = 0.3):
+    """Euler after sleeping ``seconds`` per batch (a slow sampler for time limits)."""
+    time.sleep(seconds)
+    return euler(denoiser, x, sigmas, noise=noise)
+
+
 class ExecutorPlugin:
     @hookimpl
     def diffbench_register(self, registry: Registry) -> None:
         registry.add("sampler", "dies-once", dies_once, order=1, nfe=per_step(1), stochastic=lambda **_: False)
+        registry.add("sampler", "sleepy", sleepy, order=1, nfe=per_step(1), stochastic=lambda **_: False)
 
 
 def executor_registry() -> Registry:

@@ -133,3 +133,12 @@ def test_ctrl_c_keeps_finished_cells_and_resume_completes_them(ray_instance, tmp
     assert partial.read_manifest()["status"] == "complete"
     local = run(data, tmp_path / "local")
     assert numbers(partial.path) == numbers(local.path)
+
+
+def test_the_per_cell_time_limit_holds_inside_a_ray_worker(ray_instance, tmp_path):
+    # 8 batches of 0.3 s each: the warm-up's one batch fits in the limit, the cell's eight do not
+    data = small(time_limit=1.0, batch_size=8, grid=grid(sampler=["sleepy"], steps=[2]))
+    res = run(data, tmp_path / "r", executor="ray")
+    rec = RunDir(res.path).read_cells()[0]
+    assert rec["status"] == "failed" and "time limit of 1 s exceeded" in rec["error"]
+    assert rec["time_limit"] == 1.0 and rec["worker"]["executor"] == "ray"
