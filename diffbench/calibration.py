@@ -19,10 +19,11 @@ from diffbench.devices import synchronize
 def _network_inputs(model: DiffusionModel, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((batch_size, *model.shape), generator=gen).to(model.device, model.dtype)
-    t = torch.full((batch_size,), float(model.schedule.t_of_sigma(1.0)), device=model.device, dtype=model.dtype)
+    t_net = model.network_time(1.0, float(model.schedule.t_of_sigma(1.0)))
+    t = torch.full((batch_size,), t_net, device=model.device, dtype=model.dtype)
     labels = None
-    if model.num_classes is not None:
-        labels = torch.arange(batch_size, device=model.device) % model.num_classes
+    if model.condition is not None:
+        labels = model.condition.for_indices(list(range(batch_size)), model.device, model.dtype)
     return x, t, labels
 
 

@@ -140,6 +140,8 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
                 scores.append(values)
                 rec["per_seed"].append({"seed": seed, "nfe": res.nfe, "sample_seconds": res.sample_seconds,
                                         "network_seconds": res.network_seconds,
+                                        **({"decode_seconds": res.decode_seconds}
+                                           if res.decode_seconds is not None else {}),
                                         "metrics": {k: vars(v) for k, v in values.items()}})
                 bar.set_postfix_str("")
             _summarise(rec, results)
@@ -194,6 +196,8 @@ def _summarise(rec: dict[str, Any], results: list[SampleResult]) -> None:
         "seconds_per_sample": sample_s / n, "network_seconds": network_s,
         "network_share": network_s / sample_s if sample_s > 0 else None,
     })
+    if results[0].decode_seconds is not None:  # latent models: decoding time, apart from sampling time
+        rec["decode_seconds"] = sum(r.decode_seconds for r in results)
 
 
 def _sample_picture(samples: torch.Tensor | None, model: DiffusionModel, path: Path) -> str | None:

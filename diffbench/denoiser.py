@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor
 
+from diffbench.conditioning import ClassLabels
 from diffbench.noise import Coef, NoiseSchedule
 
 Network = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
@@ -31,10 +32,10 @@ class DiffusionModel:
     """A pretrained denoiser: raw network, its noise schedule and prediction target, data shape."""
 
     name: str
-    network: Network  # raw(x_t, t, labels or None) -> target-space output
+    network: Network  # raw(x_t, t, cond or None) -> target-space output
     schedule: NoiseSchedule
     target: Any  # a registered target: to_x0(out, x_t, coef) / from_x0(x0, x_t, coef)
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # what the sampler moves (a latent shape for latent models)
     num_classes: int | None = None  # class-conditional when set; label num_classes = "no label"
     checkpoint_hash: str | None = None
     dataset: str | None = None  # reference dataset for distribution metrics
@@ -43,8 +44,16 @@ class DiffusionModel:
     analytic: Any = None  # exact model (e.g. GaussianMixture) where the true score is known
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    # per-sample condition (conditioning.ClassLabels / Prompts); ClassLabels(num_classes) when None
+    condition: Any = None
+    # network time input from (σ, schedule time t), host floats; None: the schedule's t itself
+    time_input: Callable[[float, float], float] | None = None
+    # latent models: decoder(latents) -> samples, run after the timed sampling (never counted as NFE)
+    decoder: Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
+        if self.condition is None and self.num_classes is not None:
+            self.condition = ClassLabels(self.num_classes)
         if getattr(self.target, "needs_derivatives", False) and not self.schedule.has_derivatives:
             raise ValueError(f"target {self.target.name!r} needs a noise schedule with time derivatives; "
                              f"{self.schedule.name!r} has none")
@@ -66,13 +75,22 @@ class DiffusionModel:
         dtype = dtype or self.dtype
         if device == self.device and dtype == self.dtype:
             return self
-        # one deepcopy of both keeps an analytic model shared with its network shared in the copy
-        network, analytic = copy.deepcopy((self.network, self.analytic))
-        return dataclasses.replace(self, network=network, analytic=analytic).to(device, dtype)
+        # one deepcopy of all keeps parts shared between them shared in the copy (an analytic model inside
+        # the network; a decoder or text encoder that is a bound method of the network)
+        network, analytic, decoder, condition = copy.deepcopy((self.network, self.analytic, self.decoder,
+                                                               self.condition))
+        return dataclasses.replace(self, network=network, analytic=analytic, decoder=decoder,
+                                   condition=condition).to(device, dtype)
+
+    def network_time(self, sigma: float, t: float) -> float:
+        """The time value the network is called with at noise level σ (schedule time t)."""
+        return t if self.time_input is None else float(self.time_input(sigma, t))
 
     def identity(self) -> dict[str, Any]:
+        cond = self.condition.describe() if self.condition is not None and not isinstance(
+            self.condition, ClassLabels) else {}
         return {"model": self.name, "checkpoint_hash": self.checkpoint_hash,
-                "target": self.target.name, **self.schedule.describe(), **self.info}
+                "target": self.target.name, **self.schedule.describe(), **cond, **self.info}
 
 
 class NetworkCounter:
@@ -128,7 +146,8 @@ class SigmaDenoiser:
     """σ-space view of a ``DiffusionModel`` with guidance, optional x0 clipping and NFE counting.
 
     guidance: None → conditional only (one evaluation); w → x0_u + w (x0_c - x0_u), two
-    evaluations batched into one call. ``labels=None`` samples unconditionally. The network is
+    evaluations batched into one call. ``labels`` is the batch's condition (class labels, encoded
+    prompts); None samples unconditionally, with the model's null condition. The network is
     evaluated at exactly the σ the sampler passes (quantising σ to training timesteps is done on
     the grid, never here, so the network and the update always use the same σ).
     """
@@ -136,7 +155,7 @@ class SigmaDenoiser:
     def __init__(self, model: DiffusionModel, *, labels: Tensor | None = None, guidance: float | None = None,
                  clip_x0: bool = False, counter: NetworkCounter | None = None) -> None:
         if guidance is not None and labels is None:
-            raise ValueError("guidance needs class labels")
+            raise ValueError("guidance needs a condition (class labels or prompts)")
         self.model = model
         self.labels = labels
         self.guidance = guidance if guided(guidance) else None
@@ -145,7 +164,8 @@ class SigmaDenoiser:
         self._cache: dict[float, tuple[float, Coef]] = {}
         self._null: Tensor | None = None
         if self.guidance is not None:
-            null = torch.full_like(labels, model.num_classes)
+            null = model.condition.null(labels.shape[0], labels.device, labels.dtype if labels.is_floating_point()
+                                        else None)
             self._pair_labels = torch.cat([labels, null])
 
     def _time(self, sigma: float) -> tuple[float, Coef]:
@@ -154,15 +174,16 @@ class SigmaDenoiser:
             sched = self.model.schedule
             t = float(sched.t_of_sigma(sigma))
             c = sched.coef(t)
-            hit = self._cache[sigma] = (t, Coef(*(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma))))
+            hit = self._cache[sigma] = (self.model.network_time(sigma, t),
+                                        Coef(*(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma))))
         return hit
 
     def _null_labels(self, x: Tensor) -> Tensor | None:
-        """The 'no label' batch for unconditional sampling of a conditional model, built once."""
-        if self.model.num_classes is None:
+        """The null condition batch for unconditional sampling of a conditional model, built once."""
+        if self.model.condition is None:
             return None
         if self._null is None or self._null.shape[0] != x.shape[0]:
-            self._null = torch.full((x.shape[0],), self.model.num_classes, device=x.device, dtype=torch.long)
+            self._null = self.model.condition.null(x.shape[0], x.device, x.dtype)
         return self._null
 
     def prepare(self, sigmas: Any) -> None:

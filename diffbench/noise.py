@@ -66,9 +66,19 @@ class DiscreteVP(NoiseSchedule):
     discrete = True
     has_derivatives = False  # σ(t) is piecewise log-linear between timesteps: no useful derivative
 
-    def __init__(self, betas: np.ndarray) -> None:
-        self.betas = np.asarray(betas, dtype=np.float64)
-        self.alphas_cumprod = np.cumprod(1.0 - self.betas)
+    def __init__(self, betas: np.ndarray | None = None, *, alphas_cumprod: np.ndarray | None = None) -> None:
+        """From a β table (ᾱ = cumprod(1 - β) in float64) or, exactly as given, from ᾱ itself."""
+        if (betas is None) == (alphas_cumprod is None):
+            raise ValueError("give exactly one of betas and alphas_cumprod")
+        if alphas_cumprod is None:
+            self.betas = np.asarray(betas, dtype=np.float64)
+            self.alphas_cumprod = np.cumprod(1.0 - self.betas)
+        else:
+            self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
+            self.betas = 1.0 - self.alphas_cumprod / np.concatenate([[1.0], self.alphas_cumprod[:-1]])
+        if not (np.all(np.diff(self.alphas_cumprod) < 0) and 0 < self.alphas_cumprod[-1]
+                and self.alphas_cumprod[0] < 1):
+            raise ValueError("alphas_cumprod must decrease strictly inside (0, 1) (a zero terminal ᾱ is σ = ∞)")
         self.sigmas = np.sqrt((1.0 - self.alphas_cumprod) / self.alphas_cumprod)
         self.log_sigmas = np.log(self.sigmas)
         self.num_steps = len(self.betas)
@@ -174,21 +184,42 @@ class EDM(_Continuous):
 
 
 class RectifiedFlow(_Continuous):
-    """Rectified flow x_t = (1 - t) x0 + t eps (Liu et al. 2023; Lipman et al. 2023)."""
+    """Rectified flow x_s = (1 - s) x0 + s eps (Liu et al. 2023; Lipman et al. 2023), optional time shift.
+
+    ``shift`` k ≠ 1 warps the schedule's own time t into the flow time s = k t / (1 + (k - 1) t)
+    (Esser et al. 2024, SD3), so uniform-time step schedulers crowd steps at high noise as diffusers'
+    ``FlowMatchEulerDiscreteScheduler(shift=k)`` does. The velocity a flow network predicts is
+    dx/ds, so ``coef`` gives derivatives with respect to s, whatever the shift.
+    """
 
     name = "flow"
 
-    def sigma_of_t(self, t):
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, shift: float = 1.0) -> None:
+        super().__init__(sigma_min, sigma_max)
+        if not shift > 0:
+            raise ValueError(f"flow shift must be positive, got {shift}")
+        self.shift = float(shift)
+
+    def flow_time(self, t):
+        """s(t): the flow time (noise fraction) at schedule time t."""
         t = np.asarray(t, dtype=np.float64)
-        return t / (1.0 - t)
+        return t if self.shift == 1.0 else self.shift * t / (1.0 + (self.shift - 1.0) * t)
+
+    def sigma_of_t(self, t):
+        s = self.flow_time(t)
+        return s / (1.0 - s)
 
     def t_of_sigma(self, sigma):
         sigma = np.asarray(sigma, dtype=np.float64)
-        return sigma / (1.0 + sigma)
+        s = sigma / (1.0 + sigma)
+        return s if self.shift == 1.0 else s / (self.shift - (self.shift - 1.0) * s)
 
     def coef(self, t):
-        t = np.asarray(t, dtype=np.float64)
-        return Coef(1.0 - t, t, -np.ones_like(t), np.ones_like(t))
+        s = self.flow_time(t)
+        return Coef(1.0 - s, s, -np.ones_like(s), np.ones_like(s))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **({"shift": self.shift} if self.shift != 1.0 else {})}
 
 
 SCHEDULES: dict[str, type[NoiseSchedule]] = {

@@ -169,7 +169,7 @@ def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionM
     nfe = 0.0
     for cell in cells:
         model = models[cell.model.key]
-        if cell.guidance is not None and model.num_classes is None:
+        if cell.guidance is not None and model.condition is None:
             raise SuiteError(f"grid.guidance: model {cell.model.key!r} is unconditional; use guidance: [null]")
         if cell.guidance is not None and not suite.conditional:
             raise SuiteError("grid.guidance: guidance needs conditional: true")

@@ -42,6 +42,7 @@ class SampleResult:
     sample_seconds: float
     network_seconds: float
     meta: dict[str, Any] = field(default_factory=dict)
+    decode_seconds: float | None = None  # latent models: decoding after the timed sampling; None: no decoder
 
     @property
     def seconds_per_sample(self) -> float:
@@ -91,10 +92,19 @@ def make_grid(model: DiffusionModel, scheduler: str, steps: int, options: dict[s
 
 
 def sample_labels(model: DiffusionModel, indices: list[int], conditional: bool) -> Tensor | None:
-    """Class label of sample i is i mod num_classes (balanced, batch-independent); None if unconditional."""
-    if model.num_classes is None or not conditional:
+    """Sample i's condition: class label i mod num_classes, or prompt i mod count encoded; None if unconditional."""
+    if model.condition is None or not conditional:
         return None
-    return torch.tensor([i % model.num_classes for i in indices], dtype=torch.long, device=model.device)
+    return model.condition.for_indices(indices, model.device, model.dtype)
+
+
+def decode(model: DiffusionModel, x: Tensor) -> tuple[Tensor, float]:
+    """A latent model's decoded samples and the seconds decoding took (device synchronised)."""
+    synchronize(model.device)
+    t0 = time.perf_counter()
+    out = model.decoder(x)
+    synchronize(model.device)
+    return out, time.perf_counter() - t0
 
 
 class SamplingCall:
@@ -126,10 +136,12 @@ class SamplingCall:
         model = model.placed(dev, resolve_dtype(dtype, model.dtype))
         grid, sch_opts = make_grid(model, scheduler, steps, scheduler_options, quantize=quantize,
                                    final_zero=final_zero, registry=registry)
-        if guidance is not None and model.num_classes is None:
-            raise ValueError(f"model {model.name!r} is unconditional; guidance needs a class-conditional model")
+        if guidance is not None and model.condition is None:
+            raise ValueError(f"model {model.name!r} is unconditional; guidance needs a conditional model")
+        if guidance is not None and not getattr(model.condition, "has_null", True):
+            raise ValueError(f"model {model.name!r} has no null condition (label {model.num_classes}) to guide against")
         if guidance is not None and not conditional:
-            raise ValueError("guidance needs conditional=True (unconditional sampling has no labels to guide)")
+            raise ValueError("guidance needs conditional=True (unconditional sampling has no condition to guide)")
         if batch_size < 1 or num_samples < 1:
             raise ValueError("num_samples and batch_size must be positive")
         self.model, self.progress = model, progress
@@ -141,7 +153,7 @@ class SamplingCall:
             samples=None, labels=None, nfe=0.0, declared_nfe=declared, grid=grid, sampler=sampler,
             sampler_options=s_opts, scheduler=scheduler,
             scheduler_options={**sch_opts, "quantize": quantize, "final_zero": final_zero}, sample_seconds=0.0,
-            network_seconds=0.0,
+            network_seconds=0.0, decode_seconds=0.0 if model.decoder is not None else None,
             meta={"seed": seed, "first_index": first_index, "num_samples": num_samples, "batch_size": batch_size,
                   "guidance": guidance, "conditional": conditional, "clip_x0": clip_x0, "device": str(dev),
                   "dtype": str(model.dtype).replace("torch.", ""), "warnings": []},
@@ -178,7 +190,10 @@ class SamplingCall:
                 warning = check_nfe(counter.rows / len(idx), res.declared_nfe, comp)
                 if warning is not None and warning not in res.meta["warnings"]:
                     res.meta["warnings"].append(warning)
-                cpu_labels = labels.cpu() if labels is not None else None
+                if model.decoder is not None:  # after the clock and the checks: neither sampling time nor NFE
+                    x, seconds = decode(model, x)
+                    res.decode_seconds += seconds
+                cpu_labels = labels.cpu() if labels is not None and model.num_classes is not None else None
                 if cpu_labels is not None:
                     labels_seen.append(cpu_labels)
                     res.labels = torch.cat(labels_seen)

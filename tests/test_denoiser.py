@@ -82,7 +82,7 @@ def test_unconditional_call_of_a_conditional_model_uses_the_null_label():
 
 
 def test_guidance_without_labels_is_an_error():
-    with pytest.raises(ValueError, match="guidance needs class labels"):
+    with pytest.raises(ValueError, match="guidance needs a condition"):
         SigmaDenoiser(label_model(), guidance=2.0)
 
 

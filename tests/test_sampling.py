@@ -96,7 +96,7 @@ def test_guidance_doubles_counted_nfe(name):
 
 
 def test_guidance_errors():
-    with pytest.raises(ValueError, match="unconditional; guidance needs a class-conditional model"):
+    with pytest.raises(ValueError, match="unconditional; guidance needs a conditional model"):
         sample(edm_model(), "euler", steps=3, guidance=2.0)
     with pytest.raises(ValueError, match="guidance needs conditional=True"):
         sample(conditional_model(), "euler", steps=3, guidance=2.0, conditional=False)

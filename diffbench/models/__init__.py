@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from diffbench.models import digits
+from diffbench.models.diffusers import diffusers_model
 from diffbench.models.gmm import gmm
 
-MODELS = {"gmm": gmm, **digits.MODELS}
+MODELS = {"gmm": gmm, **digits.MODELS, "diffusers": diffusers_model}
