@@ -217,24 +217,40 @@ def _load(folder: Path, library: Any) -> Any:
     if cls is None:
         raise ConfigError(f"{folder / 'config.json'}: class {name!r} is not in {library.__name__}")
     try:  # safetensors preferred; a .bin is read with torch.load(weights_only=True): no pickle code runs
-        module = cls.from_pretrained(folder, local_files_only=True)
+        module = cls.from_pretrained(folder, local_files_only=True, **({"low_cpu_mem_usage": False}
+                                                                        if library.__name__ == "diffusers" else {}))
     except (OSError, ValueError) as exc:
         raise ValueError(f"{folder}: cannot load {name}: {str(exc).splitlines()[0]}") from None
     return module.eval().requires_grad_(False)
 
 
 class DiffusersNetwork(torch.nn.Module):
-    """network(x_t, t, cond) for a diffusers denoiser: cond passed as ``cond_kw``; a variance half is dropped."""
+    """network(x_t, t, cond) for a diffusers denoiser (cond passed as ``cond_kw``; a variance half dropped),
+    with the folder's text encoder and VAE, so that moving or copying the network moves them too."""
 
-    def __init__(self, denoiser: torch.nn.Module, cond_kw: str, channels: int | None, **parts: torch.nn.Module) -> None:
+    def __init__(self, denoiser: torch.nn.Module, cond_kw: str, channels: int | None) -> None:
         super().__init__()
         self.denoiser, self.cond_kw, self.channels = denoiser, cond_kw, channels
-        for name, module in parts.items():  # text encoder, VAE: moved with .to() as one module
-            self.add_module(name, module)
+        self.text_encoder: torch.nn.Module | None = None
+        self.tokenizer: Any = None
+        self.prompt_length = 0
+        self.vae: torch.nn.Module | None = None
+        self.vae_scale, self.vae_shift = 1.0, 0.0
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         out = self.denoiser(x_t, t, **{self.cond_kw: cond}, return_dict=False)[0]
         return out if self.channels is None else out[:, : self.channels]
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """CLIP last hidden state of padded prompts, as Stable Diffusion pipelines condition the UNet."""
+        ids = self.tokenizer(texts, padding="max_length", max_length=self.prompt_length, truncation=True,
+                             return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(next(self.text_encoder.parameters()).device), return_dict=False)[0]
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images from latents: VAE decode of z / scaling_factor + shift_factor."""
+        with torch.inference_mode():
+            return self.vae.decode(z / self.vae_scale + self.vae_shift, return_dict=False)[0]
 
 
 def _shape(config: dict[str, Any], where: Path) -> tuple[int, ...]:
@@ -281,8 +297,8 @@ def _class_condition(denoiser: torch.nn.Module, config: dict[str, Any], num_clas
     return ClassLabels(classes, has_null=rows > classes)  # guidance needs the null label
 
 
-def _text_condition(folders: dict[str, Path], prompts: str, device_modules: dict[str, torch.nn.Module]) -> Prompts:
-    """Prompts encoded by the folder's CLIP text encoder, as Stable Diffusion pipelines do (last hidden state)."""
+def _add_text_encoder(network: DiffusersNetwork, folders: dict[str, Path], prompts: str) -> Prompts:
+    """Prompts encoded by the folder's CLIP text encoder (once per batch, outside the timed loop)."""
     if not prompts:
         raise ValueError("this text-conditioned model needs options.prompts: a text file with one prompt per line")
     for need in ("text_encoder", "tokenizer"):
@@ -290,33 +306,18 @@ def _text_condition(folders: dict[str, Path], prompts: str, device_modules: dict
             raise ValueError(f"text-conditioned model without a {need}/ folder")
     import transformers
 
-    encoder = _load(folders["text_encoder"], transformers)
-    tok_config = _read_json(folders["tokenizer"] / "tokenizer_config.json") \
-        if (folders["tokenizer"] / "tokenizer_config.json").is_file() else {}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folders["tokenizer"], local_files_only=True)
-    max_length = tok_config.get("model_max_length") or tokenizer.model_max_length
-    device_modules["text_encoder"] = encoder
-
-    def encode(texts: list[str]) -> Tensor:
-        ids = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        param = next(encoder.parameters())
-        return encoder(ids.to(param.device), return_dict=False)[0]
-
-    return Prompts(read_prompts(prompts), encode, source=str(prompts))
+    network.text_encoder = _load(folders["text_encoder"], transformers)
+    network.tokenizer = transformers.AutoTokenizer.from_pretrained(folders["tokenizer"], local_files_only=True)
+    network.prompt_length = network.tokenizer.model_max_length
+    return Prompts(read_prompts(prompts), network.encode_text, source=str(prompts))
 
 
-def _vae_decoder(folder: Path, device_modules: dict[str, torch.nn.Module]) -> tuple[Callable[[Tensor], Tensor], dict]:
-    vae = _load(folder, _diffusers())
-    scale = vae.config.get("scaling_factor", 0.18215)
-    shift = vae.config.get("shift_factor") or 0.0
-    device_modules["vae"] = vae
-
-    def decoder(z: Tensor) -> Tensor:
-        with torch.inference_mode():
-            return vae.decode(z / scale + shift, return_dict=False)[0]
-
-    return decoder, {"vae_class": type(vae).__name__, "vae_scaling_factor": scale, "vae_shift_factor": shift}
+def _add_vae(network: DiffusersNetwork, folder: Path) -> dict[str, Any]:
+    network.vae = _load(folder, _diffusers())
+    network.vae_scale = float(network.vae.config.get("scaling_factor") or 0.18215)
+    network.vae_shift = float(network.vae.config.get("shift_factor") or 0.0)
+    return {"vae_class": type(network.vae).__name__, "vae_scaling_factor": network.vae_scale,
+            "vae_shift_factor": network.vae_shift}
 
 
 def diffusers_model(*, path: str = "", prompts: str = "", num_classes: int = 0,
@@ -337,23 +338,21 @@ def diffusers_model(*, path: str = "", prompts: str = "", num_classes: int = 0,
         raise ConfigError(f"{den_dir / 'config.json'}: _class_name={kind!r} is not supported; supported: "
                           "UNet2DModel, DiTTransformer2DModel, UNet2DConditionModel")
     denoiser = _load(den_dir, diffusers)
-    parts: dict[str, torch.nn.Module] = {}
-    condition, cond_kw = None, "class_labels"
-    if kind == "UNet2DConditionModel":
-        condition, cond_kw = _text_condition(folders, prompts, parts), "encoder_hidden_states"
+    text = kind == "UNet2DConditionModel"
+    network = DiffusersNetwork(denoiser, "encoder_hidden_states" if text else "class_labels",
+                               _learned_variance(config, den_dir))
+    if text:
+        condition = _add_text_encoder(network, folders, prompts)
+    elif prompts:
+        raise ValueError(f"options.prompts given, but {kind} is not text-conditioned")
     else:
-        if prompts:
-            raise ValueError(f"options.prompts given, but {kind} is not text-conditioned")
         condition = _class_condition(denoiser, config, num_classes, den_dir)
-    decoder, latent = None, {}
-    if "vae" in folders:
-        decoder, latent = _vae_decoder(folders["vae"], parts)
-    network = DiffusersNetwork(denoiser, cond_kw, _learned_variance(config, den_dir), **parts)
+    latent = _add_vae(network, folders["vae"]) if "vae" in folders else {}
     info.update({"path": str(path), "denoiser_class": kind, **latent,
                  "learned_variance_dropped": _learned_variance(config, den_dir) is not None})
     return DiffusionModel(
         name="diffusers", network=network, schedule=schedule, target=TARGETS[target], shape=_shape(config, den_dir),
         num_classes=condition.num_classes if isinstance(condition, ClassLabels) else None, condition=condition,
         checkpoint_hash=_weights_hash([p for k, p in folders.items()]), dataset=None, data_range=(-1.0, 1.0),
-        info=info, time_input=time_input, decoder=decoder,
+        info=info, time_input=time_input, decoder=network.decode if latent else None,
     )
