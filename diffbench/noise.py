@@ -128,6 +128,27 @@ class ScaledLinearVP(DiscreteVP):
         super().__init__(np.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=np.float64) ** 2)
 
 
+class SquaredCosVP(DiscreteVP):
+    """Discrete cosine VP, ᾱ(t) = f(t)/f(0), f = cos²(((t/T) + s)/(1 + s) · π/2), β ≤ 0.999 (Nichol & Dhariwal 2021)."""
+
+    name = "squaredcos"
+
+    def __init__(self, num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> None:
+        f = np.cos((np.arange(num_steps + 1, dtype=np.float64) / num_steps + s) / (1 + s) * np.pi / 2) ** 2
+        super().__init__(np.minimum(1.0 - f[1:] / f[:-1], max_beta))
+
+
+class TrainedBetasVP(DiscreteVP):
+    """Discrete VP from a given β table, one β per training timestep (as diffusers' ``trained_betas``)."""
+
+    name = "trained-betas"
+
+    def __init__(self, betas: list[float] | None = None) -> None:
+        if not betas:
+            raise ValueError("schedule 'trained-betas' needs betas: one β per training timestep")
+        super().__init__(np.asarray(betas, dtype=np.float64))
+
+
 class _Continuous(NoiseSchedule):
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
         if not 0 < sigma_min < sigma_max:
@@ -223,12 +244,12 @@ class RectifiedFlow(_Continuous):
 
 
 SCHEDULES: dict[str, type[NoiseSchedule]] = {
-    cls.name: cls for cls in (LinearVP, ScaledLinearVP, CosineVP, VE, EDM, RectifiedFlow)
+    cls.name: cls for cls in (LinearVP, ScaledLinearVP, SquaredCosVP, TrainedBetasVP, CosineVP, VE, EDM, RectifiedFlow)
 }
 
 
 def make_schedule(name: str, **options: Any) -> NoiseSchedule:
-    """Build a noise schedule by name: linear, scaled-linear, cosine, ve, edm, flow."""
+    """Build a noise schedule by name: linear, scaled-linear, squaredcos, trained-betas, cosine, ve, edm, flow."""
     try:
         cls = SCHEDULES[name]
     except KeyError:

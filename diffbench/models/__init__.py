@@ -4,5 +4,6 @@ from __future__ import annotations
 from diffbench.models import digits
 from diffbench.models.diffusers import diffusers_model
 from diffbench.models.gmm import gmm
+from diffbench.models.python import python_model
 
-MODELS = {"gmm": gmm, **digits.MODELS, "diffusers": diffusers_model}
+MODELS = {"gmm": gmm, **digits.MODELS, "diffusers": diffusers_model, "python": python_model}

@@ -119,8 +119,13 @@ def _vp(cls: type, values: dict[str, Any], where: str, info: dict[str, Any]):
         raise ConfigError(f"{where}: {exc}") from None
     alphas_cumprod = alphas_cumprod.copy()
     if alphas_cumprod[-1] <= 0.0:  # zero terminal SNR (Lin et al. 2024): σ_T = ∞ has no σ-space point
-        alphas_cumprod[-1] = ZERO_SNR_ALPHA
-        info["terminal_alphas_cumprod"] = "2**-24 (zero terminal SNR, as diffusers' Euler/DPM schedulers clamp it)"
+        if alphas_cumprod[-2] > ZERO_SNR_ALPHA:
+            alphas_cumprod[-1] = ZERO_SNR_ALPHA
+            info["terminal_alphas_cumprod"] = "2**-24 (zero terminal SNR, clamped as diffusers' Euler/DPM do)"
+        else:  # 2^-24 would not be below ᾱ_{T-1}: continue the table's last ratio instead
+            alphas_cumprod[-1] = alphas_cumprod[-2] ** 2 / alphas_cumprod[-3]
+            info["terminal_alphas_cumprod"] = (f"{alphas_cumprod[-1]:.6g} (zero terminal SNR; ᾱ_(T-1)²/ᾱ_(T-2), "
+                                               "since 2**-24 is not below ᾱ_(T-1))")
     try:
         schedule = DiscreteVP(alphas_cumprod=alphas_cumprod)
     except ValueError as exc:

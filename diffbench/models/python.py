@@ -1,0 +1,121 @@
+"""A network from the user's own code: ``factory: "package.module:function"`` plus what weights cannot say.
+
+The factory returns a torch module called as ``module(x_t, t, cond)``: x_t in the noise schedule's
+own coordinates (x_t = alpha x0 + sigma eps; for the ``edm`` schedule that is x0 + σ eps), t the
+time input chosen by ``time_input``, cond the class labels (None when unconditional). The options
+declare what MODELS.md lists as configuration, never weights: noise schedule, prediction target,
+time input convention, shape, classes and data range. docs/models.md has worked examples (an EDM
+network, a guided-diffusion checkpoint).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from diffbench.checkpoints import file_sha256
+from diffbench.denoiser import DiffusionModel
+from diffbench.noise import DiscreteVP, make_schedule
+from diffbench.targets import TARGETS
+
+
+def _t(sigma: float, t: float) -> float:
+    return t
+
+
+# Network time input conventions (MODELS.md): each maps (σ, schedule time t) to the value the network gets.
+TIME_INPUTS: dict[str, Callable[[float, float], float]] = {
+    "t": _t,  # the schedule's own time (discrete VP: the training index 0..T-1), times time_scale
+    "sigma": lambda sigma, t: sigma,  # EDM Precond networks: σ itself (they compute c_noise inside)
+    "edm": lambda sigma, t: math.log(sigma) / 4.0,  # EDM c_noise = ln(σ)/4 (Karras et al. 2022, Table 1)
+    "ve": lambda sigma, t: math.log(sigma / 2.0),  # EDM's VE c_noise = ln(σ/2)
+    "consistency": lambda sigma, t: 1000.0 * 0.25 * math.log(sigma + 1e-44),  # consistency models
+}
+
+
+def load_factory(spec: str) -> Callable[..., Any]:
+    """``package.module:function`` or ``path/to/file.py:function`` → the function (one-line errors)."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"factory {spec!r}: expected 'package.module:function' or 'path/file.py:function'")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).expanduser()
+            if not path.is_file():
+                raise ValueError(f"factory {spec!r}: no such file {str(path)!r}")
+            loader_spec = importlib.util.spec_from_file_location(f"diffbench_factory_{path.stem}", path)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"factory {spec!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"factory {spec!r}: {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+class PythonNetwork(torch.nn.Module):
+    """The user's module, with the variance half of a learned-variance output dropped."""
+
+    def __init__(self, module: torch.nn.Module, channels: int | None) -> None:
+        super().__init__()
+        self.module, self.channels = module, channels
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        out = self.module(x_t, t, cond)
+        return out if self.channels is None else out[:, : self.channels]
+
+
+def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: str = "",  # noqa: B006
+                 schedule: str = "linear", schedule_options: dict = {}, target: str = "eps",  # noqa: B006
+                 time_input: str = "t", time_scale: float = 1.0, shape: list = [],  # noqa: B006
+                 num_classes: int = 0, learned_variance: bool = False, data_range: list = [-1.0, 1.0],  # noqa: B006
+                 dataset: str = "") -> DiffusionModel:
+    """A torch module from the user's factory with its declared schedule, target and time input."""
+    if not factory:
+        raise ValueError("model 'python' needs options.factory: 'package.module:function'")
+    if target not in TARGETS:
+        raise ValueError(f"options.target: unknown target {target!r}; available: {', '.join(TARGETS)}")
+    if time_input not in TIME_INPUTS:
+        raise ValueError(f"options.time_input: unknown convention {time_input!r}; available: {', '.join(TIME_INPUTS)}")
+    if time_input != "t" and time_scale != 1.0:
+        raise ValueError(f"options.time_scale applies to time_input 't' only, not {time_input!r}")
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ValueError(f"options.shape: the sample shape as a list of positive ints (e.g. [3, 32, 32]), got {shape!r}")
+    if len(data_range) != 2 or not data_range[0] < data_range[1]:
+        raise ValueError(f"options.data_range: [low, high] with low < high, got {data_range!r}")
+    try:
+        sched = make_schedule(schedule, **schedule_options)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"options.schedule: {exc}") from None
+    kwargs = dict(factory_options)
+    if checkpoint:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"options.checkpoint: no such file {checkpoint!r}")
+        kwargs["checkpoint"] = checkpoint
+    module = load_factory(factory)(**kwargs)
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(f"factory {factory!r} returned {type(module).__name__}, not a torch.nn.Module")
+    module.eval().requires_grad_(False)
+    time_fn: Callable[[float, float], float] | None = None if time_input == "t" else TIME_INPUTS[time_input]
+    if time_input == "t" and time_scale != 1.0:
+        time_fn = lambda sigma, t: t * time_scale  # noqa: E731
+    info = {"factory": factory, "factory_options": kwargs, "time_input": time_input, "time_scale": time_scale,
+            "learned_variance": learned_variance, "schedule_options": schedule_options,
+            "discrete": isinstance(sched, DiscreteVP)}
+    return DiffusionModel(
+        name="python", network=PythonNetwork(module, shape[0] if learned_variance else None), schedule=sched,
+        target=TARGETS[target], shape=tuple(shape), num_classes=num_classes or None,
+        checkpoint_hash=file_sha256(checkpoint) if checkpoint else None, dataset=dataset or None,
+        data_range=(float(data_range[0]), float(data_range[1])), info=info, time_input=time_fn,
+    )
+
