@@ -244,14 +244,17 @@ class RectifiedFlow(_Continuous):
 
 
 SCHEDULES: dict[str, type[NoiseSchedule]] = {
-    cls.name: cls for cls in (LinearVP, ScaledLinearVP, SquaredCosVP, TrainedBetasVP, CosineVP, VE, EDM, RectifiedFlow)
+    cls.name: cls for cls in (LinearVP, ScaledLinearVP, SquaredCosVP, CosineVP, VE, EDM, RectifiedFlow)
 }
+# Schedules without a default form (they need their table): buildable by name, not iterated by the kit.
+TABLE_SCHEDULES: dict[str, type[NoiseSchedule]] = {TrainedBetasVP.name: TrainedBetasVP}
 
 
 def make_schedule(name: str, **options: Any) -> NoiseSchedule:
     """Build a noise schedule by name: linear, scaled-linear, squaredcos, trained-betas, cosine, ve, edm, flow."""
     try:
-        cls = SCHEDULES[name]
+        cls = {**SCHEDULES, **TABLE_SCHEDULES}[name]
     except KeyError:
-        raise ValueError(f"unknown noise schedule {name!r}; available: {', '.join(SCHEDULES)}") from None
+        raise ValueError(f"unknown noise schedule {name!r}; available: {', '.join([*SCHEDULES, *TABLE_SCHEDULES])}"
+                         ) from None
     return cls(**options)

@@ -61,7 +61,7 @@ def test_streamed_batches_are_the_samples_of_one_call_and_the_totals_match():
 
 
 def test_a_bad_call_is_refused_before_any_sampling():
-    with pytest.raises(ValueError, match="guidance needs a class-conditional model"):
+    with pytest.raises(ValueError, match="guidance needs a conditional model"):
         sample_batches(edm_model("eps"), "euler", steps=4, guidance=2.0)
 
 
