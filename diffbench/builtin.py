@@ -6,8 +6,8 @@ from diffbench.hookspecs import hookimpl
 
 @hookimpl
 def diffbench_register(registry) -> None:
-    """Register diffbench's own samplers, schedulers, targets, models and metrics."""
-    from diffbench import models, schedulers, targets
+    """Register diffbench's own samplers, schedulers, targets, models, metrics and reference datasets."""
+    from diffbench import datasets, models, schedulers, targets
     from diffbench.samplers import SAMPLERS
 
     for name, info in SAMPLERS.items():
@@ -18,6 +18,8 @@ def diffbench_register(registry) -> None:
         registry.add("target", name, target, description=type(target).__doc__.split("\n")[0])
     for name, loader in models.MODELS.items():
         registry.add("model", name, loader)
+    for name, loader in datasets.DATASETS.items():
+        registry.add("dataset", name, loader)
     try:
         from diffbench import metrics
     except ImportError:  # metrics are optional until their module lands

@@ -20,7 +20,7 @@ import pluggy
 
 from diffbench import hookspecs
 
-KINDS = ("sampler", "scheduler", "target", "model", "metric")
+KINDS = ("sampler", "scheduler", "target", "model", "metric", "dataset")
 ENTRY_POINT_GROUP = "diffbench"
 DISABLE_AUTOLOAD_ENV = "DIFFBENCH_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_MODULE = "diffbench.builtin"
@@ -46,6 +46,7 @@ DECLARATIONS: dict[str, dict[str, str]] = {
     "metric": {
         "higher_is_better": "bool, or a dict by value name: the direction regressions are read in",
     },
+    "dataset": {},
 }
 
 
@@ -178,6 +179,9 @@ def _validate(kind: str, obj: Any, meta: dict[str, Any]) -> dict[str, Any]:
             raise RegistrationError("a metric must have features(...) and score(...) methods "
                                     "(or the in-memory compute(...) method)")
         return dict(getattr(obj, "options", {}) or {})
+    if kind == "dataset":
+        _check_positional(obj, ("split",), kind)
+        return keyword_options(obj)
     raise RegistrationError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
 
 

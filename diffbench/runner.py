@@ -226,7 +226,8 @@ def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Reg
         "device": str(model.device), "device_name": device_name(model.device),
         "dtype": str(model.dtype).replace("torch.", ""),
         "models": {key: m.identity() for key, m in models.items()},
-        "reference": suite.reference or model.dataset, "num_samples": suite.num_samples,
+        "reference": suite.reference.record() if suite.reference else model.dataset,
+        "num_samples": suite.num_samples,
         "batch_size": suite.batch_size, "seeds": suite.seeds,
         "metrics": {m.name: {"options": m.options} for m in suite.metrics},
     }
@@ -365,7 +366,7 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     plan = _preflight(suite, cells, models, registry, allow_large)
     check_plan(plan, allow_large)
     device = next(iter(models.values())).device
-    context = MetricContext(cache_dir=cache, device=device, seed=suite.seeds[0], info={})
+    context = MetricContext(cache_dir=cache, device=device, seed=suite.seeds[0], info={}, registry=registry)
     warm_start = time.perf_counter()
     for key, model in models.items():
         _warm_up(suite, [c for c in cells if c.model.key == key], model, registry, context)

@@ -90,6 +90,17 @@ class MetricSpec(ComponentSpec):
     """A metric computed on every cell's samples."""
 
 
+class ReferenceSpec(ComponentSpec):
+    """A reference dataset (plugin kind ``dataset``) with its options and split; ``digits`` is short for
+    ``{name: digits}``; no split: the metric's ``reference_split`` option, else the dataset's default."""
+
+    split: str | None = None
+
+    def record(self) -> Any:
+        """The shorthand name when nothing else is set (so cell hashes of ``reference: digits`` stay put)."""
+        return self.name if not self.options and self.split is None else self.model_dump()
+
+
 class SamplerSpec(ComponentSpec):
     """A sampler with its options; ``label`` tells apart two entries of the same sampler."""
 
@@ -163,7 +174,7 @@ class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     model: list[ModelSpec] = Field(min_length=1, description="one model, or a list (then an axis of the grid)")
-    reference: str | None = None  # reference dataset for distribution metrics; default: each model's own
+    reference: ReferenceSpec | None = None  # reference data for distribution metrics; default: each model's own
     metrics: list[MetricSpec] = Field(default_factory=list)
     num_samples: PositiveInt = Field(description="samples per seed group")
     batch_size: PositiveInt = 256
@@ -307,12 +318,13 @@ def check_plugins(suite: Suite, registry: Registry) -> Suite:
     models = [_check_component(registry, "model", m, "model" if len(suite.model) == 1 else f"model[{i}]")
               for i, m in enumerate(suite.model)]
     metrics = [_check_component(registry, "metric", m, f"metrics[{i}]") for i, m in enumerate(suite.metrics)]
+    reference = _check_component(registry, "dataset", suite.reference, "reference") if suite.reference else None
     samplers = [_check_component(registry, "sampler", s, f"grid.sampler[{i}]")
                 for i, s in enumerate(suite.grid.sampler)]
     schedulers = [_check_component(registry, "scheduler", s, f"grid.scheduler[{i}]")
                   for i, s in enumerate(suite.grid.scheduler)]
     grid = suite.grid.model_copy(update={"sampler": samplers, "scheduler": schedulers})
-    checked = suite.model_copy(update={"model": models, "metrics": metrics, "grid": grid})
+    checked = suite.model_copy(update={"model": models, "metrics": metrics, "grid": grid, "reference": reference})
     for kind, rules in (("include", suite.include), ("exclude", suite.exclude)):
         for i, rule in enumerate(rules):
             _check_rule(checked, rule, f"{kind}[{i}]", registry)
@@ -444,7 +456,8 @@ def _axis_config(axis: str, value: Any) -> Any:
 
 def _cell_config(suite: Suite, cell: dict[str, Any]) -> dict[str, Any]:
     return {
-        "reference": suite.reference, "metrics": [m.model_dump() for m in suite.metrics],
+        "reference": suite.reference.record() if suite.reference else None,
+        "metrics": [m.model_dump() for m in suite.metrics],
         "num_samples": suite.num_samples, "batch_size": suite.batch_size, "seeds": suite.seeds,
         "device": suite.device, "dtype": suite.dtype, "conditional": suite.conditional,
         **{axis: _axis_config(axis, v) for axis, v in cell.items()},

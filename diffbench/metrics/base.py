@@ -51,6 +51,7 @@ class MetricContext:
     device: torch.device = torch.device("cpu")
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # filled by metrics: extractor, reference hash, ...
+    registry: Any = None  # where ``dataset`` plugins are looked up (None: the default registry)
 
 
 @dataclass(frozen=True)

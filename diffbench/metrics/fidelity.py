@@ -2,34 +2,29 @@
 
 Samples become uint8 images (``digits_cnn.to_uint8``; grey images repeated to RGB for RGB
 extractors), torch-fidelity's extractor turns them into features and torch-fidelity's
-feature → metric functions score them against reference features. Reference features are
-cached on disk under ``context.cache_dir``, keyed by dataset, split, extractor, extractor
-checkpoint sha256 and feature layer, so a second evaluation extracts only the samples' features.
+feature → metric functions score them against the reference (``metrics.reference``: features
+cached on disk in safetensors, keyed by the reference's identity, extractor, weights sha256, layer
+and resize; or an npz-stats reference's precomputed statistics, which only FID can use).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffbench.datasets import load_dataset
-from diffbench.metrics import digits_cnn
+from diffbench.datasets import Reference, reference_spec
+from diffbench.datasets.npz_stats import check_dimension
+from diffbench.metrics import digits_cnn, extractors, reference
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, StreamingMetric
 from diffbench.metrics.extractors import (INCEPTION, Extractor, MetricUnavailable, UnsafeWeights, extract_features,
                                          resolve_extractor)
+from diffbench.metrics.reference import ReferenceData
 
 __all__ = ["FID", "KID", "PRC", "ClassAccuracy", "METRICS", "INCEPTION", "Extractor", "MetricUnavailable",
            "UnsafeWeights", "extract_features", "resolve_extractor", "reference_features"]
-
-CACHE_FORMAT = 1  # bump when the cached feature layout or the uint8 mapping changes
 
 
 @dataclass(frozen=True)
@@ -46,78 +41,66 @@ class FidelityFeatures:
         return ("torch-fidelity", self.ext, self.data_range, self.device, self.batch_size)
 
     def __call__(self, batch: Batch) -> Tensor:
-        return extract_features(batch.samples, self.data_range, self.ext, self.device, self.batch_size)
+        return extractors.extract_features(batch.samples, self.data_range, self.ext, self.device, self.batch_size)
 
 
-def _tensor_sha256(t: Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
-
-
-def reference_features(dataset: str, split: str, ext: Extractor, context: MetricContext,
+def reference_features(dataset: Any, split: str | None, ext: Extractor, context: MetricContext,
                        batch_size: int = 256) -> tuple[Tensor, str]:
-    """Reference features of ``dataset``/``split`` and their sha256, from the disk cache when present."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    key = {"format": CACHE_FORMAT, "dataset": dataset, "split": split, "extractor": ext.name,
-           "extractor_hash": ext.sha256, "layer": ext.layer}
-    key_json = json.dumps(key, sort_keys=True)
-    cache_dir = Path(context.cache_dir)
-    path = cache_dir / f"ref-{dataset}-{split}-{ext.name}-{hashlib.sha256(key_json.encode()).hexdigest()[:16]}.safetensors"
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("key") == key_json:
-                return f.get_tensor("features"), meta["sha256"]
-    data = load_dataset(dataset, split)
-    feats = extract_features(data.images, (-1.0, 1.0), ext, context.device, batch_size)
-    sha = _tensor_sha256(feats)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"features": feats}, tmp, metadata={"key": key_json, "sha256": sha})
-        os.replace(tmp, path)  # atomic: concurrent runs never read a half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return feats, sha
+    """Reference features of ``dataset`` (a name or spec) / ``split`` and their sha256 (disk-cached)."""
+    ref = reference.opened(dataset, split, context.registry)
+    data = reference.reference_data(ref, ext, context.cache_dir, context.device, batch_size)
+    if data.features is None:
+        raise MetricUnavailable(f"reference {ref.name!r} holds statistics only, no features")
+    return data.features, data.sha256
 
 
 class _FidelityMetric(StreamingMetric):
-    """Shared set-up: extractor, per-batch sample features, reference features, what-was-used in context.info."""
+    """Shared set-up: extractor, per-batch sample features, reference data, what-was-used in context.info."""
 
     name: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
-    base_options: ClassVar[dict[str, Any]] = {"extractor": None, "weights_path": None, "reference_split": "train",
+    base_options: ClassVar[dict[str, Any]] = {"extractor": None, "weights_path": None, "reference_split": None,
                                               "batch_size": 256}
+    needs_features: ClassVar[bool] = True  # False: precomputed statistics (npz-stats) will do
 
-    def _extractor(self, model: Any, extractor: str | None, weights_path: str | None) -> Extractor:
-        if getattr(model, "dataset", None) is None:
+    def _setup(self, model: Any, context: MetricContext, extractor: str | None, weights_path: str | None,
+               reference_split: str | None) -> tuple[Extractor, Reference]:
+        """The extractor and the opened reference; every one-line error a metric can raise before sampling."""
+        dataset = getattr(model, "dataset", None)
+        if dataset is None:
             raise MetricUnavailable(f"metric {self.name!r} needs a model with a reference dataset; "
                                     f"model {getattr(model, 'name', model)!r} has none")
-        name = extractor or (digits_cnn.NAME if model.dataset == "digits" else INCEPTION)
-        return resolve_extractor(name, weights_path, self.name)
+        name = extractor or (digits_cnn.NAME if reference_spec(dataset)[0] == "digits" else INCEPTION)
+        ext = resolve_extractor(name, weights_path, self.name)
+        ref = reference.opened(dataset, reference_split, getattr(context, "registry", None))
+        if ref.stats is not None:
+            if self.needs_features:
+                raise MetricUnavailable(f"metric {self.name!r} needs reference features; reference {ref.name!r} "
+                                        "holds FID statistics only (use fid, or an image reference)")
+            if ext.layer.isdigit():
+                check_dimension(ref, int(ext.layer), ext.name)
+        return ext, ref
 
     def features(self, *, model: Any, context: MetricContext, extractor: str | None = None,
-                 weights_path: str | None = None, batch_size: int = 256, **_: Any) -> FidelityFeatures:
-        ext = self._extractor(model, extractor, weights_path)
+                 weights_path: str | None = None, batch_size: int = 256, reference_split: str | None = None,
+                 **_: Any) -> FidelityFeatures:
+        ext, _ref = self._setup(model, context, extractor, weights_path, reference_split)
         return FidelityFeatures(ext, tuple(float(v) for v in model.data_range), str(context.device), int(batch_size))
 
     def score(self, features: Tensor, *, model: Any, result: Any, context: MetricContext, **options: Any
               ) -> dict[str, MetricValue]:
         opts = {**self.options, **options}
         base = {k: opts.pop(k) for k in self.base_options}
-        ext = self._extractor(model, base["extractor"], base["weights_path"])
-        split = base["reference_split"]
-        ref, ref_hash = reference_features(model.dataset, split, ext, context, base["batch_size"])
+        ext, ref = self._setup(model, context, base["extractor"], base["weights_path"], base["reference_split"])
+        data = reference.reference_data(ref, ext, context.cache_dir, context.device, base["batch_size"])
+        if ref.stats is not None:
+            check_dimension(ref, int(features.shape[1]), ext.name)
         context.info.update(ext.describe())
-        context.info.update({"reference_dataset": model.dataset, "reference_split": split,
-                             "reference_size": len(ref), "reference_hash": ref_hash, "num_samples": len(features),
-                             "feature_dim": int(features.shape[1]), "torch_fidelity": _torch_fidelity_version()})
-        return self.score_features(features, ref, context, **opts)
+        context.info.update({**data.describe(), "num_samples": len(features), "feature_dim": int(features.shape[1]),
+                             "torch_fidelity": _torch_fidelity_version()})
+        return self.score_features(features, data, context, **opts)
 
-    def score_features(self, gen: Tensor, ref: Tensor, context: MetricContext, **options: Any
+    def score_features(self, gen: Tensor, ref: ReferenceData, context: MetricContext, **options: Any
                        ) -> dict[str, MetricValue]:
         raise NotImplementedError
 
@@ -128,11 +111,8 @@ def _torch_fidelity_version() -> str:
     return torch_fidelity.__version__
 
 
-def _fid_against(ref: Tensor):
-    """FID of generated statistics against a fixed reference, via eigvalsh(√Σr Σg √Σr) (same value, faster)."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-
-    stats = fid_features_to_statistics(ref.double())
+def _fid_against(stats: dict[str, np.ndarray]):
+    """FID of generated statistics against fixed reference statistics, via eigvalsh(√Σr Σg √Σr) (same value, faster)."""
     lam, vec = np.linalg.eigh(stats["sigma"])
     root = (vec * np.sqrt(np.clip(lam, 0, None))) @ vec.T
     tr_ref = np.trace(stats["sigma"])
@@ -151,15 +131,16 @@ class FID(_FidelityMetric):
     name = "fid"
     higher_is_better = False
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "bootstrap": 100}
+    needs_features = False
 
     def score_features(self, gen, ref, context, *, bootstrap: int) -> dict[str, MetricValue]:
         from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-        stats = [fid_features_to_statistics(f.double()) for f in (gen, ref)]
-        value = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
+        value = fid_statistics_to_metric(fid_features_to_statistics(gen.double()), ref.stats(),
+                                         verbose=False)["frechet_inception_distance"]
         se, method = None, "torch-fidelity FID; no uncertainty (bootstrap=0)"
         if bootstrap > 1:
-            fid, g = _fid_against(ref), gen.double().numpy()
+            fid, g = _fid_against(ref.stats()), gen.double().numpy()
             rng = np.random.default_rng(context.seed)
             boots = [fid(g[rng.integers(0, len(g), len(g))]) for _ in range(bootstrap)]
             se = float(np.std(boots, ddof=1))
@@ -179,8 +160,8 @@ class KID(_FidelityMetric):
 
         # at most half of the smaller set, so subsets differ and their spread measures sampling noise;
         # the estimate stays unbiased for any subset size
-        size = min(subset_size, min(len(gen), len(ref)) // 2)
-        out = kid_features_to_metric(gen, ref, kid_subsets=subsets, kid_subset_size=size, rng_seed=context.seed,
+        size = min(subset_size, min(len(gen), ref.size) // 2)
+        out = kid_features_to_metric(gen, ref.features, kid_subsets=subsets, kid_subset_size=size, rng_seed=context.seed,
                                      verbose=False)
         context.info["kid_subset_size"] = size
         method = (f"torch-fidelity KID, mean over {subsets} subsets of {size}; s.e. = s.d. over subsets "
@@ -199,13 +180,13 @@ class PRC(_FidelityMetric):
     def score_features(self, gen, ref, context, *, neighborhood: int) -> dict[str, MetricValue]:
         from torch_fidelity.metric_prc import prc_features_to_metric
 
-        out = prc_features_to_metric(gen, ref, prc_neighborhood=neighborhood, prc_batch_size=10000,
+        out = prc_features_to_metric(gen, ref.features, prc_neighborhood=neighborhood, prc_batch_size=10000,
                                      save_cpu_ram=False, verbose=False)
         p, r = out["precision"], out["recall"]
         return {
             "precision": MetricValue(p, binomial_se(p, len(gen)),
                                      f"torch-fidelity precision, k={neighborhood}; binomial s.e. over samples"),
-            "recall": MetricValue(r, binomial_se(r, len(ref)),
+            "recall": MetricValue(r, binomial_se(r, ref.size),
                                   f"torch-fidelity recall, k={neighborhood}; binomial s.e. over reference images "
                                   "(approximate: ignores dependence through the samples' k-NN radii)"),
         }
@@ -241,7 +222,7 @@ class ClassAccuracy(StreamingMetric):
     options: ClassVar[dict[str, Any]] = {}
 
     def features(self, *, model: Any, context: MetricContext, **options: Any) -> ClassMatches:
-        if getattr(model, "dataset", None) != "digits":
+        if reference_spec(getattr(model, "dataset", None) or "")[0] != "digits":
             raise MetricUnavailable(f"metric 'class-accuracy' needs a digits model; "
                                     f"model {getattr(model, 'name', model)!r} is on {getattr(model, 'dataset', None)!r}")
         return ClassMatches(tuple(float(v) for v in model.data_range))

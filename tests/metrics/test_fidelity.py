@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffbench.datasets import digits
-from diffbench.metrics import digits_cnn, fidelity
+from diffbench.metrics import digits_cnn, extractors, fidelity, reference
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.fidelity import METRICS, MetricUnavailable
 
@@ -69,7 +69,8 @@ def test_fid_matches_torch_fidelity_and_fast_bootstrap_formula(context):
     expected = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
     v = compute("fid", digits("test").images, context, bootstrap=0)["fid"]
     assert v.value == pytest.approx(expected, rel=1e-4) and v.uncertainty is None
-    assert fidelity._fid_against(ref)(gen.double().numpy()) == pytest.approx(expected, rel=1e-4)
+    ref_stats = fid_features_to_statistics(ref.double())
+    assert fidelity._fid_against(ref_stats)(gen.double().numpy()) == pytest.approx(expected, rel=1e-4)
 
 
 def test_kid_and_prc_values_carry_uncertainty_and_method(context):
@@ -91,14 +92,16 @@ def test_context_records_what_was_used(context):
 
 def test_second_evaluation_extracts_no_reference_features(context, monkeypatch):
     calls = []
-    real = fidelity.extract_features
-    monkeypatch.setattr(fidelity, "extract_features", lambda images, *a, **k: calls.append(len(images)) or real(images, *a, **k))
+    real = extractors.extract_features
+    monkeypatch.setattr(extractors, "extract_features",
+                        lambda images, *a, **k: calls.append(len(images)) or real(images, *a, **k))
+    reference.clear_memo()
     first = compute("fid", digits("test").images, context, bootstrap=0)["fid"]
-    assert calls == [300, 1497]  # samples, then the reference (cache miss)
+    assert calls == [300, 256, 256, 256, 256, 256, 217]  # samples, then the reference in batches (cache miss)
     assert len(list(context.cache_dir.glob("ref-digits-train-digits-cnn-*.safetensors"))) == 1
     hash_first = context.info["reference_hash"]
 
-    monkeypatch.setattr(fidelity, "load_dataset", lambda *a: pytest.fail("reference dataset reloaded"))
+    reference.clear_memo()  # a later process: only the disk cache remains
     calls.clear()
     fresh = MetricContext(cache_dir=context.cache_dir, seed=0)  # e.g. a later run
     second = compute("fid", digits("test").images.clone(), fresh, bootstrap=0)["fid"]

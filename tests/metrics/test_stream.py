@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffbench.datasets import digits
-from diffbench.metrics import fidelity
+from diffbench.metrics import extractors, fidelity
 from diffbench.metrics.base import Batch, MetricContext, MetricValue
 from diffbench.metrics.stream import FeatureRows, MetricError, MetricPlan
 from diffbench.registry import Registry
@@ -49,8 +49,8 @@ def test_fid_kid_prc_share_one_extraction_per_batch_and_match_the_in_memory_valu
     plan = plan_of(*metrics, context=context)
     assert len(plan.extractors) == 1
     calls = []
-    real = fidelity.extract_features
-    monkeypatch.setattr(fidelity, "extract_features", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
+    real = extractors.extract_features
+    monkeypatch.setattr(extractors, "extract_features", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
     rows = plan.rows()
     for b in batches(samples, 100):
         rows.add(b)

@@ -1,4 +1,4 @@
-"""Reference datasets shipped by installed packages: images in [-1, 1] as (N, C, H, W) with labels.
+"""The `digits` reference dataset: images in [-1, 1] as (N, C, H, W) with labels.
 
 ``digits``: scikit-learn's bundled handwritten digits (UCI optdigits test set, 1797 images,
 8×8, 17 grey levels 0..16, 10 classes), scaled as x = v / 8 - 1. The split is fixed:
@@ -7,12 +7,13 @@ scikit-learn ``train_test_split(test_size=300, stratify=labels, random_state=0)`
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 from torch import Tensor
+
+from diffbench.datasets.base import DatasetError, Reference, from_tensor
 
 SPLITS = ("train", "test", "all")
 DIGITS_TEST_SIZE = 300
@@ -66,13 +67,11 @@ def digits(split: str = "train") -> ImageDataset:
     return ImageDataset("digits", split, images[idx], labels[idx], 10)
 
 
-DATASETS: dict[str, Callable[[str], ImageDataset]] = {"digits": digits}
-
-
-def load_dataset(name: str, split: str = "train") -> ImageDataset:
-    """A registered dataset's split by name."""
+def reference(split: str | None = None) -> Reference:
+    """The `digits` dataset plugin: scikit-learn's bundled 8×8 digits, split 'train' (default), 'test' or 'all'."""
+    split = split or "train"
     try:
-        loader = DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}") from None
-    return loader(split)
+        data = digits(split)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
+    return from_tensor("digits", split, data.images, {"dataset": "digits", "split": split})

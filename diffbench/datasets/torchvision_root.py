@@ -1,0 +1,90 @@
+"""The `torchvision` dataset: an already-downloaded torchvision dataset root (never ``download=True``).
+
+CIFAR-10 and CIFAR-100 are read from their python batches (``cifar-10-batches-py``,
+``cifar-100-python``) with a restricted unpickler that admits only numpy arrays, so no code in a
+data file can run; MNIST and Fashion-MNIST from their raw idx files (torchvision's own readers).
+"""
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffbench.datasets._files import existing, fingerprint
+from diffbench.datasets.base import DatasetError, Reference
+
+CIFAR = {
+    "CIFAR10": ("cifar-10-batches-py", {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}),
+    "CIFAR100": ("cifar-100-python", {"train": ["train"], "test": ["test"]}),
+}
+MNIST_LIKE = ("MNIST", "FashionMNIST")
+SUPPORTED = (*CIFAR, *MNIST_LIKE)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes and numpy arrays; any other global is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # str → bytes: how protocol-2 pickles carry an array's raw bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def _cifar_batch(path: Path) -> np.ndarray:
+    """uint8 images (N, 3, 32, 32) of one CIFAR python batch file."""
+    try:
+        with open(path, "rb") as f:
+            entry = _ArraysOnly(f, encoding="latin1").load()
+        data = np.asarray(entry["data"], dtype=np.uint8)
+    except Exception as exc:
+        raise DatasetError(f"dataset 'torchvision': {str(path)!r} is not a CIFAR batch of arrays "
+                           f"({type(exc).__name__}: {exc})") from None
+    return data.reshape(-1, 3, 32, 32)
+
+
+def _mnist(root: Path, name: str, split: str) -> tuple[list[Path], Tensor]:
+    from torchvision.datasets.mnist import read_image_file
+
+    prefix = "train" if split == "train" else "t10k"
+    path = root / name / "raw" / f"{prefix}-images-idx3-ubyte"
+    if not path.is_file():
+        raise DatasetError(f"dataset 'torchvision': {name} {split} images not found at {str(path)!r}")
+    return [path], read_image_file(str(path))[:, None]  # (N, 1, 28, 28) uint8
+
+
+def torchvision_root(split: str | None = None, *, root: str = "", dataset: str = "CIFAR10") -> Reference:
+    """Split 'train' or 'test' of an already-downloaded CIFAR10, CIFAR100, MNIST or FashionMNIST under ``root``."""
+    base = existing(root, "torchvision", "root")
+    split = split or "train"
+    if dataset not in SUPPORTED:
+        raise DatasetError(f"dataset 'torchvision': unsupported dataset {dataset!r}; supported: {', '.join(SUPPORTED)}")
+    if split not in ("train", "test"):
+        raise DatasetError(f"dataset 'torchvision': unknown split {split!r} of {dataset}; splits: train, test")
+    if dataset in CIFAR:
+        folder, lists = CIFAR[dataset]
+        files = [base / folder / n for n in lists[split]]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise DatasetError(f"dataset 'torchvision': {dataset} {split} file {str(missing[0])!r} not found "
+                               "(diffbench never downloads: fetch it once with torchvision, download=True)")
+        u8 = torch.from_numpy(np.concatenate([_cifar_batch(f) for f in files]))
+    else:
+        files, u8 = _mnist(base, dataset, split)
+    if len(u8) == 0:
+        raise DatasetError(f"dataset 'torchvision': {dataset} {split} holds no images")
+    identity = {"dataset": "torchvision", "name": dataset, "root": str(base.resolve()), "split": split,
+                "images": len(u8), "fingerprint": fingerprint(files, base)}
+
+    def batches(size: int) -> Iterator[Tensor]:
+        for part in u8.split(size):
+            yield part.float() / 127.5 - 1.0  # exact inverse of diffbench's uint8 mapping
+
+    return Reference("torchvision", split, identity, len(u8), tuple(u8.shape[1:]), batches)

@@ -1,0 +1,130 @@
+"""Reference features and FID statistics of a reference dataset, cached on disk in a safe format (no pickle).
+
+Features of a reference split are extracted batch by batch and cached as safetensors under the
+metric context's cache folder, keyed by the reference's identity (dataset, split, options, file
+fingerprint), the extractor, its weights' sha256, the feature layer, the resize and the uint8
+mapping. Within a process the opened references and their statistics are memoised, so a grid
+of cells computes a reference's mean and covariance once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffbench.datasets import Reference, open_reference, reference_spec
+from diffbench.metrics import extractors
+from diffbench.metrics.digits_cnn import UINT8_MAPPING
+from diffbench.metrics.extractors import Extractor
+
+CACHE_FORMAT = 2  # bump when the cached feature layout, the key or the uint8 mapping changes
+_MEMO: OrderedDict[Any, Any] = OrderedDict()
+_MEMO_SIZE = 8
+
+
+@dataclass
+class ReferenceData:
+    """A reference's features (None for a statistics-only reference), their sha256 and FID statistics."""
+
+    reference: Reference
+    features: Tensor | None
+    sha256: str
+    _stats: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.features) if self.features is not None else self.reference.num_images
+
+    def stats(self) -> dict[str, np.ndarray]:
+        """``mu`` and ``sigma`` (float64, N−1 normalisation; torch-fidelity's), computed once."""
+        if self._stats is None:
+            if self.reference.stats is not None:
+                self._stats = self.reference.stats
+            else:
+                from torch_fidelity.metric_fid import fid_features_to_statistics
+
+                self._stats = fid_features_to_statistics(self.features.double())
+        return self._stats
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.reference.describe(), "reference_size": self.size, "reference_hash": self.sha256}
+
+
+def _memo(key: Any, make):
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+        return _MEMO[key]
+    value = make()
+    _MEMO[key] = value
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return value
+
+
+def clear_memo() -> None:
+    """Forget opened references and their statistics (the disk cache stays)."""
+    _MEMO.clear()
+
+
+def opened(dataset: Any, split: str | None, registry: Any = None) -> Reference:
+    """``open_reference`` memoised per process on (spec, split, registry)."""
+    name, options, spec_split = reference_spec(dataset)
+    key = ("open", json.dumps([name, options, spec_split, split], sort_keys=True, default=str), id(registry))
+    return _memo(key, lambda: open_reference(dataset, split, registry))
+
+
+def _tensor_sha256(t: Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def reference_data(reference: Reference, ext: Extractor, cache_dir: Path, device: torch.device | str = "cpu",
+                   batch_size: int = 256) -> ReferenceData:
+    """Features (from the disk cache when present) or statistics of ``reference`` under extractor ``ext``."""
+    if reference.stats is not None:
+        return ReferenceData(reference, None, reference.identity.get("sha256") or reference.key)
+    key = {"format": CACHE_FORMAT, "reference": reference.identity, "extractor": ext.name,
+           "extractor_hash": ext.sha256, "layer": ext.layer, "resize": ext.describe()["resize"],
+           "uint8_mapping": UINT8_MAPPING}
+    key_json = json.dumps(key, sort_keys=True, default=str)
+
+    def make() -> ReferenceData:
+        feats, sha = _cached_features(reference, ext, Path(cache_dir), key_json, device, batch_size)
+        return ReferenceData(reference, feats, sha)
+
+    return _memo(("data", key_json, str(cache_dir), batch_size), make)
+
+
+def _cached_features(reference: Reference, ext: Extractor, cache_dir: Path, key_json: str,
+                     device: torch.device | str, batch_size: int) -> tuple[Tensor, str]:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    digest = hashlib.sha256(key_json.encode()).hexdigest()[:16]
+    path = cache_dir / f"ref-{reference.name}-{reference.split}-{ext.name}-{digest}.safetensors"
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("key") == key_json:
+                return f.get_tensor("features"), meta["sha256"]
+    feats = torch.cat([extractors.extract_features(b, (-1.0, 1.0), ext, device, batch_size)
+                       for b in reference.batches(batch_size)])
+    sha = _tensor_sha256(feats)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"features": feats}, tmp, metadata={"key": key_json, "sha256": sha})
+        os.replace(tmp, path)  # atomic: concurrent runs never read a half-written file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return feats, sha
