@@ -194,7 +194,8 @@ def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionM
             noisy = stochastic is None or bool(stochastic(**options))
         except CELL_FAILURES:
             noisy = True
-        rows = min(suite.batch_size, suite.num_samples) * (1 + evaluations_per_call(cell.guidance))
+        # what one batch draws before its first network call: starting noise, and the step-noise bank
+        rows = min(suite.batch_size, suite.num_samples)
         size = math.prod(model.shape) * torch.empty((), dtype=model.dtype).element_size()
         check_batch_bytes(rows * size * (1 + (len(grid.sigmas) - 1 if noisy else 0)),
                           "batch_size × grid.steps", allow_large)

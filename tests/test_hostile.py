@@ -523,3 +523,16 @@ def test_validate_runs_the_checks_run_makes_before_sampling(hostile_cli, tmp_pat
         assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"diffbench: error: {path}: "), what
         assert expected in result.stderr, (what, result.stderr)
     assert hostile_cli("validate", write(tmp_path, suite_text(num_samples=2_000_000)), "--allow-large").exit_code == 0
+
+
+def test_a_batch_whose_noise_would_take_gigabytes_is_refused_before_it_is_drawn(tmp_path):
+    from diffbench.plan import MAX_BATCH_BYTES
+
+    # ddpm draws its starting noise and a step-noise bank, 2 float64 per sample and step:
+    # (1 + 10,000) × 2,000,000 × 16 B = 298.1 GiB
+    data = small(num_samples=2_000_000, batch_size=2_000_000, grid=grid(sampler=["ddpm"], steps=[10_000]))
+    with pytest.raises(SuiteError, match=rf"^batch_size × grid.steps: one batch needs 298.1 GiB of noise .* beyond "
+                                         rf"the limit of {MAX_BATCH_BYTES / 2**30:g} GiB; lower batch_size or pass "
+                                         r"--allow-large"):
+        run(data, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
