@@ -21,6 +21,7 @@ from diffbench.metrics.base import Batch, MetricContext, MetricValue, convention
 from diffbench.metrics.stream import MetricError, MetricPlan
 from diffbench.registry import Component, Registry
 from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir
+from diffbench.saving import SampleSaver
 from diffbench.sampling import SampleResult, SamplerOutputError, SamplingCall, resolve_options, sample_batches
 from diffbench.suite import CellSpec, Suite
 from diffbench.timelimit import TimeLimitExceeded
@@ -53,6 +54,21 @@ def _aggregate(per_seed: list[dict[str, MetricValue]]) -> dict[str, MetricValue]
         se = statistics.stdev(vals) / math.sqrt(k) if k > 1 else None
         out[name] = MetricValue(statistics.fmean(vals), se,
                                 f"standard error of the mean over {k} seed groups (std across groups / √{k})")
+    return out
+
+
+def _block_minima(per_seed: list[dict[str, MetricValue]], directions: dict[str, bool]) -> dict[str, MetricValue]:
+    """With several seed groups (blocks), the minimum over blocks of each lower-is-better value, as
+    ``<name>-min-over-seeds`` (EDM reports FID as the minimum over three seed blocks): labelled, not an estimate."""
+    if len(per_seed) < 2:
+        return {}
+    out = {}
+    for name in per_seed[0]:
+        if directions.get(name, True):
+            continue
+        vals = [d[name].value for d in per_seed if name in d]
+        out[f"{name}-min-over-seeds"] = MetricValue(
+            min(vals), None, f"minimum over {len(vals)} seed blocks (a selection, not an estimate; no uncertainty)")
     return out
 
 
@@ -117,6 +133,7 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
     try:
         with limit_time(time_limit):
             plan = metric_plan(suite, model, registry, context)
+            saver = SampleSaver(suite.save_samples, run.path / "samples" / cell.cell_id, tuple(model.data_range))
             scores, directions = [], {}
             for seed in suite.seeds:
                 first = seed == suite.seeds[0]
@@ -124,6 +141,7 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
                 rows, preview = plan.rows(), Preview()
                 for batch in call:  # each batch checked by the sampling call (shape, dtype, finite, NFE)
                     rows.add(batch)
+                    saver.add(batch)
                     if first:
                         preview.add(batch)
                 res = call.result
@@ -145,8 +163,12 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
                                         "metrics": {k: vars(v) for k, v in values.items()}})
                 bar.set_postfix_str("")
             _summarise(rec, results)
-            rec["metrics"] = {name: {**vars(v), "higher_is_better": directions[name]}
-                              for name, v in _aggregate(scores).items()}
+            values = {**_aggregate(scores), **_block_minima(scores, directions)}
+            rec["metrics"] = {name: {**vars(v), "higher_is_better": directions.get(name, False)}
+                              for name, v in values.items()}
+            if saver.files:
+                rec["saved_samples"] = {"mode": suite.save_samples, "files": saver.files,
+                                        "folder": f"samples/{cell.cell_id}"}
             rec["status"] = STATUS_OK
     except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a plugin's failure is this cell's result, not the run's
         rec["status"], rec["metrics"] = STATUS_FAILED, {}

@@ -182,6 +182,7 @@ class Suite(Strict):
     device: str = "auto"
     dtype: Literal[tuple(DTYPES)] | None = None  # type: ignore[valid-type]  # None: the model's own
     conditional: bool = True
+    save_samples: Literal["none", "png", "npz"] = "none"  # besides the preview grid; see diffbench.saving
     grid: GridSpec
     include: list[Rule] = Field(default_factory=list)
     exclude: list[Rule] = Field(default_factory=list)

@@ -23,7 +23,7 @@ from diffbench.metrics.extractors import (INCEPTION, Extractor, MetricUnavailabl
                                          resolve_extractor)
 from diffbench.metrics.reference import ReferenceData
 
-__all__ = ["FID", "KID", "PRC", "ClassAccuracy", "METRICS", "INCEPTION", "Extractor", "MetricUnavailable",
+__all__ = ["FID", "FIDInfinity", "KID", "PRC", "ClassAccuracy", "METRICS", "INCEPTION", "Extractor", "MetricUnavailable",
            "UnsafeWeights", "extract_features", "resolve_extractor", "reference_features"]
 
 
@@ -148,6 +148,34 @@ class FID(_FidelityMetric):
         return {"fid": MetricValue(float(value), se, method)}
 
 
+class FIDInfinity(_FidelityMetric):
+    """FID∞: FID of random subsets at several N, a line fitted against 1/N, its intercept (Chong & Forsyth 2020)."""
+
+    name = "fid-inf"
+    higher_is_better = False
+    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "points": 15, "min_fraction": 0.1}
+    needs_features = False
+
+    def score_features(self, gen, ref, context, *, points: int, min_fraction: float) -> dict[str, MetricValue]:
+        n = len(gen)
+        sizes = np.unique(np.linspace(max(2, int(round(min_fraction * n))), n, points).round().astype(int))
+        if len(sizes) < 3:
+            raise MetricUnavailable(f"fid-inf needs at least 3 distinct subset sizes; {n} samples give {len(sizes)}")
+        fid, g = _fid_against(ref.stats()), gen.double().numpy()
+        rng = np.random.default_rng(context.seed)
+        fids = np.array([fid(g[rng.choice(n, size, replace=False)]) for size in sizes])
+        x = 1.0 / sizes
+        slope, intercept = np.polyfit(x, fids, 1)
+        resid = fids - (intercept + slope * x)
+        s2 = float(resid @ resid) / (len(x) - 2)
+        se = float(np.sqrt(s2 * (1 / len(x) + x.mean() ** 2 / ((x - x.mean()) ** 2).sum())))
+        context.info["fid_inf_sizes"] = sizes.tolist()
+        method = (f"FID∞: least-squares line of FID on 1/N over {len(sizes)} random subsets of {sizes[0]}..{n} "
+                  "samples, intercept at 1/N = 0; s.e. = the fit's OLS standard error (the subsets share "
+                  "samples, so it understates the sampling noise)")
+        return {"fid-inf": MetricValue(float(intercept), se, method)}
+
+
 class KID(_FidelityMetric):
     """Kernel (polynomial, cubic) MMD² between sample and reference features (Bińkowski et al. 2018)."""
 
@@ -236,4 +264,4 @@ class ClassAccuracy(StreamingMetric):
                                               "share classified as the conditioning label; binomial s.e.")}
 
 
-METRICS: dict = {m.name: m for m in (FID(), KID(), PRC(), ClassAccuracy())}
+METRICS: dict = {m.name: m for m in (FID(), FIDInfinity(), KID(), PRC(), ClassAccuracy())}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffbench.datasets import DatasetError, digits
-from diffbench.metrics import digits_cnn, extractors, reference
+from diffbench.metrics import digits_cnn, extractors, fidelity, reference
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.fidelity import METRICS, MetricUnavailable
 from diffbench.runner import run_suite
@@ -121,3 +121,24 @@ def test_a_bad_reference_is_a_one_line_suite_error_before_any_sampling(tmp_path,
     with pytest.raises(SuiteError, match=match) as err:
         run_suite(parse_suite(digits_suite(spec), reg), tmp_path / "run", registry=reg, progress=False, cache_dir=tmp_path / "c")
     assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+
+def test_fid_inf_extrapolates_the_small_sample_bias_away(tmp_path, context):
+    """Samples and reference from one Gaussian: FID at N is biased (to first order D/N from the mean and
+    tr(E²)/4 with E[tr E²] = D(D+1)/N from the covariance); FID∞ is ~0 within its error."""
+    d, n = 8, 2000
+    gen = torch.from_numpy(np.random.default_rng(0).standard_normal((n, d)))
+    np.savez(tmp_path / "exact.npz", mu=np.zeros(d), sigma=np.eye(d))  # the true distribution's statistics
+    ref = reference.ReferenceData(open_npz(tmp_path / "exact.npz"), None, "exact")
+    fid_n = fidelity.FID().score_features(gen, ref, context, bootstrap=0)["fid"].value
+    inf = fidelity.FIDInfinity().score_features(gen, ref, context, points=15, min_fraction=0.1)["fid-inf"]
+    bias = d / n + d * (d + 1) / (4 * n)  # 0.013
+    assert 0.5 * bias < fid_n < 2 * bias
+    assert abs(inf.value) < 0.5 * fid_n and abs(inf.value) < 3 * inf.uncertainty  # the truth is 0
+    assert context.info["fid_inf_sizes"][0] == 200 and context.info["fid_inf_sizes"][-1] == n
+
+
+def open_npz(path):
+    from diffbench.datasets import npz_stats
+
+    return npz_stats(path=str(path))
