@@ -156,7 +156,9 @@ class SamplingCall:
             network_seconds=0.0, decode_seconds=0.0 if model.decoder is not None else None,
             meta={"seed": seed, "first_index": first_index, "num_samples": num_samples, "batch_size": batch_size,
                   "guidance": guidance, "conditional": conditional, "clip_x0": clip_x0, "device": str(dev),
-                  "dtype": str(model.dtype).replace("torch.", ""), "warnings": []},
+                  "dtype": str(model.dtype).replace("torch.", ""), "warnings": [],
+                  # whether these options draw noise (None: the sampler does not declare it)
+                  "stochastic": None if comp.meta.get("stochastic") is None else bool(comp.meta["stochastic"](**s_opts))},
         )
 
     def __iter__(self) -> Iterator[Batch]:
