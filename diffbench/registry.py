@@ -37,6 +37,8 @@ DECLARATIONS: dict[str, dict[str, str]] = {
         "stochastic": "callable(**options) -> bool: whether these options draw noise through noise(k)",
         "order_options": "dict: options that make the sampler deterministic and full order (the order check)",
         "stochastic_options": "dict: options under which the sampler is stochastic (the kit's stochastic run)",
+        "noise_per_step": "callable(**options) -> int: noise(k) draws per step (default 1; noise(k) for "
+                          "k < steps × this)",
     },
     "scheduler": {
         "discrete_only": "bool: needs a discrete model's training timesteps; refuses continuous schedules",

@@ -12,6 +12,7 @@ from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser, ev
 from diffbench.devices import resolve_device, resolve_dtype, synchronize
 from diffbench.metrics.base import Batch
 from diffbench.registry import BUILTIN_PLUGIN, Component, Registry, default_registry
+from diffbench.samplers import noise_draws
 from diffbench.schedulers import StepGrid, materialize
 from diffbench.seeding import StepNoise, initial_noise
 
@@ -177,7 +178,8 @@ class SamplingCall:
                                     counter=counter)
                 den.prepare(sigmas)  # σ → t conversions are grid set-up, not sampling time
                 x = initial_noise(self.seed, idx, model.shape, device=dev, dtype=model.dtype) * sigma_start
-                noise = StepNoise(self.seed, idx, model.shape, len(sigmas) - 1, device=dev, dtype=model.dtype)
+                noise = StepNoise(self.seed, idx, model.shape, noise_draws(comp.meta, sigmas, s_opts), device=dev,
+                                  dtype=model.dtype)
                 if stochastic is None or stochastic(**s_opts):
                     noise(0)  # draw the bank before the clock starts: RNG set-up is not sampling time
                 synchronize(dev)

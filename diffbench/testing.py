@@ -26,6 +26,7 @@ from diffbench.noise import EDM, SCHEDULES, Coef, NoiseSchedule
 from diffbench.registry import (ENTRY_POINT_GROUP, Component, PluginError, Registry, default_registry,
                                 normalize_distribution)
 from diffbench.sampling import resolve_options
+from diffbench.samplers import noise_draws
 from diffbench.schedulers import karras, materialize
 from diffbench.seeding import StepNoise, initial_noise
 
@@ -187,7 +188,8 @@ def _run(comp: Component, options: Mapping[str, Any], sigmas: Tensor, *, indices
     den = _Recorder(SigmaDenoiser(model, counter=counter))
     x = initial_noise(seed, indices, model.shape, device=model.device, dtype=dtype) * float(sigmas[0])
     x_before = x.clone()
-    noise = _RecordingNoise(StepNoise(seed, indices, model.shape, len(sigmas) - 1, device=model.device, dtype=dtype))
+    draws = noise_draws(comp.meta, sigmas, options)  # the sampler's noise(k) bank: steps × noise_per_step
+    noise = _RecordingNoise(StepNoise(seed, indices, model.shape, draws, device=model.device, dtype=dtype))
     where = _where(sigmas, options)
     try:
         with torch.inference_mode():

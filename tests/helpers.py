@@ -7,7 +7,7 @@ from torch import Tensor
 
 from diffbench.denoiser import DiffusionModel, SigmaDenoiser
 from diffbench.models.gmm import ExactNetwork, gmm
-from diffbench.samplers import SAMPLERS
+from diffbench.samplers import SAMPLERS, noise_draws
 from diffbench.schedulers import karras
 from diffbench.seeding import StepNoise, initial_noise
 
@@ -42,7 +42,8 @@ def start_points(n: int, sigma: float, seed: int = 0) -> Tensor:
 
 def run(name: str, model: DiffusionModel, x: Tensor, sigmas: Tensor, *, seed: int = 0, **options) -> Tensor:
     """Run a built-in sampler directly on ``x`` over ``sigmas`` with per-sample step noise."""
-    noise = StepNoise(seed, range(len(x)), x.shape[1:], len(sigmas) - 1, dtype=x.dtype)
+    noise = StepNoise(seed, range(len(x)), x.shape[1:], noise_draws(vars(SAMPLERS[name]).get("extra", {}), sigmas,
+                                                                   options), dtype=x.dtype)
     with torch.inference_mode():
         return SAMPLERS[name].fn(SigmaDenoiser(model), x.clone(), sigmas, noise=noise, **options)
 

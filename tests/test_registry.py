@@ -16,7 +16,7 @@ from diffbench.registry import DECLARATIONS, DISABLE_AUTOLOAD_ENV, KINDS, Regist
 
 SAMPLER_NAMES = sorted(["ddim", "ddpm", "dpm-solver++-2m", "dpm-solver++-2m-sde", "dpm-solver++-2s", "dpm-solver++-3m",
                         "dpm-solver++-3m-corrected", "dpm-solver-1", "dpm-solver-2", "dpm-solver-3", "euler",
-                        "euler-ancestral", "heun", "lms", "deis"])
+                        "euler-ancestral", "heun", "lms", "deis", "pndm", "pc"])
 HEADER = "from diffbench.hookspecs import hookimpl\n"
 GOOD_SAMPLER = "def sampler(denoiser, x, sigmas, *, noise=None, gain: float = 1.0):\n    return x\n"
 PLUGINS = {  # entry-point name → module source; module names are prefixed per test
@@ -180,7 +180,7 @@ def diffbench_register(registry):
     assert ("sampler", "typo-sampler") not in reg
     assert [str(e) for e in reg.errors] == ["plugin 'misspelt': registration failed: sampler 'typo-sampler': "
                                             "unknown declaration 'orders'; a sampler declares description, nfe, "
-                                            "order, stochastic, order_options, stochastic_options"]
+                                            "order, stochastic, order_options, stochastic_options, noise_per_step"]
 
 
 def test_add_and_get():

@@ -22,6 +22,8 @@ from diffbench.samplers.dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver
 from diffbench.samplers.dpm_solver_pp import dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, dpmpp_3m, dpmpp_3m_corrected
 from diffbench.samplers.euler import euler, heun
 from diffbench.samplers.lms import lms
+from diffbench.samplers.pc import pc, pc_nfe, pc_noise_per_step
+from diffbench.samplers.pndm import pndm, pndm_nfe
 
 
 __all__ = ["SAMPLERS", "SamplerInfo", "ancestral_step", "churn", "ends_at_zero", "log_ratio", "num_steps",
@@ -33,6 +35,12 @@ def per_step(calls: int) -> Callable[..., int]:
     def nfe(sigmas, **_: Any) -> int:
         return calls * num_steps(sigmas) - (calls - 1) * ends_at_zero(sigmas)
     return nfe
+
+
+def noise_draws(meta: dict[str, Any], sigmas, options: dict[str, Any]) -> int:
+    """Size of the step-noise bank a sampler needs: steps × its ``noise_per_step(**options)`` declaration (1)."""
+    per = meta.get("noise_per_step")
+    return num_steps(sigmas) * (int(per(**options)) if callable(per) else 1)
 
 
 def _never(**_: Any) -> bool:
@@ -52,11 +60,16 @@ class SamplerInfo:
     nfe: Callable[..., int]
     stochastic: Callable[..., bool]
     stochastic_options: dict[str, Any] | None = None  # options that make it stochastic, when its defaults don't
+    noise_per_step: Callable[..., int] | None = None  # noise(k) draws per step, when more than one
 
     def declarations(self) -> dict[str, Any]:
         """The ``registry.add`` keywords (see diffbench.registry.DECLARATIONS)."""
         out = {"order": self.order, "nfe": self.nfe, "stochastic": self.stochastic}
-        return out if self.stochastic_options is None else {**out, "stochastic_options": self.stochastic_options}
+        if self.stochastic_options is not None:
+            out["stochastic_options"] = self.stochastic_options
+        if self.noise_per_step is not None:
+            out["noise_per_step"] = self.noise_per_step
+        return out
 
 
 SAMPLERS: dict[str, SamplerInfo] = {
@@ -75,4 +88,6 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "dpm-solver++-2m-sde": SamplerInfo(dpmpp_2m_sde, 2, per_step(1), _when_positive("eta")),
     "lms": SamplerInfo(lms, 4, per_step(1), _never),  # the default order=4; order=p converges at order p
     "deis": SamplerInfo(deis, 3, per_step(1), _never),  # the default order=3
+    "pc": SamplerInfo(pc, None, pc_nfe, lambda **_: True, noise_per_step=pc_noise_per_step),
+    "pndm": SamplerInfo(pndm, 2, pndm_nfe, _never),  # uniform-grid AB weights: order 2 on Karras σ (measured)
 }
