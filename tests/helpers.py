@@ -42,7 +42,7 @@ def start_points(n: int, sigma: float, seed: int = 0) -> Tensor:
 
 def run(name: str, model: DiffusionModel, x: Tensor, sigmas: Tensor, *, seed: int = 0, **options) -> Tensor:
     """Run a built-in sampler directly on ``x`` over ``sigmas`` with per-sample step noise."""
-    noise = StepNoise(seed, range(len(x)), x.shape[1:], noise_draws(vars(SAMPLERS[name]).get("extra", {}), sigmas,
+    noise = StepNoise(seed, range(len(x)), x.shape[1:], noise_draws(SAMPLERS[name].declarations(), sigmas,
                                                                    options), dtype=x.dtype)
     with torch.inference_mode():
         return SAMPLERS[name].fn(SigmaDenoiser(model), x.clone(), sigmas, noise=noise, **options)

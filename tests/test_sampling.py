@@ -11,7 +11,7 @@ from diffbench import seeding
 from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
 from diffbench.hookspecs import hookimpl
 from diffbench.registry import build_registry
-from diffbench.samplers import SAMPLERS
+from diffbench.samplers import SAMPLERS, noise_draws
 from diffbench.sampling import sample, sample_batches
 from helpers import conditional_model, edm_model, truncated_karras
 
@@ -73,9 +73,11 @@ def test_counted_nfe_equals_declared_nfe(name):
     # and on a grid that stops above σ = 0 (no shortened last step)
     sigmas = truncated_karras(model, 7)
     counter = NetworkCounter(4)
-    noise = seeding.StepNoise(0, range(4), (2,), 7, dtype=torch.float64)
+    options = STOCHASTIC.get(name) or {}
+    noise = seeding.StepNoise(0, range(4), (2,), noise_draws(SAMPLERS[name].declarations(), sigmas, options),
+                              dtype=torch.float64)
     x = seeding.initial_noise(0, range(4), (2,), dtype=torch.float64) * 80
-    SAMPLERS[name].fn(SigmaDenoiser(model, counter=counter), x, sigmas, noise=noise, **(STOCHASTIC.get(name) or {}))
+    SAMPLERS[name].fn(SigmaDenoiser(model, counter=counter), x, sigmas, noise=noise, **options)
     assert counter.nfe == SAMPLERS[name].nfe(sigmas)
 
 
@@ -183,7 +185,8 @@ def test_no_host_sync_inside_the_sampling_loop(monkeypatch, name):
 
         monkeypatch.setattr(torch.Tensor, method, spy)
     sigmas = torch.tensor([10.0, 5.0, 2.0, 1.0, 0.5, 0.0], dtype=torch.float64)
-    noise_bank = torch.randn(5, 3, 2, dtype=torch.float64)
+    noise_bank = torch.randn(noise_draws(SAMPLERS[name].declarations(), sigmas, STOCHASTIC.get(name) or {}), 3, 2,
+                             dtype=torch.float64)
     x = torch.randn(3, 2, dtype=torch.float64)
     SAMPLERS[name].fn(lambda x, s: 0.5 * x, x, sigmas, noise=lambda k: noise_bank[k], **(STOCHASTIC.get(name) or {}))
     assert conversions == ["tolist"]
