@@ -16,7 +16,7 @@ from diffbench.registry import DECLARATIONS, DISABLE_AUTOLOAD_ENV, KINDS, Regist
 
 SAMPLER_NAMES = sorted(["ddim", "ddpm", "dpm-solver++-2m", "dpm-solver++-2m-sde", "dpm-solver++-2s", "dpm-solver++-3m",
                         "dpm-solver++-3m-corrected", "dpm-solver-1", "dpm-solver-2", "dpm-solver-3", "euler",
-                        "euler-ancestral", "heun", "lms", "deis", "pndm", "pc"])
+                        "euler-ancestral", "heun", "lms", "deis", "pndm", "pc", "restart"])
 HEADER = "from diffbench.hookspecs import hookimpl\n"
 GOOD_SAMPLER = "def sampler(denoiser, x, sigmas, *, noise=None, gain: float = 1.0):\n    return x\n"
 PLUGINS = {  # entry-point name → module source; module names are prefixed per test

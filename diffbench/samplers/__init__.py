@@ -24,6 +24,7 @@ from diffbench.samplers.euler import euler, heun
 from diffbench.samplers.lms import lms
 from diffbench.samplers.pc import pc, pc_nfe, pc_noise_per_step
 from diffbench.samplers.pndm import pndm, pndm_nfe
+from diffbench.samplers.restart import restart, restart_nfe, restart_noise_per_step
 
 
 __all__ = ["SAMPLERS", "SamplerInfo", "ancestral_step", "churn", "ends_at_zero", "log_ratio", "num_steps",
@@ -89,5 +90,7 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "lms": SamplerInfo(lms, 4, per_step(1), _never),  # the default order=4; order=p converges at order p
     "deis": SamplerInfo(deis, 3, per_step(1), _never),  # the default order=3
     "pc": SamplerInfo(pc, None, pc_nfe, lambda **_: True, noise_per_step=pc_noise_per_step),
-    "pndm": SamplerInfo(pndm, 2, pndm_nfe, _never),  # uniform-grid AB weights: order 2 on Karras σ (measured)
+    "pndm": SamplerInfo(pndm, 2, pndm_nfe, _never),
+    "restart": SamplerInfo(restart, 2, restart_nfe, _when_positive("restart_times"),
+                           noise_per_step=restart_noise_per_step),  # order: of Heun, with restart_times = 0  # uniform-grid AB weights: order 2 on Karras σ (measured)
 }

@@ -20,10 +20,14 @@ def heun(denoiser, x, sigmas, *, noise=None, churn_amount: float = 0.0, s_tmin: 
     n = num_steps(sigmas)
     for k, s, sn in steps_of(sigmas):
         x, s = churn(x, k, s, n, noise, churn_amount, s_tmin, s_tmax, s_noise)
-        d = to_d(x, s, denoiser(x, s))
-        x_euler = x + (sn - s) * d
-        if sn == 0.0:
-            x = x_euler
-        else:
-            x = x + (sn - s) * 0.5 * (d + to_d(x_euler, sn, denoiser(x_euler, sn)))
+        x = heun_step(denoiser, x, s, sn)
     return x
+
+
+def heun_step(denoiser, x, s: float, sn: float):
+    """One step of Heun's method from σ = s to sn; Euler (x = D(x, s)) when sn = 0."""
+    d = to_d(x, s, denoiser(x, s))
+    x_euler = x + (sn - s) * d
+    if sn == 0.0:
+        return x_euler
+    return x + (sn - s) * 0.5 * (d + to_d(x_euler, sn, denoiser(x_euler, sn)))

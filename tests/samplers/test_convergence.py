@@ -29,6 +29,8 @@ DETERMINISTIC = {
     "dpm-solver++-3m": {"lower_order_final": False},
     "dpm-solver++-3m-corrected": {"lower_order_final": False},
     "dpm-solver++-2m-sde": {"eta": 0.0, "lower_order_final": False},
+    "deis": {"lower_order_final": False},
+    "restart": {"restart_times": 0},  # Heun's sampler: the restarts are the stochastic part
 }
 ORDERED = sorted(name for name, info in SAMPLERS.items() if info.order is not None)
 
