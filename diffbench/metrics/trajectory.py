@@ -195,6 +195,11 @@ class TrajectoryError(StreamingMetric):
     def features(self, *, model: Any, context: MetricContext, reference_tol: float = 1e-4, first_steps: int = 64,
                  max_steps: int = 2048, max_samples: int | None = None) -> TrajectoryRows:
         """``max_samples``: score only samples with index < max_samples (the reference costs ~2000 NFE each)."""
+        for key, value, kind in (("reference_tol", reference_tol, (int, float)), ("first_steps", first_steps, int),
+                                 ("max_steps", max_steps, int), ("max_samples", max_samples, (int, type(None)))):
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"trajectory-error {key} must be a number{' or null' if key == 'max_samples' else ''}"
+                                 f", got {value!r} (write 3.0e-4, not 3e-4, in YAML)")
         if not (reference_tol > 0 and first_steps >= 1 and max_steps >= 2 * first_steps):
             raise ValueError("trajectory-error needs reference_tol > 0, first_steps ≥ 1 and "
                              "max_steps ≥ 2·first_steps")

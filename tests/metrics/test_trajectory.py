@@ -112,3 +112,11 @@ def test_orders_on_a_real_model(tmp_path, sampler, order, steps):
                       ["trajectory-error"].value)
     slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
     assert abs(slope - order) < 0.35, f"{sampler}: measured {slope:.2f}, errors {errors}"
+
+
+@pytest.mark.parametrize("options,message", [({"reference_tol": "3e-4"}, "reference_tol must be a number, got '3e-4'"),
+                                             ({"max_samples": 0}, "max_samples must be ≥ 1 or null"),
+                                             ({"first_steps": 64, "max_steps": 100}, "max_steps ≥ 2·first_steps")])
+def test_bad_options_are_one_line_errors(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        TrajectoryError().features(model=_gmm(), context=MetricContext(tmp_path), **options)

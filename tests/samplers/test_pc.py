@@ -84,6 +84,10 @@ def test_samples_follow_the_mixture(corrector_steps):
         return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
 
     assert energy(out, ref) < 3 * max(energy(other, ref), 1e-3)
+    if corrector_steps:  # Song et al.'s step-size rule with per-sample norms does not, in 2-D (README)
+        snr_rule = SAMPLERS["pc"].fn(SigmaDenoiser(model), x, sigmas, noise=noise, corrector_steps=corrector_steps,
+                                     step_size="snr")
+        assert energy(snr_rule, ref) > 10 * max(energy(other, ref), 1e-3)
 
 
 def test_declared_nfe_and_noise():
