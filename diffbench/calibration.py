@@ -46,6 +46,32 @@ def bare_network_seconds(model: DiffusionModel, batch_size: int, *, repeats: int
     return statistics.median(time_network_call(model, batch_size, inputs) for _ in range(repeats))
 
 
+REFERENCE_SHAPE = (64, 256)  # 16384 float32 values: below torch's parallel grain, so one thread does the work
+REFERENCE_OPS = 64
+
+
+def cpu_reference_seconds(repeats: int = 15) -> float:
+    """Median CPU time of this thread for a fixed piece of harness-like work (small elementwise tensor ops
+    driven from Python): the yardstick compare divides harness time by to compare machines.
+
+    Thread CPU time leaves out the time the thread waited for a core, so other processes on a shared
+    machine move it much less than wall-clock time.
+    """
+    x = torch.linspace(-1.0, 1.0, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1]).reshape(REFERENCE_SHAPE)
+    d = torch.full(REFERENCE_SHAPE, 0.5)
+
+    def work() -> float:
+        y = x
+        t0 = time.thread_time()
+        for k in range(REFERENCE_OPS):
+            y = y + (0.001 * k) * (y - d)
+        return time.thread_time() - t0
+
+    with torch.inference_mode():
+        work()  # warm-up: allocator, dispatch caches
+        return statistics.median(work() for _ in range(repeats))
+
+
 @dataclass(frozen=True)
 class Overhead:
     """Harness overhead: sampling wall-clock / (NFE × bare network time) − 1, per repetition."""

@@ -213,10 +213,15 @@ def _summarise(rec: dict[str, Any], results: list[SampleResult]) -> None:
     n = sum(int(r.meta["num_samples"]) for r in results)
     sample_s = sum(r.sample_seconds for r in results)
     network_s = sum(r.network_seconds for r in results)
+    calls = [t for r in results for t in r.call_seconds]
+    gaps = [t for r in results for t in r.gap_seconds]
     rec.update({
         "nfe": statistics.fmean(r.nfe for r in results), "sample_seconds": sample_s,
         "seconds_per_sample": sample_s / n, "network_seconds": network_s,
         "network_share": network_s / sample_s if sample_s > 0 else None,
+        # medians per network call: robust to the odd preemption on a shared machine (compare's harness check)
+        "network_seconds_per_call": statistics.median(calls) if calls else None,
+        "harness_seconds_per_call": statistics.median(gaps) if gaps else None,
     })
     if results[0].decode_seconds is not None:  # latent models: decoding time, apart from sampling time
         rec["decode_seconds"] = sum(r.decode_seconds for r in results)

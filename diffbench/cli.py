@@ -206,17 +206,20 @@ def report_cmd(run_dir: Path) -> None:
                    "METRIC= for one metric (default 0).")
 @click.option("--time-tol", default=None, metavar="TOL",
               help="Allowed growth of machine-normalised sampling time, 0.25 or 25% (default 25%); 'off' skips it.")
+@click.option("--harness-tol", default=None, metavar="TOL",
+              help="Allowed growth of harness CPU time per network call, 0.5 or 50% (default 50%); 'off' skips it.")
 @click.option("--z", type=float, default=None, help="Standard errors a metric may move (default 2).")
 @click.option("--json", "as_json", is_flag=True, help="The comparison as JSON.")
 @handled
-def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time_tol: str | None, z: float | None,
-                as_json: bool) -> None:
+def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time_tol: str | None,
+                harness_tol: str | None, z: float | None, as_json: bool) -> None:
     """Compare RUN with BASELINE cell by cell; exit 1 when any cell regressed."""
     from diffbench import compare
 
     try:
         rule = compare.Rule(z=compare.Z if z is None else z, metric_tol=compare.parse_metric_tols(metric_tol),
-                            time_tol=compare.parse_time_tol(time_tol))
+                            time_tol=compare.parse_time_tol(time_tol),
+                            harness_tol=compare.parse_time_tol(harness_tol, compare.HARNESS_TOL))
         result = compare.compare(baseline, run_dir, rule)
     except compare.CompareError as exc:
         raise UserError(str(exc)) from None
@@ -232,6 +235,7 @@ def plugins(as_json: bool) -> None:
     """List every registered component (kind, name, plugin, distribution, version, description) and every
     plugin that failed to load or register; exit 1 when one did."""
     from diffbench.registry import default_registry
+    from diffbench.text import shorten
 
     registry = default_registry()  # load errors also go to stderr as warnings
     rows = [c.as_row() for c in registry]
@@ -253,14 +257,6 @@ def plugins(as_json: bool) -> None:
                 click.echo(f"  {err}")
     if registry.errors:
         sys.exit(EXIT_FAILED)
-
-
-def shorten(text: str, width: int) -> str:
-    """``text`` cut at a word boundary to at most ``width`` characters, with '…' when cut."""
-    if len(text) <= width:
-        return text
-    cut = text[: width - 1].rsplit(" ", 1)[0] if " " in text[: width - 1] else text[: width - 1]
-    return cut.rstrip(" ,;:") + "…"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,11 @@ Quality: a metric is worse when it moved in its bad direction by more than ``z``
 errors √(se_base² + se_run²) plus the metric's tolerance. Cost: counted NFE may not grow. Speed:
 sampling time is expressed in evaluations of the model's own network timed on the same machine
 (inside the timed call, else the run's calibration), so a baseline from another machine compares
-fairly; it is worse when that grew by more than the time tolerance. See docs/regression.md.
+fairly; it is worse when that grew by more than the time tolerance. Harness: the sampler's and
+wrapper's own work per network call (median thread CPU time between consecutive network calls),
+scaled by the two machines' CPU reference; worse when it grew by more than the harness tolerance and
+by more than a floor, so a sampler loop that got twice as slow is seen even when the network takes
+99 % of the time. See docs/regression.md.
 """
 from __future__ import annotations
 
@@ -17,9 +21,13 @@ import pandas as pd
 
 from diffbench.metrics.base import conventional_direction
 from diffbench.results import STATUS_OK, DamagedFileError, RunDir, dumps, find_run
+from diffbench.text import shorten
 
 Z = 2.0
 TIME_TOL = 0.25  # in-call normalised time varied ≤ 4.3% over 8 smoke runs on a loaded 2-core CPU
+HARNESS_TOL = 0.5  # relative growth of harness time per call; see tests/benchmarks/test_harness_gate.py
+HARNESS_FLOOR = 5e-6  # seconds per call: a change below this is timing noise whatever its ratio
+ROUND_OFF_RTOL = 1e-6  # allowance of a metric without standard error: about 8 float32 ulps of its value
 NFE_RTOL = 1e-9
 BETTER, SAME, WORSE = "better", "same", "worse"
 
@@ -62,6 +70,8 @@ class Rule:
     z: float = Z
     metric_tol: dict[str, Tolerance] = field(default_factory=dict)  # by metric name; "" is the default
     time_tol: float | None = TIME_TOL  # relative; None: speed not compared
+    harness_tol: float | None = HARNESS_TOL  # relative; None: harness time not compared
+    harness_floor: float = HARNESS_FLOOR  # seconds per network call
 
     def __post_init__(self) -> None:
         if isinstance(self.z, bool) or not isinstance(self.z, (int, float)) or not 0 <= self.z < math.inf:
@@ -74,9 +84,12 @@ class Rule:
     def describe(self) -> str:
         tols = ", ".join(f"{k or 'default'} {v}" for k, v in sorted(self.metric_tol.items())) or "0"
         speed = "not compared" if self.time_tol is None else f"worse beyond {100 * self.time_tol:g}%"
+        harness = "not compared" if self.harness_tol is None else (
+            f"worse beyond {100 * self.harness_tol:g}% and {1e6 * self.harness_floor:g} µs per call")
         return (f"quality worse beyond z = {self.z:g} combined standard errors √(se_base² + se_run²) + tolerance "
-                f"({tols}); NFE may not grow; speed (sampling time in network evaluations on the run's own machine) "
-                f"{speed}")
+                f"({tols}), or {ROUND_OFF_RTOL:g}·|baseline| for a metric without standard error; NFE may not "
+                f"grow; speed (sampling time in network evaluations on the run's own machine) {speed}; harness "
+                f"(CPU time per network call between calls, scaled by the machines' CPU reference) {harness}")
 
 
 def parse_metric_tols(items: list[str] | tuple[str, ...]) -> dict[str, Tolerance]:
@@ -88,10 +101,10 @@ def parse_metric_tols(items: list[str] | tuple[str, ...]) -> dict[str, Tolerance
     return out
 
 
-def parse_time_tol(text: str | None) -> float | None:
-    """'0.5' or '50%' → 0.5; 'off' → None (speed not compared); None → the default."""
+def parse_time_tol(text: str | None, default: float = TIME_TOL) -> float | None:
+    """'0.5' or '50%' → 0.5; 'off' → None (not compared); None → ``default``."""
     if text is None:
-        return TIME_TOL
+        return default
     if text.strip().lower() == "off":
         return None
     return Tolerance.parse(text).value
@@ -104,10 +117,27 @@ class Check:
     what: str
     baseline: float | None
     run: float | None
-    delta: float | None  # run − baseline (time: relative change, run / baseline − 1)
-    threshold: float | None  # how far the bad direction may go before "worse"
+    delta: float | None  # run − baseline (time, harness: relative change, run / baseline − 1)
+    threshold: float | None  # the allowance: how far the bad direction may go before "worse" (same unit as delta)
     verdict: str
     note: str = ""
+
+    def describe(self) -> str:
+        """'baseline → run (change, allowed ±allowance)' in the check's unit, for the log."""
+        if self.delta is None:
+            return f"{self.what}: {self.note or 'not compared'}"
+        if self.what == "time":
+            values = f"{self.baseline:.4g} → {self.run:.4g} network evaluations"
+        elif self.what == "harness":
+            values = f"{1e6 * self.baseline:.3g} → {1e6 * self.run:.3g} µs CPU per network call"
+        else:
+            values = f"{self.baseline:.6g} → {self.run:.6g}"
+        if self.what in ("time", "harness"):
+            change = f"{100 * self.delta:+.1f}%, allowed ±{100 * self.threshold:.3g}%"
+        else:
+            change = f"{self.delta:+.3g}, allowed ±{self.threshold:.3g}"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.what}: {values} ({change}{note})"
 
 
 @dataclass
@@ -140,6 +170,7 @@ class Comparison:
     new_cells: list[str]
     warnings: list[str]
     machines: str | None = None
+    context: list[dict[str, Any]] = field(default_factory=list)  # what ran, baseline vs run (see run_context)
 
     @property
     def regressions(self) -> list[CellComparison]:
@@ -148,8 +179,13 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         return {"baseline": str(self.baseline), "run": str(self.run), "z": self.rule.z,
                 "metric_tol": {k or "default": str(v) for k, v in self.rule.metric_tol.items()},
-                "time_tol": self.rule.time_tol, "rule": self.rule.describe(),
+                "time_tol": self.rule.time_tol, "harness_tol": self.rule.harness_tol,
+                "harness_floor_seconds": self.rule.harness_floor, "round_off_rtol": ROUND_OFF_RTOL,
+                "rule": self.rule.describe(), "context": self.context,
                 "regressions": len(self.regressions), "cells": [c.as_dict() for c in self.cells],
+                "regressed_cells": [{"cell_id": c.cell_id, "label": c.label, "note": c.note,
+                                     "worse": [k.describe() for k in c.checks if k.verdict == WORSE]}
+                                    for c in self.regressions],
                 "new_cells": self.new_cells, "warnings": self.warnings, "machines": self.machines}
 
     def to_json(self) -> str:
@@ -242,9 +278,10 @@ def metric_check(name: str, base: dict[str, Any], run: dict[str, Any], higher: b
         return Check(name, b, r, None, None, WORSE, "no value in the run")
     ses = [s for s in (base.get("uncertainty"), run.get("uncertainty")) if s is not None and math.isfinite(s)]
     se = math.sqrt(sum(s * s for s in ses))
-    threshold = rule.z * se + rule.tolerance(name).of(b)
+    noise = rule.z * se if ses else ROUND_OFF_RTOL * abs(b)  # no standard error: round-off only
+    threshold = noise + rule.tolerance(name).of(b)
     delta = r - b
-    note = "" if ses else "no uncertainty recorded"
+    note = "" if ses else f"no standard error: round-off allowance {ROUND_OFF_RTOL:g}·|baseline|"
     return Check(name, b, r, delta, threshold, _verdict(-delta if higher else delta, threshold), note)
 
 
@@ -292,6 +329,38 @@ def time_check(base: dict[str, Any], run: dict[str, Any], base_manifest: dict[st
     return Check("time", b, r, ratio, rule.time_tol, _verdict(ratio, rule.time_tol), f"per {basis}")
 
 
+def cpu_reference(manifest: dict[str, Any], model: Any) -> float | None:
+    """The run's CPU yardstick (calibration.cpu_reference_seconds), if it recorded one."""
+    value = ((manifest.get("calibration") or {}).get(model) or {}).get("cpu_reference_seconds")
+    return value if isinstance(value, (int, float)) and value > 0 else None
+
+
+def harness_check(base: dict[str, Any], run: dict[str, Any], base_manifest: dict[str, Any],
+                  run_manifest: dict[str, Any], rule: Rule) -> Check | None:
+    """Worse when the harness CPU time per network call grew by more than the harness tolerance and the floor.
+
+    Harness time is the median CPU time of the sampling thread between consecutive network calls: the
+    sampler's and the σ-space wrapper's own work, without the network and without the time the thread
+    waited for a core. A baseline from another machine is scaled by the ratio of the two runs' CPU
+    reference times (the same fixed tensor work timed the same way).
+    """
+    if rule.harness_tol is None:
+        return None
+    b, r = base.get("harness_seconds_per_call"), run.get("harness_seconds_per_call")
+    if b is None or r is None:
+        where = "baseline" if b is None else "run"
+        return Check("harness", b, r, None, None, SAME, f"no harness time in the {where}'s record: not compared "
+                     "(recorded since diffbench records harness_seconds_per_call; refresh the baseline to gate it)")
+    expected, note = b, ""
+    ref_b, ref_r = cpu_reference(base_manifest, base.get("model")), cpu_reference(run_manifest, run.get("model"))
+    if ref_b and ref_r and abs(ref_r / ref_b - 1.0) > 0.25:  # another kind of machine: rescale the baseline
+        expected = b * ref_r / ref_b
+        note = f"baseline scaled ×{ref_r / ref_b:.2f} by the machines' CPU reference"
+    allowance = max(rule.harness_tol * expected, rule.harness_floor)
+    verdict = _verdict(r - expected, allowance)
+    return Check("harness", expected, r, r / expected - 1.0, allowance / expected, verdict, note)
+
+
 def compare_cell(cid: str, base: dict[str, Any], run: dict[str, Any], base_manifest: dict[str, Any],
                  run_manifest: dict[str, Any], rule: Rule, warnings: list[str]) -> CellComparison:
     """Every check of one matched cell."""
@@ -305,9 +374,10 @@ def compare_cell(cid: str, base: dict[str, Any], run: dict[str, Any], base_manif
                            higher_is_better(name, base, run, warnings=warnings), rule)
               for name, m in base.get("metrics", {}).items()]
     checks.append(nfe_check(base, run))
-    timed = time_check(base, run, base_manifest, run_manifest, rule)
-    if timed is not None:
-        checks.append(timed)
+    for timed in (time_check(base, run, base_manifest, run_manifest, rule),
+                  harness_check(base, run, base_manifest, run_manifest, rule)):
+        if timed is not None:
+            checks.append(timed)
     return CellComparison(cid, label, checks)
 
 
@@ -333,6 +403,32 @@ def machines(base: dict[str, Any], run: dict[str, Any]) -> str | None:
     return "calibration: " + "; ".join(parts) if parts else None
 
 
+def _git(manifest: dict[str, Any]) -> str | None:
+    git = manifest.get("git") or {}
+    if not git.get("sha"):
+        return None
+    return str(git["sha"])[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
+
+
+def _device(manifest: dict[str, Any]) -> str | None:
+    device, name = manifest.get("device"), manifest.get("device_name")
+    return f"{device} ({name})" if device and name else device
+
+
+def run_context(base: dict[str, Any], run: dict[str, Any]) -> list[dict[str, Any]]:
+    """What ran, in both runs: diffbench, each plugin distribution, git commit, device, torch; flags changes."""
+    def version(m: dict[str, Any], key: str) -> Any:
+        return (m.get("versions") or {}).get(key)
+
+    items: list[tuple[str, Any, Any]] = [("diffbench", version(base, "diffbench"), version(run, "diffbench"))]
+    plugins = sorted(set(base.get("plugins") or {}) | set(run.get("plugins") or {}))
+    items += [(f"plugin {d}", (base.get("plugins") or {}).get(d, "absent"), (run.get("plugins") or {}).get(d, "absent"))
+              for d in plugins if d != "diffbench"]
+    items += [("git commit", _git(base), _git(run)), ("device", _device(base), _device(run)),
+              ("torch", version(base, "torch"), version(run, "torch"))]
+    return [{"what": what, "baseline": b, "run": r, "changed": b != r} for what, b, r in items]
+
+
 def compare(baseline: str | Path, run: str | Path, rule: Rule | None = None) -> Comparison:
     """Compare every baseline cell with the same cell of ``run`` (each a run directory or a suite folder)."""
     rule = rule or Rule()
@@ -346,16 +442,19 @@ def compare(baseline: str | Path, run: str | Path, rule: Rule | None = None) -> 
     cells = [compare_cell(cid, base_records[cid], run_records[cid], base_manifest, run_manifest, rule, warnings)
              for cid in sorted(ids, key=lambda c: base_records[c].get("index", 0))]
     return Comparison(base_dir.path, run_dir.path, rule, cells, sorted(new), list(dict.fromkeys(warnings)),
-                      machines(base_manifest, run_manifest))
+                      machines(base_manifest, run_manifest), run_context(base_manifest, run_manifest))
 
 
 # --- display -----------------------------------------------------------------------------------
 
+NOTE_WIDTH = 60
+
+
 def _fmt_check(c: Check) -> str:
     if c.delta is None:
-        return c.note or "-"
-    if c.what == "time":
-        text = f"{c.baseline:.3g}→{c.run:.3g} ({100 * c.delta:+.0f}%)"
+        return "not compared" if c.note else "-"  # why: under the table
+    if c.what in ("time", "harness"):
+        text = f"{100 * c.delta:+.0f}% (±{100 * c.threshold:.3g}%)"
     elif c.what == "nfe":
         text = f"{c.baseline:g}→{c.run:g}"
     else:
@@ -364,29 +463,54 @@ def _fmt_check(c: Check) -> str:
 
 
 def table(result: Comparison) -> pd.DataFrame:
-    """One row per cell: its verdict, then each check's delta (metrics: Δ and the allowance ±threshold)."""
+    """One row per cell: its verdict, then each check's change and allowance (Δ metric ±allowance, time %)."""
     rows = []
     for cell in result.cells:
         row = {"cell": cell.label, "verdict": cell.verdict}
         for c in cell.checks:
-            row["Δ" + c.what if c.what not in ("nfe", "time", "status") else c.what] = _fmt_check(c)
+            row["Δ" + c.what if c.what not in ("nfe", "time", "harness", "status") else c.what] = _fmt_check(c)
         if cell.note:
-            row["note"] = cell.note
+            row["note"] = shorten(cell.note, NOTE_WIDTH)  # in full under "regressions"
         rows.append(row)
     return pd.DataFrame(rows).fillna("")
 
 
+def _context_lines(result: Comparison) -> list[str]:
+    if not result.context:
+        return []
+    width = max(len(c["what"]) for c in result.context)
+    bw = max(len(str(c["baseline"])) for c in result.context)
+    lines = ["what ran (baseline → run):"]
+    for c in result.context:
+        mark = f"→ {c['run']}   CHANGED" if c["changed"] else "(same)"
+        lines.append(f"  {c['what']:<{width}}  {str(c['baseline']):<{bw}}  {mark}".rstrip())
+    return lines
+
+
 def text(result: Comparison) -> str:
-    """The terminal report: table, rule, and a one-line summary."""
-    lines = [f"baseline {result.baseline}", f"run      {result.run}"]
+    """The terminal report: what changed between the runs, the table, each regression in full, the rule,
+    a summary, and last the regressed cells."""
+    lines = [f"baseline {result.baseline}", f"run      {result.run}", *_context_lines(result)]
     if result.machines:
         lines.append(result.machines)
-    lines += ["", table(result).to_string(index=False, max_colwidth=60), "", f"rule: {result.rule.describe()}"]
+    lines += ["", table(result).to_string(index=False, max_colwidth=NOTE_WIDTH + 1)]
+    if result.regressions:
+        lines += ["", "regressions (baseline → run, change, allowance):"]
+        for cell in result.regressions:
+            lines.append(f"  {cell.label}" + (f": {cell.note}" if cell.note else ""))
+            lines += [f"    {c.describe()}" for c in cell.checks if c.verdict == WORSE and c.what != "status"]
+    lines += ["", f"rule: {result.rule.describe()}"]
     if result.new_cells:
         lines.append(f"not in the baseline (not compared): {', '.join(_label(c) for c in result.new_cells)}")
     lines += [f"warning: {w}" for w in result.warnings]
+    skipped = sorted({c.note for cell in result.cells for c in cell.checks if c.delta is None and c.note})
+    lines += [f"not compared: {note}" for note in skipped]
     n = len(result.regressions)
     counts = {v: sum(c.verdict == v for c in result.cells) for v in (BETTER, SAME, WORSE)}
     lines.append(f"{len(result.cells)} cells: {counts[BETTER]} better, {counts[SAME]} same within noise, "
                  f"{counts[WORSE]} worse" + (f" → REGRESSION in {n} cell(s)" if n else ""))
+    if n:
+        lines.append("regressed cells:")
+        lines += [f"  {c.label}: " + ", ".join(k.what for k in c.checks if k.verdict == WORSE)
+                  for c in result.regressions]
     return "\n".join(lines)

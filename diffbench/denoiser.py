@@ -103,6 +103,11 @@ class NetworkCounter:
         self._cuda = device.type == "cuda"
         self._seconds = 0.0
         self._events: list[tuple[Any, Any]] = []
+        self._call_seconds: list[float] = []
+        # CPU time of the calling thread between consecutive calls: the sampler's and wrapper's own work,
+        # without the time the thread waited for a core (robust to other processes on a shared machine)
+        self.gap_seconds: list[float] = []
+        self._left: float | None = None
 
     @property
     def nfe(self) -> float:
@@ -112,24 +117,38 @@ class NetworkCounter:
     def run(self, fn: Callable[..., Tensor], *args: Any) -> Tensor:
         self.calls += 1
         self.rows += args[0].shape[0]
+        if self._left is not None:
+            self.gap_seconds.append(time.thread_time() - self._left)
+        t0 = time.perf_counter()
         if self._cuda:  # events, not syncs: the loop never waits for the device
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             out = fn(*args)
             end.record()
             self._events.append((start, end))
-            return out
-        t0 = time.perf_counter()
-        out = fn(*args)
-        self._seconds += time.perf_counter() - t0
+        else:
+            out = fn(*args)
+            self._call_seconds.append(time.perf_counter() - t0)
+            self._seconds += self._call_seconds[-1]
+        self._left = time.thread_time()
         return out
 
-    def network_seconds(self) -> float:
-        if self._cuda:
+    def _collect(self) -> None:
+        if self._cuda and self._events:
             torch.cuda.synchronize()
-            self._seconds += sum(s.elapsed_time(e) for s, e in self._events) / 1000.0
+            times = [s.elapsed_time(e) / 1000.0 for s, e in self._events]
+            self._call_seconds += times
+            self._seconds += sum(times)
             self._events.clear()
+
+    def network_seconds(self) -> float:
+        self._collect()
         return self._seconds
+
+    def call_seconds(self) -> list[float]:
+        """Time inside the network, per call (CUDA: device time from events)."""
+        self._collect()
+        return list(self._call_seconds)
 
 
 def guided(guidance: float | None) -> bool:

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffbench import plots, report
-from diffbench.calibration import bare_network_seconds
+from diffbench.calibration import bare_network_seconds, cpu_reference_seconds
 from diffbench.cell import CELL_FAILURES, metric_plan, now, sampling_call
 from diffbench.denoiser import DiffusionModel, evaluations_per_call
 from diffbench.devices import resolve_device, resolve_dtype
@@ -213,7 +213,8 @@ def calibrate(model: DiffusionModel, batch_size: int, repeats: int = 5) -> dict[
     """Bare network time on one batch: the per-machine yardstick speed comparisons divide by."""
     seconds = bare_network_seconds(model, batch_size, repeats=repeats)
     return {"network_seconds_per_call": seconds, "batch_size": batch_size,
-            "method": f"median of {repeats} bare network calls on one batch after 2 warm-up calls"}
+            "method": f"median of {repeats} bare network calls on one batch after 2 warm-up calls",
+            "cpu_reference_seconds": cpu_reference_seconds()}
 
 
 def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Registry,

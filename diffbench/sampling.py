@@ -44,6 +44,8 @@ class SampleResult:
     network_seconds: float
     meta: dict[str, Any] = field(default_factory=dict)
     decode_seconds: float | None = None  # latent models: decoding after the timed sampling; None: no decoder
+    call_seconds: list[float] = field(default_factory=list)  # time inside the network, per call
+    gap_seconds: list[float] = field(default_factory=list)  # thread CPU time between consecutive calls (harness)
 
     @property
     def seconds_per_sample(self) -> float:
@@ -188,6 +190,8 @@ class SamplingCall:
                 synchronize(dev)
                 res.sample_seconds += time.perf_counter() - t0
                 res.network_seconds += counter.network_seconds()
+                res.call_seconds += counter.call_seconds()
+                res.gap_seconds += counter.gap_seconds
                 nfe_rows += counter.rows
                 res.nfe = nfe_rows / (start + len(idx))
                 check_batch(x, len(idx), model, res.sampler, idx[0])

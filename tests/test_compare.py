@@ -153,7 +153,7 @@ def test_speed_falls_back_to_the_calibration(tmp_path):
     slow = make_run(tmp_path / "slow", [record(10, sample_seconds=0.6, network_seconds=None)], bare=0.01)
     assert verdicts(base, same)["euler karras n=10"]["time"] == SAME
     assert verdicts(base, slow)["euler karras n=10"]["time"] == WORSE
-    check = compare.compare(base, slow).cells[0].checks[-1]
+    check = next(c for c in compare.compare(base, slow).cells[0].checks if c.what == "time")
     assert (check.baseline, check.run, check.note) == (pytest.approx(40.0), pytest.approx(60.0), "per calibration")
 
 
@@ -198,7 +198,9 @@ def test_cli_json(base, tmp_path):
     data = json.loads(result.stdout)
     assert result.exit_code == 1 and data["regressions"] == 1 and data["z"] == 2.0 and data["time_tol"] is None
     assert [c["verdict"] for c in data["cells"]] == [WORSE, SAME]
-    assert {c["what"] for c in data["cells"][0]["checks"]} == {"fid", "precision", "nfe"}
+    assert {c["what"] for c in data["cells"][0]["checks"]} == {"fid", "precision", "nfe", "harness"}
+    assert data["regressed_cells"] == [{"cell_id": record(10)["cell_id"], "label": "euler karras n=10", "note": "",
+                                        "worse": ["nfe: 10 → 12 (+2, allowed ±1e-08)"]}]
 
 
 def one_line_error(result, text: str) -> None:
@@ -231,3 +233,126 @@ def test_a_changed_checkpoint_is_named(tmp_path):
     manifest["models"]["m"]["checkpoint_hash"] = "abcdef0123456789"
     RunDir(run).write_manifest(manifest)
     assert compare.compare(base, run).warnings == ["model 'm': checkpoint differs (baseline None, run abcdef012345)"]
+
+
+# --- harness time ------------------------------------------------------------------------------
+
+def harness_runs(tmp_path: Path, base_us: float, run_us: float, *, base_ref: float | None = 1e-3,
+                 run_ref: float | None = 1e-3, name: str = "h") -> tuple[Path, Path]:
+    def run(us: float, ref: float | None, which: str) -> Path:
+        path = make_run(tmp_path / f"{name}-{which}", [record(10, harness_seconds_per_call=us * 1e-6)])
+        if ref is not None:
+            manifest = RunDir(path).read_manifest()
+            manifest["calibration"]["m"]["cpu_reference_seconds"] = ref
+            RunDir(path).write_manifest(manifest)
+        return path
+    return run(base_us, base_ref, "base"), run(run_us, run_ref, "run")
+
+
+@pytest.mark.parametrize("base_us, run_us, expected", [
+    (100.0, 149.0, SAME),    # +49% < 50%
+    (100.0, 151.0, WORSE),   # +51%: a sampler loop twice as slow as before shows long before this
+    (100.0, 200.0, WORSE),
+    (100.0, 49.0, BETTER),
+    (4.0, 8.5, SAME),        # +112%, but +4.5 µs is under the 5 µs floor: timing noise
+    (4.0, 9.5, WORSE),       # +5.5 µs
+])
+def test_harness_time_tolerance_and_floor(tmp_path, base_us, run_us, expected):
+    base, run = harness_runs(tmp_path, base_us, run_us)
+    check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness")
+    assert check.verdict == expected
+    assert check.delta == pytest.approx(run_us / base_us - 1)
+    assert check.threshold == pytest.approx(max(0.5, 5.0 / base_us))
+
+
+def test_harness_time_is_flagged_even_when_the_network_dominates(tmp_path):
+    """Network 99.8 % of sampling time: total time moves 0.2 %, the harness check sees ×2."""
+    base = make_run(tmp_path / "b", [record(10, sample_seconds=10.02, network_seconds=10.0,
+                                            harness_seconds_per_call=100e-6)])
+    run = make_run(tmp_path / "r", [record(10, sample_seconds=10.04, network_seconds=10.0,
+                                           harness_seconds_per_call=200e-6)])
+    checks = {c.what: c for c in compare.compare(base, run).cells[0].checks}
+    assert checks["time"].verdict == SAME and checks["harness"].verdict == WORSE
+    assert checks["harness"].describe() == "harness: 100 → 200 µs CPU per network call (+100.0%, allowed ±50%)"
+
+
+def test_harness_baseline_from_another_machine_is_scaled_by_the_cpu_reference(tmp_path):
+    # the run's machine does the reference work in twice the time: 100 µs there is 200 µs here
+    base, run = harness_runs(tmp_path, 100.0, 280.0, base_ref=1e-3, run_ref=2e-3)
+    check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness")
+    assert (check.verdict, check.baseline, check.delta) == (SAME, pytest.approx(200e-6), pytest.approx(0.4))
+    assert check.note == "baseline scaled ×2.00 by the machines' CPU reference"
+    base, run = harness_runs(tmp_path, 100.0, 160.0, base_ref=1e-3, run_ref=1.2e-3, name="near")
+    check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness")
+    assert (check.verdict, check.note) == (WORSE, "")  # within 25 %: the same kind of machine, not rescaled
+
+
+def test_harness_not_compared_without_a_record_or_when_off(base, tmp_path):
+    run = make_run(tmp_path / "run", [record(10, harness_seconds_per_call=1.0), record(20, fid=8.0)])
+    check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness")
+    assert check.verdict == SAME and check.note.startswith("no harness time in the baseline's record: not compared")
+    assert "not compared: no harness time in the baseline's record" in compare.text(compare.compare(base, run))
+    assert "harness" not in verdicts(base, run, Rule(harness_tol=None))["euler karras n=10"]
+    assert invoke(base, run, "--harness-tol", "off").exit_code == 0
+
+
+# --- metrics without standard error, the log a CI reader acts on ---------------------------------
+
+@pytest.mark.parametrize("run_value, expected", [(2.0 + 1.9e-6, SAME), (2.0 + 2.1e-6, WORSE)])
+def test_metric_without_standard_error_gets_the_round_off_floor(tmp_path, run_value, expected):
+    old, new = record(10), record(10)
+    old["metrics"] = {"solver-error": metric(2.0, None)}
+    new["metrics"] = {"solver-error": metric(run_value, None)}
+    check = compare.compare(make_run(tmp_path / "b", [old]), make_run(tmp_path / "r", [new])).cells[0].checks[0]
+    assert check.verdict == expected and check.threshold == pytest.approx(2e-6)  # 1e-6 · |2.0|
+    assert check.note == "no standard error: round-off allowance 1e-06·|baseline|"
+
+
+def _with_context(path: Path, **changes: Any) -> Path:
+    run = RunDir(path)
+    manifest = run.read_manifest()
+    manifest.update({"versions": {"diffbench": "0.1.0", "torch": "2.14.1"}, "plugins": {"diffbench": "0.1.0",
+                     "diffbench-extra": "0.1.0"}, "git": {"sha": "a" * 40, "dirty": False}, "device": "cpu",
+                     "device_name": "x86_64, 2 threads"})
+    for key, value in changes.items():
+        if key in ("diffbench", "torch"):
+            manifest["versions"][key] = value
+        elif key == "extra":
+            manifest["plugins"]["diffbench-extra"] = value
+        else:
+            manifest[key] = value
+    run.write_manifest(manifest)
+    return path
+
+
+def test_the_log_says_what_changed_and_lists_each_regression_in_full(tmp_path):
+    base = _with_context(make_run(tmp_path / "b", [record(10), record(20, fid=8.0)]))
+    long_error = "RuntimeError: " + "the sampler could not allocate its history buffer " * 3
+    failed = record(20, status="failed")
+    failed["error"] = long_error
+    run = _with_context(make_run(tmp_path / "r", [record(10, fid=12.0, fid_se=0.4), failed]),
+                        extra="0.2.0", git={"sha": "b" * 40, "dirty": True})
+    result = invoke(base, run)
+    out = result.stdout
+    assert result.exit_code == 1
+    assert "what ran (baseline → run):" in out
+    lines = out.splitlines()
+    assert any(line.split() == ["plugin", "diffbench-extra", "0.1.0", "→", "0.2.0", "CHANGED"] for line in lines)
+    assert any(line.split() == ["git", "commit", "aaaaaaaaaa", "→", "bbbbbbbbbb", "(uncommitted", "changes)",
+                                "CHANGED"] for line in lines)
+    assert any(line.split() == ["diffbench", "0.1.0", "(same)"] for line in lines)
+    # each regressed metric: baseline → run, change, allowance; a failed cell's error in full
+    assert "    fid: 10 → 12 (+2, allowed ±1)" in out  # 2·√(0.3² + 0.4²) = 1
+    assert f"  euler karras n=20: failed: {long_error}" in out
+    # the table cuts the note at a word, never inside one
+    note_cell = next(line for line in lines if line.startswith("euler karras n=20"))
+    assert note_cell.endswith(" failed: RuntimeError: the sampler could not allocate its…")
+    # the output ends with the regressed cells
+    assert lines[-3:] == ["regressed cells:", "  euler karras n=10: fid", "  euler karras n=20: status"]
+    data = json.loads(invoke(base, run, "--json").stdout)
+    changed = {c["what"]: (c["baseline"], c["run"]) for c in data["context"] if c["changed"]}
+    assert changed == {"plugin diffbench-extra": ("0.1.0", "0.2.0"),
+                       "git commit": ("aaaaaaaaaa", "bbbbbbbbbb (uncommitted changes)")}
+    assert [c["label"] for c in data["regressed_cells"]] == ["euler karras n=10", "euler karras n=20"]
+    assert data["regressed_cells"][0]["worse"] == ["fid: 10 → 12 (+2, allowed ±1)"]
+    assert data["regressed_cells"][1]["note"] == f"failed: {long_error}"

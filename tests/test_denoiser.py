@@ -1,6 +1,8 @@
 """The σ-space denoiser: exact under every schedule and target, guidance by hand, NFE counting."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,23 @@ def test_prepare_converts_the_grid_ahead_so_the_timed_loop_makes_no_schedule_cal
         assert torch.equal(prepared(x, s), e)
     with pytest.raises(AssertionError, match="inside the loop"):
         prepared(x, 0.7)  # off the grid: converted on first use
+
+
+def _spin(seconds: float) -> None:
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+def test_counter_times_the_harness_between_calls_in_thread_cpu_time():
+    """Work between network calls counts as harness time; waiting (another process on the core) does not."""
+    counter = NetworkCounter(2)
+    x = torch.zeros(2, 3)
+    counter.run(lambda v: v, x)
+    _spin(0.004)  # the sampler's own arithmetic
+    counter.run(lambda v: v, x)
+    time.sleep(0.02)  # the thread waits: no CPU time
+    counter.run(lambda v: v, x)
+    busy, idle = counter.gap_seconds
+    assert 0.004 <= busy < 0.004 + 0.002 and idle < 0.002
+    assert len(counter.call_seconds()) == 3 and counter.network_seconds() == pytest.approx(sum(counter.call_seconds()))

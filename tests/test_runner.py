@@ -64,6 +64,17 @@ def test_cell_record_has_grid_and_every_option(finished, tmp_path):
     assert rec["model_identity"]["checkpoint_hash"] and rec["dtype"] == "float64"
 
 
+def test_cells_record_harness_and_network_time_per_call(finished):
+    """Medians per network call; the harness (between calls) is a small part of sampling time, never negative."""
+    manifest = finished.run.read_manifest()
+    assert all(c["cpu_reference_seconds"] > 0 for c in manifest["calibration"].values())
+    for rec in finished.run.read_cells():
+        calls = rec["nfe"] * -(-rec["num_samples"] // rec["batch_size"]) * len(rec["seeds"])
+        assert 0 < rec["network_seconds_per_call"] <= rec["network_seconds"]
+        assert rec["network_seconds_per_call"] * calls == pytest.approx(rec["network_seconds"], rel=2.0)
+        assert 0 < rec["harness_seconds_per_call"] <= 2 * rec["sample_seconds"] / max(calls - 1, 1)  # median ≤ 2·mean
+
+
 def test_manifest_records_provenance(finished):
     m = json.loads((finished.path / "manifest.json").read_text())
     assert m["status"] == "complete" and m["cells"] == {"total": 6, "ok": 6, "failed": 0}
