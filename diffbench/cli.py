@@ -207,7 +207,7 @@ def report_cmd(run_dir: Path) -> None:
 @click.option("--time-tol", default=None, metavar="TOL",
               help="Allowed growth of machine-normalised sampling time, 0.25 or 25% (default 25%); 'off' skips it.")
 @click.option("--harness-tol", default=None, metavar="TOL",
-              help="Allowed growth of harness CPU time per network call, 0.5 or 50% (default 50%); 'off' skips it.")
+              help="Allowed growth of harness CPU time per network call, 0.75 or 75% (default 75%); 'off' skips it.")
 @click.option("--z", type=float, default=None, help="Standard errors a metric may move (default 2).")
 @click.option("--json", "as_json", is_flag=True, help="The comparison as JSON.")
 @handled

@@ -250,10 +250,10 @@ def harness_runs(tmp_path: Path, base_us: float, run_us: float, *, base_ref: flo
 
 
 @pytest.mark.parametrize("base_us, run_us, expected", [
-    (100.0, 149.0, SAME),    # +49% < 50%
-    (100.0, 151.0, WORSE),   # +51%: a sampler loop twice as slow as before shows long before this
-    (100.0, 200.0, WORSE),
-    (100.0, 49.0, BETTER),
+    (100.0, 174.0, SAME),    # +74% < 75%
+    (100.0, 176.0, WORSE),   # +76%
+    (100.0, 200.0, WORSE),   # a sampler loop twice as slow
+    (100.0, 24.0, BETTER),
     (4.0, 8.5, SAME),        # +112%, but +4.5 µs is under the 5 µs floor: timing noise
     (4.0, 9.5, WORSE),       # +5.5 µs
 ])
@@ -262,7 +262,7 @@ def test_harness_time_tolerance_and_floor(tmp_path, base_us, run_us, expected):
     check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness")
     assert check.verdict == expected
     assert check.delta == pytest.approx(run_us / base_us - 1)
-    assert check.threshold == pytest.approx(max(0.5, 5.0 / base_us))
+    assert check.threshold == pytest.approx(max(0.75, 5.0 / base_us))
 
 
 def test_harness_time_is_flagged_even_when_the_network_dominates(tmp_path):
@@ -273,7 +273,7 @@ def test_harness_time_is_flagged_even_when_the_network_dominates(tmp_path):
                                            harness_seconds_per_call=200e-6)])
     checks = {c.what: c for c in compare.compare(base, run).cells[0].checks}
     assert checks["time"].verdict == SAME and checks["harness"].verdict == WORSE
-    assert checks["harness"].describe() == "harness: 100 → 200 µs CPU per network call (+100.0%, allowed ±50%)"
+    assert checks["harness"].describe() == "harness: 100 → 200 µs CPU per network call (+100.0%, allowed ±75%)"
 
 
 def test_harness_baseline_from_another_machine_is_scaled_by_the_cpu_reference(tmp_path):
@@ -282,7 +282,7 @@ def test_harness_baseline_from_another_machine_is_scaled_by_the_cpu_reference(tm
     check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness")
     assert (check.verdict, check.baseline, check.delta) == (SAME, pytest.approx(200e-6), pytest.approx(0.4))
     assert check.note == "baseline scaled ×2.00 by the machines' CPU reference"
-    base, run = harness_runs(tmp_path, 100.0, 160.0, base_ref=1e-3, run_ref=1.2e-3, name="near")
+    base, run = harness_runs(tmp_path, 100.0, 180.0, base_ref=1e-3, run_ref=1.2e-3, name="near")
     check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness")
     assert (check.verdict, check.note) == (WORSE, "")  # within 25 %: the same kind of machine, not rescaled
 
