@@ -349,8 +349,8 @@ def harness_check(base: dict[str, Any], run: dict[str, Any], base_manifest: dict
     b, r = base.get("harness_seconds_per_call"), run.get("harness_seconds_per_call")
     if b is None or r is None:
         where = "baseline" if b is None else "run"
-        return Check("harness", b, r, None, None, SAME, f"no harness time in the {where}'s record: not compared "
-                     "(recorded since diffbench records harness_seconds_per_call; refresh the baseline to gate it)")
+        return Check("harness", b, r, None, None, SAME, f"no harness time in the {where}'s records (written "
+                     "before cells recorded harness_seconds_per_call); refresh the baseline to gate it")
     expected, note = b, ""
     ref_b, ref_r = cpu_reference(base_manifest, base.get("model")), cpu_reference(run_manifest, run.get("model"))
     if ref_b and ref_r and abs(ref_r / ref_b - 1.0) > 0.25:  # another kind of machine: rescale the baseline
