@@ -38,13 +38,6 @@ def test_matches_diffusers_step_for_step(order, steps, lower_order_final):
     assert relative(ours, theirs / alpha_of(sig[-1])) < TOLERANCE
 
 
-def test_order_1_is_ddim():
-    den = SigmaDenoiser(edm_model("eps"))
-    sigmas = torch.tensor([80.0, 20.0, 3.0, 0.5, 0.0], dtype=torch.float64)
-    x = start_points(8, 80.0)
-    assert relative(SAMPLERS["deis"].fn(den, x, sigmas, order=1), SAMPLERS["ddim"].fn(den, x, sigmas)) < 1e-14
-
-
 def test_coefficients_integrate_polynomials_in_log_sigma_exactly():
     s = [9.0, 5.0, 2.5, 1.2]
     c = deis_coefficients(s, 2, 3)

@@ -59,6 +59,15 @@ def test_ddim_eta_equals_euler_ancestral_eta(case, eta):
                     run("euler-ancestral", model, x, sigmas, eta=eta, seed=5)) < ROUNDING
 
 
+@pytest.mark.parametrize("name,options", [("lms", {"order": 1}), ("deis", {"order": 1}),
+                                          ("restart", {"restart_times": 0})])
+def test_first_order_multistep_and_restart_without_restarts_are_euler_or_heun(case, name, options):
+    # lms(1) integrates the constant interpolant of d: Euler; deis(1) is DDIM's exponential step = Euler in σ-space
+    model, x, sigmas = case
+    other = "heun" if name == "restart" else "euler"
+    assert max_diff(run(name, model, x, sigmas, **options), run(other, model, x, sigmas)) < ROUNDING
+
+
 def test_dpmpp_2m_sde_with_eta0_is_dpmpp_2m(case):
     model, x, sigmas = case
     assert torch.equal(run("dpm-solver++-2m-sde", model, x, sigmas, eta=0.0),

@@ -57,13 +57,6 @@ def test_coefficients_are_exact_for_polynomials():
     assert lms_coefficients(s, 0, 1) == [s[1] - s[0]]  # order 1 is Euler
 
 
-def test_order_1_is_euler():
-    den = SigmaDenoiser(edm_model("eps"))
-    sigmas = torch.tensor([80.0, 20.0, 3.0, 0.5, 0.0], dtype=torch.float64)
-    x = start_points(8, 80.0)
-    assert relative(SAMPLERS["lms"].fn(den, x, sigmas, order=1), SAMPLERS["euler"].fn(den, x, sigmas)) < 1e-14
-
-
 def test_order_is_validated():
     with pytest.raises(ValueError, match="lms order must be 1, 2, 3 or 4, got 5"):
         SAMPLERS["lms"].fn(None, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), order=5)
