@@ -101,8 +101,11 @@ def test_max_samples_scores_only_the_first_samples(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler,order,steps", [("euler", 1, (20, 40, 80)), ("heun", 2, (20, 40, 80)),
-                                                 ("dpm-solver++-3m-corrected", 3, (20, 40, 80))])
+                                                 ("dpm-solver++-3m-corrected", 3, (10, 20, 40))])
 def test_orders_on_a_real_model(tmp_path, sampler, order, steps):
+    # digits-v, grid stopping at σ_min. Measured: euler and heun at their orders over 20-80 steps; the
+    # third-order solver shows 3.1 from 20 to 40 steps and then flattens (80 steps: 3.3e-4, an error floor of
+    # the float32 network), so its range stops at 40
     model = diffbench.load_model("digits-v")
     ctx = MetricContext(tmp_path)
     errors = []
@@ -112,11 +115,3 @@ def test_orders_on_a_real_model(tmp_path, sampler, order, steps):
                       ["trajectory-error"].value)
     slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
     assert abs(slope - order) < 0.35, f"{sampler}: measured {slope:.2f}, errors {errors}"
-
-
-@pytest.mark.parametrize("options,message", [({"reference_tol": "3e-4"}, "reference_tol must be a number, got '3e-4'"),
-                                             ({"max_samples": 0}, "max_samples must be ≥ 1 or null"),
-                                             ({"first_steps": 64, "max_steps": 100}, "max_steps ≥ 2·first_steps")])
-def test_bad_options_are_one_line_errors(tmp_path, options, message):
-    with pytest.raises(ValueError, match=message):
-        TrajectoryError().features(model=_gmm(), context=MetricContext(tmp_path), **options)
