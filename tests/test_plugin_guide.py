@@ -85,3 +85,16 @@ def test_the_example_plugin_with_randn_instead_of_noise_fails_the_kit():
         testing.check_sampler(comp)
     failed = {r.id.rsplit("-", 1)[1] for r in info.value.results if r.status == "failed"}
     assert failed == {"check_determinism", "check_batch_invariance", "check_noise"}
+
+
+def test_diffbench_plugins_shows_the_columns_the_guide_names():
+    from click.testing import CliRunner
+
+    from diffbench.cli import cli
+
+    text = section(GUIDE.read_text(), "How diffbench loads plugins")
+    sentence = re.search(r"`diffbench plugins` lists every component with (.*?);", text, flags=re.S)[1]
+    header = CliRunner().invoke(cli, ["plugins"]).stdout.splitlines()[0].split()
+    positions = [sentence.find(column) for column in header]
+    assert header == ["kind", "name", "plugin", "distribution", "version", "description"]
+    assert -1 not in positions and positions == sorted(positions)  # named in the guide, in the same order
