@@ -199,8 +199,9 @@ def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: lis
         out += ["## Failed cells", ""] + [f"- `{r['cell_id']}`: {r.get('error')}" for r in failed] + [""]
     warned = [r for r in records if r.get("warnings")]
     if warned:
-        out += ["## Warnings", "", "A plugin sampler whose counted NFE differs from what it declares: its cells "
-                "use the counted NFE, but the declaration is wrong.", ""]
+        out += ["## Warnings", "", "What a cell's sampling or scoring reported: a plugin sampler whose counted NFE "
+                "differs from what it declares (its cells use the counted NFE, but the declaration is wrong), or a "
+                "metric left absent and why (trajectory-error for a stochastic sampler).", ""]
         out += [f"- `{r['cell_id']}`: {w}" for r in warned for w in r["warnings"]] + [""]
     pictures = [r for r in records if r.get("sample_image")]
     if pictures:

@@ -268,3 +268,23 @@ def test_guidance_counts_both_halves_on_a_conditional_image_model(tmp_path):
         assert img.mode == "L" and img.size[0] >= 128  # a 4 × 4 grid of 8 × 8 digits, upscaled
     with pytest.raises(SuiteError, match="guidance needs conditional: true"):
         run({**data, "conditional": False}, tmp_path / "s")
+
+
+def test_trajectory_error_in_a_run_absent_for_stochastic_cells_with_the_reason(tmp_path):
+    data = small(metrics=["trajectory-error", "solver-error"], num_samples=16, batch_size=8,
+                 grid=grid(sampler=["heun", "ddpm"], steps=[4]))
+    registry = test_registry()[0]
+    run_suite(parse_suite(data, registry), tmp_path / "r", registry=registry, progress=False,
+              cache_dir=tmp_path / "cache", draw=True)
+    cells = {json.loads(p.read_text())["sampler"]: json.loads(p.read_text())
+             for p in (tmp_path / "r" / "cells").glob("*.json")}
+    heun, ddpm = cells["heun"], cells["ddpm"]
+    assert "trajectory-error" in heun["metrics"] and "trajectory-error" not in ddpm["metrics"]
+    assert any("trajectory-error absent: sampler 'ddpm' is stochastic" in w for w in ddpm["warnings"])
+    # on the GMM it is the exact solver error per coordinate (2-D): same samples, same starting noise
+    exact = heun["metrics"]["solver-error-mean"]["value"] / 2 ** 0.5
+    assert heun["metrics"]["trajectory-error"]["value"] == pytest.approx(exact, rel=1e-3)
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "trajectory-error absent: sampler 'ddpm' is stochastic" in report
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert any(e["nfe_per_sample"] > 0 for e in manifest["metric_info"]["trajectory_references"].values())
