@@ -10,6 +10,7 @@ import math
 import statistics
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +19,7 @@ import torch
 from diffbench import plots
 from diffbench.denoiser import DiffusionModel
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, conventional_direction
-from diffbench.metrics.stream import MetricError, MetricPlan
+from diffbench.metrics.stream import FeatureRows, MetricError, MetricPlan
 from diffbench.registry import Component, Registry
 from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir
 from diffbench.saving import SampleSaver
@@ -118,14 +119,42 @@ class CellError(Exception):
 CELL_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit)
 
 
+@dataclass
+class SampledGroup:
+    """One seed group of a cell, sampled: the metrics' feature rows, the preview picture's samples, the result."""
+
+    rows: FeatureRows
+    preview: torch.Tensor | None
+    result: SampleResult
+
+
+def stream_group(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, plan: MetricPlan,
+                 seed: int, preview: bool, bar: Any = None, *, first_index: int = 0,
+                 num_samples: int | None = None, saver: SampleSaver | None = None) -> SampledGroup:
+    """Sample a seed group (or ``num_samples`` of it from ``first_index``) batch by batch into feature rows
+    (and into ``saver``'s files)."""
+    call = sampling_call(suite, cell, model, registry, seed, num_samples or suite.num_samples,
+                         progress=bar.update if bar is not None else None, first_index=first_index)
+    rows, pictured = plan.rows(), Preview()
+    for batch in call:  # each batch checked by the sampling call (shape, dtype, finite, NFE)
+        rows.add(batch)
+        if saver is not None:
+            saver.add(batch)
+        if preview:
+            pictured.add(batch)
+    return SampledGroup(rows, pictured.samples(), call.result)
+
+
 def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
-             run: RunDir, bar: Any, time_limit: float | None = None) -> dict[str, Any]:
+             run: RunDir, bar: Any, time_limit: float | None = None,
+             groups: Callable[[int, MetricPlan], SampledGroup] | None = None) -> dict[str, Any]:
     """Sample every seed group of one cell, streaming batches into the metrics' features; score each group once.
 
     Samples are not kept: each batch goes through the feature extractors as it is produced (only the
     preview picture's first samples, and the samples of metrics in the in-memory form, are kept).
     Failures are recorded, not raised. ``time_limit`` (seconds) bounds sampling and scoring together;
-    a cell past it is recorded as failed.
+    a cell past it is recorded as failed. ``groups(seed, plan)``, when given, supplies each seed
+    group's sampled rows instead of sampling here (a cell split across workers, gathered).
     """
     rec = _record_base(suite, cell, model, registry)
     rec["time_limit"] = time_limit
@@ -137,22 +166,17 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
             scores, directions = [], {}
             for seed in suite.seeds:
                 first = seed == suite.seeds[0]
-                call = sampling_call(suite, cell, model, registry, seed, suite.num_samples, progress=bar.update)
-                rows, preview = plan.rows(), Preview()
-                for batch in call:  # each batch checked by the sampling call (shape, dtype, finite, NFE)
-                    rows.add(batch)
-                    saver.add(batch)
-                    if first:
-                        preview.add(batch)
-                res = call.result
+                group = (groups(seed, plan) if groups is not None
+                         else stream_group(suite, cell, model, registry, plan, seed, first, bar, saver=saver))
+                res = group.result
                 results.append(res)
                 rec["warnings"] += [w for w in res.meta.get("warnings", []) if w not in rec["warnings"]]
                 if first:
                     _describe_sampling(rec, res)
-                    rec["sample_image"] = _sample_picture(preview.samples(), model, run.cell_path(cell.cell_id, ".png"))
+                    rec["sample_image"] = _sample_picture(group.preview, model, run.cell_path(cell.cell_id, ".png"))
                 bar.set_postfix_str("metrics")
                 values: dict[str, MetricValue] = {}
-                for planned, out in plan.score(rows, res):
+                for planned, out in plan.score(group.rows, res):
                     values.update(out)
                     directions.update({name: metric_direction(planned.component, name) for name in out})
                 scores.append(values)

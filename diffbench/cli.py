@@ -90,19 +90,23 @@ def _say(line: str) -> None:
               help="Where cells run: this process, or one Ray task per cell (pip install \"diffbench[ray]\").")
 @click.option("--address", default=None, metavar="ADDR",
               help="Ray cluster to join (e.g. auto, or ray://head:10001); default: start a local Ray instance.")
+@click.option("--cell-parts", type=int, default=1, show_default=True, metavar="K",
+              help="With --executor ray: split each cell's samples into K index ranges, one Ray task each; "
+                   "features are gathered and every metric scored once (same numbers as unsplit).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Run only shard I of N (1-based) into the shared --out directory; merge with 'diffbench report'.")
 @handled
 def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, time_limit: float | None,
-        allow_large: bool, progress: bool, executor: str, address: str | None, shard: str | None) -> None:
+        allow_large: bool, progress: bool, executor: str, address: str | None, cell_parts: int,
+        shard: str | None) -> None:
     """Run every cell of SUITE and write cells.csv, plots and report.md (exit 1 if any cell failed)."""
     from diffbench import report
     from diffbench.executors import make_executor
     from diffbench.runner import run_suite
 
     result = run_suite(suite, out, resume=resume, cache_dir=cache_dir, progress=progress, time_limit=time_limit,
-                       allow_large=allow_large, announce=_say, executor=make_executor(executor, address=address),
-                       shard=shard)
+                       allow_large=allow_large, announce=_say, shard=shard,
+                       executor=make_executor(executor, address=address, cell_parts=cell_parts))
     skipped = f", {result.skipped} kept from before" if result.skipped else ""
     if shard is not None:
         click.echo(f"shard {shard}: {result.ran} cells run ({result.failed} failed){skipped} → {result.path}; "

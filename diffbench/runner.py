@@ -445,8 +445,8 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, sha
     try:
         for finished in executor.run(todo):
             record = finished.record
-            for suffix, data in finished.files.items():  # files a worker made beside its record (the picture)
-                write_atomic(run.cell_path(record["cell_id"], suffix), data)
+            for path, data in finished.files.items():  # files a worker made for the cell (picture, samples)
+                write_atomic(run.path / path, data)
             run.write_cell(record)
             if not isinstance(run, ShardDir):
                 run.write_csv(_records(run, cells, damaged))

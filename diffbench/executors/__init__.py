@@ -1,8 +1,8 @@
 """Executors: where a run's cells are computed. The runner submits cells and receives finished records.
 
 The runner stays the one writer of a run directory: an executor returns each finished cell as a
-``Finished`` (the cell record plus the bytes of any file beside it, such as its sample picture) and
-the runner writes it atomically. ``local`` runs cells one after another in this process; ``ray``
+``Finished`` (the cell record plus the bytes of the files a worker made for it: its sample picture,
+saved samples) and the runner writes them atomically. ``local`` runs cells one after another in this process; ``ray``
 runs one Ray task per cell (``diffbench[ray]``). Sample i's noise depends only on (seed, i), so the
 executor changes where a cell is computed, never its numbers.
 """
@@ -39,7 +39,8 @@ class Job:
 
 @dataclass
 class Finished:
-    """One finished cell: its record and the files that go beside it (suffix → bytes, e.g. '.png')."""
+    """One finished cell: its record and the files a worker made for it (path relative to the run dir → bytes:
+    ``cells/<id>.png``, saved samples under ``samples/<id>/``), which the runner writes."""
 
     record: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)
@@ -67,10 +68,13 @@ def placement(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_executor(name: str = "local", *, address: str | None = None, **options: Any) -> Executor:
-    """An executor by name: 'local' (this process) or 'ray' (one Ray task per cell; ``address`` of a cluster)."""
+    """An executor by name: 'local' (this process) or 'ray' (one Ray task per cell; ``address`` of a cluster;
+    ``cell_parts`` splits each cell across that many tasks)."""
     if name == "local":
         if address is not None:
             raise ExecutorError("--address needs --executor ray")
+        if options.get("cell_parts", 1) != 1:
+            raise ExecutorError("--cell-parts needs --executor ray")
         from diffbench.executors.local import LocalExecutor
 
         return LocalExecutor()

@@ -5,20 +5,27 @@ the worker sees: Ray gives a ``num_gpus=1`` task its own GPU), warms them up unt
 with torch limited to the task's CPUs, and returns the record with its sample picture as bytes.
 A worker process that dies is retried by Ray (``max_retries``); a Python error inside a cell is the
 cell's recorded failure and is not retried (Ray's ``retry_exceptions`` stays off).
+
+With ``cell_parts=K`` every cell is instead split into K sample-index ranges per seed group, one
+task each (``diffbench.executors.split``): the tasks return feature rows, and the driver gathers
+them and scores each metric once, so one big cell uses K workers and gives the unsplit numbers.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import traceback
 import uuid
 from dataclasses import replace
 from typing import Any, Iterator
 
-from diffbench.cell import failed_record, run_cell, sampling_call
+from diffbench.cell import CELL_FAILURES, CellError, failed_record, run_cell, sampling_call
 from diffbench.executors import ExecutorError, Finished, Job
 from diffbench.executors.local import worker_info
+from diffbench.executors.split import Part, cell_parts, gather, sample_part
 from diffbench.results import RunDir
 from diffbench.suite import CellSpec
+from diffbench.timelimit import TimeLimitExceeded, time_limit
 
 INSTALL = 'pip install "diffbench[ray]"'
 MAX_RETRIES = 3  # Ray's default for tasks: a worker that dies is retried this many times
@@ -31,6 +38,11 @@ def import_ray() -> Any:
     except ImportError:
         raise ExecutorError(f"--executor ray needs Ray, which is not installed: {INSTALL}") from None
     return ray
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 # --- worker side -------------------------------------------------------------------------------
@@ -48,58 +60,89 @@ class _NoBar:
         pass
 
 
-def _models(token: str, suite: Any, registry: Any) -> tuple[dict[str, Any], set[str]]:
-    if _STATE.get("token") != token:
-        from diffbench.runner import load_models
-
-        _STATE.clear()
-        _STATE.update(token=token, models=load_models(suite, registry), warmed=set())
-    return _STATE["models"], _STATE["warmed"]
-
-
-def run_cell_task(payload: dict[str, Any], cell: CellSpec, threads: int) -> dict[str, Any]:
-    """Ray task body: one cell, start to finish, in a worker process; returns its record and files."""
-    import ray
+def _worker_model(payload: dict[str, Any], cell: CellSpec, threads: int) -> Any:
+    """Set the worker up for ``cell``: torch threads, working directory, the model loaded and warmed once."""
     import torch
 
     torch.set_num_threads(threads)
     if os.path.isdir(payload["cwd"]):  # same machine or shared file system: relative paths in the suite work
         os.chdir(payload["cwd"])
     suite, registry = payload["suite"], payload["registry"]
-    models, warmed = _models(payload["token"], suite, registry)
-    model = models[cell.model.key]
-    if cell.model.key not in warmed:  # first-call costs stay out of the cell's time, as in the local run
+    if _STATE.get("token") != payload["token"]:
+        from diffbench.runner import load_models
+
+        _STATE.clear()
+        _STATE.update(token=payload["token"], models=load_models(suite, registry), warmed=set())
+    model = _STATE["models"][cell.model.key]
+    if cell.model.key not in _STATE["warmed"]:  # first-call costs stay out of the cell's time, as locally
         try:
             for _ in sampling_call(suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples)):
                 pass
         except Exception:
             pass  # the cell itself will fail and record why
-        warmed.add(cell.model.key)
+        _STATE["warmed"].add(cell.model.key)
+    return model
+
+
+def _where(record: dict[str, Any], threads: int) -> dict[str, Any]:
+    import ray
+
+    return worker_info("ray", record, node_id=ray.get_runtime_context().get_node_id(),
+                       gpu_ids=[str(g) for g in ray.get_gpu_ids()], threads=threads)
+
+
+def _files(scratch: RunDir) -> dict[str, bytes]:
+    """Every file a cell wrote into its scratch run directory (picture, saved samples) by relative path."""
+    return {p.relative_to(scratch.path).as_posix(): p.read_bytes() for p in sorted(scratch.path.rglob("*"))
+            if p.is_file()}
+
+
+def run_cell_task(payload: dict[str, Any], cell: CellSpec, threads: int) -> dict[str, Any]:
+    """Ray task body: one cell, start to finish, in a worker process; returns its record and files."""
+    suite, registry = payload["suite"], payload["registry"]
+    model = _worker_model(payload, cell, threads)
     context = replace(payload["context"], device=model.device, info={})
     with tempfile.TemporaryDirectory(prefix="diffbench-cell-") as tmp:
         scratch = RunDir(tmp)  # the worker never writes the run directory; its files travel as bytes
         record = run_cell(suite, cell, model, registry, context, scratch, _NoBar(), time_limit=suite.time_limit)
-        files = {p.name[len(cell.cell_id):]: p.read_bytes() for p in scratch.cells_dir.glob(f"{cell.cell_id}.*")
-                 if p.suffix != ".json"}
-    ctx = ray.get_runtime_context()
-    record["worker"] = worker_info("ray", record, node_id=ctx.get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()],
-                                   threads=threads)
+        files = _files(scratch)
+    record["worker"] = _where(record, threads)
     return {"record": record, "files": files, "metric_info": context.info}
+
+
+def sample_part_task(payload: dict[str, Any], cell: CellSpec, part: Part, threads: int) -> dict[str, Any]:
+    """Ray task body: one index range of one cell's seed group, sampled into feature rows (an error is returned)."""
+    suite, registry = payload["suite"], payload["registry"]
+    model = _worker_model(payload, cell, threads)
+    context = replace(payload["context"], device=model.device, info={})
+    try:
+        with tempfile.TemporaryDirectory(prefix="diffbench-part-") as tmp, time_limit(suite.time_limit):
+            scratch = RunDir(tmp)
+            out = sample_part(suite, cell, model, registry, context, part, scratch)
+            out["files"] = _files(scratch)
+    except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # the cell's failure, recorded by the driver
+        return {"part": part, "error": str(exc) if isinstance(exc, TimeLimitExceeded) else _first_line(exc),
+                "traceback": traceback.format_exc()}
+    out.update(metric_info=context.info, worker=_where({"device": str(model.device)}, threads))
+    return out
 
 
 # --- driver side -------------------------------------------------------------------------------
 
 class RayExecutor:
-    """One Ray task per cell: ``num_gpus=1`` when the suite runs on CUDA, else ``cpus_per_cell`` CPUs."""
+    """One Ray task per cell (or ``cell_parts`` per seed group): ``num_gpus=1`` on CUDA, else ``cpus_per_cell`` CPUs."""
 
     name = "ray"
 
     def __init__(self, address: str | None = None, *, cpus_per_cell: int = 1, num_cpus: int | None = None,
-                 max_retries: int = MAX_RETRIES) -> None:
+                 max_retries: int = MAX_RETRIES, cell_parts: int = 1) -> None:
         import_ray()  # before anything runs: a missing Ray is a usage error, not a failed run
+        if cell_parts < 1:
+            raise ExecutorError(f"--cell-parts must be at least 1, got {cell_parts}")
         self.address, self.cpus_per_cell, self.num_cpus, self.max_retries = address, cpus_per_cell, num_cpus, max_retries
+        self.cell_parts = cell_parts
         self.job: Job | None = None
-        self.pending: dict[Any, CellSpec] = {}
+        self.pending: dict[Any, Any] = {}
         self.owns_ray = False
 
     def start(self, job: Job) -> dict[str, Any]:
@@ -110,13 +153,14 @@ class RayExecutor:
                          include_dashboard=False, logging_level="warning", log_to_driver=True)
             except Exception as exc:  # a wrong address, a cluster that is not up
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
-                raise ExecutorError(f"could not start or reach {where}: {type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                raise ExecutorError(f"could not start or reach {where}: {_first_line(exc)}") from None
             self.owns_ray = True
         self.job = job
         gpus = self._gpus_per_cell(job, ray)
-        self.task = ray.remote(run_cell_task).options(
-            num_cpus=self.cpus_per_cell, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False)
+        options = dict(num_cpus=self.cpus_per_cell, num_gpus=gpus, max_retries=self.max_retries,
+                       retry_exceptions=False)
+        self.cell_task = ray.remote(run_cell_task).options(**options)
+        self.part_task = ray.remote(sample_part_task).options(**options)
         self.payload = ray.put({"token": uuid.uuid4().hex, "suite": job.suite, "registry": job.registry,
                                 "context": job.context, "cwd": os.getcwd()})
         nodes = [{"host": n.get("NodeManagerHostname"), "node_id": n.get("NodeID"),
@@ -124,7 +168,8 @@ class RayExecutor:
                  for n in ray.nodes() if n.get("Alive")]
         return {"name": self.name, "address": self.address or "local instance", "ray": ray.__version__,
                 "nodes": nodes, "per_cell": {"num_cpus": self.cpus_per_cell, "num_gpus": gpus,
-                                             "max_retries": self.max_retries}}
+                                             "max_retries": self.max_retries},
+                "cell_parts": self.cell_parts}
 
     def _gpus_per_cell(self, job: Job, ray: Any) -> int:
         """1 when the suite asks for CUDA (or 'auto' on a cluster that has GPUs), else 0."""
@@ -134,31 +179,86 @@ class RayExecutor:
         return int(device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
 
     def run(self, cells: list[CellSpec]) -> Iterator[Finished]:
-        ray = import_ray()
         assert self.job is not None, "start() first"
-        self.pending = {self.task.remote(self.payload, cell, self.cpus_per_cell): cell for cell in cells}
+        if self.cell_parts > 1:
+            yield from self._run_split(cells)
+            return
+        ray = import_ray()
+        self.pending = {self.cell_task.remote(self.payload, cell, self.cpus_per_cell): cell for cell in cells}
         while self.pending:
             done, _ = ray.wait(list(self.pending), num_returns=1)
             for ref in done:
                 cell = self.pending.pop(ref)
                 yield self._collect(ray, ref, cell)
 
-    def _collect(self, ray: Any, ref: Any, cell: CellSpec) -> Finished:
-        job = self.job
+    def _get(self, ray: Any, ref: Any) -> tuple[Any, str | None]:
+        """A task's result, or None with the error: one outside the cell's code, or a worker lost every time."""
         try:
-            out = ray.get(ref)
+            return ray.get(ref), None
         except ray.exceptions.RayTaskError as exc:  # an error outside run_cell (loading the model in the worker)
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            error = f"in the Ray worker: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+            return None, f"in the Ray worker: {_first_line(cause)}"
         except ray.exceptions.RayError as exc:  # the worker died on every attempt
-            error = (f"Ray worker lost {self.max_retries + 1} times: {type(exc).__name__}: "
-                     f"{str(exc).splitlines()[0] if str(exc) else ''}")
-        else:
+            return None, f"Ray worker lost {self.max_retries + 1} times: {_first_line(exc)}"
+
+    def _collect(self, ray: Any, ref: Any, cell: CellSpec) -> Finished:
+        job = self.job
+        out, error = self._get(ray, ref)
+        if error is None:
             job.context.info.update(out["metric_info"])
             return Finished(out["record"], out["files"])
         record = failed_record(job.suite, cell, job.models[cell.model.key], job.registry, error)
         record["worker"] = {"executor": self.name, "host": None, "device": None}
         return Finished(record)
+
+    def _run_split(self, cells: list[CellSpec]) -> Iterator[Finished]:
+        """Every cell as ``cell_parts`` tasks per seed group; a cell is scored here once all its parts are in."""
+        ray = import_ray()
+        parts = {cell.cell_id: cell_parts(self.job.suite, self.cell_parts) for cell in cells}
+        outputs: dict[str, list[dict[str, Any]]] = {cell.cell_id: [] for cell in cells}
+        self.pending = {self.part_task.remote(self.payload, cell, part, self.cpus_per_cell): (cell, part)
+                        for cell in cells for part in parts[cell.cell_id]}
+        while self.pending:
+            done, _ = ray.wait(list(self.pending), num_returns=1)
+            for ref in done:
+                cell, part = self.pending.pop(ref)
+                out, error = self._get(ray, ref)
+                outputs[cell.cell_id].append(out if error is None else {"part": part, "error": error})
+                if len(outputs[cell.cell_id]) == len(parts[cell.cell_id]):
+                    yield self._score_split(cell, outputs.pop(cell.cell_id))
+
+    def _score_split(self, cell: CellSpec, outputs: list[dict[str, Any]]) -> Finished:
+        """The cell's record from its parts: run_cell with the gathered rows in place of its own sampling."""
+        job = self.job
+        for out in outputs:
+            job.context.info.update(out.get("metric_info") or {})
+
+        def groups(seed: int, plan: Any) -> Any:
+            mine = [o for o in outputs if o["part"].seed == seed]
+            failed = next((o for o in mine if "error" in o), None)
+            if failed is not None:
+                p = failed["part"]
+                raise CellError(f"samples {p.first_index}..{p.first_index + p.count - 1} of seed {seed}: "
+                                f"{failed['error']}")
+            return gather(plan, mine)
+
+        record = run_cell(job.suite, cell, job.models[cell.model.key], job.registry, job.context, job.run, _NoBar(),
+                          time_limit=job.suite.time_limit, groups=groups)
+        ran = [o for o in outputs if "worker" in o]
+        record["worker"] = {"executor": self.name,
+                            "host": ",".join(sorted({o["worker"]["host"] for o in ran})) or None,
+                            "device": ",".join(sorted({str(o["worker"]["device"]) for o in ran})) or None,
+                            "parts": [{**o["worker"], "seed": o["part"].seed, "first_index": o["part"].first_index,
+                                       "count": o["part"].count} for o in ran]}
+        failed_part = next((o for o in outputs if "traceback" in o), None)
+        if failed_part is not None and record.get("traceback"):
+            record["traceback"] += "\nIn the worker:\n" + failed_part["traceback"]
+        saved = sum(o.get("saved", 0) for o in outputs)
+        if saved and record["status"] == "ok":
+            record["saved_samples"] = {"mode": job.suite.save_samples, "files": saved,
+                                       "folder": f"samples/{cell.cell_id}"}
+        files = {path: data for o in outputs for path, data in (o.get("files") or {}).items()}
+        return Finished(record, files)  # the driver drew the picture into the run directory itself
 
     def close(self) -> None:
         if self.pending:

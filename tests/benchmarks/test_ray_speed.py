@@ -1,6 +1,9 @@
 """Speed of the Ray executor (tox -e bench): task overhead per cell, and suites/steps.yaml on 2 workers vs local.
 
-Overhead per cell: tiny gmm cells (euler, 8 samples, a near-free metric) run end to end by the local
+Ray's own cost per cell: the round trip of one task that carries the run's payload and a cell and
+returns a record-sized result (with a 20 kB picture), doing no work.
+
+Overhead per cell end to end: tiny gmm cells (euler, 8 samples, a near-free metric) run end to end by the local
 executor and by Ray with one task at a time (``cpus_per_cell=2`` on the 2-CPU instance, so nothing
 runs in parallel), each at 5 and at 25 cells; the per-cell cost of an executor is the slope
 (T25 − T5) / 20, so per-run set-up (starting tasks, loading the model once per worker) is not
@@ -32,7 +35,7 @@ STEPS_SECONDS: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def ray_instance():
     ray = pytest.importorskip("ray")
-    paths = [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    paths = [str(REPO / "tests"), str(REPO / "tests" / "benchmarks"), os.environ.get("PYTHONPATH", "")]
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}})
     yield ray
@@ -49,6 +52,29 @@ def executor(name: str, cpus_per_cell: int):
     return "local" if name == "local" else RayExecutor(cpus_per_cell=cpus_per_cell)
 
 
+def _noop_cell(payload, cell, threads):
+    """A Ray task that does no work: returns a record-sized dict for the cell it was given."""
+    return {"record": {"cell_id": cell.cell_id, "config": cell.config, "per_seed": [{"metrics": {}}] * 4},
+            "files": {".png": b"x" * 20_000}, "metric_info": {}}
+
+
+@pytest.mark.benchmark(group="Ray task round trip carrying one cell (no work)")
+def test_task_round_trip(benchmark, figures, ray_instance):
+    """Submit one task with the run's payload and a cell, wait for its record: Ray's own cost per cell."""
+    registry, _ = test_registry()
+    suite = parse_suite(tiny_suite(1), registry)
+    from diffbench.suite import expand
+
+    cell = expand(suite)[0]
+    payload = ray_instance.put({"suite": suite, "registry": registry})
+    task = ray_instance.remote(_noop_cell).options(num_cpus=1)
+    ray_instance.get([task.remote(payload, cell, 1) for _ in range(4)])  # start the workers
+    benchmark.pedantic(lambda: ray_instance.get(task.remote(payload, cell, 1)), rounds=200, warmup_rounds=10)
+    benchmark.extra_info.update(load_average=os.getloadavg())
+    figures.append(f"Ray task round trip carrying one cell: median {1e3 * benchmark.stats.stats.median:.2f} ms "
+                   f"(load average {os.getloadavg()[0]:.2f})")
+
+
 @pytest.mark.benchmark(group="Ray task overhead per cell (tiny gmm cells, one at a time)")
 @pytest.mark.parametrize("name", ["local", "ray"])
 @pytest.mark.parametrize("cells", [5, 25])
@@ -62,7 +88,7 @@ def test_task_overhead(benchmark, figures, ray_instance, tmp_path, name, cells):
                                                         "cache_dir": tmp_path / "cache",
                                                         "executor": executor(name, cpus_per_cell=2)}
 
-    result = benchmark.pedantic(run_suite, setup=fresh, rounds=5, warmup_rounds=1)
+    result = benchmark.pedantic(run_suite, setup=fresh, rounds=7, warmup_rounds=1)
     assert result.ran == cells and result.failed == 0
     MEDIANS[name, cells] = benchmark.stats.stats.median
     benchmark.extra_info.update(cells=cells, load_average=os.getloadavg())
@@ -78,7 +104,8 @@ def test_task_overhead(benchmark, figures, ray_instance, tmp_path, name, cells):
 @pytest.mark.parametrize("name", ["local", "ray"])
 def test_steps_suite(benchmark, figures, ray_instance, tmp_path, name):
     data = yaml.safe_load((REPO / "suites" / "steps.yaml").read_text())
-    run_suite(parse_suite({**data, "num_samples": 8, "batch_size": 8,  # caches reference features, warms up
+    warm = {k: v for k, v in data.items() if k not in ("include", "exclude")}
+    run_suite(parse_suite({**warm, "num_samples": 8, "batch_size": 8,  # caches reference features, warms up
                            "grid": {"sampler": ["euler"], "scheduler": ["karras"], "steps": [2]}}),
               tmp_path / "warm", progress=False, draw=False)
     before = os.getloadavg()

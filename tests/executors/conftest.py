@@ -1,4 +1,4 @@
-"""A local Ray instance with 2 CPU workers, shared by the module that asks for it (started once: ~5-10 s)."""
+"""A local Ray instance with 2 CPU workers, started once (5-10 s) for every executor test module that asks for it."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_instance():
     ray = pytest.importorskip("ray")
     paths = [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from diffbench.executors.ray import RayExecutor
 from diffbench.results import RunDir
 from diffbench.runner import RunInterrupted, run_suite
 from diffbench.suite import parse_suite
@@ -72,8 +73,9 @@ def test_ray_gives_the_local_numbers_and_the_driver_writes_every_file(ray_instan
     assert RunDir(local.path).read_manifest()["executor"]["name"] == "local"
 
 
-def test_digits_smoke_cells_give_the_local_numbers(ray_instance, tmp_path):
-    """The smoke suite's model and metrics (digits-eps, FID and KID on digits-cnn features), fewer samples."""
+def test_digits_smoke_cells_give_the_local_numbers_whole_or_split(ray_instance, tmp_path):
+    """The smoke suite's model and metrics (digits-eps, FID and KID on digits-cnn features), fewer samples;
+    also with each cell split across two tasks (features gathered, FID and KID scored once)."""
     data = yaml.safe_load((ROOT / "suites" / "smoke.yaml").read_text())
     data.update(num_samples=200, batch_size=100, grid={"sampler": ["ddim", "heun"], "scheduler": ["karras"],
                                                        "steps": [5]})
@@ -81,6 +83,9 @@ def test_digits_smoke_cells_give_the_local_numbers(ray_instance, tmp_path):
     remote = run(data, tmp_path / "ray", executor="ray")
     assert numbers(remote.path) == numbers(local.path)
     assert all(set(rec["metrics"]) == {"fid", "kid"} for rec in RunDir(remote.path).read_cells())
+    split = run(data, tmp_path / "split", executor=RayExecutor(cell_parts=2))  # each cell's 2 batches on 2 tasks
+    assert numbers(split.path) == numbers(local.path)
+    assert all(len(rec["worker"]["parts"]) == 2 for rec in RunDir(split.path).read_cells())
 
 
 def test_a_worker_killed_mid_cell_is_retried_with_the_same_numbers(ray_instance, tmp_path):

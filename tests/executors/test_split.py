@@ -1,0 +1,54 @@
+"""One cell across Ray tasks: index ranges on batch boundaries; gathered features scored once give the unsplit numbers."""
+from __future__ import annotations
+
+import yaml
+
+from diffbench.executors.ray import RayExecutor
+from diffbench.executors.split import split_ranges
+from diffbench.results import RunDir
+from runhelpers import grid, small
+from test_ray import numbers, run
+
+
+def test_ranges_cover_every_sample_once_on_batch_boundaries():
+    for n, batch, parts in [(64, 16, 3), (100, 32, 2), (10, 32, 4), (1000, 1000, 2), (65, 8, 5), (7, 1, 7)]:
+        ranges = split_ranges(n, batch, parts)
+        indices = [i for first, count in ranges for i in range(first, first + count)]
+        assert indices == list(range(n))
+        assert all(first % batch == 0 for first, _ in ranges)  # every batch the same as unsplit
+        assert len(ranges) == min(parts, -(-n // batch))
+    assert split_ranges(64, 16, 3) == [(0, 32), (32, 16), (48, 16)]
+
+
+def test_a_split_cell_gives_the_unsplit_numbers(ray_instance, tmp_path):
+    data = small(metrics=["mean-norm", "checksum"], seeds=[0, 1], batch_size=16,
+                 grid=grid(sampler=["euler", "dpm-solver++-2m"], steps=[3]))
+    local = run(data, tmp_path / "local")
+    split = run(data, tmp_path / "split", executor=RayExecutor(cell_parts=3))
+    assert len(numbers(split.path)) == 2 and numbers(split.path) == numbers(local.path)
+    rec = RunDir(split.path).read_cells()[0]
+    parts = rec["worker"]["parts"]
+    assert sorted((p["seed"], p["first_index"]) for p in parts) == [(s, f) for s in (0, 1) for f in (0, 32, 48)]
+    assert rec["sample_image"] and (split.path / "cells" / rec["sample_image"]).exists()
+    assert RunDir(split.path).read_manifest()["executor"]["cell_parts"] == 3
+
+
+def test_a_failing_part_fails_its_cell_only(ray_instance, tmp_path):
+    data = small(batch_size=16, grid=grid(sampler=["broken", "euler"], steps=[2]))
+    res = run(data, tmp_path / "r", executor=RayExecutor(cell_parts=2))
+    status = res.cells.set_index("sampler")
+    assert status.loc["euler", "status"] == "ok"
+    assert status.loc["broken", "status"] == "failed"
+    assert "RuntimeError: broken sampler exploded" in status.loc["broken", "error"]
+
+
+def test_cell_parts_needs_the_ray_executor(tmp_path):
+    from click.testing import CliRunner
+
+    from diffbench.cli import cli
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(small(grid=grid(sampler=["euler"], steps=[2]))))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "r"), "--cell-parts", "2"])
+    assert result.exit_code == 2 and "--cell-parts needs --executor ray" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "r").exists()
