@@ -52,3 +52,25 @@ def test_cell_parts_needs_the_ray_executor(tmp_path):
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "r"), "--cell-parts", "2"])
     assert result.exit_code == 2 and "--cell-parts needs --executor ray" in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def saved(path):
+    """Every saved-samples file of a run: relative name → its arrays."""
+    import numpy as np
+
+    out = {}
+    for f in sorted((path / "samples").rglob("*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            out[f.relative_to(path).as_posix()] = {k: z[k].tolist() for k in z.files}
+    return out
+
+
+def test_saved_samples_come_back_from_the_workers(ray_instance, tmp_path):
+    data = small(save_samples="npz", batch_size=16, grid=grid(sampler=["euler"], steps=[2]))
+    local = run(data, tmp_path / "local")
+    whole = run(data, tmp_path / "ray", executor="ray")
+    split = run(data, tmp_path / "split", executor=RayExecutor(cell_parts=3))
+    assert len(saved(local.path)) == 4  # 64 samples in batches of 16: one file per batch
+    assert saved(whole.path) == saved(local.path) and saved(split.path) == saved(local.path)
+    records = [RunDir(r.path).read_cells()[0]["saved_samples"] for r in (local, whole, split)]
+    assert records[0] == records[1] == records[2] == {"mode": "npz", "files": 4, "folder": records[0]["folder"]}
