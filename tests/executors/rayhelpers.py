@@ -34,6 +34,15 @@ def dies_once(denoiser, x, sigmas, *, noise=None, marker: str = ""):
     return euler(denoiser, x, sigmas, noise=noise)
 
 
+def dies_always(denoiser, x, sigmas, *, noise=None):
+    """Euler, but a Ray worker that samples a batch of a cell (after its warm-up call) is killed by SIGKILL."""
+    global _calls
+    _calls += 1
+    if _calls >= 2 and _in_ray_task():
+        os.kill(os.getpid(), signal.SIGKILL)
+    return euler(denoiser, x, sigmas, noise=noise)
+
+
 def sleepy(denoiser, x, sigmas, *, noise=None, seconds: float = 0.3):
     """Euler after sleeping ``seconds`` per batch (a slow sampler for time limits)."""
     time.sleep(seconds)
@@ -44,6 +53,7 @@ class ExecutorPlugin:
     @hookimpl
     def diffbench_register(self, registry: Registry) -> None:
         registry.add("sampler", "dies-once", dies_once, order=1, nfe=per_step(1), stochastic=lambda **_: False)
+        registry.add("sampler", "dies-always", dies_always, order=1, nfe=per_step(1), stochastic=lambda **_: False)
         registry.add("sampler", "sleepy", sleepy, order=1, nfe=per_step(1), stochastic=lambda **_: False)
 
 

@@ -102,6 +102,15 @@ def test_a_worker_killed_mid_cell_is_retried_with_the_same_numbers(ray_instance,
     assert rec["status"] == "ok" and rec["worker"]["pid"] != killed
 
 
+def test_a_cell_whose_worker_dies_on_every_attempt_fails_alone(ray_instance, tmp_path):
+    data = small(grid=grid(sampler=["dies-always", "euler"], steps=[2]))
+    res = run(data, tmp_path / "r", executor=RayExecutor(max_retries=1))
+    status = res.cells.set_index("sampler")
+    assert status.loc["euler", "status"] == "ok"
+    assert status.loc["dies-always", "status"] == "failed"
+    assert status.loc["dies-always", "error"].startswith("Ray worker lost 2 times: ")
+
+
 def test_a_plugin_error_fails_its_cell_only(ray_instance, tmp_path):
     data = small(grid=grid(sampler=["broken", "euler", "nan"], steps=[2]))
     res = run(data, tmp_path / "r", executor="ray")
