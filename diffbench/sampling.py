@@ -61,7 +61,7 @@ class SamplerOutputError(ValueError):
 
 
 def check_batch(x: Any, rows: int, model: DiffusionModel, sampler: str, first: int) -> None:
-    """Raise SamplerOutputError unless ``x`` is a finite (rows, *model.shape) tensor of the model's dtype."""
+    """Raise SamplerOutputError unless ``x`` is a finite (rows, *model.shape) tensor of the model's dtype and device."""
     where = f"sampler {sampler!r} (samples {first}..{first + rows - 1})"
     if not isinstance(x, Tensor):
         raise SamplerOutputError(f"{where} returned {type(x).__name__}, not a tensor")
@@ -70,6 +70,8 @@ def check_batch(x: Any, rows: int, model: DiffusionModel, sampler: str, first: i
     if x.dtype != model.dtype:
         raise SamplerOutputError(f"{where} returned dtype {str(x.dtype).replace('torch.', '')}, expected "
                                  f"{str(model.dtype).replace('torch.', '')}")
+    if x.device.type != model.device.type:  # the type only: 'cuda' and 'cuda:0' are one device
+        raise SamplerOutputError(f"{where} returned a tensor on {x.device}, expected {model.device}")
     bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
     if bad:
         raise SamplerOutputError(f"{where} returned non-finite samples: {bad} of {rows}")

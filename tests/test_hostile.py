@@ -44,6 +44,12 @@ def wrong_dtype(denoiser, x, sigmas, *, noise=None):
     return x.half()
 
 
+def wrong_device(denoiser, x, sigmas, *, noise=None):
+    """Returns its batch on another device ('meta' stands in for a GPU on a CPU-only machine)."""
+    denoiser(x, float(sigmas[0]))
+    return x.to("meta")
+
+
 def not_a_tensor(denoiser, x, sigmas, *, noise=None):
     denoiser(x, float(sigmas[0]))
     return x.tolist()
@@ -66,7 +72,7 @@ class Misbehaving:
     @hookimpl
     def diffbench_register(self, registry: Registry) -> None:
         one = dict(order=None, nfe=lambda s, **_: 1, stochastic=lambda **_: False)
-        for fn in (wrong_shape, wrong_dtype, not_a_tensor, exits):
+        for fn in (wrong_shape, wrong_dtype, wrong_device, not_a_tensor, exits):
             registry.add("sampler", fn.__name__.replace("_", "-"), fn, **one)
         registry.add("sampler", "overcounts", overcounts, order=None, nfe=per_step(1), stochastic=lambda **_: False)
 
@@ -82,7 +88,7 @@ def run(data, out, registry=None, draw=False, **kw):
 
 
 def test_each_misbehaving_sampler_fails_its_own_cell_with_a_reason(tmp_path):
-    samplers = ["wrong-shape", "wrong-dtype", "not-a-tensor", "exits", "nan", "euler"]
+    samplers = ["wrong-shape", "wrong-dtype", "wrong-device", "not-a-tensor", "exits", "nan", "euler"]
     res = run(small(grid=grid(sampler=samplers, steps=[2])), tmp_path / "r")
     cells = res.cells.set_index("sampler")
     assert cells.loc["euler", "status"] == "ok"
@@ -90,10 +96,11 @@ def test_each_misbehaving_sampler_fails_its_own_cell_with_a_reason(tmp_path):
     assert all(cells.loc[s, "status"] == "failed" for s in errors)
     assert errors["wrong-shape"] == "sampler 'wrong-shape' (samples 0..31) returned shape (31, 2), expected (32, 2)"
     assert errors["wrong-dtype"] == "sampler 'wrong-dtype' (samples 0..31) returned dtype float16, expected float64"
+    assert errors["wrong-device"] == "sampler 'wrong-device' (samples 0..31) returned a tensor on meta, expected cpu"
     assert errors["not-a-tensor"] == "sampler 'not-a-tensor' (samples 0..31) returned list, not a tensor"
     assert errors["exits"] == "SystemExit: 4"
     assert errors["nan"] == "sampler 'nan' (samples 0..31) returned non-finite samples: 32 of 32"
-    assert res.failed == 5
+    assert res.failed == 6
 
 
 def test_a_plugin_that_miscounts_its_nfe_is_flagged_in_the_record_and_report(tmp_path):
