@@ -9,6 +9,7 @@ import datetime as dt
 import math
 import statistics
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,8 @@ def _record_base(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: 
         "scheduler": cell.scheduler.key, "scheduler_name": cell.scheduler.name, "steps": cell.steps,
         "guidance": cell.guidance, "seeds": suite.seeds, "num_samples": suite.num_samples,
         "status": STATUS_FAILED, "error": None, "nfe": None, "declared_nfe": None, "sample_seconds": None,
-        "seconds_per_sample": None, "network_seconds": None, "network_share": None, "metrics": {},
+        "seconds_per_sample": None, "network_seconds": None, "network_share": None, "metric_seconds": None,
+        "metrics": {},
         "per_seed": [], "warnings": [], "model_identity": model.identity(), "config": cell.config,
         "started": now(),
     }
@@ -126,6 +128,7 @@ class SampledGroup:
     rows: FeatureRows
     preview: torch.Tensor | None
     result: SampleResult
+    extract_seconds: float = 0.0  # time in the feature extractors (not sampling time)
 
 
 def stream_group(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, plan: MetricPlan,
@@ -135,14 +138,16 @@ def stream_group(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: 
     (and into ``saver``'s files)."""
     call = sampling_call(suite, cell, model, registry, seed, num_samples or suite.num_samples,
                          progress=bar.update if bar is not None else None, first_index=first_index)
-    rows, pictured = plan.rows(), Preview()
+    rows, pictured, extract_s = plan.rows(), Preview(), 0.0
     for batch in call:  # each batch checked by the sampling call (shape, dtype, finite, NFE)
+        t0 = time.perf_counter()
         rows.add(batch)
+        extract_s += time.perf_counter() - t0
         if saver is not None:
             saver.add(batch)
         if preview:
             pictured.add(batch)
-    return SampledGroup(rows, pictured.samples(), call.result)
+    return SampledGroup(rows, pictured.samples(), call.result, extract_s)
 
 
 def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
@@ -163,11 +168,12 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
         with limit_time(time_limit):
             plan = metric_plan(suite, model, registry, context)
             saver = SampleSaver(suite.save_samples, run.path / "samples" / cell.cell_id, tuple(model.data_range))
-            scores, directions = [], {}
+            scores, directions, metric_s = [], {}, 0.0
             for seed in suite.seeds:
                 first = seed == suite.seeds[0]
                 group = (groups(seed, plan) if groups is not None
                          else stream_group(suite, cell, model, registry, plan, seed, first, bar, saver=saver))
+                metric_s += group.extract_seconds
                 res = group.result
                 results.append(res)
                 rec["warnings"] += [w for w in res.meta.get("warnings", []) if w not in rec["warnings"]]
@@ -176,7 +182,11 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
                     rec["sample_image"] = _sample_picture(group.preview, model, run.cell_path(cell.cell_id, ".png"))
                 bar.set_postfix_str("metrics")
                 values: dict[str, MetricValue] = {}
-                for planned, out in plan.score(group.rows, res):
+                t0 = time.perf_counter()
+                scored = plan.score(group.rows, res)
+                metric_s += time.perf_counter() - t0
+                rec["metric_seconds"] = metric_s
+                for planned, out in scored:
                     values.update(out)
                     directions.update({name: metric_direction(planned.component, name) for name in out})
                 scores.append(values)

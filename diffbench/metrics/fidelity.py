@@ -184,18 +184,51 @@ class KID(_FidelityMetric):
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "subsets": 100, "subset_size": 1000}
 
     def score_features(self, gen, ref, context, *, subsets: int, subset_size: int) -> dict[str, MetricValue]:
-        from torch_fidelity.metric_kid import kid_features_to_metric
-
         # at most half of the smaller set, so subsets differ and their spread measures sampling noise;
         # the estimate stays unbiased for any subset size
         size = min(subset_size, min(len(gen), ref.size) // 2)
-        out = kid_features_to_metric(gen, ref.features, kid_subsets=subsets, kid_subset_size=size, rng_seed=context.seed,
-                                     verbose=False)
+        mean, std = kid_subsets(gen, ref, subsets, size, context.seed)
         context.info["kid_subset_size"] = size
         method = (f"torch-fidelity KID, mean over {subsets} subsets of {size}; s.e. = s.d. over subsets "
                   "(conservative: the spread of a single-subset estimate)")
-        return {"kid": MetricValue(out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"],
-                                   method)}
+        return {"kid": MetricValue(mean, std, method)}
+
+
+GRAM_LIMIT = 4_000_000  # kernel entries (16 MB in float32) up to which KID computes whole Gram matrices once
+
+
+def poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """torch-fidelity's KID kernel (x·y / d + 1)³, in the features' dtype."""
+    return (np.matmul(x, y.T) * (1.0 / x.shape[1]) + 1) ** 3
+
+
+def kid_subsets(gen: Tensor, ref: ReferenceData, subsets: int, size: int, seed: int) -> tuple[float, float]:
+    """Mean and s.d. of the unbiased MMD² over random subsets, drawn as torch-fidelity draws them.
+
+    Small sets: the kernel matrices are computed once (the reference's once per process) and each
+    subset's MMD² sums entries of them: the same subsets and formula as torch-fidelity's
+    ``kid_features_to_metric``, ~20× less work; sums in float64. Large sets: torch-fidelity itself.
+    """
+    n1, n2 = len(gen), ref.size
+    if max(n1, n2) ** 2 > GRAM_LIMIT:
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
+        out = kid_features_to_metric(gen, ref.features, kid_subsets=subsets, kid_subset_size=size, rng_seed=seed,
+                                     verbose=False)
+        return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
+    x, y = gen.cpu().numpy(), ref.features.cpu().numpy()
+    k_xx, k_xy, k_yy = poly_kernel(x, x), poly_kernel(x, y), ref.memo("kid-gram", lambda: poly_kernel(y, y))
+    rng = np.random.RandomState(seed)
+    mmds = np.zeros(subsets)
+    m = size
+    for i in range(subsets):
+        a = rng.choice(n1, m, replace=False)
+        b = rng.choice(n2, m, replace=False)
+        xx, yy = k_xx[np.ix_(a, a)].astype(np.float64), k_yy[np.ix_(b, b)].astype(np.float64)
+        xy = k_xy[np.ix_(a, b)].astype(np.float64)
+        mmds[i] = ((xx.sum() - np.trace(xx) + yy.sum() - np.trace(yy)) / (m * (m - 1))
+                   - 2 * xy.sum() / (m * m))
+    return float(np.mean(mmds)), float(np.std(mmds))
 
 
 class PRC(_FidelityMetric):

@@ -55,6 +55,13 @@ class ReferenceData:
                 self._stats = fid_features_to_statistics(self.features.double())
         return self._stats
 
+    def memo(self, name: str, make):
+        """A derived quantity (e.g. a kernel matrix) computed once for this reference and kept with it."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if name not in cache:
+            cache[name] = make()
+        return cache[name]
+
     def describe(self) -> dict[str, Any]:
         return {**self.reference.describe(), "reference_size": self.size, "reference_hash": self.sha256}
 

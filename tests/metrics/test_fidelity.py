@@ -177,3 +177,21 @@ def test_metrics_are_registered():
     assert reg.get("metric", "kid").options["subsets"] == 100
     assert METRICS["prc"].higher_is_better and METRICS["class-accuracy"].higher_is_better
     assert not METRICS["fid"].higher_is_better and not METRICS["kid"].higher_is_better
+
+
+@pytest.mark.parametrize("subset_size", [150, 300])
+def test_kid_from_whole_gram_matrices_equals_torch_fidelity(context, subset_size):
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    from diffbench.metrics.reference import ReferenceData
+
+    ext = fidelity.resolve_extractor("digits-cnn", None, "kid")
+    gen = fidelity.extract_features(noisy(digits("test").images, 0.3), (-1.0, 1.0), ext)
+    ref_feats, _ = fidelity.reference_features("digits", "train", ext, context)
+    want = kid_features_to_metric(gen, ref_feats, kid_subsets=20, kid_subset_size=subset_size, rng_seed=3,
+                                  verbose=False)
+    ref = ReferenceData(None, ref_feats, "x")
+    mean, std = fidelity.kid_subsets(gen, ref, 20, subset_size, 3)
+    # the same subsets and formula; float32 kernel entries summed in float64 (torch-fidelity sums in float32)
+    assert mean == pytest.approx(want["kernel_inception_distance_mean"], rel=1e-5)
+    assert std == pytest.approx(want["kernel_inception_distance_std"], rel=1e-4)
