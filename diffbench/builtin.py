@@ -14,6 +14,8 @@ def diffbench_register(registry) -> None:
         registry.add("sampler", name, info.fn, **info.declarations())
     for name, fn in schedulers.SCHEDULERS.items():
         registry.add("scheduler", name, fn, discrete_only=name in ("leading", "trailing"))
+    for name, fn in schedulers.PARTIAL_SCHEDULERS.items():
+        registry.add("scheduler", name, fn, discrete_only=True)
     for name, target in targets.TARGETS.items():
         registry.add("target", name, target, description=type(target).__doc__.split("\n")[0])
     for name, loader in models.MODELS.items():

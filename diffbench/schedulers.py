@@ -73,6 +73,20 @@ def trailing(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     return _with_zero(sched.sigma_of_t(t))
 
 
+def ddim_quadratic(schedule: NoiseSchedule, steps: int, *, fraction: float = 0.8) -> torch.Tensor:
+    """DDIM's quadratic timestep selection t_i = ⌊(i √(fraction·T) / (N-1))²⌋ (Song et al. 2021, code 'quad')."""
+    sched = _require_discrete(schedule, "ddim-quadratic", steps)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"ddim-quadratic fraction must be in (0, 1], got {fraction}")
+    top = np.sqrt(fraction * sched.num_steps)
+    t = np.floor(np.linspace(0.0, top, steps) ** 2)[::-1]
+    if len(np.unique(t)) < steps:  # the DDIM code would take no-op steps between equal timesteps
+        most = 1 + int(np.floor(top))  # (i·top/(N-1))² must grow by ≥ 1 from i = 0 to 1
+        raise ValueError(f"ddim-quadratic at {steps} steps repeats training timesteps (the DDIM code takes no-op "
+                         f"steps there); use at most {most} steps")
+    return _with_zero(sched.sigma_of_t(t))
+
+
 def karras(schedule: NoiseSchedule, steps: int, *, rho: float = 7.0,
            sigma_min: float | None = None, sigma_max: float | None = None) -> torch.Tensor:
     """σ uniform in σ^(1/ρ) (Karras et al. 2022, eq. 5)."""
@@ -106,6 +120,10 @@ SCHEDULERS: dict[str, Callable[..., torch.Tensor]] = {
     "linspace": linspace, "leading": leading, "trailing": trailing, "karras": karras,
     "logsnr": logsnr, "quadratic": quadratic, "exponential": exponential,
 }
+
+
+# Partial grids that do not start at the model's σ_max (DDIM's quadratic selection tops out at 0.8 T).
+PARTIAL_SCHEDULERS: dict[str, Callable[..., torch.Tensor]] = {"ddim-quadratic": ddim_quadratic}
 
 
 @dataclass(frozen=True)

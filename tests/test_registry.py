@@ -91,7 +91,7 @@ def test_builtins_come_in_through_the_entry_point(loaded, monkeypatch):
     names = {kind: sorted(c.name for c in builtins if c.kind == kind) for kind in KINDS}
     assert names["sampler"] == SAMPLER_NAMES
     assert names["scheduler"] == sorted(["linspace", "leading", "trailing", "karras", "logsnr", "quadratic",
-                                         "exponential"])
+                                         "exponential", "ddim-quadratic"])
     assert names["target"] == ["eps", "flow", "v", "x0"]
     assert "gmm" in names["model"] and "solver-error" in names["metric"]
     assert reg.plugin_versions()["diffbench"] == diffbench.__version__

@@ -176,3 +176,16 @@ def test_final_zero_false_stops_at_the_smallest_positive_sigma():
     assert open_grid.sigmas[-1].item() == pytest.approx(0.1, rel=1e-12)
     assert torch.equal(open_grid.sigmas, closed.sigmas[:-1])
     assert len(open_grid.timesteps) == 11 and open_grid.record()["final_zero"] is False
+
+
+def test_ddim_quadratic_is_the_ddim_codes_quad_selection():
+    """t_i = int((linspace(0, √(0.8 T), N))²) as in DDIM's runner (skip_type 'quad'), run from the top."""
+    from diffbench.noise import make_schedule
+    from diffbench.schedulers import ddim_quadratic, materialize
+
+    sched = make_schedule("linear")
+    for n in (10, 20):
+        ddim_code = [int(s) for s in np.linspace(0, np.sqrt(1000 * 0.8), n) ** 2][::-1]
+        assert [round(t) for t in materialize(ddim_quadratic, sched, n).timesteps] == ddim_code
+    with pytest.raises(ValueError, match="repeats training timesteps.*at most 29 steps"):
+        materialize(ddim_quadratic, sched, 30)

@@ -1,7 +1,7 @@
 """Tiny randomly initialised diffusers model folders, written with save_pretrained (no download).
 
-Used by the adapter and parity tests, and by CI (``python tests/tiny_diffusers.py DIR`` writes the
-pixel-space DDPM folder that ``suites/tiny-diffusers.yaml`` benchmarks).
+Used by the adapter and parity tests, and by CI: ``python tests/tiny_diffusers.py build/tiny-ddpm``
+writes the 1×8×8 pixel-space DDPM folder that ``suites/tiny-diffusers.yaml`` benchmarks.
 """
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def unet(root: Path, *, seed: int = 0, channels: int = 3, out_channels: int | No
     return net.eval()
 
 
-def pixel_ddpm(root: Path, *, prediction_type: str = "epsilon", seed: int = 0, **sched) -> Path:
+def pixel_ddpm(root: Path, *, prediction_type: str = "epsilon", seed: int = 0, channels: int = 3, **sched) -> Path:
     """Unconditional pixel-space UNet2DModel + DDIMScheduler config, like google/ddpm-cifar10-32."""
-    unet(root, seed=seed)
+    unet(root, seed=seed, channels=channels)
     scheduler(root, **{**VP, "prediction_type": prediction_type, **sched})
     _index(root, "DDPMPipeline", unet=("diffusers", "UNet2DModel"), scheduler=("diffusers", "DDIMScheduler"))
     return root
@@ -113,5 +113,5 @@ def text_unet(root: Path, *, prediction_type: str = "epsilon", seed: int = 0) ->
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python tests/tiny_diffusers.py OUT_DIR  (writes a tiny pixel-space DDPM folder)")
-    print(pixel_ddpm(Path(sys.argv[1])))
+        sys.exit("usage: python tests/tiny_diffusers.py OUT_DIR  (writes a tiny 1x8x8 pixel-space DDPM folder)")
+    print(pixel_ddpm(Path(sys.argv[1]), channels=1))

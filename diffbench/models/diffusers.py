@@ -179,7 +179,8 @@ def resolve_path(path: str, allow_download: bool) -> Path:
     try:
         return Path(snapshot_download(path, allow_patterns=patterns))
     except Exception as exc:
-        raise ValueError(f"path {path!r}: download failed: {type(exc).__name__}: {exc}") from None
+        first = (str(exc).splitlines() or [""])[0]
+        raise ValueError(f"path {path!r}: download failed: {type(exc).__name__}: {first}") from None
 
 
 def _folders(root: Path) -> dict[str, Path]:
