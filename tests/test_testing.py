@@ -21,7 +21,14 @@ pytest_plugins = ["pytester"]
 BUILTINS = testing.components(default_registry(), distribution="diffbench")
 
 
-@testing.parametrize_with_checks(BUILTINS)
+# DDIM's quadratic selection is defined up to 29 steps at T = 1000 (beyond, it repeats timesteps and
+# ddim-quadratic refuses); the kit's scheduler checks include 50 steps.
+QUAD = "DDIM's quadratic timestep selection repeats timesteps beyond 29 steps; ddim-quadratic refuses them"
+QUAD_XFAIL = {f"scheduler[ddim-quadratic]-{c}": QUAD for c in ("check_scheduler_length", "check_scheduler_ends_at_zero",
+                                                              "check_scheduler_decreasing", "check_scheduler_range")}
+
+
+@testing.parametrize_with_checks(BUILTINS, expected_failures=QUAD_XFAIL)
 def test_builtins_conform(check):
     check()
 
