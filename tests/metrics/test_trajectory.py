@@ -104,8 +104,8 @@ def test_max_samples_scores_only_the_first_samples(tmp_path):
                                                  ("dpm-solver++-3m-corrected", 3, (10, 20, 40))])
 def test_orders_on_a_real_model(tmp_path, sampler, order, steps):
     # digits-v, grid stopping at σ_min. Measured: euler and heun at their orders over 20-80 steps; the
-    # third-order solver shows 3.1 from 20 to 40 steps and then flattens (80 steps: 3.3e-4, an error floor of
-    # the float32 network), so its range stops at 40
+    # third-order solver shows 3.1 from 20 to 40 steps and then flattens (80 steps: 3.3e-4, the error floor
+    # near 3e-4 the README describes; it stays in float64 sampling too), so its range stops at 40
     model = diffbench.load_model("digits-v")
     ctx = MetricContext(tmp_path)
     errors = []
