@@ -123,28 +123,35 @@ def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, tim
 @cli.command()
 @click.argument("suites", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--allow-large", is_flag=True, help="Accept a plan beyond the size limits, as run --allow-large.")
+@click.option("--no-load", is_flag=True,
+              help="Only the checks that need no model, weights or data (suite file, plugins, options, grid size): "
+                   "for a suite whose checkpoint or reference data is not on this machine.")
 @handled
-def validate(suites: tuple[Path, ...], allow_large: bool) -> None:
+def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool) -> None:
     """Run every check 'run' makes before sampling, on each suite file (each file, one line).
 
     That is the schema and the installed plugins, then the models: σ grids, guidance, the plan's size
-    limits, and a warm-up batch on which every metric is tried once.
+    limits, and a warm-up batch on which every metric is tried once. With --no-load, only the first part.
     """
     from diffbench.registry import default_registry
     from diffbench.results import RunDirError
-    from diffbench.runner import preflight
+    from diffbench.runner import preflight, static_checks
     from diffbench.suite import SuiteError
 
     bad = 0
     for path in suites:
         try:
-            prep = preflight(path, default_registry(), allow_large=allow_large)
+            if no_load:
+                _, cells = static_checks(path, default_registry(), allow_large=allow_large)
+                summary = f"{len(cells)} cells; --no-load: models, grids, plan and warm-up not checked"
+            else:
+                summary = preflight(path, default_registry(), allow_large=allow_large).plan.describe()
         except (SuiteError, RunDirError) as exc:
             msg = str(exc)
             click.echo(f"diffbench: error: {msg if msg.startswith(str(path)) else f'{path}: {msg}'}", err=True)
             bad += 1
             continue
-        click.echo(f"{path}: ok ({prep.plan.describe()})")
+        click.echo(f"{path}: ok ({summary})")
     if bad:
         sys.exit(EXIT_USAGE)
 

@@ -334,6 +334,25 @@ class Prepared:
     warm_start: float  # perf_counter() when the warm-up began (wall-clock counts from here)
 
 
+def static_checks(suite: Suite | str | Path, registry: Registry | None = None, *, time_limit: float | None = None,
+                  allow_large: bool = False) -> tuple[Suite, list[CellSpec]]:
+    """The checks that need no model, data or weights: the suite file (strict values, bounded YAML), the
+    plugins and their options, the time limit, the grid's size and that it is not empty. Returns the
+    checked suite and its cells; raises SuiteError with a one-line message."""
+    registry = registry or default_registry()
+    suite = load_suite(suite, registry) if isinstance(suite, (str, Path)) else check_plugins(suite, registry)
+    if time_limit is not None:
+        try:
+            suite = suite.model_copy(update={"time_limit": check_seconds(time_limit)})
+        except ValueError as exc:
+            raise SuiteError(f"--time-limit: {exc}") from None
+    check_grid_size(suite, allow_large)
+    cells = expand(suite)
+    if not cells:
+        raise SuiteError("grid: no cells are left after exclude and include")
+    return suite, cells
+
+
 def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, out_dir: str | Path | None = None,
               resume: bool = False, results_root: str | Path | None = None, cache_dir: str | Path | None = None,
               time_limit: float | None = None, allow_large: bool = False, shard: Shard | None = None) -> Prepared:
@@ -347,16 +366,7 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     ``shard``, only that shard's cells (and its view of the shared run directory).
     """
     registry = registry or default_registry()
-    suite = load_suite(suite, registry) if isinstance(suite, (str, Path)) else check_plugins(suite, registry)
-    if time_limit is not None:
-        try:
-            suite = suite.model_copy(update={"time_limit": check_seconds(time_limit)})
-        except ValueError as exc:
-            raise SuiteError(f"--time-limit: {exc}") from None
-    check_grid_size(suite, allow_large)
-    cells = expand(suite)
-    if not cells:
-        raise SuiteError("grid: no cells are left after exclude and include")
+    suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large)
     if shard is not None:
         cells = shard.select(cells)
     if results_root is not None:

@@ -56,6 +56,17 @@ def test_validate(tmp_path):
     assert both.exit_code == 2 and "etta" in both.stderr and both.stdout == f"{good}: ok ({plan})\n"
 
 
+def test_validate_no_load_checks_what_needs_no_model(tmp_path):
+    result = invoke("validate", "--no-load", suite_file(tmp_path))
+    assert result.exit_code == 0 and result.stdout.endswith("ok (6 cells; --no-load: models, grids, plan and "
+                                                           "warm-up not checked)\n")
+    bad = suite_file(tmp_path, grid=grid(sampler=[{"name": "ddim", "options": {"etta": 0}}]))
+    assert_one_line_error(invoke("validate", "--no-load", bad), 2,
+                          "grid.sampler[0].options.etta: sampler 'ddim' has no such option")
+    empty = suite_file(tmp_path, exclude=[{"sampler": ["euler", "heun", "dpm-solver++-2m"]}])
+    assert_one_line_error(invoke("validate", "--no-load", empty), 2, "no cells are left")
+
+
 def test_usage_errors_exit_2():
     assert CliRunner().invoke(cli, ["run"]).exit_code == 2
     assert CliRunner().invoke(cli, ["frobnicate"]).exit_code == 2

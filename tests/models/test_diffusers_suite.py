@@ -73,3 +73,17 @@ def test_cifar10_validate_offline_names_the_missing_checkpoint(tmp_path, monkeyp
     with pytest.raises(SuiteError, match="google/ddpm-cifar10-32.*not in the local hub cache") as err:
         preflight(CIFAR, default_registry(), cache_dir=tmp_path / "cache")
     assert "\n" not in str(err.value)
+
+
+def test_cifar10_validate_no_load_passes_offline(tmp_path, monkeypatch):
+    """Offline, without the checkpoint, Inception weights or CIFAR-10 statistics: the checks that need none
+    of them pass, and the output says what was not checked."""
+    from click.testing import CliRunner
+
+    from diffbench.cli import cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = CliRunner().invoke(cli, ["validate", "--no-load", str(CIFAR)])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{CIFAR}: ok (22 cells; --no-load: models, grids, plan and warm-up not checked)\n"
