@@ -182,11 +182,11 @@ def test_real_sigint_keeps_finished_cells(tmp_path):
     proc = subprocess.Popen(["diffbench", "run", str(path), "--out", str(out), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list((out / "cells").glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
+    while not list((out / "cells").glob("[!.]*.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    kept = list((out / "cells").glob("*.json"))
+    kept = list((out / "cells").glob("[!.]*.json"))
     assert proc.returncode == 130 and err.count("\n") == 1 and "Traceback" not in err
     assert f"interrupted: {len(kept)} of 24 cells kept" in err
     assert len(RunDir(out).read_csv()) == len(kept) >= 1
