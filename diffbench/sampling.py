@@ -10,6 +10,7 @@ from torch import Tensor
 
 from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser, evaluations_per_call
 from diffbench.devices import resolve_device, resolve_dtype, synchronize
+from diffbench.memory import release_free_memory
 from diffbench.metrics.base import Batch
 from diffbench.registry import BUILTIN_PLUGIN, Component, Registry, default_registry
 from diffbench.samplers import noise_draws
@@ -174,6 +175,8 @@ class SamplingCall:
         labels_seen, nfe_rows = [], 0.0
         with torch.inference_mode():
             for start in range(0, self.num_samples, self.batch_size):
+                if start:  # pages freed by earlier batches go back to the OS: RSS stays flat in N (not timed)
+                    release_free_memory()
                 first = self.first_index + start
                 idx = list(range(first, self.first_index + min(start + self.batch_size, self.num_samples)))
                 labels = sample_labels(model, idx, self.conditional)
