@@ -125,6 +125,40 @@ def _fid_against(stats: dict[str, np.ndarray]):
     return fid
 
 
+def bootstrap_fids(gen: Tensor, stats: dict[str, np.ndarray], draws: np.ndarray,
+                   memory: int = 2**26) -> np.ndarray:
+    """FID against ``stats`` of each resample ``gen[draws[i]]``, all resamples at once (float64).
+
+    A resample is a count per sample, so its mean and covariance are count-weighted sums over ``gen``:
+    one matrix product with the samples' outer products when they fit in ``memory`` bytes, else one
+    weighted product per resample; tr √(√Σr Σg √Σr) comes from a batched eigvalsh, on the features'
+    device. The same values as computing each resample's covariance, to rounding.
+    """
+    g = gen.to(torch.float64)
+    g = g - g.mean(0)  # covariances do not change; the resamples' means are then small (no cancellation)
+    n, d = g.shape
+    shift = gen.to(torch.float64).mean(0)
+    mu_r = torch.as_tensor(stats["mu"], dtype=torch.float64, device=g.device)
+    sigma_r = torch.as_tensor(stats["sigma"], dtype=torch.float64, device=g.device)
+    lam, vec = torch.linalg.eigh(sigma_r)
+    root = (vec * lam.clamp(min=0).sqrt()) @ vec.T
+    counts = torch.zeros(len(draws), n, dtype=torch.float64, device=g.device)
+    counts.scatter_add_(1, torch.as_tensor(draws, device=g.device),
+                        torch.ones(draws.shape, dtype=torch.float64, device=g.device))
+    outer = (g[:, :, None] * g[:, None, :]).reshape(n, d * d) if n * d * d * 8 <= memory else None
+    fids = []
+    for w in counts.split(max(1, memory // (24 * d * d))):  # resamples at a time: three d×d float64 each
+        mu = w @ g / n
+        second = (w @ outer).reshape(-1, d, d) if outer is not None else torch.stack([(g * c[:, None]).T @ g
+                                                                                        for c in w])
+        sigma = (second - n * mu[:, :, None] * mu[:, None, :]) / (n - 1)
+        tr_covmean = torch.linalg.eigvalsh(root @ sigma @ root).clamp(min=0).sqrt().sum(1)
+        fids.append((mu + shift - mu_r).square().sum(1) + sigma.diagonal(dim1=1, dim2=2).sum(1) + sigma_r.trace()
+                    - 2 * tr_covmean)
+    fids = torch.cat(fids)
+    return fids.cpu().numpy()
+
+
 class FID(_FidelityMetric):
     """Fréchet distance between Gaussian fits of sample and reference features (Heusel et al. 2017)."""
 
@@ -140,10 +174,9 @@ class FID(_FidelityMetric):
                                          verbose=False)["frechet_inception_distance"]
         se, method = None, "torch-fidelity FID; no uncertainty (bootstrap=0)"
         if bootstrap > 1:
-            fid, g = _fid_against(ref.stats()), gen.double().numpy()
             rng = np.random.default_rng(context.seed)
-            boots = [fid(g[rng.integers(0, len(g), len(g))]) for _ in range(bootstrap)]
-            se = float(np.std(boots, ddof=1))
+            draws = np.stack([rng.integers(0, len(gen), len(gen)) for _ in range(bootstrap)])
+            se = float(np.std(bootstrap_fids(gen.to(context.device), ref.stats(), draws), ddof=1))
             method = f"torch-fidelity FID; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features"
         return {"fid": MetricValue(float(value), se, method)}
 
@@ -205,9 +238,10 @@ def poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def kid_subsets(gen: Tensor, ref: ReferenceData, subsets: int, size: int, seed: int) -> tuple[float, float]:
     """Mean and s.d. of the unbiased MMD² over random subsets, drawn as torch-fidelity draws them.
 
-    Small sets: the kernel matrices are computed once (the reference's once per process) and each
-    subset's MMD² sums entries of them: the same subsets and formula as torch-fidelity's
-    ``kid_features_to_metric``, ~20× less work; sums in float64. Large sets: torch-fidelity itself.
+    Small sets: the kernel matrices are computed once (the reference's once per process) and every
+    subset's sums come from them at once, as quadratic forms with the subsets' 0/1 indicator vectors:
+    the same subsets and formula as torch-fidelity's ``kid_features_to_metric``, float32 kernel
+    entries (as torch-fidelity computes them) summed in float64. Large sets: torch-fidelity itself.
     """
     n1, n2 = len(gen), ref.size
     if max(n1, n2) ** 2 > GRAM_LIMIT:
@@ -217,18 +251,27 @@ def kid_subsets(gen: Tensor, ref: ReferenceData, subsets: int, size: int, seed: 
                                      verbose=False)
         return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
     x, y = gen.cpu().numpy(), ref.features.cpu().numpy()
-    k_xx, k_xy, k_yy = poly_kernel(x, x), poly_kernel(x, y), ref.memo("kid-gram", lambda: poly_kernel(y, y))
-    rng = np.random.RandomState(seed)
-    mmds = np.zeros(subsets)
+    k_xx, k_xy = poly_kernel(x, x).astype(np.float64), poly_kernel(x, y).astype(np.float64)
+    # the draws depend only on (n1, n2, subsets, size, seed): every cell of a suite shares them, and the
+    # reference's sums over them
+    a, b, sum_yy = ref.memo(("kid-subsets", n1, subsets, size, seed),
+                            lambda: _kid_draws(n1, ref, y, subsets, size, seed))
     m = size
-    for i in range(subsets):
-        a = rng.choice(n1, m, replace=False)
-        b = rng.choice(n2, m, replace=False)
-        xx, yy = k_xx[np.ix_(a, a)].astype(np.float64), k_yy[np.ix_(b, b)].astype(np.float64)
-        xy = k_xy[np.ix_(a, b)].astype(np.float64)
-        mmds[i] = ((xx.sum() - np.trace(xx) + yy.sum() - np.trace(yy)) / (m * (m - 1))
-                   - 2 * xy.sum() / (m * m))
+    sum_xx = np.einsum("sn,sn->s", a @ k_xx, a) - a @ np.diag(k_xx)  # off-diagonal sums of each K[a, a]
+    sum_xy = np.einsum("sn,sn->s", a @ k_xy, b)
+    mmds = (sum_xx + sum_yy) / (m * (m - 1)) - 2 * sum_xy / (m * m)
     return float(np.mean(mmds)), float(np.std(mmds))
+
+
+def _kid_draws(n1: int, ref: ReferenceData, y: np.ndarray, subsets: int, size: int, seed: int):
+    """torch-fidelity's subset draws (in its order) as 0/1 indicator rows, and the reference's off-diagonal sums."""
+    rng = np.random.RandomState(seed)
+    a, b = np.zeros((subsets, n1)), np.zeros((subsets, ref.size))
+    for i in range(subsets):
+        a[i, rng.choice(n1, size, replace=False)] = 1.0
+        b[i, rng.choice(ref.size, size, replace=False)] = 1.0
+    k_yy = poly_kernel(y, y).astype(np.float64)
+    return a, b, np.einsum("sn,sn->s", b @ k_yy, b) - b @ np.diag(k_yy)
 
 
 class PRC(_FidelityMetric):
