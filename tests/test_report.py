@@ -71,3 +71,18 @@ def test_report_md(tmp_path):
     assert RULE in text and "`fid` (lower is better): uncertainty is m" in text
     assert "![metric_vs_nfe](metric_vs_nfe.png)" in text and "(cells/x.png)" in text
     assert "## Failed cells" in text and "git abc (dirty)" in text and "**extractor**: cnn" in text
+
+
+def test_report_lists_trajectory_references_with_their_convergence(tmp_path):
+    run = RunDir(tmp_path)
+    run.write_cell(record(0, fid=5.0))
+    frame = run.write_csv()
+    info = {"steps": 1024, "nfe_per_sample": 1985, "estimated_error": 5.9e-6, "seconds": 3.1, "samples": 32,
+            "model": "digits-eps", "sigma_start": 157.4, "sigma_end": 0.01, "final_zero": True, "from_cache": False,
+            "history": [[128, 5.4e-4], [256, 2.1e-4], [512, 1.6e-4], [1024, 5.9e-6]], "method": "m"}
+    run.write_manifest({"suite": "s", "status": "complete", "seeds": [0], "wall_seconds": 1.0,
+                        "metric_info": {"trajectory_references": {"78c84d01f4c0aaaa": info}}})
+    text = write_report(run, frame, []).read_text()
+    assert "**trajectory_references**" not in text  # a section, not a raw dict in the header
+    assert ("| `78c84d01f4c0` | digits-eps | 157.4 → 0.01 → 0 | 32 | 1024 | 1985 | 5.9e-06 | "
+            "128: 0.00054, 256: 0.00021, 512: 0.00016, 1024: 5.9e-06 | computed, 3.1 s |") in text

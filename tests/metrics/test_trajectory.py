@@ -51,9 +51,24 @@ def test_the_reference_error_is_within_its_tolerance():
 
 def test_a_reference_that_does_not_converge_is_an_error():
     den = SigmaDenoiser(_gmm())
-    with pytest.raises(ValueError, match="reference did not converge: 8 and 16 steps differ by"):
+    with pytest.raises(ValueError, match=r"reference did not converge by max_steps 16: differences per doubling 16: "):
         solve_reference(den, start_points(4, 80.0), 80.0, 0.1, False, reference_tol=1e-12, first_steps=8,
                         max_steps=16)
+
+
+def test_reference_stops_only_once_the_differences_fall(monkeypatch):
+    """Successive solutions that agree to the tolerance but stall (5e-4, then 4e-4) are not converged."""
+    from diffbench.metrics import trajectory
+
+    offsets = {64: 0.0, 128: 5e-4, 256: 9e-4, 512: 1e-3, 1024: 1e-3}  # differences 5e-4, 4e-4, 1e-4, 0
+    monkeypatch.setattr(trajectory, "dpmpp_3m_corrected",
+                        lambda den, x, sigmas, **kw: x + offsets[len(sigmas) - 1])
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    ref, info = trajectory.solve_reference(None, x, 80.0, 0.1, False, reference_tol=1e-3)
+    assert info["steps"] == 512 and float(ref[0, 0]) == pytest.approx(1e-3)
+    assert [n for n, _ in info["history"]] == [128, 256, 512]
+    assert [d for _, d in info["history"]] == pytest.approx([5e-4, 4e-4, 1e-4])
+    assert info["estimated_error"] == pytest.approx(1e-4) and info["nfe_per_sample"] == 64 + 128 + 256 + 512
 
 
 def test_absent_for_a_stochastic_sampler_with_the_reason(tmp_path):
