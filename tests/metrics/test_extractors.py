@@ -93,3 +93,39 @@ def test_random_inception_plumbing_uint8_resize_299_2048_features(tmp_path):
         want = theirs(u8)[0]
     torch.testing.assert_close(feats, want, rtol=0, atol=0)
     assert "299" in ext.describe()["resize"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_clip_built_from_tensors_equals_torch_fidelitys_own_torchscript_path(tmp_path):
+    """A tiny random CLIP ViT: diffbench's safetensors build gives torch-fidelity's features from its archive."""
+    from safetensors.torch import save_file
+    from torch_fidelity.feature_extractor_clip import CLIPVisual, FeatureExtractorCLIP
+
+    torch.manual_seed(0)
+    visual = CLIPVisual(embed_dim=16, image_resolution=64, vision_layers=1, vision_width=64, vision_patch_size=32)
+
+    class Archive(torch.nn.Module):  # the layout of OpenAI's CLIP archives: visual.* plus the text tower's keys
+        def __init__(self):
+            super().__init__()
+            self.visual = visual.visual
+            self.text_projection = torch.nn.Parameter(torch.randn(8, 16))
+
+        def forward(self, x):
+            return self.visual(x)
+
+    archive = Archive().eval()
+    for p in archive.parameters():  # random, not the zero-initialised projections: every layer matters
+        p.data.normal_(0, 0.05)
+    jit_path = tmp_path / "clip.pt"
+    torch.jit.save(torch.jit.trace(archive, torch.zeros(1, 3, 64, 64)), str(jit_path))
+    st_path = tmp_path / "clip.safetensors"  # the conversion docs/fid.md tells users to run once
+    save_file({k: v.contiguous() for k, v in torch.jit.load(str(jit_path)).state_dict().items()}, str(st_path))
+
+    ext = resolve_extractor("clip-vit-b-32", str(st_path), "fid")
+    images = torch.rand(5, 3, 40, 40) * 2 - 1
+    ours = extractors.extract_features(images, (-1.0, 1.0), ext)
+    theirs_module = FeatureExtractorCLIP("clip-vit-b-32", [ext.layer], feature_extractor_weights_path=str(jit_path))
+    with torch.inference_mode():
+        theirs = theirs_module(extractors.digits_cnn.to_uint8(images, (-1.0, 1.0)))[0]
+    assert ours.shape == (5, 16) and float(ours.std()) > 0
+    assert torch.allclose(ours, theirs.float(), rtol=1e-6, atol=1e-6)
