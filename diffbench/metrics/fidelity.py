@@ -130,14 +130,13 @@ def bootstrap_fids(gen: Tensor, stats: dict[str, np.ndarray], draws: np.ndarray,
     """FID against ``stats`` of each resample ``gen[draws[i]]``, all resamples at once (float64).
 
     A resample is a count per sample, so its mean and covariance are count-weighted sums over ``gen``:
-    one matrix product with the samples' outer products when they fit in ``memory`` bytes, else one
-    weighted product per resample; tr √(√Σr Σg √Σr) comes from a batched eigvalsh, on the features'
-    device. The same values as computing each resample's covariance, to rounding.
+    batched matrix products over as many resamples as ``memory`` bytes of weighted copies allow, then
+    tr √(√Σr Σg √Σr) from a batched eigvalsh, on the features' device. The same values as computing
+    each resample's covariance, to rounding.
     """
-    g = gen.to(torch.float64)
-    g = g - g.mean(0)  # covariances do not change; the resamples' means are then small (no cancellation)
-    n, d = g.shape
     shift = gen.to(torch.float64).mean(0)
+    g = gen.to(torch.float64) - shift  # covariances do not change; resampled means stay small (no cancellation)
+    n, d = g.shape
     mu_r = torch.as_tensor(stats["mu"], dtype=torch.float64, device=g.device)
     sigma_r = torch.as_tensor(stats["sigma"], dtype=torch.float64, device=g.device)
     lam, vec = torch.linalg.eigh(sigma_r)
@@ -145,12 +144,10 @@ def bootstrap_fids(gen: Tensor, stats: dict[str, np.ndarray], draws: np.ndarray,
     counts = torch.zeros(len(draws), n, dtype=torch.float64, device=g.device)
     counts.scatter_add_(1, torch.as_tensor(draws, device=g.device),
                         torch.ones(draws.shape, dtype=torch.float64, device=g.device))
-    outer = (g[:, :, None] * g[:, None, :]).reshape(n, d * d) if n * d * d * 8 <= memory else None
     fids = []
-    for w in counts.split(max(1, memory // (24 * d * d))):  # resamples at a time: three d×d float64 each
+    for w in counts.split(max(1, memory // (8 * n * d))):  # resamples at a time: a count-weighted copy of gen each
         mu = w @ g / n
-        second = (w @ outer).reshape(-1, d, d) if outer is not None else torch.stack([(g * c[:, None]).T @ g
-                                                                                        for c in w])
+        second = (g.T[None] * w[:, None, :]) @ g  # Σ_i count_i g_i g_iᵀ, one batched matrix product
         sigma = (second - n * mu[:, :, None] * mu[:, None, :]) / (n - 1)
         tr_covmean = torch.linalg.eigvalsh(root @ sigma @ root).clamp(min=0).sqrt().sum(1)
         fids.append((mu + shift - mu_r).square().sum(1) + sigma.diagonal(dim1=1, dim2=2).sum(1) + sigma_r.trace()

@@ -197,7 +197,7 @@ def test_kid_from_whole_gram_matrices_equals_torch_fidelity(context, subset_size
     assert std == pytest.approx(want["kernel_inception_distance_std"], rel=1e-4)
 
 
-@pytest.mark.parametrize("memory", [2**26, 1])  # whole outer products at once / one resample at a time
+@pytest.mark.parametrize("memory", [2**26, 1])  # every resample in one batch / one resample at a time
 def test_bootstrap_fids_equal_each_resamples_own_fid(context, memory):
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
