@@ -126,7 +126,7 @@ def _fid_against(stats: dict[str, np.ndarray]):
 
 
 def bootstrap_fids(gen: Tensor, stats: dict[str, np.ndarray], draws: np.ndarray,
-                   memory: int = 2**26) -> np.ndarray:
+                   memory: int = 2**23) -> np.ndarray:
     """FID against ``stats`` of each resample ``gen[draws[i]]``, all resamples at once (float64).
 
     A resample is a count per sample, so its mean and covariance are count-weighted sums over ``gen``:
