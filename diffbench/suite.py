@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from diffbench.devices import DTYPES
 from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution
-from diffbench.suitefile import MAX_BYTES, SuiteFileError, check_data, parse_yaml, yaml_path
+from diffbench.suitefile import MAX_BYTES, SuiteFileError, check_data, parse_yaml, plain, yaml_path
 
 AXES = ("model", "sampler", "scheduler", "steps", "guidance")
 NAMED_AXES = ("model", "sampler", "scheduler")  # entries with a name and a label
@@ -357,6 +357,8 @@ def parse_suite(data: Any, registry: Registry | None = None, *, source: str = "s
         raise SuiteError(f"{source}: a suite must be a mapping of keys, got {type(data).__name__}")
     try:
         check_data(data)
+        data = plain(data)
+        check_data(data)  # again: a NumPy float32 NaN is a float only now
     except SuiteFileError as exc:
         raise SuiteError(str(exc)) from None
     try:

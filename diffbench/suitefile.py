@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import yaml
 
 MAX_BYTES = 1 << 20  # a suite is a page of YAML; 1 MiB is far beyond any real one
@@ -80,6 +81,20 @@ def check_data(data: Any, max_values: int = MAX_VALUES) -> None:
             stack.extend((loc + (str(k),), v) for k, v in reversed(list(value.items())))
         elif isinstance(value, (list, tuple)):
             stack.extend((loc + (i,), v) for i, v in reversed(list(enumerate(value))))
+
+
+def plain(value: Any) -> Any:
+    """A suite built in Python as YAML would give it: tuples as lists, NumPy scalars as Python scalars.
+
+    Call after ``check_data`` (which bounds the depth, so a self-referencing structure never gets here).
+    """
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()  # np.bool_ → bool (still not a number), np.int64 → int, np.float32 → float
+    return value
 
 
 def decode(raw: bytes) -> str:

@@ -190,3 +190,20 @@ def test_json_schema_accepts_valid_suites_and_rejects_bad_options():
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(small(grid=grid(sampler=[{"name": "ddim", "options": {"etaa": 1}}])), schema)
+
+
+def test_python_built_suites_take_tuples_and_numpy_scalars_as_yaml_values():
+    import numpy as np
+
+    suite = parse_suite({"name": "py", "model": "gmm", "metrics": ("solver-error",), "num_samples": np.int64(64),
+                         "seeds": (np.int32(0), 1), "grid": {"sampler": ("euler", "heun"),
+                                                             "steps": [np.int64(2), 3]}})
+    assert suite.num_samples == 64 and type(suite.num_samples) is int and suite.seeds == [0, 1]
+    assert sorted((c.sampler.name, c.steps) for c in expand(suite)) == [("euler", 2), ("euler", 3), ("heun", 2),
+                                                                        ("heun", 3)]
+    with pytest.raises(SuiteError, match="not a finite number"):
+        parse_suite({"name": "py", "model": "gmm", "grid": {"sampler": ["euler"], "steps": [2]},
+                     "guidance": np.float32("nan")})
+    with pytest.raises(SuiteError):  # NumPy's bool is still a bool, not a count
+        parse_suite({"name": "py", "model": "gmm", "num_samples": np.bool_(True),
+                     "grid": {"sampler": ["euler"], "steps": [2]}})
