@@ -211,3 +211,19 @@ def test_bootstrap_fids_equal_each_resamples_own_fid(context, memory):
     got = fidelity.bootstrap_fids(gen, stats, draws, memory=memory)
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
     assert np.std(want) > 1e-3 * np.abs(want).max()  # the resamples differ: the check compares spreads too
+
+
+def test_scores_do_not_depend_on_the_callers_thread_count(context):
+    """A Ray worker runs one thread, a local run two: FID (with its bootstrap s.e.) and KID must agree exactly."""
+    from threadpoolctl import threadpool_limits
+
+    images = noisy(digits("test").images, 0.3)
+    threads, out = torch.get_num_threads(), []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with threadpool_limits(limits=n):
+                out.append({name: compute(name, images, context)[name] for name in ("fid", "kid")})
+    finally:
+        torch.set_num_threads(threads)
+    assert out[0] == out[1] and out[0]["fid"].uncertainty > 0
