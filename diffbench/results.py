@@ -179,12 +179,19 @@ class RunDir:
         """Whether a run started here: its manifest, or its suite.json when killed before the manifest."""
         return self.manifest_path.exists() or self.suite_path.exists()
 
-    def is_empty(self) -> bool:
-        """No entries but lock files and temporaries (a run killed before writing anything)."""
+    def is_empty(self, ignore: Path | None = None) -> bool:
+        """No entries but lock files and temporaries (a run killed before writing anything), and the
+        folder holding ``ignore`` (a cache directory the user put inside the run directory)."""
         if not self.path.is_dir():
             return True
+        keep = None
+        if ignore is not None:
+            try:
+                keep = Path(ignore).resolve().relative_to(self.path.resolve()).parts[:1]
+            except ValueError:
+                keep = None
         return all(p.name.startswith(LOCK_NAME) or (p.name.startswith(".") and ".tmp" in p.name)
-                   for p in self.path.iterdir())
+                   or (keep and p.name == keep[0]) for p in self.path.iterdir())
 
     @contextlib.contextmanager
     def lock(self, name: str = LOCK_NAME) -> Iterator[None]:

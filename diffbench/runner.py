@@ -83,8 +83,12 @@ def new_run_id() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path) -> tuple[RunDir, bool]:
-    """The run directory and whether it continues an earlier run (checks only: nothing is written)."""
+def _run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path,
+             cache: Path | None = None) -> tuple[RunDir, bool]:
+    """The run directory and whether it continues an earlier run (checks only: nothing is written).
+
+    A fresh ``out_dir`` must be empty, except for the folder holding ``cache`` when the cache directory
+    is inside it (the warm-up may already have written reference features there)."""
     if out_dir is None:
         base = root / suite.name
         check_writable(base, "results folder")
@@ -103,17 +107,17 @@ def _run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path)
         if earlier != suite.name:
             raise SuiteError(f"{run.path}: holds a run of suite {earlier!r}, not {suite.name!r}")
         return run, True
-    if not run.is_empty():
+    if not run.is_empty(ignore=cache):
         raise SuiteError(f"{run.path}: exists and is not a diffbench run directory; choose another --out")
     return run, False
 
 
 def _where(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path,
-           shard: Shard | None) -> tuple[RunDir, bool]:
+           shard: Shard | None, cache: Path | None = None) -> tuple[RunDir, bool]:
     """The run directory (a shard's view of it with ``shard``) and whether it continues an earlier run."""
     if shard is not None:
         return shard_run_dir(suite, out_dir, resume, shard)
-    return _run_dir(suite, out_dir, resume, root)
+    return _run_dir(suite, out_dir, resume, root, cache)
 
 
 def _earlier_suite(run: RunDir) -> str | None:
@@ -369,9 +373,9 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large)
     if shard is not None:
         cells = shard.select(cells)
-    if results_root is not None:
-        _where(suite, out_dir, resume, Path(results_root), shard)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if results_root is not None:
+        _where(suite, out_dir, resume, Path(results_root), shard, cache)
     if suite.metrics:
         check_writable(cache, "cache directory")
     models = load_models(suite, registry)
@@ -413,11 +417,11 @@ def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, r
     prep = preflight(suite, registry, out_dir=out_dir, resume=resume, results_root=results_root,
                      cache_dir=cache_dir, time_limit=time_limit, allow_large=allow_large, shard=shard)
     say(f"plan: {prep.plan.describe()}")
-    run, resumed = _where(prep.suite, out_dir, resume, Path(results_root), shard)
+    run, resumed = _where(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
     run = _claim(run, fresh_default=out_dir is None and not resumed)
     with run.lock(LOCK_NAME if shard is None else f"{LOCK_NAME}-shard-{shard.name}"):
         if out_dir is not None:  # another run may have written here since the check above
-            run, resumed = _where(prep.suite, out_dir, resume, Path(results_root), shard)
+            run, resumed = _where(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
         return _execute(prep, run, resumed, executor, shard, progress=progress, command=command, draw=draw, say=say)
 
 

@@ -288,3 +288,21 @@ def test_trajectory_error_in_a_run_absent_for_stochastic_cells_with_the_reason(t
     assert "trajectory-error absent: sampler 'ddpm' is stochastic" in report
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert any(e["nfe_per_sample"] > 0 for e in manifest["metric_info"]["trajectory_references"].values())
+
+
+def test_a_cache_directory_inside_a_fresh_out_directory_is_not_a_foreign_file(tmp_path):
+    """The warm-up writes a trajectory reference into --cache-dir before the run claims --out."""
+    from diffbench.registry import default_registry
+
+    data = small(metrics=[{"name": "trajectory-error", "options": {"max_samples": 4}}], num_samples=8, batch_size=8,
+                 grid=grid(sampler=["euler"], steps=[2]))
+    out = tmp_path / "out"
+    result = run_suite(parse_suite(data, default_registry()), out, progress=False, cache_dir=out / "cache",
+                       draw=False)
+    assert list((out / "cache" / "trajectory-references").glob("*.safetensors"))
+    assert RunDir(result.path).read_cells()[0]["status"] == "ok"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SuiteError, match="exists and is not a diffbench run directory"):
+        run_suite(parse_suite(data, default_registry()), other, progress=False, cache_dir=other / "cache", draw=False)
