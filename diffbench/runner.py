@@ -35,6 +35,7 @@ from diffbench.provenance import device_name, git_state, versions
 from diffbench.registry import Registry, default_registry
 from diffbench.results import (LOCK_NAME, STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, cells_frame,
                                check_writable, find_run, read_json, write_atomic, write_json)
+from diffbench.samplers import noise_draws
 from diffbench.sampling import make_grid, resolve_options
 from diffbench.suite import CellSpec, Suite, SuiteError, check_plugins, expand, load_suite
 from diffbench.timelimit import TimeLimitExceeded, check_seconds, time_limit
@@ -195,14 +196,14 @@ def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionM
         nfe += float(per_sample) * suite.num_samples * len(suite.seeds)
         stochastic = comp.meta.get("stochastic")
         try:
-            noisy = stochastic is None or bool(stochastic(**options))
+            bank = noise_draws(comp.meta, grid.sigmas, options) if stochastic is None or stochastic(**options) else 0
         except CELL_FAILURES:
-            noisy = True
+            bank = len(grid.sigmas) - 1  # the cell will record the bug
         # what one batch draws before its first network call: starting noise, and the step-noise bank
+        # (steps × the sampler's draws per step: pc and restart draw several)
         rows = min(suite.batch_size, suite.num_samples)
         size = math.prod(model.shape) * torch.empty((), dtype=model.dtype).element_size()
-        check_batch_bytes(rows * size * (1 + (len(grid.sigmas) - 1 if noisy else 0)),
-                          "batch_size × grid.steps", allow_large)
+        check_batch_bytes(rows * size * (1 + bank), "batch_size × grid.steps", allow_large)
     return Plan(len(cells), len(suite.seeds), suite.num_samples, nfe)
 
 

@@ -543,3 +543,16 @@ def test_a_batch_whose_noise_would_take_gigabytes_is_refused_before_it_is_drawn(
                                          r"--allow-large"):
         run(data, tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_the_noise_estimate_counts_every_draw_a_step_makes(tmp_path):
+    """pc with 3 corrector steps draws 4 normals a step: (1 + 4 × 1,000) × 300,000 × 16 B = 17.9 GiB, over
+    the limit where one draw a step (4.5 GiB) would not be. 40 seeds make both plans too large
+    (12 million samples), a check that comes after the noise estimate: nothing samples."""
+    data = small(num_samples=300_000, batch_size=300_000, seeds=list(range(40)),
+                 grid=grid(sampler=[{"name": "pc", "options": {"corrector_steps": 3}}], steps=[1_000]))
+    with pytest.raises(SuiteError, match=r"one batch needs 17.9 GiB of noise"):
+        run(data, tmp_path / "r")
+    data["grid"]["sampler"] = ["ddpm"]  # one draw a step: within the limit, so the plan's next check speaks
+    with pytest.raises(SuiteError, match=r"12,000,000 samples"):
+        run(data, tmp_path / "r")
