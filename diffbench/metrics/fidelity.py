@@ -113,15 +113,29 @@ def _torch_fidelity_version() -> str:
 
 
 def _fid_against(stats: dict[str, np.ndarray]):
-    """FID of generated statistics against fixed reference statistics, via eigvalsh(√Σr Σg √Σr) (same value, faster)."""
+    """FID of generated statistics against fixed reference statistics, via eigvalsh(√Σr Σg √Σr) (same value, faster).
+
+    With fewer samples than feature dimensions (n − 1 < D, e.g. 1000 Inception features of 2048) the
+    covariance has rank n − 1 at most, and the nonzero eigenvalues of √Σr Σg √Σr are those of the
+    n × n matrix C Σr Cᵀ / (n − 1), C the centred features: a far smaller eigenproblem, same value.
+    """
     lam, vec = np.linalg.eigh(stats["sigma"])
     root = (vec * np.sqrt(np.clip(lam, 0, None))) @ vec.T
     tr_ref = np.trace(stats["sigma"])
 
     def fid(gen: np.ndarray) -> float:
-        mu, sigma = gen.mean(0), np.cov(gen, rowvar=False)
-        tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sigma @ root), 0, None)).sum()
-        return float(((mu - stats["mu"]) ** 2).sum() + np.trace(sigma) + tr_ref - 2 * tr_covmean)
+        n, d = gen.shape
+        mu = gen.mean(0)
+        if n - 1 < d:
+            centred = gen - mu
+            small = centred @ stats["sigma"] @ centred.T / (n - 1)
+            tr_sigma = float((centred ** 2).sum()) / (n - 1)
+            tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(small), 0, None)).sum()
+        else:
+            sigma = np.cov(gen, rowvar=False)
+            tr_sigma = np.trace(sigma)
+            tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sigma @ root), 0, None)).sum()
+        return float(((mu - stats["mu"]) ** 2).sum() + tr_sigma + tr_ref - 2 * tr_covmean)
 
     return fid
 

@@ -227,3 +227,22 @@ def test_scores_do_not_depend_on_the_callers_thread_count(context):
     finally:
         torch.set_num_threads(threads)
     assert out[0] == out[1] and out[0]["fid"].uncertainty > 0
+
+
+def test_fid_with_fewer_samples_than_dimensions_equals_the_full_eigenproblem():
+    """n − 1 < D: the n × n form gives the D × D form's value (random features, D = 300, n = 40, and a
+    resample with repeated rows). The D × D form's ~260 zero eigenvalues come out as ±rounding, whose
+    clipped square roots add ~1e-7 each; the exact value leaves them out."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((300, 300)) / 20
+    stats = {"mu": rng.standard_normal(300) * 0.1, "sigma": a @ a.T + 0.05 * np.eye(300)}
+    lam, vec = np.linalg.eigh(stats["sigma"])
+    root = (vec * np.sqrt(lam)) @ vec.T
+    gen = rng.standard_normal((40, 300)) * 0.5 + 0.2
+    for rows in (gen, gen[[0, 0, 1, 2, 3, 3, 3, *range(4, 40)]]):
+        sigma = np.cov(rows, rowvar=False)
+        ev = np.linalg.eigvalsh(root @ sigma @ root)
+        exact = (((rows.mean(0) - stats["mu"]) ** 2).sum() + np.trace(sigma) + np.trace(stats["sigma"])
+                 - 2 * np.sqrt(ev[ev > 1e-9 * ev.max()]).sum())
+        assert (ev > 1e-9 * ev.max()).sum() <= len(np.unique(rows, axis=0)) - 1  # rank n − 1 at most
+        assert fidelity._fid_against(stats)(rows) == pytest.approx(exact, rel=1e-9)
