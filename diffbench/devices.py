@@ -1,5 +1,8 @@
-"""Device and dtype resolution shared by the API, the runner and the CLI."""
+"""Device, dtype and thread settings shared by the API, the runner, the metrics and the CLI."""
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -41,3 +44,21 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so a clock read afterwards is honest."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch and every BLAS library (threadpoolctl) on one thread, restored afterwards.
+
+    Sums then round alike in every process whatever its thread count (a Ray worker runs one thread, a
+    local run two), and tiny tensors skip the thread pool's overhead.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(threads)

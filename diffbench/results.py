@@ -184,14 +184,10 @@ class RunDir:
         folder holding ``ignore`` (a cache directory the user put inside the run directory)."""
         if not self.path.is_dir():
             return True
-        keep = None
-        if ignore is not None:
-            try:
-                keep = Path(ignore).resolve().relative_to(self.path.resolve()).parts[:1]
-            except ValueError:
-                keep = None
+        here, kept = self.path.resolve(), Path(ignore).resolve() if ignore is not None else None
+        top = kept.relative_to(here).parts[:1] if kept is not None and kept.is_relative_to(here) else ()
         return all(p.name.startswith(LOCK_NAME) or (p.name.startswith(".") and ".tmp" in p.name)
-                   or (keep and p.name == keep[0]) for p in self.path.iterdir())
+                   or (p.name,) == top for p in self.path.iterdir())
 
     @contextlib.contextmanager
     def lock(self, name: str = LOCK_NAME) -> Iterator[None]:

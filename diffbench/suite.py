@@ -358,7 +358,6 @@ def parse_suite(data: Any, registry: Registry | None = None, *, source: str = "s
     try:
         check_data(data)
         data = plain(data)
-        check_data(data)  # again: a NumPy float32 NaN is a float only now
     except SuiteFileError as exc:
         raise SuiteError(str(exc)) from None
     try:

@@ -75,7 +75,7 @@ def check_data(data: Any, max_values: int = MAX_VALUES) -> None:
         if count > max_values:
             raise SuiteFileError(f"more than {max_values} values once YAML aliases are expanded "
                                  "(an alias bomb or a self-referencing structure?)")
-        if isinstance(value, float) and not math.isfinite(value):
+        if isinstance(value, (float, np.floating)) and not math.isfinite(value):
             raise SuiteFileError(f"{yaml_path(loc)}: {value} is not a finite number")
         if isinstance(value, dict):
             stack.extend((loc + (str(k),), v) for k, v in reversed(list(value.items())))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
+from diffbench.devices import one_thread
 from diffbench.models.gmm import gmm
 from diffbench.noise import EDM, SCHEDULES, Coef, NoiseSchedule
 from diffbench.registry import (ENTRY_POINT_GROUP, Component, PluginError, Registry, default_registry,
@@ -67,7 +68,7 @@ class Check:
 
     def run(self) -> None:
         """Run the check; raises CheckFailure or CheckSkipped."""
-        with _one_thread():
+        with one_thread():
             try:
                 self.fn(self.component, **self.settings)
             except (CheckFailure, CheckSkipped) as exc:
@@ -90,17 +91,6 @@ class CheckResult:
     id: str
     status: str  # passed, failed, skipped, xfailed (expected failure), xpassed (expected failure passed)
     message: str = ""
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """The kit's tensors are tiny: a thread pool only adds overhead and contention on shared hosts."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _require(condition: bool, why: str) -> None:

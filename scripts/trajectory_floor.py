@@ -32,12 +32,13 @@ FROZEN_PERIOD = 200.0  # embedding units (training steps for digits-eps; t × 10
 
 def frozen_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """The shipped sinusoidal embedding with every component of period < FROZEN_PERIOD held at t = 500."""
+    emb = SHIPPED(t, dim, max_period)
+    held = SHIPPED(torch.full_like(t, 500.0), dim, max_period)
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
-    args = t.to(torch.float64)[:, None] * freqs[None]
-    fast = 2 * math.pi / freqs < FROZEN_PERIOD
-    args[:, fast] = 500.0 * freqs[fast]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1).float()
+    periods = 2 * math.pi / torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
+    fast = (periods < FROZEN_PERIOD).repeat(2)  # the cos half, then the sin half
+    emb[:, fast] = held[:, fast]
+    return emb
 
 
 def differences(name: str, sigma_end: float | None) -> list[tuple[int, float]]:

@@ -8,7 +8,6 @@ and resize; or an npz-stats reference's precomputed statistics, which only FID c
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,6 +17,7 @@ from torch import Tensor
 
 from diffbench.datasets import Reference, reference_spec
 from diffbench.datasets.npz_stats import check_dimension
+from diffbench.devices import one_thread
 from diffbench.metrics import digits_cnn, extractors, reference
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, StreamingMetric
 from diffbench.metrics.extractors import (INCEPTION, Extractor, MetricUnavailable, UnsafeWeights, extract_features,
@@ -99,7 +99,8 @@ class _FidelityMetric(StreamingMetric):
         context.info.update(ext.describe())
         context.info.update({**data.describe(), "num_samples": len(features), "feature_dim": int(features.shape[1]),
                              "torch_fidelity": _torch_fidelity_version()})
-        return self.score_features(features, data, context, **opts)
+        with one_thread():  # scores must not depend on the process's thread count (local vs Ray worker)
+            return self.score_features(features, data, context, **opts)
 
     def score_features(self, gen: Tensor, ref: ReferenceData, context: MetricContext, **options: Any
                        ) -> dict[str, MetricValue]:
@@ -113,7 +114,8 @@ def _torch_fidelity_version() -> str:
 
 
 def _fid_against(stats: dict[str, np.ndarray]):
-    """FID of generated statistics against fixed reference statistics, via eigvalsh(√Σr Σg √Σr) (same value, faster).
+    """FID of generated features against fixed reference statistics, via eigvalsh(√Σr Σg √Σr) (same value,
+    faster); what the bootstrap and fid-inf evaluate per resample (float64 numpy: faster than torch here).
 
     With fewer samples than feature dimensions (n − 1 < D, e.g. 1000 Inception features of 2048) the
     covariance has rank n − 1 at most, and the nonzero eigenvalues of √Σr Σg √Σr are those of the
@@ -128,62 +130,15 @@ def _fid_against(stats: dict[str, np.ndarray]):
         mu = gen.mean(0)
         if n - 1 < d:
             centred = gen - mu
-            small = centred @ stats["sigma"] @ centred.T / (n - 1)
+            eig = np.linalg.eigvalsh(centred @ stats["sigma"] @ centred.T / (n - 1))
             tr_sigma = float((centred ** 2).sum()) / (n - 1)
-            tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(small), 0, None)).sum()
         else:
             sigma = np.cov(gen, rowvar=False)
+            eig = np.linalg.eigvalsh(root @ sigma @ root)
             tr_sigma = np.trace(sigma)
-            tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sigma @ root), 0, None)).sum()
-        return float(((mu - stats["mu"]) ** 2).sum() + tr_sigma + tr_ref - 2 * tr_covmean)
+        return float(((mu - stats["mu"]) ** 2).sum() + tr_sigma + tr_ref - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
 
     return fid
-
-
-@contextmanager
-def one_thread():
-    """BLAS and torch on one thread: their sums then round alike in every process (a Ray worker runs one
-    thread, a local run two), so scores do not depend on where a cell ran; restored afterwards."""
-    from threadpoolctl import threadpool_limits
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def bootstrap_fids(gen: Tensor, stats: dict[str, np.ndarray], draws: np.ndarray,
-                   memory: int = 2**23) -> np.ndarray:
-    """FID against ``stats`` of each resample ``gen[draws[i]]``, batched for a GPU (float64).
-
-    A resample is a count per sample, so its mean and covariance are count-weighted sums over ``gen``:
-    batched matrix products over as many resamples as ``memory`` bytes of weighted copies allow, then
-    tr √(√Σr Σg √Σr) from a batched eigvalsh, on the features' device. The same values as computing
-    each resample's covariance, to rounding.
-    """
-    shift = gen.to(torch.float64).mean(0)
-    g = gen.to(torch.float64) - shift  # covariances do not change; resampled means stay small (no cancellation)
-    n, d = g.shape
-    mu_r = torch.as_tensor(stats["mu"], dtype=torch.float64, device=g.device)
-    sigma_r = torch.as_tensor(stats["sigma"], dtype=torch.float64, device=g.device)
-    lam, vec = torch.linalg.eigh(sigma_r)
-    root = (vec * lam.clamp(min=0).sqrt()) @ vec.T
-    counts = torch.zeros(len(draws), n, dtype=torch.float64, device=g.device)
-    counts.scatter_add_(1, torch.as_tensor(draws, device=g.device),
-                        torch.ones(draws.shape, dtype=torch.float64, device=g.device))
-    fids = []
-    for w in counts.split(max(1, memory // (8 * n * d))):  # resamples at a time: a count-weighted copy of gen each
-        mu = w @ g / n
-        second = (g.T[None] * w[:, None, :]) @ g  # Σ_i count_i g_i g_iᵀ, one batched matrix product
-        sigma = (second - n * mu[:, :, None] * mu[:, None, :]) / (n - 1)
-        tr_covmean = torch.linalg.eigvalsh(root @ sigma @ root).clamp(min=0).sqrt().sum(1)
-        fids.append((mu + shift - mu_r).square().sum(1) + sigma.diagonal(dim1=1, dim2=2).sum(1) + sigma_r.trace()
-                    - 2 * tr_covmean)
-    fids = torch.cat(fids)
-    return fids.cpu().numpy()
 
 
 class FID(_FidelityMetric):
@@ -201,14 +156,9 @@ class FID(_FidelityMetric):
                                          verbose=False)["frechet_inception_distance"]
         se, method = None, "torch-fidelity FID; no uncertainty (bootstrap=0)"
         if bootstrap > 1:
+            fid, g = _fid_against(ref.stats()), gen.double().numpy()
             rng = np.random.default_rng(context.seed)
-            draws = np.stack([rng.integers(0, len(gen), len(gen)) for _ in range(bootstrap)])
-            with one_thread():
-                if torch.device(context.device).type == "cuda":  # batched on the GPU
-                    boots = bootstrap_fids(gen.to(context.device), ref.stats(), draws)
-                else:  # on the CPU a covariance and eigvalsh per resample is faster (0.15 s vs 0.20 s here)
-                    fid, g = _fid_against(ref.stats()), gen.double().numpy()
-                    boots = np.array([fid(g[d]) for d in draws])
+            boots = [fid(g[rng.integers(0, len(g), len(g))]) for _ in range(bootstrap)]
             se = float(np.std(boots, ddof=1))
             method = f"torch-fidelity FID; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features"
         return {"fid": MetricValue(float(value), se, method)}
@@ -229,8 +179,7 @@ class FIDInfinity(_FidelityMetric):
             raise MetricUnavailable(f"fid-inf needs at least 3 distinct subset sizes; {n} samples give {len(sizes)}")
         fid, g = _fid_against(ref.stats()), gen.double().numpy()
         rng = np.random.default_rng(context.seed)
-        with one_thread():
-            fids = np.array([fid(g[rng.choice(n, size, replace=False)]) for size in sizes])
+        fids = np.array([fid(g[rng.choice(n, size, replace=False)]) for size in sizes])
         x = 1.0 / sizes
         slope, intercept = np.polyfit(x, fids, 1)
         resid = fids - (intercept + slope * x)
@@ -254,8 +203,7 @@ class KID(_FidelityMetric):
         # at most half of the smaller set, so subsets differ and their spread measures sampling noise;
         # the estimate stays unbiased for any subset size
         size = min(subset_size, min(len(gen), ref.size) // 2)
-        with one_thread():
-            mean, std = kid_subsets(gen, ref, subsets, size, context.seed)
+        mean, std = kid_subsets(gen, ref, subsets, size, context.seed)
         context.info["kid_subset_size"] = size
         method = (f"torch-fidelity KID, mean over {subsets} subsets of {size}; s.e. = s.d. over subsets "
                   "(conservative: the spread of a single-subset estimate)")
@@ -290,23 +238,29 @@ def kid_subsets(gen: Tensor, ref: ReferenceData, subsets: int, size: int, seed: 
     # the draws depend only on (n1, n2, subsets, size, seed): every cell of a suite shares them, and the
     # reference's sums over them
     a, b, sum_yy = ref.memo(("kid-subsets", n1, subsets, size, seed),
-                            lambda: _kid_draws(n1, ref, y, subsets, size, seed))
+                            lambda: _kid_draws(n1, ref, subsets, size, seed))
     m = size
-    sum_xx = np.einsum("sn,sn->s", a @ k_xx, a) - a @ np.diag(k_xx)  # off-diagonal sums of each K[a, a]
+    sum_xx = _off_diagonal_sums(a, k_xx)
     sum_xy = np.einsum("sn,sn->s", a @ k_xy, b)
     mmds = (sum_xx + sum_yy) / (m * (m - 1)) - 2 * sum_xy / (m * m)
     return float(np.mean(mmds)), float(np.std(mmds))
 
 
-def _kid_draws(n1: int, ref: ReferenceData, y: np.ndarray, subsets: int, size: int, seed: int):
+def _kid_draws(n1: int, ref: ReferenceData, subsets: int, size: int, seed: int):
     """torch-fidelity's subset draws (in its order) as 0/1 indicator rows, and the reference's off-diagonal sums."""
     rng = np.random.RandomState(seed)
     a, b = np.zeros((subsets, n1)), np.zeros((subsets, ref.size))
     for i in range(subsets):
         a[i, rng.choice(n1, size, replace=False)] = 1.0
         b[i, rng.choice(ref.size, size, replace=False)] = 1.0
+    y = ref.features.cpu().numpy()
     k_yy = poly_kernel(y, y).astype(np.float64)
-    return a, b, np.einsum("sn,sn->s", b @ k_yy, b) - b @ np.diag(k_yy)
+    return a, b, _off_diagonal_sums(b, k_yy)
+
+
+def _off_diagonal_sums(indicators: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Σ_{i≠j} K[i, j] over each subset (row of 0/1 ``indicators``): sᵀKs minus the diagonal's share."""
+    return np.einsum("sn,sn->s", indicators @ k, indicators) - indicators @ np.diag(k)
 
 
 class PRC(_FidelityMetric):

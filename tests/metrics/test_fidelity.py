@@ -197,22 +197,6 @@ def test_kid_from_whole_gram_matrices_equals_torch_fidelity(context, subset_size
     assert std == pytest.approx(want["kernel_inception_distance_std"], rel=1e-4)
 
 
-@pytest.mark.parametrize("memory", [2**26, 1])  # every resample in one batch / one resample at a time
-def test_bootstrap_fids_equal_each_resamples_own_fid(context, memory):
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-
-    ext = fidelity.resolve_extractor("digits-cnn", None, "fid")
-    gen = fidelity.extract_features(noisy(digits("test").images, 0.3), (-1.0, 1.0), ext)
-    ref, _ = fidelity.reference_features("digits", "train", ext, context)
-    stats = fid_features_to_statistics(ref.double())
-    draws = np.random.default_rng(0).integers(0, len(gen), (12, len(gen)))
-    fid = fidelity._fid_against(stats)
-    want = np.array([fid(gen.double().numpy()[d]) for d in draws])
-    got = fidelity.bootstrap_fids(gen, stats, draws, memory=memory)
-    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
-    assert np.std(want) > 1e-3 * np.abs(want).max()  # the resamples differ: the check compares spreads too
-
-
 def test_scores_do_not_depend_on_the_callers_thread_count(context):
     """A Ray worker runs one thread, a local run two: FID (with its bootstrap s.e.) and KID must agree exactly."""
     from threadpoolctl import threadpool_limits
