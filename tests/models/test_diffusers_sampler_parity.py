@@ -7,7 +7,7 @@ unless the row says otherwise, every diffbench option at its default, whole runs
 timesteps, with σ and ᾱ taken in float64 from the model's schedule (diffusers keeps them in float32 tables,
 which the tests replace by the float64 values), the same start and the same per-sample step noise.
 Tolerance 1e-10 relative in float64. Where a diffusers ``step`` casts the sample to float32 (Euler
-ancestral, DPMSolverMultistep), the sample is a tensor whose cast to float32 is a no-op, so the comparison
+ancestral, Euler, DPMSolverMultistep), the sample is a tensor whose cast to float32 is a no-op, so the comparison
 stays in float64.
 
 Conventions that differ and how the tests hold them fixed:
@@ -20,6 +20,7 @@ Conventions that differ and how the tests hold them fixed:
   grid that stops at σ(t = 0) (``final_zero: false``), one step (one network call) fewer.
 - DEIS: diffusers ends at σ(t = 0) (final_sigmas_type has no 'zero' there); its default order is 2,
   diffbench's 3: both are compared.
+DDIM, DDPM and Heun are compared in float64 at batch 8 in tests/models/test_diffusers_parity.py.
 Samplers of diffusers not here: ScoreSdeVe (a VE model; ``pc`` is compared with it in
 tests/samplers/test_pc.py at batch 16), DPMSolverSinglestep (its intermediate points are grid points, a
 different discretisation from diffbench's single-step solvers), KDPM2 (no diffbench sampler).
@@ -146,6 +147,20 @@ def test_pndm_sigma_midpoint_is_another_method(tiny):
     timestep, _ = run_diffbench(model, "pndm", x, sigmas)
     sigma, _ = run_diffbench(model, "pndm", x, sigmas, midpoint="sigma")
     assert rel(sigma, timestep) > 1e-6
+
+
+@pytest.mark.parametrize("steps", [8, 20])
+def test_euler(tiny, steps):
+    """euler = EulerDiscreteScheduler in float64 (its step's float32 cast held off; test_diffusers_parity.py
+    compares it in float32 as diffusers runs it)."""
+    model, unet = tiny
+    sched = scheduler("EulerDiscreteScheduler", timestep_spacing="trailing")
+    sched.set_timesteps(steps)
+    sigmas = sigmas_at(model, sched.timesteps, 0.0)
+    sched.sigmas = sigmas.clone()
+    x = initial_noise(0, range(BATCH), model.shape, dtype=torch.float64) * float(sigmas[0])
+    ours, _ = run_diffbench(model, "euler", x, sigmas)
+    assert rel(ours, run_diffusers(sched, unet, x)) <= TOL
 
 
 @pytest.mark.parametrize("steps", [8, 20])
