@@ -37,5 +37,5 @@ def deis(denoiser, x, sigmas, *, noise=None, order: int = 3, lower_order_final: 
             continue
         eps = [(x - denoised) / sigma, *eps][:order]
         for c, e in zip(coef, eps):
-            x = x + c * e
+            x = x.add(e, alpha=c)
     return x

@@ -29,5 +29,5 @@ def lms(denoiser, x, sigmas, *, noise=None, order: int = 4):
     for k, (sigma, coef) in enumerate(zip(s, coefficients)):
         ds = [to_d(x, sigma, denoiser(x, sigma)), *ds][:order]
         for c, d in zip(coef, ds):
-            x = x + c * d
+            x = x.add(d, alpha=c)
     return x

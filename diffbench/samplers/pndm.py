@@ -85,5 +85,6 @@ def pndm(denoiser, x, sigmas, *, noise=None, prk_warmup: bool = True, midpoint: 
         else:  # pseudo linear multistep (eq. 12)
             ets = [*ets[-3:], e]
             weights = AB[len(ets)]
-            x = x + (sn - s) * sum(w * past for w, past in zip(weights, reversed(ets)))
+            for w, past in zip(weights, reversed(ets)):
+                x = x.add(past, alpha=(sn - s) * w)
     return x
