@@ -4,7 +4,8 @@ One run measures all samplers at batch 1 and 256 (20 Karras steps on digits' sha
 one thread, float32) and prints µs per network call, on a network that costs next to nothing (it returns
 its input): diffbench's sampler through its SigmaDenoiser (σ → t conversions prepared as ``sample()`` does),
 and k-diffusion's sampler through k-diffusion's own wrapper for a linear-β ε-model (``external.
-DiscreteEpsDDPMDenoiser``), as its users run it. Step noise is drawn beforehand on both sides. Each figure is
+DiscreteEpsDDPMDenoiser``), as its users run it; beside it, k-diffusion's loop alone on a σ-space denoiser that
+returns its input and costs nothing (no wrapper at all: a lower bound for any k-diffusion model). Step noise is drawn beforehand on both sides. Each figure is
 the fastest of interleaved repetitions (other processes only ever slow a run down). The target (issue 20): at
 most half of k-diffusion's cost where k-diffusion has the method, at most 3× euler's otherwise.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import statistics
 import sys
 import time
@@ -101,7 +103,9 @@ def diffbench_run(name: str, batch: int) -> Callable[[], int]:
     return run
 
 
-def k_diffusion_run(modules, name: str, batch: int) -> Callable[[], int]:
+def k_diffusion_run(modules, name: str, batch: int, wrapped: bool = True) -> Callable[[], int]:
+    """k-diffusion's sampler for ``name``: through its DiscreteEpsDDPMDenoiser, or (``wrapped=False``) on a bare
+    σ-space denoiser D(x, σ) = x, its sampling loop alone."""
     sampling, external = modules
     fn_name, kwargs = K_DIFFUSION[name]
     fn = getattr(sampling, fn_name)
@@ -117,10 +121,14 @@ def k_diffusion_run(modules, name: str, batch: int) -> Callable[[], int]:
             calls[0] += 1
             return torch.zeros_like(x)
 
-    alphas_cumprod = torch.as_tensor(model_schedule.alphas_cumprod, dtype=torch.float32)
-    model = external.DiscreteEpsDDPMDenoiser(Eps(), alphas_cumprod, quantize=False)
+    def bare(x, sigma, **_):
+        calls[0] += 1
+        return x
 
-    takes_noise = "noise_sampler" in fn.__code__.co_varnames
+    alphas_cumprod = torch.as_tensor(model_schedule.alphas_cumprod, dtype=torch.float32)
+    model = external.DiscreteEpsDDPMDenoiser(Eps(), alphas_cumprod, quantize=False) if wrapped else bare
+
+    takes_noise = "noise_sampler" in inspect.signature(fn).parameters  # through torch.no_grad's wrapper
 
     def run() -> int:
         calls[0] = 0
@@ -145,15 +153,16 @@ def measure(repeats: int = 30) -> list[dict[str, Any]]:
                 for name in ["euler", *[n for n in names if n != "euler"]]:
                     runs = [diffbench_run(name, batch)]
                     if modules is not None and name in K_DIFFUSION:
-                        runs.append(k_diffusion_run(modules, name, batch))
+                        runs += [k_diffusion_run(modules, name, batch), k_diffusion_run(modules, name, batch, False)]
                     for run in runs:  # warm-up
                         run()
                     best = [1e6 * t for t in fastest_per_call(runs, repeats)]
-                    ours, theirs = best[0], (best[1] if len(best) > 1 else None)
+                    ours, theirs, loop = best[0], (best[1] if len(best) > 1 else None), (best[2] if len(best) > 2 else None)
                     euler = ours if name == "euler" else euler
                     limit, against = (0.5 * theirs, "½ k-diffusion") if theirs is not None else (3 * euler, "3× euler")
                     rows.append({"sampler": name, "batch": batch, "diffbench_us": ours, "k_diffusion_us": theirs,
-                                 "ratio_k_diffusion": ours / theirs if theirs else None, "ratio_euler": ours / euler,
+                                 "ratio_k_diffusion": ours / theirs if theirs else None, "k_diffusion_loop_us": loop,
+                                 "ratio_k_diffusion_loop": ours / loop if loop else None, "ratio_euler": ours / euler,
                                  "target": against, "meets": ours <= limit})
     finally:
         torch.set_num_threads(threads)
@@ -161,13 +170,16 @@ def measure(repeats: int = 30) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| sampler | batch | diffbench µs/call | k-diffusion µs/call | ÷ k-diffusion | ÷ euler | target | meets |",
-             "|---|---|---|---|---|---|---|---|"]
+    def cell(v, fmt):
+        return fmt.format(v) if v is not None else "—"
+
+    lines = ["| sampler | batch | diffbench µs/call | k-diffusion µs/call | ÷ k-diffusion | k-diffusion loop alone µs/call "
+             "| ÷ loop alone | ÷ euler | target | meets |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        kd = f"{r['k_diffusion_us']:.1f}" if r["k_diffusion_us"] is not None else "—"
-        rk = f"{r['ratio_k_diffusion']:.2f}" if r["ratio_k_diffusion"] is not None else "—"
-        lines.append(f"| {r['sampler']} | {r['batch']} | {r['diffbench_us']:.1f} | {kd} | {rk} | "
-                     f"{r['ratio_euler']:.2f} | {r['target']} | {'yes' if r['meets'] else 'NO'} |")
+        lines.append(f"| {r['sampler']} | {r['batch']} | {r['diffbench_us']:.1f} | {cell(r['k_diffusion_us'], '{:.1f}')} "
+                     f"| {cell(r['ratio_k_diffusion'], '{:.2f}')} | {cell(r['k_diffusion_loop_us'], '{:.1f}')} "
+                     f"| {cell(r['ratio_k_diffusion_loop'], '{:.2f}')} | {r['ratio_euler']:.2f} | {r['target']} "
+                     f"| {'yes' if r['meets'] else 'NO'} |")
     return "\n".join(lines)
 
 
