@@ -18,7 +18,7 @@ from torch import Tensor
 from diffbench.datasets import Reference, reference_spec
 from diffbench.datasets.npz_stats import check_dimension
 from diffbench.devices import one_thread
-from diffbench.metrics import digits_cnn, extractors, reference
+from diffbench.metrics import digits_cnn, extractors, frechet, reference
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, StreamingMetric
 from diffbench.metrics.extractors import (INCEPTION, Extractor, MetricUnavailable, UnsafeWeights, extract_features,
                                          resolve_extractor)
@@ -63,6 +63,7 @@ class _FidelityMetric(StreamingMetric):
     base_options: ClassVar[dict[str, Any]] = {"extractor": None, "weights_path": None, "reference_split": None,
                                               "batch_size": 256}
     needs_features: ClassVar[bool] = True  # False: precomputed statistics (npz-stats) will do
+    feature_metric: ClassVar[str] = ""  # the torch-fidelity metric whose default feature layer is used ("" = name)
 
     def _setup(self, model: Any, context: MetricContext, extractor: str | None, weights_path: str | None,
                reference_split: str | None) -> tuple[Extractor, Reference]:
@@ -72,7 +73,7 @@ class _FidelityMetric(StreamingMetric):
             raise MetricUnavailable(f"metric {self.name!r} needs a model with a reference dataset; "
                                     f"model {getattr(model, 'name', model)!r} has none")
         name = extractor or (digits_cnn.NAME if reference_spec(dataset)[0] == "digits" else INCEPTION)
-        ext = resolve_extractor(name, weights_path, self.name)
+        ext = resolve_extractor(name, weights_path, self.feature_metric or self.name)
         ref = reference.opened(dataset, reference_split, getattr(context, "registry", None))
         if ref.stats is not None:
             if self.needs_features:
@@ -113,61 +114,83 @@ def _torch_fidelity_version() -> str:
     return torch_fidelity.__version__
 
 
-def _fid_against(stats: dict[str, np.ndarray]):
+def _fid_against(stats: dict[str, np.ndarray] | frechet.ReferenceRoot):
     """FID of generated features against fixed reference statistics, via eigvalsh(√Σr Σg √Σr) (same value,
-    faster); what the bootstrap and fid-inf evaluate per resample (float64 numpy: faster than torch here).
+    faster); what the CPU bootstrap and fid-inf evaluate per resample (float64 numpy: faster than torch here).
 
     With fewer samples than feature dimensions (n − 1 < D, e.g. 1000 Inception features of 2048) the
     covariance has rank n − 1 at most, and the nonzero eigenvalues of √Σr Σg √Σr are those of the
     n × n matrix C Σr Cᵀ / (n − 1), C the centred features: a far smaller eigenproblem, same value.
     """
-    lam, vec = np.linalg.eigh(stats["sigma"])
-    root = (vec * np.sqrt(np.clip(lam, 0, None))) @ vec.T
-    tr_ref = np.trace(stats["sigma"])
+    ref = stats if isinstance(stats, frechet.ReferenceRoot) else frechet.ReferenceRoot.of(stats)
 
     def fid(gen: np.ndarray) -> float:
         n, d = gen.shape
         mu = gen.mean(0)
         if n - 1 < d:
             centred = gen - mu
-            eig = np.linalg.eigvalsh(centred @ stats["sigma"] @ centred.T / (n - 1))
+            eig = np.linalg.eigvalsh(centred @ ref.sigma @ centred.T / (n - 1))
             tr_sigma = float((centred ** 2).sum()) / (n - 1)
-        else:
-            sigma = np.cov(gen, rowvar=False)
-            eig = np.linalg.eigvalsh(root @ sigma @ root)
-            tr_sigma = np.trace(sigma)
-        return float(((mu - stats["mu"]) ** 2).sum() + tr_sigma + tr_ref - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+            return float(((mu - ref.mu) ** 2).sum() + tr_sigma + np.trace(ref.sigma)
+                         - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+        return frechet.fid_of(mu, np.cov(gen, rowvar=False), ref)
 
     return fid
 
 
+SE_METHODS = ("jackknife", "bootstrap", "none")
+
+
 class FID(_FidelityMetric):
-    """Fréchet distance between Gaussian fits of sample and reference features (Heusel et al. 2017)."""
+    """Fréchet distance between Gaussian fits of sample and reference features (Heusel et al. 2017).
+
+    The value comes from float64 per-group moments of the sample features (``metrics.frechet``); its
+    s.e. by ``se_method``: ``jackknife`` (default; linearised delete-a-group jackknife over ``groups``
+    groups by sample index, about the cost of the FID itself), ``bootstrap`` (s.d. over ``bootstrap``
+    resamples; batched on the metric device on CUDA) or ``none``.
+    """
 
     name = "fid"
     higher_is_better = False
-    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "bootstrap": 100}
+    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "se_method": "jackknife", "groups": 20,
+                                         "bootstrap": 100}
     needs_features = False
 
-    def score_features(self, gen, ref, context, *, bootstrap: int) -> dict[str, MetricValue]:
-        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-
-        value = fid_statistics_to_metric(fid_features_to_statistics(gen.double()), ref.stats(),
-                                         verbose=False)["frechet_inception_distance"]
-        se, method = None, "torch-fidelity FID; no uncertainty (bootstrap=0)"
-        if bootstrap > 1:
-            fid, g = _fid_against(ref.stats()), gen.double().numpy()
-            rng = np.random.default_rng(context.seed)
+    def score_features(self, gen, ref, context, *, se_method: str, groups: int, bootstrap: int
+                       ) -> dict[str, MetricValue]:
+        if se_method not in SE_METHODS:
+            raise ValueError(f"fid option se_method must be one of {', '.join(SE_METHODS)}, not {se_method!r}")
+        if se_method == "jackknife" and not (isinstance(groups, int) and 2 <= groups <= len(gen) // 2):
+            raise ValueError(f"fid option groups must be an integer from 2 to half the sample count "
+                             f"({len(gen)} samples), not {groups!r}")
+        if se_method == "bootstrap" and not (isinstance(bootstrap, int) and bootstrap >= 2):
+            raise ValueError(f"fid option bootstrap (resamples) must be an integer >= 2, not {bootstrap!r}")
+        root = ref.memo("frechet-root", lambda: frechet.ReferenceRoot.of(ref.stats()))
+        point = "FID (Heusel et al. 2017) from float64 feature moments, tr√(ΣgΣr) by eigvalsh"
+        context.info["fid_se_method"] = se_method
+        if se_method == "jackknife":
+            value, se = frechet.fid_with_jackknife(frechet.GroupMoments.of_rows(gen.numpy(), groups), root)
+            context.info["fid_jackknife_groups"] = groups
+            return {"fid": MetricValue(value, se, f"{point}; s.e. = linearised delete-a-group jackknife over "
+                                                  f"{groups} groups by sample index")}
+        value = frechet.fid_with_moments(frechet.GroupMoments.of_rows(gen.numpy(), 1), root)
+        if se_method == "none":
+            return {"fid": MetricValue(value, None, f"{point}; no uncertainty (se_method=none)")}
+        if context.device.type == "cuda":
+            boots = frechet.bootstrap_fids(gen, root, bootstrap, context.seed, context.device)
+        else:
+            fid, g, rng = _fid_against(root), gen.double().numpy(), np.random.default_rng(context.seed)
             boots = [fid(g[rng.integers(0, len(g), len(g))]) for _ in range(bootstrap)]
-            se = float(np.std(boots, ddof=1))
-            method = f"torch-fidelity FID; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features"
-        return {"fid": MetricValue(float(value), se, method)}
+        context.info["fid_bootstrap_resamples"] = bootstrap
+        return {"fid": MetricValue(value, float(np.std(boots, ddof=1)),
+                                   f"{point}; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features")}
 
 
 class FIDInfinity(_FidelityMetric):
     """FID∞: FID of random subsets at several N, a line fitted against 1/N, its intercept (Chong & Forsyth 2020)."""
 
     name = "fid-inf"
+    feature_metric = "fid"  # torch-fidelity knows no "fid-inf": FID's features
     higher_is_better = False
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "points": 15, "min_fraction": 0.1}
     needs_features = False
@@ -177,7 +200,8 @@ class FIDInfinity(_FidelityMetric):
         sizes = np.unique(np.linspace(max(2, int(round(min_fraction * n))), n, points).round().astype(int))
         if len(sizes) < 3:
             raise MetricUnavailable(f"fid-inf needs at least 3 distinct subset sizes; {n} samples give {len(sizes)}")
-        fid, g = _fid_against(ref.stats()), gen.double().numpy()
+        root = ref.memo("frechet-root", lambda: frechet.ReferenceRoot.of(ref.stats()))
+        fid, g = _fid_against(root), gen.double().numpy()
         rng = np.random.default_rng(context.seed)
         fids = np.array([fid(g[rng.choice(n, size, replace=False)]) for size in sizes])
         x = 1.0 / sizes

@@ -42,14 +42,14 @@ def noisy(images, std):
 
 
 def test_fid_of_the_reference_against_itself_is_zero(context):
-    v = compute("fid", digits("train").images, context, bootstrap=10)["fid"]
+    v = compute("fid", digits("train").images, context, se_method="bootstrap", bootstrap=10)["fid"]
     assert abs(v.value) < 1e-6
     assert v.uncertainty is not None and "bootstrap" in v.method
 
 
 def test_fid_and_kid_grow_with_a_shift_of_the_distribution(context):
     test = digits("test").images
-    fid = [compute("fid", noisy(test, s), context, bootstrap=20)["fid"] for s in (0.0, 0.3, 0.6)]
+    fid = [compute("fid", noisy(test, s), context, se_method="bootstrap", bootstrap=20)["fid"] for s in (0.0, 0.3, 0.6)]
     kid = [compute("kid", noisy(test, s), context, subsets=20)["kid"] for s in (0.0, 0.3, 0.6)]
     # the held-out split is close to the reference; each step of noise lands far outside the error bars
     assert fid[0].value + 3 * fid[0].uncertainty < fid[1].value
@@ -67,7 +67,7 @@ def test_fid_matches_torch_fidelity_and_fast_bootstrap_formula(context):
     ref, _ = fidelity.reference_features("digits", "train", ext, context)
     stats = [fid_features_to_statistics(f) for f in (gen, ref)]  # torch-fidelity's own float32 path
     expected = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
-    v = compute("fid", digits("test").images, context, bootstrap=0)["fid"]
+    v = compute("fid", digits("test").images, context, se_method="none")["fid"]
     assert v.value == pytest.approx(expected, rel=1e-4) and v.uncertainty is None
     ref_stats = fid_features_to_statistics(ref.double())
     assert fidelity._fid_against(ref_stats)(gen.double().numpy()) == pytest.approx(expected, rel=1e-4)
@@ -82,7 +82,7 @@ def test_kid_and_prc_values_carry_uncertainty_and_method(context):
 
 
 def test_context_records_what_was_used(context):
-    compute("fid", digits("test").images, context, bootstrap=0)
+    compute("fid", digits("test").images, context, se_method="none")
     info = context.info
     assert info["feature_extractor"] == "digits-cnn" and info["feature_layer"] == "128"
     assert info["feature_extractor_hash"] == digits_cnn.load_classifier()[1]
@@ -96,7 +96,7 @@ def test_second_evaluation_extracts_no_reference_features(context, monkeypatch):
     monkeypatch.setattr(extractors, "extract_features",
                         lambda images, *a, **k: calls.append(len(images)) or real(images, *a, **k))
     reference.clear_memo()
-    first = compute("fid", digits("test").images, context, bootstrap=0)["fid"]
+    first = compute("fid", digits("test").images, context, se_method="none")["fid"]
     assert calls == [300, 256, 256, 256, 256, 256, 217]  # samples, then the reference in batches (cache miss)
     assert len(list(context.cache_dir.glob("ref-digits-train-digits-cnn-*.safetensors"))) == 1
     hash_first = context.info["reference_hash"]
@@ -104,7 +104,7 @@ def test_second_evaluation_extracts_no_reference_features(context, monkeypatch):
     reference.clear_memo()  # a later process: only the disk cache remains
     calls.clear()
     fresh = MetricContext(cache_dir=context.cache_dir, seed=0)  # e.g. a later run
-    second = compute("fid", digits("test").images.clone(), fresh, bootstrap=0)["fid"]
+    second = compute("fid", digits("test").images.clone(), fresh, se_method="none")["fid"]
     assert calls == [300]  # only the new samples
     assert second.value == pytest.approx(first.value) and fresh.info["reference_hash"] == hash_first
 
