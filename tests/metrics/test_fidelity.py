@@ -179,8 +179,11 @@ def test_metrics_are_registered():
     assert not METRICS["fid"].higher_is_better and not METRICS["kid"].higher_is_better
 
 
+@pytest.mark.parametrize("gram_limit", [fidelity.GRAM_LIMIT, 0], ids=["whole-gram", "by-subset"])
 @pytest.mark.parametrize("subset_size", [150, 300])
-def test_kid_from_whole_gram_matrices_equals_torch_fidelity(context, subset_size):
+def test_kid_from_whole_gram_matrices_equals_torch_fidelity(context, subset_size, gram_limit, monkeypatch):
+    """Both KID paths (whole Gram matrices for small sets, subset by subset for large) equal torch-fidelity."""
+    monkeypatch.setattr(fidelity, "GRAM_LIMIT", gram_limit)
     from torch_fidelity.metric_kid import kid_features_to_metric
 
     from diffbench.metrics.reference import ReferenceData
@@ -230,3 +233,26 @@ def test_fid_with_fewer_samples_than_dimensions_equals_the_full_eigenproblem():
                  - 2 * np.sqrt(ev[ev > 1e-9 * ev.max()]).sum())
         assert (ev > 1e-9 * ev.max()).sum() <= len(np.unique(rows, axis=0)) - 1  # rank n − 1 at most
         assert fidelity._fid_against(stats)(rows) == pytest.approx(exact, rel=1e-9)
+
+
+@pytest.mark.parametrize("max_samples", [100_000, 700])
+def test_prc_equals_torch_fidelity_on_the_same_rows(context, max_samples):
+    """Within max_samples: torch-fidelity's precision/recall on all rows; beyond: on the recorded-size subsets
+    (the same seeded draws), so memory and cost stay bounded whatever the sample count."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    from diffbench.metrics.reference import ReferenceData
+
+    ext = fidelity.resolve_extractor("digits-cnn", None, "prc")
+    gen = fidelity.extract_features(noisy(digits("test").images, 0.3), (-1.0, 1.0), ext)
+    ref_feats, _ = fidelity.reference_features("digits", "train", ext, context)
+    ref = ReferenceData(SimpleNamespace(stats=None), ref_feats, "x")
+    out = fidelity.PRC().score_features(gen, ref, context, neighborhood=3, max_samples=max_samples)
+    x = fidelity._bounded_subset(gen, max_samples, context.seed)
+    y = fidelity._bounded_subset(ref_feats, max_samples, context.seed + 1)
+    assert context.info["prc_sizes"] == [len(x), len(y)] == [min(len(gen), max_samples), min(len(ref_feats), max_samples)]
+    want = prc_features_to_metric(x, y, prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    # distances computed in other block shapes may round a tie differently: at most one row either way
+    assert out["precision"].value == pytest.approx(want["precision"], abs=1.01 / len(x))
+    assert out["recall"].value == pytest.approx(want["recall"], abs=1.01 / len(y))
+    assert 0 < out["precision"].value < 1 and 0 < out["recall"].value < 1
