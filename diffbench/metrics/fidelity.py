@@ -154,7 +154,8 @@ class FID(_FidelityMetric):
 
     The value comes from float64 per-group moments of the sample features (``metrics.frechet``); its
     s.e. by ``se_method``: ``jackknife`` (default; linearised delete-a-group jackknife over ``groups``
-    groups by sample index, about the cost of the FID itself), ``bootstrap`` (s.d. over ``bootstrap``
+    groups by sample index, fewer where there are under two samples a group; about the cost of the
+    FID itself), ``bootstrap`` (s.d. over ``bootstrap``
     resamples; batched on the metric device on CUDA) or ``none``.
     """
 
@@ -168,22 +169,23 @@ class FID(_FidelityMetric):
                        ) -> dict[str, MetricValue]:
         if se_method not in SE_METHODS:
             raise ValueError(f"fid option se_method must be one of {', '.join(SE_METHODS)}, not {se_method!r}")
-        if se_method == "jackknife" and not (isinstance(groups, int) and 2 <= groups <= len(gen) // 2):
-            raise ValueError(f"fid option groups must be an integer from 2 to half the sample count "
-                             f"({len(gen)} samples), not {groups!r}")
+        if not (isinstance(groups, int) and groups >= 2):
+            raise ValueError(f"fid option groups must be an integer >= 2, not {groups!r}")
         if se_method == "bootstrap" and not (isinstance(bootstrap, int) and bootstrap >= 2):
             raise ValueError(f"fid option bootstrap (resamples) must be an integer >= 2, not {bootstrap!r}")
         root = reference_root(ref)
         point = "FID (Heusel et al. 2017) from float64 feature moments, tr√(ΣgΣr) by eigvalsh"
         context.info["fid_se_method"] = se_method
-        if se_method == "jackknife":
+        groups = min(groups, len(gen) // 2)  # at least two samples a group (a small warm-up batch)
+        if se_method == "jackknife" and groups >= 2:
             value, se = frechet.fid_with_jackknife(frechet.GroupMoments.of_rows(gen.numpy(), groups), root)
             context.info["fid_jackknife_groups"] = groups
             return {"fid": MetricValue(value, se, f"{point}; s.e. = linearised delete-a-group jackknife over "
                                                   f"{groups} groups by sample index")}
         value = frechet.fid_with_moments(frechet.GroupMoments.of_rows(gen.numpy(), 1), root)
-        if se_method == "none":
-            return {"fid": MetricValue(value, None, f"{point}; no uncertainty (se_method=none)")}
+        if se_method != "bootstrap":
+            why = "se_method=none" if se_method == "none" else f"{len(gen)} samples: too few for the jackknife"
+            return {"fid": MetricValue(value, None, f"{point}; no uncertainty ({why})")}
         if context.device.type == "cuda":
             boots = frechet.bootstrap_fids(gen, root, bootstrap, context.seed, context.device)
         else:

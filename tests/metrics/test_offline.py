@@ -66,7 +66,7 @@ def test_score_takes_metric_options_and_names_bad_input_in_one_line(images, tmp_
     cases = [
         (["--features", tmp_path / "features.npz", "--metric", "fid"], "features have 7 dimensions"),
         (["--features", tmp_path / "features.npz", "--metric", "class-accuracy"], "--features works with"),
-        ([tmp_path / "samples.npz", "--metric", "{name: fid, options: {groups: 1}}"], "groups"),
+        ([tmp_path / "samples.npz", "--metric", "{name: fid, options: {groups: 1}}"], "groups must be an integer >= 2"),
         ([tmp_path / "samples.npz", "--metric", "{name: fid, options: {nope: 1}}"], "--metric[0].options"),
         ([tmp_path / "missing.npz", "--metric", "fid"], "no such file"),
         (["--metric", "fid"], "one of the two"),
