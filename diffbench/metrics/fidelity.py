@@ -330,7 +330,7 @@ class PRC(_FidelityMetric):
 
     name = "prc"
     higher_is_better = True  # precision and recall
-    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "neighborhood": 3, "max_samples": 10000}
+    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "neighborhood": 3, "max_samples": 8000}
 
     def score_features(self, gen, ref, context, *, neighborhood: int, max_samples: int) -> dict[str, MetricValue]:
         if not (isinstance(max_samples, int) and max_samples > neighborhood):

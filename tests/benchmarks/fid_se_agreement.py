@@ -32,11 +32,12 @@ def se_by_method(out: Path) -> list[dict]:
     for method in ("jackknife", "bootstrap"):
         result = run_suite(Suite.model_validate(smoke_with({"se_method": method, "bootstrap": 100})),
                            out / method, progress=False, draw=False)
-        runs[method] = {c["cell_id"]: c for c in (json.loads(p.read_text())
-                                                  for p in (result.path / "cells").glob("*.json"))}
+        # keyed by sampler and steps: the cell ids hash the metric options too
+        runs[method] = {(c["sampler_name"], c["steps"]): c for c in (json.loads(p.read_text())
+                                                                   for p in (result.path / "cells").glob("*.json"))}
     rows = []
-    for cell_id, jk in sorted(runs["jackknife"].items()):
-        bs = runs["bootstrap"][cell_id]
+    for key, jk in sorted(runs["jackknife"].items()):
+        bs = runs["bootstrap"][key]
         assert jk["metrics"]["fid"]["value"] == bs["metrics"]["fid"]["value"]
         rows.append({"cell": f"{jk['sampler_name']} {jk['steps']} steps", "fid": jk["metrics"]["fid"]["value"],
                      "jackknife": jk["metrics"]["fid"]["uncertainty"], "bootstrap": bs["metrics"]["fid"]["uncertainty"]})
