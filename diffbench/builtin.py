@@ -7,7 +7,9 @@ from diffbench.hookspecs import hookimpl
 @hookimpl
 def diffbench_register(registry) -> None:
     """Register diffbench's own samplers, schedulers, targets, models, metrics and reference datasets."""
-    from diffbench import datasets, models, schedulers, targets
+    from diffbench import datasets, models
+    from diffbench.core import sigma_grids as schedulers
+    from diffbench.core import targets
     from diffbench.samplers import SAMPLERS
 
     for name, info in SAMPLERS.items():

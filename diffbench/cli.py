@@ -24,10 +24,10 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from diffbench.executors import ExecutorError
     from diffbench.registry import UnknownComponentError
-    from diffbench.results import RunDirError
-    from diffbench.suite import SuiteError
+    from diffbench.run.executors import ExecutorError
+    from diffbench.run.rundir import RunDirError
+    from diffbench.run.suite import SuiteError
 
     return (UserError, SuiteError, RunDirError, UnknownComponentError, FileNotFoundError, ExecutorError)
 
@@ -36,7 +36,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map exceptions to the exit-code convention."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from diffbench.runner import RunInterrupted
+        from diffbench.run.runner import RunInterrupted
 
         try:
             return fn(*args, **kwargs)
@@ -68,7 +68,7 @@ def cli() -> None:
     """Benchmark diffusion samplers: quality against counted NFE and wall-clock."""
 
 
-# Consent, given outside the suite file, for code the suite names (diffbench.trust).
+# Consent, given outside the suite file, for code the suite names (diffbench.util.trust).
 TRUST_CODE = click.option("--trust-code", is_flag=True,
                           help="Let the suite name code to import and run (a python model's factory: "
                                "'module:function' or 'file.py:function'); same as DIFFBENCH_TRUST_CODE=1. "
@@ -108,9 +108,9 @@ def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, tim
         allow_large: bool, progress: bool, executor: str, address: str | None, cell_parts: int,
         shard: str | None, trust_code: bool) -> None:
     """Run every cell of SUITE and write cells.csv, plots and report.md (exit 1 if any cell failed)."""
-    from diffbench import report
-    from diffbench.executors import make_executor
-    from diffbench.runner import run_suite
+    from diffbench.analysis import report
+    from diffbench.api import run_suite
+    from diffbench.run.executors import make_executor
 
     result = run_suite(suite, out, resume=resume, cache_dir=cache_dir, progress=progress, time_limit=time_limit,
                        allow_large=allow_large, announce=_say, shard=shard, trust_code=trust_code or None,
@@ -143,9 +143,9 @@ def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool, trust_c
     limits, and a warm-up batch on which every metric is tried once. With --no-load, only the first part.
     """
     from diffbench.registry import default_registry
-    from diffbench.results import RunDirError
-    from diffbench.runner import preflight, static_checks
-    from diffbench.suite import SuiteError
+    from diffbench.run.preparation import preflight, static_checks
+    from diffbench.run.rundir import RunDirError
+    from diffbench.run.suite import SuiteError
 
     bad = 0
     for path in suites:
@@ -172,7 +172,7 @@ def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool, trust_c
 def schema() -> None:
     """Print the JSON Schema of suite files, with every installed plugin's options."""
     from diffbench.registry import default_registry
-    from diffbench.suite import json_schema
+    from diffbench.run.suite import json_schema
 
     click.echo(json.dumps(json_schema(default_registry()), indent=2))
 
@@ -182,8 +182,8 @@ def schema() -> None:
 @handled
 def show(run_dir: Path) -> None:
     """Print a run's table (RUN: a run directory, or a suite's results folder for its newest run)."""
-    from diffbench import report
-    from diffbench.results import find_run
+    from diffbench.analysis import report
+    from diffbench.run.rundir import find_run
 
     run = find_run(run_dir)
     if not run.csv_path.exists():
@@ -202,22 +202,19 @@ def report_cmd(run_dir: Path) -> None:
     Merging writes the whole suite's manifest.json, cells.csv, plots and report.md and lists the
     cells no shard has finished (exit 1 while any is missing).
     """
-    from diffbench import plots, report
-    from diffbench.executors.shard import is_sharded, merge
-    from diffbench.results import find_run
+    from diffbench.api import draw_report, merge_shards
+    from diffbench.run.rundir import find_run
+    from diffbench.run.shards import is_sharded
 
     if is_sharded(run_dir):
-        merged = merge(run_dir)
+        merged = merge_shards(run_dir)
         click.echo(merged.run.path / "report.md")
         if merged.missing:
             click.echo(f"diffbench: {len(merged.missing)} cells missing (no shard has finished them): "
                        + ", ".join(merged.missing), err=True)
             sys.exit(EXIT_FAILED)
         return
-    run = find_run(run_dir)
-    frame = run.read_csv()
-    files = plots.make_plots(frame, run.path, report.directions(run.read_manifest()))
-    click.echo(report.write_report(run, frame, files))
+    click.echo(draw_report(find_run(run_dir)))
 
 
 @cli.command(name="compare")
@@ -236,7 +233,7 @@ def report_cmd(run_dir: Path) -> None:
 def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time_tol: str | None,
                 harness_tol: str | None, z: float | None, as_json: bool) -> None:
     """Compare RUN with BASELINE cell by cell; exit 1 when any cell regressed."""
-    from diffbench import compare
+    from diffbench.analysis import compare
 
     try:
         rule = compare.Rule(z=compare.Z if z is None else z, metric_tol=compare.parse_metric_tols(metric_tol),
@@ -272,9 +269,9 @@ def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time
 def score_cmd(samples: Path | None, features: Path | None, reference: str, metrics: tuple[str, ...], device: str,
               cache_dir: Path | None, seed: int, batch_size: int, as_json: bool) -> None:
     """Score samples made elsewhere (SAMPLES: an image folder or an .npz of images) with a suite's metrics."""
-    from diffbench.metrics.offline import ScoreError, score
     from diffbench.metrics.stream import MetricError
-    from diffbench.suitefile import SuiteFileError, parse_yaml
+    from diffbench.run.scoring import ScoreError, score
+    from diffbench.run.suitefile import SuiteFileError, parse_yaml
 
     def inline(text: str, what: str) -> Any:
         try:
@@ -302,7 +299,7 @@ def plugins(as_json: bool) -> None:
     """List every registered component (kind, name, plugin, distribution, version, description) and every
     plugin that failed to load or register; exit 1 when one did."""
     from diffbench.registry import default_registry
-    from diffbench.text import shorten
+    from diffbench.util.text import shorten
 
     registry = default_registry()  # load errors also go to stderr as warnings
     rows = [c.as_row() for c in registry]

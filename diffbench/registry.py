@@ -48,7 +48,7 @@ DECLARATIONS: dict[str, dict[str, str]] = {
     "target": {},
     "model": {
         "code_options": "tuple of option names whose values name code to import and run (e.g. 'module:function'); "
-                        "a suite may set them only with the user's consent (--trust-code, see diffbench.trust)",
+                        "a suite may set them only with the user's consent (--trust-code, see diffbench.util.trust)",
     },
     "metric": {
         "higher_is_better": "bool, or a dict by value name: the direction regressions are read in",
@@ -92,6 +92,16 @@ class Component:
             "options": {k: _jsonable(v) for k, v in self.options.items()},
             "description": self.description,
         }
+
+
+def resolve_options(component: Component, given: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults of ``component`` overridden by ``given``; unknown options are a ValueError."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(component.options))
+    if unknown:
+        allowed = ", ".join(sorted(component.options)) or "none"
+        raise ValueError(f"{component.kind} {component.name!r} has no option {unknown[0]!r}; options: {allowed}")
+    return {**component.options, **given}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import importlib.metadata as md
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Integral
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
@@ -20,16 +19,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
-from diffbench.devices import one_thread
+from diffbench.core.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
+from diffbench.core.noise import StepNoise, initial_noise
+from diffbench.core.schedules import EDM, SCHEDULES, Coef, NoiseSchedule
+from diffbench.core.sigma_grids import karras, materialize
 from diffbench.models.gmm import gmm
-from diffbench.noise import EDM, SCHEDULES, Coef, NoiseSchedule
-from diffbench.registry import (ENTRY_POINT_GROUP, Component, PluginError, Registry, default_registry,
-                                normalize_distribution)
-from diffbench.sampling import resolve_options
+from diffbench.registry import (
+    ENTRY_POINT_GROUP,
+    Component,
+    PluginError,
+    Registry,
+    default_registry,
+    normalize_distribution,
+    resolve_options,
+)
 from diffbench.samplers import noise_draws
-from diffbench.schedulers import karras, materialize
-from diffbench.seeding import StepNoise, initial_noise
+from diffbench.util.devices import one_thread
 
 KIT_KINDS = ("sampler", "scheduler", "target")
 

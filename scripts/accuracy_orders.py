@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffbench.results import STATUS_OK, find_run
+from diffbench.run.rundir import STATUS_OK, find_run
 
 METRIC, LOW, HIGH = "trajectory-error", 10, 100
 

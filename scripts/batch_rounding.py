@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from diffbench.registry import default_registry
-from diffbench.sampling import sample
+from diffbench.run.sampling import sample
 
 MODELS = ("digits-eps", "digits-v", "digits-flow")
 BATCHES = (1, 7, 32)

@@ -20,7 +20,7 @@ from diffbench.datasets import digits
 from diffbench.metrics.base import MetricContext, MetricValue
 from diffbench.metrics.fidelity import FID, KID, METRICS
 from diffbench.models.digits import MODELS
-from diffbench.sampling import sample
+from diffbench.run.sampling import sample
 
 
 def fmt(v: MetricValue) -> str:

@@ -10,7 +10,7 @@ import pstats
 import sys
 import tempfile
 
-from diffbench.runner import run_suite
+from diffbench.api import run_suite
 
 profile = cProfile.Profile()
 with tempfile.TemporaryDirectory() as out:

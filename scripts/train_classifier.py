@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffbench.checkpoints import save_checkpoint, shipped
 from diffbench.datasets import digits
-from diffbench.devices import one_thread
 from diffbench.metrics.digits_cnn import NAME, DigitsCNN, from_uint8, to_uint8
+from diffbench.util.checkpoints import save_checkpoint, shipped
+from diffbench.util.devices import one_thread
 
 
 def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> torch.Tensor:

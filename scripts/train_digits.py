@@ -23,13 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffbench.checkpoints import DATA_DIR, save_checkpoint
+from diffbench.core.schedules import Coef, DiscreteVP, NoiseSchedule
+from diffbench.core.targets import TARGETS
 from diffbench.datasets import digits
-from diffbench.devices import one_thread
 from diffbench.models.digits import SPECS, DigitsSpec
 from diffbench.models.network import DenoiserMLP
-from diffbench.noise import Coef, DiscreteVP, NoiseSchedule
-from diffbench.targets import TARGETS
+from diffbench.util.checkpoints import DATA_DIR, save_checkpoint
+from diffbench.util.devices import one_thread
 
 ARCH = {"shape": [1, 8, 8], "num_classes": 10, "width": 256, "hidden": 512, "depth": 3, "emb_dim": 128}
 

@@ -22,10 +22,10 @@ import torch
 
 import diffbench
 import diffbench.models.network as network
-from diffbench.denoiser import SigmaDenoiser
+from diffbench.core.denoiser import SigmaDenoiser
+from diffbench.core.noise import initial_noise
 from diffbench.metrics.trajectory import per_sample_rms, reference_grid
 from diffbench.samplers.dpm_solver_pp import dpmpp_3m_corrected
-from diffbench.seeding import initial_noise
 
 SHIPPED = network.timestep_embedding
 FROZEN_PERIOD = 200.0  # embedding units (training steps for digits-eps; t × 1000 for digits-v and -flow)

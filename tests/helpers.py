@@ -5,11 +5,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffbench.denoiser import DiffusionModel, SigmaDenoiser
+from diffbench.core.denoiser import DiffusionModel, SigmaDenoiser
+from diffbench.core.noise import StepNoise, initial_noise
+from diffbench.core.sigma_grids import karras
 from diffbench.models.gmm import ExactNetwork, gmm
 from diffbench.samplers import SAMPLERS, noise_draws
-from diffbench.schedulers import karras
-from diffbench.seeding import StepNoise, initial_noise
 
 DIM = 2
 CONTINUOUS = ("cosine", "ve", "edm", "flow")

@@ -148,6 +148,6 @@ def grid(**overrides: Any) -> dict[str, Any]:
 
 
 def initial_checksum(seed: int, n: int, shape: tuple[int, ...], dtype=torch.float64) -> float:
-    from diffbench.seeding import initial_noise
+    from diffbench.core.noise import initial_noise
 
     return float(initial_noise(seed, range(n), shape, dtype=dtype).double().sum())

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from diffbench import compare
+from diffbench.analysis import compare
+from diffbench.analysis.compare import WORSE
 from diffbench.cli import cli
-from diffbench.compare import WORSE
-from diffbench.results import RunDir
+from diffbench.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "results" / "baselines" / "smoke"

@@ -12,10 +12,10 @@ import dataclasses
 import pytest
 import torch
 
+from diffbench.core.noise import StepNoise, initial_noise
 from diffbench.registry import build_registry
+from diffbench.run.sampling import sample
 from diffbench.samplers import SAMPLERS
-from diffbench.sampling import sample
-from diffbench.seeding import StepNoise, initial_noise
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 STOCHASTIC = {"ddim": {"eta": 1.0}, "euler": {"churn_amount": 10.0}}

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from diffbench import calibration, sampling
 from diffbench.models.gmm import gmm
+from diffbench.run import calibration, sampling
 
 
 def test_overhead_pairs_sampling_with_the_total_of_nfe_bare_calls(monkeypatch):

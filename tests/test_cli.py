@@ -8,14 +8,14 @@ import subprocess
 import pytest
 import yaml
 from click.testing import CliRunner
+from runhelpers import grid, small, test_registry
 
 import diffbench
 from diffbench import registry as registry_module
-from diffbench import runner
 from diffbench.cli import cli
 from diffbench.registry import PluginError
-from diffbench.results import RunDir
-from runhelpers import grid, small, test_registry
+from diffbench.run import runner
+from diffbench.run.rundir import RunDir
 
 
 @pytest.fixture(autouse=True)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from diffbench import compare
+from diffbench.analysis import compare
+from diffbench.analysis.compare import BETTER, SAME, WORSE, Rule, Tolerance
 from diffbench.cli import cli
-from diffbench.compare import BETTER, SAME, WORSE, Rule, Tolerance
-from diffbench.results import RunDir
+from diffbench.run.rundir import RunDir
 
 
 def metric(value: float, se: float | None, higher: bool | None = False) -> dict[str, Any]:

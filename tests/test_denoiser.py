@@ -6,12 +6,12 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
-from diffbench.models.gmm import gmm
-from diffbench.noise import make_schedule
-from diffbench.targets import TARGETS
 from helpers import CONTINUOUS, SCHEDULES
+
+from diffbench.core.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
+from diffbench.core.schedules import make_schedule
+from diffbench.core.targets import TARGETS
+from diffbench.models.gmm import gmm
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -12,20 +12,20 @@ import time
 from pathlib import Path
 
 import pytest
+import runhelpers
 import torch
 import yaml
 from click.testing import CliRunner
+from runhelpers import grid, small
 
+from diffbench.api import run_suite
+from diffbench.cli import cli
 from diffbench.hookspecs import hookimpl
 from diffbench.registry import Registry, build_registry
-from diffbench.cli import cli
-from diffbench.results import RunBusyError, RunDir, RunDirError
-from diffbench.runner import run_suite
+from diffbench.run.rundir import RunBusyError, RunDir, RunDirError
+from diffbench.run.sampling import SamplerOutputError, sample
+from diffbench.run.suite import SuiteError, load_suite, parse_suite
 from diffbench.samplers import per_step
-from diffbench.sampling import SamplerOutputError, sample
-from diffbench.suite import SuiteError, load_suite, parse_suite
-import runhelpers
-from runhelpers import grid, small
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -192,7 +192,7 @@ def test_an_empty_grid_is_an_error(tmp_path):
 
 
 def test_a_huge_plan_needs_allow_large_and_is_stated(tmp_path):
-    from diffbench.plan import MAX_CELLS, MAX_SAMPLES
+    from diffbench.run.plan import MAX_CELLS, MAX_SAMPLES
 
     big = small(num_samples=MAX_SAMPLES // 6 + 1)  # 6 cells
     with pytest.raises(SuiteError, match=r"num_samples × seeds × cells: 10,000,002 samples exceeds the limit of "
@@ -268,7 +268,7 @@ def test_binary_and_non_utf8_files_are_refused(tmp_path):
 
 
 def test_nesting_and_alias_bombs_are_bounded(tmp_path):
-    from diffbench.suitefile import MAX_DEPTH, MAX_VALUES
+    from diffbench.run.suitefile import MAX_DEPTH, MAX_VALUES
 
     deep = "description: " + "[" * 10_000 + "]" * 10_000 + "\n"
     assert load_error(tmp_path, suite_text() + deep).endswith(f"nested deeper than {MAX_DEPTH} levels")
@@ -284,7 +284,7 @@ def test_nesting_and_alias_bombs_are_bounded(tmp_path):
 
 
 def test_a_file_larger_than_a_suite_may_be_is_refused_without_reading_it_all(tmp_path):
-    from diffbench.suitefile import MAX_BYTES
+    from diffbench.run.suitefile import MAX_BYTES
 
     assert load_error(tmp_path, suite_text() + "#" * MAX_BYTES + "\n") == \
         f"larger than a suite file may be ({MAX_BYTES} bytes)"
@@ -424,7 +424,7 @@ def test_a_second_run_into_a_busy_directory_is_refused_in_one_line(tmp_path):
 
 def test_the_lock_is_released_when_its_process_is_killed(tmp_path):
     out = tmp_path / "r"
-    code = (f"import time; from diffbench.results import RunDir\n"
+    code = (f"import time; from diffbench.run.rundir import RunDir\n"
             f"with RunDir({str(out)!r}).lock():\n    print('locked', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -450,7 +450,7 @@ def test_labels_too_long_for_a_file_name_still_give_valid_cell_files(tmp_path):
 
 
 def test_plots_and_pictures_are_written_atomically_with_normal_permissions(finished_run, tmp_path, monkeypatch):
-    from diffbench import plots
+    from diffbench.run import pictures
 
     out = copy_run(finished_run, tmp_path / "r")
     picture = next((out / "cells").glob("*.png"))
@@ -462,7 +462,7 @@ def test_plots_and_pictures_are_written_atomically_with_normal_permissions(finis
 
     monkeypatch.setattr("PIL.Image.Image.save", fail_midway)
     with pytest.raises(OSError, match="disk full"):
-        plots.save_samples(torch.zeros(4, 1, 8, 8), picture)
+        pictures.save_samples(torch.zeros(4, 1, 8, 8), picture)
     assert picture.read_bytes() == before and not list((out / "cells").glob(".*"))  # old file, no temporary
     monkeypatch.undo()
     umask = os.umask(0o022)
@@ -482,7 +482,7 @@ def hostile_cli(monkeypatch):
     """The CLI with the hostile test plugins installed."""
     registry = hostile_registry()
     monkeypatch.setattr("diffbench.registry.default_registry", lambda: registry)
-    monkeypatch.setattr("diffbench.runner.default_registry", lambda: registry)
+    monkeypatch.setattr("diffbench.run.preparation.default_registry", lambda: registry)
 
     def invoke(*args):
         return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
@@ -533,7 +533,7 @@ def test_validate_runs_the_checks_run_makes_before_sampling(hostile_cli, tmp_pat
 
 
 def test_a_batch_whose_noise_would_take_gigabytes_is_refused_before_it_is_drawn(tmp_path):
-    from diffbench.plan import MAX_BATCH_BYTES
+    from diffbench.run.plan import MAX_BATCH_BYTES
 
     # ddpm draws its starting noise and a step-noise bank, 2 float64 per sample and step:
     # (1 + 10,000) × 2,000,000 × 16 B = 298.1 GiB

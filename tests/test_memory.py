@@ -5,7 +5,7 @@ import platform
 
 import pytest
 
-from diffbench.memory import release_free_memory
+from diffbench.util.memory import release_free_memory
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")

@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 import pytest
-
-from diffbench.noise import make_schedule
 from helpers import CONTINUOUS, DISCRETE, SCHEDULES
+
+from diffbench.core.schedules import make_schedule
 
 VP = ("linear", "scaled-linear", "cosine")
 

@@ -5,10 +5,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from diffbench.plots import GUIDANCE_PLOT, NFE_PLOT, TIME_PLOT, make_plots, pareto_front, save_samples
-from diffbench.results import cells_frame
 from test_results import record
+
+from diffbench.analysis.plots import (
+    GUIDANCE_PLOT,
+    NFE_PLOT,
+    TIME_PLOT,
+    make_plots,
+    pareto_front,
+)
+from diffbench.run.pictures import save_samples
+from diffbench.run.rundir import cells_frame
 
 
 def brute_front(cost, value):

@@ -12,7 +12,14 @@ import pytest
 
 import diffbench
 from diffbench import hookspecs
-from diffbench.registry import DECLARATIONS, DISABLE_AUTOLOAD_ENV, KINDS, RegistrationError, Registry, build_registry
+from diffbench.registry import (
+    DECLARATIONS,
+    DISABLE_AUTOLOAD_ENV,
+    KINDS,
+    RegistrationError,
+    Registry,
+    build_registry,
+)
 
 SAMPLER_NAMES = sorted(["ddim", "ddpm", "dpm-solver++-2m", "dpm-solver++-2m-sde", "dpm-solver++-2s", "dpm-solver++-3m",
                         "dpm-solver++-3m-corrected", "dpm-solver-1", "dpm-solver-2", "dpm-solver-3", "euler",

@@ -4,10 +4,18 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from diffbench.report import RULE, fmt_pm, markdown, noise_verdicts, table, text_table, write_report
-from diffbench.results import RunDir, cells_frame
 from test_results import record
+
+from diffbench.analysis.report import (
+    RULE,
+    fmt_pm,
+    markdown,
+    noise_verdicts,
+    table,
+    text_table,
+    write_report,
+)
+from diffbench.run.rundir import RunDir, cells_frame
 
 
 def cells(*rows):

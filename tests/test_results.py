@@ -7,8 +7,14 @@ import os
 
 import pytest
 
-from diffbench import results
-from diffbench.results import RunDir, cells_frame, find_run, metric_names, write_atomic
+from diffbench.run import rundir as results
+from diffbench.run.rundir import (
+    RunDir,
+    cells_frame,
+    find_run,
+    metric_names,
+    write_atomic,
+)
 
 
 def test_write_atomic_replaces_whole_file(tmp_path):

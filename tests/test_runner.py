@@ -7,12 +7,13 @@ import statistics
 import pandas as pd
 import pytest
 import torch
-
-from diffbench.results import RunDir
-from diffbench.runner import RunInterrupted, run_suite
-from diffbench.sampling import make_grid
-from diffbench.suite import SuiteError, parse_suite
 from runhelpers import grid, initial_checksum, small, test_registry
+
+from diffbench.api import run_suite
+from diffbench.run.rundir import RunDir
+from diffbench.run.runner import RunInterrupted
+from diffbench.run.sampling import make_grid
+from diffbench.run.suite import SuiteError, parse_suite
 
 
 def run(data, out, registry=None, draw=False, **kw):
@@ -235,7 +236,7 @@ def test_cuda_run_matches_cpu(tmp_path, finished):
 def test_git_state_reads_sha_and_dirty_flag(tmp_path):
     import subprocess
 
-    from diffbench.provenance import git_state
+    from diffbench.run.provenance import git_state
 
     assert git_state(tmp_path) == {"sha": None, "dirty": None}
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]

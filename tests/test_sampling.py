@@ -5,15 +5,15 @@ import math
 
 import pytest
 import torch
+from helpers import conditional_model, edm_model, truncated_karras
 
 import diffbench
-from diffbench import seeding
-from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
+from diffbench.core import noise as seeding
+from diffbench.core.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
 from diffbench.hookspecs import hookimpl
 from diffbench.registry import build_registry
+from diffbench.run.sampling import sample, sample_batches
 from diffbench.samplers import SAMPLERS, noise_draws
-from diffbench.sampling import sample, sample_batches
-from helpers import conditional_model, edm_model, truncated_karras
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from runhelpers import small, test_registry
 
 import diffbench
+from diffbench.api import run_suite
 from diffbench.metrics import digits_cnn
-from diffbench.runner import run_suite
-from diffbench.suite import parse_suite
-from runhelpers import small, test_registry
+from diffbench.run.suite import parse_suite
 
 
 def digits_suite(**overrides):

@@ -7,11 +7,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from helpers import SCHEDULES, edm_model
 
 import diffbench
-from diffbench.noise import LinearVP, make_schedule
-from diffbench.schedulers import SCHEDULERS, materialize
-from helpers import SCHEDULES, edm_model
+from diffbench.core.schedules import LinearVP, make_schedule
+from diffbench.core.sigma_grids import SCHEDULERS, materialize
 
 DISCRETE_ONLY = ("leading", "trailing")
 T = 1000
@@ -166,8 +166,8 @@ def test_unknown_scheduler_option_is_named():
 
 def test_final_zero_false_stops_at_the_smallest_positive_sigma():
     """steps + 1 points ending at the scheduler's σ_min: the same grid as N + 1 steps minus the step to 0."""
-    from diffbench.noise import make_schedule
-    from diffbench.schedulers import karras, materialize
+    from diffbench.core.schedules import make_schedule
+    from diffbench.core.sigma_grids import karras, materialize
 
     schedule = make_schedule("edm")
     open_grid = materialize(karras, schedule, 10, final_zero=False, sigma_min=0.1, sigma_max=80.0)
@@ -180,8 +180,8 @@ def test_final_zero_false_stops_at_the_smallest_positive_sigma():
 
 def test_ddim_quadratic_is_the_ddim_codes_quad_selection():
     """t_i = int((linspace(0, √(0.8 T), N))²) as in DDIM's runner (skip_type 'quad'), run from the top."""
-    from diffbench.noise import make_schedule
-    from diffbench.schedulers import ddim_quadratic, materialize
+    from diffbench.core.schedules import make_schedule
+    from diffbench.core.sigma_grids import ddim_quadratic, materialize
 
     sched = make_schedule("linear")
     for n in (10, 20):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffbench import seeding
-from diffbench.seeding import StepNoise, initial_noise, stream_seed
+from diffbench.core import noise as seeding
+from diffbench.core.noise import StepNoise, initial_noise, stream_seed
 
 
 def test_stream_seed_is_deterministic_and_separates_its_inputs():

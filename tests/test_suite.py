@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from diffbench.suite import SuiteError, expand, json_schema, load_suite, parse_suite
 from runhelpers import grid, small, test_registry
+
+from diffbench.run.suite import SuiteError, expand, json_schema, load_suite, parse_suite
 
 REPO = Path(__file__).resolve().parent.parent
 REG, _ = test_registry()

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from diffbench.models.gmm import gmm
-from diffbench.noise import Coef, make_schedule
-from diffbench.targets import TARGETS
 from helpers import CONTINUOUS, DISCRETE, SCHEDULES
+
+from diffbench.core.schedules import Coef, make_schedule
+from diffbench.core.targets import TARGETS
+from diffbench.models.gmm import gmm
 
 # |x| ≤ ~5 and σ/α ≤ 160: one division by α costs at most ~1e-16 · 160 · 5 ≈ 1e-13
 ROUNDING = 1e-12

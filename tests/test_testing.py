@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from diffbench import testing
+from diffbench.core.sigma_grids import karras
+from diffbench.core.targets import EpsTarget
 from diffbench.registry import default_registry
 from diffbench.samplers import per_step, steps_of, to_d
-from diffbench.schedulers import karras
-from diffbench.targets import EpsTarget
 
 pytest_plugins = ["pytester"]
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from diffbench.timelimit import TimeLimitExceeded, check_seconds, time_limit
+from diffbench.run.timelimit import TimeLimitExceeded, check_seconds, time_limit
 
 
 def spin(seconds: float) -> None:

@@ -8,12 +8,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from diffbench.api import run_suite
 from diffbench.cli import cli
-from diffbench.registry import RegistrationError, Registry
-from diffbench.runner import run_suite
-from diffbench.registry import default_registry
-from diffbench.suite import SuiteError, parse_suite
-from diffbench.trust import ENV, FACTORY_GROUP
+from diffbench.registry import RegistrationError, Registry, default_registry
+from diffbench.run.suite import SuiteError, parse_suite
+from diffbench.util.trust import ENV, FACTORY_GROUP
 
 FACTORIES = Path(__file__).parent / "models" / "python_factories.py"
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -114,9 +113,9 @@ def test_code_options_must_name_options_of_the_model():
 def test_diffusers_config_cannot_name_a_class_outside_the_model_classes(tmp_path):
     """config.json's _class_name picks a class of the library; only model classes (no pipelines) load."""
     pytest.importorskip("diffusers")
-    from diffbench.models.diffusers import ConfigError, _load
-
     import diffusers
+
+    from diffbench.models.diffusers import ConfigError, _load
 
     (tmp_path / "config.json").write_text('{"_class_name": "DiffusionPipeline"}')
     with pytest.raises(ConfigError, match="DiffusionPipeline' is not a diffusers model class"):

@@ -32,8 +32,7 @@ def reference_spec(dataset: Any) -> tuple[str, dict[str, Any], str | None]:
 
 def open_reference(dataset: Any, split: str | None = None, registry: Any = None) -> Reference:
     """Open a reference through the registry's ``dataset`` plugins; ``split`` (when given) overrides the spec's."""
-    from diffbench.registry import default_registry
-    from diffbench.sampling import resolve_options
+    from diffbench.registry import default_registry, resolve_options
 
     name, options, spec_split = reference_spec(dataset)
     from diffbench.registry import UnknownComponentError

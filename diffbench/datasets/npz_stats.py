@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffbench.checkpoints import file_sha256
 from diffbench.datasets._files import existing
 from diffbench.datasets.base import DatasetError, Reference
+from diffbench.util.checkpoints import file_sha256
 
 
 def npz_stats(split: str | None = None, *, path: str = "") -> Reference:

@@ -1,6 +1,6 @@
 """What a metric is: per batch, samples → per-sample feature rows; after all batches, one score.
 
-The streaming contract (what ``diffbench.cell`` and the executors rely on)
+The streaming contract (what ``diffbench.run.cell`` and the executors rely on)
 --------------------------------------------------------------------------
 A metric has ``name``, ``options`` (defaults) and either the two streaming methods
 
@@ -33,6 +33,10 @@ from typing import Any, Hashable, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from diffbench.core.batch import (
+    Batch,  # re-exported: metric plugins import it from here
+)
+
 
 @dataclass(frozen=True)
 class MetricValue:
@@ -52,17 +56,6 @@ class MetricContext:
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # filled by metrics: extractor, reference hash, ...
     registry: Any = None  # where ``dataset`` plugins are looked up (None: the default registry)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One batch of a sampling call, as it is produced: samples on the CPU with their sample indices."""
-
-    samples: Tensor  # (B, *shape) on the CPU, the model's dtype
-    indices: Tensor  # (B,) int64: sample i's index (first_index + position); its noise depends on (seed, i)
-    labels: Tensor | None  # (B,) class labels on the CPU, None when unconditional
-    seed: int
-    result: Any = None  # the SampleResult of the call in progress (grid, options, meta; samples None)
 
 
 @runtime_checkable

@@ -13,21 +13,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from diffbench.checkpoints import load_checkpoint, shipped
+from diffbench.core.images import (  # re-exported: the extractor's pixel mapping
+    from_uint8,
+    to_uint8,
+)
+from diffbench.util.checkpoints import load_checkpoint, shipped
 
 NAME = "digits-cnn"
 UINT8_MAPPING = "u = round((x - lo) / (hi - lo) * 255) clipped to [0, 255]; extractor input u / 127.5 - 1"
-
-
-def to_uint8(x: Tensor, data_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
-    """Images in ``data_range`` → uint8, round to nearest, values outside the range clipped."""
-    lo, hi = data_range
-    return ((x.float() - lo) * (255.0 / (hi - lo))).round().clamp(0, 255).to(torch.uint8)
-
-
-def from_uint8(u: Tensor) -> Tensor:
-    """uint8 images → float32 in [-1, 1]."""
-    return u.float() / 127.5 - 1.0
 
 
 class DigitsCNN(nn.Module):
@@ -117,7 +110,10 @@ def _feature_extractor_class():
 
 def register_with_torch_fidelity() -> None:
     """Register `digits-cnn` with torch-fidelity (idempotent)."""
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+    from torch_fidelity.registry import (
+        FEATURE_EXTRACTORS_REGISTRY,
+        register_feature_extractor,
+    )
 
     if NAME not in FEATURE_EXTRACTORS_REGISTRY:
         register_feature_extractor(NAME, _feature_extractor_class())

@@ -7,10 +7,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffbench.devices import resolve_dtype
-from diffbench.metrics.base import MetricContext, MetricValue, SampleRows, StreamingMetric
+from diffbench.core.noise import initial_noise
+from diffbench.metrics.base import (
+    MetricContext,
+    MetricValue,
+    SampleRows,
+    StreamingMetric,
+)
 from diffbench.models.gmm import GaussianMixture
-from diffbench.seeding import initial_noise
+from diffbench.util.devices import resolve_dtype
 
 
 def starting_points(model: Any, result: Any) -> Tensor:
@@ -18,7 +23,7 @@ def starting_points(model: Any, result: Any) -> Tensor:
     meta = result.meta
     first, n = int(meta["first_index"]), int(meta["num_samples"])
     dtype = resolve_dtype(meta["dtype"])
-    # the same arithmetic, in the same dtype, as diffbench.sampling.sample
+    # the same arithmetic, in the same dtype, as diffbench.run.sampling.sample
     noise = initial_noise(int(meta["seed"]), range(first, first + n), model.shape, dtype=dtype)
     return (noise * float(result.grid.sigmas[0])).to(torch.float64)
 

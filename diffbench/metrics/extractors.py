@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffbench.checkpoints import file_sha256, shipped
 from diffbench.metrics import digits_cnn
+from diffbench.util.checkpoints import file_sha256, shipped
 
 INCEPTION = "inception-v3-compat"
 SAFE_FORMATS = ("safe formats: a .safetensors file, or a PyTorch state dict of tensors that "

@@ -17,12 +17,18 @@ from torch import Tensor
 
 from diffbench.datasets import Reference, reference_spec
 from diffbench.datasets.npz_stats import check_dimension
-from diffbench.devices import one_thread
 from diffbench.metrics import digits_cnn, extractors, frechet, reference
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, StreamingMetric
-from diffbench.metrics.extractors import (INCEPTION, Extractor, MetricUnavailable, UnsafeWeights, extract_features,
-                                         resolve_extractor)
+from diffbench.metrics.extractors import (
+    INCEPTION,
+    Extractor,
+    MetricUnavailable,
+    UnsafeWeights,
+    extract_features,
+    resolve_extractor,
+)
 from diffbench.metrics.reference import ReferenceData
+from diffbench.util.devices import one_thread
 
 __all__ = ["FID", "FIDInfinity", "KID", "PRC", "ClassAccuracy", "METRICS", "INCEPTION", "Extractor", "MetricUnavailable",
            "UnsafeWeights", "extract_features", "resolve_extractor", "reference_features"]

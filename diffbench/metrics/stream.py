@@ -15,7 +15,14 @@ from typing import Any, Hashable, Iterable
 import torch
 from torch import Tensor
 
-from diffbench.metrics.base import Batch, FeatureExtractor, MetricContext, MetricValue, SampleRows, is_streaming
+from diffbench.metrics.base import (
+    Batch,
+    FeatureExtractor,
+    MetricContext,
+    MetricValue,
+    SampleRows,
+    is_streaming,
+)
 
 
 class MetricError(Exception):

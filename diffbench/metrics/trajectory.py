@@ -29,11 +29,11 @@ from typing import Any, Hashable
 import torch
 from torch import Tensor
 
-from diffbench.denoiser import SigmaDenoiser
-from diffbench.devices import resolve_device, resolve_dtype
+from diffbench.core.denoiser import SigmaDenoiser
+from diffbench.core.noise import initial_noise
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, StreamingMetric
 from diffbench.samplers.dpm_solver_pp import dpmpp_3m_corrected
-from diffbench.seeding import initial_noise
+from diffbench.util.devices import resolve_device, resolve_dtype
 
 METHOD = ("dpm-solver++-3m-corrected on Karras σ (ρ = 7), steps doubled until successive solutions agree to "
           "reference_tol and their difference has at least halved")

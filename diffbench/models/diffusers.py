@@ -17,15 +17,14 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from diffbench.checkpoints import file_sha256
-from diffbench.conditioning import ClassLabels, Prompts, read_prompts
-from diffbench.denoiser import DiffusionModel
-from diffbench.noise import DiscreteVP, NoiseSchedule, RectifiedFlow
-from diffbench.targets import TARGETS
+from diffbench.core.conditioning import ClassLabels, Prompts, read_prompts
+from diffbench.core.denoiser import DiffusionModel
+from diffbench.core.schedules import DiscreteVP, NoiseSchedule, RectifiedFlow
+from diffbench.core.targets import TARGETS
+from diffbench.util.checkpoints import file_sha256
 
 INSTALL = 'pip install "diffbench[diffusers]"'
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffbench.checkpoints import load_checkpoint, shipped
-from diffbench.denoiser import DiffusionModel
+from diffbench.core.denoiser import DiffusionModel
+from diffbench.core.schedules import NoiseSchedule, make_schedule
+from diffbench.core.targets import TARGETS
 from diffbench.models.network import DenoiserMLP
-from diffbench.noise import NoiseSchedule, make_schedule
-from diffbench.targets import TARGETS
+from diffbench.util.checkpoints import load_checkpoint, shipped
 
 
 @dataclass(frozen=True)

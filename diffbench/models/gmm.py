@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffbench.denoiser import DiffusionModel
-from diffbench.noise import make_schedule
-from diffbench.targets import TARGETS
+from diffbench.core.denoiser import DiffusionModel
+from diffbench.core.schedules import make_schedule
+from diffbench.core.targets import TARGETS
 
 
 class GaussianMixture:

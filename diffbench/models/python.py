@@ -18,11 +18,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from diffbench.checkpoints import file_sha256
-from diffbench.denoiser import DiffusionModel
-from diffbench.noise import DiscreteVP, make_schedule
-from diffbench.targets import TARGETS
-from diffbench.trust import installed_factories, installed_factory
+from diffbench.core.denoiser import DiffusionModel
+from diffbench.core.schedules import DiscreteVP, make_schedule
+from diffbench.core.targets import TARGETS
+from diffbench.util.checkpoints import file_sha256
+from diffbench.util.trust import installed_factories, installed_factory
 
 
 def _t(sigma: float, t: float) -> float:
@@ -43,7 +43,7 @@ def load_factory(spec: str) -> Callable[..., Any]:
     """``package.module:function``, ``path/to/file.py:function`` or the name of an installed factory
     (entry-point group ``diffbench.factories``) → the function (one-line errors).
 
-    Imports and runs code: a suite may name one only with the user's consent (``diffbench.trust``)."""
+    Imports and runs code: a suite may name one only with the user's consent (``diffbench.util.trust``)."""
     installed = installed_factory(spec)
     if installed is not None:
         spec = f"{installed.module}:{installed.attr}"

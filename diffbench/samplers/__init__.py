@@ -14,18 +14,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from diffbench.samplers._common import (ancestral_step, churn, ends_at_zero, log_ratio, num_steps, require_noise,
-                                        steps_of, to_d)
+from diffbench.samplers._common import (
+    ancestral_step,
+    churn,
+    ends_at_zero,
+    log_ratio,
+    num_steps,
+    require_noise,
+    steps_of,
+    to_d,
+)
 from diffbench.samplers.ancestral import ddim, ddpm, euler_ancestral
 from diffbench.samplers.deis import deis
 from diffbench.samplers.dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3
-from diffbench.samplers.dpm_solver_pp import dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, dpmpp_3m, dpmpp_3m_corrected
+from diffbench.samplers.dpm_solver_pp import (
+    dpmpp_2m,
+    dpmpp_2m_sde,
+    dpmpp_2s,
+    dpmpp_3m,
+    dpmpp_3m_corrected,
+)
 from diffbench.samplers.euler import euler, heun
 from diffbench.samplers.lms import lms
 from diffbench.samplers.pc import pc, pc_nfe, pc_noise_per_step
 from diffbench.samplers.pndm import pndm, pndm_nfe
 from diffbench.samplers.restart import restart, restart_nfe, restart_noise_per_step
-
 
 __all__ = ["SAMPLERS", "SamplerInfo", "ancestral_step", "churn", "ends_at_zero", "log_ratio", "num_steps",
            "per_step", "require_noise", "steps_of", "to_d"]

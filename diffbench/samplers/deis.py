@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import math
 
-from diffbench.samplers._common import (LowerOrderFinal, integrate_polynomial_exp, lagrange_basis, lowers_final,
-                                        num_steps, sigmas_list)
+from diffbench.samplers._common import (
+    LowerOrderFinal,
+    integrate_polynomial_exp,
+    lagrange_basis,
+    lowers_final,
+    num_steps,
+    sigmas_list,
+)
 
 
 def deis_coefficients(sigmas: list[float], k: int, order: int) -> list[float]:

@@ -14,7 +14,14 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from diffbench.samplers._common import LowerOrderFinal, log_ratio, lowers_final, num_steps, require_noise, steps_of
+from diffbench.samplers._common import (
+    LowerOrderFinal,
+    log_ratio,
+    lowers_final,
+    num_steps,
+    require_noise,
+    steps_of,
+)
 
 
 def dpmpp_2s(denoiser, x, sigmas, *, noise=None, r: float = 0.5):

@@ -1,7 +1,12 @@
 """Linear multistep in σ (k-diffusion's sample_lms): Adams–Bashforth on a non-uniform grid."""
 from __future__ import annotations
 
-from diffbench.samplers._common import integrate_polynomial, lagrange_basis, sigmas_list, to_d
+from diffbench.samplers._common import (
+    integrate_polynomial,
+    lagrange_basis,
+    sigmas_list,
+    to_d,
+)
 
 
 def lms_coefficients(sigmas: list[float], k: int, order: int) -> list[float]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-
 from typing import Literal
 
 from diffbench.samplers._common import require_noise, steps_of

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metrics"))
 from inception import save_random_inception  # noqa: E402
 from streaming_cell import Plugin  # noqa: E402  (the tiny 3×64×64 model)
 
+from diffbench.api import run_suite  # noqa: E402
 from diffbench.registry import build_registry  # noqa: E402
-from diffbench.results import RunDir  # noqa: E402
-from diffbench.runner import run_suite  # noqa: E402
-from diffbench.suite import parse_suite  # noqa: E402
+from diffbench.run.rundir import RunDir  # noqa: E402
+from diffbench.run.suite import parse_suite  # noqa: E402
 
 
 def main(n: int, out: str, device: str = "auto") -> None:

@@ -25,8 +25,8 @@ def smoke_with(fid_options: dict) -> dict:
 
 def se_by_method(out: Path) -> list[dict]:
     """One row per smoke cell: label, FID, jackknife s.e., bootstrap s.e. (two runs of the smoke suite)."""
-    from diffbench.runner import run_suite
-    from diffbench.suite import Suite
+    from diffbench.api import run_suite
+    from diffbench.run.suite import Suite
 
     runs = {}
     for method in ("jackknife", "bootstrap"):

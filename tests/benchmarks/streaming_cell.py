@@ -10,13 +10,13 @@ import sys
 
 import torch
 
-from diffbench.denoiser import DiffusionModel
+from diffbench.api import run_suite
+from diffbench.core.denoiser import DiffusionModel
+from diffbench.core.schedules import make_schedule
+from diffbench.core.targets import TARGETS
 from diffbench.hookspecs import hookimpl
 from diffbench.metrics.base import MetricValue, StreamingMetric
-from diffbench.noise import make_schedule
 from diffbench.registry import build_registry
-from diffbench.runner import run_suite
-from diffbench.targets import TARGETS
 
 
 def tiny_rgb64() -> DiffusionModel:
@@ -59,7 +59,7 @@ def main(n: int, out: str) -> None:
     registry = build_registry(extra_plugins=[Plugin()], autoload=False)
     suite = {"name": "rss", "model": "tiny-rgb64", "metrics": ["pooled-mean"], "num_samples": n, "batch_size": 500,
              "device": "cpu", "grid": {"sampler": ["euler"], "steps": [2]}}
-    from diffbench.suite import parse_suite
+    from diffbench.run.suite import parse_suite
 
     run_suite(parse_suite(suite, registry), out, registry=registry, progress=False, cache_dir=f"{out}-cache",
               draw=False)

@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from diffbench.denoiser import SigmaDenoiser  # noqa: E402
+from diffbench.core.denoiser import SigmaDenoiser  # noqa: E402
 from diffbench.models.diffusers import diffusers_model  # noqa: E402
 
 pytestmark = pytest.mark.benchmark

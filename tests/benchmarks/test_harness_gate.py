@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffbench import builtin, compare
+from diffbench import builtin
+from diffbench.analysis import compare
+from diffbench.api import run_suite
 from diffbench.registry import Registry
-from diffbench.results import RunDir
-from diffbench.runner import run_suite
-from diffbench.suite import parse_suite
+from diffbench.run.rundir import RunDir
+from diffbench.run.suite import parse_suite
 
 pytestmark = pytest.mark.benchmark
 
@@ -161,7 +162,7 @@ def test_harness_gate(model, tmp_path, benchmark, figures):
                    "compare does not use: " + ", ".join(f"{s} {v:.2f}" for s, v in wall_spread.items()))
     figures.append(f"  unchanged code, {len(pairs)} comparisons × {len(SAMPLERS)} cells: cells flagged by the harness "
                    f"check at tolerance {tols}: " + ", ".join(str(alarms[t]) for t in TOLERANCES)
-                   + f" (comparisons with any: " + ", ".join(str(info["false_alarm_comparisons"][str(t)])
+                   + " (comparisons with any: " + ", ".join(str(info["false_alarm_comparisons"][str(t)])
                                                              for t in TOLERANCES)
                    + f"); by the total-time check: {alarms['time']}")
     for f, m, share in rows:

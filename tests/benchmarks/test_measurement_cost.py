@@ -18,10 +18,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffbench.devices import one_thread
 from diffbench.metrics import fidelity
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.reference import ReferenceData
+from diffbench.util.devices import one_thread
 
 pytestmark = pytest.mark.benchmark
 N, D = 50_000, 2048
@@ -41,7 +41,10 @@ def _seconds(fn):
 
 def scoring_costs(n: int = N, d: int = D) -> dict[str, float]:
     """Seconds of each scoring step at n × d on one thread (one process, so the ratios share one load)."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_fid import (
+        fid_features_to_statistics,
+        fid_statistics_to_metric,
+    )
 
     gen, ref_rows = synthetic_features(n, d, 0.1, 1), synthetic_features(n, d, 0.0, 2)
     ref = ReferenceData(SimpleNamespace(stats=None), ref_rows, "synthetic")

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from diffbench.executors.ray import RayExecutor
-from diffbench.runner import run_suite
-from diffbench.suite import parse_suite
 from runhelpers import test_registry
+
+from diffbench.api import run_suite
+from diffbench.run.executors.ray import RayExecutor
+from diffbench.run.suite import parse_suite
 
 pytestmark = pytest.mark.benchmark
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_task_round_trip(benchmark, figures, ray_instance):
     """Submit one task with the run's payload and a cell, wait for its record: Ray's own cost per cell."""
     registry, _ = test_registry()
     suite = parse_suite(tiny_suite(1), registry)
-    from diffbench.suite import expand
+    from diffbench.run.suite import expand
 
     cell = expand(suite)[0]
     payload = ray_instance.put({"suite": suite, "registry": registry})

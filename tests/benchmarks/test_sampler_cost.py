@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import statistics
 import sys
 import time
 import types
@@ -30,13 +29,13 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
-from diffbench.noise import make_schedule
+from diffbench.core.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
+from diffbench.core.noise import StepNoise, initial_noise
+from diffbench.core.schedules import make_schedule
+from diffbench.core.targets import TARGETS
 from diffbench.registry import default_registry
+from diffbench.run.sampling import make_grid
 from diffbench.samplers import noise_draws
-from diffbench.sampling import make_grid
-from diffbench.seeding import StepNoise, initial_noise
-from diffbench.targets import TARGETS
 
 pytestmark = pytest.mark.benchmark
 STEPS, BATCHES, SHAPE = 20, (1, 256), (1, 8, 8)

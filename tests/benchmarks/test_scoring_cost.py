@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from diffbench.results import RunDir
-from diffbench.runner import run_suite
+from diffbench.api import run_suite
+from diffbench.run.rundir import RunDir
 
 pytestmark = pytest.mark.benchmark
 HERE = Path(__file__).resolve().parent

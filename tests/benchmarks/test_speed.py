@@ -12,14 +12,14 @@ import pytest
 import torch
 import yaml
 
-from diffbench.calibration import harness_overhead
-from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
-from diffbench.noise import make_schedule
+from diffbench.api import run_suite
+from diffbench.core.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser
+from diffbench.core.noise import StepNoise, initial_noise
+from diffbench.core.schedules import make_schedule
+from diffbench.core.targets import TARGETS
 from diffbench.registry import default_registry
-from diffbench.runner import run_suite
-from diffbench.sampling import make_grid
-from diffbench.seeding import StepNoise, initial_noise
-from diffbench.targets import TARGETS
+from diffbench.run.calibration import harness_overhead
+from diffbench.run.sampling import make_grid
 
 pytestmark = pytest.mark.benchmark
 BATCH, STEPS = 256, 20

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffbench.datasets import DatasetError, image_folder, npz_stats, open_reference, torchvision_root
+from diffbench.datasets import (
+    DatasetError,
+    image_folder,
+    npz_stats,
+    open_reference,
+    torchvision_root,
+)
 from diffbench.registry import build_registry
 
 

@@ -6,11 +6,12 @@ import signal
 import time
 from pathlib import Path
 
+from runhelpers import TestPlugin
+
 from diffbench.hookspecs import hookimpl
 from diffbench.registry import Registry, build_registry
 from diffbench.samplers import per_step
 from diffbench.samplers.euler import euler
-from runhelpers import TestPlugin
 
 _calls = 0  # sampler calls in this process
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from diffbench.executors.ray import RayExecutor
-from diffbench.results import RunDir
-from diffbench.runner import RunInterrupted, run_suite
-from diffbench.suite import parse_suite
 from rayhelpers import executor_registry
 from runhelpers import grid, small
+
+from diffbench.api import run_suite
+from diffbench.run.executors.ray import RayExecutor
+from diffbench.run.rundir import RunDir
+from diffbench.run.runner import RunInterrupted
+from diffbench.run.suite import parse_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ def numbers(path):
 
 
 def test_import_diffbench_does_not_import_ray():
-    code = ("import sys, diffbench, diffbench.runner, diffbench.cli, diffbench.executors.shard; "
+    code = ("import sys, diffbench, diffbench.run.runner, diffbench.cli, diffbench.run.shards; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

@@ -11,16 +11,17 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-
-from diffbench import registry as registry_module
-from diffbench.cli import cli
-from diffbench.executors.shard import Shard, merge
-from diffbench.results import RunDir
-from diffbench.runner import run_suite
-from diffbench.suite import SuiteError, expand, parse_suite
 from rayhelpers import executor_registry
 from runhelpers import grid, small
 from test_ray import numbers, run
+
+from diffbench import registry as registry_module
+from diffbench.api import merge_shards as merge
+from diffbench.api import run_suite
+from diffbench.cli import cli
+from diffbench.run.rundir import RunDir
+from diffbench.run.shards import Shard
+from diffbench.run.suite import SuiteError, expand, parse_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMINGS = ["sample_seconds", "seconds_per_sample", "network_share"]

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import yaml
-
-from diffbench.executors.ray import RayExecutor
-from diffbench.executors.split import split_ranges
-from diffbench.results import RunDir
 from runhelpers import grid, small
 from test_ray import numbers, run
+
+from diffbench.run.executors.ray import RayExecutor
+from diffbench.run.executors.split import split_ranges
+from diffbench.run.rundir import RunDir
 
 
 def test_ranges_cover_every_sample_once_on_batch_boundaries():
@@ -83,10 +83,11 @@ def test_combined_parts_report_the_unsplit_per_call_times():
     import statistics
     import time
 
-    from diffbench.cell import _summarise
-    from diffbench.executors.split import combine_results
-    from diffbench.sampling import sample
     from helpers import edm_model
+
+    from diffbench.run.cell import _summarise
+    from diffbench.run.executors.split import combine_results
+    from diffbench.run.sampling import sample
 
     base = edm_model()
 

@@ -6,16 +6,21 @@ import math
 
 import pytest
 import torch
+from helpers import conditional_model, edm_model, fit_slope, run, truncated_karras
 
 import diffbench
-from diffbench.denoiser import DiffusionModel
+from diffbench.core.denoiser import DiffusionModel
+from diffbench.core.sigma_grids import StepGrid
 from diffbench.hookspecs import hookimpl
 from diffbench.metrics.base import MetricContext
-from diffbench.metrics.exact import SolverError, exact_endpoints, starting_points, summarize
+from diffbench.metrics.exact import (
+    SolverError,
+    exact_endpoints,
+    starting_points,
+    summarize,
+)
 from diffbench.models.gmm import GaussianMixture
 from diffbench.registry import build_registry
-from diffbench.schedulers import StepGrid
-from helpers import conditional_model, edm_model, fit_slope, run, truncated_karras
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,12 +7,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from inception import random_inception_state, save_random_inception
 
 from diffbench.metrics import extractors
 from diffbench.metrics.base import MetricContext
-from diffbench.metrics.extractors import INCEPTION, UnsafeWeights, load_tensors, resolve_extractor
+from diffbench.metrics.extractors import (
+    INCEPTION,
+    UnsafeWeights,
+    load_tensors,
+    resolve_extractor,
+)
 from diffbench.metrics.fidelity import METRICS
-from inception import random_inception_state, save_random_inception
 
 RGB_MODEL = SimpleNamespace(name="rgb", dataset="digits", data_range=(-1.0, 1.0))
 

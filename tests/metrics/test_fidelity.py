@@ -60,7 +60,10 @@ def test_fid_and_kid_grow_with_a_shift_of_the_distribution(context):
 
 
 def test_fid_matches_torch_fidelity_and_fast_bootstrap_formula(context):
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_fid import (
+        fid_features_to_statistics,
+        fid_statistics_to_metric,
+    )
 
     ext = fidelity.resolve_extractor("digits-cnn", None, "fid")
     gen = fidelity.extract_features(digits("test").images, (-1.0, 1.0), ext)

@@ -6,12 +6,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from inception import random_inception_state, save_random_inception
 
 from diffbench.datasets import image_folder
 from diffbench.metrics import reference
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.fidelity import METRICS
-from inception import random_inception_state, save_random_inception
 
 
 def write_folder(folder, n, seed):

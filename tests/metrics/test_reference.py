@@ -7,14 +7,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from runhelpers import small, test_registry
 
+from diffbench.api import run_suite
 from diffbench.datasets import DatasetError, digits
 from diffbench.metrics import digits_cnn, extractors, fidelity, reference
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.fidelity import METRICS, MetricUnavailable
-from diffbench.runner import run_suite
-from diffbench.suite import SuiteError, parse_suite
-from runhelpers import small, test_registry
+from diffbench.run.suite import SuiteError, parse_suite
 
 
 def write_digit_pngs(folder: pathlib.Path, images: torch.Tensor) -> pathlib.Path:
@@ -114,9 +114,9 @@ def test_a_suite_names_an_image_folder_reference_and_the_manifest_records_it(tmp
     ({"name": "image-folder", "options": {"root": "x"}}, "reference.options.root: dataset 'image-folder' has no such option"),
 ])
 def test_a_bad_reference_is_a_one_line_suite_error_before_any_sampling(tmp_path, spec, match, monkeypatch):
-    import diffbench.cell
+    import diffbench.run.cell
 
-    monkeypatch.setattr(diffbench.cell, "sample_batches", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(diffbench.run.cell, "sample_batches", lambda *a, **k: pytest.fail("sampled"))
     reg, _ = test_registry()
     with pytest.raises(SuiteError, match=match) as err:
         run_suite(parse_suite(digits_suite(spec), reg), tmp_path / "run", registry=reg, progress=False, cache_dir=tmp_path / "c")

@@ -7,7 +7,7 @@ import torch
 from diffbench.datasets import digits
 from diffbench.metrics import extractors, fidelity
 from diffbench.metrics.base import Batch, MetricContext, MetricValue
-from diffbench.metrics.stream import FeatureRows, MetricError, MetricPlan
+from diffbench.metrics.stream import MetricError, MetricPlan
 from diffbench.registry import Registry
 
 DIGITS_MODEL = SimpleNamespace(name="stub", dataset="digits", data_range=(-1.0, 1.0))

@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import edm_model, start_points
 
 import diffbench
-from diffbench.denoiser import SigmaDenoiser
+from diffbench.core.denoiser import SigmaDenoiser
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.exact import SolverError
 from diffbench.metrics.trajectory import TrajectoryError, solve_reference
-from helpers import edm_model, start_points
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TIGHT = {"reference_tol": 1e-7, "max_steps": 4096}

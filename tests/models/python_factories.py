@@ -5,9 +5,9 @@ import math
 
 import torch
 
+from diffbench.core.schedules import make_schedule
+from diffbench.core.targets import TARGETS
 from diffbench.models.gmm import ExactNetwork, GaussianMixture
-from diffbench.noise import make_schedule
-from diffbench.targets import TARGETS
 
 
 def _exact(schedule: str, target: str) -> ExactNetwork:

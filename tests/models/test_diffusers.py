@@ -12,11 +12,15 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-import diffbench  # noqa: E402
-from diffbench.models.diffusers import ConfigError, diffusers_model, schedule_from_config  # noqa: E402
-from diffbench.sampling import make_grid  # noqa: E402
-
 import tiny_diffusers  # noqa: E402
+
+import diffbench  # noqa: E402
+from diffbench.models.diffusers import (  # noqa: E402
+    ConfigError,
+    diffusers_model,
+    schedule_from_config,
+)
+from diffbench.run.sampling import make_grid  # noqa: E402
 
 T = 1000
 
@@ -62,7 +66,7 @@ def test_squaredcos_matches_nichol_dhariwal():
     f = np.cos((np.arange(T + 1) / T + 0.008) / 1.008 * np.pi / 2) ** 2
     np.testing.assert_allclose(sched.alphas_cumprod[:-1], (f[1:] / f[0])[:-1], rtol=2e-5)
     # diffbench's own squaredcos schedule (for the python model) is the same table in float64
-    np.testing.assert_allclose(diffbench.noise.make_schedule("squaredcos").alphas_cumprod, sched.alphas_cumprod,
+    np.testing.assert_allclose(diffbench.core.schedules.make_schedule("squaredcos").alphas_cumprod, sched.alphas_cumprod,
                                rtol=2e-5)
 
 

@@ -27,14 +27,13 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 import diffusers  # noqa: E402
+import tiny_diffusers  # noqa: E402
 
-from diffbench.denoiser import SigmaDenoiser  # noqa: E402
+from diffbench.core.denoiser import SigmaDenoiser  # noqa: E402
+from diffbench.core.noise import StepNoise, initial_noise  # noqa: E402
 from diffbench.models.diffusers import diffusers_model  # noqa: E402
 from diffbench.registry import default_registry  # noqa: E402
-from diffbench.sampling import make_grid  # noqa: E402
-from diffbench.seeding import StepNoise, initial_noise  # noqa: E402
-
-import tiny_diffusers  # noqa: E402
+from diffbench.run.sampling import make_grid  # noqa: E402
 
 BATCH, STEPS = 8, 8
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}

@@ -33,13 +33,12 @@ import torch
 pytest.importorskip("diffusers")
 
 import diffusers  # noqa: E402
+import tiny_diffusers  # noqa: E402
 
-from diffbench.denoiser import SigmaDenoiser  # noqa: E402
+from diffbench.core.denoiser import SigmaDenoiser  # noqa: E402
+from diffbench.core.noise import StepNoise, initial_noise  # noqa: E402
 from diffbench.models.diffusers import diffusers_model  # noqa: E402
 from diffbench.registry import default_registry  # noqa: E402
-from diffbench.seeding import StepNoise, initial_noise  # noqa: E402
-
-import tiny_diffusers  # noqa: E402
 
 BATCH = 8
 TOL = 1e-10

@@ -8,11 +8,11 @@ import yaml
 
 pytest.importorskip("diffusers")
 
-from diffbench.registry import default_registry  # noqa: E402
-from diffbench.runner import run_suite  # noqa: E402
-from diffbench.suite import parse_suite  # noqa: E402
-
 import tiny_diffusers  # noqa: E402
+
+from diffbench.api import run_suite  # noqa: E402
+from diffbench.registry import default_registry  # noqa: E402
+from diffbench.run.suite import parse_suite  # noqa: E402
 
 SUITE = Path(__file__).resolve().parents[2] / "suites" / "tiny-diffusers.yaml"
 
@@ -40,8 +40,8 @@ def test_cifar10_suite_is_valid_and_its_grids_fit_a_cifar_shaped_ddpm(tmp_path):
     """Schema, plugins and options check offline; every cell's grid materialises on a stand-in folder with the
     public checkpoint's scheduler (DDPMScheduler, linear β 1e-4..0.02, 1000 steps) and shape 3×32×32."""
     from diffbench.models.diffusers import diffusers_model
-    from diffbench.sampling import make_grid
-    from diffbench.suite import expand, load_suite
+    from diffbench.run.sampling import make_grid
+    from diffbench.run.suite import expand, load_suite
 
     registry = default_registry()
     suite = load_suite(CIFAR, registry)
@@ -65,8 +65,8 @@ def test_cifar10_suite_is_valid_and_its_grids_fit_a_cifar_shaped_ddpm(tmp_path):
 
 def test_cifar10_validate_offline_names_the_missing_checkpoint(tmp_path, monkeypatch):
     """The full pre-flight loads the model: offline, without the checkpoint cached, that is one line."""
-    from diffbench.runner import preflight
-    from diffbench.suite import SuiteError
+    from diffbench.run.preparation import preflight
+    from diffbench.run.suite import SuiteError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

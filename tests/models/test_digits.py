@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffbench.checkpoints import shipped
+from diffbench.core.denoiser import SigmaDenoiser
 from diffbench.datasets import digits
-from diffbench.denoiser import SigmaDenoiser
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.fidelity import METRICS
 from diffbench.models import MODELS
-from diffbench.sampling import sample
+from diffbench.run.sampling import sample
+from diffbench.util.checkpoints import shipped
 
 NAMES = ["digits-eps", "digits-v", "digits-flow"]
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffbench.denoiser import SigmaDenoiser
+from diffbench.core.denoiser import SigmaDenoiser
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import edm_model, fit_slope, run, start_points, truncated_karras
 
 from diffbench.samplers import SAMPLERS
-from helpers import edm_model, fit_slope, run, start_points, truncated_karras
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,12 +9,12 @@ import math
 
 import pytest
 import torch
-
-from diffbench.denoiser import SigmaDenoiser
-from diffbench.samplers import SAMPLERS
-from diffbench.samplers.deis import deis_coefficients
 from diffusers_parity import alpha_of, eps_model, relative, run_diffusers
 from helpers import edm_model, start_points
+
+from diffbench.core.denoiser import SigmaDenoiser
+from diffbench.samplers import SAMPLERS
+from diffbench.samplers.deis import deis_coefficients
 
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 TOLERANCE = 1e-10

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from diffbench.denoiser import SigmaDenoiser
-from diffbench.samplers import SAMPLERS
-from diffbench.samplers._common import lowers_final
 from diffusers_parity import alpha_of, eps_model, relative, run_diffusers
 from helpers import edm_model, start_points
+
+from diffbench.core.denoiser import SigmaDenoiser
+from diffbench.samplers import SAMPLERS
+from diffbench.samplers._common import lowers_final
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TOLERANCE = 1e-10

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from diffbench.noise import make_schedule
-from diffbench.schedulers import exponential, karras, logsnr
 from helpers import SCHEDULES, edm_model, run, start_points, truncated_karras
+
+from diffbench.core.schedules import make_schedule
+from diffbench.core.sigma_grids import exponential, karras, logsnr
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

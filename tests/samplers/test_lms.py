@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from diffbench.denoiser import SigmaDenoiser
-from diffbench.samplers import SAMPLERS
-from diffbench.samplers.lms import lms_coefficients
 from diffusers_parity import relative, run_diffusers
 from helpers import edm_model, start_points
+
+from diffbench.core.denoiser import SigmaDenoiser
+from diffbench.samplers import SAMPLERS
+from diffbench.samplers.lms import lms_coefficients
 
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]

@@ -13,13 +13,13 @@ import math
 
 import pytest
 import torch
-
-from diffbench.denoiser import SigmaDenoiser
-from diffbench.samplers import SAMPLERS
-from diffbench.samplers.pc import pc_nfe
-from diffbench.seeding import StepNoise
 from diffusers_parity import relative
 from helpers import edm_model, start_points
+
+from diffbench.core.denoiser import SigmaDenoiser
+from diffbench.core.noise import StepNoise
+from diffbench.samplers import SAMPLERS
+from diffbench.samplers.pc import pc_nfe
 
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 TOLERANCE = 1e-10

@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
+from helpers import edm_model, run, start_points, truncated_karras
 
+from diffbench.core.sigma_grids import karras
 from diffbench.samplers import SAMPLERS
 from diffbench.samplers.restart import restart_index, restart_nfe, restart_segment
-from diffbench.schedulers import karras
-from helpers import edm_model, run, start_points, truncated_karras
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -69,9 +69,9 @@ def authors_restart(den, x, t_steps, restart_info, restart_gamma, s_min, s_max, 
 
 @pytest.mark.parametrize("points,times,gamma", [(3, 2, 0.0), (4, 1, 0.05), (6, 3, 0.05)])
 def test_equals_the_authors_loop(points, times, gamma):
-    from diffbench.denoiser import SigmaDenoiser
+    from diffbench.core.denoiser import SigmaDenoiser
+    from diffbench.core.noise import StepNoise
     from diffbench.samplers import noise_draws
-    from diffbench.seeding import StepNoise
 
     model = edm_model("eps")
     x = start_points(8, 80.0, seed=3)

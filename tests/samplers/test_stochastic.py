@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import edm_model
 
 import diffbench
-from diffbench.sampling import resolve_options
-from helpers import edm_model
+from diffbench.registry import resolve_options
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import diffbench
+from diffbench.core.noise import initial_noise
+from diffbench.core.sigma_grids import karras
 from diffbench.models.gmm import gmm
 from diffbench.registry import build_registry
 from diffbench.samplers import SAMPLERS
-from diffbench.schedulers import karras
-from diffbench.seeding import initial_noise
 from diffbench_extra.ipndm import fixed_weights, ipndm, ipndm_v, variable_weights
 from diffbench_extra.unipc import unipc
 
@@ -105,10 +105,10 @@ grid:
 
 def test_runs_in_a_suite(tmp_path):
     """A suite that requires this distribution runs its samplers and records the measured NFE."""
-    runner = pytest.importorskip("diffbench.runner")
+    api = pytest.importorskip("diffbench.api")
     path = tmp_path / "extra.yaml"
     path.write_text(SUITE)
-    result = runner.run_suite(path, tmp_path / "run", registry=REGISTRY, progress=False, draw=False)
+    result = api.run_suite(path, tmp_path / "run", registry=REGISTRY, progress=False, draw=False)
     assert result.failed == 0 and result.ran == len(NAMES)
     cells = {r["sampler"]: r for r in result.run.read_cells()}
     assert set(cells) == set(NAMES)

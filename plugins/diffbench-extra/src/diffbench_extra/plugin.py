@@ -5,7 +5,6 @@ from typing import Any
 
 from diffbench.hookspecs import hookimpl
 from diffbench.samplers import per_step
-
 from diffbench_extra.ipndm import ipndm, ipndm_v
 from diffbench_extra.unipc import unipc
 

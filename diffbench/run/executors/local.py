@@ -7,9 +7,9 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
-from diffbench.cell import run_cell
-from diffbench.executors import Finished, Job
-from diffbench.suite import CellSpec
+from diffbench.run.cell import run_cell
+from diffbench.run.executors import Finished, Job
+from diffbench.run.suite import CellSpec
 
 
 def worker_info(executor: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:

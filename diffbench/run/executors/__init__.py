@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 if TYPE_CHECKING:
-    from diffbench.denoiser import DiffusionModel
+    from diffbench.core.denoiser import DiffusionModel
     from diffbench.metrics.base import MetricContext
     from diffbench.registry import Registry
-    from diffbench.results import RunDir
-    from diffbench.suite import CellSpec, Suite
+    from diffbench.run.rundir import RunDir
+    from diffbench.run.suite import CellSpec, Suite
 
 EXECUTORS = ("local", "ray")
 
@@ -75,11 +75,11 @@ def make_executor(name: str = "local", *, address: str | None = None, **options:
             raise ExecutorError("--address needs --executor ray")
         if options.get("cell_parts", 1) != 1:
             raise ExecutorError("--cell-parts needs --executor ray")
-        from diffbench.executors.local import LocalExecutor
+        from diffbench.run.executors.local import LocalExecutor
 
         return LocalExecutor()
     if name == "ray":
-        from diffbench.executors.ray import RayExecutor
+        from diffbench.run.executors.ray import RayExecutor
 
         return RayExecutor(address=address, **options)
     raise ExecutorError(f"unknown executor {name!r}; executors: {', '.join(EXECUTORS)}")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffbench.metrics.base import Batch
-from diffbench.metrics.digits_cnn import to_uint8
-from diffbench.results import write_atomic
+from diffbench.core.batch import Batch
+from diffbench.core.images import to_uint8
+from diffbench.run.rundir import write_atomic
 
 MODES = ("none", "png", "npz")
 

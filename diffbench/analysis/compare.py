@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from diffbench.metrics.base import conventional_direction
-from diffbench.results import STATUS_OK, DamagedFileError, RunDir, dumps, find_run
-from diffbench.text import shorten
+from diffbench.run.rundir import STATUS_OK, DamagedFileError, RunDir, dumps, find_run
+from diffbench.util.text import shorten
 
 Z = 2.0
 TIME_TOL = 0.25  # in-call normalised time varied ≤ 4.3% over 8 smoke runs on a loaded 2-core CPU

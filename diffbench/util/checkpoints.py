@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load, save_file
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # diffbench/data
 
 
 def shipped(name: str) -> Path:

@@ -17,13 +17,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
-from diffbench.devices import DTYPES
-from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution
-from diffbench.suitefile import MAX_BYTES, SuiteFileError, check_data, parse_yaml, plain, yaml_path
+from diffbench.registry import (
+    Component,
+    Registry,
+    UnknownComponentError,
+    normalize_distribution,
+)
+from diffbench.run.suitefile import (
+    MAX_BYTES,
+    SuiteFileError,
+    check_data,
+    parse_yaml,
+    plain,
+    yaml_path,
+)
+from diffbench.util.devices import DTYPES
 
 AXES = ("model", "sampler", "scheduler", "steps", "guidance")
 NAMED_AXES = ("model", "sampler", "scheduler")  # entries with a name and a label
@@ -182,7 +202,7 @@ class Suite(Strict):
     device: str = "auto"
     dtype: Literal[tuple(DTYPES)] | None = None  # type: ignore[valid-type]  # None: the model's own
     conditional: bool = True
-    save_samples: Literal["none", "png", "npz"] = "none"  # besides the preview grid; see diffbench.saving
+    save_samples: Literal["none", "png", "npz"] = "none"  # besides the preview grid; see diffbench.run.saving
     grid: GridSpec
     include: list[Rule] = Field(default_factory=list)
     exclude: list[Rule] = Field(default_factory=list)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from diffbench.noise import Coef
+from diffbench.core.schedules import Coef
 
 
 class EpsTarget:

@@ -8,24 +8,25 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-from diffbench.denoiser import DiffusionModel, NetworkCounter, SigmaDenoiser, evaluations_per_call
-from diffbench.devices import resolve_device, resolve_dtype, synchronize
-from diffbench.memory import release_free_memory
-from diffbench.metrics.base import Batch
-from diffbench.registry import BUILTIN_PLUGIN, Component, Registry, default_registry
+from diffbench.core.batch import Batch
+from diffbench.core.denoiser import (
+    DiffusionModel,
+    NetworkCounter,
+    SigmaDenoiser,
+    evaluations_per_call,
+)
+from diffbench.core.noise import StepNoise, initial_noise
+from diffbench.core.sigma_grids import StepGrid, materialize
+from diffbench.registry import (
+    BUILTIN_PLUGIN,
+    Component,
+    Registry,
+    default_registry,
+    resolve_options,
+)
 from diffbench.samplers import noise_draws
-from diffbench.schedulers import StepGrid, materialize
-from diffbench.seeding import StepNoise, initial_noise
-
-
-def resolve_options(component: Component, given: dict[str, Any] | None) -> dict[str, Any]:
-    """Defaults of ``component`` overridden by ``given``; unknown options are a ValueError."""
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(component.options))
-    if unknown:
-        allowed = ", ".join(sorted(component.options)) or "none"
-        raise ValueError(f"{component.kind} {component.name!r} has no option {unknown[0]!r}; options: {allowed}")
-    return {**component.options, **given}
+from diffbench.util.devices import resolve_device, resolve_dtype, synchronize
+from diffbench.util.memory import release_free_memory
 
 
 @dataclass

@@ -14,8 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffbench import plots
-from diffbench.results import STATUS_OK, UNCERTAINTY_SUFFIX, RunDir, metric_names, write_atomic
+from diffbench.analysis import plots
+from diffbench.run.rundir import (
+    STATUS_OK,
+    UNCERTAINTY_SUFFIX,
+    RunDir,
+    metric_names,
+    write_atomic,
+)
 
 NFE_WINDOW = 1.25
 Z = 2.0

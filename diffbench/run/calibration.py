@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from diffbench.denoiser import DiffusionModel
-from diffbench.devices import synchronize
+from diffbench.core.denoiser import DiffusionModel
+from diffbench.util.devices import synchronize
 
 
 def _network_inputs(model: DiffusionModel, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -100,7 +100,7 @@ def harness_overhead(model: DiffusionModel, sampler: str = "euler", *, steps: in
     over NFE calls (a median of the bare calls would drop the slow tail that the sampling total keeps,
     and read load spikes as harness overhead).
     """
-    from diffbench.sampling import sample
+    from diffbench.run.sampling import sample
 
     kw = dict(steps=steps, scheduler=scheduler, num_samples=batch_size, batch_size=batch_size, **sample_kwargs)
     first = sample(model, sampler, **kw)  # warm-up, and the NFE this configuration makes

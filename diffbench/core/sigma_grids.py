@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from diffbench.noise import DiscreteVP, NoiseSchedule
+from diffbench.core.schedules import DiscreteVP, NoiseSchedule
 
 
 def _with_zero(sigmas: np.ndarray) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from diffbench.suite import Suite, SuiteError, axis_entries
+from diffbench.run.suite import Suite, SuiteError, axis_entries
 
 MAX_CELLS = 10_000  # cells in one run
 MAX_SAMPLES = 10_000_000  # samples over every cell and seed

@@ -7,7 +7,7 @@ A worker process that dies is retried by Ray (``max_retries``); a Python error i
 cell's recorded failure and is not retried (Ray's ``retry_exceptions`` stays off).
 
 With ``cell_parts=K`` every cell is instead split into K sample-index ranges per seed group, one
-task each (``diffbench.executors.split``): the tasks return feature rows, and the driver gathers
+task each (``diffbench.run.executors.split``): the tasks return feature rows, and the driver gathers
 them and scores each metric once, so one big cell uses K workers and gives the unsplit numbers.
 """
 from __future__ import annotations
@@ -19,13 +19,20 @@ import uuid
 from dataclasses import replace
 from typing import Any, Iterator
 
-from diffbench.cell import CELL_FAILURES, CellError, failed_record, run_cell, sampling_call
-from diffbench.executors import ExecutorError, Finished, Job
-from diffbench.executors.local import worker_info
-from diffbench.executors.split import Part, cell_parts, gather, sample_part
-from diffbench.results import RunDir
-from diffbench.suite import CellSpec
-from diffbench.timelimit import TimeLimitExceeded, time_limit
+from diffbench.run.cell import (
+    CELL_FAILURES,
+    CellError,
+    failed_record,
+    run_cell,
+    sampling_call,
+)
+from diffbench.run.executors import ExecutorError, Finished, Job
+from diffbench.run.executors.local import worker_info
+from diffbench.run.executors.split import Part, cell_parts, gather, sample_part
+from diffbench.run.preparation import load_models
+from diffbench.run.rundir import RunDir
+from diffbench.run.suite import CellSpec
+from diffbench.run.timelimit import TimeLimitExceeded, time_limit
 
 INSTALL = 'pip install "diffbench[ray]"'
 MAX_RETRIES = 3  # Ray's default for tasks: a worker that dies is retried this many times
@@ -69,8 +76,6 @@ def _worker_model(payload: dict[str, Any], cell: CellSpec, threads: int) -> Any:
         os.chdir(payload["cwd"])
     suite, registry = payload["suite"], payload["registry"]
     if _STATE.get("token") != payload["token"]:
-        from diffbench.runner import load_models
-
         _STATE.clear()
         _STATE.update(token=payload["token"], models=load_models(suite, registry), warmed=set())
     model = _STATE["models"][cell.model.key]

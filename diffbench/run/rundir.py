@@ -168,6 +168,8 @@ def metric_names(frame: pd.DataFrame) -> list[str]:
 class RunDir:
     """A run's output directory."""
 
+    owns_table = True  # writes cells.csv, plots and report.md (a shard's view leaves them to the merge)
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.cells_dir = self.path / "cells"
@@ -217,8 +219,11 @@ class RunDir:
     def cell_path(self, cell_id: str, suffix: str = ".json") -> Path:
         return self.cells_dir / f"{cell_id}{suffix}"
 
-    def write_cell(self, record: dict[str, Any]) -> None:
-        write_json(self.cell_path(record["cell_id"]), record)
+    def write_cell(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Write the cell's record; returns it as written (strict JSON: what ``read_cell`` gives back)."""
+        text = dumps(record)
+        write_atomic(self.cell_path(record["cell_id"]), text)
+        return json.loads(text)
 
     def read_cell(self, cell_id: str) -> dict[str, Any] | None:
         """The cell's record, None when there is none; DamagedFileError when it cannot be read."""

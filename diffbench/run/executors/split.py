@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
-from diffbench.cell import SampledGroup, metric_plan, stream_group
-from diffbench.denoiser import DiffusionModel
+from diffbench.core.denoiser import DiffusionModel
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.stream import MetricPlan
 from diffbench.registry import Registry
-from diffbench.results import RunDir
-from diffbench.sampling import SampleResult
-from diffbench.saving import SampleSaver
-from diffbench.suite import CellSpec, Suite
+from diffbench.run.cell import SampledGroup, metric_plan, stream_group
+from diffbench.run.rundir import RunDir
+from diffbench.run.sampling import SampleResult
+from diffbench.run.saving import SampleSaver
+from diffbench.run.suite import CellSpec, Suite
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,7 +44,7 @@ class Scored:
 def _checked(registry: Any, kind: str, cls, value: Any, path: str):
     """A suite entry (a name or a mapping) parsed as ``cls`` and checked against ``registry`` (SuiteError)."""
     from diffbench.registry import UnknownComponentError
-    from diffbench.suite import SuiteError, check_options, first_error
+    from diffbench.run.suite import SuiteError, check_options, first_error
 
     try:
         spec = cls.model_validate({"name": value} if isinstance(value, str) else value)
@@ -131,11 +131,11 @@ def score(reference: Any, metrics: list[Any], *, samples: str | Path | None = No
     every metric must score extractor features (fid, fid-inf, kid, prc); the features must come from the
     extractor those metrics use (their ``extractor`` option; default Inception, digits-cnn on digits).
     """
-    from diffbench.devices import resolve_device
     from diffbench.metrics.stream import MetricPlan
     from diffbench.registry import default_registry
-    from diffbench.runner import default_cache_dir
-    from diffbench.suite import MetricSpec, ReferenceSpec
+    from diffbench.run.preparation import default_cache_dir
+    from diffbench.run.suite import MetricSpec, ReferenceSpec
+    from diffbench.util.devices import resolve_device
 
     if (samples is None) == (features is None):
         raise ScoreError("give samples (an image folder or .npz) or --features FILE.npz, one of the two")

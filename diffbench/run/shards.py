@@ -15,9 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffbench.executors import placement
-from diffbench.results import LOCK_NAME, STATUS_FAILED, STATUS_OK, RunDir, check_writable, read_json, write_json
-from diffbench.suite import CellSpec, Suite, SuiteError
+from diffbench.run.rundir import (
+    LOCK_NAME,
+    RunDir,
+    check_writable,
+    read_json,
+    write_json,
+)
+from diffbench.run.suite import CellSpec, Suite, SuiteError
 
 SHARDS_DIR = "shards"
 
@@ -53,6 +58,8 @@ class Shard:
 
 class ShardDir(RunDir):
     """A shard's view of a shared run directory: shared ``cells/``, its own manifest and suite file."""
+
+    owns_table = False
 
     def __init__(self, path: str | Path, shard: Shard) -> None:
         super().__init__(path)
@@ -109,7 +116,7 @@ class Merged:
     run: RunDir
     frame: Any
     missing: list[str]
-    plot_files: list[Path]
+    records: list[dict[str, Any]]  # the suite's cell records, as in cells.csv
 
 
 def _time(stamp: str | None) -> dt.datetime | None:
@@ -119,15 +126,15 @@ def _time(stamp: str | None) -> dt.datetime | None:
         return None
 
 
-def merge(path: str | Path, registry: Any = None, *, draw: bool = True) -> Merged:
-    """Merge the shards in ``path``: manifest.json, suite.json, cells.csv, plots and report.md for the whole suite.
+def merge(path: str | Path, registry: Any = None) -> Merged:
+    """Merge the shards in ``path``: manifest.json, suite.json and cells.csv for the whole suite.
 
     The suite is taken from the shards' own copies (they must agree). Cells that no shard finished
-    are listed in the manifest (``missing_cells``) and the report; the run's status is ``complete``
-    only when every cell has a record and every shard finished.
+    are listed in the manifest (``missing_cells``); the run's status is ``complete`` only when every
+    cell has a record and every shard finished. Plots and report: ``diffbench.api.merge_shards``.
     """
     from diffbench.registry import default_registry
-    from diffbench.suite import parse_suite
+    from diffbench.run.suite import parse_suite
 
     root = Path(path)
     states = sorted((root / SHARDS_DIR).glob("*/manifest.json"))
@@ -143,13 +150,12 @@ def merge(path: str | Path, registry: Any = None, *, draw: bool = True) -> Merge
     suite = parse_suite(suite_data, registry or default_registry(), source=str(root / "suite.json"))
     run = RunDir(root)
     with run.lock():  # no unsharded run writes here while the merge does
-        return _merge(run, suite, suite_data, manifests, draw)
+        return _merge(run, suite, suite_data, manifests)
 
 
-def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dict[str, dict[str, Any]],
-           draw: bool) -> Merged:
-    from diffbench import plots, report
-    from diffbench.suite import expand
+def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> Merged:
+    from diffbench.run.closing import closed_manifest
+    from diffbench.run.suite import expand
 
     cells = expand(suite)
     wanted = {c.cell_id: c.config_hash for c in cells}
@@ -163,31 +169,23 @@ def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dic
     starts = [t for t in (_time(m.get("started")) for m in manifests.values()) if t is not None]
     ends = [t for t in (_time(m.get("finished")) for m in manifests.values()) if t is not None]
     info: dict[str, Any] = {}
-    values: dict[str, Any] = {}
     for m in manifests.values():
         info.update(m.get("metric_info") or {})
-        values.update(m.get("metric_values") or {})
     frame = run.write_csv(records)
     all_done = all(m.get("status") == "complete" for m in manifests.values())
     manifest = {
         **{k: v for k, v in first.items() if k not in ("shard", "cells", "resumed", "wall_seconds_before")},
-        "status": "complete" if all_done and not missing else "incomplete",
         "started": min(starts).isoformat() if starts else first.get("started"),
-        "finished": max(ends).isoformat() if ends else None,
-        "wall_seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else None,
-        "metric_info": info, "metric_values": values,
-        "cells": {"total": len(cells), "ok": int((frame["status"] == STATUS_OK).sum()),
-                  "failed": int((frame["status"] == STATUS_FAILED).sum()), "missing": len(missing)},
         "missing_cells": missing, "damaged_records": damaged,
         "sharded": {"shards": {name: {k: m.get(k) for k in ("status", "started", "finished", "wall_seconds",
                                                             "command", "executor", "cells")}
                                for name, m in manifests.items()},
                     "shard_seconds": sum(m.get("wall_seconds") or 0.0 for m in manifests.values())},
-        "executor": {"name": "shards", "cells": {r["cell_id"]: placement(r) for r in records}},
+        "executor": {"name": "shards"},
     }
     write_json(run.suite_path, suite_data)
-    run.write_manifest(manifest)
-    files = plots.make_plots(frame, run.path, report.directions(manifest)) if draw and len(frame) else []
-    report.write_report(run, frame, files, records)
-    return Merged(run, frame, missing, files)
-
+    run.write_manifest(closed_manifest(
+        manifest, records, frame, total=len(cells), status="complete" if all_done and not missing else "incomplete",
+        finished=max(ends).isoformat() if ends else None, metric_info=info, missing=missing,
+        wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None))
+    return Merged(run, frame, missing, records)

@@ -6,17 +6,17 @@ prediction target); ``SigmaDenoiser`` converts, counts every network evaluation 
 """
 from __future__ import annotations
 
-import time
 import copy
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
 
-from diffbench.conditioning import ClassLabels
-from diffbench.noise import Coef, NoiseSchedule
+from diffbench.core.conditioning import ClassLabels
+from diffbench.core.schedules import Coef, NoiseSchedule
 
 Network = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 

@@ -17,17 +17,28 @@ from typing import Any, Callable
 
 import torch
 
-from diffbench import plots
-from diffbench.denoiser import DiffusionModel
-from diffbench.metrics.base import Batch, MetricContext, MetricValue, conventional_direction
+from diffbench.core.denoiser import DiffusionModel
+from diffbench.metrics.base import (
+    Batch,
+    MetricContext,
+    MetricValue,
+    conventional_direction,
+)
 from diffbench.metrics.stream import FeatureRows, MetricError, MetricPlan
-from diffbench.registry import Component, Registry
-from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir
-from diffbench.saving import SampleSaver
-from diffbench.sampling import SampleResult, SamplerOutputError, SamplingCall, resolve_options, sample_batches
-from diffbench.suite import CellSpec, Suite
-from diffbench.timelimit import TimeLimitExceeded
-from diffbench.timelimit import time_limit as limit_time
+from diffbench.registry import Component, Registry, resolve_options
+from diffbench.run import pictures
+from diffbench.run.rundir import STATUS_FAILED, STATUS_OK, RunDir
+from diffbench.run.sampling import (
+    SampleResult,
+    SamplerOutputError,
+    SamplingCall,
+    sample_batches,
+)
+from diffbench.run.saving import SampleSaver
+from diffbench.run.suite import CellSpec, Suite
+from diffbench.run.timelimit import TimeLimitExceeded
+from diffbench.run.timelimit import time_limit as limit_time
+
 
 def now() -> str:
     """Local time with offset, to the second (ISO 8601)."""
@@ -224,7 +235,7 @@ def _describe_sampling(rec: dict[str, Any], res: SampleResult) -> None:
 
 
 class Preview:
-    """The samples the cell's picture shows: the first ``plots.MAX_PREVIEW`` images, or every 2-D point."""
+    """The samples the cell's picture shows: the first ``pictures.MAX_PREVIEW`` images, or every 2-D point."""
 
     def __init__(self) -> None:
         self.parts: list[torch.Tensor] = []
@@ -233,7 +244,7 @@ class Preview:
     def add(self, batch: Batch) -> None:
         x = batch.samples
         if x.ndim != 2:  # a scatter of points shows them all (a few bytes each), a grid the first images
-            x = x[:max(plots.MAX_PREVIEW - self.count, 0)]
+            x = x[:max(pictures.MAX_PREVIEW - self.count, 0)]
         if len(x):
             self.parts.append(x)
             self.count += len(x)
@@ -277,7 +288,7 @@ def _sample_picture(samples: torch.Tensor | None, model: DiffusionModel, path: P
         reference = None
         if model.analytic is not None and hasattr(model.analytic, "sample") and samples.ndim == 2:
             reference = model.analytic.sample(len(samples), generator=torch.Generator().manual_seed(0))
-        written = plots.save_samples(samples, path, data_range=model.data_range, reference=reference)
+        written = pictures.save_samples(samples, path, data_range=model.data_range, reference=reference)
     except Exception as exc:
         print(f"diffbench: warning: no sample picture for {path.stem}: {exc}", file=sys.stderr)
         return None

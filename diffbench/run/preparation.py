@@ -1,0 +1,233 @@
+"""Preparing a run: every check before anything is written, the models loaded, the warm-up.
+
+Executors (local, Ray) load models through :func:`load_models`; the runner calls :func:`preflight`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+
+from diffbench.core.denoiser import DiffusionModel, evaluations_per_call
+from diffbench.metrics.base import MetricContext
+from diffbench.metrics.stream import MetricError
+from diffbench.registry import Registry, default_registry, resolve_options
+from diffbench.run.cell import CELL_FAILURES, metric_plan, sampling_call
+from diffbench.run.outdir import choose_run_dir
+from diffbench.run.plan import Plan, check_batch_bytes, check_grid_size, check_plan
+from diffbench.run.rundir import check_writable
+from diffbench.run.sampling import make_grid
+from diffbench.run.shards import Shard
+from diffbench.run.suite import (
+    CellSpec,
+    Suite,
+    SuiteError,
+    check_plugins,
+    expand,
+    load_suite,
+)
+from diffbench.run.timelimit import TimeLimitExceeded, check_seconds, time_limit
+from diffbench.samplers import noise_draws
+from diffbench.util.devices import resolve_device, resolve_dtype
+from diffbench.util.trust import UntrustedCodeError, check_suite_code, code_trusted
+
+CACHE_ENV = "DIFFBENCH_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """Where metrics cache reference statistics: $DIFFBENCH_CACHE_DIR or ~/.cache/diffbench."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "diffbench")
+
+
+@dataclass
+class Prepared:
+    """A suite past every pre-flight check: its cells, models (loaded, warmed up), plan and metric context."""
+
+    suite: Suite
+    cells: list[CellSpec]
+    models: dict[str, DiffusionModel]
+    plan: Plan
+    context: MetricContext
+    registry: Registry
+    warm_start: float  # perf_counter() when the warm-up began (wall-clock counts from here)
+
+
+def load_models(suite: Suite, registry: Registry) -> dict[str, DiffusionModel]:
+    """The suite's models by key, on its device and dtype; a bad option or device is a SuiteError."""
+    try:
+        device = resolve_device(suite.device)
+    except ValueError as exc:
+        raise SuiteError(f"device: {exc}") from None
+    models = {}
+    for i, spec in enumerate(suite.model):
+        comp = registry.get("model", spec.name)
+        where = "model" if len(suite.model) == 1 else f"model[{i}]"
+        try:
+            model = comp.obj(**resolve_options(comp, spec.options))
+        except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a model that cannot load is a configuration error
+            text = str(exc) if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {exc}"
+            raise SuiteError(f"{where}: {spec.name!r} could not be loaded: {text}") from None
+        if suite.reference is not None:
+            model.dataset = suite.reference  # distribution metrics score against model.dataset
+        models[spec.key] = model.to(device, resolve_dtype(suite.dtype, model.dtype))
+    return models
+
+
+def check_cells(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel], registry: Registry,
+               allow_large: bool = False) -> Plan:
+    """Config problems that need the model (guidance on an unconditional model, grids it cannot take, a
+    batch's noise too large); returns the run's plan with its declared network evaluations."""
+    keys = [s.key for s in suite.grid.scheduler]
+    nfe = 0.0
+    for cell in cells:
+        model = models[cell.model.key]
+        if cell.guidance is not None and model.condition is None:
+            raise SuiteError(f"grid.guidance: model {cell.model.key!r} is unconditional; use guidance: [null]")
+        if cell.guidance is not None and not suite.conditional:
+            raise SuiteError("grid.guidance: guidance needs conditional: true")
+        try:
+            grid, _ = make_grid(model, cell.scheduler.name, cell.steps, cell.scheduler.options,
+                                quantize=cell.scheduler.quantize, final_zero=cell.scheduler.final_zero,
+                                registry=registry)
+        except CELL_FAILURES as exc:
+            where = f"grid.scheduler[{keys.index(cell.scheduler.key)}]" if cell.scheduler.key in keys else "include"
+            text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            raise SuiteError(f"{where} ({cell.scheduler.key}, steps={cell.steps}){_on_model(suite, cell)}: "
+                             f"{text}") from None
+        comp = registry.get("sampler", cell.sampler.name)
+        options = resolve_options(comp, cell.sampler.options)
+        try:
+            per_sample = comp.meta["nfe"](grid.sigmas, **options) * evaluations_per_call(cell.guidance)
+        except CELL_FAILURES:
+            per_sample = len(grid.sigmas) * evaluations_per_call(cell.guidance)  # the cell will record the bug
+        nfe += float(per_sample) * suite.num_samples * len(suite.seeds)
+        stochastic = comp.meta.get("stochastic")
+        try:
+            bank = noise_draws(comp.meta, grid.sigmas, options) if stochastic is None or stochastic(**options) else 0
+        except CELL_FAILURES:
+            bank = len(grid.sigmas) - 1  # the cell will record the bug
+        # what one batch draws before its first network call: starting noise, and the step-noise bank
+        # (steps × the sampler's draws per step: pc and restart draw several)
+        rows = min(suite.batch_size, suite.num_samples)
+        size = math.prod(model.shape) * torch.empty((), dtype=model.dtype).element_size()
+        check_batch_bytes(rows * size * (1 + bank), "batch_size × grid.steps", allow_large)
+    return Plan(len(cells), len(suite.seeds), suite.num_samples, nfe)
+
+
+def _on_model(suite: Suite, cell: CellSpec) -> str:
+    """' on model X' in messages, where the suite has several."""
+    return f" on model {cell.model.key!r}" if len(suite.model) > 1 else ""
+
+
+def warm_up(suite: Suite, cells: list[CellSpec], model: DiffusionModel, registry: Registry,
+             context: MetricContext) -> None:
+    """One untimed full-batch sampling call per model, so first-call costs stay out of every cell's time.
+
+    Every metric is set up first and scores the warm-up batch: a metric that cannot run on this model
+    (no reference dataset, extractor weights missing, not analytic, or any other exception) is a
+    configuration error found before anything is written, rather than the same failure in every cell.
+    Scoring the warm-up batch also fills the reference-feature cache. A sampler that fails here fails
+    its own cells later; the warm-up moves on to the next sampler.
+    """
+    try:
+        plan = metric_plan(suite, model, registry, context)
+    except MetricError as exc:
+        _metric_config_error(suite, cells[0], exc)
+    tried = set()
+    for cell in cells:
+        if cell.sampler.key in tried:
+            continue
+        tried.add(cell.sampler.key)
+        rows = plan.rows()
+        try:
+            with time_limit(suite.time_limit):
+                call = sampling_call(suite, cell, model, registry, suite.seeds[0],
+                                     min(suite.batch_size, suite.num_samples))
+                for batch in call:
+                    rows.add(batch)
+        except MetricError as exc:
+            _metric_config_error(suite, cell, exc)
+        except (*CELL_FAILURES, TimeLimitExceeded):
+            continue  # the cell itself will fail and record why
+        try:
+            with time_limit(suite.time_limit):
+                plan.score(rows, call.result)
+        except MetricError as exc:
+            _metric_config_error(suite, cell, exc)
+        except TimeLimitExceeded as exc:
+            raise SuiteError(f"metrics: scoring one warm-up batch ran past time_limit ({exc})") from None
+        return
+
+
+def _metric_config_error(suite: Suite, cell: CellSpec, exc: MetricError) -> NoReturn:
+    """A metric failing during the warm-up, whatever it raised, is a SuiteError naming the suite's metrics entry."""
+    i = next((i for i, m in enumerate(suite.metrics) if m.name == exc.metric), None)
+    where = f"metrics[{i}] ({exc.metric})" if i is not None else f"metric {exc.metric!r}"
+    orig = exc.original
+    text = str(orig) if isinstance(orig, ValueError) else f"{type(orig).__name__}: {orig}"
+    raise SuiteError(f"{where}{_on_model(suite, cell)}: {text.splitlines()[0] if text else type(orig).__name__}") \
+        from None
+
+
+def static_checks(suite: Suite | str | Path, registry: Registry | None = None, *, time_limit: float | None = None,
+                  allow_large: bool = False, trust_code: bool | None = None) -> tuple[Suite, list[CellSpec]]:
+    """The checks that need no model, data or weights: the suite file (strict values, bounded YAML), the
+    plugins and their options, consent for any code the suite names (``trust_code``; None: the
+    DIFFBENCH_TRUST_CODE environment setting), the time limit, the grid's size and that it is not empty.
+    Returns the checked suite and its cells; raises SuiteError with a one-line message."""
+    registry = registry or default_registry()
+    suite = load_suite(suite, registry) if isinstance(suite, (str, Path)) else check_plugins(suite, registry)
+    try:
+        check_suite_code(suite, registry, code_trusted(trust_code))
+    except UntrustedCodeError as exc:
+        raise SuiteError(str(exc)) from None
+    if time_limit is not None:
+        try:
+            suite = suite.model_copy(update={"time_limit": check_seconds(time_limit)})
+        except ValueError as exc:
+            raise SuiteError(f"--time-limit: {exc}") from None
+    check_grid_size(suite, allow_large)
+    cells = expand(suite)
+    if not cells:
+        raise SuiteError("grid: no cells are left after exclude and include")
+    return suite, cells
+
+
+def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, out_dir: str | Path | None = None,
+              resume: bool = False, results_root: str | Path | None = None, cache_dir: str | Path | None = None,
+              time_limit: float | None = None, allow_large: bool = False, shard: Shard | None = None,
+              trust_code: bool | None = None) -> Prepared:
+    """Every check a run makes before it writes anything, in the order a run makes them.
+
+    The suite file (strict values, bounded YAML), the plugins and their options, the grid's size and
+    that it is not empty, the output and cache directories (when ``results_root`` is given: as a run
+    would use them), the models (device, sizes), every cell's σ grid on its model, guidance on
+    conditional models only, the plan's limits, and a warm-up that samples one batch per model and
+    tries every metric on it. Raises SuiteError (or RunDirError) with a one-line message. With
+    ``shard``, only that shard's cells (and its view of the shared run directory). ``trust_code``: see
+    ``static_checks``.
+    """
+    registry = registry or default_registry()
+    suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large,
+                                 trust_code=trust_code)
+    if shard is not None:
+        cells = shard.select(cells)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if results_root is not None:
+        choose_run_dir(suite, out_dir, resume, Path(results_root), shard, cache)
+    if suite.metrics:
+        check_writable(cache, "cache directory")
+    models = load_models(suite, registry)
+    plan = check_cells(suite, cells, models, registry, allow_large)
+    check_plan(plan, allow_large)
+    device = next(iter(models.values())).device
+    context = MetricContext(cache_dir=cache, device=device, seed=suite.seeds[0], info={}, registry=registry)
+    warm_start = time.perf_counter()
+    for key, model in models.items():
+        warm_up(suite, [c for c in cells if c.model.key == key], model, registry, context)
+    return Prepared(suite, cells, models, plan, context, registry, warm_start)

@@ -1,0 +1,238 @@
+"""Run a suite: expand the grid, sample and score every cell, write each finished cell at once.
+
+Each cell samples ``num_samples`` per seed from the same per-sample starting noise (sample i of
+seed s depends only on (s, i)), so cells are paired. Timing covers sampling only, after a
+warm-up call; metrics run after the clock stops. A cell that raises or produces non-finite
+samples is recorded as failed and the run goes on; Ctrl-C keeps every finished cell.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from diffbench.core.denoiser import DiffusionModel
+from diffbench.metrics.base import MetricContext
+from diffbench.registry import Registry
+from diffbench.run.calibration import bare_network_seconds, cpu_reference_seconds
+from diffbench.run.cell import now
+from diffbench.run.closing import closed_manifest
+from diffbench.run.executors import Executor, Job, make_executor
+from diffbench.run.outdir import DEFAULT_ROOT, choose_run_dir, claim_run_dir
+from diffbench.run.preparation import Prepared, preflight
+from diffbench.run.provenance import device_name, git_state, versions
+from diffbench.run.rundir import (
+    LOCK_NAME,
+    STATUS_OK,
+    DamagedFileError,
+    RunDir,
+    cells_frame,
+    write_atomic,
+    write_json,
+)
+from diffbench.run.shards import Shard
+from diffbench.run.suite import (
+    CellSpec,
+    Suite,
+    SuiteError,
+)
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C during a run; every finished cell is on disk."""
+
+    def __init__(self, run: RunDir, done: int, total: int, records: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(f"interrupted: {done} of {total} cells kept in {run.path}; "
+                         "finish with --resume")
+        self.run, self.done, self.total = run, done, total
+        self.records = records  # the suite's cell records kept (None: read them from the run directory)
+
+
+@dataclass
+class RunResult:
+    """What a finished run left behind."""
+
+    run: RunDir
+    cells: pd.DataFrame
+    ran: int
+    skipped: int
+    failed: int
+    records: list[dict[str, Any]] = field(default_factory=list)  # this suite's cell records, as in cells.csv
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @property
+    def failed_cells(self) -> int:
+        """Cells of the suite whose record is not ok, this run's and kept ones alike."""
+        return int((self.cells["status"] != STATUS_OK).sum()) if len(self.cells) else 0
+
+
+# --- provenance --------------------------------------------------------------------------------
+
+def calibrate(model: DiffusionModel, batch_size: int, repeats: int = 5) -> dict[str, Any]:
+    """Bare network time on one batch: the per-machine yardstick speed comparisons divide by."""
+    seconds = bare_network_seconds(model, batch_size, repeats=repeats)
+    return {"network_seconds_per_call": seconds, "batch_size": batch_size,
+            "method": f"median of {repeats} bare network calls on one batch after 2 warm-up calls",
+            "cpu_reference_seconds": cpu_reference_seconds()}
+
+
+def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Registry,
+                  command: str | None) -> dict[str, Any]:
+    model = next(iter(models.values()))
+    return {
+        "suite": suite.name, "description": suite.description, "status": "running",
+        "started": now(),
+        "command": command if command is not None else shlex.join(sys.argv),
+        "git": git_state(), "versions": versions(), "plugins": registry.plugin_versions(),
+        "device": str(model.device), "device_name": device_name(model.device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "models": {key: m.identity() for key, m in models.items()},
+        "reference": suite.reference.record() if suite.reference else model.dataset,
+        "num_samples": suite.num_samples,
+        "batch_size": suite.batch_size, "seeds": suite.seeds,
+        "metrics": {m.name: {"options": m.options} for m in suite.metrics},
+    }
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def _finish(run: RunDir, manifest: dict[str, Any], status: str, t0: float, context: MetricContext,
+            cells: list[CellSpec], records: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Write cells.csv from this suite's cell records and close the manifest (``closed_manifest``).
+
+    A shard (``run.owns_table`` false) closes only its own manifest: the shared table, plots and report
+    are the merge's (``diffbench report RUN``), so shards never write the same file. Plots and the
+    report are drawn above this layer (``diffbench.api``)."""
+    rows = list(records.values())
+    frame = run.write_csv(rows) if run.owns_table else cells_frame(rows)
+    run.write_manifest(closed_manifest(
+        manifest, rows, frame, total=len(cells), status=status, finished=now(), metric_info=context.info,
+        wall_seconds=manifest.get("wall_seconds_before", 0.0) + time.perf_counter() - t0))
+    return frame
+
+
+def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, resume: bool = False,
+              registry: Registry | None = None, progress: bool = True, cache_dir: str | Path | None = None,
+              command: str | None = None, results_root: str | Path = DEFAULT_ROOT,
+              time_limit: float | None = None, allow_large: bool = False,
+              announce: Callable[[str], None] | None = None, executor: Executor | str | None = None,
+              shard: Shard | str | None = None, trust_code: bool | None = None) -> RunResult:
+    """Run every cell of ``suite`` into ``out_dir`` (default ``results/<suite>/<run-id>/``).
+
+    With ``resume``, cells already finished with the same configuration are kept, not rerun
+    (failed cells and cells whose record cannot be read are rerun). ``time_limit`` (seconds, overriding the suite's) fails a cell that
+    takes longer. ``announce`` receives the plan and warnings as lines. ``executor`` computes the
+    cells ('local', the default, 'ray', or an Executor); this process writes every record. ``shard``
+    ('I/N') runs only shard I's cells into the shared ``out_dir`` under a lock of its own (see
+    ``diffbench.run.shards``). ``trust_code=True`` lets the suite name code to import and run (a
+    ``python`` model's factory; None: the DIFFBENCH_TRUST_CODE environment setting; see
+    ``diffbench.util.trust``). Raises SuiteError for a suite that cannot run and RunDirError for
+    an unusable or busy run directory (both before writing anything), and RunInterrupted on Ctrl-C,
+    after saving everything finished.
+    """
+    say = announce or (lambda line: None)
+    if isinstance(shard, str):
+        try:
+            shard = Shard.parse(shard)
+        except ValueError as exc:
+            raise SuiteError(str(exc)) from None
+    executor = make_executor(executor or "local") if executor is None or isinstance(executor, str) else executor
+    prep = preflight(suite, registry, out_dir=out_dir, resume=resume, results_root=results_root,
+                     cache_dir=cache_dir, time_limit=time_limit, allow_large=allow_large, shard=shard,
+                     trust_code=trust_code)
+    say(f"plan: {prep.plan.describe()}")
+    run, resumed = choose_run_dir(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
+    run = claim_run_dir(run, fresh_default=out_dir is None and not resumed)
+    with run.lock(LOCK_NAME if shard is None else f"{LOCK_NAME}-shard-{shard.name}"):
+        if out_dir is not None:  # another run may have written here since the check above
+            run, resumed = choose_run_dir(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
+        return _execute(prep, run, resumed, executor, shard, progress=progress, command=command, say=say)
+
+
+def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, shard: Shard | None, *, progress: bool,
+             command: str | None, say: Callable[[str], None]) -> RunResult:
+    """The run proper, under the run directory's lock: the executor computes the cells, this writes them."""
+    suite, cells, models, registry, context = prep.suite, prep.cells, prep.models, prep.registry, prep.context
+    warned: set[str] = set()
+
+    def damaged(exc: DamagedFileError) -> None:
+        if str(exc) not in warned:
+            warned.add(str(exc))
+            say(f"warning: {exc}; rerunning its cell")
+
+    kept = _records(run, cells, damaged) if resumed else []
+    records = {r["cell_id"]: r for r in kept}  # this suite's records, kept in memory: cells.csv is rebuilt from them
+    done = {c.cell_id for c in cells if _finished(records.get(c.cell_id), c)}
+    todo = [c for c in cells if c.cell_id not in done]
+    executor_info = executor.start(Job(suite, registry, models, context, run, progress))  # may fail: nothing written yet
+    manifest = base_manifest(suite, models, registry, command)
+    manifest.update(plan=prep.plan.as_dict(), time_limit=suite.time_limit, executor=executor_info)
+    if shard is not None:
+        manifest["shard"] = {"index": shard.index, "count": shard.count, "cells": len(cells)}
+    if resumed:
+        earlier = _earlier_manifest(run, say)
+        manifest.update(started=earlier.get("started", manifest["started"]), resumed=earlier.get("resumed", 0) + 1,
+                        wall_seconds_before=earlier.get("wall_seconds", 0.0))
+    write_json(run.suite_path, suite.model_dump(mode="json"))
+    run.write_manifest(manifest)  # from here on the run is resumable
+    manifest["calibration"] = {key: calibrate(m, suite.batch_size) for key, m in models.items()}
+    run.write_manifest(manifest)
+
+    t0 = prep.warm_start
+    ran = failed = 0
+    outer = tqdm(total=len(cells), initial=len(done), desc=suite.name, unit="cell", disable=not progress,
+                 position=0, dynamic_ncols=True)
+    try:
+        for finished in executor.run(todo):
+            record = finished.record
+            for path, data in finished.files.items():  # files a worker made for the cell (picture, samples)
+                write_atomic(run.path / path, data)
+            records[record["cell_id"]] = run.write_cell(record)
+            if run.owns_table:
+                run.write_csv(list(records.values()))
+            ran += 1
+            failed += record["status"] != STATUS_OK
+            outer.update(1)
+    except KeyboardInterrupt:
+        outer.close()
+        executor.close()  # cancels work in flight
+        _finish(run, manifest, "interrupted", t0, context, cells, records)
+        # count what is recorded: the interrupt may land between a cell's write and ``ran += 1``
+        raise RunInterrupted(run, len(records), len(cells), list(records.values())) from None
+    finally:
+        executor.close()
+    outer.close()
+    frame = _finish(run, manifest, "complete", t0, context, cells, records)
+    return RunResult(run, frame, ran=ran, skipped=len(done), failed=failed, records=list(records.values()))
+
+
+def _earlier_manifest(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
+    """The manifest of the run being resumed; {} when it was never written or cannot be read."""
+    if not run.manifest_path.exists():
+        return {}  # killed before writing it
+    try:
+        return run.read_manifest()
+    except DamagedFileError as exc:
+        say(f"warning: {exc}; writing a new one")
+        return {}
+
+
+def _records(run: RunDir, cells: list[CellSpec],
+             on_damaged: Callable[[DamagedFileError], None] | None = None) -> list[dict[str, Any]]:
+    """This suite's cell records (a resumed run may hold records of cells since changed); damaged ones skipped."""
+    wanted = {c.cell_id for c in cells}
+    return [r for r in run.read_cells(on_damaged=on_damaged or (lambda exc: None)) if r["cell_id"] in wanted]
+
+
+def _finished(rec: dict[str, Any] | None, cell: CellSpec) -> bool:
+    """Whether ``rec`` (the cell's kept record, None if none) finished this cell as configured now."""
+    return rec is not None and rec.get("status") == STATUS_OK and rec.get("config_hash") == cell.config_hash
