@@ -10,7 +10,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from diffbench.core.denoiser import DiffusionModel, SigmaDenoiser  # noqa: E402
 from diffbench.registry import build_registry, default_registry  # noqa: E402
-from diffbench.run.sampling import SampleResult, make_grid, sample, sample_batches  # noqa: E402
+from diffbench.run.sampling import SampleResult, SamplingSpec, make_grid, sample, sample_batches  # noqa: E402
 
 
 def load_model(name: str, **options):
@@ -22,4 +22,4 @@ def load_model(name: str, **options):
 
 
 __all__ = ["DiffusionModel", "SigmaDenoiser", "SampleResult", "build_registry", "default_registry",
-           "load_model", "make_grid", "sample", "sample_batches", "__version__"]
+           "load_model", "make_grid", "sample", "sample_batches", "SamplingSpec", "__version__"]

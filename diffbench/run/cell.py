@@ -5,7 +5,6 @@ it is never raised, so the run goes on.
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 import statistics
 import sys
@@ -27,22 +26,18 @@ from diffbench.metrics.base import (
 from diffbench.metrics.stream import FeatureRows, MetricError, MetricPlan
 from diffbench.registry import Component, Registry, resolve_options
 from diffbench.run import pictures
+from diffbench.run.record import CellRecord, new_record, now
 from diffbench.run.rundir import STATUS_FAILED, STATUS_OK, RunDir
 from diffbench.run.sampling import (
     SampleResult,
     SamplerOutputError,
     SamplingCall,
-    sample_batches,
+    SamplingSpec,
 )
 from diffbench.run.saving import SampleSaver
 from diffbench.run.suite import CellSpec, Suite
 from diffbench.run.timelimit import TimeLimitExceeded
 from diffbench.run.timelimit import time_limit as limit_time
-
-
-def now() -> str:
-    """Local time with offset, to the second (ISO 8601)."""
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def metric_direction(comp: Component, value_name: str) -> bool:
@@ -85,15 +80,18 @@ def _block_minima(per_seed: list[dict[str, MetricValue]], directions: dict[str, 
     return out
 
 
+def sampling_spec(suite: Suite, cell: CellSpec, seed: int, num_samples: int, first_index: int = 0) -> SamplingSpec:
+    """What one seed group of ``cell`` (or a slice of it from ``first_index``) draws."""
+    return SamplingSpec(cell.sampler.name, cell.steps, cell.scheduler.name, cell.sampler.options,
+                        cell.scheduler.options, cell.scheduler.quantize, cell.scheduler.final_zero, num_samples,
+                        seed, first_index, suite.batch_size, suite.conditional, cell.guidance, cell.sampler.clip_x0)
+
+
 def sampling_call(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, seed: int,
                   num_samples: int, progress: Callable[[int], None] | None = None, first_index: int = 0) -> SamplingCall:
     """One seed group (or a slice of it from ``first_index``) of one cell, prepared to stream batch by batch."""
-    return sample_batches(model, cell.sampler.name, steps=cell.steps, scheduler=cell.scheduler.name,
-                          sampler_options=cell.sampler.options, scheduler_options=cell.scheduler.options,
-                          quantize=cell.scheduler.quantize, final_zero=cell.scheduler.final_zero,
-                          num_samples=num_samples, seed=seed, first_index=first_index, batch_size=suite.batch_size,
-                          conditional=suite.conditional, guidance=cell.guidance, clip_x0=cell.sampler.clip_x0,
-                          registry=registry, progress=progress)
+    return SamplingCall(model, sampling_spec(suite, cell, seed, num_samples, first_index), registry=registry,
+                        progress=progress)
 
 
 def metric_plan(suite: Suite, model: DiffusionModel, registry: Registry, context: MetricContext) -> MetricPlan:
@@ -106,21 +104,6 @@ def metric_plan(suite: Suite, model: DiffusionModel, registry: Registry, context
         except ValueError as exc:
             raise MetricError(spec.name, exc) from exc
     return MetricPlan(pairs, model, context)
-
-
-def _record_base(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry) -> dict[str, Any]:
-    return {
-        "cell_id": cell.cell_id, "index": cell.index, "config_hash": cell.config_hash, "suite": suite.name,
-        "model": cell.model.key, "sampler": cell.sampler.key, "sampler_name": cell.sampler.name,
-        "sampler_order": registry.get("sampler", cell.sampler.name).meta.get("order"),
-        "scheduler": cell.scheduler.key, "scheduler_name": cell.scheduler.name, "steps": cell.steps,
-        "guidance": cell.guidance, "seeds": suite.seeds, "num_samples": suite.num_samples,
-        "status": STATUS_FAILED, "error": None, "nfe": None, "declared_nfe": None, "sample_seconds": None,
-        "seconds_per_sample": None, "network_seconds": None, "network_share": None, "metric_seconds": None,
-        "metrics": {},
-        "per_seed": [], "warnings": [], "model_identity": model.identity(), "config": cell.config,
-        "started": now(),
-    }
 
 
 class CellError(Exception):
@@ -163,7 +146,7 @@ def stream_group(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: 
 
 def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
              run: RunDir, bar: Any, time_limit: float | None = None,
-             groups: Callable[[int, MetricPlan], SampledGroup] | None = None) -> dict[str, Any]:
+             groups: Callable[[int, MetricPlan], SampledGroup] | None = None) -> CellRecord:
     """Sample every seed group of one cell, streaming batches into the metrics' features; score each group once.
 
     Samples are not kept: each batch goes through the feature extractors as it is produced (only the
@@ -172,7 +155,7 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
     a cell past it is recorded as failed. ``groups(seed, plan)``, when given, supplies each seed
     group's sampled rows instead of sampling here (a cell split across workers, gathered).
     """
-    rec = _record_base(suite, cell, model, registry)
+    rec = new_record(suite, cell, model, registry)
     rec["time_limit"] = time_limit
     results: list[SampleResult] = []
     try:
@@ -227,7 +210,7 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
     return rec
 
 
-def _describe_sampling(rec: dict[str, Any], res: SampleResult) -> None:
+def _describe_sampling(rec: CellRecord, res: SampleResult) -> None:
     rec.update({"sampler_options": {**res.sampler_options, "clip_x0": res.meta["clip_x0"]},
                 "scheduler_options": res.scheduler_options, "grid": res.grid.record(),
                 "declared_nfe": res.declared_nfe, "device": res.meta["device"], "dtype": res.meta["dtype"],
@@ -253,7 +236,7 @@ class Preview:
         return torch.cat(self.parts) if self.parts else None
 
 
-def _summarise(rec: dict[str, Any], results: list[SampleResult]) -> None:
+def _summarise(rec: CellRecord, results: list[SampleResult]) -> None:
     """Counted NFE and timings over the seed groups sampled so far."""
     n = sum(int(r.meta["num_samples"]) for r in results)
     sample_s = sum(r.sample_seconds for r in results)
@@ -293,12 +276,3 @@ def _sample_picture(samples: torch.Tensor | None, model: DiffusionModel, path: P
         print(f"diffbench: warning: no sample picture for {path.stem}: {exc}", file=sys.stderr)
         return None
     return written.name if written is not None else None
-
-
-
-
-def failed_record(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, error: str) -> dict[str, Any]:
-    """The record of a cell that failed outside ``run_cell`` (e.g. its worker process was lost)."""
-    rec = _record_base(suite, cell, model, registry)
-    rec.update(error=error, finished=now())
-    return rec

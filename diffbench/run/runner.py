@@ -21,12 +21,12 @@ from diffbench.core.denoiser import DiffusionModel
 from diffbench.metrics.base import MetricContext
 from diffbench.registry import Registry
 from diffbench.run.calibration import bare_network_seconds, cpu_reference_seconds
-from diffbench.run.cell import now
 from diffbench.run.closing import closed_manifest
 from diffbench.run.executors import Executor, Job, make_executor
 from diffbench.run.outdir import DEFAULT_ROOT, choose_run_dir, claim_run_dir
 from diffbench.run.preparation import Prepared, preflight
 from diffbench.run.provenance import device_name, git_state, versions
+from diffbench.run.record import now
 from diffbench.run.rundir import (
     LOCK_NAME,
     STATUS_OK,

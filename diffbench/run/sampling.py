@@ -58,6 +58,30 @@ class SampleResult:
         return self.network_seconds / self.sample_seconds if self.sample_seconds > 0 else float("nan")
 
 
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What one sampling call draws: sampler × scheduler × steps, the options, and which samples.
+
+    The one description of a call that the cell hands to sampling; ``sample()`` and ``sample_batches()``
+    build it from their keywords. Device, dtype, registry and progress say where and how it runs, not what
+    it draws, so they are arguments of the call, not fields here."""
+
+    sampler: str = "euler"
+    steps: int = 10  # scheduler steps (the σ grid has steps + 1 entries with the final 0)
+    scheduler: str = "karras"
+    sampler_options: dict[str, Any] | None = None  # over the sampler's defaults
+    scheduler_options: dict[str, Any] | None = None  # over the scheduler's defaults
+    quantize: bool = False  # snap σ to the model's trained timesteps (discrete models)
+    final_zero: bool = True  # end the grid at σ = 0
+    num_samples: int = 16
+    seed: int = 0  # sample i starts from noise seeded by (seed, first_index + i)
+    first_index: int = 0
+    batch_size: int = 256
+    conditional: bool = True  # use the model's condition (labels, prompts) where it has one
+    guidance: float | None = None  # classifier-free guidance scale; None: no guidance
+    clip_x0: bool = False  # clip the denoised estimate to the data range
+
+
 class SamplerOutputError(ValueError):
     """A sampler's batch is not finite samples of the model's shape and dtype, or it miscounts its NFE."""
 
@@ -130,12 +154,13 @@ class SamplingCall:
     as it was.
     """
 
-    def __init__(self, model: DiffusionModel, sampler: str = "euler", *, steps: int, scheduler: str = "karras",
-                 sampler_options: dict[str, Any] | None = None, scheduler_options: dict[str, Any] | None = None,
-                 quantize: bool = False, final_zero: bool = True, num_samples: int = 16, seed: int = 0,
-                 first_index: int = 0, batch_size: int = 256, conditional: bool = True,
-                 guidance: float | None = None, clip_x0: bool = False, device: str | torch.device | None = None,
+    def __init__(self, model: DiffusionModel, spec: SamplingSpec, *, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, registry: Registry | None = None, progress=None) -> None:
+        sampler, steps, scheduler = spec.sampler, spec.steps, spec.scheduler
+        quantize, final_zero, num_samples, seed = spec.quantize, spec.final_zero, spec.num_samples, spec.seed
+        first_index, batch_size, conditional = spec.first_index, spec.batch_size, spec.conditional
+        guidance, clip_x0 = spec.guidance, spec.clip_x0
+        sampler_options, scheduler_options = spec.sampler_options, spec.scheduler_options
         registry = registry or default_registry()
         self.component = comp = registry.get("sampler", sampler)
         s_opts = resolve_options(comp, sampler_options)
@@ -151,7 +176,7 @@ class SamplingCall:
             raise ValueError("guidance needs conditional=True (unconditional sampling has no condition to guide)")
         if batch_size < 1 or num_samples < 1:
             raise ValueError("num_samples and batch_size must be positive")
-        self.model, self.progress = model, progress
+        self.model, self.progress, self.spec = model, progress, spec
         self.num_samples, self.batch_size, self.first_index, self.seed = num_samples, batch_size, first_index, seed
         self.conditional, self.guidance, self.clip_x0 = conditional, guidance, clip_x0
         self.sampler_options = s_opts
@@ -216,9 +241,12 @@ class SamplingCall:
                 yield Batch(x.detach().to("cpu"), torch.arange(first, first + len(idx)), cpu_labels, self.seed, res)
 
 
-def sample_batches(model: DiffusionModel, sampler: str = "euler", **kwargs: Any) -> SamplingCall:
+def sample_batches(model: DiffusionModel, sampler: str = "euler", *, device: str | torch.device | None = None,
+                   dtype: str | torch.dtype | None = None, registry: Registry | None = None, progress=None,
+                   **spec: Any) -> SamplingCall:
     """A prepared sampling call (same arguments as ``sample``) to iterate batch by batch; see SamplingCall."""
-    return SamplingCall(model, sampler, **kwargs)
+    return SamplingCall(model, SamplingSpec(sampler, **spec), device=device, dtype=dtype, registry=registry,
+                        progress=progress)
 
 
 def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, scheduler: str = "karras",
@@ -234,11 +262,9 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
     (SamplerOutputError, NFE warnings in ``meta["warnings"]``) and ``device``/``dtype`` leave the
     caller's model as it was: see SamplingCall.
     """
-    call = SamplingCall(model, sampler, steps=steps, scheduler=scheduler, sampler_options=sampler_options,
-                        scheduler_options=scheduler_options, quantize=quantize, final_zero=final_zero,
-                        num_samples=num_samples, seed=seed, first_index=first_index, batch_size=batch_size,
-                        conditional=conditional, guidance=guidance, clip_x0=clip_x0, device=device, dtype=dtype,
-                        registry=registry, progress=progress)
+    spec = SamplingSpec(sampler, steps, scheduler, sampler_options, scheduler_options, quantize, final_zero,
+                        num_samples, seed, first_index, batch_size, conditional, guidance, clip_x0)
+    call = SamplingCall(model, spec, device=device, dtype=dtype, registry=registry, progress=progress)
     outs = [batch.samples for batch in call]
     call.result.samples = torch.cat(outs) if len(outs) > 1 else outs[0]
     return call.result

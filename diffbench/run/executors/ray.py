@@ -22,7 +22,6 @@ from typing import Any, Iterator
 from diffbench.run.cell import (
     CELL_FAILURES,
     CellError,
-    failed_record,
     run_cell,
     sampling_call,
 )
@@ -30,6 +29,7 @@ from diffbench.run.executors import ExecutorError, Finished, Job
 from diffbench.run.executors.local import worker_info
 from diffbench.run.executors.split import Part, cell_parts, gather, sample_part
 from diffbench.run.preparation import load_models
+from diffbench.run.record import failed_record
 from diffbench.run.rundir import RunDir
 from diffbench.run.suite import CellSpec
 from diffbench.run.timelimit import TimeLimitExceeded, time_limit
