@@ -98,6 +98,11 @@ def dumps(obj: Any) -> str:
     return json.dumps(_json_safe(obj), indent=2, default=str) + "\n"
 
 
+def as_written(obj: Any) -> Any:
+    """``obj`` as ``write_json`` stores it and ``read_json`` gives it back (NaN → None, tuples → lists)."""
+    return json.loads(dumps(obj))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     write_atomic(path, dumps(obj))
 
@@ -219,11 +224,8 @@ class RunDir:
     def cell_path(self, cell_id: str, suffix: str = ".json") -> Path:
         return self.cells_dir / f"{cell_id}{suffix}"
 
-    def write_cell(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Write the cell's record; returns it as written (strict JSON: what ``read_cell`` gives back)."""
-        text = dumps(record)
-        write_atomic(self.cell_path(record["cell_id"]), text)
-        return json.loads(text)
+    def write_cell(self, record: dict[str, Any]) -> None:
+        write_json(self.cell_path(record["cell_id"]), record)
 
     def read_cell(self, cell_id: str) -> dict[str, Any] | None:
         """The cell's record, None when there is none; DamagedFileError when it cannot be read."""

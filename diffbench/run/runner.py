@@ -32,6 +32,7 @@ from diffbench.run.rundir import (
     STATUS_OK,
     DamagedFileError,
     RunDir,
+    as_written,
     cells_frame,
     write_atomic,
     write_json,
@@ -196,7 +197,8 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, sha
             record = finished.record
             for path, data in finished.files.items():  # files a worker made for the cell (picture, samples)
                 write_atomic(run.path / path, data)
-            records[record["cell_id"]] = run.write_cell(record)
+            run.write_cell(record)
+            records[record["cell_id"]] = as_written(record)
             if run.owns_table:
                 run.write_csv(list(records.values()))
             ran += 1
@@ -205,8 +207,9 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, sha
     except KeyboardInterrupt:
         outer.close()
         executor.close()  # cancels work in flight
+        # what is on disk: the interrupt may land between a cell's write and its entry in ``records``
+        records = {r["cell_id"]: r for r in _records(run, cells, damaged)}
         _finish(run, manifest, "interrupted", t0, context, cells, records)
-        # count what is recorded: the interrupt may land between a cell's write and ``ran += 1``
         raise RunInterrupted(run, len(records), len(cells), list(records.values())) from None
     finally:
         executor.close()
