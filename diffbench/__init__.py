@@ -1,16 +1,12 @@
 """diffbench: benchmark diffusion-model samplers and schedulers against truth."""
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from diffbench.core.denoiser import DiffusionModel, SigmaDenoiser
+from diffbench.registry import build_registry, default_registry
+from diffbench.run.sampling import SampleResult, SamplingSpec, make_grid, sample, sample_batches
+from diffbench.util.version import package_version
 
-try:
-    __version__ = version("diffbench")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
-
-from diffbench.core.denoiser import DiffusionModel, SigmaDenoiser  # noqa: E402
-from diffbench.registry import build_registry, default_registry  # noqa: E402
-from diffbench.run.sampling import SampleResult, SamplingSpec, make_grid, sample, sample_batches  # noqa: E402
+__version__ = package_version()
 
 
 def load_model(name: str, **options):

@@ -45,7 +45,8 @@ def sample_times(schedule: NoiseSchedule, n: int, gen: torch.Generator) -> np.nd
 def coef_columns(schedule: NoiseSchedule, t: np.ndarray) -> Coef:
     """Schedule coefficients at times t as (B, 1, 1, 1) float32 tensors."""
     c = schedule.coef(t)
-    col = lambda v: torch.as_tensor(np.broadcast_to(v, t.shape).copy(), dtype=torch.float32).view(-1, 1, 1, 1)
+    def col(v):
+        return torch.as_tensor(np.broadcast_to(v, t.shape).copy(), dtype=torch.float32).view(-1, 1, 1, 1)
     return Coef(col(c.alpha), col(c.sigma), col(c.dalpha), col(c.dsigma))
 
 

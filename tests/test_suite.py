@@ -173,7 +173,8 @@ def test_shipped_suites_validate(path):
 
     registry = default_registry()
     data = yaml.safe_load(path.read_text())
-    name = lambda spec: spec if isinstance(spec, str) else spec["name"]  # noqa: E731
+    def name(spec):
+        return spec if isinstance(spec, str) else spec["name"]
     models = data["model"] if isinstance(data["model"], list) else [data["model"]]
     missing = [(k, n) for k, n in [("model", name(m)) for m in models] + [("metric", name(m)) for m in data["metrics"]]
                if (k, n) not in registry]

@@ -1,1 +1,1 @@
-"""Layer 4: reading run directories (compare, report, plots, history)."""
+"""Reading run directories: compare, report, plots (history when present)."""

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only; never needs a display
+matplotlib.use("Agg")  # files only; never needs a display. Set before pyplot loads, hence the E402s below
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -122,7 +122,9 @@ def table(frame: pd.DataFrame, dirs: dict[str, bool] | None = None) -> pd.DataFr
 
 def markdown(t: pd.DataFrame) -> str:
     """A pipe table (no extra dependency)."""
-    cells = lambda row: "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"  # noqa: E731
+    def cells(row) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
+
     lines = [cells(t.columns), "|" + "|".join("---" for _ in t.columns) + "|"]
     lines += [cells(row) for row in t.itertuples(index=False)]
     return "\n".join(lines)

@@ -1,1 +1,1 @@
-"""Layer 1: sigma-space maths with no knowledge of runs (schedules, grids, targets, denoiser, noise)."""
+"""σ-space maths with no knowledge of runs: schedules, σ grids, targets, the denoiser, noise draws, batches."""

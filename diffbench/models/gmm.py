@@ -121,7 +121,8 @@ class ExactNetwork(torch.nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         tt = t.detach().to("cpu", torch.float64).numpy()
         c = self.schedule.coef(tt)
-        col = lambda v: torch.as_tensor(np.broadcast_to(v, tt.shape).copy(), dtype=x_t.dtype, device=x_t.device)[:, None]
+        def col(v):
+            return torch.as_tensor(np.broadcast_to(v, tt.shape).copy(), dtype=x_t.dtype, device=x_t.device)[:, None]
         coef = type(c)(col(c.alpha), col(c.sigma), col(c.dalpha), col(c.dsigma))
         x0 = self.mixture.denoise(x_t / coef.alpha, coef.sigma[:, 0] / coef.alpha[:, 0]).to(x_t.dtype)
         return self.target.from_x0(x0, x_t, coef)

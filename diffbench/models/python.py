@@ -83,10 +83,12 @@ class PythonNetwork(torch.nn.Module):
         return out if self.channels is None else out[:, : self.channels]
 
 
-def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: str = "",  # noqa: B006
-                 schedule: str = "linear", schedule_options: dict = {}, target: str = "eps",  # noqa: B006
-                 time_input: str = "t", time_scale: float = 1.0, shape: list = [],  # noqa: B006
-                 num_classes: int = 0, learned_variance: bool = False, data_range: list = [-1.0, 1.0],  # noqa: B006
+# The {} and [] defaults are the plugin's option defaults, read from this signature by the registry
+# (listed by `diffbench list`, validated by the suite schema); the function never mutates them.
+def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: str = "",
+                 schedule: str = "linear", schedule_options: dict = {}, target: str = "eps",
+                 time_input: str = "t", time_scale: float = 1.0, shape: list = [],
+                 num_classes: int = 0, learned_variance: bool = False, data_range: list = [-1.0, 1.0],
                  dataset: str = "") -> DiffusionModel:
     """A torch module from the user's factory with its declared schedule, target and time input."""
     if not factory:
@@ -116,7 +118,8 @@ def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: s
     module.eval().requires_grad_(False)
     time_fn: Callable[[float, float], float] | None = None if time_input == "t" else TIME_INPUTS[time_input]
     if time_input == "t" and time_scale != 1.0:
-        time_fn = lambda sigma, t: t * time_scale  # noqa: E731
+        def time_fn(sigma: float, t: float) -> float:
+            return t * time_scale
     info = {"factory": factory, "factory_options": kwargs, "time_input": time_input, "time_scale": time_scale,
             "learned_variance": learned_variance, "schedule_options": schedule_options,
             "discrete": isinstance(sched, DiscreteVP)}

@@ -1,1 +1,1 @@
-"""Layer 3: running a suite (schema, plan, preparation, sampling, cell, executors, run directories)."""
+"""Running a suite: schema, plan, preparation, sampling, the cell and its record, executors, run directories."""

@@ -9,8 +9,13 @@ from typing import Any
 
 import pandas as pd
 
-from diffbench.run.executors import placement
 from diffbench.run.rundir import STATUS_FAILED, STATUS_OK
+
+
+def placement(record: dict[str, Any]) -> dict[str, Any]:
+    """Where a cell ran, for the manifest: executor, host and device (from the record's ``worker``)."""
+    worker = record.get("worker") or {}
+    return {"executor": worker.get("executor"), "host": worker.get("host"), "device": worker.get("device")}
 
 
 def metric_directions(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

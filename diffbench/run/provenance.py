@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-import diffbench
+from diffbench.util.version import package_version
 
 
 def git_state(path: Path | None = None) -> dict[str, Any]:
     """HEAD SHA and dirty flag of the checkout that holds diffbench's source (None outside git)."""
-    cwd = path or Path(diffbench.__file__).resolve().parent
+    cwd = path or Path(__file__).resolve().parents[1]  # the diffbench package folder
 
     def git(*args: str) -> str | None:
         try:
@@ -36,7 +36,7 @@ def _version(dist: str) -> str | None:
 
 
 def versions() -> dict[str, str | None]:
-    return {"python": platform.python_version(), "diffbench": diffbench.__version__, "torch": torch.__version__,
+    return {"python": platform.python_version(), "diffbench": package_version(), "torch": torch.__version__,
             "torch-fidelity": _version("torch-fidelity"), "numpy": _version("numpy"),
             "platform": platform.platform()}
 
@@ -45,5 +45,3 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-

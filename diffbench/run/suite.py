@@ -200,6 +200,7 @@ class Suite(Strict):
     batch_size: PositiveInt = 256
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     device: str = "auto"
+    # a Literal built from DTYPES at import time: pydantic reads it, a static checker cannot (hence the ignore)
     dtype: Literal[tuple(DTYPES)] | None = None  # type: ignore[valid-type]  # None: the model's own
     conditional: bool = True
     save_samples: Literal["none", "png", "npz"] = "none"  # besides the preview grid; see diffbench.run.saving
@@ -514,6 +515,7 @@ def _component_union(registry: Registry, kind: str, base: type[ComponentSpec]) -
                                      name=(Literal[name], ...),
                                      options=(options_model(comp), Field(default_factory=dict,
                                                                          description=comp.description))))
+    # built from the registry at run time: pydantic reads these types, a static checker cannot (hence the ignores)
     return Union[Literal[tuple(names)], Annotated_union(variants)]  # type: ignore[valid-type]
 
 

@@ -1,1 +1,1 @@
-"""Layer 0: small utilities every layer may use (devices, checkpoints, memory, text, trust)."""
+"""Small helpers every layer may use: devices, checkpoints, memory, text, trust, version."""

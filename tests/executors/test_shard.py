@@ -111,7 +111,8 @@ def test_report_command_merges_and_lists_missing_cells(cli_registry, tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(small(grid=grid(sampler=["euler", "heun"], steps=[2]))))
     out = tmp_path / "shared"
-    invoke = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731
+    def invoke(*a):
+        return CliRunner().invoke(cli, [str(x) for x in a])
     first = invoke("run", path, "--out", out, "--shard", "1/2", "--no-progress")
     assert first.exit_code == 0 and "diffbench report" in first.stdout
     partial = invoke("report", out)

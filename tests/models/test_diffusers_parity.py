@@ -261,7 +261,8 @@ def test_dit_guidance(dit, pred, guidance, sampler):
     assert model.num_classes == 10 and model.condition.has_null
     labels = model.condition.for_indices(list(range(BATCH)), model.device)
     null = torch.full_like(labels, 10)
-    call = lambda x, t, y: bare(x, timestep=t, class_labels=y, return_dict=False)[0]  # noqa: E731
+    def call(x, t, y):
+        return bare(x, timestep=t, class_labels=y, return_dict=False)[0]
     fn = guided_fn(call, labels, null, guidance, channels=4)
     if sampler == "ddim":
         g = grid(model, "leading")
@@ -317,7 +318,8 @@ def test_text_guidance(text, pred, guidance, sampler):
     ref_cond = encode([PROMPTS[i % 3] for i in idx])
     assert torch.equal(cond, ref_cond)
     null = encode([""]).expand(len(idx), -1, -1)
-    call = lambda x, t, c: bare(x, t, encoder_hidden_states=c, return_dict=False)[0]  # noqa: E731
+    def call(x, t, c):
+        return bare(x, t, encoder_hidden_states=c, return_dict=False)[0]
     fn = guided_fn(call, ref_cond, null, guidance)
     spacing = "leading" if sampler == "ddim" else "trailing"
     g = grid(model, spacing)

@@ -43,5 +43,6 @@ def test_coefficients_integrate_polynomials_in_log_sigma_exactly():
     c = deis_coefficients(s, 2, 3)
     # ε(σ) = (log σ)² is reproduced by the quadratic interpolant: Σ c_j ε(σ_{k-j}) = ∫ (log σ)² dσ
     got = sum(cj * math.log(s[2 - j]) ** 2 for j, cj in enumerate(c))
-    antiderivative = lambda u: u * (math.log(u) ** 2 - 2 * math.log(u) + 2)  # noqa: E731
+    def antiderivative(u):
+        return u * (math.log(u) ** 2 - 2 * math.log(u) + 2)
     assert got == pytest.approx(antiderivative(s[3]) - antiderivative(s[2]), rel=1e-13)

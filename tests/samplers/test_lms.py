@@ -49,8 +49,10 @@ def test_coefficients_are_exact_for_polynomials():
     # the order-4 weights integrate every cubic in σ exactly: Σ c_j p(σ_{k-j}) = ∫ p over [σ_k, σ_{k+1}]
     s = [9.0, 5.0, 2.5, 1.2, 0.4]
     c = lms_coefficients(s, 3, 4)
-    cubic = lambda u: 2 * u**3 - u**2 + 3 * u - 1  # noqa: E731
-    integral = lambda u: u**4 / 2 - u**3 / 3 + 1.5 * u**2 - u  # noqa: E731
+    def cubic(u):
+        return 2 * u**3 - u**2 + 3 * u - 1
+    def integral(u):
+        return u**4 / 2 - u**3 / 3 + 1.5 * u**2 - u
     got = sum(cj * cubic(s[3 - j]) for j, cj in enumerate(c))
     assert got == pytest.approx(integral(s[4]) - integral(s[3]), rel=1e-13)
     assert lms_coefficients(s, 0, 1) == [s[1] - s[0]]  # order 1 is Euler

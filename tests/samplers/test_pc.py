@@ -41,7 +41,8 @@ def diffusers_pc(x, steps, corrector_steps, snr, noise, monkeypatch):
     ones = torch.ones
     monkeypatch.setattr(sde_ve.torch, "ones", lambda *a, **kw: ones(*a, **{"dtype": torch.float64, **kw}))
     den = SigmaDenoiser(edm_model("eps"))
-    score = lambda y, s: (den(y, s) - y) / (s * s)  # noqa: E731
+    def score(y, s):
+        return (den(y, s) - y) / (s * s)
     for i, t in enumerate(sch.timesteps):
         assert int(t * (steps - 1)) == steps - 1 - i  # diffusers' discrete σ index is ours
         s = float(sch.discrete_sigmas[steps - 1 - i])

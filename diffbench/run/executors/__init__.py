@@ -61,12 +61,6 @@ class Executor(Protocol):
         """Stop outstanding work and release resources (also after Ctrl-C)."""
 
 
-def placement(record: dict[str, Any]) -> dict[str, Any]:
-    """Where a cell ran, for the manifest: executor, host and device (from the record's ``worker``)."""
-    worker = record.get("worker") or {}
-    return {"executor": worker.get("executor"), "host": worker.get("host"), "device": worker.get("device")}
-
-
 def make_executor(name: str = "local", *, address: str | None = None, **options: Any) -> Executor:
     """An executor by name: 'local' (this process) or 'ray' (one Ray task per cell; ``address`` of a cluster;
     ``cell_parts`` splits each cell across that many tasks)."""
