@@ -151,3 +151,12 @@ def initial_checksum(seed: int, n: int, shape: tuple[int, ...], dtype=torch.floa
     from diffbench.core.noise import initial_noise
 
     return float(initial_noise(seed, range(n), shape, dtype=dtype).double().sum())
+
+
+def record(i, status="ok", **metrics):
+    """A finished cell record by hand: cell i of a GMM suite with the given metric values (se = value / 10)."""
+    return {"index": i, "cell_id": f"c{i}", "suite": "s", "model": "gmm", "sampler": "euler", "scheduler": "karras",
+            "steps": 2 * (i + 1), "nfe": 2.0 * (i + 1), "declared_nfe": 2 * (i + 1), "guidance": None, "seeds": [0, 1],
+            "num_samples": 10, "sample_seconds": 1.0, "seconds_per_sample": 0.05, "network_share": 0.9,
+            "status": status, "error": None if status == "ok" else "boom",
+            "metrics": {k: {"value": v, "uncertainty": v / 10, "method": "m"} for k, v in metrics.items()}}

@@ -37,7 +37,7 @@ def _draw(seed: int, indices, shape, stream: int, dtype: torch.dtype, blocks: in
 
     With ``blocks``, each block is a padded row of one (blocks, padded) draw: torch's CPU sampler fills a
     tensor whose size is a multiple of 16 from consecutive uniforms, 16 at a time, so block k's values are
-    the same whatever ``blocks`` is (tests/test_seeding.py checks this against the installed torch).
+    the same whatever ``blocks`` is (tests/core/test_noise.py checks this against the installed torch).
     """
     gen = torch.Generator(device="cpu")
     numel = int(torch.Size(shape).numel())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_results import record
+from runhelpers import record
 
 from diffbench.analysis.plots import (
     GUIDANCE_PLOT,

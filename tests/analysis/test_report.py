@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_results import record
+from runhelpers import record
 
 from diffbench.analysis.report import (
     RULE,

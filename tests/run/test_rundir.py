@@ -6,6 +6,7 @@ import math
 import os
 
 import pytest
+from runhelpers import record
 
 from diffbench.run import rundir as results
 from diffbench.run.rundir import (
@@ -52,14 +53,6 @@ def test_interrupted_write_never_creates_a_partial_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_atomic(path, "data")
     assert os.listdir(tmp_path) == []
-
-
-def record(i, status="ok", **metrics):
-    return {"index": i, "cell_id": f"c{i}", "suite": "s", "model": "gmm", "sampler": "euler", "scheduler": "karras",
-            "steps": 2 * (i + 1), "nfe": 2.0 * (i + 1), "declared_nfe": 2 * (i + 1), "guidance": None, "seeds": [0, 1],
-            "num_samples": 10, "sample_seconds": 1.0, "seconds_per_sample": 0.05, "network_share": 0.9,
-            "status": status, "error": None if status == "ok" else "boom",
-            "metrics": {k: {"value": v, "uncertainty": v / 10, "method": "m"} for k, v in metrics.items()}}
 
 
 def test_cells_frame_columns_and_order():

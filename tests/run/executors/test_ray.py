@@ -18,7 +18,7 @@ from diffbench.run.rundir import RunDir
 from diffbench.run.runner import RunInterrupted
 from diffbench.run.suite import parse_suite
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run(data, out, executor="local", registry=None, **kw):

@@ -10,7 +10,7 @@ from runhelpers import grid, small, test_registry
 
 from diffbench.run.suite import SuiteError, expand, json_schema, load_suite, parse_suite
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 REG, _ = test_registry()
 
 

@@ -23,7 +23,7 @@ from diffbench.run.rundir import RunDir
 from diffbench.run.shards import Shard
 from diffbench.run.suite import SuiteError, expand, parse_suite
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TIMINGS = ["sample_seconds", "seconds_per_sample", "network_share"]
 
 

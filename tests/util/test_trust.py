@@ -14,7 +14,7 @@ from diffbench.registry import RegistrationError, Registry, default_registry
 from diffbench.run.suite import SuiteError, parse_suite
 from diffbench.util.trust import ENV, FACTORY_GROUP
 
-FACTORIES = Path(__file__).parent / "models" / "python_factories.py"
+FACTORIES = Path(__file__).resolve().parents[1] / "models" / "python_factories.py"
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 

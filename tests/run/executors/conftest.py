@@ -12,7 +12,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="session")
 def ray_instance():
     ray = pytest.importorskip("ray")
-    paths = [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]
+    paths = [str(HERE), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]  # this folder and tests/
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}})
     yield ray
