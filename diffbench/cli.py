@@ -1,8 +1,8 @@
 """The ``diffbench`` command: a thin layer over the Python API.
 
 Exit codes: 0 ok, 1 regression, failed check or a run that finished with failed cells, 2 usage or
-configuration error (one line, no traceback), 3 internal error, 130 interrupted (every finished
-cell kept).
+configuration error (one line, no traceback), 3 internal error, 130 interrupted by Ctrl-C, 143 by
+SIGTERM (every finished cell kept in both).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import click
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
 
 class UserError(Exception):
@@ -44,7 +44,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except RunInterrupted as exc:
             click.echo(f"diffbench: {exc}", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(EXIT_TERMINATED if exc.terminated else EXIT_INTERRUPTED)
         except KeyboardInterrupt:
             click.echo("diffbench: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
