@@ -37,7 +37,7 @@ from diffbench.metrics.stream import MetricError
 from diffbench.plan import Plan, check_batch_bytes, check_grid_size, check_plan
 from diffbench.provenance import device_name, git_state, versions
 from diffbench.registry import Registry, default_registry
-from diffbench.results import (LOCK_NAME, STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, cells_frame,
+from diffbench.results import (STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, cells_frame,
                                check_writable, find_run, read_json, write_atomic, write_json)
 from diffbench.samplers import noise_draws
 from diffbench.sampling import make_grid, resolve_options
@@ -252,8 +252,9 @@ def _try_models_and_options(suite: Suite, cells: list[CellSpec], models: dict[st
             if exc is not None and not isinstance(exc, TimeLimitExceeded):
                 cond = f", guidance {cell.guidance:g}" if guided else (", class-conditional" if suite.conditional
                                                                        and model.condition is not None else "")
-                raise SuiteError(f"{where}: {cell.model.name!r} fails on a batch of {min(TRY_SAMPLES, suite.num_samples)}"
-                                 f" samples of shape {tuple(model.shape)}{cond}: {_first_line(exc)}")
+                raise SuiteError(f"{where}: {cell.model.name!r} fails on a batch of "
+                                 f"{min(TRY_SAMPLES, suite.num_samples)} samples of shape {tuple(model.shape)}{cond}: "
+                                 f"{_first_line(exc)}")
         tried = set()
         for cell in sorted(mine, key=lambda c: (c.steps, c.index)):
             spec = cell.sampler

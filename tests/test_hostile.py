@@ -613,7 +613,8 @@ def test_a_run_that_fails_after_its_manifest_is_written_is_closed_as_failed_and_
     with pytest.raises(RuntimeError, match="device-side assert"):
         run(small(), tmp_path / "r")
     manifest = RunDir(tmp_path / "r").read_manifest()
-    assert manifest["status"] == "failed" and manifest["error"] == "RuntimeError: CUDA error: device-side assert triggered"
+    assert manifest["status"] == "failed"
+    assert manifest["error"] == "RuntimeError: CUDA error: device-side assert triggered"
     assert not lock_is_held(tmp_path / "r" / ".lock")
     monkeypatch.undo()
     assert run(small(), tmp_path / "r", resume=True).ran == 6

@@ -300,11 +300,13 @@ class RayExecutor:
         return Finished(record, files)  # the driver drew the picture into the run directory itself
 
     def close(self) -> None:
-        if self.pending:
+        if self.pending and not self.owns_ray:  # shutting down a Ray we started stops its tasks and workers
             ray = import_ray()
-            for ref in self.pending:
+            # force-cancelling a task that has just finished trips a check inside Ray: only those still running
+            _, running = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
+            for ref in running:
                 ray.cancel(ref, force=True)
-            self.pending = {}
+        self.pending = {}
         if self.owns_ray:
             import_ray().shutdown()
             self.owns_ray = False

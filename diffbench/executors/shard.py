@@ -162,7 +162,8 @@ def _entries(run: RunDir) -> list[Path]:
     """What is in the run directory besides lock files and temporaries."""
     if not run.path.is_dir():
         return []
-    return [p for p in run.path.iterdir() if not (p.name.startswith(LOCK_NAME) or (p.name.startswith(".") and ".tmp" in p.name))]
+    return [p for p in run.path.iterdir()
+            if not (p.name.startswith(LOCK_NAME) or (p.name.startswith(".") and ".tmp" in p.name))]
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -174,7 +175,8 @@ def running_shards(path: str | Path) -> list[str]:
     """The shards of run directory ``path`` whose process is running now (it holds the shard's lock)."""
     prefix = f"{LOCK_NAME}-shard-"
     names = [p.name.removeprefix(prefix) for p in Path(path).glob(f"{prefix}*") if lock_is_held(p)]
-    return sorted((n for n in names if SHARD_NAME.match(n)), key=lambda n: tuple(map(int, SHARD_NAME.match(n).groups())))
+    return sorted((n for n in names if SHARD_NAME.match(n)),
+                  key=lambda n: tuple(map(int, SHARD_NAME.match(n).groups())))
 
 
 # --- merge -------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ EDM's multi-GPU sharding of one FID evaluation, on any executor: a seed group of
 samples is cut into ``parts`` index ranges on batch boundaries, so every batch holds the same
 samples as in the unsplit cell (sample i's noise depends only on (seed, i), and the network sees
 the same batch, so not even BLAS rounding differs). A seed group with fewer batches than parts is
-cut inside its batches instead (same samples and noise; smaller network batches). Each part streams its batches through the
+cut inside its batches instead (same samples and noise; smaller network batches). Each part streams its
+batches through the
 metrics' feature extractors and returns the rows with their sample indices; the gathered rows
 are concatenated in sample-index order and each metric is scored once, as ``run_cell`` does for
 an unsplit cell. Counted NFE, sampling and network seconds add up over the parts.

@@ -187,10 +187,10 @@ def test_an_address_where_no_cluster_listens_fails_at_once_in_one_line(tmp_path,
     path.write_text(yaml.safe_dump(small(grid=grid(sampler=["euler"], steps=[2]))))
     address = f"{scheme}127.0.0.1:{closed_port()}"
     # in a subprocess with a deadline: Ray's own connect would retry for minutes (a hang fails the test)
-    done = subprocess.run([sys.executable, "-c", "from diffbench.cli import main; main()", "run", str(path), "--out", str(tmp_path / "r"),
-                           "--executor", "ray", "--address", address, "--no-progress"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    command = [sys.executable, "-c", "from diffbench.cli import main; main()", "run", str(path),
+               "--out", str(tmp_path / "r"), "--executor", "ray", "--address", address, "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"diffbench: error: --address {address}: no Ray cluster answers there (")
     assert not (tmp_path / "r").exists()
@@ -218,7 +218,8 @@ def test_sigterm_stops_a_ray_run_and_its_workers_keeping_finished_cells(tmp_path
     marker.mkdir()
     blocked = {"name": "blocks", "options": {"marker": str(marker)}}
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(small(num_samples=8, batch_size=8, grid=grid(sampler=["euler", blocked], steps=[2]))))
+    data = small(num_samples=8, batch_size=8, grid=grid(sampler=["euler", blocked], steps=[2]))
+    path.write_text(yaml.safe_dump(data))
     out = tmp_path / "r"
     here = Path(__file__).resolve().parent
     script = DRIVER.format(paths=[str(ROOT), str(here), str(here.parent)],

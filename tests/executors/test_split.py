@@ -38,7 +38,8 @@ def test_fewer_batches_than_parts_are_cut_inside_a_batch_and_said_in_one_line():
 
 
 def test_a_cell_of_one_batch_split_in_four_gives_the_unsplit_numbers_on_an_exact_model(ray_instance, tmp_path):
-    data = small(metrics=["mean-norm", "checksum"], num_samples=16, batch_size=16, grid=grid(sampler=["heun"], steps=[3]))
+    data = small(metrics=["mean-norm", "checksum"], num_samples=16, batch_size=16,
+                 grid=grid(sampler=["heun"], steps=[3]))
     local = run(data, tmp_path / "local")
     split = run(data, tmp_path / "split", executor=RayExecutor(cell_parts=4))
     rec = RunDir(split.path).read_cells()[0]
