@@ -140,7 +140,8 @@ def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool, trust_c
     """Run every check 'run' makes before sampling, on each suite file (each file, one line).
 
     That is the schema and the installed plugins, then the models: σ grids, guidance, the plan's size
-    limits, and a warm-up batch on which every metric is tried once. With --no-load, only the first part.
+    limits, one batch of 2 through each model and each sampler given option values, and a warm-up
+    batch on which every metric is tried once. With --no-load, only the first part.
     """
     from diffbench.registry import default_registry
     from diffbench.results import RunDirError
