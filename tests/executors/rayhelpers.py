@@ -49,9 +49,12 @@ def sleepy(denoiser, x, sigmas, *, noise=None, seconds: float = 0.3):
     return euler(denoiser, x, sigmas, noise=noise)
 
 
-def blocks(denoiser, x, sigmas, *, noise=None, marker: str = ""):
-    """Euler; but in a Ray task, first writes its pid to ``marker`` (a folder) and sleeps for ten minutes."""
-    if marker and _in_ray_task():
+def blocks(denoiser, x, sigmas, *, noise=None, marker: str = "", after: int = -1):
+    """Euler; but in a Ray task (or, with ``after`` ≥ 0, on its call number ``after`` + 1 on in any process),
+    first writes its pid to ``marker`` (a folder) and sleeps for ten minutes."""
+    global _calls
+    _calls += 1
+    if marker and (_in_ray_task() if after < 0 else _calls > after):
         (Path(marker) / str(os.getpid())).write_text("")
         time.sleep(600)
     return euler(denoiser, x, sigmas, noise=noise)

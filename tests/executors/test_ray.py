@@ -249,3 +249,37 @@ def test_sigterm_stops_a_ray_run_and_its_workers_keeping_finished_cells(tmp_path
                  "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[:1]]
         time.sleep(0.5)
     assert not alive, f"Ray workers {alive} still running after the driver stopped"
+
+
+def test_sigterm_stops_a_local_run_keeping_finished_cells(tmp_path):
+    """The local executor too: SIGTERM inside a cell closes the manifest as 'interrupted', exit 143, lock released."""
+    import signal
+    import time
+
+    from diffbench.results import lock_is_held
+
+    marker = tmp_path / "blocked"
+    marker.mkdir()
+    # call 1 is the option check before the run starts; call 2 is the cell (euler's cell runs first)
+    blocked = {"name": "blocks", "options": {"marker": str(marker), "after": 1}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(small(num_samples=8, batch_size=8, grid=grid(sampler=["euler", blocked], steps=[2]))))
+    out = tmp_path / "r"
+    here = Path(__file__).resolve().parent
+    script = DRIVER.format(paths=[str(ROOT), str(here), str(here.parent)],
+                           args=["run", str(path), "--out", str(out), "--no-progress", "--cache-dir", str(tmp_path)])
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(marker.iterdir()) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(marker.iterdir()), "the blocking cell never started"
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    assert driver.returncode == 143 and stderr.endswith("terminated (SIGTERM): 1 of 2 cells kept in "
+                                                        f"{out}; finish with --resume\n"), stderr
+    assert RunDir(out).read_manifest()["status"] == "interrupted" and not lock_is_held(out / ".lock")
+    assert [r["sampler"] for r in RunDir(out).read_cells()] == ["euler"]
