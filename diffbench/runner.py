@@ -439,8 +439,8 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     The suite file (strict values, bounded YAML), the plugins and their options, the grid's size and
     that it is not empty, the output and cache directories (when ``results_root`` is given: as a run
     would use them), the models (device, sizes), every cell's σ grid on its model, guidance on
-    conditional models only, the plan's limits, and a warm-up that samples one batch per model and
-    tries every metric on it. Raises SuiteError (or RunDirError) with a one-line message. With
+    conditional models only, the plan's limits, a warm-up that samples one batch per model and
+    tries every metric on it, then one batch of 2 through each model and each sampler given options. Raises SuiteError (or RunDirError) with a one-line message. With
     ``shard``, only that shard's cells (and its view of the shared run directory). ``trust_code``: see
     ``static_checks``.
     """
@@ -458,12 +458,12 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
         cells = shard.select(cells, work)
     plan = Plan(len(cells), len(suite.seeds), suite.num_samples, sum(work[c.cell_id] for c in cells))
     check_plan(plan, allow_large)
-    _try_models_and_options(suite, expand(suite), models, registry)  # every cell's model and sampler options
     device = next(iter(models.values())).device
     context = MetricContext(cache_dir=cache, device=device, seed=suite.seeds[0], info={}, registry=registry)
     warm_start = time.perf_counter()
     for key, model in models.items():
         _warm_up(suite, [c for c in cells if c.model.key == key], model, registry, context)
+    _try_models_and_options(suite, expand(suite), models, registry)  # after the metrics' set-up: data first
     return Prepared(suite, cells, models, plan, context, registry, warm_start)
 
 
