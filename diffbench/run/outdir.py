@@ -12,7 +12,7 @@ from diffbench.run.rundir import (
     find_run,
     read_json,
 )
-from diffbench.run.shards import Shard, shard_run_dir
+from diffbench.run.shards import Shard, is_sharded, shard_names, shard_run_dir
 from diffbench.run.suite import Suite, SuiteError
 
 DEFAULT_ROOT = Path("results")
@@ -39,7 +39,7 @@ def _run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path,
         return RunDir(base / new_run_id()), False
     run = RunDir(out_dir)
     check_writable(run.path, "--out")
-    if run.exists():
+    if run.exists() or is_sharded(run.path):  # a run, or shards' shared directory (this finishes their cells)
         if not resume:
             raise SuiteError(f"{run.path}: holds a run already; pass --resume to continue it or choose another --out")
         earlier = _earlier_suite(run)
@@ -60,7 +60,12 @@ def choose_run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root:
 
 
 def _earlier_suite(run: RunDir) -> str | None:
-    """The suite name of the run in ``run``: from its manifest, else its suite.json (killed before the manifest)."""
+    """The suite name of the run in ``run``: from its manifest, else its suite.json (killed before the manifest),
+    else (shards that were never merged) the first shard's suite.json."""
+    if not run.exists():
+        names = shard_names(run.path)
+        data = read_json(run.path / "shards" / names[0] / "suite.json") if names else None
+        return data.get("name") if isinstance(data, dict) else None
     try:
         return run.read_manifest().get("suite")
     except (DamagedFileError, FileNotFoundError) as exc:

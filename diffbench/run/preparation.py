@@ -4,6 +4,7 @@ Executors (local, Ray) load models through :func:`load_models`; the runner calls
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -20,20 +21,16 @@ from diffbench.registry import Registry, default_registry, resolve_options
 from diffbench.run.cell import CELL_FAILURES, metric_plan, sampling_call
 from diffbench.run.outdir import choose_run_dir
 from diffbench.run.plan import Plan, check_batch_bytes, check_grid_size, check_plan
-from diffbench.run.rundir import check_writable
+from diffbench.run.rundir import (
+    check_writable,
+)
 from diffbench.run.sampling import make_grid
 from diffbench.run.shards import Shard
-from diffbench.run.suite import (
-    CellSpec,
-    Suite,
-    SuiteError,
-    check_plugins,
-    expand,
-    load_suite,
-)
+from diffbench.run.suite import CellSpec, SamplerSpec, Suite, SuiteError, check_plugins, expand, load_suite
 from diffbench.run.timelimit import TimeLimitExceeded, check_seconds, time_limit
 from diffbench.samplers import noise_draws
 from diffbench.util.devices import resolve_device, resolve_dtype
+from diffbench.util.text import error_line
 from diffbench.util.trust import UntrustedCodeError, check_suite_code, code_trusted
 
 CACHE_ENV = "DIFFBENCH_CACHE_DIR"
@@ -79,11 +76,11 @@ def load_models(suite: Suite, registry: Registry) -> dict[str, DiffusionModel]:
 
 
 def check_cells(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel], registry: Registry,
-               allow_large: bool = False) -> Plan:
+               allow_large: bool = False) -> dict[str, float]:
     """Config problems that need the model (guidance on an unconditional model, grids it cannot take, a
-    batch's noise too large); returns the run's plan with its declared network evaluations."""
+    batch's noise too large); returns each cell's declared network evaluations over all its samples."""
     keys = [s.key for s in suite.grid.scheduler]
-    nfe = 0.0
+    work: dict[str, float] = {}
     for cell in cells:
         model = models[cell.model.key]
         if cell.guidance is not None and model.condition is None:
@@ -105,7 +102,7 @@ def check_cells(suite: Suite, cells: list[CellSpec], models: dict[str, Diffusion
             per_sample = comp.meta["nfe"](grid.sigmas, **options) * evaluations_per_call(cell.guidance)
         except CELL_FAILURES:
             per_sample = len(grid.sigmas) * evaluations_per_call(cell.guidance)  # the cell will record the bug
-        nfe += float(per_sample) * suite.num_samples * len(suite.seeds)
+        work[cell.cell_id] = float(per_sample) * suite.num_samples * len(suite.seeds)
         stochastic = comp.meta.get("stochastic")
         try:
             bank = noise_draws(comp.meta, grid.sigmas, options) if stochastic is None or stochastic(**options) else 0
@@ -116,7 +113,7 @@ def check_cells(suite: Suite, cells: list[CellSpec], models: dict[str, Diffusion
         rows = min(suite.batch_size, suite.num_samples)
         size = math.prod(model.shape) * torch.empty((), dtype=model.dtype).element_size()
         check_batch_bytes(rows * size * (1 + bank), "batch_size × grid.steps", allow_large)
-    return Plan(len(cells), len(suite.seeds), suite.num_samples, nfe)
+    return work
 
 
 def _on_model(suite: Suite, cell: CellSpec) -> str:
@@ -207,27 +204,86 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     The suite file (strict values, bounded YAML), the plugins and their options, the grid's size and
     that it is not empty, the output and cache directories (when ``results_root`` is given: as a run
     would use them), the models (device, sizes), every cell's σ grid on its model, guidance on
-    conditional models only, the plan's limits, and a warm-up that samples one batch per model and
-    tries every metric on it. Raises SuiteError (or RunDirError) with a one-line message. With
+    conditional models only, the plan's limits, a warm-up that samples one batch per model and
+    tries every metric on it, then one batch of 2 through each model and each sampler given options. Raises SuiteError (or RunDirError) with a one-line message. With
     ``shard``, only that shard's cells (and its view of the shared run directory). ``trust_code``: see
     ``static_checks``.
     """
     registry = registry or default_registry()
     suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large,
                                  trust_code=trust_code)
-    if shard is not None:
-        cells = shard.select(cells)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if results_root is not None:
         choose_run_dir(suite, out_dir, resume, Path(results_root), shard, cache)
     if suite.metrics:
         check_writable(cache, "cache directory")
     models = load_models(suite, registry)
-    plan = check_cells(suite, cells, models, registry, allow_large)
+    work = check_cells(suite, cells, models, registry, allow_large)  # every cell's, so shards deal them alike
+    if shard is not None:
+        cells = shard.select(cells, work)
+    plan = Plan(len(cells), len(suite.seeds), suite.num_samples, sum(work[c.cell_id] for c in cells))
     check_plan(plan, allow_large)
     device = next(iter(models.values())).device
     context = MetricContext(cache_dir=cache, device=device, seed=suite.seeds[0], info={}, registry=registry)
     warm_start = time.perf_counter()
     for key, model in models.items():
         warm_up(suite, [c for c in cells if c.model.key == key], model, registry, context)
+    _try_models_and_options(suite, expand(suite), models, registry)  # after the metrics' set-up: data first
     return Prepared(suite, cells, models, plan, context, registry, warm_start)
+
+
+TRY_SAMPLES = 2  # the batch on which preflight tries each model and each sampler's option values
+
+
+def _try_batch(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry) -> BaseException | None:
+    """What sampling one batch of TRY_SAMPLES of ``cell`` raises (None when it samples)."""
+    try:
+        with time_limit(suite.time_limit):
+            for _ in sampling_call(suite, cell, model, registry, suite.seeds[0], min(TRY_SAMPLES, suite.num_samples)):
+                pass
+    except (*CELL_FAILURES, TimeLimitExceeded) as exc:
+        return exc
+    return None
+
+
+def _try_models_and_options(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel],
+                            registry: Registry) -> None:
+    """Sample one tiny batch as the run would: each model (through euler, at the suite's shape, conditioning and
+    guidance) and each sampler given option values. A model that fails is a SuiteError; so are option values
+    that fail where the sampler's defaults do not (a sampler that fails with its defaults too fails its own
+    cells at run time, with the reason recorded)."""
+    sampler_keys = [s.key for s in suite.grid.sampler]
+    for i, (key, model) in enumerate(models.items()):
+        mine = [c for c in cells if c.model.key == key]
+        where = "model" if len(suite.model) == 1 else f"model[{i}]"
+        for guided in (False, True):
+            group = [c for c in mine if (c.guidance is not None) == guided]
+            if not group:
+                continue
+            cell = min(group, key=lambda c: (c.steps, c.index))
+            if ("sampler", "euler") in registry:  # the plainest sampler: a failure here is the model's
+                cell = dataclasses.replace(cell, sampler=SamplerSpec(name="euler"))
+            exc = _try_batch(suite, cell, model, registry)
+            if exc is not None and not isinstance(exc, TimeLimitExceeded):
+                cond = f", guidance {cell.guidance:g}" if guided else (", class-conditional" if suite.conditional
+                                                                       and model.condition is not None else "")
+                raise SuiteError(f"{where}: {cell.model.name!r} fails on a batch of "
+                                 f"{min(TRY_SAMPLES, suite.num_samples)} samples of shape {tuple(model.shape)}{cond}: "
+                                 f"{error_line(exc)}")
+        tried = set()
+        for cell in sorted(mine, key=lambda c: (c.steps, c.index)):
+            spec = cell.sampler
+            if spec.key in tried or not (spec.options or spec.clip_x0):
+                continue
+            tried.add(spec.key)
+            exc = _try_batch(suite, cell, model, registry)
+            if exc is None or isinstance(exc, TimeLimitExceeded):
+                continue
+            plain = dataclasses.replace(cell, sampler=SamplerSpec(name=spec.name))
+            if _try_batch(suite, plain, model, registry) is not None:
+                continue  # the sampler fails whatever its options: its cells fail and record why
+            place = f"grid.sampler[{sampler_keys.index(spec.key)}]" if spec.key in sampler_keys else "include"
+            given = {**spec.options, **({"clip_x0": True} if spec.clip_x0 else {})}
+            raise SuiteError(f"{place} ({spec.key}){_on_model(suite, cell)}: options {given} fail on a batch of "
+                             f"{min(TRY_SAMPLES, suite.num_samples)} samples where the defaults do not: "
+                             f"{error_line(exc)}")

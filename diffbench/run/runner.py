@@ -7,12 +7,15 @@ samples is recorded as failed and the run goes on; Ctrl-C keeps every finished c
 """
 from __future__ import annotations
 
+import contextlib
 import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -27,31 +30,20 @@ from diffbench.run.outdir import DEFAULT_ROOT, choose_run_dir, claim_run_dir
 from diffbench.run.preparation import Prepared, preflight
 from diffbench.run.provenance import device_name, git_state, versions
 from diffbench.run.record import now
-from diffbench.run.rundir import (
-    LOCK_NAME,
-    STATUS_OK,
-    DamagedFileError,
-    RunDir,
-    as_written,
-    cells_frame,
-    write_atomic,
-    write_json,
-)
+from diffbench.run.rundir import STATUS_OK, DamagedFileError, RunDir, as_written, cells_frame, write_atomic, write_json
 from diffbench.run.shards import Shard
-from diffbench.run.suite import (
-    CellSpec,
-    Suite,
-    SuiteError,
-)
+from diffbench.run.suite import CellSpec, Suite, SuiteError
+from diffbench.util.text import error_line
 
 
 class RunInterrupted(Exception):
     """Ctrl-C during a run; every finished cell is on disk."""
 
-    def __init__(self, run: RunDir, done: int, total: int, records: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(f"interrupted: {done} of {total} cells kept in {run.path}; "
-                         "finish with --resume")
-        self.run, self.done, self.total = run, done, total
+    def __init__(self, run: RunDir, done: int, total: int, records: list[dict[str, Any]] | None = None,
+                 terminated: bool = False) -> None:
+        super().__init__(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {done} of {total} cells kept "
+                         f"in {run.path}; finish with --resume")
+        self.run, self.done, self.total, self.terminated = run, done, total, terminated
         self.records = records  # the suite's cell records kept (None: read them from the run directory)
 
 
@@ -152,16 +144,60 @@ def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, r
                      trust_code=trust_code)
     say(f"plan: {prep.plan.describe()}")
     run, resumed = choose_run_dir(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
-    run = claim_run_dir(run, fresh_default=out_dir is None and not resumed)
-    with run.lock(LOCK_NAME if shard is None else f"{LOCK_NAME}-shard-{shard.name}"):
-        if out_dir is not None:  # another run may have written here since the check above
-            run, resumed = choose_run_dir(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
-        return _execute(prep, run, resumed, executor, shard, progress=progress, command=command, say=say)
+    job = Job(prep.suite, prep.registry, prep.models, prep.context, run, progress)
+    try:  # the executor starts before the run directory is made or locked: if it cannot, nothing is left behind
+        executor_info = executor.start(job)
+        if executor_info.get("cell_split"):
+            say(executor_info["cell_split"])
+        run = claim_run_dir(run, fresh_default=out_dir is None and not resumed)
+        with _locked(run, shard):
+            if out_dir is not None:  # another run may have written here since the check above
+                run, resumed = choose_run_dir(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
+            job.run = run
+            return _execute(prep, run, resumed, executor, executor_info, shard, progress=progress, command=command,
+                            say=say)
+    finally:
+        executor.close()  # a half-started Ray instance is stopped too
 
 
-def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, shard: Shard | None, *, progress: bool,
-             command: str | None, say: Callable[[str], None]) -> RunResult:
-    """The run proper, under the run directory's lock: the executor computes the cells, this writes them."""
+@contextlib.contextmanager
+def _locked(run: RunDir, shard: Shard | None) -> Iterator[None]:
+    """The run directory's locks: ``.lock`` exclusively for a whole run; shared, plus the shard's own, for a shard."""
+    with run.lock(shared=shard is not None), (run.lock(shard.lock_name) if shard else contextlib.nullcontext()):
+        yield
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a run: handled as Ctrl-C is (work in flight cancelled, every finished cell kept)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[list[int]]:
+    """Within the block, SIGTERM raises Terminated in the main thread (as SIGINT raises KeyboardInterrupt); the
+    list yielded receives the signal's number (Ray's wait re-raises what a handler raised as KeyboardInterrupt)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, executor_info: dict[str, Any],
+             shard: Shard | None, *, progress: bool, command: str | None,
+             say: Callable[[str], None]) -> RunResult:
+    """The run proper, under the run directory's lock: the executor computes the cells, this writes them.
+
+    Once the manifest is written it never stays 'running': Ctrl-C or SIGTERM close it as 'interrupted',
+    any other exception as 'failed' with the error."""
     suite, cells, models, registry, context = prep.suite, prep.cells, prep.models, prep.registry, prep.context
     warned: set[str] = set()
 
@@ -174,47 +210,57 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, sha
     records = {r["cell_id"]: r for r in kept}  # this suite's records, kept in memory: cells.csv is rebuilt from them
     done = {c.cell_id for c in cells if _finished(records.get(c.cell_id), c)}
     todo = [c for c in cells if c.cell_id not in done]
-    executor_info = executor.start(Job(suite, registry, models, context, run, progress))  # may fail: nothing written yet
-    manifest = base_manifest(suite, models, registry, command)
-    manifest.update(plan=prep.plan.as_dict(), time_limit=suite.time_limit, executor=executor_info)
-    if shard is not None:
-        manifest["shard"] = {"index": shard.index, "count": shard.count, "cells": len(cells)}
-    if resumed:
-        earlier = _earlier_manifest(run, say)
-        manifest.update(started=earlier.get("started", manifest["started"]), resumed=earlier.get("resumed", 0) + 1,
-                        wall_seconds_before=earlier.get("wall_seconds", 0.0))
-    write_json(run.suite_path, suite.model_dump(mode="json"))
-    run.write_manifest(manifest)  # from here on the run is resumable
-    manifest["calibration"] = {key: calibrate(m, suite.batch_size) for key, m in models.items()}
-    run.write_manifest(manifest)
-
-    t0 = prep.warm_start
-    ran = failed = 0
-    outer = tqdm(total=len(cells), initial=len(done), desc=suite.name, unit="cell", disable=not progress,
-                 position=0, dynamic_ncols=True)
-    try:
-        for finished in executor.run(todo):
-            record = finished.record
-            for path, data in finished.files.items():  # files a worker made for the cell (picture, samples)
-                write_atomic(run.path / path, data)
-            run.write_cell(record)
-            records[record["cell_id"]] = as_written(record)
-            if run.owns_table:
-                run.write_csv(list(records.values()))
-            ran += 1
-            failed += record["status"] != STATUS_OK
-            outer.update(1)
-    except KeyboardInterrupt:
+    with _sigterm_interrupts() as sigterm:  # after the executor started: Ray's driver installs a handler of its own
+        manifest = base_manifest(suite, models, registry, command)
+        manifest.update(plan=prep.plan.as_dict(), time_limit=suite.time_limit, executor=executor_info)
+        if shard is not None:
+            manifest["shard"] = {"index": shard.index, "count": shard.count, "cells": len(cells),
+                                 "network_evaluations": prep.plan.nfe}
+        if resumed:
+            earlier = _earlier_manifest(run, say)
+            manifest.update(started=earlier.get("started", manifest["started"]), resumed=earlier.get("resumed", 0) + 1,
+                            wall_seconds_before=earlier.get("wall_seconds", 0.0))
+        t0 = prep.warm_start
+        ran = failed = 0
+        outer = tqdm(total=len(cells), initial=len(done), desc=suite.name, unit="cell", disable=not progress,
+                     position=0, dynamic_ncols=True)
+        try:
+            write_json(run.suite_path, suite.model_dump(mode="json"))
+            run.write_manifest(manifest)  # from here on the run is resumable
+            manifest["calibration"] = {key: calibrate(m, suite.batch_size) for key, m in models.items()}
+            run.write_manifest(manifest)
+            for finished in executor.run(todo):
+                record = finished.record
+                for path, data in finished.files.items():  # files a worker made for the cell (picture, samples)
+                    write_atomic(run.path / path, data)
+                run.write_cell(record)
+                records[record["cell_id"]] = as_written(record)
+                if run.owns_table:
+                    run.write_csv(list(records.values()))
+                ran += 1
+                failed += record["status"] != STATUS_OK
+                outer.update(1)
+        except KeyboardInterrupt as exc:
+            outer.close()
+            executor.close()  # cancels work in flight
+            # what is on disk: the interrupt may land between a cell's write and its entry in ``records``
+            records = {r["cell_id"]: r for r in _records(run, cells, damaged)}
+            if run.manifest_path.exists():
+                _finish(run, manifest, "interrupted", t0, context, cells, records)
+            raise RunInterrupted(run, len(records), len(cells), list(records.values()),
+                                 terminated=isinstance(exc, Terminated) or bool(sigterm)) from None
+        except BaseException as exc:
+            outer.close()
+            executor.close()
+            if run.manifest_path.exists():
+                manifest["error"] = error_line(exc)
+                with contextlib.suppress(Exception):  # the original error is what the user must see
+                    _finish(run, manifest, "failed", t0, context, cells, records)
+            raise
+        finally:
+            executor.close()
         outer.close()
-        executor.close()  # cancels work in flight
-        # what is on disk: the interrupt may land between a cell's write and its entry in ``records``
-        records = {r["cell_id"]: r for r in _records(run, cells, damaged)}
-        _finish(run, manifest, "interrupted", t0, context, cells, records)
-        raise RunInterrupted(run, len(records), len(cells), list(records.values())) from None
-    finally:
-        executor.close()
-    outer.close()
-    frame = _finish(run, manifest, "complete", t0, context, cells, records)
+        frame = _finish(run, manifest, "complete", t0, context, cells, records)
     return RunResult(run, frame, ran=ran, skipped=len(done), failed=failed, records=list(records.values()))
 
 
