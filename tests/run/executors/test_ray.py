@@ -162,7 +162,7 @@ def test_the_per_cell_time_limit_holds_inside_a_ray_worker(ray_instance, tmp_pat
 # --- a shared run directory on Ray; unreachable addresses; SIGTERM (issue 19 items 7 and 8) ----------------------
 
 def test_shards_of_a_suite_with_rules_on_ray_merge_into_the_local_run(ray_instance, tmp_path):
-    from test_shard import ruled
+    from test_shards import ruled
 
     from diffbench.api import merge_shards as merge
 
