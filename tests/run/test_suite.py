@@ -210,7 +210,7 @@ def test_python_built_suites_take_tuples_and_numpy_scalars_as_yaml_values():
                      "grid": {"sampler": ["euler"], "steps": [2]}})
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "suites").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((REPO / "suites").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_suite_reads_back_from_its_run_directory_copy_with_the_same_cells(path):
     """A run directory stores the suite as JSON (suite.json; shards' copies); merge and --resume read it back.

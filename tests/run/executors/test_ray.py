@@ -224,10 +224,10 @@ def test_sigterm_stops_a_ray_run_and_its_workers_keeping_finished_cells(tmp_path
     path.write_text(yaml.safe_dump(data))
     out = tmp_path / "r"
     here = Path(__file__).resolve().parent
-    script = DRIVER.format(paths=[str(ROOT), str(here), str(here.parent)],
+    script = DRIVER.format(paths=[str(ROOT), str(here), str(ROOT / "tests")],
                            args=["run", str(path), "--out", str(out), "--executor", "ray", "--no-progress",
                                  "--cache-dir", str(tmp_path / "cache")])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(here), str(here.parent)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(here), str(ROOT / "tests")])}
     driver = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
@@ -268,7 +268,7 @@ def test_sigterm_stops_a_local_run_keeping_finished_cells(tmp_path):
     path.write_text(yaml.safe_dump(small(num_samples=8, batch_size=8, grid=grid(sampler=["euler", blocked], steps=[2]))))
     out = tmp_path / "r"
     here = Path(__file__).resolve().parent
-    script = DRIVER.format(paths=[str(ROOT), str(here), str(here.parent)],
+    script = DRIVER.format(paths=[str(ROOT), str(here), str(ROOT / "tests")],
                            args=["run", str(path), "--out", str(out), "--no-progress", "--cache-dir", str(tmp_path)])
     driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
