@@ -84,3 +84,21 @@ def test_batched_bootstrap_takes_the_cpu_bootstraps_resamples(device):
             for r in (x[draws.integers(0, len(x), len(x))] for _ in range(11))]
     got = frechet.bootstrap_fids(x, ref, 11, 7, device, chunk=4)
     np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_fid_value_is_the_same_bits_whatever_the_se_method(tmp_path):
+    from types import SimpleNamespace
+
+    from diffbench.metrics.base import MetricContext
+    from diffbench.metrics.fidelity import FID
+    from diffbench.metrics.reference import ReferenceData
+
+    rng, mu_g, chol, _, _ = gaussian_case(5)
+    gen = torch.from_numpy(mu_g + rng.normal(size=(400, D)) @ chol.T)
+    ref = ReferenceData(SimpleNamespace(stats=None), torch.from_numpy(rng.normal(size=(500, D))), "x")
+    ctx = MetricContext(cache_dir=tmp_path)
+    values = {m: FID().score_features(gen, ref, ctx, se_method=m, groups=20, bootstrap=10)["fid"]
+              for m in ("jackknife", "bootstrap", "none")}
+    assert len({v.value for v in values.values()}) == 1
+    assert values["none"].uncertainty is None and values["jackknife"].uncertainty > 0
+    assert values["bootstrap"].uncertainty > 0
