@@ -141,6 +141,19 @@ def _fid_against(stats: dict[str, np.ndarray]):
     return fid
 
 
+FID_ROUNDOFF = 1e-5  # relative to tr Σr + tr Σg + |μr|² + |μg|², the terms FID is a difference of
+
+
+def nonnegative_fid(value: float, gen: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
+    """``value`` when it is ≥ 0 within round-off (FID_ROUNDOFF); else ValueError: a distance below zero
+    means the statistics are broken, and the cell fails with the reason rather than record it."""
+    scale = sum(float(np.trace(s["sigma"])) + float(np.square(s["mu"]).sum()) for s in (gen, ref))
+    if not value >= -FID_ROUNDOFF * scale:
+        raise ValueError(f"FID came out {value:.6g}, below zero beyond round-off (terms of size {scale:.4g}): "
+                         "the reference or sample statistics are not valid covariances")
+    return value
+
+
 class FID(_FidelityMetric):
     """Fréchet distance between Gaussian fits of sample and reference features (Heusel et al. 2017)."""
 
@@ -152,8 +165,9 @@ class FID(_FidelityMetric):
     def score_features(self, gen, ref, context, *, bootstrap: int) -> dict[str, MetricValue]:
         from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-        value = fid_statistics_to_metric(fid_features_to_statistics(gen.double()), ref.stats(),
-                                         verbose=False)["frechet_inception_distance"]
+        gen_stats = fid_features_to_statistics(gen.double())
+        value = nonnegative_fid(fid_statistics_to_metric(gen_stats, ref.stats(), verbose=False)
+                                ["frechet_inception_distance"], gen_stats, ref.stats())
         se, method = None, "torch-fidelity FID; no uncertainty (bootstrap=0)"
         if bootstrap > 1:
             fid, g = _fid_against(ref.stats()), gen.double().numpy()
