@@ -156,7 +156,8 @@ def nonnegative_fid(value: float, gen: Tensor, ref: dict[str, np.ndarray]) -> fl
     """``value`` when it is ≥ 0 within round-off (FID_ROUNDOFF); else ValueError: a distance below zero
     means the statistics are broken, and the cell fails with the reason rather than record it."""
     g = gen.double()
-    scale = float(g.square().sum()) / max(len(g), 1) + abs(float(np.trace(ref["sigma"]))) + float(np.square(ref["mu"]).sum())
+    scale = (float(g.square().sum()) / max(len(g), 1) + abs(float(np.trace(ref["sigma"])))
+             + float(np.square(ref["mu"]).sum()))
     if not value >= -FID_ROUNDOFF * scale:
         raise ValueError(f"FID came out {value:.6g}, below zero beyond round-off (terms of size {scale:.4g}): "
                          "the reference or sample statistics are not valid covariances")
