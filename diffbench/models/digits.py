@@ -48,7 +48,8 @@ def _arch(config: dict[str, Any], state: dict[str, Any], path: Any) -> dict[str,
         raise ValueError(f"checkpoint {path}: metadata 'arch' must be a mapping of {', '.join(list(params)[1:])}")
     blocks = {k.split(".")[1] for k in state if k.startswith("blocks.")}
     if arch.get("depth", params["depth"].default) != len(blocks):
-        raise ValueError(f"checkpoint {path}: arch depth {arch.get('depth')!r} but the weights hold {len(blocks)} blocks")
+        raise ValueError(f"checkpoint {path}: arch depth {arch.get('depth')!r} but the weights hold "
+                         f"{len(blocks)} blocks")
     try:
         with torch.device("meta"):  # shapes only: no memory, whatever the config says
             want = {k: tuple(v.shape) for k, v in DenoiserMLP(**arch).state_dict().items()}
