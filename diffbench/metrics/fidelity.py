@@ -191,15 +191,16 @@ class FID(_FidelityMetric):
         root = reference_root(ref)
         point = "FID (Heusel et al. 2017) from float64 feature moments, tr√(ΣgΣr) by eigvalsh"
         context.info["fid_se_method"] = se_method
+        # the same moments and eigendecomposition whatever the s.e. method, so the value is the same bits
         groups = min(groups, len(gen) // 2)  # at least two samples a group (a small warm-up batch)
+        moments = frechet.GroupMoments.of_rows(gen.numpy(), max(groups, 1))
         if se_method == "jackknife" and groups >= 2:
-            value, se = frechet.fid_with_jackknife(frechet.GroupMoments.of_rows(gen.numpy(), groups), root)
+            value, se = frechet.fid_with_jackknife(moments, root)
             value = nonnegative_fid(value, gen, ref.stats())
             context.info["fid_jackknife_groups"] = groups
             return {"fid": MetricValue(value, se, f"{point}; s.e. = linearised delete-a-group jackknife over "
                                                   f"{groups} groups by sample index")}
-        value = nonnegative_fid(frechet.fid_with_moments(frechet.GroupMoments.of_rows(gen.numpy(), 1), root), gen,
-                                ref.stats())
+        value = nonnegative_fid(frechet.fid_with_moments(moments, root), gen, ref.stats())
         if se_method != "bootstrap":
             why = "se_method=none" if se_method == "none" else f"{len(gen)} samples: too few for the jackknife"
             return {"fid": MetricValue(value, None, f"{point}; no uncertainty ({why})")}
