@@ -91,15 +91,15 @@ def test_a_network_output_of_another_shape_is_an_error_never_broadcast():
     one_line(err)
 
 
-def test_a_network_of_another_shape_fails_its_cells_in_a_run(tmp_path):
+def test_a_network_of_another_shape_is_a_configuration_error_in_a_run(tmp_path):
     reg, _ = test_registry()
     suite = parse_suite(small(model={"name": "python", "options": {
         "factory": f"{FACTORIES}:narrow", "schedule": "edm", "target": "x0", "time_input": "sigma",
         "shape": [2]}}, metrics=[], grid=grid(sampler=["euler"], steps=[2])), reg)
-    res = run_suite(suite, tmp_path / "r", registry=reg, progress=False, draw=False, trust_code=True)
-    assert res.failed_cells == 1
-    rec = res.run.read_cells()[0]
-    assert "the network returned shape (32, 1) for an input of shape (32, 2)" in rec["error"]
+    with pytest.raises(SuiteError, match=r"the network returned shape \(2, 1\) for an input of shape \(2, 2\)") as err:
+        run_suite(suite, tmp_path / "r", registry=reg, progress=False, draw=False, trust_code=True)
+    one_line(err)
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("options, match", [
