@@ -68,6 +68,7 @@ def load_models(suite: Suite, registry: Registry) -> dict[str, DiffusionModel]:
             model = comp.obj(**resolve_options(comp, spec.options))
         except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a model that cannot load is a configuration error
             text = str(exc) if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {exc}"
+            text = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
             raise SuiteError(f"{where}: {spec.name!r} could not be loaded: {text}") from None
         if suite.reference is not None:
             model.dataset = suite.reference  # distribution metrics score against model.dataset

@@ -208,7 +208,11 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, exe
 
     kept = _records(run, cells, damaged) if resumed else []
     records = {r["cell_id"]: r for r in kept}  # this suite's records, kept in memory: cells.csv is rebuilt from them
-    done = {c.cell_id for c in cells if _finished(records.get(c.cell_id), c)}
+    changed: dict[str, list[str]] = {}
+    done = {c.cell_id for c in cells if _finished(records.get(c.cell_id), c, models, changed)}
+    for key, hashes in changed.items():
+        say(f"warning: model {key!r}: its checkpoint changed since {len(hashes)} finished cell(s) were run "
+            f"(sha256 {_short(hashes[0])} then, {_short(models[key].checkpoint_hash)} now); rerunning them")
     todo = [c for c in cells if c.cell_id not in done]
     with _sigterm_interrupts() as sigterm:  # after the executor started: Ray's driver installs a handler of its own
         manifest = base_manifest(suite, models, registry, command)
@@ -282,6 +286,21 @@ def _records(run: RunDir, cells: list[CellSpec],
     return [r for r in run.read_cells(on_damaged=on_damaged or (lambda exc: None)) if r["cell_id"] in wanted]
 
 
-def _finished(rec: dict[str, Any] | None, cell: CellSpec) -> bool:
-    """Whether ``rec`` (the cell's kept record, None if none) finished this cell as configured now."""
-    return rec is not None and rec.get("status") == STATUS_OK and rec.get("config_hash") == cell.config_hash
+def _finished(rec: dict[str, Any] | None, cell: CellSpec, models: dict[str, DiffusionModel] | None = None,
+              changed: dict[str, list[str]] | None = None) -> bool:
+    """Whether ``rec`` (the cell's kept record, None if none) is an ok record of the same configuration and, with
+    ``models``, made with the same checkpoint content (a cell run before the checkpoint file changed is listed in
+    ``changed`` and rerun)."""
+    if rec is None or rec.get("status") != STATUS_OK or rec.get("config_hash") != cell.config_hash:
+        return False
+    if models is not None:
+        identity = rec.get("model_identity")
+        then = identity.get("checkpoint_hash") if isinstance(identity, dict) else None
+        if then != models[cell.model.key].checkpoint_hash:
+            (changed if changed is not None else {}).setdefault(cell.model.key, []).append(str(then))
+            return False
+    return True
+
+
+def _short(sha: str | None) -> str:
+    return "none" if sha in (None, "None") else str(sha)[:12]

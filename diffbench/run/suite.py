@@ -31,20 +31,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from diffbench.registry import (
-    Component,
-    Registry,
-    UnknownComponentError,
-    normalize_distribution,
-)
-from diffbench.run.suitefile import (
-    MAX_BYTES,
-    SuiteFileError,
-    check_data,
-    parse_yaml,
-    plain,
-    yaml_path,
-)
+from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution
+from diffbench.run.suitefile import MAX_BYTES, SuiteFileError, check_data, parse_yaml, plain, yaml_path
+from diffbench.run.timelimit import MAX_SECONDS
 from diffbench.util.devices import DTYPES
 
 AXES = ("model", "sampler", "scheduler", "steps", "guidance")
@@ -215,7 +204,7 @@ class Suite(Strict):
     include: list[Rule] = Field(default_factory=list)
     exclude: list[Rule] = Field(default_factory=list)
     requires: dict[str, str] = Field(default_factory=dict, description="distribution -> version specifier")
-    time_limit: Annotated[float, Field(gt=0)] | None = Field(
+    time_limit: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None = Field(
         default=None, description="seconds a cell may take (sampling and scoring); null: no limit")
 
     @field_validator("device")
