@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -50,26 +50,66 @@ REFERENCE_SHAPE = (64, 256)  # 16384 float32 values: below torch's parallel grai
 REFERENCE_OPS = 64
 
 
-def cpu_reference_seconds(repeats: int = 15) -> float:
-    """Median CPU time of this thread for a fixed piece of harness-like work (small elementwise tensor ops
-    driven from Python): the yardstick compare divides harness time by to compare machines.
-
-    Thread CPU time leaves out the time the thread waited for a core, so other processes on a shared
-    machine move it much less than wall-clock time.
-    """
+def reference_work() -> Callable[[], float]:
+    """A fixed piece of harness-like work (small elementwise tensor ops driven from Python); calling the
+    returned function does it once and returns the thread CPU seconds it took."""
     x = torch.linspace(-1.0, 1.0, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1]).reshape(REFERENCE_SHAPE)
     d = torch.full(REFERENCE_SHAPE, 0.5)
 
     def work() -> float:
         y = x
-        t0 = time.thread_time()
-        for k in range(REFERENCE_OPS):
-            y = y + (0.001 * k) * (y - d)
-        return time.thread_time() - t0
+        with torch.inference_mode():
+            t0 = time.thread_time()
+            for k in range(REFERENCE_OPS):
+                y = y + (0.001 * k) * (y - d)
+            return time.thread_time() - t0
 
-    with torch.inference_mode():
-        work()  # warm-up: allocator, dispatch caches
-        return statistics.median(work() for _ in range(repeats))
+    work()  # warm-up: allocator, dispatch caches
+    return work
+
+
+def cpu_reference_seconds(repeats: int = 15) -> float:
+    """Median CPU time of this thread for ``reference_work``: the machine's CPU yardstick, in the manifest.
+
+    Thread CPU time leaves out the time the thread waited for a core, so other processes on a shared
+    machine move it much less than wall-clock time.
+    """
+    work = reference_work()
+    return statistics.median(work() for _ in range(repeats))
+
+
+HARNESS_REPEATS = 7
+HARNESS_METHOD = ("cpu-time: the sampler on the cell's grid, batch size and options with a zero network, one "
+                  "torch thread; median thread CPU time between calls per repetition, minimum over {k} "
+                  "repetitions, divided by the minimum CPU time of the reference work timed between them")
+
+
+def harness_probe(gaps_of_one_call: Callable[[], list[float]], repeats: int = HARNESS_REPEATS) -> dict[str, Any] | None:
+    """The harness's CPU time per network call in units of the CPU reference, measured in the same moments.
+
+    ``gaps_of_one_call()`` runs the sampler once (with a near-free network) and returns the thread CPU
+    seconds between its consecutive network calls. Each repetition times the reference work, then the
+    call (median over its gaps); the minimum over repetitions of each is the least disturbed reading, and
+    their ratio cancels what slows both alike (a slower machine, a busy core, lower clocks). One torch
+    thread, so the figure does not depend on the machine's core count or on a thread pool's spinning.
+    None when the sampler makes fewer than two network calls (no gap to time).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        work = reference_work()
+        if len(gaps_of_one_call()) < 1:  # warm-up, and whether there is anything to time
+            return None
+        refs, probes = [], []
+        for _ in range(repeats):
+            refs.append(work())
+            probes.append(statistics.median(gaps_of_one_call()))
+    finally:
+        torch.set_num_threads(threads)
+    seconds, ref = min(probes), min(refs)
+    return {"method": "cpu-time", "seconds_per_call": seconds, "reference_seconds": ref,
+            "ratio": seconds / ref, "repeats": repeats,
+            "spread": max(probes) / seconds if seconds > 0 else None}
 
 
 @dataclass(frozen=True)
