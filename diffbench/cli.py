@@ -343,6 +343,51 @@ def history_show(db: Path | None, cell: str | None, metric: str | None, z_step: 
     click.echo(json.dumps([s.as_dict() for s in found], indent=2) if as_json else hist.text(found))
 
 
+@cli.command(name="score")
+@click.argument("samples", required=False, type=click.Path(path_type=Path))
+@click.option("--features", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.npz",
+              help="Score precomputed features (array 'features', N × D, from the metrics' extractor) instead of "
+                   "SAMPLES.")
+@click.option("--reference", "reference", required=True, metavar="SPEC",
+              help="What a suite's reference: takes, as inline YAML: digits, or "
+                   "'{name: npz-stats, options: {path: ref.npz}}'.")
+@click.option("--metric", "metrics", multiple=True, required=True, metavar="SPEC",
+              help="A metric as a suite's metrics: entry takes it, inline YAML: fid, or "
+                   "'{name: kid, options: {subsets: 50}}' (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="Where features are extracted and the bootstrap runs.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Reference-statistics cache (default: $DIFFBENCH_CACHE_DIR or ~/.cache/diffbench).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of resampling and subset draws.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images per feature-extraction batch.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object keyed by value name: value, se, method, seconds.")
+@handled
+def score_cmd(samples: Path | None, features: Path | None, reference: str, metrics: tuple[str, ...], device: str,
+              cache_dir: Path | None, seed: int, batch_size: int, as_json: bool) -> None:
+    """Score samples made elsewhere (SAMPLES: an image folder or an .npz of images) with a suite's metrics."""
+    from diffbench.metrics.offline import ScoreError, score
+    from diffbench.metrics.stream import MetricError
+    from diffbench.suitefile import SuiteFileError, parse_yaml
+
+    def inline(text: str, what: str) -> Any:
+        try:
+            return parse_yaml(text.encode())
+        except SuiteFileError as exc:
+            raise UserError(f"{what} {text!r}: {exc}") from None
+
+    try:
+        out = score(inline(reference, "--reference"), [inline(m, "--metric") for m in metrics], samples=samples,
+                    features=features, device=device, cache_dir=cache_dir, seed=seed, batch_size=batch_size)
+    except (ScoreError, MetricError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({name: v.as_dict() for name, v in out.items()}, indent=2))
+        return
+    for name, v in out.items():
+        se = "" if v.se is None else f" ± {v.se:.6g}"
+        click.echo(f"{name}: {v.value:.6g}{se}  ({v.seconds:.2f} s; {v.method})")
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of components.")
 @handled
