@@ -370,10 +370,15 @@ def time_check(base: dict[str, Any], run: dict[str, Any], base_manifest: dict[st
     return Check("time", b, r, ratio, rule.time_tol, _verdict(ratio, rule.time_tol), f"per {basis}")
 
 
+def _positive(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return float(value) if ok else None
+
+
 def harness_ratio(record: dict[str, Any]) -> float | None:
     """The cell's harness probe: CPU time per network call in units of the CPU reference (harness.ratio)."""
-    value = (record.get("harness") or {}).get("ratio")
-    return value if isinstance(value, (int, float)) and value > 0 and math.isfinite(value) else None
+    probe = record.get("harness")
+    return _positive(probe.get("ratio")) if isinstance(probe, dict) else None
 
 
 def schema_version(record: dict[str, Any]) -> int:
@@ -405,8 +410,11 @@ def harness_check(base: dict[str, Any], run: dict[str, Any], rule: Rule) -> Chec
             else "records written before the harness probe"
         return Check("harness", None, None, None, None, SAME,
                      f"the {which} lacks {_lacks('harness.ratio', rec)}: {why}")
-    ref = run["harness"]["reference_seconds"]
-    expected, got = b * ref, run["harness"]["seconds_per_call"]
+    ref, got = _positive(run["harness"].get("reference_seconds")), _positive(run["harness"].get("seconds_per_call"))
+    if ref is None or got is None:
+        return Check("harness", None, None, None, None, SAME, "the run's harness probe lacks reference_seconds "
+                     "or seconds_per_call")
+    expected = b * ref
     allowance = max(rule.harness_tol * expected, rule.harness_floor)
     return Check("harness", expected, got, got / expected - 1.0, allowance / expected,
                  _verdict(got - expected, allowance), "")
@@ -417,7 +425,7 @@ def drift_check(base: dict[str, Any], run: dict[str, Any], rule: Rule) -> Check 
     if rule.drift_floor is None:
         return None
     b, r = base.get("drift_fingerprint"), run.get("drift_fingerprint")
-    if not b or not r:
+    if not isinstance(b, dict) or not isinstance(r, dict):
         rec, which = (base, "baseline") if not b else (run, "run")
         return Check("drift", None, None, None, None, SAME, f"the {which} lacks {_lacks('drift_fingerprint', rec)}")
     try:
