@@ -48,28 +48,34 @@ def bare_network_seconds(model: DiffusionModel, batch_size: int, *, repeats: int
 
 REFERENCE_SHAPE = (64, 256)  # 16384 float32 values: below torch's parallel grain, so one thread does the work
 REFERENCE_OPS = 64
+REFERENCE_PIECES = 16  # timed separately: pieces as short as the harness's gaps between network calls
 
 
 def reference_work() -> Callable[[], float]:
     """A fixed piece of harness-like work (small elementwise tensor ops driven from Python); calling the
-    returned function does it once and returns the thread CPU seconds it took."""
+    returned function does it once and returns the median thread CPU seconds of its ``REFERENCE_PIECES``
+    pieces (each ``REFERENCE_OPS / REFERENCE_PIECES`` ops), the same statistic the harness probe takes of
+    the gaps between network calls, so both see load alike (a preemption spoils one piece, not the median)."""
     x = torch.linspace(-1.0, 1.0, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1]).reshape(REFERENCE_SHAPE)
     d = torch.full(REFERENCE_SHAPE, 0.5)
+    per_piece = REFERENCE_OPS // REFERENCE_PIECES
 
     def work() -> float:
-        y = x
+        y, pieces = x, []
         with torch.inference_mode():
-            t0 = time.thread_time()
-            for k in range(REFERENCE_OPS):
-                y = y + (0.001 * k) * (y - d)
-            return time.thread_time() - t0
+            for piece in range(REFERENCE_PIECES):
+                t0 = time.thread_time()
+                for k in range(piece * per_piece, (piece + 1) * per_piece):
+                    y = y + (0.001 * k) * (y - d)
+                pieces.append(time.thread_time() - t0)
+        return statistics.median(pieces)
 
     work()  # warm-up: allocator, dispatch caches
     return work
 
 
 def cpu_reference_seconds(repeats: int = 15) -> float:
-    """Median CPU time of this thread for ``reference_work``: the machine's CPU yardstick, in the manifest.
+    """Median over repeats of ``reference_work`` (CPU seconds per piece): the machine's CPU yardstick, in the manifest.
 
     Thread CPU time leaves out the time the thread waited for a core, so other processes on a shared
     machine move it much less than wall-clock time.
@@ -78,10 +84,11 @@ def cpu_reference_seconds(repeats: int = 15) -> float:
     return statistics.median(work() for _ in range(repeats))
 
 
-HARNESS_REPEATS = 7
+HARNESS_REPEATS = 11
 HARNESS_METHOD = ("cpu-time: the sampler on the cell's grid, batch size and options with a zero network, one "
                   "torch thread; median thread CPU time between calls per repetition, minimum over {k} "
-                  "repetitions, divided by the minimum CPU time of the reference work timed between them")
+                  "repetitions, divided by the minimum of the same statistic of a fixed CPU reference work "
+                  "(16 pieces of 4 small tensor ops) timed between them")
 
 
 def harness_probe(gaps_of_one_call: Callable[[], list[float]], repeats: int = HARNESS_REPEATS) -> dict[str, Any] | None:
