@@ -126,7 +126,10 @@ def add(run_dir: str | Path, db: str | Path, *, branch: str | None = None, machi
                          rec.get("harness_seconds_per_call"), json.dumps(fp) if fp else None))
             if rec.get("status") != STATUS_OK:
                 continue
-            for name, m in (rec.get("metrics") or {}).items():
+            metrics = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
+            for name, m in metrics.items():
+                if not isinstance(m, dict):
+                    continue
                 con.execute("INSERT INTO metric_values VALUES (?, ?, ?, ?, ?, ?)",
                             (run_id, rec["cell_id"], name, m.get("value"), m.get("uncertainty"),
                              m.get("higher_is_better")))
