@@ -100,7 +100,8 @@ def metric_plan(suite: Suite, model: DiffusionModel, registry: Registry, context
 
 def _record_base(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry) -> dict[str, Any]:
     return {
-        "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "index": cell.index, "config_hash": cell.config_hash, "suite": suite.name,
+        "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "index": cell.index,
+        "config_hash": cell.config_hash, "suite": suite.name,
         "model": cell.model.key, "sampler": cell.sampler.key, "sampler_name": cell.sampler.name,
         "sampler_order": registry.get("sampler", cell.sampler.name).meta.get("order"),
         "scheduler": cell.scheduler.key, "scheduler_name": cell.scheduler.name, "steps": cell.steps,

@@ -227,7 +227,8 @@ def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Reg
                   command: str | None) -> dict[str, Any]:
     model = next(iter(models.values()))
     return {
-        "schema_version": SCHEMA_VERSION, "suite": suite.name, "description": suite.description, "status": "running",
+        "schema_version": SCHEMA_VERSION, "suite": suite.name, "description": suite.description,
+        "status": "running",
         "started": now(),
         "command": command if command is not None else shlex.join(sys.argv),
         "git": git_state(), "versions": versions(), "plugins": registry.plugin_versions(),
