@@ -410,14 +410,12 @@ def harness_check(base: dict[str, Any], run: dict[str, Any], rule: Rule) -> Chec
             else "records written before the harness probe"
         return Check("harness", None, None, None, None, SAME,
                      f"the {which} lacks {_lacks('harness.ratio', rec)}: {why}")
-    ref, got = _positive(run["harness"].get("reference_seconds")), _positive(run["harness"].get("seconds_per_call"))
-    if ref is None or got is None:
-        return Check("harness", None, None, None, None, SAME, "the run's harness probe lacks reference_seconds "
-                     "or seconds_per_call")
-    expected = b * ref
-    allowance = max(rule.harness_tol * expected, rule.harness_floor)
-    return Check("harness", expected, got, got / expected - 1.0, allowance / expected,
-                 _verdict(got - expected, allowance), "")
+    ref = _positive(run["harness"].get("reference_seconds"))
+    if ref is None:
+        return Check("harness", None, None, None, None, SAME, "the run's harness probe lacks reference_seconds")
+    expected, got = b * ref, r * ref  # µs on the run's machine now; the ratio r / b is what is judged
+    allowance = max(rule.harness_tol, rule.harness_floor / expected)
+    return Check("harness", expected, got, r / b - 1.0, allowance, _verdict(r / b - 1.0, allowance), "")
 
 
 def drift_check(base: dict[str, Any], run: dict[str, Any], rule: Rule) -> Check | None:
