@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from diffbench.denoiser import DiffusionModel
-from diffbench.devices import synchronize
+from diffbench.devices import one_thread, synchronize
 
 
 def _network_inputs(model: DiffusionModel, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -101,9 +101,7 @@ def harness_probe(gaps_of_one_call: Callable[[], list[float]], repeats: int = HA
     thread, so the figure does not depend on the machine's core count or on a thread pool's spinning.
     None when the sampler makes fewer than two network calls (no gap to time).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         work = reference_work()
         if len(gaps_of_one_call()) < 1:  # warm-up, and whether there is anything to time
             return None
@@ -111,8 +109,6 @@ def harness_probe(gaps_of_one_call: Callable[[], list[float]], repeats: int = HA
         for _ in range(repeats):
             refs.append(work())
             probes.append(statistics.median(gaps_of_one_call()))
-    finally:
-        torch.set_num_threads(threads)
     seconds, ref = min(probes), min(refs)
     return {"method": "cpu-time", "seconds_per_call": seconds, "reference_seconds": ref,
             "ratio": seconds / ref, "repeats": repeats,
