@@ -85,8 +85,9 @@ def cpu_reference_seconds(repeats: int = 15) -> float:
 
 
 HARNESS_REPEATS = 11
+MIN_GAPS = REFERENCE_PIECES  # gaps per repetition: as many as the reference has pieces
 HARNESS_METHOD = ("cpu-time: the sampler on the cell's grid, batch size and options with a zero network, one "
-                  "torch thread; median thread CPU time between calls per repetition, minimum over {k} "
+                  "torch thread; median thread CPU time between calls (at least 16 per repetition), minimum over {k} "
                   "repetitions, divided by the minimum of the same statistic of a fixed CPU reference work "
                   "(16 pieces of 4 small tensor ops) timed between them")
 
@@ -108,7 +109,10 @@ def harness_probe(gaps_of_one_call: Callable[[], list[float]], repeats: int = HA
         refs, probes = [], []
         for _ in range(repeats):
             refs.append(work())
-            probes.append(statistics.median(gaps_of_one_call()))
+            gaps: list[float] = []
+            while len(gaps) < MIN_GAPS:  # a 5-step sampler has 4 gaps a call: several calls per repetition
+                gaps += gaps_of_one_call()
+            probes.append(statistics.median(gaps))
     seconds, ref = min(probes), min(refs)
     return {"method": "cpu-time", "seconds_per_call": seconds, "reference_seconds": ref,
             "ratio": seconds / ref, "repeats": repeats,
