@@ -37,7 +37,7 @@ from diffbench.metrics.stream import MetricError
 from diffbench.plan import Plan, check_batch_bytes, check_grid_size, check_plan
 from diffbench.provenance import device_name, git_state, versions
 from diffbench.registry import Registry, default_registry
-from diffbench.results import (STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, cells_frame,
+from diffbench.results import (SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, cells_frame,
                                check_writable, find_run, read_json, write_atomic, write_json)
 from diffbench.samplers import noise_draws
 from diffbench.sampling import make_grid, resolve_options
@@ -294,7 +294,8 @@ def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Reg
                   command: str | None) -> dict[str, Any]:
     model = next(iter(models.values()))
     return {
-        "suite": suite.name, "description": suite.description, "status": "running",
+        "schema_version": SCHEMA_VERSION, "suite": suite.name, "description": suite.description,
+        "status": "running",
         "started": now(),
         "command": command if command is not None else shlex.join(sys.argv),
         "git": git_state(), "versions": versions(), "plugins": registry.plugin_versions(),
