@@ -12,7 +12,7 @@ from typing import Any, TypedDict
 
 from diffbench.core.denoiser import DiffusionModel
 from diffbench.registry import Registry
-from diffbench.run.rundir import STATUS_FAILED
+from diffbench.run.rundir import SCHEMA_VERSION, STATUS_FAILED
 from diffbench.run.suite import CellSpec, Suite
 
 
@@ -20,6 +20,7 @@ class CellRecord(TypedDict, total=False):
     """One cell's record (``total=False``: a failed cell lacks what it never measured)."""
 
     # identity: what the cell is (set by new_record)
+    schema_version: int  # SCHEMA_VERSION of the code that wrote the record (diffbench.run.rundir)
     cell_id: str  # stable id of the cell in its suite (file name under cells/)
     index: int  # position in the suite's grid order (rows of cells.csv follow it)
     config_hash: str  # hash of everything that determines the numbers; --resume keeps a cell when it matches
@@ -78,7 +79,7 @@ def now() -> str:
 def new_record(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry) -> CellRecord:
     """A record of ``cell`` with its identity set, status failed and every measurement empty."""
     return CellRecord(
-        cell_id=cell.cell_id, index=cell.index, config_hash=cell.config_hash, suite=suite.name,
+        schema_version=SCHEMA_VERSION, cell_id=cell.cell_id, index=cell.index, config_hash=cell.config_hash, suite=suite.name,
         model=cell.model.key, sampler=cell.sampler.key, sampler_name=cell.sampler.name,
         sampler_order=registry.get("sampler", cell.sampler.name).meta.get("order"),
         scheduler=cell.scheduler.key, scheduler_name=cell.scheduler.name, steps=cell.steps,

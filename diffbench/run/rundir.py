@@ -19,6 +19,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,6 +27,10 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 STATUS_OK, STATUS_FAILED = "ok", "failed"
+# Version of the cell record and manifest layout, written into both as ``schema_version``. Records without
+# the field are version 1. 2: ``schema_version``, ``drift_fingerprint`` and the ``harness`` probe in cell
+# records. ``compare`` names the field an older baseline lacks for each check it cannot make.
+SCHEMA_VERSION = 2
 ID_COLUMNS = ["suite", "cell_id", "model", "sampler", "scheduler", "steps", "nfe", "declared_nfe", "guidance",
               "seeds", "num_samples"]
 TAIL_COLUMNS = ["sample_seconds", "seconds_per_sample", "network_share", "status", "error"]
@@ -380,6 +385,32 @@ class RunDir:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.manifest_path, manifest)
 
+
+def is_result_file(relative: Path) -> bool:
+    """Whether a file of a run directory is part of its results: not a lock, not an interrupted write's temporary."""
+    return not any(part.startswith(LOCK_NAME) or (part.startswith(".") and ".tmp" in part) for part in relative.parts)
+
+
+def copy_results(source: str | Path, dest: str | Path) -> list[Path]:
+    """Copy a finished run directory's result files to ``dest`` (a baseline), leaving out locks and temporaries.
+
+    ``dest`` must not exist (RunDirError); returns the copied paths relative to the run directory.
+    """
+    run, dest = find_run(source), Path(dest)
+    manifest = run.read_manifest()
+    if manifest.get("status") != "complete":
+        raise RunDirError(f"{run.path}: run status is {manifest.get('status')!r}, not 'complete': a baseline must "
+                          "be a finished run")
+    if dest.exists():
+        raise RunDirError(f"{dest}: exists; remove it first (the baseline is replaced whole)")
+    copied = []
+    for path in sorted(p for p in run.path.rglob("*") if p.is_file()):
+        rel = path.relative_to(run.path)
+        if is_result_file(rel):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest / rel)
+            copied.append(rel)
+    return copied
 
 def lock_is_held(path: str | Path) -> bool:
     """Whether some process holds the lock file ``path`` (False when there is no such file)."""

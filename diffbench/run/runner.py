@@ -30,7 +30,7 @@ from diffbench.run.outdir import DEFAULT_ROOT, choose_run_dir, claim_run_dir
 from diffbench.run.preparation import Prepared, preflight
 from diffbench.run.provenance import device_name, git_state, versions
 from diffbench.run.record import now
-from diffbench.run.rundir import STATUS_OK, DamagedFileError, RunDir, as_written, cells_frame, write_atomic, write_json
+from diffbench.run.rundir import SCHEMA_VERSION, STATUS_OK, DamagedFileError, RunDir, as_written, cells_frame, write_atomic, write_json
 from diffbench.run.shards import Shard
 from diffbench.run.suite import CellSpec, Suite, SuiteError
 from diffbench.util.text import error_line
@@ -82,7 +82,8 @@ def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Reg
                   command: str | None) -> dict[str, Any]:
     model = next(iter(models.values()))
     return {
-        "suite": suite.name, "description": suite.description, "status": "running",
+        "schema_version": SCHEMA_VERSION, "suite": suite.name, "description": suite.description,
+        "status": "running",
         "started": now(),
         "command": command if command is not None else shlex.join(sys.argv),
         "git": git_state(), "versions": versions(), "plugins": registry.plugin_versions(),
