@@ -67,6 +67,8 @@ class CellRecord(TypedDict, total=False):
     metrics: dict[str, dict[str, Any]]  # value name → value, uncertainty, method, higher_is_better
     per_seed: list[dict[str, Any]]  # per seed group: seed, nfe, timings, metric values
     sample_image: str | None  # file name of the cell's picture under cells/ (None: none drawn)
+    drift_fingerprint: dict[str, Any] | None  # the first samples, reduced, to tell changed samples apart (run/drift.py)
+    harness: dict[str, Any] | None  # the harness probe: CPU time per call in units of the CPU reference (calibration)
     saved_samples: dict[str, Any]  # with save_samples: mode, files and folder of the saved samples
     worker: dict[str, Any]  # where the cell ran: executor, host, process, device (set by the executor)
 
