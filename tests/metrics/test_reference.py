@@ -116,7 +116,7 @@ def test_a_suite_names_an_image_folder_reference_and_the_manifest_records_it(tmp
 def test_a_bad_reference_is_a_one_line_suite_error_before_any_sampling(tmp_path, spec, match, monkeypatch):
     import diffbench.run.cell
 
-    monkeypatch.setattr(diffbench.run.cell, "sample_batches", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(diffbench.run.cell, "SamplingCall", lambda *a, **k: pytest.fail("sampled"))
     reg, _ = test_registry()
     with pytest.raises(SuiteError, match=match) as err:
         run_suite(parse_suite(digits_suite(spec), reg), tmp_path / "run", registry=reg, progress=False, cache_dir=tmp_path / "c")
