@@ -293,8 +293,9 @@ def test_nesting_and_alias_bombs_are_bounded(tmp_path):
     laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]  # 9^9 ≈ 387 million strings
     bomb = "x-bomb:\n" + "".join(f"  {line}\n" for line in laughs)
     t0 = time.monotonic()
-    assert load_error(tmp_path, suite_text() + bomb) == \
-        f"more than {MAX_VALUES} values once YAML aliases are expanded (an alias bomb or a self-referencing structure?)"
+    assert load_error(tmp_path, suite_text() + bomb) == (
+        f"more than {MAX_VALUES} values once YAML aliases are expanded "
+        "(an alias bomb or a self-referencing structure?)")
     assert time.monotonic() - t0 < 10
     assert load_error(tmp_path, suite_text() + "x-loop: &l [*l]\n") == \
         f"x-loop{'[0]' * (MAX_DEPTH - 1)}: nested deeper than {MAX_DEPTH} levels"

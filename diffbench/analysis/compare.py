@@ -629,7 +629,9 @@ def summary(result: Comparison) -> str:
 
 
 def markdown(result: Comparison) -> str:
-    """The comparison as GitHub-flavoured Markdown (a CI job summary): outcome, table, regressions, what was not compared."""
+    """The comparison as GitHub-flavoured Markdown (a CI job summary).
+
+    Outcome, table, regressions, and what was not compared."""
     def cell_text(value: Any) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
 

@@ -108,7 +108,9 @@ def reference_data(reference: Reference, ext: Extractor, cache_dir: Path, device
 
 def _cached_features(reference: Reference, ext: Extractor, cache_dir: Path, key_json: str,
                      device: torch.device | str, batch_size: int) -> tuple[Tensor, str]:
-    """Features from the verified cache (diffbench.util.verified_cache), else extracted and cached; with their sha256."""
+    """Features from the verified cache (``diffbench.util.verified_cache``), else extracted and cached.
+
+    Returned with their sha256."""
     digest = hashlib.sha256(key_json.encode()).hexdigest()[:16]
     path = cache_dir / f"ref-{reference.name}-{reference.split}-{ext.name}-{digest}.safetensors"
     entry = verified_cache.load(path, key=key_json)

@@ -53,7 +53,8 @@ class DenoiserMLP(nn.Module):
 
     ``time_scale`` multiplies t before the sinusoidal embedding (1 for discrete timesteps 0..999,
     1000 for continuous t in [0, 1]); ``time_min_period`` and ``time_max_period`` set its periods
-    (in time units after ``time_scale``, ``timestep_embedding``; no minimum keeps DDPM's). Label ``num_classes`` (or labels=None) is the null class
+    (in time units after ``time_scale``, ``timestep_embedding``; no minimum keeps DDPM's).
+    Label ``num_classes`` (or labels=None) is the null class
     used for classifier-free guidance (Ho & Salimans 2022).
     """
 

@@ -14,7 +14,9 @@ from diffbench.samplers._common import (
 
 
 def deis_coefficients(sigmas: list[float], k: int, order: int) -> list[float]:
-    """Weights of ε at σ_k, σ_{k-1}, ...: ∫_{σ_k}^{σ_{k+1}} ℓ_j(log σ) dσ, Lagrange basis in log σ (diffusers' ind_fn)."""
+    """Weights of ε at σ_k, σ_{k-1}, ...: ∫_{σ_k}^{σ_{k+1}} ℓ_j(log σ) dσ.
+
+    ℓ_j is the Lagrange basis in log σ (diffusers' ind_fn)."""
     nodes = [math.log(sigmas[k - j]) for j in range(order)]
     a, b = math.log(sigmas[k]), math.log(sigmas[k + 1])
     return [integrate_polynomial_exp(coef, a, b) for coef in lagrange_basis(nodes)]

@@ -31,7 +31,9 @@ def restart_segment(t_max: float, sigma: float, points: int) -> list[float]:
 
 
 def _churns(restart_gamma: float, s_tmin: float, s_tmax: float | None, segment: list[float]) -> list[bool]:
-    """Which segment steps raise σ by restart_gamma: those starting inside [s_tmin, s_tmax] (the authors' S_min/S_max)."""
+    """Which segment steps raise σ by restart_gamma.
+
+    Those starting inside [s_tmin, s_tmax] (the authors' S_min/S_max)."""
     return [restart_gamma > 0 and s_tmin <= a and (s_tmax is None or a <= s_tmax) for a in segment[:-1]]
 
 
@@ -45,7 +47,9 @@ def restart_nfe(sigmas, *, t_min: float = 0.06, t_max: float = 0.30, restart_poi
 
 def restart_noise_per_step(*, restart_times: int = 2, restart_points: int = 3, restart_gamma: float = 0.0,
                            **_) -> int:
-    """Draws the bank holds per step: at the restart step, per restart one lift and (with churn) one per segment step."""
+    """Draws the bank holds per step.
+
+    At the restart step, per restart one lift and (with churn) one per segment step."""
     per_restart = 1 + (int(restart_points) - 1 if float(restart_gamma) > 0 else 0)
     return max(1, int(restart_times) * per_restart)
 

@@ -11,7 +11,8 @@ counted as per-cell. Ray's overhead per cell = its slope − the local slope.
 
 Speed-up: the whole main job, suites/steps.yaml, with the local executor (torch's default threads,
 one cell at a time; and again with one torch thread) and with Ray on 2 workers of 1 CPU and 1
-torch thread each, reference features cached. The machine's load average is recorded with every timing: on a shared machine it moves them.
+torch thread each, reference features cached. The machine's load average is recorded with every
+timing: on a shared machine it moves them.
 """
 from __future__ import annotations
 

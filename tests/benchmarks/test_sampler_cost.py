@@ -5,7 +5,8 @@ one thread, float32) and prints µs per network call, on a network that costs ne
 its input): diffbench's sampler through its SigmaDenoiser (σ → t conversions prepared as ``sample()`` does),
 and k-diffusion's sampler through k-diffusion's own wrapper for a linear-β ε-model (``external.
 DiscreteEpsDDPMDenoiser``), as its users run it; beside it, k-diffusion's loop alone on a σ-space denoiser that
-returns its input and costs nothing (no wrapper at all: a lower bound for any k-diffusion model). Step noise is drawn beforehand on both sides. Each figure is
+returns its input and costs nothing (no wrapper at all: a lower bound for any k-diffusion model). Step noise
+is drawn beforehand on both sides. Each figure is
 the fastest of interleaved repetitions (other processes only ever slow a run down). The target (issue 20): at
 most half of k-diffusion's cost where k-diffusion has the method, at most 3× euler's otherwise.
 

@@ -1,4 +1,7 @@
-"""Paired drift: the fingerprint's arithmetic, and compare flagging Euler's step scaled by 0.99 (unchanged code is not)."""
+"""Paired drift: the fingerprint's arithmetic.
+
+And compare flagging Euler's step scaled by 0.99 (unchanged code is not).
+"""
 from __future__ import annotations
 
 import functools

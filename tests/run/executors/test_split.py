@@ -1,4 +1,7 @@
-"""One cell across Ray tasks: index ranges on batch boundaries; gathered features scored once give the unsplit numbers."""
+"""One cell across Ray tasks: index ranges on batch boundaries.
+
+Gathered features scored once give the unsplit numbers.
+"""
 from __future__ import annotations
 
 import yaml
