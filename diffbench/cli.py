@@ -250,7 +250,7 @@ def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time
 
     try:
         floor = compare.parse_time_tol(drift_floor, compare.drift.FLOOR)
-        rule = compare.Rule(z=compare.Z if z is None else z, metric_tol=compare.parse_metric_tols(metric_tol),
+        rule = compare.Thresholds(z=compare.DEFAULT_Z if z is None else z, metric_tol=compare.parse_metric_tols(metric_tol),
                             time_tol=compare.parse_time_tol(time_tol),
                             harness_tol=compare.parse_time_tol(harness_tol, compare.HARNESS_TOL), drift_floor=floor)
         result = compare.compare(baseline, run_dir, rule)

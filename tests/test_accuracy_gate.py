@@ -54,7 +54,7 @@ def test_loss_of_order_at_the_same_nfe_is_worse_on_trajectory_error(tmp_path):
         registry = FirstOrderHeunRegistry(replace)
         runs[replace] = run_suite(parse_suite(SUITE, registry), tmp_path / str(replace), registry=registry,
                                   progress=False, draw=False).path
-    result = compare.compare(runs[False], runs[True], compare.Rule(time_tol=None, harness_tol=None))
+    result = compare.compare(runs[False], runs[True], compare.Thresholds(time_tol=None, harness_tol=None))
     for cell in result.cells:
         checks = {c.what: c for c in cell.checks}
         assert checks["nfe"].verdict == compare.SAME  # the same cost

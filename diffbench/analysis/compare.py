@@ -28,7 +28,7 @@ from diffbench.run.calibration import HARNESS_METHOD, HARNESS_REPEATS
 from diffbench.run.rundir import SCHEMA_VERSION, STATUS_OK, DamagedFileError, RunDir, dumps, find_run
 from diffbench.util.text import shorten
 
-Z = 2.0
+DEFAULT_Z = 2.0
 TIME_TOL = 0.25  # in-call normalised time varied ≤ 4.3% over 8 smoke runs on a loaded 2-core CPU
 HARNESS_TOL = 0.5  # under load on every core: no false alarm in 30 reruns, ×2 flagged in every cell: docs/regression.md
 HARNESS_FLOOR = 5e-6  # seconds per call: a change below this is timing noise whatever its ratio
@@ -69,10 +69,10 @@ class Tolerance:
 
 
 @dataclass
-class Rule:
+class Thresholds:
     """The thresholds a comparison uses."""
 
-    z: float = Z
+    z: float = DEFAULT_Z
     metric_tol: dict[str, Tolerance] = field(default_factory=dict)  # by metric name; "" is the default
     time_tol: float | None = TIME_TOL  # relative; None: speed not compared
     harness_tol: float | None = HARNESS_TOL  # relative; None: harness time not compared
@@ -120,7 +120,7 @@ def parse_time_tol(text: str | None, default: float = TIME_TOL) -> float | None:
 
 
 @dataclass
-class Check:
+class Difference:
     """One comparison inside a cell: a metric, NFE or normalised time."""
 
     what: str
@@ -159,7 +159,7 @@ class CellComparison:
 
     cell_id: str
     label: str
-    checks: list[Check]
+    checks: list[Difference]
     note: str = ""
 
     @property
@@ -181,7 +181,7 @@ class Comparison:
 
     baseline: Path
     run: Path
-    rule: Rule
+    rule: Thresholds
     cells: list[CellComparison]
     new_cells: list[str]
     warnings: list[str]
@@ -309,29 +309,29 @@ def _verdict(worse_by: float, threshold: float) -> str:
     return BETTER if -worse_by > threshold else SAME
 
 
-def metric_check(name: str, base: dict[str, Any], run: dict[str, Any], higher: bool, rule: Rule) -> Check:
+def metric_check(name: str, base: dict[str, Any], run: dict[str, Any], higher: bool, rule: Thresholds) -> Difference:
     """Worse when the metric moved the bad way by more than z·√(se_b² + se_r²) + tolerance."""
     b, r = base.get("value"), run.get("value")
     if b is None or not math.isfinite(b):
-        return Check(name, b, r, None, None, SAME, f"the baseline lacks metrics.{name}.value")
+        return Difference(name, b, r, None, None, SAME, f"the baseline lacks metrics.{name}.value")
     if r is None or not math.isfinite(r):
-        return Check(name, b, r, None, None, WORSE, "no value in the run")
+        return Difference(name, b, r, None, None, WORSE, "no value in the run")
     ses = [s for s in (base.get("uncertainty"), run.get("uncertainty")) if s is not None and math.isfinite(s)]
     se = math.sqrt(sum(s * s for s in ses))
     noise = rule.z * se if ses else ROUND_OFF_RTOL * abs(b)  # no standard error: round-off only
     threshold = noise + rule.tolerance(name).of(b)
     delta = r - b
     note = "" if ses else f"no standard error: round-off allowance {ROUND_OFF_RTOL:g}·|baseline|"
-    return Check(name, b, r, delta, threshold, _verdict(-delta if higher else delta, threshold), note)
+    return Difference(name, b, r, delta, threshold, _verdict(-delta if higher else delta, threshold), note)
 
 
-def nfe_check(base: dict[str, Any], run: dict[str, Any]) -> Check:
+def nfe_check(base: dict[str, Any], run: dict[str, Any]) -> Difference:
     """Counted NFE per sample may not grow (it is exact, so no noise allowance)."""
     b, r = base.get("nfe"), run.get("nfe")
     if b is None or r is None:
-        return Check("nfe", b, r, None, None, SAME, f"the {'baseline' if b is None else 'run'} lacks nfe")
+        return Difference("nfe", b, r, None, None, SAME, f"the {'baseline' if b is None else 'run'} lacks nfe")
     threshold = NFE_RTOL * abs(b)
-    return Check("nfe", b, r, r - b, threshold, _verdict(r - b, threshold))
+    return Difference("nfe", b, r, r - b, threshold, _verdict(r - b, threshold))
 
 
 def in_call_time(record: dict[str, Any]) -> float | None:
@@ -352,7 +352,7 @@ def calibrated_time(record: dict[str, Any], manifest: dict[str, Any]) -> float |
 
 
 def time_check(base: dict[str, Any], run: dict[str, Any], base_manifest: dict[str, Any],
-               run_manifest: dict[str, Any], rule: Rule) -> Check | None:
+               run_manifest: dict[str, Any], rule: Thresholds) -> Difference | None:
     """Worse when the machine-normalised sampling time grew by more than the time tolerance.
 
     The yardstick is the network's own time inside the timed call when both runs recorded it (it sees
@@ -364,10 +364,10 @@ def time_check(base: dict[str, Any], run: dict[str, Any], base_manifest: dict[st
     if b is None or r is None:
         b, r, basis = calibrated_time(base, base_manifest), calibrated_time(run, run_manifest), "calibration"
     if b is None or r is None:
-        return Check("time", b, r, None, None, SAME, f"the {'baseline' if b is None else 'run'} lacks network_seconds "
+        return Difference("time", b, r, None, None, SAME, f"the {'baseline' if b is None else 'run'} lacks network_seconds "
                      "and calibration.<model>.network_seconds_per_call: speed not compared")
     ratio = r / b - 1.0
-    return Check("time", b, r, ratio, rule.time_tol, _verdict(ratio, rule.time_tol), f"per {basis}")
+    return Difference("time", b, r, ratio, rule.time_tol, _verdict(ratio, rule.time_tol), f"per {basis}")
 
 
 def _positive(value: Any) -> float | None:
@@ -393,7 +393,7 @@ def _lacks(field_name: str, record: dict[str, Any]) -> str:
     return f"{field_name}{older}"
 
 
-def harness_check(base: dict[str, Any], run: dict[str, Any], rule: Rule) -> Check | None:
+def harness_check(base: dict[str, Any], run: dict[str, Any], rule: Thresholds) -> Difference | None:
     """Worse when the harness CPU time per network call grew by more than the harness tolerance and the floor.
 
     Both runs' figures are harness probes (``calibration.harness_probe``): the sampler and σ-space wrapper
@@ -408,39 +408,39 @@ def harness_check(base: dict[str, Any], run: dict[str, Any], rule: Rule) -> Chec
         rec, which = (base, "baseline") if b is None else (run, "run")
         why = "a sampler with fewer than two network calls, or a failed probe" if schema_version(rec) >= 2 \
             else "records written before the harness probe"
-        return Check("harness", None, None, None, None, SAME,
+        return Difference("harness", None, None, None, None, SAME,
                      f"the {which} lacks {_lacks('harness.ratio', rec)}: {why}")
     ref = _positive(run["harness"].get("reference_seconds"))
     if ref is None:
-        return Check("harness", None, None, None, None, SAME, "the run's harness probe lacks reference_seconds")
+        return Difference("harness", None, None, None, None, SAME, "the run's harness probe lacks reference_seconds")
     expected, got = b * ref, r * ref  # µs on the run's machine now; the ratio r / b is what is judged
     allowance = max(rule.harness_tol, rule.harness_floor / expected)
-    return Check("harness", expected, got, r / b - 1.0, allowance, _verdict(r / b - 1.0, allowance), "")
+    return Difference("harness", expected, got, r / b - 1.0, allowance, _verdict(r / b - 1.0, allowance), "")
 
 
-def drift_check(base: dict[str, Any], run: dict[str, Any], rule: Rule) -> Check | None:
+def drift_check(base: dict[str, Any], run: dict[str, Any], rule: Thresholds) -> Difference | None:
     """Changed when the first samples moved by more than the round-off floor (relative RMS change)."""
     if rule.drift_floor is None:
         return None
     b, r = base.get("drift_fingerprint"), run.get("drift_fingerprint")
     if not isinstance(b, dict) or not isinstance(r, dict):
         rec, which = (base, "baseline") if not b else (run, "run")
-        return Check("drift", None, None, None, None, SAME, f"the {which} lacks {_lacks('drift_fingerprint', rec)}")
+        return Difference("drift", None, None, None, None, SAME, f"the {which} lacks {_lacks('drift_fingerprint', rec)}")
     try:
         change = drift.relative_rms_change(b, r)
     except ValueError as exc:
-        return Check("drift", None, None, None, None, SAME, f"fingerprints cannot be paired: {exc}")
-    return Check("drift", 0.0, change, change, rule.drift_floor, CHANGED if change > rule.drift_floor else SAME)
+        return Difference("drift", None, None, None, None, SAME, f"fingerprints cannot be paired: {exc}")
+    return Difference("drift", 0.0, change, change, rule.drift_floor, CHANGED if change > rule.drift_floor else SAME)
 
 
 def compare_cell(cid: str, base: dict[str, Any], run: dict[str, Any], base_manifest: dict[str, Any],
-                 run_manifest: dict[str, Any], rule: Rule, warnings: list[str]) -> CellComparison:
+                 run_manifest: dict[str, Any], rule: Thresholds, warnings: list[str]) -> CellComparison:
     """Every check of one matched cell."""
     label = _display(base, len(base_manifest.get("models") or {}))
     if base.get("status") != STATUS_OK:
         return CellComparison(cid, label, [], "baseline cell failed: not compared")
     if run.get("status") != STATUS_OK:
-        return CellComparison(cid, label, [Check("status", None, None, None, None, WORSE)],
+        return CellComparison(cid, label, [Difference("status", None, None, None, None, WORSE)],
                               f"failed: {run.get('error')}")
     checks = [metric_check(name, m, run.get("metrics", {}).get(name) or {},
                            higher_is_better(name, base, run, warnings=warnings), rule)
@@ -515,9 +515,9 @@ def refresh_command(baseline: Path, manifest: dict[str, Any]) -> str:
             f"&& diffbench baseline {new} {shlex.quote(str(baseline))}")
 
 
-def compare(baseline: str | Path, run: str | Path, rule: Rule | None = None) -> Comparison:
+def compare(baseline: str | Path, run: str | Path, rule: Thresholds | None = None) -> Comparison:
     """Compare every baseline cell with the same cell of ``run`` (each a run directory or a suite folder)."""
-    rule = rule or Rule()
+    rule = rule or Thresholds()
     base_dir, base_manifest, base_records = _load(baseline, "baseline")
     run_dir, run_manifest, run_records = _load(run, "run")
     if base_manifest.get("suite") != run_manifest.get("suite"):
@@ -537,7 +537,7 @@ def compare(baseline: str | Path, run: str | Path, rule: Rule | None = None) -> 
 NOTE_WIDTH = 60
 
 
-def _fmt_check(c: Check) -> str:
+def _fmt_check(c: Difference) -> str:
     if c.delta is None:
         return "not compared" if c.note else "-"  # why: under the table
     if c.what in ("time", "harness"):
@@ -558,7 +558,7 @@ def _column(what: str) -> str:
     return what if what in PLAIN_CHECKS else "Δ" + what
 
 
-def table(result: Comparison) -> pd.DataFrame:
+def verdict_table(result: Comparison) -> pd.DataFrame:
     """One row per cell: its verdict, then each check's change and allowance (Δ metric ±allowance, time %)."""
     rows = []
     for cell in result.cells:
@@ -589,7 +589,7 @@ def text(result: Comparison) -> str:
     lines = [f"baseline {result.baseline}", f"run      {result.run}", *_context_lines(result)]
     if result.machines:
         lines.append(result.machines)
-    lines += ["", table(result).to_string(index=False, max_colwidth=NOTE_WIDTH + 1)]
+    lines += ["", verdict_table(result).to_string(index=False, max_colwidth=NOTE_WIDTH + 1)]
     if result.regressions:
         lines += ["", "regressions (baseline → run, change, allowance):"]
         for cell in result.regressions:
@@ -635,7 +635,7 @@ def markdown(result: Comparison) -> str:
     def cell_text(value: Any) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
 
-    frame = table(result)
+    frame = verdict_table(result)
     icon = {WORSE: "❌", CHANGED: "⚠️", BETTER: "✅", SAME: "✅"}
     lines = [f"### diffbench compare: {summary(result)}", "",
              f"baseline `{result.baseline}` → run `{result.run}`", ""]
@@ -669,7 +669,7 @@ def junit(result: Comparison) -> str:
     suite = ET.Element("testsuite", name="diffbench compare", tests="0", failures="0", skipped="0", errors="0")
     tests = failures = skipped = 0
     for cell in result.cells:
-        checks = cell.checks or [Check("cell", None, None, None, None, SAME, cell.note or "not compared")]
+        checks = cell.checks or [Difference("cell", None, None, None, None, SAME, cell.note or "not compared")]
         for c in checks:
             case = ET.SubElement(suite, "testcase", classname=cell.label, name=c.what)
             tests += 1

@@ -103,7 +103,7 @@ def check_batch(x: Any, rows: int, model: DiffusionModel, sampler: str, first: i
         raise SamplerOutputError(f"{where} returned non-finite samples: {bad} of {rows}")
 
 
-def check_nfe(counted: float, declared: int, comp: Component) -> str | None:
+def nfe_mismatch(counted: float, declared: int, comp: Component) -> str | None:
     """A counted NFE that differs from the declared one: an error for a built-in, a warning for a plugin."""
     if counted == declared:
         return None
@@ -129,7 +129,7 @@ def sample_labels(model: DiffusionModel, indices: list[int], conditional: bool) 
     return model.condition.for_indices(indices, model.device, model.dtype)
 
 
-def decode(model: DiffusionModel, x: Tensor) -> tuple[Tensor, float]:
+def decode_latents(model: DiffusionModel, x: Tensor) -> tuple[Tensor, float]:
     """A latent model's decoded samples and the seconds decoding took (device synchronised)."""
     synchronize(model.device)
     t0 = time.perf_counter()
@@ -226,11 +226,11 @@ class SamplingCall:
                 nfe_rows += counter.rows
                 res.nfe = nfe_rows / (start + len(idx))
                 check_batch(x, len(idx), model, res.sampler, idx[0])
-                warning = check_nfe(counter.rows / len(idx), res.declared_nfe, comp)
+                warning = nfe_mismatch(counter.rows / len(idx), res.declared_nfe, comp)
                 if warning is not None and warning not in res.meta["warnings"]:
                     res.meta["warnings"].append(warning)
                 if model.decoder is not None:  # after the clock and the checks: neither sampling time nor NFE
-                    x, seconds = decode(model, x)
+                    x, seconds = decode_latents(model, x)
                     res.decode_seconds += seconds
                 cpu_labels = labels.cpu() if labels is not None and model.num_classes is not None else None
                 if cpu_labels is not None:

@@ -97,7 +97,7 @@ def plain(value: Any) -> Any:
     return value
 
 
-def decode(raw: bytes) -> str:
+def suite_file_text(raw: bytes) -> str:
     """The suite file's text; SuiteFileError for a file too large, binary or not UTF-8."""
     if len(raw) > MAX_BYTES:
         raise SuiteFileError(f"larger than a suite file may be ({MAX_BYTES} bytes)")
@@ -112,7 +112,7 @@ def decode(raw: bytes) -> str:
 
 def parse_yaml(raw: bytes) -> Any:
     """Plain data from a suite file's bytes, every limit above enforced; SuiteFileError otherwise."""
-    text = decode(raw)
+    text = suite_file_text(raw)
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as exc:

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from diffbench.analysis import compare
-from diffbench.analysis.compare import BETTER, SAME, WORSE, Rule, Tolerance
+from diffbench.analysis.compare import BETTER, SAME, WORSE, Thresholds, Tolerance
 from diffbench.cli import cli
 from diffbench.run.rundir import RunDir
 
@@ -54,7 +54,7 @@ def make_run(path: Path, records: list[dict[str, Any]], *, bare: float | None = 
     return path
 
 
-def verdicts(base: Path, run: Path, rule: Rule | None = None) -> dict[str, dict[str, str]]:
+def verdicts(base: Path, run: Path, rule: Thresholds | None = None) -> dict[str, dict[str, str]]:
     """Cell label → check name → verdict (and 'cell' → the cell's verdict)."""
     result = compare.compare(base, run, rule)
     return {c.label: {"cell": c.verdict, **{k.what: k.verdict for k in c.checks}} for c in result.cells}
@@ -95,10 +95,10 @@ def test_metric_tolerance_absolute_relative_and_per_metric(base, tmp_path):
     run = make_run(tmp_path / "run", [record(10, fid=11.4, fid_se=0.4), record(20, fid=8.0)])  # +1.4
     cell = "euler karras n=10"
     assert verdicts(base, run)[cell]["fid"] == WORSE
-    assert verdicts(base, run, Rule(metric_tol={"fid": Tolerance(0.5)}))[cell]["fid"] == SAME  # 1.0 + 0.5
-    assert verdicts(base, run, Rule(metric_tol={"": Tolerance(0.05, relative=True)}))[cell]["fid"] == SAME  # + 0.5
-    assert verdicts(base, run, Rule(metric_tol={"precision": Tolerance(0.5)}))[cell]["fid"] == WORSE
-    assert verdicts(base, run, Rule(z=3.0))[cell]["fid"] == SAME  # 3·0.5 = 1.5
+    assert verdicts(base, run, Thresholds(metric_tol={"fid": Tolerance(0.5)}))[cell]["fid"] == SAME  # 1.0 + 0.5
+    assert verdicts(base, run, Thresholds(metric_tol={"": Tolerance(0.05, relative=True)}))[cell]["fid"] == SAME  # + 0.5
+    assert verdicts(base, run, Thresholds(metric_tol={"precision": Tolerance(0.5)}))[cell]["fid"] == WORSE
+    assert verdicts(base, run, Thresholds(z=3.0))[cell]["fid"] == SAME  # 3·0.5 = 1.5
 
 
 def test_direction_falls_back_to_known_metrics_then_warns(tmp_path):
@@ -142,8 +142,8 @@ def test_speed_in_network_evaluations_timed_in_the_same_call(base, tmp_path):
 
 def test_speed_tolerance_and_off(base, tmp_path):
     run = make_run(tmp_path / "run", [record(10, sample_seconds=0.52), record(20, fid=8.0)])
-    assert verdicts(base, run, Rule(time_tol=0.5))["euler karras n=10"]["time"] == SAME
-    assert "time" not in verdicts(base, run, Rule(time_tol=None))["euler karras n=10"]
+    assert verdicts(base, run, Thresholds(time_tol=0.5))["euler karras n=10"]["time"] == SAME
+    assert "time" not in verdicts(base, run, Thresholds(time_tol=None))["euler karras n=10"]
 
 
 def test_speed_falls_back_to_the_calibration(tmp_path):
@@ -292,7 +292,7 @@ def test_harness_not_compared_names_the_missing_field_and_the_refresh_command(ba
     out = compare.text(compare.compare(base, run))
     assert "not compared: harness: the baseline lacks harness.ratio (schema 1, older than 2)" in out
     assert "refresh the baseline: diffbench run <the suite file of 'smoke'> --out /tmp/smoke-new" in out
-    assert "harness" not in verdicts(base, run, Rule(harness_tol=None))["euler karras n=10"]
+    assert "harness" not in verdicts(base, run, Thresholds(harness_tol=None))["euler karras n=10"]
     assert invoke(base, run, "--harness-tol", "off").exit_code == 0
     required = invoke(base, run, "--require-all")
     assert required.exit_code == 1 and "--require-all: " in required.stderr

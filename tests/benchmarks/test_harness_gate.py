@@ -99,7 +99,7 @@ def _probes(model: str, registry: Registry) -> dict[str, dict]:
 
 def _flags(base: dict[str, dict], run: dict[str, dict]) -> int:
     """Samplers whose retaken probe the harness check calls worse than the baseline probe."""
-    return sum(compare.harness_check({"harness": base[s]}, {"harness": run[s]}, compare.Rule()).verdict
+    return sum(compare.harness_check({"harness": base[s]}, {"harness": run[s]}, compare.Thresholds()).verdict
                == compare.WORSE for s in SAMPLERS)
 
 

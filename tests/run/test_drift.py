@@ -93,9 +93,9 @@ def runs(tmp_path_factory):
             "scaled": run(tmp / "scaled", ScaledEulerRegistry())}
 
 
-def drift_checks(base: Path, run: Path) -> dict[str, compare.Check]:
+def drift_checks(base: Path, run: Path) -> dict[str, compare.Difference]:
     return {cell.label: next(c for c in cell.checks if c.what == "drift")
-            for cell in compare.compare(base, run, compare.Rule(time_tol=None, harness_tol=None)).cells}
+            for cell in compare.compare(base, run, compare.Thresholds(time_tol=None, harness_tol=None)).cells}
 
 
 def test_rerunning_unchanged_code_does_not_drift(runs):
@@ -121,8 +121,8 @@ def test_euler_step_scaled_by_0_99_is_changed_and_exits_4(runs):
 
 def test_a_regression_outranks_a_change(runs, tmp_path):
     """A cell that is worse and drifted is 'worse' (exit 1), not 'changed'."""
-    cell = compare.CellComparison("c", "c", [compare.Check("drift", 0.0, 1.0, 1.0, 1e-4, CHANGED),
-                                             compare.Check("nfe", 10, 11, 1, 1e-8, compare.WORSE)])
+    cell = compare.CellComparison("c", "c", [compare.Difference("drift", 0.0, 1.0, 1.0, 1e-4, CHANGED),
+                                             compare.Difference("nfe", 10, 11, 1, 1e-8, compare.WORSE)])
     assert cell.verdict == compare.WORSE
     assert math.isinf(drift.relative_rms_change(drift.fingerprint(torch.zeros(2, 2)),
                                                 drift.fingerprint(torch.ones(2, 2))))

@@ -83,7 +83,7 @@ def _worker_model(payload: dict[str, Any], cell: CellSpec, threads: int) -> Any:
     return model
 
 
-def _where(record: dict[str, Any], threads: int) -> dict[str, Any]:
+def _worker_info(record: dict[str, Any], threads: int) -> dict[str, Any]:
     import ray
 
     return worker_info("ray", record, node_id=ray.get_runtime_context().get_node_id(),
@@ -105,7 +105,7 @@ def run_cell_task(payload: dict[str, Any], cell: CellSpec, threads: int) -> dict
         scratch = RunDir(tmp)  # the worker never writes the run directory; its files travel as bytes
         record = run_cell(suite, cell, model, registry, context, scratch, _NoBar(), time_limit=suite.time_limit)
         files = _files(scratch)
-    record["worker"] = _where(record, threads)
+    record["worker"] = _worker_info(record, threads)
     return {"record": record, "files": files, "metric_info": context.info}
 
 
@@ -122,7 +122,7 @@ def sample_part_task(payload: dict[str, Any], cell: CellSpec, part: Part, thread
     except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # the cell's failure, recorded by the driver
         return {"part": part, "error": str(exc) if isinstance(exc, TimeLimitExceeded) else error_line(exc),
                 "traceback": traceback.format_exc()}
-    out.update(metric_info=context.info, worker=_where({"device": str(model.device)}, threads))
+    out.update(metric_info=context.info, worker=_worker_info({"device": str(model.device)}, threads))
     return out
 
 
