@@ -8,7 +8,6 @@ is one line naming the YAML path and, where there is a closed set, the allowed v
 from __future__ import annotations
 
 import hashlib
-import inspect
 import itertools
 import json
 import re
@@ -22,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from pydantic_core import PydanticCustomError
 
 from diffbench.devices import DTYPES
-from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution
+from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution, option_types
 from diffbench.suitefile import MAX_BYTES, SuiteFileError, check_data, parse_yaml, plain, yaml_path
 
 AXES = ("model", "sampler", "scheduler", "steps", "guidance")
@@ -243,31 +242,15 @@ def first_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
 
 # --- plugin options ----------------------------------------------------------------------------
 
-def _type_of_default(default: Any) -> Any:
-    for t in (bool, int, float, str, list, dict):
-        if type(default) is t:
-            return t
-    return Any
-
-
-def _hints(comp: Component) -> dict[str, Any]:
-    fn = comp.obj if inspect.isfunction(comp.obj) or inspect.ismethod(comp.obj) else None
-    if fn is None:
-        return {}
-    try:
-        return typing.get_type_hints(fn)
-    except Exception:  # unresolvable annotations: fall back to the defaults' types
-        return {}
-
-
 def options_model(comp: Component) -> type[BaseModel]:
     """A pydantic model of ``comp``'s options: annotated types where given, else the default's type."""
-    hints = _hints(comp)
+    types, helps, nested = option_types(comp), comp.meta.get("option_help") or {}, comp.meta.get("option_schema") or {}
     fields = {}
     for i, (key, default) in enumerate(comp.options.items()):
-        hint = hints.get(key) or (float if isinstance(default, float) else _type_of_default(default))
+        hint = types[key]
         # aliases keep option names such as 'json' or 'copy' from clashing with BaseModel attributes
-        fields[f"o{i}"] = (hint, Field(default=default, alias=key))
+        fields[f"o{i}"] = (hint, Field(default=default, alias=key, description=helps.get(key),
+                                       json_schema_extra=nested.get(key)))
     return create_model(f"{comp.kind}_{comp.name}_options".replace("-", "_"), __base__=Strict, **fields)
 
 
@@ -280,7 +263,14 @@ def check_options(comp: Component, options: dict[str, Any], path: str) -> dict[s
         if "unknown key" in line:
             line = line.replace("unknown key;", f"{comp.kind} {comp.name!r} has no such option;")
         raise SuiteError(f"{path}.{line}") from None
-    return validated.model_dump(by_alias=True, exclude_unset=True)
+    given = validated.model_dump(by_alias=True, exclude_unset=True)
+    check = comp.meta.get("check_options")
+    if check is not None:
+        try:
+            check(**{**comp.options, **given})
+        except (ValueError, TypeError) as exc:
+            raise SuiteError(f"{path}.{exc}" if str(exc).startswith(tuple(comp.options)) else f"{path}: {exc}") from None
+    return given
 
 
 def _check_component(registry: Registry, kind: str, spec: ComponentSpec, path: str) -> ComponentSpec:

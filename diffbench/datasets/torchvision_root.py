@@ -88,3 +88,10 @@ def torchvision_root(split: str | None = None, *, root: str = "", dataset: str =
             yield part.float() / 127.5 - 1.0  # exact inverse of diffbench's uint8 mapping
 
     return Reference("torchvision", split, identity, len(u8), tuple(u8.shape[1:]), batches)
+
+
+torchvision_root.option_help = {
+    "root": "the root torchvision downloaded into (holds MNIST/raw/ or cifar-10-batches-py/), relative to the suite "
+            "file",
+    "dataset": f"which dataset under root: {', '.join(SUPPORTED)}",
+}

@@ -20,7 +20,10 @@ from torch import Tensor
 
 from diffbench.checkpoints import file_sha256
 from diffbench.denoiser import DiffusionModel
-from diffbench.noise import DiscreteVP, make_schedule
+from diffbench.noise import (SCHEDULE_OPTION_HELP, SCHEDULES, TABLE_SCHEDULES, DiscreteVP, check_schedule_options,
+                             make_schedule, schedule_options_json_schema)
+
+ALL_SCHEDULES = (*SCHEDULES, *TABLE_SCHEDULES)
 from diffbench.targets import TARGETS
 
 
@@ -63,6 +66,50 @@ def load_factory(spec: str) -> Callable[..., Any]:
     return fn
 
 
+def check_options(*, factory: str = "", schedule: str = "linear", schedule_options: dict | None = None,
+                  target: str = "eps", time_input: str = "t", time_scale: float = 1.0, shape: list | None = None,
+                  data_range: list | None = None, **_: Any) -> None:
+    """The checks that need no import, file or weights (validate --no-load runs them): one-line ValueErrors."""
+    if not factory:
+        raise ValueError("factory: model 'python' needs options.factory: 'package.module:function' or "
+                         "'file.py:function' (a path relative to the suite file)")
+    if target not in TARGETS:
+        raise ValueError(f"target: unknown target {target!r}; available: {', '.join(TARGETS)}")
+    if time_input not in TIME_INPUTS:
+        raise ValueError(f"time_input: unknown convention {time_input!r}; available: {', '.join(TIME_INPUTS)}")
+    if time_input != "t" and time_scale != 1.0:
+        raise ValueError(f"time_scale applies to time_input 't' only, not {time_input!r}")
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ValueError(f"shape: the sample shape as a list of positive ints (e.g. [3, 32, 32]), got {shape!r}")
+    data_range = [-1.0, 1.0] if data_range is None else data_range
+    if len(data_range) != 2 or not data_range[0] < data_range[1]:
+        raise ValueError(f"data_range: [low, high] with low < high, got {data_range!r}")
+    try:
+        check_schedule_options(schedule, dict(schedule_options or {}))
+    except ValueError as exc:
+        raise ValueError(f"{'schedule_options' if schedule in ALL_SCHEDULES else 'schedule'}: {exc}") from None
+
+
+OPTION_HELP = {
+    "factory": "'package.module:function' or 'file.py:function' (relative to the suite file) returning the "
+               "torch module; running it needs --trust-factory",
+    "factory_options": "keyword arguments passed to the factory (checked when it runs, not by validate)",
+    "checkpoint": "weights file handed to the factory as checkpoint=<absolute path> (relative to the suite file)",
+    "schedule": f"noise schedule as trained: {', '.join(ALL_SCHEDULES)}",
+    "schedule_options": "the schedule's own options (listed below by schedule), e.g. {betas: [...]} for "
+                        "trained-betas",
+    "target": f"what the network predicts: {', '.join(TARGETS)}",
+    "time_input": f"what the network gets as time: {', '.join(TIME_INPUTS)} (see docs/models.md)",
+    "time_scale": "multiplies time_input 't' (1/T for networks trained on t/T)",
+    "shape": "one sample's shape, e.g. [1, 28, 28]",
+    "num_classes": "class labels 0..num_classes-1 passed as cond (0: unconditional, cond is None)",
+    "learned_variance": "the network outputs 2×channels (mean and variance halves); the variance half is dropped",
+    "data_range": "[low, high] of the training data (e.g. [-0.5, 0.5]); metrics map it to [0, 255]",
+    "dataset": "default reference dataset for fid/kid/prc/swd (a name such as digits; a suite's reference: "
+               "overrides it)",
+}
+
+
 class PythonNetwork(torch.nn.Module):
     """The user's module, with the variance half of a learned-variance output dropped."""
 
@@ -81,22 +128,15 @@ def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: s
                  num_classes: int = 0, learned_variance: bool = False, data_range: list = [-1.0, 1.0],  # noqa: B006
                  dataset: str = "") -> DiffusionModel:
     """A torch module from the user's factory with its declared schedule, target and time input."""
-    if not factory:
-        raise ValueError("model 'python' needs options.factory: 'package.module:function'")
-    if target not in TARGETS:
-        raise ValueError(f"options.target: unknown target {target!r}; available: {', '.join(TARGETS)}")
-    if time_input not in TIME_INPUTS:
-        raise ValueError(f"options.time_input: unknown convention {time_input!r}; available: {', '.join(TIME_INPUTS)}")
-    if time_input != "t" and time_scale != 1.0:
-        raise ValueError(f"options.time_scale applies to time_input 't' only, not {time_input!r}")
-    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ValueError(f"options.shape: the sample shape as a list of positive ints (e.g. [3, 32, 32]), got {shape!r}")
-    if len(data_range) != 2 or not data_range[0] < data_range[1]:
-        raise ValueError(f"options.data_range: [low, high] with low < high, got {data_range!r}")
+    try:
+        check_options(factory=factory, schedule=schedule, schedule_options=schedule_options, target=target,
+                      time_input=time_input, time_scale=time_scale, shape=shape, data_range=data_range)
+    except ValueError as exc:
+        raise ValueError(f"options.{exc}") from None
     try:
         sched = make_schedule(schedule, **schedule_options)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"options.schedule: {exc}") from None
+        raise ValueError(f"options.schedule_options: {exc}") from None
     kwargs = dict(factory_options)
     if checkpoint:
         if not Path(checkpoint).is_file():
@@ -119,3 +159,8 @@ def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: s
         data_range=(float(data_range[0]), float(data_range[1])), info=info, time_input=time_fn,
     )
 
+
+
+python_model.option_help = OPTION_HELP
+python_model.check_options = check_options
+python_model.option_schema = {"schedule_options": schedule_options_json_schema()}
