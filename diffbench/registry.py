@@ -58,9 +58,15 @@ COMMON_DECLARATIONS: dict[str, str] = {
     "option_help": "dict: option name -> one line saying what it means ('diffbench plugins NAME' prints it)",
     "option_types": "dict: option name -> type, for options whose default (None) does not say their type",
     "option_schema": "dict: option name -> JSON Schema fragment of a nested block (diffbench schema shows it)",
+    "path_options": "dict: option name -> 'path' (a file or folder), 'factory' ('file.py:function' or "
+                    "'module:function') or 'path-or-id' (a folder, else an id such as a hub name): a relative "
+                    "path in a suite resolves against the suite file's folder",
     "check_options": "callable(**options) -> None: the checks that need no loading (validate --no-load runs "
                      "them); a one-line ValueError, starting with the option's name",
 }
+
+
+PATH_KINDS = ("path", "factory", "path-or-id")
 
 
 def declarations(kind: str) -> dict[str, str]:
@@ -206,14 +212,14 @@ def _validate(kind: str, obj: Any, meta: dict[str, Any]) -> dict[str, Any]:
 def _declared_on(obj: Any) -> dict[str, Any]:
     """Option declarations a component carries as attributes (a metric class's ``option_help``, a loader
     function's ``check_options``), so a plugin may declare them beside the code or in ``registry.add``."""
-    out = {k: getattr(obj, k) for k in ("option_help", "option_types", "option_schema") if isinstance(getattr(obj, k, None), dict)}
+    out = {k: getattr(obj, k) for k in ("option_help", "option_types", "option_schema", "path_options") if isinstance(getattr(obj, k, None), dict)}
     if callable(getattr(obj, "check_options", None)):
         out["check_options"] = obj.check_options
     return out
 
 
 def _check_option_declarations(kind: str, name: str, options: dict[str, Any], meta: dict[str, Any]) -> None:
-    for key in ("option_help", "option_types", "option_schema"):
+    for key in ("option_help", "option_types", "option_schema", "path_options"):
         given = meta.get(key)
         if given is None:
             continue
@@ -223,6 +229,10 @@ def _check_option_declarations(kind: str, name: str, options: dict[str, Any], me
         if stray:
             raise RegistrationError(f"{kind} {name!r}: {key} names {stray[0]!r}, which is not an option; "
                                     f"options are {', '.join(options) or 'none'}")
+    bad = {k: v for k, v in (meta.get("path_options") or {}).items() if v not in PATH_KINDS}
+    if bad:
+        raise RegistrationError(f"{kind} {name!r}: path_options[{next(iter(bad))!r}] must be one of "
+                                f"{', '.join(PATH_KINDS)}, got {next(iter(bad.values()))!r}")
     if meta.get("check_options") is not None and not callable(meta["check_options"]):
         raise RegistrationError(f"{kind} {name!r}: check_options must be callable(**options)")
 

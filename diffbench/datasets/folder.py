@@ -94,3 +94,4 @@ image_folder.option_help = {
     "center_crop": "take the central square of each image's short side",
     "resize": "resize to this many pixels square with PIL bicubic (0: keep the size)",
 }
+image_folder.path_options = {"path": "path"}

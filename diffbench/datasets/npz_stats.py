@@ -41,3 +41,4 @@ def check_dimension(reference: Reference, dim: int, extractor: str) -> None:
 
 
 npz_stats.option_help = {"path": ".npz with mu (D,) and sigma (D, D) FID statistics, relative to the suite file"}
+npz_stats.path_options = {"path": "path"}

@@ -70,6 +70,7 @@ class _FidelityMetric(StreamingMetric):
         "batch_size": "images per extractor call"}
     option_types: ClassVar[dict[str, Any]] = {"extractor": str | None, "weights_path": str | None,
                                               "reference_split": str | None}
+    path_options: ClassVar[dict[str, str]] = {"weights_path": "path"}
     needs_features: ClassVar[bool] = True  # False: precomputed statistics (npz-stats) will do
 
     def _setup(self, model: Any, context: MetricContext, extractor: str | None, weights_path: str | None,

@@ -371,3 +371,4 @@ diffusers_model.option_help = {
     "num_classes": "class labels 0..num_classes-1 for class-conditional models (0: from the config)",
     "allow_download": "let diffusers fetch a hub id (off: nothing downloads at run time)",
 }
+diffusers_model.path_options = {"path": "path-or-id", "prompts": "path"}

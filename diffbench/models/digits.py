@@ -75,3 +75,4 @@ MODELS = {"digits-eps": digits_eps, "digits-v": digits_v, "digits-flow": digits_
 for _loader in MODELS.values():
     _loader.option_help = {"checkpoint": "another checkpoint of this model (safetensors, with its training config "
                                          "in the metadata); default: the shipped one"}
+    _loader.path_options = {"checkpoint": "path"}

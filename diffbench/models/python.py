@@ -163,4 +163,5 @@ def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: s
 
 python_model.option_help = OPTION_HELP
 python_model.check_options = check_options
+python_model.path_options = {"factory": "factory", "checkpoint": "path"}
 python_model.option_schema = {"schedule_options": schedule_options_json_schema()}
