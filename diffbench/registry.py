@@ -47,7 +47,10 @@ DECLARATIONS: dict[str, dict[str, str]] = {
         "discrete_only": "bool: needs a discrete model's training timesteps; refuses continuous schedules",
     },
     "target": {},
-    "model": {},
+    "model": {
+        "code_options": "tuple of option names whose values name code to import and run (e.g. 'module:function'); "
+                        "a suite may set them only with the user's consent (--trust-code, see diffbench.trust)",
+    },
     "metric": {
         "higher_is_better": "bool, or a dict by value name: the direction regressions are read in",
     },
@@ -196,7 +199,11 @@ def _validate(kind: str, obj: Any, meta: dict[str, Any]) -> dict[str, Any]:
     if kind == "model":
         if not callable(obj):
             raise RegistrationError("a model must be a callable returning a DiffusionModel")
-        return keyword_options(obj)
+        options = keyword_options(obj)
+        code = meta.get("code_options", ())
+        if isinstance(code, str) or not all(isinstance(c, str) and c in options for c in code):
+            raise RegistrationError(f"a model's code_options must be a tuple of its option names, got {code!r}")
+        return options
     if kind == "metric":
         streaming = callable(getattr(obj, "features", None)) and callable(getattr(obj, "score", None))
         if not streaming and not callable(getattr(obj, "compute", None)):

@@ -25,6 +25,7 @@ from diffbench.noise import (SCHEDULE_OPTION_HELP, SCHEDULES, TABLE_SCHEDULES, D
 
 ALL_SCHEDULES = (*SCHEDULES, *TABLE_SCHEDULES)
 from diffbench.targets import TARGETS
+from diffbench.trust import installed_factories, installed_factory
 
 
 def _t(sigma: float, t: float) -> float:
@@ -42,10 +43,17 @@ TIME_INPUTS: dict[str, Callable[[float, float], float]] = {
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
-    """``package.module:function`` or ``path/to/file.py:function`` → the function (one-line errors)."""
+    """``package.module:function``, ``path/to/file.py:function`` or the name of an installed factory
+    (entry-point group ``diffbench.factories``) → the function (one-line errors).
+
+    Imports and runs code: a suite may name one only with the user's consent (``diffbench.trust``)."""
+    installed = installed_factory(spec)
+    if installed is not None:
+        spec = f"{installed.module}:{installed.attr}"
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"factory {spec!r}: expected 'package.module:function' or 'path/file.py:function'")
+        raise ValueError(f"factory {spec!r}: expected 'package.module:function', 'path/file.py:function' or the "
+                         f"name of an installed factory ({', '.join(installed_factories()) or 'none installed'})")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name).expanduser()
@@ -92,7 +100,7 @@ def check_options(*, factory: str = "", schedule: str = "linear", schedule_optio
 
 OPTION_HELP = {
     "factory": "'package.module:function' or 'file.py:function' (relative to the suite file) returning the "
-               "torch module; running it needs --trust-factory",
+               "torch module; running it needs --trust-code (or DIFFBENCH_TRUST_CODE=1)",
     "factory_options": "keyword arguments passed to the factory (checked when it runs, not by validate)",
     "checkpoint": "weights file handed to the factory as checkpoint=<absolute path> (relative to the suite file)",
     "schedule": f"noise schedule as trained: {', '.join(ALL_SCHEDULES)}",
