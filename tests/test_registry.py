@@ -181,7 +181,7 @@ def diffbench_register(registry):
     assert [str(e) for e in reg.errors] == ["plugin 'misspelt': registration failed: sampler 'typo-sampler': "
                                             "unknown declaration 'orders'; a sampler declares description, nfe, "
                                             "order, stochastic, order_options, stochastic_options, noise_per_step, option_help, "
-                                            "option_types, option_schema, check_options"]
+                                            "option_types, option_schema, path_options, check_options"]
 
 
 def test_add_and_get():

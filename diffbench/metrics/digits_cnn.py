@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from diffbench.checkpoints import load_checkpoint, shipped
 
 NAME = "digits-cnn"
-INPUT_SHAPE = (1, 8, 8)
 UINT8_MAPPING = "u = round((x - lo) / (hi - lo) * 255) clipped to [0, 255]; extractor input u / 127.5 - 1"
 
 

@@ -111,10 +111,10 @@ def resolve_extractor(name: str, weights_path: str | None, metric: str) -> Extra
 
 def check_input_shape(name: str, shape: tuple[int, ...]) -> None:
     """One-line MetricUnavailable when extractor ``name`` cannot take images of ``shape`` (C, H, W)."""
-    if name == digits_cnn.NAME and tuple(shape) != digits_cnn.INPUT_SHAPE:
+    if name == digits_cnn.NAME and (len(shape) != 3 or shape[0] not in (1, 3) or tuple(shape[1:]) != (8, 8)):
         size = "×".join(str(d) for d in shape)
-        raise MetricUnavailable(f"feature extractor {digits_cnn.NAME!r} takes 1×8×8 images, not {size}; for other "
-                                f"sizes use metric 'swd' (no pretrained network) or extractor {INCEPTION!r}")
+        raise MetricUnavailable(f"feature extractor {digits_cnn.NAME!r} takes 8×8 images (1 or 3 channels), not {size}; for "
+                                f"other sizes use metric 'swd' (no pretrained network) or extractor {INCEPTION!r}")
 
 
 def extractor_names() -> list[str]:

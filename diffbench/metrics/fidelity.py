@@ -84,7 +84,8 @@ class _FidelityMetric(StreamingMetric):
                                     f"dataset option; model {getattr(model, 'name', model)!r} has none")
         name = extractor or (digits_cnn.NAME if reference_spec(dataset)[0] == "digits" else INCEPTION)
         ext = resolve_extractor(name, weights_path, self.feature_metric or self.name)
-        extractors.check_input_shape(ext.name, tuple(getattr(model, "shape", ())))
+        if getattr(model, "shape", None):  # before sampling; extract_features checks the images themselves
+            extractors.check_input_shape(ext.name, tuple(model.shape))
         ref = reference.opened(dataset, reference_split, getattr(context, "registry", None))
         if ref.stats is not None:
             if self.needs_features:

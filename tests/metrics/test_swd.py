@@ -108,7 +108,7 @@ def test_twenty_eight_pixel_images_and_refusals(tmp_path):
     """Any image size: 28×28 samples against 28×28 references; a size mismatch is one line."""
     from diffbench.metrics.extractors import MetricUnavailable, check_input_shape
 
-    with pytest.raises(MetricUnavailable, match="takes 1×8×8 images, not 1×28×28; for other sizes use metric 'swd'"):
+    with pytest.raises(MetricUnavailable, match="takes 8×8 images \\(1 or 3 channels\\), not 1×28×28; for other sizes use metric 'swd'"):
         check_input_shape("digits-cnn", (1, 28, 28))
     with pytest.raises(MetricUnavailable, match="reference images are 1×8×8, samples 1×28×28"):
         _swd(torch.zeros(4, 1, 28, 28), tmp_path)
