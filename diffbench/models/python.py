@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,6 +60,9 @@ def load_factory(spec: str) -> Callable[..., Any]:
             path = Path(module_name).expanduser()
             if not path.is_file():
                 raise ValueError(f"factory {spec!r}: no such file {str(path)!r}")
+            folder = str(path.resolve().parent)
+            if folder not in sys.path:  # the file imports its neighbours, as a script run from its folder does
+                sys.path.insert(0, folder)
             loader_spec = importlib.util.spec_from_file_location(f"diffbench_factory_{path.stem}", path)
             module = importlib.util.module_from_spec(loader_spec)
             loader_spec.loader.exec_module(module)
