@@ -29,6 +29,9 @@ from diffbench.targets import TARGETS
 from diffbench.trust import installed_factories, installed_factory
 
 
+MAX_RANK, MAX_SIDE = 8, 1 << 16  # sample dimensions and the size of each (the plan bounds the total)
+
+
 def _t(sigma: float, t: float) -> float:
     return t
 
@@ -80,7 +83,7 @@ def load_factory(spec: str) -> Callable[..., Any]:
 
 def check_options(*, factory: str = "", schedule: str = "linear", schedule_options: dict | None = None,
                   target: str = "eps", time_input: str = "t", time_scale: float = 1.0, shape: list | None = None,
-                  data_range: list | None = None, **_: Any) -> None:
+                  num_classes: int = 0, data_range: list | None = None, **_: Any) -> None:
     """The checks that need no import, file or weights (validate --no-load runs them): one-line ValueErrors."""
     if not factory:
         raise ValueError("factory: model 'python' needs options.factory: 'package.module:function' or "
@@ -91,11 +94,18 @@ def check_options(*, factory: str = "", schedule: str = "linear", schedule_optio
         raise ValueError(f"time_input: unknown convention {time_input!r}; available: {', '.join(TIME_INPUTS)}")
     if time_input != "t" and time_scale != 1.0:
         raise ValueError(f"time_scale applies to time_input 't' only, not {time_input!r}")
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise ValueError(f"shape: the sample shape as a list of positive ints (e.g. [3, 32, 32]), got {shape!r}")
+    if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not 0 < time_scale < math.inf:
+        raise ValueError(f"time_scale must be a positive finite number, got {time_scale!r}")
+    if not shape or len(shape) > MAX_RANK or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_SIDE
+                                                     for d in shape):
+        raise ValueError(f"shape: the sample shape as a list of at most {MAX_RANK} positive ints, each at "
+                         f"most {MAX_SIDE:,} (e.g. [3, 32, 32]), got {shape!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be 0 (unconditional) or a positive int, got {num_classes!r}")
     data_range = [-1.0, 1.0] if data_range is None else data_range
-    if len(data_range) != 2 or not data_range[0] < data_range[1]:
-        raise ValueError(f"data_range: [low, high] with low < high, got {data_range!r}")
+    if len(data_range) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                       for v in data_range) or not data_range[0] < data_range[1]:
+        raise ValueError(f"data_range: [low, high] finite, with low < high, got {data_range!r}")
     try:
         check_schedule_options(schedule, dict(schedule_options or {}))
     except ValueError as exc:
@@ -142,7 +152,8 @@ def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: s
     """A torch module from the user's factory with its declared schedule, target and time input."""
     try:
         check_options(factory=factory, schedule=schedule, schedule_options=schedule_options, target=target,
-                      time_input=time_input, time_scale=time_scale, shape=shape, data_range=data_range)
+                      time_input=time_input, time_scale=time_scale, shape=shape, num_classes=num_classes,
+                      data_range=data_range)
     except ValueError as exc:
         raise ValueError(f"options.{exc}") from None
     try:
