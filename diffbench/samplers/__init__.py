@@ -121,10 +121,15 @@ SAMPLER_OPTION_HELP: dict[str, dict[str, str]] = {
     "pc": {"snr": "Langevin corrector signal-to-noise ratio r (Song et al. 2021)",
            "corrector_steps": "Langevin corrector steps per σ",
            "step_size": "corrector step rule: 'sigma' (per σ, batch-independent) or 'snr' (Song et al.'s, from norms)"},
-    "pndm": {"prk_warmup": "start with 3 pseudo Runge-Kutta steps (diffusers' PNDM); false: PLMS from the start"},
+    "pndm": {"prk_warmup": "start with 3 pseudo Runge-Kutta steps (diffusers' PNDM); false: PLMS from the start",
+             "midpoint": "where Runge-Kutta half-steps evaluate: 'timestep' (t − ⌊δ/2⌋, diffusers), 'sigma' "
+                         "(√(σσ')), 'auto' (the first on discrete models)"},
     "restart": {"t_min": "restart interval's low end: the grid σ nearest it", "t_max": "σ the restarts climb back to",
-                "restart_steps": "Heun steps (σ points − 1) on each restart segment",
-                "restart_times": "restarts at the interval (0: plain Heun)"},
+                "restart_points": "σ points of each restart segment, both ends included (the authors' N_restart: "
+                                  "N_restart − 1 Heun steps)",
+                "restart_times": "restarts at the interval (0: plain Heun)",
+                "restart_gamma": "the authors' restart_gamma: each restart-segment step in [s_tmin, s_tmax] first "
+                                 "raises σ to σ(1 + γ) with fresh noise"},
 }
 
 
