@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -23,14 +24,23 @@ from tqdm.auto import tqdm
 from diffbench.core.denoiser import DiffusionModel
 from diffbench.metrics.base import MetricContext
 from diffbench.registry import Registry
-from diffbench.run.calibration import bare_network_seconds, cpu_reference_seconds
+from diffbench.run.calibration import bare_network_times, counted_seconds_per_sample, cpu_reference_seconds
 from diffbench.run.closing import closed_manifest
 from diffbench.run.executors import Executor, Job, make_executor
 from diffbench.run.outdir import DEFAULT_ROOT, choose_run_dir, claim_run_dir
 from diffbench.run.preparation import Prepared, preflight
 from diffbench.run.provenance import device_name, git_state, versions
 from diffbench.run.record import now
-from diffbench.run.rundir import SCHEMA_VERSION, STATUS_OK, DamagedFileError, RunDir, as_written, cells_frame, write_atomic, write_json
+from diffbench.run.rundir import (
+    SCHEMA_VERSION,
+    STATUS_OK,
+    DamagedFileError,
+    RunDir,
+    as_written,
+    cells_frame,
+    write_atomic,
+    write_json,
+)
 from diffbench.run.shards import Shard
 from diffbench.run.suite import CellSpec, Suite, SuiteError
 from diffbench.util.text import error_line
@@ -71,10 +81,12 @@ class RunResult:
 # --- provenance --------------------------------------------------------------------------------
 
 def calibrate(model: DiffusionModel, batch_size: int, repeats: int = 5) -> dict[str, Any]:
-    """Bare network time on one batch: the per-machine yardstick speed comparisons divide by."""
-    seconds = bare_network_seconds(model, batch_size, repeats=repeats)
-    return {"network_seconds_per_call": seconds, "batch_size": batch_size,
-            "method": f"median of {repeats} bare network calls on one batch after 2 warm-up calls",
+    """Bare network time on one batch: the per-machine yardstick speed comparisons divide by (median), and the
+    network part of each cell's counted time (minimum: the call undisturbed by other processes)."""
+    times = bare_network_times(model, batch_size, repeats=repeats)
+    return {"network_seconds_per_call": statistics.median(times), "network_seconds_per_call_min": min(times),
+            "batch_size": batch_size,
+            "method": f"median (and minimum) of {repeats} bare network calls on one batch after 2 warm-up calls",
             "cpu_reference_seconds": cpu_reference_seconds()}
 
 
@@ -236,6 +248,7 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, exe
             run.write_manifest(manifest)
             for finished in executor.run(todo):
                 record = finished.record
+                record.update(counted_seconds_per_sample(record, manifest["calibration"].get(record.get("model")) or {}))
                 for path, data in finished.files.items():  # files a worker made for the cell (picture, samples)
                     write_atomic(run.path / path, data)
                 run.write_cell(record)
