@@ -308,3 +308,16 @@ def test_compare_report_and_show_name_a_bad_field_in_one_line(finished, tmp_path
         result = cli_run(*args)
         assert result.exit_code == 2, (args, result.output)
         assert expected in result.stderr and result.stderr.count("\n") == 1, (args, result.stderr)
+
+
+def test_report_ignores_stray_files_beside_the_shards(tmp_path):
+    import shutil
+
+    path = write_suite(tmp_path, cli_suite(grid=grid(sampler=["euler"], steps=[2, 3])))
+    for shard in ("1/2", "2/2"):
+        assert cli_run("run", path, "--out", tmp_path / "r", "--shard", shard, "--no-progress").exit_code == 0
+    shutil.copytree(tmp_path / "r" / "shards" / "1-of-2", tmp_path / "r" / "shards" / "1-of-2.bak")
+    (tmp_path / "r" / "shards" / "notes.txt").write_text("x")
+    result = cli_run("report", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["cells"]["ok"] == 2
