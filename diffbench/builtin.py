@@ -7,7 +7,7 @@ from diffbench.hookspecs import hookimpl
 @hookimpl
 def diffbench_register(registry) -> None:
     """Register diffbench's own samplers, schedulers, targets, models, metrics and reference datasets."""
-    from diffbench import datasets, models
+    from diffbench import datasets, metrics, models
     from diffbench.core import sigma_grids as schedulers
     from diffbench.core import targets
     from diffbench.samplers import SAMPLERS
@@ -25,9 +25,5 @@ def diffbench_register(registry) -> None:
         registry.add("model", name, loader, **models.DECLARATIONS.get(name, {}))
     for name, loader in datasets.DATASETS.items():
         registry.add("dataset", name, loader)
-    try:
-        from diffbench import metrics
-    except ImportError:  # metrics are optional until their module lands
-        return
     for name, metric in metrics.METRICS.items():
         registry.add("metric", name, metric)

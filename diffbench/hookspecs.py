@@ -15,4 +15,4 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def diffbench_register(registry: Registry) -> None:
-    """Add this plugin's samplers, schedulers, targets, models and metrics to ``registry``."""
+    """Add this plugin's samplers, schedulers, targets, models, datasets and metrics to ``registry``."""

@@ -92,7 +92,7 @@ class UnknownComponentError(KeyError):
 
 @dataclass(frozen=True)
 class Component:
-    """One registered sampler, scheduler, target, model or metric."""
+    """One registered sampler, scheduler, target, model, dataset or metric."""
 
     kind: str
     name: str

@@ -166,7 +166,7 @@ def _describe(sigmas: Tensor) -> str:
     return f"{len(sigmas) - 1} Karras steps from σ = {float(sigmas[0]):g} to {end}"
 
 
-def _where(sigmas: Tensor, options: Mapping[str, Any]) -> str:
+def _grid_and_options(sigmas: Tensor, options: Mapping[str, Any]) -> str:
     return f"{_describe(sigmas)}, options {_fmt(options)}"
 
 
@@ -185,7 +185,7 @@ def _run(comp: Component, options: Mapping[str, Any], sigmas: Tensor, *, indices
     x_before = x.clone()
     draws = noise_draws(comp.meta, sigmas, options)  # the sampler's noise(k) bank: steps × noise_per_step
     noise = _RecordingNoise(StepNoise(seed, indices, model.shape, draws, device=model.device, dtype=dtype))
-    where = _where(sigmas, options)
+    where = _grid_and_options(sigmas, options)
     try:
         with torch.inference_mode():
             out = comp.obj(den, x, sigmas, noise=noise, **options)
@@ -290,7 +290,7 @@ def check_declarations(comp: Component, options: Options = None, order_options=N
         for sigmas in (_grid(5), _grid(5, ORDER_SIGMAS[1])):
             n = comp.meta["nfe"](sigmas, **opts)
             _require(isinstance(n, Integral) and not isinstance(n, bool) and n >= 0,
-                     f"nfe(sigmas, **options) returned {n!r}; declare a non-negative int ({_where(sigmas, opts)})")
+                     f"nfe(sigmas, **options) returned {n!r}; declare a non-negative int ({_grid_and_options(sigmas, opts)})")
         if "stochastic" in comp.meta:
             s = comp.meta["stochastic"](**opts)
             _require(_is_bool(s), f"stochastic(**options) returned {s!r}; declare a bool (options {_fmt(opts)})")
@@ -320,9 +320,9 @@ def check_denoiser_calls(comp: Component, options: Options = None, order_options
         for k, (sigma, rows) in enumerate(run.calls):
             _require(isinstance(sigma, float), f"call {k} passed σ as {type(sigma).__name__}, not float: σ lives "
                      "on the host (iterate over sigmas.tolist()); a tensor σ costs a device sync per call "
-                     f"({_where(sigmas, opts)})")
-            _require(0.0 < sigma < math.inf, f"call {k} evaluated the denoiser at σ = {sigma!r} ({_where(sigmas, opts)})")
-            _require(rows == BATCH, f"call {k} passed {rows} rows for a batch of {BATCH} ({_where(sigmas, opts)})")
+                     f"({_grid_and_options(sigmas, opts)})")
+            _require(0.0 < sigma < math.inf, f"call {k} evaluated the denoiser at σ = {sigma!r} ({_grid_and_options(sigmas, opts)})")
+            _require(rows == BATCH, f"call {k} passed {rows} rows for a batch of {BATCH} ({_grid_and_options(sigmas, opts)})")
 
 
 def check_determinism(comp: Component, options: Options = None, order_options=None) -> None:
@@ -331,7 +331,7 @@ def check_determinism(comp: Component, options: Options = None, order_options=No
     for opts in _configs(comp, options, order_options):
         a, b = _run(comp, opts, sigmas).out, _run(comp, opts, sigmas).out
         _require(torch.equal(a, b), f"two runs with seed {SEED} differ by up to {_max_diff(a, b):.3g} "
-                 f"({_where(sigmas, opts)})")
+                 f"({_grid_and_options(sigmas, opts)})")
 
 
 def check_batch_invariance(comp: Component, options: Options = None, order_options=None) -> None:
@@ -346,7 +346,7 @@ def check_batch_invariance(comp: Component, options: Options = None, order_optio
             _require(diff <= 1e-9 * (1.0 + float(full[i].abs().max())),
                      f"sample {i} differs by {diff:.3g} between a batch of {BATCH} and the batch {subset}: use only "
                      f"noise(k) for randomness (it is per sample) and no statistics across the batch "
-                     f"({_where(sigmas, opts)})")
+                     f"({_grid_and_options(sigmas, opts)})")
 
 
 def check_noise(comp: Component, options: Options = None, order_options=None) -> None:
@@ -354,7 +354,7 @@ def check_noise(comp: Component, options: Options = None, order_options=None) ->
     stochastic(**options) says so (and then changes the samples with the seed)."""
     sigmas = _grid(10)
     for opts in _configs(comp, options, order_options):
-        where = _where(sigmas, opts)
+        where = _grid_and_options(sigmas, opts)
         runs = []
         for global_seed in (1, 2):
             with torch.random.fork_rng(devices=[]):
@@ -383,7 +383,7 @@ def check_nfe(comp: Component, options: Options = None, order_options=None) -> N
         for sigmas in (_grid(*g) for g in GRIDS):
             counted, declared = _run(comp, opts, sigmas).nfe, comp.meta["nfe"](sigmas, **opts)
             _require(counted == declared, f"counted {counted:g} network evaluations per sample, declared "
-                     f"{declared} ({_where(sigmas, opts)})")
+                     f"{declared} ({_grid_and_options(sigmas, opts)})")
 
 
 def check_dtype_device(comp: Component, options: Options = None, order_options=None) -> None:
@@ -398,14 +398,14 @@ def check_dtype_device(comp: Component, options: Options = None, order_options=N
             got, want = (run.out.shape, run.out.dtype, run.out.device), (run.x.shape, run.x.dtype, run.x.device)
             _require(got == want, "input (shape, dtype, device) {} came back as {} ({})".format(
                 *(f"({tuple(s)}, {str(t).replace('torch.', '')}, {d})" for s, t, d in (want, got)),
-                _where(sigmas, opts)))
+                _grid_and_options(sigmas, opts)))
 
 
 def check_inputs_not_mutated(comp: Component, options: Options = None, order_options=None) -> None:
     """x, sigmas and the step noise the sampler is handed are left unchanged, on every grid (1 step too)."""
     for opts in _configs(comp, options, order_options):
         for sigmas in (_grid(*g) for g in GRIDS):
-            where = _where(sigmas, opts)
+            where = _grid_and_options(sigmas, opts)
             sigmas_before = sigmas.clone()
             run = _run(comp, opts, sigmas)
             _require(torch.equal(run.x, run.x_before),
@@ -418,7 +418,7 @@ def check_inputs_not_mutated(comp: Component, options: Options = None, order_opt
 
 def _check_ends_denoised(comp: Component, opts: dict[str, Any], sigmas: Tensor) -> None:
     run = _run(comp, opts, sigmas)
-    where = _where(sigmas, opts)
+    where = _grid_and_options(sigmas, opts)
     if float(sigmas[-1]) == 0.0:
         _require(run.last_denoised is not None, f"never called the denoiser ({where})")
         if not comp.meta.get("final_denoised", True) and len(sigmas) > 2:  # declared: a multistep step into 0

@@ -2,7 +2,7 @@
 
 The rule: a cell is compared with the best cell at similar cost, i.e. among the finished cells
 whose counted NFE is within a factor ``NFE_WINDOW`` of its own. The difference is beyond noise
-when it exceeds ``Z`` combined standard errors, √(se_cell² + se_best²). Cells share their
+when it exceeds ``NOISE_Z`` combined standard errors, √(se_cell² + se_best²). Cells share their
 starting noise, so their errors are positively correlated and this test is conservative.
 """
 from __future__ import annotations
@@ -25,10 +25,10 @@ from diffbench.run.rundir import (
 )
 
 NFE_WINDOW = 1.25
-Z = 2.0
+NOISE_Z = 2.0
 RULE = (f"`vs best ≤{NFE_WINDOW:g}× NFE` compares each cell with the best cell whose counted NFE is within a "
         f"factor {NFE_WINDOW:g} of its own (`no peer`: no other cell is that close in cost, so nothing is "
-        f"claimed). A difference is called beyond noise when it exceeds {Z:g} combined standard errors "
+        f"claimed). A difference is called beyond noise when it exceeds {NOISE_Z:g} combined standard errors "
         f"(√(se_cell² + se_best²)); cells share their starting noise, so this test is conservative. "
         f"`front (all NFE)` says whether a cell is on the Pareto front of metric against NFE over all cells "
         f"(no cell is both cheaper or as cheap and better), judged on the estimates, without noise.")
@@ -62,7 +62,7 @@ def front_column(metric: str) -> str:
 
 
 def noise_verdicts(frame: pd.DataFrame, metric: str, higher_is_better: bool = False, *,
-                   window: float = NFE_WINDOW, z: float = Z) -> pd.Series:
+                   window: float = NFE_WINDOW, z: float = NOISE_Z) -> pd.Series:
     """Per cell: 'best', 'within noise' or 'worse (k.k σ)' against the best cell within a factor ``window``
     of its NFE; 'no peer' when no other cell is that close in cost."""
     out = pd.Series("", index=frame.index, dtype=object)
@@ -132,7 +132,7 @@ def convergence_orders(frame: pd.DataFrame, metric: str, records: list[dict[str,
     return pd.DataFrame(rows)
 
 
-def table(frame: pd.DataFrame, dirs: dict[str, bool] | None = None) -> pd.DataFrame:
+def display_table(frame: pd.DataFrame, dirs: dict[str, bool] | None = None) -> pd.DataFrame:
     """The display table: identity, NFE, each metric ± se with its verdict, timing, status."""
     dirs = dirs or {}
     t = pd.DataFrame(index=frame.index)
@@ -168,7 +168,7 @@ def markdown(t: pd.DataFrame) -> str:
 
 def text_table(frame: pd.DataFrame, dirs: dict[str, bool] | None = None) -> str:
     """The table for a terminal."""
-    return table(frame, dirs).to_string(index=False, max_colwidth=100)
+    return display_table(frame, dirs).to_string(index=False, max_colwidth=100)
 
 
 def _methods(records: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -246,7 +246,7 @@ def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: lis
     if manifest.get("description"):
         out += [manifest["description"].strip(), ""]
     out += [*_header(manifest), "",
-           "## Results", "", markdown(table(frame, dirs)) if len(frame) else "_no cells finished_", ""]
+           "## Results", "", markdown(display_table(frame, dirs)) if len(frame) else "_no cells finished_", ""]
     out += ["**Reading the table.** NFE is counted network evaluations per sample (guidance counts both "
             "halves); `s/sample` is sampling wall-clock per sample after a warm-up, metrics excluded (it follows "
             "the machine's load); `counted s/sample` is " + COUNTED_TIME_METHOD + ": the same for the same "

@@ -161,7 +161,7 @@ class GridSpec(Strict):
         return self
 
 
-class Rule(Strict):
+class CellFilter(Strict):
     """Matches cells by axis values (a value or a list); unnamed axes match anything."""
 
     model: Union[str, list[str], None] = None
@@ -200,8 +200,8 @@ class Suite(Strict):
     conditional: bool = True
     save_samples: Literal["none", "png", "npz"] = "none"  # besides the preview grid; see diffbench.run.saving
     grid: GridSpec
-    include: list[Rule] = Field(default_factory=list)
-    exclude: list[Rule] = Field(default_factory=list)
+    include: list[CellFilter] = Field(default_factory=list)
+    exclude: list[CellFilter] = Field(default_factory=list)
     requires: dict[str, str] = Field(default_factory=dict, description="distribution -> version specifier")
     time_limit: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None = Field(
         default=None, description="seconds a cell may take (sampling and scoring); null: no limit")
@@ -380,8 +380,8 @@ def axis_entries(suite: Suite, axis: str) -> list[Any]:
     return list(suite.model) if axis == "model" else list(getattr(suite.grid, axis))
 
 
-def _check_rule(suite: Suite, rule: Rule, path: str, registry: Registry) -> None:
-    """Rule values must match an entry (exclude) or an entry or a registered name (include)."""
+def _check_rule(suite: Suite, rule: CellFilter, path: str, registry: Registry) -> None:
+    """CellFilter values must match an entry (exclude) or an entry or a registered name (include)."""
     for axis in NAMED_AXES:
         entries = axis_entries(suite, axis)
         known = {e.key for e in entries} | {e.name for e in entries}
@@ -476,7 +476,7 @@ class CellSpec:
         return hashlib.sha256(json.dumps(self.config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _matches(rule: Rule, cell: dict[str, Any]) -> bool:
+def _matches(rule: CellFilter, cell: dict[str, Any]) -> bool:
     for axis in AXES:
         wanted = rule.values(axis)
         if wanted is None:
@@ -491,7 +491,7 @@ def _matches(rule: Rule, cell: dict[str, Any]) -> bool:
 _SPECS = {"model": ModelSpec, "sampler": SamplerSpec, "scheduler": SchedulerSpec}
 
 
-def _rule_entries(suite: Suite, rule: Rule, axis: str) -> list[Any]:
+def _rule_entries(suite: Suite, rule: CellFilter, axis: str) -> list[Any]:
     """Values an include rule expands over: those it names (grid entries, else new with defaults) or all."""
     entries, wanted = axis_entries(suite, axis), rule.values(axis)
     if wanted is None:
