@@ -1,4 +1,5 @@
 """diffbench: benchmark diffusion-model samplers and schedulers against truth."""
+
 from __future__ import annotations
 
 from diffbench.core.denoiser import DiffusionModel, SigmaDenoiser
@@ -17,5 +18,16 @@ def load_model(name: str, **options):
     return comp.obj(**resolve_options(comp, options))
 
 
-__all__ = ["DiffusionModel", "SigmaDenoiser", "SampleResult", "build_registry", "default_registry",
-           "load_model", "make_grid", "sample", "sample_batches", "SamplingSpec", "__version__"]
+__all__ = [
+    "DiffusionModel",
+    "SigmaDenoiser",
+    "SampleResult",
+    "build_registry",
+    "default_registry",
+    "load_model",
+    "make_grid",
+    "sample",
+    "sample_batches",
+    "SamplingSpec",
+    "__version__",
+]

@@ -3,6 +3,7 @@
 ``diffbench.run`` computes and records cells and never imports ``diffbench.analysis``; these
 functions run or merge, then draw the plots and write report.md from what was recorded.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,9 @@ from diffbench.run.runner import RunInterrupted, RunResult
 from diffbench.run.shards import Merged
 
 
-def draw_report(run: RunDir, frame: pd.DataFrame | None = None, records: list[dict[str, Any]] | None = None, *,
-                draw: bool = True) -> Path:
+def draw_report(
+    run: RunDir, frame: pd.DataFrame | None = None, records: list[dict[str, Any]] | None = None, *, draw: bool = True
+) -> Path:
     """Draw the run's plots (``draw``) and write its report.md; returns the report's path.
 
     ``frame`` and ``records`` default to the run's cells.csv and cell records."""
@@ -28,8 +30,9 @@ def draw_report(run: RunDir, frame: pd.DataFrame | None = None, records: list[di
     return report.write_report(run, frame, files, records)
 
 
-def _report_after_run(run: RunDir, frame: pd.DataFrame | None, records: list[dict[str, Any]] | None,
-                      draw: bool) -> None:
+def _report_after_run(
+    run: RunDir, frame: pd.DataFrame | None, records: list[dict[str, Any]] | None, draw: bool
+) -> None:
     """``draw_report`` after a run or merge: its results are on disk already, so a failure only warns."""
     try:
         draw_report(run, frame, records, draw=draw)

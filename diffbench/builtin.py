@@ -1,4 +1,5 @@
 """The built-in components, registered through the same hook and entry point as any plugin."""
+
 from __future__ import annotations
 
 from diffbench.hookspecs import hookimpl
@@ -15,8 +16,13 @@ def diffbench_register(registry) -> None:
     for name, info in SAMPLERS.items():
         registry.add("sampler", name, info.fn, **info.declarations(name))
     for name, fn in schedulers.SCHEDULERS.items():
-        registry.add("scheduler", name, fn, discrete_only=name in ("leading", "trailing"),
-                     option_help=schedulers.OPTION_HELP.get(name, {}))
+        registry.add(
+            "scheduler",
+            name,
+            fn,
+            discrete_only=name in ("leading", "trailing"),
+            option_help=schedulers.OPTION_HELP.get(name, {}),
+        )
     for name, fn in schedulers.PARTIAL_SCHEDULERS.items():
         registry.add("scheduler", name, fn, discrete_only=True, option_help=schedulers.OPTION_HELP.get(name, {}))
     for name, target in targets.TARGETS.items():

@@ -4,6 +4,7 @@ Exit codes: 0 ok, 1 regression, failed check or a run that finished with failed 
 configuration error (one line, no traceback), 3 internal error, 4 compare: samples changed beyond
 round-off with no regression, 130 interrupted by Ctrl-C, 143 by SIGTERM (every finished cell kept in both).
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,6 +36,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map exceptions to the exit-code convention."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from diffbench.run.runner import RunInterrupted
@@ -57,9 +59,13 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_USAGE)
         except Exception as exc:
             traceback.print_exc()
-            click.echo(f"diffbench: internal error: {type(exc).__name__}: {exc} (a bug; please report it "
-                       "with the traceback above)", err=True)
+            click.echo(
+                f"diffbench: internal error: {type(exc).__name__}: {exc} (a bug; please report it "
+                "with the traceback above)",
+                err=True,
+            )
             sys.exit(EXIT_INTERNAL)
+
     return wrapper
 
 
@@ -70,10 +76,13 @@ def cli() -> None:
 
 
 # Consent, given outside the suite file, for code the suite names (diffbench.util.trust).
-TRUST_CODE = click.option("--trust-code", is_flag=True,
-                          help="Let the suite name code to import and run (a python model's factory: "
-                               "'module:function' or 'file.py:function'); same as DIFFBENCH_TRUST_CODE=1. "
-                               "Only for suite files you trust.")
+TRUST_CODE = click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Let the suite name code to import and run (a python model's factory: "
+    "'module:function' or 'file.py:function'); same as DIFFBENCH_TRUST_CODE=1. "
+    "Only for suite files you trust.",
+)
 
 
 def _say(line: str) -> None:
@@ -83,58 +92,123 @@ def _say(line: str) -> None:
 
 @cli.command()
 @click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run directory (default: results/<suite>/<run-id>/).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory (default: results/<suite>/<run-id>/).",
+)
 @click.option("--resume", is_flag=True, help="Continue a run: keep its finished cells (default: the newest run).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Reference-statistics cache (default: $DIFFBENCH_CACHE_DIR or ~/.cache/diffbench).")
-@click.option("--time-limit", type=float, default=None, metavar="SECONDS",
-              help="Fail a cell that takes longer than this (overrides the suite's time_limit; default: none).")
-@click.option("--allow-large", is_flag=True,
-              help="Run a plan beyond the size limits (10,000 cells, 10 million samples, 10^10 network "
-                   "evaluations, 8 GiB of noise per batch).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Reference-statistics cache (default: $DIFFBENCH_CACHE_DIR or ~/.cache/diffbench).",
+)
+@click.option(
+    "--time-limit",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Fail a cell that takes longer than this (overrides the suite's time_limit; default: none).",
+)
+@click.option(
+    "--allow-large",
+    is_flag=True,
+    help="Run a plan beyond the size limits (10,000 cells, 10 million samples, 10^10 network "
+    "evaluations, 8 GiB of noise per batch).",
+)
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Where cells run: this process, or one Ray task per cell (pip install \"diffbench[ray]\").")
-@click.option("--address", default=None, metavar="ADDR",
-              help="Ray cluster to join (e.g. auto, or ray://head:10001); default: start a local Ray instance.")
-@click.option("--cell-parts", type=int, default=1, show_default=True, metavar="K",
-              help="With --executor ray: split each cell's samples into K index ranges, one Ray task each; "
-                   "features are gathered and every metric scored once (same numbers as unsplit).")
-@click.option("--shard", default=None, metavar="I/N",
-              help="Run only shard I of N (1-based) into the shared --out directory; merge with 'diffbench report'.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help='Where cells run: this process, or one Ray task per cell (pip install "diffbench[ray]").',
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="ADDR",
+    help="Ray cluster to join (e.g. auto, or ray://head:10001); default: start a local Ray instance.",
+)
+@click.option(
+    "--cell-parts",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="With --executor ray: split each cell's samples into K index ranges, one Ray task each; "
+    "features are gathered and every metric scored once (same numbers as unsplit).",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Run only shard I of N (1-based) into the shared --out directory; merge with 'diffbench report'.",
+)
 @TRUST_CODE
 @handled
-def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, time_limit: float | None,
-        allow_large: bool, progress: bool, executor: str, address: str | None, cell_parts: int,
-        shard: str | None, trust_code: bool) -> None:
+def run(
+    suite: Path,
+    out: Path | None,
+    resume: bool,
+    cache_dir: Path | None,
+    time_limit: float | None,
+    allow_large: bool,
+    progress: bool,
+    executor: str,
+    address: str | None,
+    cell_parts: int,
+    shard: str | None,
+    trust_code: bool,
+) -> None:
     """Run every cell of SUITE and write cells.csv, plots and report.md (exit 1 if any cell failed)."""
     from diffbench.analysis import report
     from diffbench.api import run_suite
     from diffbench.run.executors import make_executor
 
-    result = run_suite(suite, out, resume=resume, cache_dir=cache_dir, progress=progress, time_limit=time_limit,
-                       allow_large=allow_large, announce=_say, shard=shard, trust_code=trust_code or None,
-                       executor=make_executor(executor, address=address, cell_parts=cell_parts))
+    result = run_suite(
+        suite,
+        out,
+        resume=resume,
+        cache_dir=cache_dir,
+        progress=progress,
+        time_limit=time_limit,
+        allow_large=allow_large,
+        announce=_say,
+        shard=shard,
+        trust_code=trust_code or None,
+        executor=make_executor(executor, address=address, cell_parts=cell_parts),
+    )
     skipped = f", {result.skipped} kept from before" if result.skipped else ""
     if shard is not None:
-        click.echo(f"shard {shard}: {result.ran} cells run ({result.failed} failed){skipped} → {result.path}; "
-                   f"when every shard is done: diffbench report {result.path}")
+        click.echo(
+            f"shard {shard}: {result.ran} cells run ({result.failed} failed){skipped} → {result.path}; "
+            f"when every shard is done: diffbench report {result.path}"
+        )
     else:
         click.echo(report.text_table(result.cells, report.directions(result.run.read_manifest())))
         click.echo(f"\n{result.ran} cells run ({result.failed} failed){skipped} → {result.path}/report.md")
     if result.failed_cells:
-        click.echo(f"diffbench: {result.failed_cells} of {len(result.cells)} cells failed (see 'Failed cells' in "
-             f"{result.path}/report.md)", err=True)
+        click.echo(
+            f"diffbench: {result.failed_cells} of {len(result.cells)} cells failed (see 'Failed cells' in "
+            f"{result.path}/report.md)",
+            err=True,
+        )
         sys.exit(EXIT_FAILED)
 
 
 @cli.command()
 @click.argument("suites", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--allow-large", is_flag=True, help="Accept a plan beyond the size limits, as run --allow-large.")
-@click.option("--no-load", is_flag=True,
-              help="Only the checks that need no model, weights or data (suite file, plugins, options, grid size): "
-                   "for a suite whose checkpoint or reference data is not on this machine.")
+@click.option(
+    "--no-load",
+    is_flag=True,
+    help="Only the checks that need no model, weights or data (suite file, plugins, options, grid size): "
+    "for a suite whose checkpoint or reference data is not on this machine.",
+)
 @TRUST_CODE
 @handled
 def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool, trust_code: bool) -> None:
@@ -153,12 +227,14 @@ def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool, trust_c
     for path in suites:
         try:
             if no_load:
-                _, cells = static_checks(path, default_registry(), allow_large=allow_large,
-                                         trust_code=trust_code or None)
+                _, cells = static_checks(
+                    path, default_registry(), allow_large=allow_large, trust_code=trust_code or None
+                )
                 summary = f"{len(cells)} cells; --no-load: models, grids, plan and warm-up not checked"
             else:
-                summary = preflight(path, default_registry(), allow_large=allow_large,
-                                    trust_code=trust_code or None).plan.describe()
+                summary = preflight(
+                    path, default_registry(), allow_large=allow_large, trust_code=trust_code or None
+                ).plan.describe()
         except (SuiteError, RunDirError) as exc:
             msg = str(exc)
             click.echo(f"diffbench: error: {msg if msg.startswith(str(path)) else f'{path}: {msg}'}", err=True)
@@ -212,8 +288,11 @@ def report_cmd(run_dir: Path) -> None:
         merged = merge_shards(run_dir)
         click.echo(merged.run.path / "report.md")
         if merged.missing:
-            click.echo(f"diffbench: {len(merged.missing)} cells missing (no shard has finished them): "
-                       + ", ".join(merged.missing), err=True)
+            click.echo(
+                f"diffbench: {len(merged.missing)} cells missing (no shard has finished them): "
+                + ", ".join(merged.missing),
+                err=True,
+            )
             sys.exit(EXIT_FAILED)
         return
     click.echo(draw_report(find_run(run_dir)))
@@ -222,43 +301,90 @@ def report_cmd(run_dir: Path) -> None:
 @cli.command(name="compare")
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
-@click.option("--metric-tol", multiple=True, metavar="[METRIC=]TOL",
-              help="Allowance beyond noise, absolute (0.5) or relative to the baseline (5%); repeatable, "
-                   "METRIC= for one metric (default 0).")
-@click.option("--time-tol", default=None, metavar="TOL",
-              help="Allowed growth of machine-normalised sampling time, 0.25 or 25% (default 25%); 'off' skips it.")
-@click.option("--harness-tol", default=None, metavar="TOL",
-              help="Allowed growth of harness CPU time per network call, 0.5 or 50% (default 50%); 'off' skips it.")
-@click.option("--drift-floor", default=None, metavar="RTOL",
-              help="Relative RMS change of the first samples beyond which a cell is 'changed' (default 1e-4); "
-                   "'off' skips it.")
+@click.option(
+    "--metric-tol",
+    multiple=True,
+    metavar="[METRIC=]TOL",
+    help="Allowance beyond noise, absolute (0.5) or relative to the baseline (5%); repeatable, "
+    "METRIC= for one metric (default 0).",
+)
+@click.option(
+    "--time-tol",
+    default=None,
+    metavar="TOL",
+    help="Allowed growth of machine-normalised sampling time, 0.25 or 25% (default 25%); 'off' skips it.",
+)
+@click.option(
+    "--harness-tol",
+    default=None,
+    metavar="TOL",
+    help="Allowed growth of harness CPU time per network call, 0.5 or 50% (default 50%); 'off' skips it.",
+)
+@click.option(
+    "--drift-floor",
+    default=None,
+    metavar="RTOL",
+    help="Relative RMS change of the first samples beyond which a cell is 'changed' (default 1e-4); 'off' skips it.",
+)
 @click.option("--z", type=float, default=None, help="Standard errors a metric may move (default 2).")
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
-              help="Output: the terminal report, Markdown (a CI job summary), or JSON.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="Output: the terminal report, Markdown (a CI job summary), or JSON.",
+)
 @click.option("--json", "as_json", is_flag=True, help="The comparison as JSON (same as --format json).")
-@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="Also write JUnit XML to FILE: one test case per cell and check.")
-@click.option("--require-all", is_flag=True,
-              help="Fail (exit 1) when any check could not be made (e.g. a baseline too old to hold its field).")
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Also write JUnit XML to FILE: one test case per cell and check.",
+)
+@click.option(
+    "--require-all",
+    is_flag=True,
+    help="Fail (exit 1) when any check could not be made (e.g. a baseline too old to hold its field).",
+)
 @handled
-def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time_tol: str | None,
-                harness_tol: str | None, drift_floor: str | None, z: float | None, fmt: str, as_json: bool,
-                junit: Path | None, require_all: bool) -> None:
+def compare_cmd(
+    baseline: Path,
+    run_dir: Path,
+    metric_tol: tuple[str, ...],
+    time_tol: str | None,
+    harness_tol: str | None,
+    drift_floor: str | None,
+    z: float | None,
+    fmt: str,
+    as_json: bool,
+    junit: Path | None,
+    require_all: bool,
+) -> None:
     """Compare RUN with BASELINE cell by cell; exit 1 when any cell regressed, 4 when samples only changed."""
     from diffbench.analysis import compare
     from diffbench.run.rundir import write_atomic
 
     try:
         floor = compare.parse_time_tol(drift_floor, compare.drift.FLOOR)
-        rule = compare.Thresholds(z=compare.DEFAULT_Z if z is None else z, metric_tol=compare.parse_metric_tols(metric_tol),
-                            time_tol=compare.parse_time_tol(time_tol),
-                            harness_tol=compare.parse_time_tol(harness_tol, compare.HARNESS_TOL), drift_floor=floor)
+        rule = compare.Thresholds(
+            z=compare.DEFAULT_Z if z is None else z,
+            metric_tol=compare.parse_metric_tols(metric_tol),
+            time_tol=compare.parse_time_tol(time_tol),
+            harness_tol=compare.parse_time_tol(harness_tol, compare.HARNESS_TOL),
+            drift_floor=floor,
+        )
         result = compare.compare(baseline, run_dir, rule)
     except compare.CompareError as exc:
         raise UserError(str(exc)) from None
     fmt = "json" if as_json else fmt
-    click.echo({"json": result.to_json, "markdown": lambda: compare.markdown(result),
-                "text": lambda: compare.text(result)}[fmt](), nl=fmt == "text")
+    click.echo(
+        {"json": result.to_json, "markdown": lambda: compare.markdown(result), "text": lambda: compare.text(result)}[
+            fmt
+        ](),
+        nl=fmt == "text",
+    )
     if junit is not None:
         try:
             write_atomic(junit, compare.junit(result))
@@ -266,8 +392,11 @@ def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time
             raise UserError(f"--junit {junit}: cannot write ({exc.strerror or exc})") from None
     code = result.exit_code(require_all)
     if require_all and code == EXIT_FAILED and not result.regressions:
-        click.echo(f"diffbench: --require-all: {len(result.not_compared())} check(s) not compared (listed above); "
-                   f"refresh the baseline: {result.refresh}", err=True)
+        click.echo(
+            f"diffbench: --require-all: {len(result.not_compared())} check(s) not compared (listed above); "
+            f"refresh the baseline: {result.refresh}",
+            err=True,
+        )
     if code:
         sys.exit(code)
 
@@ -290,8 +419,12 @@ def history() -> None:
     """A history of runs in one SQLite file: append runs, show each series and where it stepped."""
 
 
-DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                         help="History database (default: $DIFFBENCH_HISTORY or ./diffbench-history.sqlite).")
+DB_OPTION = click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="History database (default: $DIFFBENCH_HISTORY or ./diffbench-history.sqlite).",
+)
 
 
 def _db(db: Path | None) -> Path:
@@ -303,8 +436,9 @@ def _db(db: Path | None) -> Path:
 @history.command(name="add")
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
 @DB_OPTION
-@click.option("--branch", default=None, help="Branch to record (default: the run's, else $GITHUB_REF_NAME / "
-                                             "$CI_COMMIT_REF_NAME).")
+@click.option(
+    "--branch", default=None, help="Branch to record (default: the run's, else $GITHUB_REF_NAME / $CI_COMMIT_REF_NAME)."
+)
 @click.option("--machine", default=None, help="Machine name to record (default: the run's, else this host's).")
 @handled
 def history_add(run_dir: Path, db: Path | None, branch: str | None, machine: str | None) -> None:
@@ -321,15 +455,26 @@ def history_add(run_dir: Path, db: Path | None, branch: str | None, machine: str
 @history.command(name="show")
 @DB_OPTION
 @click.option("--cell", default=None, metavar="PATTERN", help="Only cells whose label or id matches this glob.")
-@click.option("--metric", default=None, metavar="NAME",
-              help="Only this series: a metric, or nfe, seconds_per_sample, harness, drift.")
+@click.option(
+    "--metric",
+    default=None,
+    metavar="NAME",
+    help="Only this series: a metric, or nfe, seconds_per_sample, harness, drift.",
+)
 @click.option("--z", "z_step", type=float, default=None, help="z beyond which a split is a step (default 4).")
-@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="Also draw the series to FILE (png, svg, pdf).")
+@click.option(
+    "--plot",
+    "plot_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Also draw the series to FILE (png, svg, pdf).",
+)
 @click.option("--json", "as_json", is_flag=True, help="The series and their steps as JSON.")
 @handled
-def history_show(db: Path | None, cell: str | None, metric: str | None, z_step: float | None,
-                 plot_file: Path | None, as_json: bool) -> None:
+def history_show(
+    db: Path | None, cell: str | None, metric: str | None, z_step: float | None, plot_file: Path | None, as_json: bool
+) -> None:
     """Print each series of the history, run by run, and the runs (commits) where it stepped."""
     from diffbench import history as hist
 
@@ -344,25 +489,61 @@ def history_show(db: Path | None, cell: str | None, metric: str | None, z_step: 
 
 @cli.command(name="score")
 @click.argument("samples", required=False, type=click.Path(path_type=Path))
-@click.option("--features", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.npz",
-              help="Score precomputed features (array 'features', N × D, from the metrics' extractor) instead of "
-                   "SAMPLES.")
-@click.option("--reference", "reference", required=True, metavar="SPEC",
-              help="What a suite's reference: takes, as inline YAML: digits, or "
-                   "'{name: npz-stats, options: {path: ref.npz}}'.")
-@click.option("--metric", "metrics", multiple=True, required=True, metavar="SPEC",
-              help="A metric as a suite's metrics: entry takes it, inline YAML: fid, or "
-                   "'{name: kid, options: {subsets: 50}}' (repeatable).")
-@click.option("--device", default="auto", show_default=True, help="Where features are extracted and the bootstrap runs.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Reference-statistics cache (default: $DIFFBENCH_CACHE_DIR or ~/.cache/diffbench).")
+@click.option(
+    "--features",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE.npz",
+    help="Score precomputed features (array 'features', N × D, from the metrics' extractor) instead of SAMPLES.",
+)
+@click.option(
+    "--reference",
+    "reference",
+    required=True,
+    metavar="SPEC",
+    help="What a suite's reference: takes, as inline YAML: digits, or '{name: npz-stats, options: {path: ref.npz}}'.",
+)
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    required=True,
+    metavar="SPEC",
+    help="A metric as a suite's metrics: entry takes it, inline YAML: fid, or "
+    "'{name: kid, options: {subsets: 50}}' (repeatable).",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="Where features are extracted and the bootstrap runs."
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Reference-statistics cache (default: $DIFFBENCH_CACHE_DIR or ~/.cache/diffbench).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of resampling and subset draws.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Images per feature-extraction batch.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object keyed by value name: value, se, method, seconds.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Images per feature-extraction batch.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object keyed by value name: value, se, method, seconds."
+)
 @handled
-def score_cmd(samples: Path | None, features: Path | None, reference: str, metrics: tuple[str, ...], device: str,
-              cache_dir: Path | None, seed: int, batch_size: int, as_json: bool) -> None:
+def score_cmd(
+    samples: Path | None,
+    features: Path | None,
+    reference: str,
+    metrics: tuple[str, ...],
+    device: str,
+    cache_dir: Path | None,
+    seed: int,
+    batch_size: int,
+    as_json: bool,
+) -> None:
     """Score samples made elsewhere (SAMPLES: an image folder or an .npz of images) with a suite's metrics."""
     from diffbench.metrics.stream import MetricError
     from diffbench.run.scoring import ScoreError, score
@@ -375,8 +556,16 @@ def score_cmd(samples: Path | None, features: Path | None, reference: str, metri
             raise UserError(f"{what} {text!r}: {exc}") from None
 
     try:
-        out = score(inline(reference, "--reference"), [inline(m, "--metric") for m in metrics], samples=samples,
-                    features=features, device=device, cache_dir=cache_dir, seed=seed, batch_size=batch_size)
+        out = score(
+            inline(reference, "--reference"),
+            [inline(m, "--metric") for m in metrics],
+            samples=samples,
+            features=features,
+            device=device,
+            cache_dir=cache_dir,
+            seed=seed,
+            batch_size=batch_size,
+        )
     except (ScoreError, MetricError, ValueError) as exc:
         raise UserError(str(exc)) from None
     if as_json:
@@ -424,12 +613,15 @@ def plugins(name: str | None, as_json: bool) -> None:
             click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
         from diffbench.metrics.extractors import extractor_names
 
-        click.echo("\nfeature extractors (metric option 'extractor' of fid, fid-inf, kid, prc): "
-                   + ", ".join(extractor_names()))
+        click.echo(
+            "\nfeature extractors (metric option 'extractor' of fid, fid-inf, kid, prc): "
+            + ", ".join(extractor_names())
+        )
         click.echo("options of one component: diffbench plugins NAME")
         if registry.errors:
-            click.echo(f"\n{len(registry.errors)} plugin(s) failed to load or register (their components are "
-                       "not listed):")
+            click.echo(
+                f"\n{len(registry.errors)} plugin(s) failed to load or register (their components are not listed):"
+            )
             for err in registry.errors:
                 click.echo(f"  {err}")
     if registry.errors:

@@ -1,4 +1,5 @@
 """Hook specifications of the ``diffbench`` pluggy project."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -1,4 +1,5 @@
 """What `diffbench plugins NAME` prints: a component's options with type, default and meaning."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,10 @@ from diffbench.util.text import type_name
 
 def _columns(rows: list[dict[str, str]], cols: tuple[str, ...], indent: str = "  ") -> list[str]:
     widths = [max(len(c), *(len(r[c]) for r in rows)) for c in cols[:-1]]
-    line = lambda r: indent + "  ".join(r[c].ljust(w) for c, w in zip(cols, widths)) + "  " + r[cols[-1]]  # noqa: E731
+
+    def line(r):
+        return indent + "  ".join(r[c].ljust(w) for c, w in zip(cols, widths)) + "  " + r[cols[-1]]
+
     return [line({c: c for c in cols}).rstrip(), *(line(r).rstrip() for r in rows)]
 
 
@@ -18,10 +22,18 @@ def schedule_rows() -> dict[str, list[dict[str, str]]]:
     """The noise schedules' own options (a python model's ``schedule_options``) by schedule name."""
     from diffbench.core.schedules import SCHEDULE_OPTION_HELP, SCHEDULES, TABLE_SCHEDULES, schedule_options
 
-    return {name: [{"option": k, "type": type_name(tp), "default": json.dumps(default),
-                    "meaning": SCHEDULE_OPTION_HELP.get(k, "")}
-                   for k, (tp, default) in schedule_options(name).items()]
-            for name in (*SCHEDULES, *TABLE_SCHEDULES)}
+    return {
+        name: [
+            {
+                "option": k,
+                "type": type_name(tp),
+                "default": json.dumps(default),
+                "meaning": SCHEDULE_OPTION_HELP.get(k, ""),
+            }
+            for k, (tp, default) in schedule_options(name).items()
+        ]
+        for name in (*SCHEDULES, *TABLE_SCHEDULES)
+    }
 
 
 def describe(comp: Component) -> str:

@@ -5,6 +5,7 @@ components come in the same way. Every plugin's hook is called on its own, so a
 plugin that fails to import, misspells a hook or registers an invalid component
 is reported by name while the others still load.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -41,9 +42,9 @@ DECLARATIONS: dict[str, dict[str, str]] = {
         "order_options": "dict: options that make the sampler deterministic and full order (the order check)",
         "stochastic_options": "dict: options under which the sampler is stochastic (the kit's stochastic run)",
         "noise_per_step": "callable(**options) -> int: noise(k) draws per step (default 1; noise(k) for "
-                          "k < steps × this)",
+        "k < steps × this)",
         "final_denoised": "bool: whether the step into σ = 0 returns D(x, σ) of the last call (default true; "
-                          "false for multistep methods that integrate their polynomial down to 0, as LMS)",
+        "false for multistep methods that integrate their polynomial down to 0, as LMS)",
     },
     "scheduler": {
         "discrete_only": "bool: needs a discrete model's training timesteps; refuses continuous schedules",
@@ -51,7 +52,7 @@ DECLARATIONS: dict[str, dict[str, str]] = {
     "target": {},
     "model": {
         "code_options": "tuple of option names whose values name code to import and run (e.g. 'module:function'); "
-                        "a suite may set them only with the user's consent (--trust-code, see diffbench.util.trust)",
+        "a suite may set them only with the user's consent (--trust-code, see diffbench.util.trust)",
     },
     "metric": {
         "higher_is_better": "bool, or a dict by value name: the direction regressions are read in",
@@ -64,10 +65,10 @@ COMMON_DECLARATIONS: dict[str, str] = {
     "option_types": "dict: option name -> type, for options whose default (None) does not say their type",
     "option_schema": "dict: option name -> JSON Schema fragment of a nested block (diffbench schema shows it)",
     "path_options": "dict: option name -> 'path' (a file or folder), 'factory' ('file.py:function' or "
-                    "'module:function') or 'path-or-id' (a folder, else an id such as a hub name): a relative "
-                    "path in a suite resolves against the suite file's folder",
+    "'module:function') or 'path-or-id' (a folder, else an id such as a hub name): a relative "
+    "path in a suite resolves against the suite file's folder",
     "check_options": "callable(**options) -> None: the checks that need no loading (validate --no-load runs "
-                     "them); a one-line ValueError, starting with the option's name",
+    "them); a one-line ValueError, starting with the option's name",
 }
 
 
@@ -169,8 +170,7 @@ def _check_positional(fn: Callable, names: tuple[str, ...], kind: str) -> None:
     ]
     if tuple(params) != names:
         raise RegistrationError(
-            f"a {kind} must take positional parameters ({', '.join(names)}), "
-            f"got ({', '.join(params)})"
+            f"a {kind} must take positional parameters ({', '.join(names)}), got ({', '.join(params)})"
         )
 
 
@@ -197,8 +197,10 @@ def _validate(kind: str, obj: Any, meta: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(given, dict):
                 raise RegistrationError(f"a sampler's {key} must be a dict of options, got {given!r}")
             if set(given) - set(options):
-                raise RegistrationError(f"{key} names {sorted(set(given) - set(options))[0]!r}, which is not an "
-                                        f"option; options are {', '.join(options) or 'none'}")
+                raise RegistrationError(
+                    f"{key} names {sorted(set(given) - set(options))[0]!r}, which is not an "
+                    f"option; options are {', '.join(options) or 'none'}"
+                )
         return options
     if kind == "scheduler":
         _check_positional(obj, ("schedule", "steps"), kind)
@@ -219,8 +221,9 @@ def _validate(kind: str, obj: Any, meta: dict[str, Any]) -> dict[str, Any]:
     if kind == "metric":
         streaming = callable(getattr(obj, "features", None)) and callable(getattr(obj, "score", None))
         if not streaming and not callable(getattr(obj, "compute", None)):
-            raise RegistrationError("a metric must have features(...) and score(...) methods "
-                                    "(or the in-memory compute(...) method)")
+            raise RegistrationError(
+                "a metric must have features(...) and score(...) methods (or the in-memory compute(...) method)"
+            )
         return dict(getattr(obj, "options", {}) or {})
     if kind == "dataset":
         _check_positional(obj, ("split",), kind)
@@ -231,7 +234,11 @@ def _validate(kind: str, obj: Any, meta: dict[str, Any]) -> dict[str, Any]:
 def _declared_on(obj: Any) -> dict[str, Any]:
     """Option declarations a component carries as attributes (a metric class's ``option_help``, a loader
     function's ``check_options``), so a plugin may declare them beside the code or in ``registry.add``."""
-    out = {k: getattr(obj, k) for k in ("option_help", "option_types", "option_schema", "path_options") if isinstance(getattr(obj, k, None), dict)}
+    out = {
+        k: getattr(obj, k)
+        for k in ("option_help", "option_types", "option_schema", "path_options")
+        if isinstance(getattr(obj, k, None), dict)
+    }
     if callable(getattr(obj, "check_options", None)):
         out["check_options"] = obj.check_options
     return out
@@ -246,12 +253,16 @@ def _check_option_declarations(kind: str, name: str, options: dict[str, Any], me
             raise RegistrationError(f"{kind} {name!r}: {key} must be a dict by option name, got {given!r}")
         stray = sorted(set(given) - set(options))
         if stray:
-            raise RegistrationError(f"{kind} {name!r}: {key} names {stray[0]!r}, which is not an option; "
-                                    f"options are {', '.join(options) or 'none'}")
+            raise RegistrationError(
+                f"{kind} {name!r}: {key} names {stray[0]!r}, which is not an option; "
+                f"options are {', '.join(options) or 'none'}"
+            )
     bad = {k: v for k, v in (meta.get("path_options") or {}).items() if v not in PATH_KINDS}
     if bad:
-        raise RegistrationError(f"{kind} {name!r}: path_options[{next(iter(bad))!r}] must be one of "
-                                f"{', '.join(PATH_KINDS)}, got {next(iter(bad.values()))!r}")
+        raise RegistrationError(
+            f"{kind} {name!r}: path_options[{next(iter(bad))!r}] must be one of "
+            f"{', '.join(PATH_KINDS)}, got {next(iter(bad.values()))!r}"
+        )
     if meta.get("check_options") is not None and not callable(meta["check_options"]):
         raise RegistrationError(f"{kind} {name!r}: check_options must be callable(**options)")
 
@@ -273,15 +284,23 @@ def option_types(comp: "Component") -> dict[str, Any]:
         except Exception:  # unresolvable annotations: fall back to the defaults' types
             hints = {}
     declared = comp.meta.get("option_types") or {}
-    return {key: declared.get(key) or hints.get(key) or _type_of_default(default)
-            for key, default in comp.options.items()}
+    return {
+        key: declared.get(key) or hints.get(key) or _type_of_default(default) for key, default in comp.options.items()
+    }
 
 
 def option_rows(comp: "Component") -> list[dict[str, str]]:
     """The component's options as rows: name, type, default, meaning ('' where the plugin gives none)."""
     types, helps = option_types(comp), comp.meta.get("option_help") or {}
-    return [{"option": key, "type": type_name(types[key]), "default": json.dumps(_jsonable(default)),
-             "meaning": helps.get(key, "")} for key, default in comp.options.items()]
+    return [
+        {
+            "option": key,
+            "type": type_name(types[key]),
+            "default": json.dumps(_jsonable(default)),
+            "meaning": helps.get(key, ""),
+        }
+        for key, default in comp.options.items()
+    ]
 
 
 class Registry:
@@ -305,8 +324,7 @@ class Registry:
         unknown = sorted(set(meta) - set(declarations(kind)))
         if unknown:
             known = ", ".join(["description", *declarations(kind)])
-            raise RegistrationError(f"{kind} {name!r}: unknown declaration {unknown[0]!r}; a {kind} declares "
-                                    f"{known}")
+            raise RegistrationError(f"{kind} {name!r}: unknown declaration {unknown[0]!r}; a {kind} declares {known}")
         if name in self._items[kind]:
             other = self._items[kind][name]
             raise RegistrationError(f"{kind} {name!r} is already registered by plugin {other.plugin!r}")

@@ -6,6 +6,7 @@ cases with ids such as ``sampler[heun]-check_order`` (select with ``-k``), with 
 declared as ``{check name or id: reason}`` (strict xfail). Samplers are checked against truth: the
 exact denoiser of a Gaussian mixture and its float64 reference ODE solution.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -79,8 +80,9 @@ class Check:
             except (CheckFailure, CheckSkipped) as exc:
                 raise type(exc)(f"{self.name}: {exc}") from None
             except Exception as exc:
-                raise CheckFailure(f"{self.name}: {self.component.kind} {self.component.name!r} raised "
-                                   f"{type(exc).__name__}: {exc}") from exc
+                raise CheckFailure(
+                    f"{self.name}: {self.component.kind} {self.component.name!r} raised {type(exc).__name__}: {exc}"
+                ) from exc
 
     def __call__(self) -> None:
         try:
@@ -170,8 +172,16 @@ def _grid_and_options(sigmas: Tensor, options: Mapping[str, Any]) -> str:
     return f"{_describe(sigmas)}, options {_fmt(options)}"
 
 
-def _run(comp: Component, options: Mapping[str, Any], sigmas: Tensor, *, indices: Iterable[int] = range(BATCH),
-         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64, seed: int = SEED) -> _Run:
+def _run(
+    comp: Component,
+    options: Mapping[str, Any],
+    sigmas: Tensor,
+    *,
+    indices: Iterable[int] = range(BATCH),
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+    seed: int = SEED,
+) -> _Run:
     """Sample from the kit's GMM with per-sample seeded noise, as diffbench.sample does.
 
     An exception, a non-Tensor or a non-finite output is reported here, as itself, naming the grid
@@ -210,8 +220,7 @@ def _option_sets(options: Options) -> list[dict[str, Any]]:
     return sets or [{}]
 
 
-def _order_options(comp: Component, options: Options, order_options: Mapping[str, Any] | None
-                   ) -> dict[str, Any] | None:
+def _order_options(comp: Component, options: Options, order_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The deterministic, full-order configuration the order check uses; None if there is none.
 
     Precedence: the kit's ``order_options``, then the sampler's ``order_options`` meta, then two
@@ -270,8 +279,13 @@ def _errors(comp: Component, options: dict[str, Any]) -> list[float]:
     key = (id(comp.obj), repr(sorted(options.items())), ORDER_STEPS)
     if key not in _ERRORS:
         ref = _reference()
-        _ERRORS[key] = (comp.obj, [float((_run(comp, options, _grid(n, ORDER_SIGMAS[1])).out - ref)
-                                         .square().mean().sqrt()) for n in ORDER_STEPS])
+        _ERRORS[key] = (
+            comp.obj,
+            [
+                float((_run(comp, options, _grid(n, ORDER_SIGMAS[1])).out - ref).square().mean().sqrt())
+                for n in ORDER_STEPS
+            ],
+        )
     return _ERRORS[key][1]
 
 
@@ -289,27 +303,39 @@ def check_declarations(comp: Component, options: Options = None, order_options=N
     for opts in _configs(comp, options, order_options):
         for sigmas in (_grid(5), _grid(5, ORDER_SIGMAS[1])):
             n = comp.meta["nfe"](sigmas, **opts)
-            _require(isinstance(n, Integral) and not isinstance(n, bool) and n >= 0,
-                     f"nfe(sigmas, **options) returned {n!r}; declare a non-negative int ({_grid_and_options(sigmas, opts)})")
+            _require(
+                isinstance(n, Integral) and not isinstance(n, bool) and n >= 0,
+                f"nfe(sigmas, **options) returned {n!r}; declare a non-negative int "
+                f"({_grid_and_options(sigmas, opts)})",
+            )
         if "stochastic" in comp.meta:
             s = comp.meta["stochastic"](**opts)
             _require(_is_bool(s), f"stochastic(**options) returned {s!r}; declare a bool (options {_fmt(opts)})")
     order = comp.meta.get("order")
     if order is not None:
-        _require(_order_options(comp, options, order_options) is not None,
-                 f"declares order {order} but is stochastic in every configuration the kit tried; "
-                 "declare order_options= with the deterministic configuration")
+        _require(
+            _order_options(comp, options, order_options) is not None,
+            f"declares order {order} but is stochastic in every configuration the kit tried; "
+            "declare order_options= with the deterministic configuration",
+        )
     declared = comp.meta.get("stochastic_options")
     if declared is not None:
-        _require(_stochastic_options(comp, options) is not None,
-                 f"declares stochastic_options={_fmt(declared)} but stochastic(**options) is False with them")
+        _require(
+            _stochastic_options(comp, options) is not None,
+            f"declares stochastic_options={_fmt(declared)} but stochastic(**options) is False with them",
+        )
     elif "stochastic" in comp.meta and not _stochastic(comp, resolve_options(comp, _option_sets(options)[0])):
         for key, value in comp.options.items():  # a numeric option that turns noise on, e.g. η = 1
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                    _stochastic(comp, {**comp.options, key: type(value)(1)}):
-                raise CheckFailure(f"stochastic({key}={type(value)(1)!r}) is True but the sampler declares no "
-                                   f"stochastic_options; declare stochastic_options={{{key!r}: ...}} so the kit "
-                                   "tests its stochastic path")
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and _stochastic(comp, {**comp.options, key: type(value)(1)})
+            ):
+                raise CheckFailure(
+                    f"stochastic({key}={type(value)(1)!r}) is True but the sampler declares no "
+                    f"stochastic_options; declare stochastic_options={{{key!r}: ...}} so the kit "
+                    "tests its stochastic path"
+                )
 
 
 def check_denoiser_calls(comp: Component, options: Options = None, order_options=None) -> None:
@@ -318,11 +344,19 @@ def check_denoiser_calls(comp: Component, options: Options = None, order_options
         sigmas = _grid(5)
         run = _run(comp, opts, sigmas)
         for k, (sigma, rows) in enumerate(run.calls):
-            _require(isinstance(sigma, float), f"call {k} passed σ as {type(sigma).__name__}, not float: σ lives "
-                     "on the host (iterate over sigmas.tolist()); a tensor σ costs a device sync per call "
-                     f"({_grid_and_options(sigmas, opts)})")
-            _require(0.0 < sigma < math.inf, f"call {k} evaluated the denoiser at σ = {sigma!r} ({_grid_and_options(sigmas, opts)})")
-            _require(rows == BATCH, f"call {k} passed {rows} rows for a batch of {BATCH} ({_grid_and_options(sigmas, opts)})")
+            _require(
+                isinstance(sigma, float),
+                f"call {k} passed σ as {type(sigma).__name__}, not float: σ lives "
+                "on the host (iterate over sigmas.tolist()); a tensor σ costs a device sync per call "
+                f"({_grid_and_options(sigmas, opts)})",
+            )
+            _require(
+                0.0 < sigma < math.inf,
+                f"call {k} evaluated the denoiser at σ = {sigma!r} ({_grid_and_options(sigmas, opts)})",
+            )
+            _require(
+                rows == BATCH, f"call {k} passed {rows} rows for a batch of {BATCH} ({_grid_and_options(sigmas, opts)})"
+            )
 
 
 def check_determinism(comp: Component, options: Options = None, order_options=None) -> None:
@@ -330,8 +364,10 @@ def check_determinism(comp: Component, options: Options = None, order_options=No
     sigmas = _grid(10)
     for opts in _configs(comp, options, order_options):
         a, b = _run(comp, opts, sigmas).out, _run(comp, opts, sigmas).out
-        _require(torch.equal(a, b), f"two runs with seed {SEED} differ by up to {_max_diff(a, b):.3g} "
-                 f"({_grid_and_options(sigmas, opts)})")
+        _require(
+            torch.equal(a, b),
+            f"two runs with seed {SEED} differ by up to {_max_diff(a, b):.3g} ({_grid_and_options(sigmas, opts)})",
+        )
 
 
 def check_batch_invariance(comp: Component, options: Options = None, order_options=None) -> None:
@@ -343,10 +379,12 @@ def check_batch_invariance(comp: Component, options: Options = None, order_optio
         part = _run(comp, opts, sigmas, indices=subset).out
         for row, i in enumerate(subset):
             diff = _max_diff(part[row], full[i])
-            _require(diff <= 1e-9 * (1.0 + float(full[i].abs().max())),
-                     f"sample {i} differs by {diff:.3g} between a batch of {BATCH} and the batch {subset}: use only "
-                     f"noise(k) for randomness (it is per sample) and no statistics across the batch "
-                     f"({_grid_and_options(sigmas, opts)})")
+            _require(
+                diff <= 1e-9 * (1.0 + float(full[i].abs().max())),
+                f"sample {i} differs by {diff:.3g} between a batch of {BATCH} and the batch {subset}: use only "
+                f"noise(k) for randomness (it is per sample) and no statistics across the batch "
+                f"({_grid_and_options(sigmas, opts)})",
+            )
 
 
 def check_noise(comp: Component, options: Options = None, order_options=None) -> None:
@@ -361,20 +399,31 @@ def check_noise(comp: Component, options: Options = None, order_options=None) ->
                 torch.manual_seed(global_seed)
                 runs.append(_run(comp, opts, sigmas))
         a, b = runs
-        _require(torch.equal(a.out, b.out), f"the samples depend on torch's global random state (up to "
-                 f"{_max_diff(a.out, b.out):.3g} between two global seeds): draw randomness only through noise(k) "
-                 f"({where})")
+        _require(
+            torch.equal(a.out, b.out),
+            f"the samples depend on torch's global random state (up to "
+            f"{_max_diff(a.out, b.out):.3g} between two global seeds): draw randomness only through noise(k) "
+            f"({where})",
+        )
         steps = sorted({k for k, _, _ in a.noise_given})
         declared = _stochastic(comp, opts)
         if declared is not None:
-            _require(not declared or steps, f"stochastic(**options) is True but the sampler never called noise(k): "
-                     f"draw the noise through noise(k), or declare stochastic False for these options ({where})")
-            _require(declared or not steps, f"called noise(k) at steps {steps} although stochastic(**options) is "
-                     f"False: the runner draws the noise bank only for stochastic options; declare it ({where})")
+            _require(
+                not declared or steps,
+                f"stochastic(**options) is True but the sampler never called noise(k): "
+                f"draw the noise through noise(k), or declare stochastic False for these options ({where})",
+            )
+            _require(
+                declared or not steps,
+                f"called noise(k) at steps {steps} although stochastic(**options) is "
+                f"False: the runner draws the noise bank only for stochastic options; declare it ({where})",
+            )
         if steps:
             other = _run(comp, opts, sigmas, seed=SEED + 1).out
-            _require(not torch.equal(other, _run(comp, opts, sigmas).out),
-                     f"called noise(k) but the samples do not change with the seed of the noise ({where})")
+            _require(
+                not torch.equal(other, _run(comp, opts, sigmas).out),
+                f"called noise(k) but the samples do not change with the seed of the noise ({where})",
+            )
 
 
 def check_nfe(comp: Component, options: Options = None, order_options=None) -> None:
@@ -382,8 +431,11 @@ def check_nfe(comp: Component, options: Options = None, order_options=None) -> N
     for opts in _configs(comp, options, order_options):
         for sigmas in (_grid(*g) for g in GRIDS):
             counted, declared = _run(comp, opts, sigmas).nfe, comp.meta["nfe"](sigmas, **opts)
-            _require(counted == declared, f"counted {counted:g} network evaluations per sample, declared "
-                     f"{declared} ({_grid_and_options(sigmas, opts)})")
+            _require(
+                counted == declared,
+                f"counted {counted:g} network evaluations per sample, declared "
+                f"{declared} ({_grid_and_options(sigmas, opts)})",
+            )
 
 
 def check_dtype_device(comp: Component, options: Options = None, order_options=None) -> None:
@@ -396,9 +448,13 @@ def check_dtype_device(comp: Component, options: Options = None, order_options=N
         for device, dtype in cases:
             run = _run(comp, opts, sigmas, device=device, dtype=dtype)
             got, want = (run.out.shape, run.out.dtype, run.out.device), (run.x.shape, run.x.dtype, run.x.device)
-            _require(got == want, "input (shape, dtype, device) {} came back as {} ({})".format(
-                *(f"({tuple(s)}, {str(t).replace('torch.', '')}, {d})" for s, t, d in (want, got)),
-                _grid_and_options(sigmas, opts)))
+            _require(
+                got == want,
+                "input (shape, dtype, device) {} came back as {} ({})".format(
+                    *(f"({tuple(s)}, {str(t).replace('torch.', '')}, {d})" for s, t, d in (want, got)),
+                    _grid_and_options(sigmas, opts),
+                ),
+            )
 
 
 def check_inputs_not_mutated(comp: Component, options: Options = None, order_options=None) -> None:
@@ -408,12 +464,17 @@ def check_inputs_not_mutated(comp: Component, options: Options = None, order_opt
             where = _grid_and_options(sigmas, opts)
             sigmas_before = sigmas.clone()
             run = _run(comp, opts, sigmas)
-            _require(torch.equal(run.x, run.x_before),
-                     f"modified its input x in place (max change {_max_diff(run.x, run.x_before):.3g}; {where})")
+            _require(
+                torch.equal(run.x, run.x_before),
+                f"modified its input x in place (max change {_max_diff(run.x, run.x_before):.3g}; {where})",
+            )
             _require(torch.equal(sigmas, sigmas_before), f"modified its input sigmas in place ({where})")
             for k, given, copy in run.noise_given:
-                _require(torch.equal(given, copy), f"modified the tensor returned by noise({k}) in place; it is a "
-                         f"view of the per-sample noise bank ({where})")
+                _require(
+                    torch.equal(given, copy),
+                    f"modified the tensor returned by noise({k}) in place; it is a "
+                    f"view of the per-sample noise bank ({where})",
+                )
 
 
 def _check_ends_denoised(comp: Component, opts: dict[str, Any], sigmas: Tensor) -> None:
@@ -425,9 +486,11 @@ def _check_ends_denoised(comp: Component, opts: dict[str, Any], sigmas: Tensor) 
             _require(bool(torch.isfinite(run.out).all()), f"non-finite output ({where})")
             return
         diff = _max_diff(run.out, run.last_denoised)
-        _require(diff <= 1e-9 * (1.0 + float(run.last_denoised.abs().max())),
-                 f"the step into σ = 0 must return the denoised point D(x, σ) of the last call; the output "
-                 f"differs from it by {diff:.3g} ({where})")
+        _require(
+            diff <= 1e-9 * (1.0 + float(run.last_denoised.abs().max())),
+            f"the step into σ = 0 must return the denoised point D(x, σ) of the last call; the output "
+            f"differs from it by {diff:.3g} ({where})",
+        )
 
 
 def check_one_step(comp: Component, options: Options = None, order_options=None) -> None:
@@ -447,14 +510,18 @@ def check_final_sigma_zero(comp: Component, options: Options = None, order_optio
 def _deterministic(comp: Component, options, order_options) -> dict[str, Any]:
     det = _order_options(comp, options, order_options)
     if det is None:
-        raise CheckSkipped(f"{comp.name!r} is stochastic in every configuration the kit tried; "
-                           "there is no ODE solution to compare with")
+        raise CheckSkipped(
+            f"{comp.name!r} is stochastic in every configuration the kit tried; "
+            "there is no ODE solution to compare with"
+        )
     return det
 
 
 def _errors_text(errors: list[float]) -> str:
-    return (f"RMS errors {', '.join(f'{e:.3g}' for e in errors)} at {', '.join(map(str, ORDER_STEPS))} steps "
-            f"against the exact ODE solution, Karras σ {ORDER_SIGMAS[0]:g} → {ORDER_SIGMAS[1]:g}")
+    return (
+        f"RMS errors {', '.join(f'{e:.3g}' for e in errors)} at {', '.join(map(str, ORDER_STEPS))} steps "
+        f"against the exact ODE solution, Karras σ {ORDER_SIGMAS[0]:g} → {ORDER_SIGMAS[1]:g}"
+    )
 
 
 def check_convergence(comp: Component, options: Options = None, order_options=None) -> None:
@@ -465,8 +532,10 @@ def check_convergence(comp: Component, options: Options = None, order_options=No
     _require(all(math.isfinite(e) for e in errors), f"non-finite error ({why})")
     shrinking = all(b < a / 1.5 or b < 1e-10 for a, b in zip(errors, errors[1:]))
     _require(shrinking, f"the error does not shrink as steps double ({why})")
-    _require(errors[-1] <= CONVERGENCE_TOLERANCE,
-             f"error {errors[-1]:.3g} at {ORDER_STEPS[-1]} steps exceeds {CONVERGENCE_TOLERANCE} ({why})")
+    _require(
+        errors[-1] <= CONVERGENCE_TOLERANCE,
+        f"error {errors[-1]:.3g} at {ORDER_STEPS[-1]} steps exceeds {CONVERGENCE_TOLERANCE} ({why})",
+    )
 
 
 def measured_order(comp: Component, options: Options = None, order_options=None) -> float:
@@ -482,18 +551,34 @@ def check_order(comp: Component, options: Options = None, order_options=None) ->
         raise CheckSkipped(f"{comp.name!r} declares no order")
     opts = _deterministic(comp, options, order_options)
     slope = measured_order(comp, options, order_options)
-    _require(abs(slope - order) < ORDER_TOLERANCE,
-             f"measured slope {slope:.2f}, declared order {order} ({_errors_text(_errors(comp, opts))}, "
-             f"without the trailing 0; options {_fmt(opts)})")
+    _require(
+        abs(slope - order) < ORDER_TOLERANCE,
+        f"measured slope {slope:.2f}, declared order {order} ({_errors_text(_errors(comp, opts))}, "
+        f"without the trailing 0; options {_fmt(opts)})",
+    )
 
 
-SAMPLER_CHECKS: dict[str, Callable[..., None]] = {fn.__name__: fn for fn in (
-    check_declarations, check_denoiser_calls, check_determinism, check_batch_invariance, check_noise, check_nfe,
-    check_dtype_device, check_inputs_not_mutated, check_one_step, check_final_sigma_zero,
-    check_convergence, check_order)}
+SAMPLER_CHECKS: dict[str, Callable[..., None]] = {
+    fn.__name__: fn
+    for fn in (
+        check_declarations,
+        check_denoiser_calls,
+        check_determinism,
+        check_batch_invariance,
+        check_noise,
+        check_nfe,
+        check_dtype_device,
+        check_inputs_not_mutated,
+        check_one_step,
+        check_final_sigma_zero,
+        check_convergence,
+        check_order,
+    )
+}
 
 
 # --- schedulers ---------------------------------------------------------------------------
+
 
 def _noise_schedules() -> list[NoiseSchedule]:
     return [cls() for cls in SCHEDULES.values()]
@@ -504,8 +589,9 @@ def _supported(comp: Component) -> list[NoiseSchedule]:
     return [s for s in _noise_schedules() if s.discrete or not discrete_only]
 
 
-def _sigma_lists(comp: Component, options: Mapping[str, Any] | None
-                 ) -> Iterator[tuple[str, Tensor, int, NoiseSchedule]]:
+def _sigma_lists(
+    comp: Component, options: Mapping[str, Any] | None
+) -> Iterator[tuple[str, Tensor, int, NoiseSchedule]]:
     """(where, σ list, steps, noise schedule) for every supported schedule and SCHEDULER_STEPS."""
     for opts in (resolve_options(comp, s) for s in _option_sets(options)):
         yield from _sigma_lists_for(comp, opts)
@@ -526,8 +612,10 @@ def _sigma_lists_for(comp: Component, opts: dict[str, Any]) -> Iterator[tuple[st
 def check_scheduler_length(comp: Component, options: Options = None) -> None:
     """A 1-D σ list of steps + 1 values, for several step counts including 1."""
     for where, sigmas, steps, _ in _sigma_lists(comp, options):
-        _require(sigmas.ndim == 1 and len(sigmas) == steps + 1,
-                 f"returned shape {tuple(sigmas.shape)}, expected ({steps + 1},) ({where})")
+        _require(
+            sigmas.ndim == 1 and len(sigmas) == steps + 1,
+            f"returned shape {tuple(sigmas.shape)}, expected ({steps + 1},) ({where})",
+        )
 
 
 def check_scheduler_ends_at_zero(comp: Component, options: Options = None) -> None:
@@ -541,8 +629,11 @@ def check_scheduler_decreasing(comp: Component, options: Options = None) -> None
     for where, sigmas, _, _ in _sigma_lists(comp, options):
         _require(bool(torch.isfinite(sigmas).all()), f"non-finite σ ({where})")
         bad = (sigmas[1:] >= sigmas[:-1]).nonzero()
-        _require(len(bad) == 0, f"σ is not strictly decreasing at index {int(bad[0]) + 1 if len(bad) else 0}: "
-                 f"{sigmas.tolist()[:12]} ({where})")
+        _require(
+            len(bad) == 0,
+            f"σ is not strictly decreasing at index {int(bad[0]) + 1 if len(bad) else 0}: "
+            f"{sigmas.tolist()[:12]} ({where})",
+        )
 
 
 def check_scheduler_range(comp: Component, options: Options = None) -> None:
@@ -550,10 +641,12 @@ def check_scheduler_range(comp: Component, options: Options = None) -> None:
     for where, sigmas, _, schedule in _sigma_lists(comp, options):
         positive = sigmas[sigmas > 0]
         lo, hi = schedule.sigma_min * (1 - 1e-9), schedule.sigma_max * (1 + 1e-9)
-        _require(len(positive) > 0 and float(positive.min()) >= lo and float(positive.max()) <= hi,
-                 f"σ from {float(positive.max()) if len(positive) else 'none'} down to "
-                 f"{float(positive.min()) if len(positive) else 'none'} leaves the model's range "
-                 f"[{schedule.sigma_min:g}, {schedule.sigma_max:g}] ({where})")
+        _require(
+            len(positive) > 0 and float(positive.min()) >= lo and float(positive.max()) <= hi,
+            f"σ from {float(positive.max()) if len(positive) else 'none'} down to "
+            f"{float(positive.min()) if len(positive) else 'none'} leaves the model's range "
+            f"[{schedule.sigma_min:g}, {schedule.sigma_max:g}] ({where})",
+        )
 
 
 def check_scheduler_schedules(comp: Component, options: Options = None) -> None:
@@ -566,8 +659,10 @@ def check_scheduler_schedules(comp: Component, options: Options = None) -> None:
                 grid = materialize(comp.obj, schedule, 10, **opts)
             except ValueError as exc:
                 raise CheckFailure(f"materialize rejected its grid: {exc} ({where})") from None
-            _require(all(math.isfinite(t) for t in grid.timesteps),
-                     f"σ maps to non-finite model times {grid.timesteps} ({where})")
+            _require(
+                all(math.isfinite(t) for t in grid.timesteps),
+                f"σ maps to non-finite model times {grid.timesteps} ({where})",
+            )
         if not comp.meta.get("discrete_only", False):
             continue
         for schedule in _noise_schedules():
@@ -577,16 +672,26 @@ def check_scheduler_schedules(comp: Component, options: Options = None) -> None:
                 comp.obj(schedule, 10, **opts)
             except ValueError:
                 continue
-            raise CheckFailure(f"declared discrete_only but accepted the continuous noise schedule "
-                               f"{schedule.name!r}; raise ValueError naming the problem (options {_fmt(opts)})")
+            raise CheckFailure(
+                f"declared discrete_only but accepted the continuous noise schedule "
+                f"{schedule.name!r}; raise ValueError naming the problem (options {_fmt(opts)})"
+            )
 
 
-SCHEDULER_CHECKS: dict[str, Callable[..., None]] = {fn.__name__: fn for fn in (
-    check_scheduler_length, check_scheduler_ends_at_zero, check_scheduler_decreasing, check_scheduler_range,
-    check_scheduler_schedules)}
+SCHEDULER_CHECKS: dict[str, Callable[..., None]] = {
+    fn.__name__: fn
+    for fn in (
+        check_scheduler_length,
+        check_scheduler_ends_at_zero,
+        check_scheduler_decreasing,
+        check_scheduler_range,
+        check_scheduler_schedules,
+    )
+}
 
 
 # --- targets ------------------------------------------------------------------------------
+
 
 def _coefs() -> Iterator[tuple[str, float, Coef]]:
     """Host-float coefficients at σ_min, the geometric middle and σ_max of every noise schedule."""
@@ -594,8 +699,11 @@ def _coefs() -> Iterator[tuple[str, float, Coef]]:
         lo, hi = schedule.sigma_min, schedule.sigma_max
         for sigma in (lo, math.sqrt(lo * hi), hi):
             c = schedule.coef(schedule.t_of_sigma(sigma))
-            yield f"noise schedule {schedule.name!r} at σ = {sigma:.4g}", sigma, Coef(
-                *(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma)))
+            yield (
+                f"noise schedule {schedule.name!r} at σ = {sigma:.4g}",
+                sigma,
+                Coef(*(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma))),
+            )
 
 
 def _target_cases(comp: Component, dtype=torch.float64) -> Iterator[tuple[str, float, Coef, Tensor, Tensor]]:
@@ -635,12 +743,16 @@ def check_target_round_trip(comp: Component) -> None:
         out = t.from_x0(x0, x_t, c)
         back = t.to_x0(out, x_t, c)
         tol = _round_off(torch.float64, sigma, x0, x_t, out)
-        _require(_max_diff(back, x0) <= tol,
-                 f"to_x0(from_x0(x0)) differs from x0 by {_max_diff(back, x0):.3g} > {tol:.2g} ({where})")
+        _require(
+            _max_diff(back, x0) <= tol,
+            f"to_x0(from_x0(x0)) differs from x0 by {_max_diff(back, x0):.3g} > {tol:.2g} ({where})",
+        )
         raw = torch.randn_like(out)
         again = t.from_x0(t.to_x0(raw, x_t, c), x_t, c)
-        _require(_max_diff(again, raw) <= tol,
-                 f"from_x0(to_x0(out)) differs from out by {_max_diff(again, raw):.3g} > {tol:.2g} ({where})")
+        _require(
+            _max_diff(again, raw) <= tol,
+            f"from_x0(to_x0(out)) differs from out by {_max_diff(again, raw):.3g} > {tol:.2g} ({where})",
+        )
 
 
 def check_target_affine(comp: Component) -> None:
@@ -654,8 +766,11 @@ def check_target_affine(comp: Component) -> None:
                 mixed = fn(a * o1 + (1 - a) * o2, x_t, c)
                 affine = a * fn(o1, x_t, c) + (1 - a) * fn(o2, x_t, c)
                 tol = 4 * _round_off(torch.float64, sigma, mixed, affine, x_t)
-                _require(_max_diff(mixed, affine) <= tol, f"{name} is not affine: f(a u + (1-a) v) and "
-                         f"a f(u) + (1-a) f(v) differ by {_max_diff(mixed, affine):.3g} for a = {a} ({where})")
+                _require(
+                    _max_diff(mixed, affine) <= tol,
+                    f"{name} is not affine: f(a u + (1-a) v) and "
+                    f"a f(u) + (1-a) f(v) differ by {_max_diff(mixed, affine):.3g} for a = {a} ({where})",
+                )
 
 
 def check_target_dtype(comp: Component) -> None:
@@ -664,18 +779,25 @@ def check_target_dtype(comp: Component) -> None:
     for where, _, c, x0, x_t in _target_cases(comp, torch.float32):
         for fn, name in ((t.to_x0, "to_x0"), (t.from_x0, "from_x0")):
             out = fn(x0, x_t, c)
-            _require(out.dtype == torch.float32 and out.shape == x0.shape,
-                     f"{name} turned float32 {tuple(x0.shape)} into {out.dtype} {tuple(out.shape)} ({where})")
+            _require(
+                out.dtype == torch.float32 and out.shape == x0.shape,
+                f"{name} turned float32 {tuple(x0.shape)} into {out.dtype} {tuple(out.shape)} ({where})",
+            )
 
 
-TARGET_CHECKS: dict[str, Callable[..., None]] = {fn.__name__: fn for fn in (
-    check_target_round_trip, check_target_affine, check_target_dtype)}
+TARGET_CHECKS: dict[str, Callable[..., None]] = {
+    fn.__name__: fn for fn in (check_target_round_trip, check_target_affine, check_target_dtype)
+}
 
 CHECKS: dict[str, dict[str, Callable[..., None]]] = {
-    "sampler": SAMPLER_CHECKS, "scheduler": SCHEDULER_CHECKS, "target": TARGET_CHECKS}
+    "sampler": SAMPLER_CHECKS,
+    "scheduler": SCHEDULER_CHECKS,
+    "target": TARGET_CHECKS,
+}
 
 
 # --- selecting components, generating and running checks ----------------------------------
+
 
 class Selection(list):
     """The components ``components()`` chose, with what was asked for and the plugin errors that bear on it.
@@ -684,8 +806,9 @@ class Selection(list):
     register, into a failing test that says why: an empty parameter set would pass with nothing checked.
     """
 
-    def __init__(self, items: Iterable[Component], *, asked: str, errors: Sequence[PluginError] = (),
-                 hint: str = "") -> None:
+    def __init__(
+        self, items: Iterable[Component], *, asked: str, errors: Sequence[PluginError] = (), hint: str = ""
+    ) -> None:
         super().__init__(items)
         self.asked, self.errors, self.hint = asked, list(errors), hint
 
@@ -699,8 +822,9 @@ class Selection(list):
 
 def _installed_distributions(registry: Registry) -> set[str]:
     """Distributions with a ``diffbench`` entry point or a registered component (loaded or not)."""
-    names = {c.distribution for c in registry if c.distribution} | {e.distribution for e in registry.errors
-                                                                   if e.distribution}
+    names = {c.distribution for c in registry if c.distribution} | {
+        e.distribution for e in registry.errors if e.distribution
+    }
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         if dist is not None:
@@ -717,8 +841,13 @@ def _entry_point_groups(distribution: str) -> list[str] | None:
     return sorted({ep.group for ep in dist.entry_points})
 
 
-def components(registry: Registry | None = None, *, kinds: Iterable[str] = KIT_KINDS,
-               distribution: str | None = None, plugin: str | None = None) -> Selection:
+def components(
+    registry: Registry | None = None,
+    *,
+    kinds: Iterable[str] = KIT_KINDS,
+    distribution: str | None = None,
+    plugin: str | None = None,
+) -> Selection:
     """The registry's components the kit can check, optionally only those of one distribution or plugin.
 
     Distribution names match as pip matches them (``My_Plugin`` selects ``my-plugin``); plugin names
@@ -732,24 +861,34 @@ def components(registry: Registry | None = None, *, kinds: Iterable[str] = KIT_K
     def of_dist(name: str | None) -> bool:
         return want is None or (name is not None and normalize_distribution(name) == want)
 
-    chosen = [c for c in registry if c.kind in kinds and c.kind in CHECKS and of_dist(c.distribution)
-              and (plugin is None or c.plugin == plugin)]
+    chosen = [
+        c
+        for c in registry
+        if c.kind in kinds and c.kind in CHECKS and of_dist(c.distribution) and (plugin is None or c.plugin == plugin)
+    ]
     errors = [e for e in registry.errors if of_dist(e.distribution) and (plugin is None or e.plugin == plugin)]
-    asked = ", ".join([f"kinds {', '.join(kinds)}"] + ([f"distribution {distribution!r}"] if distribution else [])
-                      + ([f"plugin {plugin!r}"] if plugin else []))
+    asked = ", ".join(
+        [f"kinds {', '.join(kinds)}"]
+        + ([f"distribution {distribution!r}"] if distribution else [])
+        + ([f"plugin {plugin!r}"] if plugin else [])
+    )
     hint = ""
     if distribution is not None and not chosen and not errors:
         installed = sorted(_installed_distributions(registry))
         groups = _entry_point_groups(distribution)
         if groups is not None and not any(normalize_distribution(n) == want for n in installed):
-            hint = (f"distribution {distribution!r} is installed but declares no entry point in group "
-                    f"{ENTRY_POINT_GROUP!r} (its entry-point groups: {', '.join(groups) or 'none'}); add "
-                    f"[project.entry-points.{ENTRY_POINT_GROUP}] to its pyproject.toml and reinstall it")
+            hint = (
+                f"distribution {distribution!r} is installed but declares no entry point in group "
+                f"{ENTRY_POINT_GROUP!r} (its entry-point groups: {', '.join(groups) or 'none'}); add "
+                f"[project.entry-points.{ENTRY_POINT_GROUP}] to its pyproject.toml and reinstall it"
+            )
         elif not any(normalize_distribution(n) == want for n in installed):
             close = difflib.get_close_matches(distribution, installed, n=1)
-            hint = (f"no installed distribution is called {distribution!r} (names match ignoring case and "
-                    f"'-', '_', '.'); installed: {', '.join(installed) or 'none'}"
-                    + (f"; did you mean {close[0]!r}?" if close else ""))
+            hint = (
+                f"no installed distribution is called {distribution!r} (names match ignoring case and "
+                f"'-', '_', '.'); installed: {', '.join(installed) or 'none'}"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+            )
         else:
             hint = f"distribution {distribution!r} registered no component of these kinds"
     elif plugin is not None and not chosen and not errors:
@@ -794,9 +933,13 @@ def _problems(items: Any) -> list[str]:
     return []
 
 
-def generate_checks(items: Iterable[Component | str] | Registry, *, options: Mapping[str, Options] | None = None,
-                    order_options: Mapping[str, Mapping] | None = None,
-                    registry: Registry | None = None) -> list[Check]:
+def generate_checks(
+    items: Iterable[Component | str] | Registry,
+    *,
+    options: Mapping[str, Options] | None = None,
+    order_options: Mapping[str, Mapping] | None = None,
+    registry: Registry | None = None,
+) -> list[Check]:
     """Every check for every component; ``options`` / ``order_options`` keyed by 'kind[name]'.
 
     ``options`` gives one option set or a list of them per component; the kit runs each.
@@ -806,8 +949,10 @@ def generate_checks(items: Iterable[Component | str] | Registry, *, options: Map
     for what, mapping in (("options", options), ("order_options", order_options)):
         unknown = sorted(set(mapping or {}) - labels)
         if unknown:
-            raise ValueError(f"{what} for {unknown[0]!r}, which is not among the components checked; "
-                             f"keys look like {sorted(labels)[:3]}")
+            raise ValueError(
+                f"{what} for {unknown[0]!r}, which is not among the components checked; "
+                f"keys look like {sorted(labels)[:3]}"
+            )
     checks = []
     for comp in comps:
         if comp.kind not in CHECKS:
@@ -830,8 +975,12 @@ def _expected(checks: list[Check], expected_failures: Mapping[str, str] | None) 
     names, ids = {c.name for c in checks}, {c.id for c in checks}
     unknown = sorted(set(expected_failures) - names - ids)
     if unknown:
-        raise ValueError(f"expected failure {unknown[0]!r} names no check here; use a check name "
-                         f"(e.g. 'check_order') or an id (e.g. {sorted(ids)[0]!r})" if ids else "no checks")
+        raise ValueError(
+            f"expected failure {unknown[0]!r} names no check here; use a check name "
+            f"(e.g. 'check_order') or an id (e.g. {sorted(ids)[0]!r})"
+            if ids
+            else "no checks"
+        )
     out = {}
     for c in checks:
         reason = expected_failures.get(c.id, expected_failures.get(c.name))
@@ -840,11 +989,14 @@ def _expected(checks: list[Check], expected_failures: Mapping[str, str] | None) 
     return out
 
 
-def parametrize_with_checks(items: Iterable[Component | str] | Registry, *,
-                            expected_failures: Mapping[str, str] | None = None,
-                            options: Mapping[str, Options] | None = None,
-                            order_options: Mapping[str, Mapping] | None = None,
-                            registry: Registry | None = None):
+def parametrize_with_checks(
+    items: Iterable[Component | str] | Registry,
+    *,
+    expected_failures: Mapping[str, str] | None = None,
+    options: Mapping[str, Options] | None = None,
+    order_options: Mapping[str, Mapping] | None = None,
+    registry: Registry | None = None,
+):
     """A ``pytest.mark.parametrize`` over every check of every component, argument name ``check``.
 
     Ids read ``sampler[heun]-check_order``; expected failures become strict xfails. An empty
@@ -860,15 +1012,22 @@ def parametrize_with_checks(items: Iterable[Component | str] | Registry, *,
     items = items if isinstance(items, (Selection, Registry)) else list(items)
     checks = generate_checks(items, options=options, order_options=order_options, registry=registry)
     xfail = _expected(checks, expected_failures)
-    params = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, raises=CheckFailure, reason=xfail[c.id])]
-                           if c.id in xfail else []) for c in checks]
+    params = [
+        pytest.param(
+            c,
+            id=c.id,
+            marks=[pytest.mark.xfail(strict=True, raises=CheckFailure, reason=xfail[c.id])] if c.id in xfail else [],
+        )
+        for c in checks
+    ]
     problems = _problems(items)
     if not checks and not problems:
         problems = ["no components selected (an empty list was given)"]
     errors = [p for p in problems if p.startswith("plugin failed")]
     if errors:
-        params.append(pytest.param(SelectionProblem("selection-plugin-errors", "; ".join(errors)),
-                                   id="selection-plugin-errors"))
+        params.append(
+            pytest.param(SelectionProblem("selection-plugin-errors", "; ".join(errors)), id="selection-plugin-errors")
+        )
     if len(errors) < len(problems) or (not checks and not errors):
         rest = [p for p in problems if p not in errors] or problems
         params.append(pytest.param(SelectionProblem("selection-empty", "; ".join(rest)), id="selection-empty"))
@@ -890,20 +1049,27 @@ def run_checks(checks: list[Check], expected_failures: Mapping[str, str] | None 
         except CheckFailure as exc:
             results.append(CheckResult(check.id, "xfailed" if check.id in xfail else "failed", str(exc)))
         else:
-            results.append(CheckResult(check.id, "xpassed" if check.id in xfail else "passed",
-                                       f"{check.name}: expected to fail ({xfail[check.id]}) but passed"
-                                       if check.id in xfail else ""))
+            results.append(
+                CheckResult(
+                    check.id,
+                    "xpassed" if check.id in xfail else "passed",
+                    f"{check.name}: expected to fail ({xfail[check.id]}) but passed" if check.id in xfail else "",
+                )
+            )
     bad = [r for r in results if r.status in ("failed", "xpassed")]
     if bad:
-        failure = CheckFailure(f"{len(bad)} of {len(results)} conformance checks failed:\n"
-                               + "\n".join(f"  {r.id}: {r.message.split(': ', 1)[-1]}" for r in bad))
+        failure = CheckFailure(
+            f"{len(bad)} of {len(results)} conformance checks failed:\n"
+            + "\n".join(f"  {r.id}: {r.message.split(': ', 1)[-1]}" for r in bad)
+        )
         failure.results = results
         raise failure
     return results
 
 
-def component(kind: str, obj: Any, *, name: str | None = None, registry: Registry | None = None,
-              **declarations: Any) -> Component:
+def component(
+    kind: str, obj: Any, *, name: str | None = None, registry: Registry | None = None, **declarations: Any
+) -> Component:
     """A Component to check: a registered one (``obj`` its name), or ``obj`` validated as the registry would.
 
     ``declarations`` are the ``registry.add`` keywords (``nfe=``, ``order=``, ``stochastic=``, …);
@@ -918,33 +1084,57 @@ def component(kind: str, obj: Any, *, name: str | None = None, registry: Registr
     return scratch.add(kind, name, obj, **{k: v for k, v in declarations.items() if v is not None})
 
 
-def check_sampler(sampler: str | Component | Callable, *, nfe: Callable | None = None, order: int | None = None,
-                  stochastic: Callable | None = None, stochastic_options: Mapping[str, Any] | None = None,
-                  options: Options = None, order_options: Mapping[str, Any] | None = None,
-                  expected_failures: Mapping[str, str] | None = None,
-                  registry: Registry | None = None) -> list[CheckResult]:
+def check_sampler(
+    sampler: str | Component | Callable,
+    *,
+    nfe: Callable | None = None,
+    order: int | None = None,
+    stochastic: Callable | None = None,
+    stochastic_options: Mapping[str, Any] | None = None,
+    options: Options = None,
+    order_options: Mapping[str, Any] | None = None,
+    expected_failures: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+) -> list[CheckResult]:
     """Run every sampler check on a registered sampler (by name) or a bare function with its declarations.
 
     ``options``: one option set or a list of them, each run besides the kit's own configurations.
     """
-    comp = component("sampler", sampler, registry=registry, nfe=nfe, order=order, stochastic=stochastic,
-                     stochastic_options=dict(stochastic_options) if stochastic_options is not None else None)
+    comp = component(
+        "sampler",
+        sampler,
+        registry=registry,
+        nfe=nfe,
+        order=order,
+        stochastic=stochastic,
+        stochastic_options=dict(stochastic_options) if stochastic_options is not None else None,
+    )
     label = _label(comp)
-    checks = generate_checks([comp], options={label: options}, order_options={label: order_options}
-                             if order_options is not None else None)
+    checks = generate_checks(
+        [comp], options={label: options}, order_options={label: order_options} if order_options is not None else None
+    )
     return run_checks(checks, expected_failures)
 
 
-def check_scheduler(scheduler: str | Component | Callable, *, discrete_only: bool | None = None,
-                    options: Options = None, expected_failures: Mapping[str, str] | None = None,
-                    registry: Registry | None = None) -> list[CheckResult]:
+def check_scheduler(
+    scheduler: str | Component | Callable,
+    *,
+    discrete_only: bool | None = None,
+    options: Options = None,
+    expected_failures: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+) -> list[CheckResult]:
     """Run every scheduler check on a registered scheduler (by name) or a bare function."""
     comp = component("scheduler", scheduler, registry=registry, discrete_only=discrete_only)
     return run_checks(generate_checks([comp], options={_label(comp): options}), expected_failures)
 
 
-def check_target(target: str | Component | Any, *, expected_failures: Mapping[str, str] | None = None,
-                 registry: Registry | None = None) -> list[CheckResult]:
+def check_target(
+    target: str | Component | Any,
+    *,
+    expected_failures: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+) -> list[CheckResult]:
     """Run every target check on a registered target (by name) or an object with to_x0/from_x0."""
     comp = component("target", target, registry=registry)
     return run_checks(generate_checks([comp]), expected_failures)

@@ -7,6 +7,7 @@ orders between neighbouring cells in that range (coarse → fine).
     diffbench run suites/accuracy.yaml --out results/accuracy
     python scripts/accuracy_orders.py results/accuracy        # a suite's folder means its newest run
 """
+
 from __future__ import annotations
 
 import argparse

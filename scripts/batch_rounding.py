@@ -6,6 +6,7 @@ batch of 1 or 7 differently from a batch of 64 (tests/test_batch_independence.py
 and that a network evaluated row by row gives bit-identical results at every batch size).
 Run: python scripts/batch_rounding.py
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,10 @@ def main() -> None:
     for name in MODELS:
         model = registry.get("model", name).obj()
         for dtype in ("float32", "float64"):
+
             def draw(batch: int) -> torch.Tensor:
                 return sample(model, "euler", steps=10, num_samples=64, batch_size=batch, dtype=dtype).samples
+
             ref = draw(64)
             diffs = [float((draw(b) - ref).abs().max()) for b in BATCHES]
             print(f"| {name} | {dtype} | " + " | ".join(f"{d:.1e}" for d in diffs) + " |")

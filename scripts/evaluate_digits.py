@@ -6,6 +6,7 @@
 The floor is the digits test split scored against the train split (the reference every model is
 scored against); a model's KID is judged against it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,14 +89,23 @@ def main() -> None:
         model = MODELS[name](checkpoint=ckpt)
         ms = network_ms(model)
         t0 = time.perf_counter()
-        res = sample(model, args.sampler, steps=args.steps, scheduler=args.scheduler, num_samples=args.num_samples,
-                     seed=args.seed, guidance=args.guidance)
+        res = sample(
+            model,
+            args.sampler,
+            steps=args.steps,
+            scheduler=args.scheduler,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            guidance=args.guidance,
+        )
         secs = time.perf_counter() - t0
         values: dict[str, MetricValue] = {}
         for metric in ("fid", "kid", "prc", "class-accuracy"):
             values.update(METRICS[metric].compute(res.samples, model=model, result=res, context=context))
-        print(f"{name} ({args.sampler} {args.steps} steps {args.scheduler}, NFE {res.nfe:g}, "
-              f"guidance {args.guidance}, n={args.num_samples}, {secs:.1f} s; network batch 256: {ms:.1f} ms)")
+        print(
+            f"{name} ({args.sampler} {args.steps} steps {args.scheduler}, NFE {res.nfe:g}, "
+            f"guidance {args.guidance}, n={args.num_samples}, {secs:.1f} s; network batch 256: {ms:.1f} ms)"
+        )
         for k, v in values.items():
             print(f"  {k}: {fmt(v)}")
         if args.grids:

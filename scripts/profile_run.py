@@ -3,6 +3,7 @@
 Run: python scripts/profile_run.py suites/steps.yaml  (prints diffbench's own functions by cumulative time;
 the run goes to a temporary folder, with the default reference cache).
 """
+
 from __future__ import annotations
 
 import cProfile

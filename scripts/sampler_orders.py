@@ -5,6 +5,7 @@ minus the least-squares slope of log(mean L2 error) against log N, the error aga
 (tests/samplers/test_convergence.py::test_declared_order_over_the_full_range asserts the same numbers).
 Run: python scripts/sampler_orders.py [NAME ...]
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,10 @@ def main(names: list[str]) -> None:
     print("| sampler | options | declared | measured |\n|---|---|---|---|")
     for name in names or ORDERED:
         opts = DETERMINISTIC.get(name, {})
-        errors = [float((run(name, model, x, truncated_karras(model, n, 0.1, 80.0), **opts) - exact)
-                        .norm(dim=1).mean()) for n in STEPS]
+        errors = [
+            float((run(name, model, x, truncated_karras(model, n, 0.1, 80.0), **opts) - exact).norm(dim=1).mean())
+            for n in STEPS
+        ]
         print(f"| {name} | {opts or ''} | {SAMPLERS[name].order} | {fit_slope(STEPS, errors):.2f} |", flush=True)
 
 

@@ -8,6 +8,7 @@ Trains on the train split only and reports test accuracy (the test split is neve
 training or model selection); then fixes ``feature_scale`` so train-split features have unit
 RMS per dimension.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> t
     """Shift each image by up to ``max_shift`` pixels, padding with background (-1)."""
     n, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, value=-1.0)
-    dy, dx = (torch.randint(0, 2 * max_shift + 1, (2, n), generator=gen))
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=gen)
     rows = (dy[:, None] + torch.arange(h))[:, :, None]
     cols = (dx[:, None] + torch.arange(w))[:, None, :]
     return padded[torch.arange(n)[:, None, None], 0, rows, cols][:, None]
@@ -67,7 +68,7 @@ def train_classifier(out: Path, epochs: int, seed: int) -> None:
         net.train()
         perm = torch.randperm(len(x_train), generator=gen)
         for i in range(0, len(perm), batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             loss = F.cross_entropy(net(random_shift(x_train[idx], gen)), train.labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -80,11 +81,19 @@ def train_classifier(out: Path, epochs: int, seed: int) -> None:
     with torch.inference_mode():
         net.feature_scale.fill_(net.forward_features(x_train)[0].pow(2).mean().rsqrt().item())
     test_acc = accuracy(net, x_test, test.labels)
-    config = {"arch": arch, "dataset": "digits", "split": "train", "seed": seed, "epochs": epochs,
-              "test_accuracy": round(test_acc, 6)}
+    config = {
+        "arch": arch,
+        "dataset": "digits",
+        "split": "train",
+        "seed": seed,
+        "epochs": epochs,
+        "test_accuracy": round(test_acc, 6),
+    }
     sha = save_checkpoint(out, net.state_dict(), config)
-    print(f"test accuracy {test_acc:.4f} ({round(test_acc * len(x_test))}/{len(x_test)}); "
-          f"{seconds:.1f} s; wrote {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {sha[:16]})")
+    print(
+        f"test accuracy {test_acc:.4f} ({round(test_acc * len(x_test))}/{len(x_test)}); "
+        f"{seconds:.1f} s; wrote {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {sha[:16]})"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ otherwise); MSE against the model's target built with the target's own ``from_x0
 inverts); labels dropped to the null class with probability 0.1 for classifier-free guidance; AdamW, cosine
 LR, EMA weights shipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,21 +46,42 @@ def sample_times(schedule: NoiseSchedule, n: int, gen: torch.Generator) -> np.nd
 def coef_columns(schedule: NoiseSchedule, t: np.ndarray) -> Coef:
     """Schedule coefficients at times t as (B, 1, 1, 1) float32 tensors."""
     c = schedule.coef(t)
+
     def col(v):
         return torch.as_tensor(np.broadcast_to(v, t.shape).copy(), dtype=torch.float32).view(-1, 1, 1, 1)
+
     return Coef(col(c.alpha), col(c.sigma), col(c.dalpha), col(c.dsigma))
 
 
-def train(name: str, spec: DigitsSpec, *, steps: int, batch: int, lr: float, p_uncond: float, ema_decay: float,
-          seed: int, out: Path) -> None:
+def train(
+    name: str,
+    spec: DigitsSpec,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    p_uncond: float,
+    ema_decay: float,
+    seed: int,
+    out: Path,
+) -> None:
     """Train one model and write its EMA weights; on one thread whatever the caller's (sums round alike)."""
     with one_thread():
-        _train(name, spec, steps=steps, batch=batch, lr=lr, p_uncond=p_uncond, ema_decay=ema_decay, seed=seed,
-               out=out)
+        _train(name, spec, steps=steps, batch=batch, lr=lr, p_uncond=p_uncond, ema_decay=ema_decay, seed=seed, out=out)
 
 
-def _train(name: str, spec: DigitsSpec, *, steps: int, batch: int, lr: float, p_uncond: float, ema_decay: float,
-           seed: int, out: Path) -> None:
+def _train(
+    name: str,
+    spec: DigitsSpec,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    p_uncond: float,
+    ema_decay: float,
+    seed: int,
+    out: Path,
+) -> None:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     data = digits("train")
@@ -70,7 +92,8 @@ def _train(name: str, spec: DigitsSpec, *, steps: int, batch: int, lr: float, p_
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, min(500, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+        opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps))
+    )
     t0, running = time.perf_counter(), 0.0
     for step in range(steps):
         idx = torch.randint(0, len(data), (batch,), generator=gen)
@@ -93,9 +116,22 @@ def _train(name: str, spec: DigitsSpec, *, steps: int, batch: int, lr: float, p_
         if (step + 1) % 1000 == 0:
             print(f"{name} step {step + 1}/{steps} loss {running:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     seconds = time.perf_counter() - t0
-    config = {"model": name, "arch": arch, "schedule": spec.schedule, "target": spec.target, "dataset": "digits",
-              "split": "train", "training": {"steps": steps, "batch": batch, "lr": lr, "p_uncond": p_uncond,
-                                             "ema_decay": ema_decay, "seed": seed}}
+    config = {
+        "model": name,
+        "arch": arch,
+        "schedule": spec.schedule,
+        "target": spec.target,
+        "dataset": "digits",
+        "split": "train",
+        "training": {
+            "steps": steps,
+            "batch": batch,
+            "lr": lr,
+            "p_uncond": p_uncond,
+            "ema_decay": ema_decay,
+            "seed": seed,
+        },
+    }
     sha = save_checkpoint(out, ema.state_dict(), config)
     print(f"{name}: {seconds:.0f} s; wrote {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {sha[:16]})", flush=True)
 
@@ -113,8 +149,17 @@ def main() -> None:
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.models:
-        train(name, SPECS[name], steps=args.steps, batch=args.batch, lr=args.lr, p_uncond=args.p_uncond,
-              ema_decay=args.ema_decay, seed=args.seed, out=args.out_dir / f"{name}.safetensors")
+        train(
+            name,
+            SPECS[name],
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            p_uncond=args.p_uncond,
+            ema_decay=args.ema_decay,
+            seed=args.seed,
+            out=args.out_dir / f"{name}.safetensors",
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ variant converged 8× per doubling where the unfrozen one stalled near 1e-4.
 
 Run: python scripts/trajectory_floor.py [--models NAME ...] [--checkpoint-dir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,7 @@ def main() -> None:
             for sigma_end in (None, 0.02):
                 row = differences(name, sigma_end, checkpoint)
                 to = "σ_min" if sigma_end is None else f"σ = {sigma_end}"
-                print(f"{name:11s} {label:24s} to {to:9s} " + "  ".join(f"{n}: {d:.1e}" for n, d in row),
-                      flush=True)
+                print(f"{name:11s} {label:24s} to {to:9s} " + "  ".join(f"{n}: {d:.1e}" for n, d in row), flush=True)
         network.timestep_embedding = SHIPPED
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures; plain helpers live in tests/helpers.py (tests/ is on sys.path via this conftest)."""
+
 from __future__ import annotations
 
 import pytest

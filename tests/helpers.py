@@ -1,4 +1,5 @@
 """Helpers shared by the core tests: the reference GMM, its grids and starting points."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,16 @@ def conditional_model(num_classes: int = 2) -> DiffusionModel:
     """A class-conditional GMM model (labels ignored by the network) for guidance and label tests."""
     base = edm_model("x0")
     net = ExactNetwork(base.analytic, base.schedule, base.target)
-    return DiffusionModel("gmm-cond", net, base.schedule, base.target, base.shape, num_classes=num_classes,
-                          analytic=base.analytic, dtype=torch.float64)
+    return DiffusionModel(
+        "gmm-cond",
+        net,
+        base.schedule,
+        base.target,
+        base.shape,
+        num_classes=num_classes,
+        analytic=base.analytic,
+        dtype=torch.float64,
+    )
 
 
 def truncated_karras(model: DiffusionModel, steps: int, sigma_min: float = 0.1, sigma_max: float = 80.0) -> Tensor:
@@ -42,8 +51,9 @@ def start_points(n: int, sigma: float, seed: int = 0) -> Tensor:
 
 def run(name: str, model: DiffusionModel, x: Tensor, sigmas: Tensor, *, seed: int = 0, **options) -> Tensor:
     """Run a built-in sampler directly on ``x`` over ``sigmas`` with per-sample step noise."""
-    noise = StepNoise(seed, range(len(x)), x.shape[1:], noise_draws(SAMPLERS[name].declarations(), sigmas,
-                                                                   options), dtype=x.dtype)
+    noise = StepNoise(
+        seed, range(len(x)), x.shape[1:], noise_draws(SAMPLERS[name].declarations(), sigmas, options), dtype=x.dtype
+    )
     with torch.inference_mode():
         return SAMPLERS[name].fn(SigmaDenoiser(model), x.clone(), sigmas, noise=noise, **options)
 

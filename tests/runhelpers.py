@@ -1,4 +1,5 @@
 """Shared pieces for the suite/runner/report/CLI tests: tiny plugins and a small gmm suite."""
+
 from __future__ import annotations
 
 import copy
@@ -111,8 +112,9 @@ class TestPlugin:
         one = dict(order=None, nfe=per_step(1), stochastic=lambda **_: False)
         registry.add("sampler", "broken", broken, **one)
         registry.add("sampler", "nan", nan_sampler, nfe=lambda s, **_: 1, order=None, stochastic=lambda **_: False)
-        registry.add("sampler", "start-noise", start_noise, nfe=lambda s, **_: 1, order=None,
-                     stochastic=lambda **_: False)
+        registry.add(
+            "sampler", "start-noise", start_noise, nfe=lambda s, **_: 1, order=None, stochastic=lambda **_: False
+        )
 
 
 def test_registry() -> tuple[Registry, TestPlugin]:
@@ -155,8 +157,23 @@ def initial_checksum(seed: int, n: int, shape: tuple[int, ...], dtype=torch.floa
 
 def record(i, status="ok", **metrics):
     """A finished cell record by hand: cell i of a GMM suite with the given metric values (se = value / 10)."""
-    return {"index": i, "cell_id": f"c{i}", "suite": "s", "model": "gmm", "sampler": "euler", "scheduler": "karras",
-            "steps": 2 * (i + 1), "nfe": 2.0 * (i + 1), "declared_nfe": 2 * (i + 1), "guidance": None, "seeds": [0, 1],
-            "num_samples": 10, "sample_seconds": 1.0, "seconds_per_sample": 0.05, "network_share": 0.9,
-            "status": status, "error": None if status == "ok" else "boom",
-            "metrics": {k: {"value": v, "uncertainty": v / 10, "method": "m"} for k, v in metrics.items()}}
+    return {
+        "index": i,
+        "cell_id": f"c{i}",
+        "suite": "s",
+        "model": "gmm",
+        "sampler": "euler",
+        "scheduler": "karras",
+        "steps": 2 * (i + 1),
+        "nfe": 2.0 * (i + 1),
+        "declared_nfe": 2 * (i + 1),
+        "guidance": None,
+        "seeds": [0, 1],
+        "num_samples": 10,
+        "sample_seconds": 1.0,
+        "seconds_per_sample": 0.05,
+        "network_share": 0.9,
+        "status": status,
+        "error": None if status == "ok" else "boom",
+        "metrics": {k: {"value": v, "uncertainty": v / 10, "method": "m"} for k, v in metrics.items()},
+    }

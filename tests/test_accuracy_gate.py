@@ -1,4 +1,5 @@
 """The smoke suite's paired accuracy measure: a sampler that loses an order at the same NFE fails compare."""
+
 from __future__ import annotations
 
 import functools
@@ -41,10 +42,16 @@ class FirstOrderHeunRegistry(Registry):
         return super().add(kind, name, obj, **meta)
 
 
-SUITE = {"name": "order", "model": "digits-eps", "metrics": [{"name": "trajectory-error",
-                                                             "options": {"max_samples": 32}}],
-         "num_samples": 32, "batch_size": 32, "seeds": [0], "device": "cpu",
-         "grid": {"sampler": ["heun"], "scheduler": ["karras"], "steps": [10]}}
+SUITE = {
+    "name": "order",
+    "model": "digits-eps",
+    "metrics": [{"name": "trajectory-error", "options": {"max_samples": 32}}],
+    "num_samples": 32,
+    "batch_size": 32,
+    "seeds": [0],
+    "device": "cpu",
+    "grid": {"sampler": ["heun"], "scheduler": ["karras"], "steps": [10]},
+}
 
 
 def test_loss_of_order_at_the_same_nfe_is_worse_on_trajectory_error(tmp_path):
@@ -54,8 +61,9 @@ def test_loss_of_order_at_the_same_nfe_is_worse_on_trajectory_error(tmp_path):
     runs = {}
     for replace in (False, True):
         registry = FirstOrderHeunRegistry(replace)
-        runs[replace] = run_suite(parse_suite(SUITE, registry), tmp_path / str(replace), registry=registry,
-                                  progress=False, draw=False).path
+        runs[replace] = run_suite(
+            parse_suite(SUITE, registry), tmp_path / str(replace), registry=registry, progress=False, draw=False
+        ).path
     result = compare.compare(runs[False], runs[True], compare.Thresholds(time_tol=None, harness_tol=None))
     for cell in result.cells:
         checks = {c.what: c for c in cell.checks}

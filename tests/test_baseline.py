@@ -1,4 +1,5 @@
 """The committed smoke baseline: readable, equal to itself, and the gate catches a worse run built from it."""
+
 from __future__ import annotations
 
 import shutil
@@ -65,14 +66,23 @@ def test_extra_network_call_and_slower_harness_are_regressions(tmp_path):
     slower = with_cell(tmp_path / "slow", "euler", 10, sample_seconds=rec["sample_seconds"] * 1.5)
     result = compare.compare(BASELINE, slower)
     assert [(c.label, [k.what for k in c.checks if k.verdict == WORSE]) for c in result.regressions] == [
-        ("euler karras n=10", ["time"])]
+        ("euler karras n=10", ["time"])
+    ]
 
 
 @pytest.mark.slow
 def test_a_fresh_smoke_run_passes_the_gate(tmp_path):
     """The CI gate itself: same seeds, same samples, so quality must match the baseline here."""
     run = tmp_path / "smoke"
-    assert CliRunner().invoke(cli, ["run", str(REPO / "suites" / "smoke.yaml"), "--out", str(run),
-                                    "--no-progress"], catch_exceptions=False).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(
+            cli,
+            ["run", str(REPO / "suites" / "smoke.yaml"), "--out", str(run), "--no-progress"],
+            catch_exceptions=False,
+        )
+        .exit_code
+        == 0
+    )
     result = invoke(BASELINE, run)
     assert result.exit_code == 0, result.stdout

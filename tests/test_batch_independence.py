@@ -5,6 +5,7 @@ denoiser that evaluates each sample on its own. Not bit for bit: a real network'
 convolutions) may round the rows of a batch of 1 differently from a batch of 64, by about 1e-6 in
 float32 and 1e-14 in float64 on the shipped digits models.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,15 +31,18 @@ def row_by_row(model):
     net = model.network
 
     def network(x, t, labels=None):
-        return torch.cat([net(x[i:i + 1], t[i:i + 1], None if labels is None else labels[i:i + 1])
-                          for i in range(len(x))])
+        return torch.cat(
+            [net(x[i : i + 1], t[i : i + 1], None if labels is None else labels[i : i + 1]) for i in range(len(x))]
+        )
+
     return dataclasses.replace(model, network=network)
 
 
 def test_noise_is_bit_identical_whatever_the_batch():
     whole = initial_noise(3, range(10), (1, 8, 8))
-    assert torch.equal(torch.cat([initial_noise(3, range(i, min(i + 3, 10)), (1, 8, 8)) for i in range(0, 10, 3)]),
-                       whole)
+    assert torch.equal(
+        torch.cat([initial_noise(3, range(i, min(i + 3, 10)), (1, 8, 8)) for i in range(0, 10, 3)]), whole
+    )
     bank = StepNoise(3, range(10), (2,), 5)
     part = StepNoise(3, range(4, 7), (2,), 5)
     assert all(torch.equal(part(k), bank(k)[4:7]) for k in range(5))

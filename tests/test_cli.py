@@ -1,4 +1,5 @@
 """The CLI: exit codes (0 ok, 2 user error in one line, 3 internal, 130 interrupted) and each command."""
+
 from __future__ import annotations
 
 import json
@@ -58,11 +59,13 @@ def test_validate(tmp_path):
 
 def test_validate_no_load_checks_what_needs_no_model(tmp_path):
     result = invoke("validate", "--no-load", suite_file(tmp_path))
-    assert result.exit_code == 0 and result.stdout.endswith("ok (6 cells; --no-load: models, grids, plan and "
-                                                           "warm-up not checked)\n")
+    assert result.exit_code == 0 and result.stdout.endswith(
+        "ok (6 cells; --no-load: models, grids, plan and warm-up not checked)\n"
+    )
     bad = suite_file(tmp_path, grid=grid(sampler=[{"name": "ddim", "options": {"etta": 0}}]))
-    assert_one_line_error(invoke("validate", "--no-load", bad), 2,
-                          "grid.sampler[0].options.etta: sampler 'ddim' has no such option")
+    assert_one_line_error(
+        invoke("validate", "--no-load", bad), 2, "grid.sampler[0].options.etta: sampler 'ddim' has no such option"
+    )
     empty = suite_file(tmp_path, exclude=[{"sampler": ["euler", "heun", "dpm-solver++-2m"]}])
     assert_one_line_error(invoke("validate", "--no-load", empty), 2, "no cells are left")
 
@@ -101,21 +104,28 @@ def test_plugins_warns_about_broken_plugins(monkeypatch):
     result = invoke("plugins")
     assert result.exit_code == 1  # a failed check: the plugin's components are missing
     assert "warning: plugin 'badplug' (bad-dist): failed to import" in result.stderr
-    assert result.stdout.endswith("\n1 plugin(s) failed to load or register (their components are not listed):\n"
-                                  "  plugin 'badplug' (bad-dist): failed to import: ImportError: nope\n")
+    assert result.stdout.endswith(
+        "\n1 plugin(s) failed to load or register (their components are not listed):\n"
+        "  plugin 'badplug' (bad-dist): failed to import: ImportError: nope\n"
+    )
 
 
 def test_validate_names_a_plugin_that_failed_to_register(tmp_path, monkeypatch):
     reg, _ = test_registry()
-    reg.errors.append(PluginError("extra", "diffbench-extra", "registration failed: sampler 'ipndm': unknown "
-                                                              "declaration 'orders'"))
+    reg.errors.append(
+        PluginError("extra", "diffbench-extra", "registration failed: sampler 'ipndm': unknown declaration 'orders'")
+    )
     for comp in [c for c in reg if c.distribution == "diffbench-extra"]:
         del reg._items[comp.kind][comp.name]
     monkeypatch.setattr(registry_module, "_default", reg)
     result = invoke("validate", suite_file(tmp_path, requires={"diffbench_extra": ">=0.1"}))
-    assert_one_line_error(result, 2, "requires.diffbench_extra: diffbench_extra is installed but its plugin failed to "
-                                     "load or register: plugin 'extra' (diffbench-extra): registration failed: "
-                                     "sampler 'ipndm': unknown declaration 'orders'")
+    assert_one_line_error(
+        result,
+        2,
+        "requires.diffbench_extra: diffbench_extra is installed but its plugin failed to "
+        "load or register: plugin 'extra' (diffbench-extra): registration failed: "
+        "sampler 'ipndm': unknown declaration 'orders'",
+    )
     named = invoke("validate", suite_file(tmp_path, grid=grid(sampler=["ipndm"])))
     assert_one_line_error(named, 2, "unknown sampler 'ipndm'; available: ")
     assert "; plugin 'extra' (diffbench-extra): registration failed" in named.stderr
@@ -151,7 +161,8 @@ def test_internal_error_is_exit_3(tmp_path, monkeypatch):
     result = invoke("run", suite_file(tmp_path), "--out", tmp_path / "r")
     assert result.exit_code == 3
     assert "Traceback" in result.stderr and result.stderr.splitlines()[-1].startswith(
-        "diffbench: internal error: ZeroDivisionError: oops")
+        "diffbench: internal error: ZeroDivisionError: oops"
+    )
 
 
 def test_ctrl_c_keeps_cells_and_exits_130(tmp_path):
@@ -179,8 +190,12 @@ def test_real_sigint_keeps_finished_cells(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(small(metrics=["solver-error"], grid=grid(steps=[2, 3, 4, 5, 6, 7, 8, 9]))))
     out = tmp_path / "r"
-    proc = subprocess.Popen(["diffbench", "run", str(path), "--out", str(out), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["diffbench", "run", str(path), "--out", str(out), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not list((out / "cells").glob("[!.]*.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -196,9 +211,16 @@ def test_real_sigint_keeps_finished_cells(tmp_path):
 def test_run_scores_fid_inf_from_a_suite(tmp_path):
     """fid-inf through `diffbench run` (it asks the extractor for FID's feature layer): FID∞ extrapolates FID's
     positive small-sample bias away, so it lies below FID at N on the same samples."""
-    suite = {"name": "fid-inf", "model": "digits-eps", "metrics": ["fid", {"name": "fid-inf", "options": {"points": 5}}],
-             "num_samples": 200, "batch_size": 100, "seeds": [0], "device": "cpu",
-             "grid": {"sampler": ["ddim"], "scheduler": ["karras"], "steps": [5]}}
+    suite = {
+        "name": "fid-inf",
+        "model": "digits-eps",
+        "metrics": ["fid", {"name": "fid-inf", "options": {"points": 5}}],
+        "num_samples": 200,
+        "batch_size": 100,
+        "seeds": [0],
+        "device": "cpu",
+        "grid": {"sampler": ["ddim"], "scheduler": ["karras"], "steps": [5]},
+    }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     result = invoke("run", path, "--out", tmp_path / "run", "--no-progress")

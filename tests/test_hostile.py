@@ -1,5 +1,6 @@
 """Hostile input, one case per class at least: misbehaving plugins, hostile suite files, damaged or
 shared run directories, and the honesty of what sample() leaves behind."""
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --- misbehaving samplers ------------------------------------------------------------------------
+
 
 def wrong_shape(denoiser, x, sigmas, *, noise=None):
     """Drops the last sample."""
@@ -100,8 +102,9 @@ def hostile_registry() -> Registry:
 
 def run(data, out, registry=None, draw=False, **kw):
     registry = registry or hostile_registry()
-    return run_suite(parse_suite(data, registry), out, registry=registry, progress=False, cache_dir=out / "cache",
-                     draw=draw, **kw)
+    return run_suite(
+        parse_suite(data, registry), out, registry=registry, progress=False, cache_dir=out / "cache", draw=draw, **kw
+    )
 
 
 def test_each_misbehaving_sampler_fails_its_own_cell_with_a_reason(tmp_path):
@@ -127,7 +130,9 @@ def test_a_plugin_that_miscounts_its_nfe_is_flagged_in_the_record_and_report(tmp
     rec = RunDir(res.path).read_cells()[0]
     assert len(rec["warnings"]) == 1 and re.fullmatch(
         r"sampler 'overcounts' made 4 network evaluations per sample but declares 3 \(plugin 'Misbehaving[^']*'; "
-        r"its cost axis uses the counted NFE\)", rec["warnings"][0])
+        r"its cost axis uses the counted NFE\)",
+        rec["warnings"][0],
+    )
     report = (res.path / "report.md").read_text()
     assert "## Warnings" in report and "made 4 network evaluations per sample but declares 3" in report
 
@@ -135,12 +140,14 @@ def test_a_plugin_that_miscounts_its_nfe_is_flagged_in_the_record_and_report(tmp
 def test_a_builtin_that_miscounts_its_nfe_is_an_error(gmm_model):
     registry = build_registry(autoload=False)
     registry.get("sampler", "euler").meta["nfe"] = lambda sigmas, **_: len(sigmas)  # one more than it makes
-    with pytest.raises(SamplerOutputError, match="sampler 'euler' made 4 network evaluations per sample but "
-                                                 "declares 5"):
+    with pytest.raises(
+        SamplerOutputError, match="sampler 'euler' made 4 network evaluations per sample but declares 5"
+    ):
         sample(gmm_model, "euler", steps=4, num_samples=3, registry=registry)
 
 
 # --- no hidden state -----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def gmm_model():
@@ -162,6 +169,7 @@ def test_sample_in_another_dtype_leaves_the_callers_model_as_it_was():
 
 
 # --- a sampler past the per-cell time limit ------------------------------------------------------
+
 
 def sleepy(denoiser, x, sigmas, *, noise=None, seconds: float = 30.0):
     """Never returns in time (a hung plugin), after one network call."""
@@ -188,12 +196,14 @@ def test_a_cell_past_its_time_limit_fails_and_the_run_goes_on(tmp_path):
     assert cells.loc["sleepy", "status"] == "failed" and cells.loc["sleepy", "error"] == "time limit of 0.5 s exceeded"
     assert cells.loc["euler", "status"] == "ok"
     # the CLI flag overrides the suite's limit
-    res = run(small(grid=grid(sampler=["sleepy"], steps=[2]), metrics=[]), tmp_path / "r2", registry=registry,
-              time_limit=0.3)
+    res = run(
+        small(grid=grid(sampler=["sleepy"], steps=[2]), metrics=[]), tmp_path / "r2", registry=registry, time_limit=0.3
+    )
     assert res.cells.iloc[0]["error"] == "time limit of 0.3 s exceeded"
 
 
 # --- configuration problems found at warm-up, empty grids, plans -----------------------------------
+
 
 def test_a_metric_failing_at_warm_up_with_any_exception_is_a_config_error_before_anything_is_written(tmp_path):
     with pytest.raises(SuiteError, match=r"^metrics\[0\] \(picky\): ZeroDivisionError: metric bug$"):
@@ -212,8 +222,11 @@ def test_a_huge_plan_needs_allow_large_and_is_stated(tmp_path):
     from diffbench.run.plan import MAX_CELLS, MAX_SAMPLES
 
     big = small(num_samples=MAX_SAMPLES // 6 + 1)  # 6 cells
-    with pytest.raises(SuiteError, match=r"num_samples × seeds × cells: 10,000,002 samples exceeds the limit of "
-                                         r"10,000,000; pass --allow-large"):
+    with pytest.raises(
+        SuiteError,
+        match=r"num_samples × seeds × cells: 10,000,002 samples exceeds the limit of "
+        r"10,000,000; pass --allow-large",
+    ):
         run(big, tmp_path / "r")
     many = small(grid=grid(steps=list(range(1, 3400))))  # 3 samplers × 3399 steps > MAX_CELLS
     with pytest.raises(SuiteError, match=rf"^grid: 10,197 cells \(before exclude\) exceeds the limit of {MAX_CELLS:,}"):
@@ -227,6 +240,7 @@ def test_a_huge_plan_needs_allow_large_and_is_stated(tmp_path):
 
 
 # --- hostile suite files ---------------------------------------------------------------------------
+
 
 def write(tmp_path, text: str | bytes):
     path = tmp_path / "suite.yaml"
@@ -247,22 +261,33 @@ def load_error(tmp_path, text) -> str:
     return msg.removeprefix(f"{path}: ")
 
 
-@pytest.mark.parametrize("text, expected", [
-    # non-finite numbers anywhere, typed or not
-    ("grid:\n  guidance: [1.0, .nan]\n", "grid.guidance[1]: nan is not a finite number"),
-    ("grid:\n  sampler: [{name: ddim, options: {eta: .inf}}]\n", "grid.sampler[0].options.eta: inf is not a finite number"),
-    ("metrics: [{name: mean-norm, options: {scale: -.inf}}]\n", "metrics[0].options.scale: -inf is not a finite number"),
-    # booleans where integers (or floats) are expected
-    ("num_samples: true\n", "num_samples: Input should be a valid integer, not the boolean true"),
-    ("grid:\n  steps: [4, false]\n", "grid.steps[1]: Input should be a valid integer, not the boolean false"),
-    ("seeds: [true]\n", "seeds[0]: Input should be a valid integer, not the boolean true"),
-    ("grid:\n  sampler: [{name: ddim, options: {eta: true}}]\n",
-     "grid.sampler[0].options.eta: Input should be a valid number, not the boolean true"),
-    # negative seeds
-    ("seeds: [0, -1]\n", "seeds[1]: Input should be greater than or equal to 0"),
-    # absurd sizes that would allocate before the first sample
-    ("grid:\n  steps: [1000000000]\n", "grid.steps[0]: Input should be less than or equal to 100000"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # non-finite numbers anywhere, typed or not
+        ("grid:\n  guidance: [1.0, .nan]\n", "grid.guidance[1]: nan is not a finite number"),
+        (
+            "grid:\n  sampler: [{name: ddim, options: {eta: .inf}}]\n",
+            "grid.sampler[0].options.eta: inf is not a finite number",
+        ),
+        (
+            "metrics: [{name: mean-norm, options: {scale: -.inf}}]\n",
+            "metrics[0].options.scale: -inf is not a finite number",
+        ),
+        # booleans where integers (or floats) are expected
+        ("num_samples: true\n", "num_samples: Input should be a valid integer, not the boolean true"),
+        ("grid:\n  steps: [4, false]\n", "grid.steps[1]: Input should be a valid integer, not the boolean false"),
+        ("seeds: [true]\n", "seeds[0]: Input should be a valid integer, not the boolean true"),
+        (
+            "grid:\n  sampler: [{name: ddim, options: {eta: true}}]\n",
+            "grid.sampler[0].options.eta: Input should be a valid number, not the boolean true",
+        ),
+        # negative seeds
+        ("seeds: [0, -1]\n", "seeds[1]: Input should be greater than or equal to 0"),
+        # absurd sizes that would allocate before the first sample
+        ("grid:\n  steps: [1000000000]\n", "grid.steps[0]: Input should be less than or equal to 100000"),
+    ],
+)
 def test_strict_values_are_one_line_errors_naming_the_yaml_path(tmp_path, text, expected):
     data = yaml.safe_load(suite_text())
     data.update(yaml.safe_load(text) if "grid:" not in text else {})
@@ -279,8 +304,10 @@ def test_duplicate_keys_are_refused(tmp_path):
 
 
 def test_binary_and_non_utf8_files_are_refused(tmp_path):
-    assert load_error(tmp_path, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR") == \
-        "a binary file, not a YAML suite (it contains NUL bytes)"
+    assert (
+        load_error(tmp_path, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+        == "a binary file, not a YAML suite (it contains NUL bytes)"
+    )
     assert load_error(tmp_path, b"name: small\ndescription: caf\xe9\n") == "line 2: not UTF-8 text (byte 0xe9)"
 
 
@@ -294,34 +321,44 @@ def test_nesting_and_alias_bombs_are_bounded(tmp_path):
     bomb = "x-bomb:\n" + "".join(f"  {line}\n" for line in laughs)
     t0 = time.monotonic()
     assert load_error(tmp_path, suite_text() + bomb) == (
-        f"more than {MAX_VALUES} values once YAML aliases are expanded "
-        "(an alias bomb or a self-referencing structure?)")
+        f"more than {MAX_VALUES} values once YAML aliases are expanded (an alias bomb or a self-referencing structure?)"
+    )
     assert time.monotonic() - t0 < 10
-    assert load_error(tmp_path, suite_text() + "x-loop: &l [*l]\n") == \
-        f"x-loop{'[0]' * (MAX_DEPTH - 1)}: nested deeper than {MAX_DEPTH} levels"
+    assert (
+        load_error(tmp_path, suite_text() + "x-loop: &l [*l]\n")
+        == f"x-loop{'[0]' * (MAX_DEPTH - 1)}: nested deeper than {MAX_DEPTH} levels"
+    )
 
 
 def test_a_file_larger_than_a_suite_may_be_is_refused_without_reading_it_all(tmp_path):
     from diffbench.run.suitefile import MAX_BYTES
 
-    assert load_error(tmp_path, suite_text() + "#" * MAX_BYTES + "\n") == \
-        f"larger than a suite file may be ({MAX_BYTES} bytes)"
+    assert (
+        load_error(tmp_path, suite_text() + "#" * MAX_BYTES + "\n")
+        == f"larger than a suite file may be ({MAX_BYTES} bytes)"
+    )
 
 
 def test_a_device_torch_cannot_use_is_a_one_line_config_error(tmp_path):
     for device, why in [("cuda:3", "CUDA is not available" if not torch.cuda.is_available() else "does not exist")]:
         with pytest.raises(SuiteError, match=f"^device: device '{device}' .*{why}"):
             run(small(device=device), tmp_path / "r")
-    assert load_error(tmp_path, suite_text(device="tpu")) == "device: device must be auto, cpu, cuda or cuda:N, got 'tpu'"
+    assert (
+        load_error(tmp_path, suite_text(device="tpu")) == "device: device must be auto, cpu, cuda or cuda:N, got 'tpu'"
+    )
 
 
 def test_a_model_of_absurd_size_is_refused_before_it_allocates(tmp_path):
-    with pytest.raises(SuiteError, match=r"^model: 'gmm' could not be loaded: dim=100000 with components=3 needs "
-                                         r"224 GiB of covariances \(limit 0.5 GiB\)$"):
+    with pytest.raises(
+        SuiteError,
+        match=r"^model: 'gmm' could not be loaded: dim=100000 with components=3 needs "
+        r"224 GiB of covariances \(limit 0.5 GiB\)$",
+    ):
         run(small(model={"name": "gmm", "options": {"dim": 100_000}}), tmp_path / "r")
 
 
 # --- damaged or shared run directories --------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
@@ -356,8 +393,11 @@ def test_resume_reruns_unreadable_and_truncated_records_saying_which(finished_ru
 @pytest.mark.parametrize("damage", ["record", "manifest", "csv"])
 def test_show_report_and_compare_name_the_bad_file_in_one_line(finished_run, tmp_path, damage):
     out = copy_run(finished_run, tmp_path / "r")
-    bad = {"record": sorted((out / "cells").glob("*.json"))[1], "manifest": out / "manifest.json",
-           "csv": out / "cells.csv"}[damage]
+    bad = {
+        "record": sorted((out / "cells").glob("*.json"))[1],
+        "manifest": out / "manifest.json",
+        "csv": out / "cells.csv",
+    }[damage]
     bad.write_bytes(b'{"cell_id": "x", "trunc' if damage != "csv" else b'a,b\n"unterminated\n')
     commands = [["report", str(out)]]
     if damage != "csv":
@@ -411,25 +451,35 @@ def test_an_unwritable_out_or_cache_dir_is_found_before_any_model_loads(tmp_path
     blocker.write_text("not a directory")
     data = small(model={"name": "spied-gmm"})
     with pytest.raises(RunDirError, match=f"^--out {blocker}/run: {blocker} is not a directory$"):
-        run_suite(parse_suite(data, registry), blocker / "run", registry=registry, progress=False,
-                  cache_dir=tmp_path / "cache")
+        run_suite(
+            parse_suite(data, registry),
+            blocker / "run",
+            registry=registry,
+            progress=False,
+            cache_dir=tmp_path / "cache",
+        )
     with pytest.raises(RunDirError, match=f"^cache directory {blocker}/c: {blocker} is not a directory$"):
-        run_suite(parse_suite(data, registry), tmp_path / "r", registry=registry, progress=False,
-                  cache_dir=blocker / "c")
+        run_suite(
+            parse_suite(data, registry), tmp_path / "r", registry=registry, progress=False, cache_dir=blocker / "c"
+        )
     if os.geteuid() != 0:  # root may write anywhere: a read-only directory stops only other users
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
         with pytest.raises(RunDirError, match="is not writable"):
-            run_suite(parse_suite(data, registry), ro / "r", registry=registry, progress=False,
-                      cache_dir=tmp_path / "cache")
+            run_suite(
+                parse_suite(data, registry), ro / "r", registry=registry, progress=False, cache_dir=tmp_path / "cache"
+            )
     assert LoadSpy.loads == 0 and not (tmp_path / "r").exists()
 
 
 def test_a_second_run_into_a_busy_directory_is_refused_in_one_line(tmp_path):
     out = tmp_path / "r"
     with RunDir(out).lock():
-        with pytest.raises(RunBusyError, match=rf"^{out}: in use by another diffbench run \(pid {os.getpid()}, "
-                                               r"\.lock\); wait for it or choose another --out$"):
+        with pytest.raises(
+            RunBusyError,
+            match=rf"^{out}: in use by another diffbench run \(pid {os.getpid()}, "
+            r"\.lock\); wait for it or choose another --out$",
+        ):
             run(small(), out)
         # a shard locks its own name in the same directory
         with RunDir(out).lock(".lock-shard-1"):
@@ -442,8 +492,10 @@ def test_a_second_run_into_a_busy_directory_is_refused_in_one_line(tmp_path):
 
 def test_the_lock_is_released_when_its_process_is_killed(tmp_path):
     out = tmp_path / "r"
-    code = (f"import time; from diffbench.run.rundir import RunDir\n"
-            f"with RunDir({str(out)!r}).lock():\n    print('locked', flush=True); time.sleep(60)\n")
+    code = (
+        f"import time; from diffbench.run.rundir import RunDir\n"
+        f"with RunDir({str(out)!r}).lock():\n    print('locked', flush=True); time.sleep(60)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
@@ -495,6 +547,7 @@ def test_plots_and_pictures_are_written_atomically_with_normal_permissions(finis
 
 # --- exit codes tell the truth ----------------------------------------------------------------------
 
+
 @pytest.fixture
 def hostile_cli(monkeypatch):
     """The CLI with the hostile test plugins installed."""
@@ -504,6 +557,7 @@ def hostile_cli(monkeypatch):
 
     def invoke(*args):
         return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
     return invoke
 
 
@@ -512,10 +566,16 @@ def test_a_run_with_failed_cells_exits_1_with_a_one_line_summary(hostile_cli, tm
     result = hostile_cli("run", path, "--out", tmp_path / "r", "--no-progress")
     assert result.exit_code == 1
     assert result.stderr == f"diffbench: 2 of 3 cells failed (see 'Failed cells' in {tmp_path / 'r'}/report.md)\n"
-    assert result.stdout.startswith("diffbench: plan: 3 cells × 1 seed × 64 samples = 192 samples, "
-                                    "256 network evaluations (declared)\n")  # euler 2, nan 1, exits 1 per sample
-    ok = hostile_cli("run", write(tmp_path, suite_text(grid=grid(sampler=["euler"], steps=[2]))),
-                     "--out", tmp_path / "ok", "--no-progress")
+    assert result.stdout.startswith(
+        "diffbench: plan: 3 cells × 1 seed × 64 samples = 192 samples, 256 network evaluations (declared)\n"
+    )  # euler 2, nan 1, exits 1 per sample
+    ok = hostile_cli(
+        "run",
+        write(tmp_path, suite_text(grid=grid(sampler=["euler"], steps=[2]))),
+        "--out",
+        tmp_path / "ok",
+        "--no-progress",
+    )
     assert ok.exit_code == 0 and ok.stderr == ""
 
 
@@ -531,12 +591,18 @@ def test_compare_refuses_a_z_that_would_switch_the_gate_off(finished_run, hostil
 
 def test_validate_runs_the_checks_run_makes_before_sampling(hostile_cli, tmp_path):
     cases = {
-        "guidance on an unconditional model":
-            (dict(grid=grid(guidance=[2.0])), "grid.guidance: model 'gmm' is unconditional; use guidance: [null]"),
-        "a metric that cannot run on the model":
-            (dict(metrics=["mean-norm", "picky"]), "metrics[1] (picky): needs an image model"),
-        "a scheduler the model cannot take":
-            (dict(grid=grid(scheduler=[{"name": "karras", "quantize": True}])), "grid.scheduler[0] (karras-q, steps=2)"),
+        "guidance on an unconditional model": (
+            dict(grid=grid(guidance=[2.0])),
+            "grid.guidance: model 'gmm' is unconditional; use guidance: [null]",
+        ),
+        "a metric that cannot run on the model": (
+            dict(metrics=["mean-norm", "picky"]),
+            "metrics[1] (picky): needs an image model",
+        ),
+        "a scheduler the model cannot take": (
+            dict(grid=grid(scheduler=[{"name": "karras", "quantize": True}])),
+            "grid.scheduler[0] (karras-q, steps=2)",
+        ),
         "a device torch cannot use": (dict(device="cuda:5"), "device: device 'cuda:5'"),
         "an empty grid": (dict(exclude=[{"steps": [2, 4]}]), "grid: no cells are left after exclude and include"),
         "a plan beyond the limits": (dict(num_samples=2_000_000), "samples exceeds the limit of 10,000,000"),
@@ -556,9 +622,12 @@ def test_a_batch_whose_noise_would_take_gigabytes_is_refused_before_it_is_drawn(
     # ddpm draws its starting noise and a step-noise bank, 2 float64 per sample and step:
     # (1 + 10,000) × 2,000,000 × 16 B = 298.1 GiB
     data = small(num_samples=2_000_000, batch_size=2_000_000, grid=grid(sampler=["ddpm"], steps=[10_000]))
-    with pytest.raises(SuiteError, match=rf"^batch_size × grid.steps: one batch needs 298.1 GiB of noise .* beyond "
-                                         rf"the limit of {MAX_BATCH_BYTES / 2**30:g} GiB; lower batch_size or pass "
-                                         r"--allow-large"):
+    with pytest.raises(
+        SuiteError,
+        match=rf"^batch_size × grid.steps: one batch needs 298.1 GiB of noise .* beyond "
+        rf"the limit of {MAX_BATCH_BYTES / 2**30:g} GiB; lower batch_size or pass "
+        r"--allow-large",
+    ):
         run(data, tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
@@ -567,8 +636,12 @@ def test_the_noise_estimate_counts_every_draw_a_step_makes(tmp_path):
     """pc with 3 corrector steps draws 4 normals a step: (1 + 4 × 1,000) × 300,000 × 16 B = 17.9 GiB, over
     the limit where one draw a step (4.5 GiB) would not be. 40 seeds make both plans too large
     (12 million samples), a check that comes after the noise estimate: nothing samples."""
-    data = small(num_samples=300_000, batch_size=300_000, seeds=list(range(40)),
-                 grid=grid(sampler=[{"name": "pc", "options": {"corrector_steps": 3}}], steps=[1_000]))
+    data = small(
+        num_samples=300_000,
+        batch_size=300_000,
+        seeds=list(range(40)),
+        grid=grid(sampler=[{"name": "pc", "options": {"corrector_steps": 3}}], steps=[1_000]),
+    )
     with pytest.raises(SuiteError, match=r"one batch needs 17.9 GiB of noise"):
         run(data, tmp_path / "r")
     data["grid"]["sampler"] = ["ddpm"]  # one draw a step: within the limit, so the plan's next check speaks
@@ -578,10 +651,13 @@ def test_the_noise_estimate_counts_every_draw_a_step_makes(tmp_path):
 
 # --- validate samples what run would, on one tiny batch (issue 19 item 5) --------------------------------------------
 
+
 def test_a_model_that_fails_on_a_batch_is_a_config_error_in_validate_and_run(hostile_cli, tmp_path):
     path = write(tmp_path, suite_text(model="raising"))
-    expected = ("model: 'raising' fails on a batch of 2 samples of shape (2,): RuntimeError: mat1 and mat2 shapes "
-                "cannot be multiplied (2x2 and 3x64)")
+    expected = (
+        "model: 'raising' fails on a batch of 2 samples of shape (2,): RuntimeError: mat1 and mat2 shapes "
+        "cannot be multiplied (2x2 and 3x64)"
+    )
     checked = hostile_cli("validate", path)
     assert checked.exit_code == 2 and checked.stderr == f"diffbench: error: {path}: {expected}\n"
     ran = hostile_cli("run", path, "--out", tmp_path / "r", "--no-progress", "--cache-dir", tmp_path / "c")
@@ -594,12 +670,16 @@ def test_sampler_option_values_are_tried_on_a_batch_by_validate_and_run(hostile_
     path = write(tmp_path, bogus)
     checked = hostile_cli("validate", path)
     assert checked.exit_code == 2 and checked.stderr.count("\n") == 1
-    assert ("grid.sampler[1] (ddpm): options {'variance': 'bogus'} fail on a batch of 2 samples where the defaults "
-            "do not: ValueError: ddpm variance must be 'posterior' or 'beta', got 'bogus'") in checked.stderr
+    assert (
+        "grid.sampler[1] (ddpm): options {'variance': 'bogus'} fail on a batch of 2 samples where the defaults "
+        "do not: ValueError: ddpm variance must be 'posterior' or 'beta', got 'bogus'"
+    ) in checked.stderr
     ran = hostile_cli("run", path, "--out", tmp_path / "r", "--no-progress", "--cache-dir", tmp_path / "c")
     assert ran.exit_code == 2 and "grid.sampler[1] (ddpm): options" in ran.stderr and not (tmp_path / "r").exists()
-    fine = write(tmp_path, suite_text(grid=grid(sampler=[{"name": "ddpm", "options": {"variance": "beta"}},
-                                                         "broken"], steps=[2])))
+    fine = write(
+        tmp_path,
+        suite_text(grid=grid(sampler=[{"name": "ddpm", "options": {"variance": "beta"}}, "broken"], steps=[2])),
+    )
     assert hostile_cli("validate", fine).exit_code == 0  # a sampler failing whatever its options fails its cells
 
 

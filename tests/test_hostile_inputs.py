@@ -1,6 +1,7 @@
 """Hostile data, one case per class at least: impossible numbers refused, sizes bounded, and every failure
 one line naming the file or field (issue 19 items 3, 4, 6; caches: tests/util/test_verified_cache.py; code
 named by suites: tests/util/test_trust.py)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,11 +59,15 @@ def write_suite(tmp_path, data, name="s.yaml"):
 
 # --- item 3: impossible numbers are refused ----------------------------------------------------------
 
-@pytest.mark.parametrize("sigma, match", [
-    (np.diag([1.0, 1.0, -2.0]), "sigma is not positive semi-definite"),
-    (np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), "sigma is not symmetric"),
-    (np.diag([1.0, np.inf, 1.0]), "non-finite"),
-])
+
+@pytest.mark.parametrize(
+    "sigma, match",
+    [
+        (np.diag([1.0, 1.0, -2.0]), "sigma is not positive semi-definite"),
+        (np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), "sigma is not symmetric"),
+        (np.diag([1.0, np.inf, 1.0]), "non-finite"),
+    ],
+)
 def test_reference_statistics_must_be_finite_symmetric_and_psd(tmp_path, sigma, match):
     np.savez(tmp_path / "s.npz", mu=np.zeros(3), sigma=sigma)
     with pytest.raises(DatasetError, match=match) as err:
@@ -93,22 +98,39 @@ def test_a_network_output_of_another_shape_is_an_error_never_broadcast():
 
 def test_a_network_of_another_shape_is_a_configuration_error_in_a_run(tmp_path):
     reg, _ = test_registry()
-    suite = parse_suite(small(model={"name": "python", "options": {
-        "factory": f"{FACTORIES}:narrow", "schedule": "edm", "target": "x0", "time_input": "sigma",
-        "shape": [2]}}, metrics=[], grid=grid(sampler=["euler"], steps=[2])), reg)
+    suite = parse_suite(
+        small(
+            model={
+                "name": "python",
+                "options": {
+                    "factory": f"{FACTORIES}:narrow",
+                    "schedule": "edm",
+                    "target": "x0",
+                    "time_input": "sigma",
+                    "shape": [2],
+                },
+            },
+            metrics=[],
+            grid=grid(sampler=["euler"], steps=[2]),
+        ),
+        reg,
+    )
     with pytest.raises(SuiteError, match=r"the network returned shape \(2, 1\) for an input of shape \(2, 2\)") as err:
         run_suite(suite, tmp_path / "r", registry=reg, progress=False, draw=False, trust_code=True)
     one_line(err)
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"time_scale": 0.0}, "time_scale must be a positive finite number"),
-    ({"time_scale": -2.0}, "time_scale must be a positive finite number"),
-    ({"num_classes": -1}, "num_classes must be 0"),
-    ({"shape": [2, 10**9]}, "options.shape"),
-    ({"data_range": [0.0, float("inf")]}, "options.data_range"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"time_scale": 0.0}, "time_scale must be a positive finite number"),
+        ({"time_scale": -2.0}, "time_scale must be a positive finite number"),
+        ({"num_classes": -1}, "num_classes must be 0"),
+        ({"shape": [2, 10**9]}, "options.shape"),
+        ({"data_range": [0.0, float("inf")]}, "options.data_range"),
+    ],
+)
 def test_declared_values_that_make_no_sense_are_refused(options, match):
     base = {"factory": f"{FACTORIES}:edm_like", "schedule": "edm", "target": "x0", "shape": [2]}
     with pytest.raises(ValueError, match=match) as err:
@@ -118,12 +140,17 @@ def test_declared_values_that_make_no_sense_are_refused(options, match):
 
 # --- item 4: every size and count is bounded -----------------------------------------------------------
 
+
 def test_trajectory_reference_refinement_is_bounded(tmp_path):
     reg, _ = test_registry()
     for options in ({"reference_tol": 1.0e-300}, {"max_steps": 2**40}):
         with pytest.raises(SuiteError, match=r"reference_tol ≥ 1e-12 .* max_steps ≤ 65,536") as err:
-            run_suite(parse_suite(small(metrics=[{"name": "trajectory-error", "options": options}]), reg),
-                                tmp_path / "r", registry=reg, progress=False)
+            run_suite(
+                parse_suite(small(metrics=[{"name": "trajectory-error", "options": options}]), reg),
+                tmp_path / "r",
+                registry=reg,
+                progress=False,
+            )
         one_line(err)
 
 
@@ -206,6 +233,7 @@ def test_model_config_dimensions_are_bounded(tmp_path):
 
 # --- item 6: one line naming the file or field ---------------------------------------------------------
 
+
 def test_a_deeply_nested_or_huge_config_json_is_one_line(tmp_path):
     pytest.importorskip("diffusers")
     from diffbench.models.diffusers import ConfigError, _read_json
@@ -264,8 +292,14 @@ def test_an_out_directory_the_file_system_refuses_is_a_one_line_error(tmp_path):
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("fin") / "r"
     reg, _ = test_registry()
-    return run_suite(parse_suite(cli_suite(grid=grid(sampler=["euler"], steps=[2, 3])), reg), out,
-                               registry=reg, progress=False, draw=False, cache_dir=out.parent / "c")
+    return run_suite(
+        parse_suite(cli_suite(grid=grid(sampler=["euler"], steps=[2, 3])), reg),
+        out,
+        registry=reg,
+        progress=False,
+        draw=False,
+        cache_dir=out.parent / "c",
+    )
 
 
 def damaged_copy(finished, tmp_path, how):

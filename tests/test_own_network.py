@@ -1,6 +1,7 @@
 """A user's own network, as docs/models.md walks through it: a factory file beside the suite, relative paths,
 a (T+1)-entry β table trained on t = 1..T with time input t/T, validated and run from the CLI with the
 offline swd metric and trajectory-error; the report's verdicts and the plots' axes are checked."""
+
 from __future__ import annotations
 
 import gzip
@@ -57,27 +58,52 @@ def _write_folder(root):
     from safetensors.torch import save_file
 
     conv, lin = torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Linear(1, 1)
-    save_file({"conv.weight": conv.weight.detach(), "conv.bias": conv.bias.detach(),
-               "time.weight": lin.weight.detach(), "time.bias": lin.bias.detach()}, str(folder / "net.safetensors"))
+    save_file(
+        {
+            "conv.weight": conv.weight.detach(),
+            "conv.bias": conv.bias.detach(),
+            "time.weight": lin.weight.detach(),
+            "time.bias": lin.bias.detach(),
+        },
+        str(folder / "net.safetensors"),
+    )
     raw = folder / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     images = np.clip(rng.normal(128, 60, (64, 8, 8)), 0, 255).astype(np.uint8)
-    (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">IIII", 2051, 64, 8, 8)
-                                                                     + images.tobytes()))
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">IIII", 2051, 64, 8, 8) + images.tobytes())
+    )
     betas = np.linspace(1e-4, 0.02, T + 1).tolist()  # the authors' table: betas[t] for t = 0..T
     suite = {
         "name": "my-model",
-        "model": {"name": "python", "options": {
-            "factory": "net.py:make", "checkpoint": "net.safetensors", "shape": [1, 8, 8], "target": "eps",
-            "schedule": "trained-betas", "schedule_options": {"betas": betas},
-            "time_input": "t", "time_scale": 1.0 / T, "data_range": [-1.0, 1.0]}},
+        "model": {
+            "name": "python",
+            "options": {
+                "factory": "net.py:make",
+                "checkpoint": "net.safetensors",
+                "shape": [1, 8, 8],
+                "target": "eps",
+                "schedule": "trained-betas",
+                "schedule_options": {"betas": betas},
+                "time_input": "t",
+                "time_scale": 1.0 / T,
+                "data_range": [-1.0, 1.0],
+            },
+        },
         "reference": {"name": "torchvision", "options": {"root": "data", "dataset": "MNIST"}, "split": "train"},
-        "metrics": [{"name": "swd", "options": {"directions": 32, "groups": 4}},
-                    {"name": "trajectory-error", "options": {"reference_tol": 1.0e-3, "first_steps": 16}}],
-        "num_samples": 16, "batch_size": 16, "device": "cpu",
-        "grid": {"sampler": ["ddim", "euler", "heun"], "steps": [4, 8],
-                 "scheduler": [{"name": "linspace", "options": {"t_min": 1}}]},
+        "metrics": [
+            {"name": "swd", "options": {"directions": 32, "groups": 4}},
+            {"name": "trajectory-error", "options": {"reference_tol": 1.0e-3, "first_steps": 16}},
+        ],
+        "num_samples": 16,
+        "batch_size": 16,
+        "device": "cpu",
+        "grid": {
+            "sampler": ["ddim", "euler", "heun"],
+            "steps": [4, 8],
+            "scheduler": [{"name": "linspace", "options": {"t_min": 1}}],
+        },
     }
     (folder / "suite.yaml").write_text(yaml.safe_dump(suite))
     return folder
@@ -119,14 +145,17 @@ def test_own_network_from_a_folder_beside_the_suite(tmp_path, monkeypatch, built
     for n in (4, 8):
         assert recs[("ddim", n)]["grid"]["timesteps"] == pytest.approx(np.round(np.linspace(T, 1, n)).tolist())
     for rec in recs.values():
-        assert rec["metrics"]["swd"]["uncertainty"] > 0 and "not comparable with Inception FID" in \
-            rec["metrics"]["swd"]["method"]
+        assert (
+            rec["metrics"]["swd"]["uncertainty"] > 0
+            and "not comparable with Inception FID" in rec["metrics"]["swd"]["method"]
+        )
         assert rec["metrics"]["trajectory-error"]["value"] > 0
         assert rec["counted_seconds_per_sample"] > 0 and "counted NFE" in rec["timing"]["method"]
     options = run.read_manifest()["models"]  # the model's identity; the suite as run records absolute paths
     suite_run = json.loads((run.path / "suite.json").read_text())["model"][0]["options"]
     assert suite_run["factory"] == f"{folder / 'net.py'}:make" and suite_run["checkpoint"] == str(
-        folder / "net.safetensors")
+        folder / "net.safetensors"
+    )
     assert options
 
     report = (run.path / "report.md").read_text()

@@ -1,4 +1,5 @@
 """The plugin author's guide documents every hook spec and registry kind, and its example plugin works."""
+
 from __future__ import annotations
 
 import inspect
@@ -17,8 +18,11 @@ GUIDE = Path(__file__).resolve().parents[1] / "docs" / "plugin-guide.md"
 def hook_specs() -> dict[str, str]:
     """Name → documented form ``name(param, ...)`` of every hook spec in diffbench.hookspecs."""
     marker = f"{hookspecs.PROJECT}_spec"
-    return {name: f"{name}({', '.join(inspect.signature(fn).parameters)})"
-            for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, marker)}
+    return {
+        name: f"{name}({', '.join(inspect.signature(fn).parameters)})"
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(fn, marker)
+    }
 
 
 def headings(text: str, level: int) -> list[str]:

@@ -1,4 +1,5 @@
 """Every component lists its options (type, default, meaning); nested option blocks are checked without loading."""
+
 from __future__ import annotations
 
 import json
@@ -60,19 +61,30 @@ def test_plugins_unknown_name_is_one_line():
 
 
 def _python_suite(**options):
-    return {"name": "t", "num_samples": 2, "grid": {"sampler": ["ddim"], "steps": [2]},
-            "model": {"name": "python", "options": {"factory": "net.py:make", "shape": [1, 4, 4], **options}}}
+    return {
+        "name": "t",
+        "num_samples": 2,
+        "grid": {"sampler": ["ddim"], "steps": [2]},
+        "model": {"name": "python", "options": {"factory": "net.py:make", "shape": [1, 4, 4], **options}},
+    }
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"schedule_options": {"num_timesteps": 10}},
-     "model.options.schedule_options: schedule 'linear' has no option 'num_timesteps'; allowed: num_steps, "
-     "beta_start, beta_end"),
-    ({"schedule": "trained-betas", "schedule_options": {"betas": "0.1"}},
-     "model.options.schedule_options: schedule 'trained-betas' option 'betas' must be list[float] | None"),
-    ({"schedule": "linaer"}, "model.options.schedule: unknown noise schedule 'linaer'; available: linear"),
-    ({"target": "epsilon"}, "model.options.target: unknown target 'epsilon'; available: eps"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (
+            {"schedule_options": {"num_timesteps": 10}},
+            "model.options.schedule_options: schedule 'linear' has no option 'num_timesteps'; allowed: num_steps, "
+            "beta_start, beta_end",
+        ),
+        (
+            {"schedule": "trained-betas", "schedule_options": {"betas": "0.1"}},
+            "model.options.schedule_options: schedule 'trained-betas' option 'betas' must be list[float] | None",
+        ),
+        ({"schedule": "linaer"}, "model.options.schedule: unknown noise schedule 'linaer'; available: linear"),
+        ({"target": "epsilon"}, "model.options.target: unknown target 'epsilon'; available: eps"),
+    ],
+)
 def test_nested_options_are_checked_without_loading(options, message):
     with pytest.raises(SuiteError) as err:
         parse_suite(_python_suite(**options), BUILTINS)
@@ -92,8 +104,11 @@ def test_schema_describes_schedule_options():
     titles = [v["title"] for v in block["anyOf"]]
     assert "trained-betas schedule options" in titles
     linear = block["anyOf"][titles.index("linear schedule options")]
-    assert linear["additionalProperties"] is False and set(linear["properties"]) == {"num_steps", "beta_start",
-                                                                                      "beta_end"}
+    assert linear["additionalProperties"] is False and set(linear["properties"]) == {
+        "num_steps",
+        "beta_start",
+        "beta_end",
+    }
 
 
 def test_linspace_t_min_gives_the_authors_grid_on_a_t_plus_one_table():

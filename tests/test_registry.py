@@ -1,4 +1,5 @@
 """Plugin discovery through real entry points: built-ins, broken plugins reported by name, autoload off."""
+
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -21,19 +22,40 @@ from diffbench.registry import (
     build_registry,
 )
 
-SAMPLER_NAMES = sorted(["ddim", "ddpm", "dpm-solver++-2m", "dpm-solver++-2m-sde", "dpm-solver++-2s", "dpm-solver++-3m",
-                        "dpm-solver++-3m-corrected", "dpm-solver-1", "dpm-solver-2", "dpm-solver-3", "euler",
-                        "euler-ancestral", "heun", "lms", "deis", "pndm", "pc", "restart"])
+SAMPLER_NAMES = sorted(
+    [
+        "ddim",
+        "ddpm",
+        "dpm-solver++-2m",
+        "dpm-solver++-2m-sde",
+        "dpm-solver++-2s",
+        "dpm-solver++-3m",
+        "dpm-solver++-3m-corrected",
+        "dpm-solver-1",
+        "dpm-solver-2",
+        "dpm-solver-3",
+        "euler",
+        "euler-ancestral",
+        "heun",
+        "lms",
+        "deis",
+        "pndm",
+        "pc",
+        "restart",
+    ]
+)
 HEADER = "from diffbench.hookspecs import hookimpl\n"
 GOOD_SAMPLER = "def sampler(denoiser, x, sigmas, *, noise=None, gain: float = 1.0):\n    return x\n"
 PLUGINS = {  # entry-point name → module source; module names are prefixed per test
-    "good": GOOD_SAMPLER + """
+    "good": GOOD_SAMPLER
+    + """
 @hookimpl
 def diffbench_register(registry):
     registry.add("sampler", "good-sampler", sampler, nfe=lambda sigmas, **_: 0)
 """,
     "importfail": "raise ImportError('needs a library that is not installed')\n",
-    "dup": GOOD_SAMPLER + """
+    "dup": GOOD_SAMPLER
+    + """
 @hookimpl
 def diffbench_register(registry):
     registry.add("sampler", "dup-first", sampler, nfe=lambda sigmas, **_: 0)
@@ -97,8 +119,9 @@ def test_builtins_come_in_through_the_entry_point(loaded, monkeypatch):
     assert all((c.distribution, c.version) == ("diffbench", md.version("diffbench")) for c in builtins)
     names = {kind: sorted(c.name for c in builtins if c.kind == kind) for kind in KINDS}
     assert names["sampler"] == SAMPLER_NAMES
-    assert names["scheduler"] == sorted(["linspace", "leading", "trailing", "karras", "logsnr", "quadratic",
-                                         "exponential", "ddim-quadratic"])
+    assert names["scheduler"] == sorted(
+        ["linspace", "leading", "trailing", "karras", "logsnr", "quadratic", "exponential", "ddim-quadratic"]
+    )
     assert names["target"] == ["eps", "flow", "v", "x0"]
     assert "gmm" in names["model"] and "solver-error" in names["metric"]
     assert reg.plugin_versions()["diffbench"] == diffbench.__version__
@@ -144,28 +167,39 @@ def nfe(sigmas, **_):
     return 0
 
 
-@pytest.mark.parametrize("kind,obj,meta,match", [
-    ("solver", sampler_fn, {}, "unknown kind 'solver'"),
-    ("sampler", sampler_fn, {}, "must declare nfe"),
-    ("sampler", sampler_fn, {"nfe": nfe, "order": 0}, "order must be a positive int"),
-    ("sampler", lambda denoiser, x, sigmas: x, {"nfe": nfe}, "keyword-only 'noise'"),
-    ("sampler", lambda denoiser, x, sigmas, noise=None: x, {"nfe": nfe}, "got (denoiser, x, sigmas, noise)"),
-    ("sampler", lambda denoiser, x, sigmas, *, noise=None, eta: x, {"nfe": nfe}, "option 'eta' needs a default"),
-    ("scheduler", lambda steps, schedule: None, {}, "positional parameters (schedule, steps)"),
-    ("target", object(), {}, "to_x0"),
-    ("model", 3, {}, "must be a callable"),
-    ("metric", object(), {}, "compute"),
-    ("sampler", sampler_fn, {"nfe": nfe, "orders": 2},
-     "sampler 'x': unknown declaration 'orders'; a sampler declares description, nfe, order, stochastic, "
-     "order_options, stochastic_options"),
-    ("scheduler", lambda schedule, steps: None, {"discrete": True}, "unknown declaration 'discrete'"),
-    ("model", lambda: None, {"order": 1}, "a model declares description"),
-    ("sampler", sampler_fn, {"nfe": nfe, "order": True}, "order must be a positive int"),
-    ("sampler", sampler_fn, {"nfe": nfe, "stochastic": True}, "stochastic must be callable"),
-    ("sampler", sampler_fn, {"nfe": nfe, "stochastic_options": {"eta": 1.0}},
-     "stochastic_options names 'eta', which is not an option; options are none"),
-    ("sampler", sampler_fn, {"nfe": nfe, "order_options": [("eta", 0)]}, "order_options must be a dict"),
-])
+@pytest.mark.parametrize(
+    "kind,obj,meta,match",
+    [
+        ("solver", sampler_fn, {}, "unknown kind 'solver'"),
+        ("sampler", sampler_fn, {}, "must declare nfe"),
+        ("sampler", sampler_fn, {"nfe": nfe, "order": 0}, "order must be a positive int"),
+        ("sampler", lambda denoiser, x, sigmas: x, {"nfe": nfe}, "keyword-only 'noise'"),
+        ("sampler", lambda denoiser, x, sigmas, noise=None: x, {"nfe": nfe}, "got (denoiser, x, sigmas, noise)"),
+        ("sampler", lambda denoiser, x, sigmas, *, noise=None, eta: x, {"nfe": nfe}, "option 'eta' needs a default"),
+        ("scheduler", lambda steps, schedule: None, {}, "positional parameters (schedule, steps)"),
+        ("target", object(), {}, "to_x0"),
+        ("model", 3, {}, "must be a callable"),
+        ("metric", object(), {}, "compute"),
+        (
+            "sampler",
+            sampler_fn,
+            {"nfe": nfe, "orders": 2},
+            "sampler 'x': unknown declaration 'orders'; a sampler declares description, nfe, order, stochastic, "
+            "order_options, stochastic_options",
+        ),
+        ("scheduler", lambda schedule, steps: None, {"discrete": True}, "unknown declaration 'discrete'"),
+        ("model", lambda: None, {"order": 1}, "a model declares description"),
+        ("sampler", sampler_fn, {"nfe": nfe, "order": True}, "order must be a positive int"),
+        ("sampler", sampler_fn, {"nfe": nfe, "stochastic": True}, "stochastic must be callable"),
+        (
+            "sampler",
+            sampler_fn,
+            {"nfe": nfe, "stochastic_options": {"eta": 1.0}},
+            "stochastic_options names 'eta', which is not an option; options are none",
+        ),
+        ("sampler", sampler_fn, {"nfe": nfe, "order_options": [("eta", 0)]}, "order_options must be a dict"),
+    ],
+)
 def test_invalid_components_are_rejected(kind, obj, meta, match):
     with pytest.raises(RegistrationError, match=re.escape(match)):
         Registry().add(kind, "x", obj, **meta)
@@ -178,18 +212,25 @@ def test_every_kind_has_one_declaration_table():
 
 def test_a_misspelled_declaration_fails_the_plugin_by_name():
     plugin = types.ModuleType("misspelt")
-    exec(HEADER + GOOD_SAMPLER + """
+    exec(
+        HEADER
+        + GOOD_SAMPLER
+        + """
 @hookimpl
 def diffbench_register(registry):
     registry.add("sampler", "typo-sampler", sampler, nfe=lambda sigmas, **_: 0, orders=2)
-""", plugin.__dict__)
+""",
+        plugin.__dict__,
+    )
     reg = build_registry(extra_plugins=[plugin], autoload=False)
     assert ("sampler", "typo-sampler") not in reg
-    assert [str(e) for e in reg.errors] == ["plugin 'misspelt': registration failed: sampler 'typo-sampler': "
-                                            "unknown declaration 'orders'; a sampler declares description, nfe, "
-                                            "order, stochastic, order_options, stochastic_options, noise_per_step, "
-                                            "final_denoised, option_help, option_types, option_schema, path_options, "
-                                            "check_options"]
+    assert [str(e) for e in reg.errors] == [
+        "plugin 'misspelt': registration failed: sampler 'typo-sampler': "
+        "unknown declaration 'orders'; a sampler declares description, nfe, "
+        "order, stochastic, order_options, stochastic_options, noise_per_step, "
+        "final_denoised, option_help, option_types, option_schema, path_options, "
+        "check_options"
+    ]
 
 
 def test_add_and_get():

@@ -7,6 +7,7 @@ baseline recorded here (SUITE and BASELINE are the workflows' own variables). St
 The GitLab job is marked slow (its commands are the GitHub workflow's; about a minute on a quiet 2-core CPU
 for both, 14 minutes at load average 25).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,16 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "regression.md"
-TINY = {"name": "ci-tiny", "model": "digits-eps", "metrics": ["fid"], "num_samples": 32, "batch_size": 32,
-        "seeds": [0], "device": "cpu", "grid": {"sampler": ["euler", "heun"], "scheduler": ["karras"], "steps": [5]}}
+TINY = {
+    "name": "ci-tiny",
+    "model": "digits-eps",
+    "metrics": ["fid"],
+    "num_samples": 32,
+    "batch_size": 32,
+    "seeds": [0],
+    "device": "cpu",
+    "grid": {"sampler": ["euler", "heun"], "scheduler": ["karras"], "steps": [5]},
+}
 
 
 def workflows() -> tuple[dict, dict]:
@@ -43,17 +52,23 @@ def env(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("ci")
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    (bin_dir / "diffbench").write_text(f'#!/bin/sh\nexec "{sys.executable}" -c '
-                                       '"from diffbench.cli import main; main()" "$@"\n')
+    (bin_dir / "diffbench").write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -c "from diffbench.cli import main; main()" "$@"\n'
+    )
     (bin_dir / "diffbench").chmod(0o755)
     suite = root / "tiny.yaml"
     suite.write_text(yaml.safe_dump(TINY))
-    out = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "SUITE": str(suite), "BASELINE": str(root / "baseline")}
+    out = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "SUITE": str(suite),
+        "BASELINE": str(root / "baseline"),
+    }
     first = root / "first"
-    subprocess.run(["diffbench", "run", str(suite), "--out", str(first), "--no-progress"], env=out, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["diffbench", "run", str(suite), "--out", str(first), "--no-progress"], env=out, check=True, capture_output=True
+    )
     subprocess.run(["diffbench", "baseline", str(first), out["BASELINE"]], env=out, check=True, capture_output=True)
     return out
 
@@ -66,8 +81,11 @@ def bash(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPr
 def run_github(job: dict, cwd: Path, env: dict[str, str], cache: Path) -> list[str]:
     """Every step of ``job`` in order; returns the names of the steps run. Cache steps copy to/from ``cache``."""
     cwd.mkdir()
-    env = {**env, **{k: v for k, v in job["env"].items() if k not in ("SUITE", "BASELINE")},
-           "GITHUB_STEP_SUMMARY": str(cwd / "summary.md")}
+    env = {
+        **env,
+        **{k: v for k, v in job["env"].items() if k not in ("SUITE", "BASELINE")},
+        "GITHUB_STEP_SUMMARY": str(cwd / "summary.md"),
+    }
     ran = []
     for step in job["steps"]:
         uses, name = step.get("uses", ""), step.get("name", step.get("uses"))
@@ -98,8 +116,14 @@ def test_github_workflow_runs_as_documented(env, tmp_path):
     job = github["jobs"]["regression"]
     cache = tmp_path / "cache"
     ran = run_github(job, tmp_path / "ci-1", env, cache)
-    assert ran == ["Restore the history database", "Run the suite", "Gate", "Append to the history",
-                   "Save the history database", "Upload the report"]
+    assert ran == [
+        "Restore the history database",
+        "Run the suite",
+        "Gate",
+        "Append to the history",
+        "Save the history database",
+        "Upload the report",
+    ]
     second = tmp_path / "ci-2"
     run_github(job, second, env, cache)
     summary = (second / "summary.md").read_text()

@@ -1,4 +1,5 @@
 """The conformance kit: every built-in passes it, and deliberately broken components fail it for the right reason."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -25,8 +26,15 @@ BUILTINS = testing.components(default_registry(), distribution="diffbench")
 # DDIM's quadratic selection is defined up to 29 steps at T = 1000 (beyond, it repeats timesteps and
 # ddim-quadratic refuses); the kit's scheduler checks include 50 steps.
 QUAD = "DDIM's quadratic timestep selection repeats timesteps beyond 29 steps; ddim-quadratic refuses them"
-QUAD_XFAIL = {f"scheduler[ddim-quadratic]-{c}": QUAD for c in ("check_scheduler_length", "check_scheduler_ends_at_zero",
-                                                              "check_scheduler_decreasing", "check_scheduler_range")}
+QUAD_XFAIL = {
+    f"scheduler[ddim-quadratic]-{c}": QUAD
+    for c in (
+        "check_scheduler_length",
+        "check_scheduler_ends_at_zero",
+        "check_scheduler_decreasing",
+        "check_scheduler_range",
+    )
+}
 
 
 @testing.parametrize_with_checks(BUILTINS, expected_failures=QUAD_XFAIL)
@@ -43,6 +51,7 @@ def test_every_builtin_is_checked():
 
 
 # --- deliberately wrong samplers: each fails the check that names its fault ---------------------------
+
 
 def _never(**_):
     return False
@@ -90,7 +99,9 @@ def test_correct_bare_sampler_passes():
 def test_wrong_heun_coefficient_fails_the_order_check():
     failures = _failures(heun_wrong_weights, nfe=per_step(2), order=2)
     assert set(failures) == {"check_order"}
-    slope = float(re.match(r"check_order: measured slope (\S+), declared order 2 \(RMS errors", failures["check_order"])[1])
+    slope = float(
+        re.match(r"check_order: measured slope (\S+), declared order 2 \(RMS errors", failures["check_order"])[1]
+    )
     assert 0.8 < slope < 1.2  # the wrong weights leave a first-order method
 
 
@@ -106,7 +117,10 @@ def test_inconsistent_heun_fails_convergence():
 
 def test_wrong_nfe_declaration_fails_check_nfe():
     failures = _failures(heun_wrong_weights, nfe=per_step(1), order=1)
-    assert re.match(r"check_nfe: counted 3 network evaluations per sample, declared 2 \(2 Karras steps from σ = 80 to σ = 0", failures["check_nfe"])
+    assert re.match(
+        r"check_nfe: counted 3 network evaluations per sample, declared 2 \(2 Karras steps from σ = 80 to σ = 0",
+        failures["check_nfe"],
+    )
 
 
 def test_mutating_x_fails():
@@ -191,6 +205,7 @@ def test_stochastic_option_is_zeroed_for_the_order_check():
 
 # --- stochastic configurations, noise, 1-step grids, non-finite output, exceptions ----------------------
 
+
 def eta_sampler(use_global_rng=False, always_noise=False, never_noise=False):
     """An Euler/DDIM-η sampler (DDIM, Song et al. 2021, in σ-space) with one plantable fault."""
     from diffbench.samplers import ancestral_step
@@ -205,12 +220,18 @@ def eta_sampler(use_global_rng=False, always_noise=False, never_noise=False):
             if up > 0.0 or (always_noise and sn > 0.0):
                 x = x + up * (torch.randn_like(x) if use_global_rng else noise(k))
         return x
+
     return ddim_eta
 
 
 def _eta_declarations(**extra):
-    return {"nfe": per_step(1), "order": 1, "stochastic": lambda eta=0.0, **_: eta > 0,
-            "stochastic_options": {"eta": 1.0}, **extra}
+    return {
+        "nfe": per_step(1),
+        "order": 1,
+        "stochastic": lambda eta=0.0, **_: eta > 0,
+        "stochastic_options": {"eta": 1.0},
+        **extra,
+    }
 
 
 def _failures_of(fn, **declared) -> dict[str, str]:
@@ -237,15 +258,19 @@ def test_stochastic_options_left_undeclared_fail_declarations():
     declared = {k: v for k, v in _eta_declarations().items() if k != "stochastic_options"}
     failures = _failures_of(eta_sampler(use_global_rng=True), **declared)
     assert set(failures) == {"check_declarations"}
-    assert "stochastic(eta=1.0) is True but the sampler declares no stochastic_options" in failures[
-        "check_declarations"]
+    assert (
+        "stochastic(eta=1.0) is True but the sampler declares no stochastic_options" in failures["check_declarations"]
+    )
 
 
 def test_noise_use_must_match_the_declaration():
     drawn_when_deterministic = _failures_of(eta_sampler(always_noise=True), **_eta_declarations())
     assert set(drawn_when_deterministic) == {"check_noise"}
-    assert re.search(r"called noise\(k\) at steps \[0, .*\] although stochastic\(\*\*options\) is False: .*"
-                     r"options \{eta=0.0\}", drawn_when_deterministic["check_noise"])
+    assert re.search(
+        r"called noise\(k\) at steps \[0, .*\] although stochastic\(\*\*options\) is False: .*"
+        r"options \{eta=0.0\}",
+        drawn_when_deterministic["check_noise"],
+    )
     never_drawn = _failures_of(eta_sampler(never_noise=True), **_eta_declarations())
     assert set(never_drawn) == {"check_noise"}
     assert "stochastic(**options) is True but the sampler never called noise(k)" in never_drawn["check_noise"]
@@ -254,8 +279,7 @@ def test_noise_use_must_match_the_declaration():
 
 def test_declared_stochastic_options_that_are_not_stochastic_fail():
     failures = _failures_of(eta_sampler(), **_eta_declarations(stochastic_options={"eta": 0.0}))
-    assert "declares stochastic_options={eta=0.0} but stochastic(**options) is False" in failures[
-        "check_declarations"]
+    assert "declares stochastic_options={eta=0.0} but stochastic(**options) is False" in failures["check_declarations"]
 
 
 def test_mutation_on_a_one_step_grid_is_caught():
@@ -268,8 +292,10 @@ def test_mutation_on_a_one_step_grid_is_caught():
 
     failures = _failures(mutates_on_one_step)
     assert set(failures) == {"check_inputs_not_mutated"}
-    assert "modified its input x in place (max change 0.5; 1 Karras steps from σ = 80 to σ = 0" in failures[
-        "check_inputs_not_mutated"]
+    assert (
+        "modified its input x in place (max change 0.5; 1 Karras steps from σ = 80 to σ = 0"
+        in failures["check_inputs_not_mutated"]
+    )
 
 
 def test_non_finite_output_is_reported_as_itself():
@@ -278,8 +304,10 @@ def test_non_finite_output_is_reported_as_itself():
         return out * float("nan") if len(sigmas) > 6 else out
 
     failures = _failures(nan_on_long_grids)
-    assert failures["check_determinism"] == ("check_determinism: non-finite output: 16 of 16 values are NaN or "
-                                             "infinite (10 Karras steps from σ = 80 to σ = 0, options {})")
+    assert failures["check_determinism"] == (
+        "check_determinism: non-finite output: 16 of 16 values are NaN or "
+        "infinite (10 Karras steps from σ = 80 to σ = 0, options {})"
+    )
     assert all("differ" not in m and "non-finite output" in m for m in failures.values())
 
 
@@ -290,8 +318,10 @@ def test_an_exception_names_the_grid():
         return euler(denoiser, x, sigmas)
 
     msg = _failures(fails_on_one_step)["check_one_step"]
-    assert msg == ("check_one_step: sampler 'fails_on_one_step' raised ZeroDivisionError: no room for a second "
-                   "stage (1 Karras steps from σ = 80 to σ = 0, options {})")
+    assert msg == (
+        "check_one_step: sampler 'fails_on_one_step' raised ZeroDivisionError: no room for a second "
+        "stage (1 Karras steps from σ = 80 to σ = 0, options {})"
+    )
 
 
 def test_several_option_sets_are_each_checked():
@@ -300,8 +330,12 @@ def test_several_option_sets_are_each_checked():
             denoiser(x, float(sigmas[0]))
         return euler(denoiser, x, sigmas)
 
-    assert {r.status for r in testing.check_sampler(wrong_nfe_for_big_gain, nfe=per_step(1), order=1,
-                                                    stochastic=_never, options=[{}, {"gain": 2.0}])} == {"passed"}
+    assert {
+        r.status
+        for r in testing.check_sampler(
+            wrong_nfe_for_big_gain, nfe=per_step(1), order=1, stochastic=_never, options=[{}, {"gain": 2.0}]
+        )
+    } == {"passed"}
     failures = _failures(wrong_nfe_for_big_gain, options=[{"gain": 2.0}, {"gain": 3.0}])
     assert "options {gain=3.0}" in failures["check_nfe"]
     with pytest.raises(ValueError, match="has no option 'gian'"):
@@ -309,6 +343,7 @@ def test_several_option_sets_are_each_checked():
 
 
 # --- selecting components: never a vacuous pass ---------------------------------------------------------
+
 
 def test_distribution_names_match_as_pip_matches_them():
     reg = default_registry()
@@ -318,7 +353,9 @@ def test_distribution_names_match_as_pip_matches_them():
     assert typo == [] and typo.problems() == [
         "no components selected (kinds sampler, scheduler, target, distribution 'difbench'); no installed "
         "distribution is called 'difbench' (names match ignoring case and '-', '_', '.'); installed: "
-        + ", ".join(sorted(testing._installed_distributions(reg))) + "; did you mean 'diffbench'?"]
+        + ", ".join(sorted(testing._installed_distributions(reg)))
+        + "; did you mean 'diffbench'?"
+    ]
 
 
 def test_an_installed_distribution_without_the_entry_point_is_named_as_such():
@@ -329,10 +366,12 @@ def test_an_installed_distribution_without_the_entry_point_is_named_as_such():
     assert chosen == [] and chosen.problems() == [
         "no components selected (kinds sampler, scheduler, target, distribution 'pytest'); distribution 'pytest' "
         f"is installed but declares no entry point in group 'diffbench' (its entry-point groups: {', '.join(groups)}); "
-        "add [project.entry-points.diffbench] to its pyproject.toml and reinstall it"]
+        "add [project.entry-points.diffbench] to its pyproject.toml and reinstall it"
+    ]
 
 
 # --- schedulers and targets --------------------------------------------------------------------------
+
 
 def _scheduler_failures(fn, **kw) -> dict[str, str]:
     with pytest.raises(testing.CheckFailure) as info:
@@ -353,8 +392,10 @@ def test_broken_schedulers_fail():
     assert set(_scheduler_failures(no_zero)) >= {"check_scheduler_length", "check_scheduler_ends_at_zero"}
     assert "not strictly decreasing" in _scheduler_failures(rising)["check_scheduler_decreasing"]
     assert "leaves the model's range" in _scheduler_failures(too_high)["check_scheduler_range"]
-    assert "declared discrete_only but accepted" in _scheduler_failures(karras, discrete_only=True)[
-        "check_scheduler_schedules"]
+    assert (
+        "declared discrete_only but accepted"
+        in _scheduler_failures(karras, discrete_only=True)["check_scheduler_schedules"]
+    )
 
 
 def test_broken_targets_fail():
@@ -373,6 +414,7 @@ def test_broken_targets_fail():
 
 
 # --- the pytest side: ids, -k selection, expected failures ---------------------------------------------
+
 
 def test_ids_and_unknown_keys():
     checks = testing.generate_checks(["sampler:heun", "scheduler:karras", "target:v"])
@@ -394,11 +436,14 @@ def test_run_checks_expected_failures():
 
 
 def test_parametrize_in_pytest(pytester):
-    pytester.makepyfile(textwrap.dedent("""
+    pytester.makepyfile(
+        textwrap.dedent("""
         from diffbench import testing
         from diffbench.samplers import per_step, steps_of, to_d
 
-    """) + inspect.getsource(heun_wrong_weights) + textwrap.dedent("""
+    """)
+        + inspect.getsource(heun_wrong_weights)
+        + textwrap.dedent("""
 
         comp = testing.component("sampler", heun_wrong_weights, nfe=per_step(2), order=2,
                                  stochastic=lambda **_: False)
@@ -407,22 +452,26 @@ def test_parametrize_in_pytest(pytester):
                                          expected_failures={"sampler[heun_wrong_weights]-check_order": "demo"})
         def test_kit(check):
             check()
-    """))
+    """)
+    )
     # -k takes a full id (brackets included) or a check name
-    result = pytester.runpytest_inprocess("-k", "sampler[heun_wrong_weights]-check_nfe or check_order", "-v", "-rs",
-                                          "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess(
+        "-k", "sampler[heun_wrong_weights]-check_nfe or check_order", "-v", "-rs", "-p", "no:cacheprovider"
+    )
     result.assert_outcomes(passed=1, xfailed=1, skipped=1)
-    result.stdout.fnmatch_lines_random([
-        "*test_kit[[]sampler[[]heun_wrong_weights[]]-check_nfe[]] PASSED*",
-        "*test_kit[[]sampler[[]heun_wrong_weights[]]-check_order[]] XFAIL*",
-        "*check_order: 'ddpm' declares no order*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_kit[[]sampler[[]heun_wrong_weights[]]-check_nfe[]] PASSED*",
+            "*test_kit[[]sampler[[]heun_wrong_weights[]]-check_order[]] XFAIL*",
+            "*check_order: 'ddpm' declares no order*",
+        ]
+    )
 
 
 def _guide_snippet() -> str:
     """The conformance test the plugin guide tells authors to write."""
     guide = (Path(__file__).resolve().parents[1] / "docs" / "plugin-guide.md").read_text()
-    section = guide[guide.index("## Testing with the conformance kit"):]
+    section = guide[guide.index("## Testing with the conformance kit") :]
     return re.search(r"```python\n(.*?)```", section, flags=re.S)[1]
 
 
@@ -432,13 +481,18 @@ def test_the_guide_snippet_fails_on_a_misspelled_distribution(pytester):
     pytester.makepyfile(snippet.replace("diffbench-mysamplers", "diffbench-extar"))
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:randomly")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*test_conformance[[]selection-empty[]]*",
-                                 "*no installed distribution is called 'diffbench-extar'*did you mean*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_conformance[[]selection-empty[]]*",
+            "*no installed distribution is called 'diffbench-extar'*did you mean*",
+        ]
+    )
 
 
 def test_the_guide_snippet_fails_when_the_plugin_failed_to_register(pytester):
     """A distribution whose plugin raises in diffbench_register: its error is the failing test's message."""
-    pytester.makepyfile(broken_plugin="""
+    pytester.makepyfile(
+        broken_plugin="""
         from diffbench.hookspecs import hookimpl
 
         def sampler(denoiser, x, sigmas, *, noise=None):
@@ -447,7 +501,8 @@ def test_the_guide_snippet_fails_when_the_plugin_failed_to_register(pytester):
         @hookimpl
         def diffbench_register(registry):
             registry.add("sampler", "broken", sampler, nfe=lambda sigmas, **_: 0, orders=2)
-    """)
+    """
+    )
     info = pytester.mkdir("diffbench_mysamplers-0.1.dist-info")
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: diffbench-mysamplers\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[diffbench]\nmysamplers = broken_plugin\n")
@@ -455,7 +510,11 @@ def test_the_guide_snippet_fails_when_the_plugin_failed_to_register(pytester):
     pytester.syspathinsert()
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:randomly", "test_kit.py")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*CheckFailure: plugin failed to load or register: plugin 'mysamplers' "
-                                 "(diffbench-mysamplers): registration failed: sampler 'broken': unknown "
-                                 "declaration 'orders'*",
-                                 "*FAILED test_kit.py::test_conformance[[]selection-plugin-errors[]]*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*CheckFailure: plugin failed to load or register: plugin 'mysamplers' "
+            "(diffbench-mysamplers): registration failed: sampler 'broken': unknown "
+            "declaration 'orders'*",
+            "*FAILED test_kit.py::test_conformance[[]selection-plugin-errors[]]*",
+        ]
+    )

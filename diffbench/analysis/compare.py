@@ -12,6 +12,7 @@ slow is seen even when the network takes 99 % of the time. Drift: the relative R
 first samples (same noise, same indices) against the baseline's; beyond the round-off floor the cell is
 "changed", a verdict of its own. See docs/regression.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,9 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         if isinstance(self.z, bool) or not isinstance(self.z, (int, float)) or not 0 <= self.z < math.inf:
-            raise CompareError(f"z {self.z!r}: must be a finite non-negative number (nan or inf would switch "
-                               "the quality gate off)")
+            raise CompareError(
+                f"z {self.z!r}: must be a finite non-negative number (nan or inf would switch the quality gate off)"
+            )
 
     def tolerance(self, metric: str) -> Tolerance:
         return self.metric_tol.get(metric, self.metric_tol.get("", Tolerance()))
@@ -90,15 +92,20 @@ class Thresholds:
     def describe(self) -> str:
         tols = ", ".join(f"{k or 'default'} {v}" for k, v in sorted(self.metric_tol.items())) or "0"
         speed = "not compared" if self.time_tol is None else f"worse beyond {100 * self.time_tol:g}%"
-        harness = "not compared" if self.harness_tol is None else (
-            f"worse beyond {100 * self.harness_tol:g}% and {1e6 * self.harness_floor:g} µs per call")
+        harness = (
+            "not compared"
+            if self.harness_tol is None
+            else (f"worse beyond {100 * self.harness_tol:g}% and {1e6 * self.harness_floor:g} µs per call")
+        )
         drifted = "not compared" if self.drift_floor is None else f"changed beyond {self.drift_floor:g}"
-        return (f"quality worse beyond z = {self.z:g} combined standard errors √(se_base² + se_run²) + tolerance "
-                f"({tols}), or {ROUND_OFF_RTOL:g}·|baseline| for a metric without standard error; NFE may not "
-                f"grow; speed (sampling time in network evaluations on the run's own machine) {speed}; harness "
-                f"(CPU time per call between calls with a zero network, in units of a CPU reference timed in "
-                f"the same moments) {harness}; drift (relative RMS change of the first {drift.SAMPLES} samples "
-                f"from the same noise) {drifted}")
+        return (
+            f"quality worse beyond z = {self.z:g} combined standard errors √(se_base² + se_run²) + tolerance "
+            f"({tols}), or {ROUND_OFF_RTOL:g}·|baseline| for a metric without standard error; NFE may not "
+            f"grow; speed (sampling time in network evaluations on the run's own machine) {speed}; harness "
+            f"(CPU time per call between calls with a zero network, in units of a CPU reference timed in "
+            f"the same moments) {harness}; drift (relative RMS change of the first {drift.SAMPLES} samples "
+            f"from the same noise) {drifted}"
+        )
 
 
 def parse_metric_tols(items: list[str] | tuple[str, ...]) -> dict[str, Tolerance]:
@@ -136,8 +143,10 @@ class Difference:
         if self.delta is None:
             return f"{self.what}: {self.note or 'not compared'}"
         if self.what == "drift":
-            return (f"drift: the first {drift.SAMPLES} samples moved by {self.delta:.3g} (relative RMS change; "
-                    f"round-off floor {self.threshold:.3g})")
+            return (
+                f"drift: the first {drift.SAMPLES} samples moved by {self.delta:.3g} (relative RMS change; "
+                f"round-off floor {self.threshold:.3g})"
+            )
         if self.what == "time":
             values = f"{self.baseline:.4g} → {self.run:.4g} network evaluations"
         elif self.what == "harness":
@@ -171,8 +180,13 @@ class CellComparison:
         return SAME
 
     def as_dict(self) -> dict[str, Any]:
-        return {"cell_id": self.cell_id, "label": self.label, "verdict": self.verdict, "note": self.note,
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "cell_id": self.cell_id,
+            "label": self.label,
+            "verdict": self.verdict,
+            "note": self.note,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 @dataclass
@@ -201,8 +215,12 @@ class Comparison:
 
     def not_compared(self) -> list[str]:
         """Every check that could not be made, and every run cell the baseline lacks, one line each."""
-        out = [f"{cell.label}: {c.what}: {c.note or 'not compared'}"
-               for cell in self.cells for c in cell.checks if c.delta is None]
+        out = [
+            f"{cell.label}: {c.what}: {c.note or 'not compared'}"
+            for cell in self.cells
+            for c in cell.checks
+            if c.delta is None
+        ]
         out += [f"{cell.label}: {cell.note}" for cell in self.cells if not cell.checks]
         out += [f"{_label(c)}: not in the baseline" for c in self.new_cells]
         return out
@@ -214,25 +232,45 @@ class Comparison:
         return 4 if self.changed else 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"baseline": str(self.baseline), "run": str(self.run), "z": self.rule.z,
-                "metric_tol": {k or "default": str(v) for k, v in self.rule.metric_tol.items()},
-                "time_tol": self.rule.time_tol, "harness_tol": self.rule.harness_tol,
-                "harness_floor_seconds": self.rule.harness_floor, "round_off_rtol": ROUND_OFF_RTOL,
-                "rule": self.rule.describe(), "context": self.context,
-                "drift_floor": self.rule.drift_floor, "harness_method": HARNESS_METHOD.format(k=HARNESS_REPEATS),
-                "schema_version": SCHEMA_VERSION, "refresh": self.refresh,
-                "regressions": len(self.regressions), "changed": len(self.changed),
-                "not_compared": self.not_compared(), "cells": [c.as_dict() for c in self.cells],
-                "regressed_cells": [{"cell_id": c.cell_id, "label": c.label, "note": c.note,
-                                     "worse": [k.describe() for k in c.checks if k.verdict == WORSE]}
-                                    for c in self.regressions],
-                "new_cells": self.new_cells, "warnings": self.warnings, "machines": self.machines}
+        return {
+            "baseline": str(self.baseline),
+            "run": str(self.run),
+            "z": self.rule.z,
+            "metric_tol": {k or "default": str(v) for k, v in self.rule.metric_tol.items()},
+            "time_tol": self.rule.time_tol,
+            "harness_tol": self.rule.harness_tol,
+            "harness_floor_seconds": self.rule.harness_floor,
+            "round_off_rtol": ROUND_OFF_RTOL,
+            "rule": self.rule.describe(),
+            "context": self.context,
+            "drift_floor": self.rule.drift_floor,
+            "harness_method": HARNESS_METHOD.format(k=HARNESS_REPEATS),
+            "schema_version": SCHEMA_VERSION,
+            "refresh": self.refresh,
+            "regressions": len(self.regressions),
+            "changed": len(self.changed),
+            "not_compared": self.not_compared(),
+            "cells": [c.as_dict() for c in self.cells],
+            "regressed_cells": [
+                {
+                    "cell_id": c.cell_id,
+                    "label": c.label,
+                    "note": c.note,
+                    "worse": [k.describe() for k in c.checks if k.verdict == WORSE],
+                }
+                for c in self.regressions
+            ],
+            "new_cells": self.new_cells,
+            "warnings": self.warnings,
+            "machines": self.machines,
+        }
 
     def to_json(self) -> str:
         return dumps(self.as_dict())
 
 
 # --- reading -----------------------------------------------------------------------------------
+
 
 def _load(path: str | Path, role: str) -> tuple[RunDir, dict[str, Any], dict[str, dict[str, Any]]]:
     """A run's directory, manifest and cell records by cell id; CompareError if it cannot be read."""
@@ -281,14 +319,17 @@ def _match(base: dict[str, dict[str, Any]], run: dict[str, dict[str, Any]]) -> t
         other = by_label.get(_label(cid))
         if other is not None:
             diff = _config_difference(rec.get("config") or {}, other.get("config") or {})
-            raise CompareError(f"cell {_label(cid)} was run with another configuration ({diff}); "
-                               "compare runs of the same suite, or refresh the baseline")
+            raise CompareError(
+                f"cell {_label(cid)} was run with another configuration ({diff}); "
+                "compare runs of the same suite, or refresh the baseline"
+            )
         missing = sorted(_label(c) for c in base if c not in run)
         raise CompareError(f"run lacks {len(missing)} baseline cell(s), e.g. {missing[0]}")
     return list(base), [cid for cid in run if cid not in base]
 
 
 # --- the checks --------------------------------------------------------------------------------
+
 
 def higher_is_better(name: str, *records: dict[str, Any], warnings: list[str]) -> bool:
     """A metric value's direction: as recorded by the runner, else the naming convention the runner uses."""
@@ -345,14 +386,23 @@ def in_call_time(record: dict[str, Any]) -> float | None:
 def calibrated_time(record: dict[str, Any], manifest: dict[str, Any]) -> float | None:
     """Sampling time per batch in bare network calls timed by the run's calibration (start of the run)."""
     cal = (manifest.get("calibration") or {}).get(record.get("model")) or {}
-    bare, batch, per_sample = cal.get("network_seconds_per_call"), cal.get("batch_size"), record.get("seconds_per_sample")
+    bare, batch, per_sample = (
+        cal.get("network_seconds_per_call"),
+        cal.get("batch_size"),
+        record.get("seconds_per_sample"),
+    )
     if not bare or not batch or per_sample is None:
         return None
     return per_sample * batch / bare
 
 
-def time_check(base: dict[str, Any], run: dict[str, Any], base_manifest: dict[str, Any],
-               run_manifest: dict[str, Any], rule: Thresholds) -> Difference | None:
+def time_check(
+    base: dict[str, Any],
+    run: dict[str, Any],
+    base_manifest: dict[str, Any],
+    run_manifest: dict[str, Any],
+    rule: Thresholds,
+) -> Difference | None:
     """Worse when the machine-normalised sampling time grew by more than the time tolerance.
 
     The yardstick is the network's own time inside the timed call when both runs recorded it (it sees
@@ -364,8 +414,16 @@ def time_check(base: dict[str, Any], run: dict[str, Any], base_manifest: dict[st
     if b is None or r is None:
         b, r, basis = calibrated_time(base, base_manifest), calibrated_time(run, run_manifest), "calibration"
     if b is None or r is None:
-        return Difference("time", b, r, None, None, SAME, f"the {'baseline' if b is None else 'run'} lacks network_seconds "
-                     "and calibration.<model>.network_seconds_per_call: speed not compared")
+        return Difference(
+            "time",
+            b,
+            r,
+            None,
+            None,
+            SAME,
+            f"the {'baseline' if b is None else 'run'} lacks network_seconds "
+            "and calibration.<model>.network_seconds_per_call: speed not compared",
+        )
     ratio = r / b - 1.0
     return Difference("time", b, r, ratio, rule.time_tol, _verdict(ratio, rule.time_tol), f"per {basis}")
 
@@ -406,10 +464,14 @@ def harness_check(base: dict[str, Any], run: dict[str, Any], rule: Thresholds) -
     b, r = harness_ratio(base), harness_ratio(run)
     if b is None or r is None:
         rec, which = (base, "baseline") if b is None else (run, "run")
-        why = "a sampler with fewer than two network calls, or a failed probe" if schema_version(rec) >= 2 \
+        why = (
+            "a sampler with fewer than two network calls, or a failed probe"
+            if schema_version(rec) >= 2
             else "records written before the harness probe"
-        return Difference("harness", None, None, None, None, SAME,
-                     f"the {which} lacks {_lacks('harness.ratio', rec)}: {why}")
+        )
+        return Difference(
+            "harness", None, None, None, None, SAME, f"the {which} lacks {_lacks('harness.ratio', rec)}: {why}"
+        )
     ref = _positive(run["harness"].get("reference_seconds"))
     if ref is None:
         return Difference("harness", None, None, None, None, SAME, "the run's harness probe lacks reference_seconds")
@@ -425,7 +487,9 @@ def drift_check(base: dict[str, Any], run: dict[str, Any], rule: Thresholds) -> 
     b, r = base.get("drift_fingerprint"), run.get("drift_fingerprint")
     if not isinstance(b, dict) or not isinstance(r, dict):
         rec, which = (base, "baseline") if not b else (run, "run")
-        return Difference("drift", None, None, None, None, SAME, f"the {which} lacks {_lacks('drift_fingerprint', rec)}")
+        return Difference(
+            "drift", None, None, None, None, SAME, f"the {which} lacks {_lacks('drift_fingerprint', rec)}"
+        )
     try:
         change = drift.relative_rms_change(b, r)
     except ValueError as exc:
@@ -433,21 +497,35 @@ def drift_check(base: dict[str, Any], run: dict[str, Any], rule: Thresholds) -> 
     return Difference("drift", 0.0, change, change, rule.drift_floor, CHANGED if change > rule.drift_floor else SAME)
 
 
-def compare_cell(cid: str, base: dict[str, Any], run: dict[str, Any], base_manifest: dict[str, Any],
-                 run_manifest: dict[str, Any], rule: Thresholds, warnings: list[str]) -> CellComparison:
+def compare_cell(
+    cid: str,
+    base: dict[str, Any],
+    run: dict[str, Any],
+    base_manifest: dict[str, Any],
+    run_manifest: dict[str, Any],
+    rule: Thresholds,
+    warnings: list[str],
+) -> CellComparison:
     """Every check of one matched cell."""
     label = _display(base, len(base_manifest.get("models") or {}))
     if base.get("status") != STATUS_OK:
         return CellComparison(cid, label, [], "baseline cell failed: not compared")
     if run.get("status") != STATUS_OK:
-        return CellComparison(cid, label, [Difference("status", None, None, None, None, WORSE)],
-                              f"failed: {run.get('error')}")
-    checks = [metric_check(name, m, run.get("metrics", {}).get(name) or {},
-                           higher_is_better(name, base, run, warnings=warnings), rule)
-              for name, m in base.get("metrics", {}).items()]
+        return CellComparison(
+            cid, label, [Difference("status", None, None, None, None, WORSE)], f"failed: {run.get('error')}"
+        )
+    checks = [
+        metric_check(
+            name, m, run.get("metrics", {}).get(name) or {}, higher_is_better(name, base, run, warnings=warnings), rule
+        )
+        for name, m in base.get("metrics", {}).items()
+    ]
     checks.append(nfe_check(base, run))
-    for extra in (time_check(base, run, base_manifest, run_manifest, rule), harness_check(base, run, rule),
-                  drift_check(base, run, rule)):
+    for extra in (
+        time_check(base, run, base_manifest, run_manifest, rule),
+        harness_check(base, run, rule),
+        drift_check(base, run, rule),
+    ):
         if extra is not None:
             checks.append(extra)
     return CellComparison(cid, label, checks)
@@ -470,8 +548,10 @@ def machines(base: dict[str, Any], run: dict[str, Any]) -> str | None:
         other = (run.get("calibration") or {}).get(key) or {}
         b, r = cal.get("network_seconds_per_call"), other.get("network_seconds_per_call")
         if b and r:
-            parts.append(f"{key} bare network call {1e3 * b:.3g} ms (baseline) vs {1e3 * r:.3g} ms (run), "
-                         f"batch {cal.get('batch_size')}")
+            parts.append(
+                f"{key} bare network call {1e3 * b:.3g} ms (baseline) vs {1e3 * r:.3g} ms (run), "
+                f"batch {cal.get('batch_size')}"
+            )
     return "calibration: " + "; ".join(parts) if parts else None
 
 
@@ -489,15 +569,22 @@ def _device(manifest: dict[str, Any]) -> str | None:
 
 def run_context(base: dict[str, Any], run: dict[str, Any]) -> list[dict[str, Any]]:
     """What ran, in both runs: diffbench, each plugin distribution, git commit, device, torch; flags changes."""
+
     def version(m: dict[str, Any], key: str) -> Any:
         return (m.get("versions") or {}).get(key)
 
     items: list[tuple[str, Any, Any]] = [("diffbench", version(base, "diffbench"), version(run, "diffbench"))]
     plugins = sorted(set(base.get("plugins") or {}) | set(run.get("plugins") or {}))
-    items += [(f"plugin {d}", (base.get("plugins") or {}).get(d, "absent"), (run.get("plugins") or {}).get(d, "absent"))
-              for d in plugins if d != "diffbench"]
-    items += [("git commit", _git(base), _git(run)), ("device", _device(base), _device(run)),
-              ("torch", version(base, "torch"), version(run, "torch"))]
+    items += [
+        (f"plugin {d}", (base.get("plugins") or {}).get(d, "absent"), (run.get("plugins") or {}).get(d, "absent"))
+        for d in plugins
+        if d != "diffbench"
+    ]
+    items += [
+        ("git commit", _git(base), _git(run)),
+        ("device", _device(base), _device(run)),
+        ("torch", version(base, "torch"), version(run, "torch")),
+    ]
     return [{"what": what, "baseline": b, "run": r, "changed": b != r} for what, b, r in items]
 
 
@@ -511,8 +598,10 @@ def refresh_command(baseline: Path, manifest: dict[str, Any]) -> str:
     if suite is None:
         suite = f"<the suite file of {manifest.get('suite')!r}>"
     new = f"/tmp/{manifest.get('suite') or 'baseline'}-new"
-    return (f"diffbench run {suite} --out {new} --no-progress && rm -rf {shlex.quote(str(baseline))} "
-            f"&& diffbench baseline {new} {shlex.quote(str(baseline))}")
+    return (
+        f"diffbench run {suite} --out {new} --no-progress && rm -rf {shlex.quote(str(baseline))} "
+        f"&& diffbench baseline {new} {shlex.quote(str(baseline))}"
+    )
 
 
 def compare(baseline: str | Path, run: str | Path, rule: Thresholds | None = None) -> Comparison:
@@ -521,15 +610,26 @@ def compare(baseline: str | Path, run: str | Path, rule: Thresholds | None = Non
     base_dir, base_manifest, base_records = _load(baseline, "baseline")
     run_dir, run_manifest, run_records = _load(run, "run")
     if base_manifest.get("suite") != run_manifest.get("suite"):
-        raise CompareError(f"baseline is suite {base_manifest.get('suite')!r}, run is suite "
-                           f"{run_manifest.get('suite')!r}")
+        raise CompareError(
+            f"baseline is suite {base_manifest.get('suite')!r}, run is suite {run_manifest.get('suite')!r}"
+        )
     ids, new = _match(base_records, run_records)
     warnings = model_changes(base_manifest, run_manifest)
-    cells = [compare_cell(cid, base_records[cid], run_records[cid], base_manifest, run_manifest, rule, warnings)
-             for cid in sorted(ids, key=lambda c: base_records[c].get("index", 0))]
-    return Comparison(base_dir.path, run_dir.path, rule, cells, sorted(new), list(dict.fromkeys(warnings)),
-                      machines(base_manifest, run_manifest), run_context(base_manifest, run_manifest),
-                      refresh_command(base_dir.path, base_manifest))
+    cells = [
+        compare_cell(cid, base_records[cid], run_records[cid], base_manifest, run_manifest, rule, warnings)
+        for cid in sorted(ids, key=lambda c: base_records[c].get("index", 0))
+    ]
+    return Comparison(
+        base_dir.path,
+        run_dir.path,
+        rule,
+        cells,
+        sorted(new),
+        list(dict.fromkeys(warnings)),
+        machines(base_manifest, run_manifest),
+        run_context(base_manifest, run_manifest),
+        refresh_command(base_dir.path, base_manifest),
+    )
 
 
 # --- display -----------------------------------------------------------------------------------
@@ -597,48 +697,59 @@ def text(result: Comparison) -> str:
             lines += [f"    {c.describe()}" for c in cell.checks if c.verdict == WORSE and c.what != "status"]
     if result.changed:
         lines += ["", "changed (samples moved beyond round-off; metrics within noise):"]
-        lines += [f"  {cell.label}: {c.describe()}" for cell in result.changed for c in cell.checks
-                  if c.verdict == CHANGED]
-    lines += ["", f"rule: {result.rule.describe()}",
-              f"harness measure: {HARNESS_METHOD.format(k=HARNESS_REPEATS)}"]
+        lines += [
+            f"  {cell.label}: {c.describe()}" for cell in result.changed for c in cell.checks if c.verdict == CHANGED
+        ]
+    lines += ["", f"rule: {result.rule.describe()}", f"harness measure: {HARNESS_METHOD.format(k=HARNESS_REPEATS)}"]
     if result.new_cells:
         lines.append(f"not in the baseline (not compared): {', '.join(_label(c) for c in result.new_cells)}")
     lines += [f"warning: {w}" for w in result.warnings]
-    skipped = sorted({f"{c.what}: {c.note}" for cell in result.cells for c in cell.checks
-                      if c.delta is None and c.note})
+    skipped = sorted(
+        {f"{c.what}: {c.note}" for cell in result.cells for c in cell.checks if c.delta is None and c.note}
+    )
     lines += [f"not compared: {note}" for note in skipped]
     if skipped:
         lines.append(f"to record every check, refresh the baseline: {result.refresh}")
     lines.append(summary(result))
     if result.regressions:
         lines.append("regressed cells:")
-        lines += [f"  {c.label}: " + ", ".join(k.what for k in c.checks if k.verdict == WORSE)
-                  for c in result.regressions]
+        lines += [
+            f"  {c.label}: " + ", ".join(k.what for k in c.checks if k.verdict == WORSE) for c in result.regressions
+        ]
     return "\n".join(lines)
 
 
 def summary(result: Comparison) -> str:
     """'N cells: … better, … same within noise, [… changed,] … worse' and the gate's outcome."""
-    n, counts = len(result.regressions), {v: sum(c.verdict == v for c in result.cells)
-                                          for v in (BETTER, SAME, CHANGED, WORSE)}
-    outcome = (f" → REGRESSION in {n} cell(s)" if n else
-               f" → CHANGED: samples of {counts[CHANGED]} cell(s) moved beyond round-off" if counts[CHANGED] else "")
+    n, counts = (
+        len(result.regressions),
+        {v: sum(c.verdict == v for c in result.cells) for v in (BETTER, SAME, CHANGED, WORSE)},
+    )
+    outcome = (
+        f" → REGRESSION in {n} cell(s)"
+        if n
+        else f" → CHANGED: samples of {counts[CHANGED]} cell(s) moved beyond round-off"
+        if counts[CHANGED]
+        else ""
+    )
     changed = f"{counts[CHANGED]} changed, " if counts[CHANGED] else ""
-    return (f"{len(result.cells)} cells: {counts[BETTER]} better, {counts[SAME]} same within noise, "
-            f"{changed}{counts[WORSE]} worse{outcome}")
+    return (
+        f"{len(result.cells)} cells: {counts[BETTER]} better, {counts[SAME]} same within noise, "
+        f"{changed}{counts[WORSE]} worse{outcome}"
+    )
 
 
 def markdown(result: Comparison) -> str:
     """The comparison as GitHub-flavoured Markdown (a CI job summary).
 
     Outcome, table, regressions, and what was not compared."""
+
     def cell_text(value: Any) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
 
     frame = verdict_table(result)
     icon = {WORSE: "❌", CHANGED: "⚠️", BETTER: "✅", SAME: "✅"}
-    lines = [f"### diffbench compare: {summary(result)}", "",
-             f"baseline `{result.baseline}` → run `{result.run}`", ""]
+    lines = [f"### diffbench compare: {summary(result)}", "", f"baseline `{result.baseline}` → run `{result.run}`", ""]
     changed = [c for c in result.context if c["changed"]]
     if changed:
         lines += ["what changed: " + "; ".join(f"{c['what']} {c['baseline']} → {c['run']}" for c in changed), ""]

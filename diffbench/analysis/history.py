@@ -18,6 +18,7 @@ both parts are then searched again. This is the classic binary segmentation (Sco
 and asv use related step detectors) with the test statistic a reader of diffbench already knows from
 ``compare``: combined standard errors.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -42,14 +43,41 @@ MIN_SEGMENT = 2
 # Columns of each table: name → SQL type. A later schema adds columns here (and a migration step if a value
 # must be derived); opening an older file adds the missing columns, so old rows stay readable (NULL there).
 TABLES: dict[str, dict[str, str]] = {
-    "runs": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "path": "TEXT", "suite": "TEXT", "commit_sha": "TEXT",
-             "dirty": "INTEGER", "branch": "TEXT", "date": "TEXT", "added": "TEXT", "machine": "TEXT",
-             "device": "TEXT", "versions": "TEXT", "record_schema": "INTEGER"},
-    "cells": {"run_id": "INTEGER", "cell_id": "TEXT", "label": "TEXT", "status": "TEXT", "steps": "INTEGER",
-              "nfe": "REAL", "sample_seconds": "REAL", "seconds_per_sample": "REAL", "harness_ratio": "REAL",
-              "harness_seconds_per_call": "REAL", "drift_fingerprint": "TEXT"},
-    "metric_values": {"run_id": "INTEGER", "cell_id": "TEXT", "metric": "TEXT", "value": "REAL", "se": "REAL",
-                      "higher_is_better": "INTEGER"},
+    "runs": {
+        "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "path": "TEXT",
+        "suite": "TEXT",
+        "commit_sha": "TEXT",
+        "dirty": "INTEGER",
+        "branch": "TEXT",
+        "date": "TEXT",
+        "added": "TEXT",
+        "machine": "TEXT",
+        "device": "TEXT",
+        "versions": "TEXT",
+        "record_schema": "INTEGER",
+    },
+    "cells": {
+        "run_id": "INTEGER",
+        "cell_id": "TEXT",
+        "label": "TEXT",
+        "status": "TEXT",
+        "steps": "INTEGER",
+        "nfe": "REAL",
+        "sample_seconds": "REAL",
+        "seconds_per_sample": "REAL",
+        "harness_ratio": "REAL",
+        "harness_seconds_per_call": "REAL",
+        "drift_fingerprint": "TEXT",
+    },
+    "metric_values": {
+        "run_id": "INTEGER",
+        "cell_id": "TEXT",
+        "metric": "TEXT",
+        "value": "REAL",
+        "se": "REAL",
+        "higher_is_better": "INTEGER",
+    },
 }
 CELL_SERIES = {"nfe": "nfe", "seconds_per_sample": "seconds_per_sample", "harness": "harness_ratio"}
 
@@ -66,11 +94,14 @@ def connect(db: str | Path) -> sqlite3.Connection:
         row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
-            raise HistoryError(f"{db}: history schema {version} is newer than this diffbench's ({SCHEMA_VERSION}); "
-                               "upgrade diffbench to read it")
+            raise HistoryError(
+                f"{db}: history schema {version} is newer than this diffbench's ({SCHEMA_VERSION}); "
+                "upgrade diffbench to read it"
+            )
         for table, columns in TABLES.items():
-            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
-                        + ", ".join(f"{c} {t}" for c, t in columns.items()) + ")")
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f"{c} {t}" for c, t in columns.items()) + ")"
+            )
             have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
             for name, sql_type in columns.items():
                 if name not in have:  # a column a later schema added: old rows read NULL
@@ -109,30 +140,50 @@ def add(run_dir: str | Path, db: str | Path, *, branch: str | None = None, machi
         cur = con.execute(
             "INSERT INTO runs (path, suite, commit_sha, dirty, branch, date, added, machine, device, versions, "
             "record_schema) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (str(run.path), manifest.get("suite"), git.get("sha"), git.get("dirty"),
-             branch or git.get("branch") or _branch(), manifest.get("started"),
-             dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-             machine or manifest.get("machine") or platform.node(),
-             " ".join(str(v) for v in (manifest.get("device"), manifest.get("device_name")) if v),
-             json.dumps({**(manifest.get("versions") or {}), "plugins": manifest.get("plugins") or {}}),
-             manifest.get("schema_version", 1)))
+            (
+                str(run.path),
+                manifest.get("suite"),
+                git.get("sha"),
+                git.get("dirty"),
+                branch or git.get("branch") or _branch(),
+                manifest.get("started"),
+                dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                machine or manifest.get("machine") or platform.node(),
+                " ".join(str(v) for v in (manifest.get("device"), manifest.get("device_name")) if v),
+                json.dumps({**(manifest.get("versions") or {}), "plugins": manifest.get("plugins") or {}}),
+                manifest.get("schema_version", 1),
+            ),
+        )
         run_id = cur.lastrowid
         for rec in sorted(records, key=lambda r: r.get("index", 0)):
             harness = rec.get("harness") or {}
             fp = rec.get("drift_fingerprint")
-            con.execute("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (run_id, rec["cell_id"], _label(rec), rec.get("status"), rec.get("steps"), rec.get("nfe"),
-                         rec.get("sample_seconds"), rec.get("seconds_per_sample"), harness.get("ratio"),
-                         rec.get("harness_seconds_per_call"), json.dumps(fp) if fp else None))
+            con.execute(
+                "INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    rec["cell_id"],
+                    _label(rec),
+                    rec.get("status"),
+                    rec.get("steps"),
+                    rec.get("nfe"),
+                    rec.get("sample_seconds"),
+                    rec.get("seconds_per_sample"),
+                    harness.get("ratio"),
+                    rec.get("harness_seconds_per_call"),
+                    json.dumps(fp) if fp else None,
+                ),
+            )
             if rec.get("status") != STATUS_OK:
                 continue
             metrics = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
             for name, m in metrics.items():
                 if not isinstance(m, dict):
                     continue
-                con.execute("INSERT INTO metric_values VALUES (?, ?, ?, ?, ?, ?)",
-                            (run_id, rec["cell_id"], name, m.get("value"), m.get("uncertainty"),
-                             m.get("higher_is_better")))
+                con.execute(
+                    "INSERT INTO metric_values VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, rec["cell_id"], name, m.get("value"), m.get("uncertainty"), m.get("higher_is_better")),
+                )
     con.close()
     return run_id
 
@@ -169,15 +220,20 @@ class Series:
     steps: list[Step] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"cell": self.cell, "label": self.label, "metric": self.metric,
-                "points": [asdict(p) for p in self.points], "steps": [asdict(s) for s in self.steps]}
+        return {
+            "cell": self.cell,
+            "label": self.label,
+            "metric": self.metric,
+            "points": [asdict(p) for p in self.points],
+            "steps": [asdict(s) for s in self.steps],
+        }
 
 
 def _mean_and_variance(points: list[Point]) -> tuple[float, float]:
     n = len(points)
     values = [p.value for p in points]
     mean = sum(values) / n
-    recorded = sum(p.se ** 2 for p in points if p.se is not None) / n ** 2
+    recorded = sum(p.se**2 for p in points if p.se is not None) / n**2
     scatter = sum((v - mean) ** 2 for v in values) / (n - 1) / n if n > 1 else 0.0
     return mean, max(recorded, scatter)
 
@@ -203,8 +259,17 @@ def change_points(points: list[Point], z_step: float = Z_STEP, min_segment: int 
         if z <= z_step:
             return
         first = window[k]
-        steps.append(Step(lo + k, first.run_id, first.commit, first.date, _mean_and_variance(window[:k])[0],
-                          _mean_and_variance(window[k:])[0], z))
+        steps.append(
+            Step(
+                lo + k,
+                first.run_id,
+                first.commit,
+                first.date,
+                _mean_and_variance(window[:k])[0],
+                _mean_and_variance(window[k:])[0],
+                z,
+            )
+        )
         search(lo, lo + k)
         search(lo + k, hi)
 
@@ -212,8 +277,14 @@ def change_points(points: list[Point], z_step: float = Z_STEP, min_segment: int 
     return sorted(steps, key=lambda s: s.index)
 
 
-def series(db: str | Path, cell: str | None = None, metric: str | None = None, *, z_step: float = Z_STEP,
-           min_segment: int = MIN_SEGMENT) -> list[Series]:
+def series(
+    db: str | Path,
+    cell: str | None = None,
+    metric: str | None = None,
+    *,
+    z_step: float = Z_STEP,
+    min_segment: int = MIN_SEGMENT,
+) -> list[Series]:
     """Every (cell, metric) series in ``db`` (cells matching the glob ``cell`` by label or id, metric named
     ``metric``), runs in the order they were added, with their change points. 'drift' is each run's relative
     RMS change of the first samples against the previous run's."""
@@ -224,12 +295,15 @@ def series(db: str | Path, cell: str | None = None, metric: str | None = None, *
     rows: dict[tuple[str, str], list[tuple[int, float, float | None]]] = {}
     labels: dict[str, str] = {}
     for run_id, cid, name, value, se in con.execute(
-            "SELECT run_id, cell_id, metric, value, se FROM metric_values ORDER BY run_id"):
+        "SELECT run_id, cell_id, metric, value, se FROM metric_values ORDER BY run_id"
+    ):
         rows.setdefault((cid, name), []).append((run_id, value, se))
     previous: dict[str, dict[str, Any]] = {}
     for run_id, cid, label, status, *values, fp in con.execute(
-            "SELECT run_id, cell_id, label, status, " + ", ".join(CELL_SERIES.values())
-            + ", drift_fingerprint FROM cells ORDER BY run_id"):
+        "SELECT run_id, cell_id, label, status, "
+        + ", ".join(CELL_SERIES.values())
+        + ", drift_fingerprint FROM cells ORDER BY run_id"
+    ):
         labels[cid] = label
         if status != STATUS_OK:
             continue
@@ -241,7 +315,8 @@ def series(db: str | Path, cell: str | None = None, metric: str | None = None, *
             if cid in previous:
                 try:
                     rows.setdefault((cid, "drift"), []).append(
-                        (run_id, drift.relative_rms_change(previous[cid], fingerprint), None))
+                        (run_id, drift.relative_rms_change(previous[cid], fingerprint), None)
+                    )
                 except ValueError:
                     pass
             previous[cid] = fingerprint
@@ -253,8 +328,11 @@ def series(db: str | Path, cell: str | None = None, metric: str | None = None, *
             continue
         if metric and name != metric:
             continue
-        points = [Point(run_id, *runs[run_id][:2], runs[run_id][2], v, se) for run_id, v, se in values
-                  if v is not None and math.isfinite(v)]
+        points = [
+            Point(run_id, *runs[run_id][:2], runs[run_id][2], v, se)
+            for run_id, v, se in values
+            if v is not None and math.isfinite(v)
+        ]
         out.append(Series(cid, label, name, points, change_points(points, z_step, min_segment)))
     return out
 
@@ -273,11 +351,17 @@ def text(found: list[Series]) -> str:
         for p in s.points:
             lines.append(f"  #{p.run_id:<4} {(p.commit or '?')[:10]:<10}  {p.date or '?':<25}  {_fmt(p.value, p.se)}")
         if s.steps:
-            lines += [f"  step at run #{st.run_id} (commit {(st.commit or '?')[:10]}, {st.date}): "
-                      f"{st.before:.6g} → {st.after:.6g} (z = {st.z:.3g})" for st in s.steps]
+            lines += [
+                f"  step at run #{st.run_id} (commit {(st.commit or '?')[:10]}, {st.date}): "
+                f"{st.before:.6g} → {st.after:.6g} (z = {st.z:.3g})"
+                for st in s.steps
+            ]
         else:
-            lines.append(f"  no step (z ≤ {Z_STEP:g})" if len(s.points) >= 2 * MIN_SEGMENT
-                         else f"  too few runs for a step ({len(s.points)} < {2 * MIN_SEGMENT})")
+            lines.append(
+                f"  no step (z ≤ {Z_STEP:g})"
+                if len(s.points) >= 2 * MIN_SEGMENT
+                else f"  too few runs for a step ({len(s.points)} < {2 * MIN_SEGMENT})"
+            )
     return "\n".join(lines)
 
 
@@ -295,8 +379,15 @@ def plot(found: list[Series], path: str | Path) -> Path:
     for ax, name in zip(axes[:, 0], metrics):
         for s in (s for s in found if s.metric == name):
             xs = [p.run_id for p in s.points]
-            line = ax.errorbar(xs, [p.value for p in s.points], yerr=[p.se or 0.0 for p in s.points], marker="o",
-                               ms=3, capsize=2, label=s.label)
+            line = ax.errorbar(
+                xs,
+                [p.value for p in s.points],
+                yerr=[p.se or 0.0 for p in s.points],
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=s.label,
+            )
             for st in s.steps:
                 ax.axvline(st.run_id - 0.5, color=line[0].get_color(), ls="--", lw=1)
         ax.set_title(name)

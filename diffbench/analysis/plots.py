@@ -1,4 +1,5 @@
 """PNG plots of a run: metric vs NFE, metric vs wall-clock with the Pareto front, metric vs guidance."""
+
 from __future__ import annotations
 
 import math
@@ -25,6 +26,7 @@ NFE_PLOT, TIME_PLOT, GUIDANCE_PLOT = "metric_vs_nfe.png", "metric_vs_time.png", 
 
 
 # --- run plots ---------------------------------------------------------------------------------
+
 
 def varies(frame: pd.DataFrame, column: str) -> bool:
     """Whether a column takes more than one value (missing counts as a value: no guidance)."""
@@ -95,7 +97,7 @@ def pareto_front(cost: np.ndarray, value: np.ndarray, higher_is_better: bool) ->
 
 def _figure(n: int) -> tuple[Any, list[Any]]:
     fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), dpi=110, squeeze=False)
-    fig.subplots_adjust(left=0.55 / n ** 0.5 / 4, right=0.97, bottom=0.13, top=0.92, wspace=0.3)
+    fig.subplots_adjust(left=0.55 / n**0.5 / 4, right=0.97, bottom=0.13, top=0.92, wspace=0.3)
     return fig, list(axes[0])
 
 
@@ -103,14 +105,28 @@ def _finish(fig: Any, axes: list[Any], path: Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     rows = 0
     if handles:  # below the panels; bbox_inches="tight" grows the canvas to fit it
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
-                   fontsize=8, frameon=False)
+        fig.legend(
+            handles,
+            labels,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncol=min(4, len(labels)),
+            fontsize=8,
+            frameon=False,
+        )
         rows = math.ceil(len(labels) / min(4, len(labels)))
     if caption(path.name):  # the caption travels with the picture
         import textwrap
 
-        fig.text(0.5, -0.02 - 0.045 * rows, textwrap.fill(caption(path.name), 110), ha="center", va="top",
-                 fontsize=7.5, color="0.25")
+        fig.text(
+            0.5,
+            -0.02 - 0.045 * rows,
+            textwrap.fill(caption(path.name), 110),
+            ha="center",
+            va="top",
+            fontsize=7.5,
+            color="0.25",
+        )
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
@@ -119,9 +135,18 @@ def _finish(fig: Any, axes: list[Any], path: Path) -> Path:
     return path
 
 
-def plot_vs(frame: pd.DataFrame, metrics: list[str], x: str, path: Path, *, xlabel: str, log_x: bool = True,
-            directions: dict[str, bool] | None = None, pareto: bool = False,
-            order: tuple[str, ...] = ("nfe",)) -> Path | None:
+def plot_vs(
+    frame: pd.DataFrame,
+    metrics: list[str],
+    x: str,
+    path: Path,
+    *,
+    xlabel: str,
+    log_x: bool = True,
+    directions: dict[str, bool] | None = None,
+    pareto: bool = False,
+    order: tuple[str, ...] = ("nfe",),
+) -> Path | None:
     """One panel per metric: metric against column ``x`` with error bars, one line per series."""
     metrics = [m for m in metrics if not _ok(frame, m).empty]
     if not metrics:
@@ -131,15 +156,32 @@ def plot_vs(frame: pd.DataFrame, metrics: list[str], x: str, path: Path, *, xlab
         df = _ok(frame, metric)
         for i, (label, s) in enumerate(df.groupby("series", sort=False)):
             s = s.sort_values([*order, x])  # a line follows step count (by default), whatever the x axis
-            ax.errorbar(s[x], s[metric], yerr=_errors(s, metric), marker=MARKERS[i % len(MARKERS)], ms=4,
-                        capsize=2, lw=1.2, color=f"C{i % 10}", ls="-" if i < 10 else "--", label=label)
+            ax.errorbar(
+                s[x],
+                s[metric],
+                yerr=_errors(s, metric),
+                marker=MARKERS[i % len(MARKERS)],
+                ms=4,
+                capsize=2,
+                lw=1.2,
+                color=f"C{i % 10}",
+                ls="-" if i < 10 else "--",
+                label=label,
+            )
         if pareto:
             higher = (directions or {}).get(metric, False)
             idx = pareto_front(df[x].to_numpy(float), df[metric].to_numpy(float), higher)
             front = df.iloc[idx]
             ax.step(front[x], front[metric], where="post", color="k", lw=1, alpha=0.6, zorder=0)
-            ax.scatter(front[x], front[metric], s=90, facecolors="none", edgecolors="k", zorder=3,
-                       label="Pareto front" if ax is axes[0] else None)
+            ax.scatter(
+                front[x],
+                front[metric],
+                s=90,
+                facecolors="none",
+                edgecolors="k",
+                zorder=3,
+                label="Pareto front" if ax is axes[0] else None,
+            )
         if log_x:
             _log_axis(ax, "x", df[x])
         if _log_y(df[metric], metric):
@@ -152,14 +194,14 @@ def plot_vs(frame: pd.DataFrame, metrics: list[str], x: str, path: Path, *, xlab
 
 CAPTIONS = {
     NFE_PLOT: "Each metric (y, ± 1 standard error; log scale for error metrics and for values spanning over "
-              "100×) against NFE, network evaluations per sample as counted (x, log scale); one line per "
-              "sampler / scheduler, points at each step count.",
+    "100×) against NFE, network evaluations per sample as counted (x, log scale); one line per "
+    "sampler / scheduler, points at each step count.",
     TIME_PLOT: "Each metric (y, ± 1 standard error; log scale as in the NFE plot) against sampling time per "
-               "sample (x, log scale): counted NFE × the calibrated bare network call + the measured harness "
-               "CPU time per call, so it does not follow the machine's load (runs without calibration: "
-               "wall-clock). Circled points: the Pareto front over all cells.",
+    "sample (x, log scale): counted NFE × the calibrated bare network call + the measured harness "
+    "CPU time per call, so it does not follow the machine's load (runs without calibration: "
+    "wall-clock). Circled points: the Pareto front over all cells.",
     GUIDANCE_PLOT: "Each metric (y, ± 1 standard error) against the guidance scale w (x, linear; no guidance "
-                   "drawn at w = 1); one line per sampler and step count.",
+    "drawn at w = 1); one line per sampler and step count.",
 }
 
 
@@ -181,8 +223,14 @@ def make_plots(frame: pd.DataFrame, out_dir: str | Path, directions: dict[str, b
     metrics = metric_names(frame)
     time_col, time_label = time_column(frame)
     made = [
-        plot_vs(frame, metrics, "nfe", out_dir / NFE_PLOT, xlabel="NFE (counted network evaluations per sample)",
-                directions=directions),
+        plot_vs(
+            frame,
+            metrics,
+            "nfe",
+            out_dir / NFE_PLOT,
+            xlabel="NFE (counted network evaluations per sample)",
+            directions=directions,
+        ),
         plot_vs(frame, metrics, time_col, out_dir / TIME_PLOT, xlabel=time_label, directions=directions, pareto=True),
     ]
     if varies(frame, "guidance"):
@@ -190,7 +238,16 @@ def make_plots(frame: pd.DataFrame, out_dir: str | Path, directions: dict[str, b
         g["guidance"] = pd.to_numeric(g["guidance"], errors="coerce").fillna(1.0)  # no guidance = w 1
         g["sampler"] = g["sampler"].astype(str) + " / n=" + g["steps"].astype(str)
         g["guidance_axis"], g["guidance"] = g["guidance"], 0  # series by sampler × steps, not by w
-        made.append(plot_vs(g, metrics, "guidance_axis", out_dir / GUIDANCE_PLOT,
-                            xlabel="guidance scale w (no guidance plotted as 1)", log_x=False,
-                            directions=directions, order=()))
+        made.append(
+            plot_vs(
+                g,
+                metrics,
+                "guidance_axis",
+                out_dir / GUIDANCE_PLOT,
+                xlabel="guidance scale w (no guidance plotted as 1)",
+                log_x=False,
+                directions=directions,
+                order=(),
+            )
+        )
     return [p for p in made if p is not None]

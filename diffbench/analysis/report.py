@@ -5,6 +5,7 @@ whose counted NFE is within a factor ``NFE_WINDOW`` of its own. The difference i
 when it exceeds ``NOISE_Z`` combined standard errors, √(se_cell² + se_best²). Cells share their
 starting noise, so their errors are positively correlated and this test is conservative.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,12 +27,14 @@ from diffbench.run.rundir import (
 
 NFE_WINDOW = 1.25
 NOISE_Z = 2.0
-RULE = (f"`vs best ≤{NFE_WINDOW:g}× NFE` compares each cell with the best cell whose counted NFE is within a "
-        f"factor {NFE_WINDOW:g} of its own (`no peer`: no other cell is that close in cost, so nothing is "
-        f"claimed). A difference is called beyond noise when it exceeds {NOISE_Z:g} combined standard errors "
-        f"(√(se_cell² + se_best²)); cells share their starting noise, so this test is conservative. "
-        f"`front (all NFE)` says whether a cell is on the Pareto front of metric against NFE over all cells "
-        f"(no cell is both cheaper or as cheap and better), judged on the estimates, without noise.")
+RULE = (
+    f"`vs best ≤{NFE_WINDOW:g}× NFE` compares each cell with the best cell whose counted NFE is within a "
+    f"factor {NFE_WINDOW:g} of its own (`no peer`: no other cell is that close in cost, so nothing is "
+    f"claimed). A difference is called beyond noise when it exceeds {NOISE_Z:g} combined standard errors "
+    f"(√(se_cell² + se_best²)); cells share their starting noise, so this test is conservative. "
+    f"`front (all NFE)` says whether a cell is on the Pareto front of metric against NFE over all cells "
+    f"(no cell is both cheaper or as cheap and better), judged on the estimates, without noise."
+)
 
 
 def fmt_pm(value: Any, se: Any) -> str:
@@ -61,8 +64,9 @@ def front_column(metric: str) -> str:
     return f"{metric} front (all NFE)"
 
 
-def noise_verdicts(frame: pd.DataFrame, metric: str, higher_is_better: bool = False, *,
-                   window: float = NFE_WINDOW, z: float = NOISE_Z) -> pd.Series:
+def noise_verdicts(
+    frame: pd.DataFrame, metric: str, higher_is_better: bool = False, *, window: float = NFE_WINDOW, z: float = NOISE_Z
+) -> pd.Series:
     """Per cell: 'best', 'within noise' or 'worse (k.k σ)' against the best cell within a factor ``window``
     of its NFE; 'no peer' when no other cell is that close in cost."""
     out = pd.Series("", index=frame.index, dtype=object)
@@ -126,9 +130,15 @@ def convergence_orders(frame: pd.DataFrame, metric: str, records: list[dict[str,
         slope = np.polyfit(np.log(fine["steps"].astype(float)), np.log(fine[metric].astype(float)), 1)[0]
         local = -np.diff(log_e) / np.diff(log_n)
         order = declared.get((s["model"].iloc[0], s["sampler"].iloc[0]))
-        rows.append({"line": label, "declared order": "-" if order is None else order,
-                     "measured order": f"{-slope:.2f}", "fitted over steps": ", ".join(str(n) for n in fine["steps"]),
-                     "local orders (coarse → fine)": ", ".join(f"{v:.2f}" for v in local)})
+        rows.append(
+            {
+                "line": label,
+                "declared order": "-" if order is None else order,
+                "measured order": f"{-slope:.2f}",
+                "fitted over steps": ", ".join(str(n) for n in fine["steps"]),
+                "local orders (coarse → fine)": ", ".join(f"{v:.2f}" for v in local),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -151,13 +161,16 @@ def display_table(frame: pd.DataFrame, dirs: dict[str, bool] | None = None) -> p
     if "counted_seconds_per_sample" in frame and frame["counted_seconds_per_sample"].notna().any():
         t["counted s/sample"] = frame["counted_seconds_per_sample"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
     t["net %"] = frame["network_share"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.0f}")
-    t["status"] = [s if s == STATUS_OK else f"{s}: {e if isinstance(e, str) else ''}"
-                   for s, e in zip(frame["status"], frame["error"])]
+    t["status"] = [
+        s if s == STATUS_OK else f"{s}: {e if isinstance(e, str) else ''}"
+        for s, e in zip(frame["status"], frame["error"])
+    ]
     return t
 
 
 def markdown(t: pd.DataFrame) -> str:
     """A pipe table (no extra dependency)."""
+
     def cells(row) -> str:
         return "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
 
@@ -183,8 +196,10 @@ def _methods(records: list[dict[str, Any]]) -> dict[str, list[str]]:
 def _header(manifest: dict[str, Any]) -> list[str]:
     git = manifest.get("git") or {}
     counts = manifest.get("cells", {})
-    models = ", ".join(f"`{key}` ({m.get('target')} target, {m.get('schedule')} schedule, checkpoint "
-                       f"{m.get('checkpoint_hash')})" for key, m in (manifest.get("models") or {}).items())
+    models = ", ".join(
+        f"`{key}` ({m.get('target')} target, {m.get('schedule')} schedule, checkpoint {m.get('checkpoint_hash')})"
+        for key, m in (manifest.get("models") or {}).items()
+    )
     lines = [
         f"- **model**: {models or 'unknown'}; reference data: {manifest.get('reference') or 'none'}",
         f"- **samples**: {manifest.get('num_samples')} per seed × seeds {manifest.get('seeds')}; "
@@ -199,8 +214,10 @@ def _header(manifest: dict[str, Any]) -> list[str]:
         f"- **command**: `{manifest.get('command')}`",
     ]
     if manifest.get("missing_cells"):  # a merged sharded run that no shard has finished yet
-        lines.append(f"- **missing cells** ({len(manifest['missing_cells'])}, no record yet): "
-                     + ", ".join(f"`{c}`" for c in manifest["missing_cells"]))
+        lines.append(
+            f"- **missing cells** ({len(manifest['missing_cells'])}, no record yet): "
+            + ", ".join(f"`{c}`" for c in manifest["missing_cells"])
+        )
     for key, value in (manifest.get("metric_info") or {}).items():
         if key != TRAJECTORY_REFERENCES:  # a section of its own
             lines.append(f"- **{key}**: {value}")
@@ -218,40 +235,73 @@ def _reference_section(manifest: dict[str, Any]) -> list[str]:
     rows = []
     for digest, info in refs.items():
         history = info.get("history") or []
-        rows.append({
-            "reference": f"`{digest[:12]}`", "model": info.get("model", "?"),
-            "σ range": f"{info['sigma_start']:.4g} → {info['sigma_end']:.4g}" + (" → 0" if info.get("final_zero") else "")
-            if "sigma_start" in info else "?", "samples": info.get("samples"), "steps": info.get("steps"),
-            "NFE/sample": info.get("nfe_per_sample"), "estimated error": f"{info.get('estimated_error', float('nan')):.2g}",
-            "difference per doubling (steps: RMS)": ", ".join(f"{n}: {d:.2g}" for n, d in history) or "not recorded",
-            "this run": "cached" if info.get("from_cache") else f"computed, {info.get('seconds', 0):.1f} s"})
-    return ["## trajectory-error references", "",
-            "Each reference solves the model's probability-flow ODE with " + str(next(iter(refs.values())).get(
-                "method", "a high-order solver")) + ". The differences between successive doublings show how "
-            "the model's own ODE converges: falling about 8× per doubling is the solver's third order; a "
-            "stall means the network's D(x, σ) has structure in σ that coarser grids do not resolve, and no "
-            "sampler can show its order at those step counts.", "", markdown(pd.DataFrame(rows)), ""]
+        rows.append(
+            {
+                "reference": f"`{digest[:12]}`",
+                "model": info.get("model", "?"),
+                "σ range": f"{info['sigma_start']:.4g} → {info['sigma_end']:.4g}"
+                + (" → 0" if info.get("final_zero") else "")
+                if "sigma_start" in info
+                else "?",
+                "samples": info.get("samples"),
+                "steps": info.get("steps"),
+                "NFE/sample": info.get("nfe_per_sample"),
+                "estimated error": f"{info.get('estimated_error', float('nan')):.2g}",
+                "difference per doubling (steps: RMS)": ", ".join(f"{n}: {d:.2g}" for n, d in history)
+                or "not recorded",
+                "this run": "cached" if info.get("from_cache") else f"computed, {info.get('seconds', 0):.1f} s",
+            }
+        )
+    return [
+        "## trajectory-error references",
+        "",
+        "Each reference solves the model's probability-flow ODE with "
+        + str(next(iter(refs.values())).get("method", "a high-order solver"))
+        + ". The differences between successive doublings show how "
+        "the model's own ODE converges: falling about 8× per doubling is the solver's third order; a "
+        "stall means the network's D(x, σ) has structure in σ that coarser grids do not resolve, and no "
+        "sampler can show its order at those step counts.",
+        "",
+        markdown(pd.DataFrame(rows)),
+        "",
+    ]
 
 
-def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: list[Path] | None = None,
-                 records: list[dict[str, Any]] | None = None) -> Path:
+def write_report(
+    run: RunDir,
+    frame: pd.DataFrame | None = None,
+    plot_files: list[Path] | None = None,
+    records: list[dict[str, Any]] | None = None,
+) -> Path:
     """Write report.md into the run directory: header, table, noise rule, plots, failures, samples."""
     manifest = run.read_manifest()
     frame = run.read_csv() if frame is None else frame
     records = sorted(run.read_cells() if records is None else records, key=lambda r: r.get("index", 0))
     dirs = directions(manifest)
-    plot_files = plot_files if plot_files is not None else [
-        run.path / n for n in (plots.NFE_PLOT, plots.TIME_PLOT, plots.GUIDANCE_PLOT) if (run.path / n).exists()]
+    plot_files = (
+        plot_files
+        if plot_files is not None
+        else [run.path / n for n in (plots.NFE_PLOT, plots.TIME_PLOT, plots.GUIDANCE_PLOT) if (run.path / n).exists()]
+    )
     out = [f"# {manifest.get('suite')}", ""]
     if manifest.get("description"):
         out += [manifest["description"].strip(), ""]
-    out += [*_header(manifest), "",
-           "## Results", "", markdown(display_table(frame, dirs)) if len(frame) else "_no cells finished_", ""]
-    out += ["**Reading the table.** NFE is counted network evaluations per sample (guidance counts both "
-            "halves); `s/sample` is sampling wall-clock per sample after a warm-up, metrics excluded (it follows "
-            "the machine's load); `counted s/sample` is " + COUNTED_TIME_METHOD + ": the same for the same "
-            "work whatever else the machine runs, and the time axis of the plots; `net %` is the share of "
-            "wall-clock spent inside the network. " + RULE, ""]
+    out += [
+        *_header(manifest),
+        "",
+        "## Results",
+        "",
+        markdown(display_table(frame, dirs)) if len(frame) else "_no cells finished_",
+        "",
+    ]
+    out += [
+        "**Reading the table.** NFE is counted network evaluations per sample (guidance counts both "
+        "halves); `s/sample` is sampling wall-clock per sample after a warm-up, metrics excluded (it follows "
+        "the machine's load); `counted s/sample` is " + COUNTED_TIME_METHOD + ": the same for the same "
+        "work whatever else the machine runs, and the time axis of the plots; `net %` is the share of "
+        "wall-clock spent inside the network. " + RULE,
+        "",
+    ]
     for name, methods in _methods(records).items():
         better = "higher" if dirs.get(name) else "lower"
         out.append(f"- `{name}` ({better} is better): uncertainty is {'; '.join(methods)}")
@@ -259,12 +309,17 @@ def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: lis
     for metric in [m for m in metric_names(frame) if "error" in m and not dirs.get(m) and has_uncertainty(frame, m)]:
         orders = convergence_orders(frame, metric, records)
         if len(orders):
-            out += [f"## Convergence order from `{metric}`", "",
-                    "Measured order = −slope of log error against log steps, least squares over the finer half "
-                    "of each line's step counts; local orders are the same slope between neighbouring step "
-                    "counts, so a line settling at its declared order, or flattening on an error floor, shows. "
-                    "Stochastic samplers have no order to declare.", "",
-                    markdown(orders), ""]
+            out += [
+                f"## Convergence order from `{metric}`",
+                "",
+                "Measured order = −slope of log error against log steps, least squares over the finer half "
+                "of each line's step counts; local orders are the same slope between neighbouring step "
+                "counts, so a line settling at its declared order, or flattening on an error floor, shows. "
+                "Stochastic samplers have no order to declare.",
+                "",
+                markdown(orders),
+                "",
+            ]
     out += _reference_section(manifest)
     if plot_files:
         out += ["## Plots", ""]
@@ -275,16 +330,28 @@ def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: lis
         out += ["## Failed cells", ""] + [f"- `{r['cell_id']}`: {r.get('error')}" for r in failed] + [""]
     warned = [r for r in records if r.get("warnings")]
     if warned:
-        out += ["## Warnings", "", "What a cell's sampling or scoring reported: a plugin sampler whose counted NFE "
-                "differs from what it declares (its cells use the counted NFE, but the declaration is wrong), or a "
-                "metric left absent and why (trajectory-error for a stochastic sampler).", ""]
+        out += [
+            "## Warnings",
+            "",
+            "What a cell's sampling or scoring reported: a plugin sampler whose counted NFE "
+            "differs from what it declares (its cells use the counted NFE, but the declaration is wrong), or a "
+            "metric left absent and why (trajectory-error for a stochastic sampler).",
+            "",
+        ]
         out += [f"- `{r['cell_id']}`: {w}" for r in warned for w in r["warnings"]] + [""]
     pictures = [r for r in records if r.get("sample_image")]
     if pictures:
-        out += ["## Samples", "", "<details><summary>one picture per cell (seed "
-                f"{manifest.get('seeds', [0])[0]})</summary>", ""]
-        out += [f"**{r['sampler']} / {r['scheduler']} / {r['steps']} steps**\n\n![{r['cell_id']}]"
-                f"(cells/{r['sample_image']})\n" for r in pictures]
+        out += [
+            "## Samples",
+            "",
+            f"<details><summary>one picture per cell (seed {manifest.get('seeds', [0])[0]})</summary>",
+            "",
+        ]
+        out += [
+            f"**{r['sampler']} / {r['scheduler']} / {r['steps']} steps**\n\n![{r['cell_id']}]"
+            f"(cells/{r['sample_image']})\n"
+            for r in pictures
+        ]
         out += ["</details>", ""]
     path = run.path / "report.md"
     write_atomic(path, "\n".join(out))

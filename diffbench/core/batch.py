@@ -1,4 +1,5 @@
 """One batch of samples as a sampling call produces it: the unit metrics and saving consume."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

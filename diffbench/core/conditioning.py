@@ -5,6 +5,7 @@ noise, so results do not depend on batch size. Each kind also gives the null con
 classifier-free guidance (Ho & Salimans 2022) contrasts with: the label ``num_classes``, or the
 empty prompt. Conditions are built once per batch, before the sampling clock starts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -91,5 +92,9 @@ class Prompts:
 
     def describe(self) -> dict[str, Any]:
         digest = hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()
-        return {"conditioning": "text", "num_prompts": len(self.prompts), "prompts_sha256": digest,
-                **({"prompts_file": self.source} if self.source else {})}
+        return {
+            "conditioning": "text",
+            "num_prompts": len(self.prompts),
+            "prompts_sha256": digest,
+            **({"prompts_file": self.source} if self.source else {}),
+        }

@@ -4,6 +4,7 @@ A model's network works in its own coordinates (x_t = alpha x0 + sigma eps, time
 prediction target); ``SigmaDenoiser`` converts, counts every network evaluation per sample
 (classifier-free guidance counts both halves) and accumulates the time spent in the network.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,10 @@ class DiffusionModel:
         if self.condition is None and self.num_classes is not None:
             self.condition = ClassLabels(self.num_classes)
         if getattr(self.target, "needs_derivatives", False) and not self.schedule.has_derivatives:
-            raise ValueError(f"target {self.target.name!r} needs a noise schedule with time derivatives; "
-                             f"{self.schedule.name!r} has none")
+            raise ValueError(
+                f"target {self.target.name!r} needs a noise schedule with time derivatives; "
+                f"{self.schedule.name!r} has none"
+            )
 
     def to(self, device=None, dtype=None) -> "DiffusionModel":
         """Move the network (when it is a module) and record the device and dtype."""
@@ -77,20 +80,31 @@ class DiffusionModel:
             return self
         # one deepcopy of all keeps parts shared between them shared in the copy (an analytic model inside
         # the network; a decoder or text encoder that is a bound method of the network)
-        network, analytic, decoder, condition = copy.deepcopy((self.network, self.analytic, self.decoder,
-                                                               self.condition))
-        return dataclasses.replace(self, network=network, analytic=analytic, decoder=decoder,
-                                   condition=condition).to(device, dtype)
+        network, analytic, decoder, condition = copy.deepcopy(
+            (self.network, self.analytic, self.decoder, self.condition)
+        )
+        return dataclasses.replace(self, network=network, analytic=analytic, decoder=decoder, condition=condition).to(
+            device, dtype
+        )
 
     def network_time(self, sigma: float, t: float) -> float:
         """The time value the network is called with at noise level σ (schedule time t)."""
         return t if self.time_input is None else float(self.time_input(sigma, t))
 
     def identity(self) -> dict[str, Any]:
-        cond = self.condition.describe() if self.condition is not None and not isinstance(
-            self.condition, ClassLabels) else {}
-        return {"model": self.name, "checkpoint_hash": self.checkpoint_hash,
-                "target": self.target.name, **self.schedule.describe(), **cond, **self.info}
+        cond = (
+            self.condition.describe()
+            if self.condition is not None and not isinstance(self.condition, ClassLabels)
+            else {}
+        )
+        return {
+            "model": self.name,
+            "checkpoint_hash": self.checkpoint_hash,
+            "target": self.target.name,
+            **self.schedule.describe(),
+            **cond,
+            **self.info,
+        }
 
 
 class NetworkCounter:
@@ -175,8 +189,15 @@ class SigmaDenoiser:
     the grid, never here, so the network and the update always use the same σ).
     """
 
-    def __init__(self, model: DiffusionModel, *, labels: Tensor | None = None, guidance: float | None = None,
-                 clip_x0: bool = False, counter: NetworkCounter | None = None) -> None:
+    def __init__(
+        self,
+        model: DiffusionModel,
+        *,
+        labels: Tensor | None = None,
+        guidance: float | None = None,
+        clip_x0: bool = False,
+        counter: NetworkCounter | None = None,
+    ) -> None:
         if guidance is not None and labels is None:
             raise ValueError("guidance needs a condition (class labels or prompts)")
         self.model = model
@@ -187,8 +208,9 @@ class SigmaDenoiser:
         self._cache: dict[float, tuple[float, Coef]] = {}
         self._null: Tensor | None = None
         if self.guidance is not None:
-            null = model.condition.null(labels.shape[0], labels.device, labels.dtype if labels.is_floating_point()
-                                        else None)
+            null = model.condition.null(
+                labels.shape[0], labels.device, labels.dtype if labels.is_floating_point() else None
+            )
             self._pair_labels = torch.cat([labels, null])
 
     def _time(self, sigma: float) -> tuple[float, Coef]:
@@ -197,8 +219,10 @@ class SigmaDenoiser:
             sched = self.model.schedule
             t = float(sched.t_of_sigma(sigma))
             c = sched.coef(t)
-            hit = self._cache[sigma] = (self.model.network_time(sigma, t),
-                                        Coef(*(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma))))
+            hit = self._cache[sigma] = (
+                self.model.network_time(sigma, t),
+                Coef(*(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma))),
+            )
         return hit
 
     def _null_labels(self, x: Tensor) -> Tensor | None:
@@ -224,8 +248,10 @@ class SigmaDenoiser:
         """The network's output when it is a tensor of its input's shape; never broadcast, else NetworkOutputError."""
         if not isinstance(out, Tensor) or out.shape != x_t.shape:
             got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
-            raise NetworkOutputError(f"model {self.model.name!r}: the network returned {got} for an input of shape "
-                                     f"{tuple(x_t.shape)}; its output must have the input's shape (never broadcast)")
+            raise NetworkOutputError(
+                f"model {self.model.name!r}: the network returned {got} for an input of shape "
+                f"{tuple(x_t.shape)}; its output must have the input's shape (never broadcast)"
+            )
         return out
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:

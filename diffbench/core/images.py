@@ -1,4 +1,5 @@
 """Float images in a data range ↔ uint8 pixels: the one conversion saving and image metrics share."""
+
 from __future__ import annotations
 
 import torch

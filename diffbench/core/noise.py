@@ -6,6 +6,7 @@ float64 and then cast and moved, so float16/32/64 and CPU/CUDA runs start from t
 the cast's rounding), and step k's noise depends only on (seed, i, k), not on how many steps the
 bank holds.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

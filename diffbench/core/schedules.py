@@ -4,6 +4,7 @@ Samplers work in σ-space, x = x_t / alpha, σ = sigma(t) / alpha(t); a schedule
 map between its own time t and σ. All schedule arithmetic is float64 NumPy on the host: it
 runs once per distinct σ, never on the device inside the sampling loop.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,9 @@ class DiscreteVP(NoiseSchedule):
         else:
             self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
             self.betas = 1.0 - self.alphas_cumprod / np.concatenate([[1.0], self.alphas_cumprod[:-1]])
-        if not (np.all(np.diff(self.alphas_cumprod) < 0) and 0 < self.alphas_cumprod[-1]
-                and self.alphas_cumprod[0] < 1):
+        if not (
+            np.all(np.diff(self.alphas_cumprod) < 0) and 0 < self.alphas_cumprod[-1] and self.alphas_cumprod[0] < 1
+        ):
             raise ValueError("alphas_cumprod must decrease strictly inside (0, 1) (a zero terminal ᾱ is σ = ∞)")
         self.sigmas = np.sqrt((1.0 - self.alphas_cumprod) / self.alphas_cumprod)
         self.log_sigmas = np.log(self.sigmas)
@@ -117,8 +119,12 @@ class DiscreteVP(NoiseSchedule):
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "num_steps": self.num_steps,
-                "beta_start": float(self.betas[0]), "beta_end": float(self.betas[-1])}
+        return {
+            **super().describe(),
+            "num_steps": self.num_steps,
+            "beta_start": float(self.betas[0]),
+            "beta_end": float(self.betas[-1]),
+        }
 
 
 class LinearVP(DiscreteVP):
@@ -269,8 +275,9 @@ def make_schedule(name: str, **options: Any) -> NoiseSchedule:
     try:
         cls = {**SCHEDULES, **TABLE_SCHEDULES}[name]
     except KeyError:
-        raise ValueError(f"unknown noise schedule {name!r}; available: {', '.join([*SCHEDULES, *TABLE_SCHEDULES])}"
-                         ) from None
+        raise ValueError(
+            f"unknown noise schedule {name!r}; available: {', '.join([*SCHEDULES, *TABLE_SCHEDULES])}"
+        ) from None
     return cls(**options)
 
 
@@ -282,7 +289,7 @@ SCHEDULE_OPTION_HELP: dict[str, str] = {
     "s": "offset s of the cosine ᾱ (Nichol & Dhariwal 2021)",
     "max_beta": "cap on each β",
     "betas": "the β table as trained, one entry per timestep t = 0 .. len-1 (a (T+1)-entry table keeps "
-             "index = the training code's t)",
+    "index = the training code's t)",
     "sigma_min": "smallest σ the model was trained on",
     "sigma_max": "largest σ the model was trained on",
     "shift": "time shift k of a flow schedule (SD3): s = k t / (1 + (k - 1) t)",
@@ -298,8 +305,11 @@ def schedule_options(name: str) -> dict[str, tuple[Any, Any]]:
     import typing
 
     hints = typing.get_type_hints(cls.__init__)
-    return {p.name: (hints.get(p.name, Any), p.default) for p in inspect.signature(cls.__init__).parameters.values()
-            if p.name != "self"}
+    return {
+        p.name: (hints.get(p.name, Any), p.default)
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self"
+    }
 
 
 def _fits(value: Any, tp: Any) -> bool:
@@ -354,8 +364,17 @@ def _json_type(tp: Any) -> dict[str, Any]:
 
 def schedule_options_json_schema() -> dict[str, Any]:
     """JSON Schema of a ``schedule_options`` block: the options of one of the schedules, no others."""
-    return {"anyOf": [{"title": f"{name} schedule options", "type": "object", "additionalProperties": False,
-                       "properties": {k: {**_json_type(tp), "default": default,
-                                          "description": SCHEDULE_OPTION_HELP.get(k, "")}
-                                      for k, (tp, default) in schedule_options(name).items()}}
-                      for name in (*SCHEDULES, *TABLE_SCHEDULES)]}
+    return {
+        "anyOf": [
+            {
+                "title": f"{name} schedule options",
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    k: {**_json_type(tp), "default": default, "description": SCHEDULE_OPTION_HELP.get(k, "")}
+                    for k, (tp, default) in schedule_options(name).items()
+                },
+            }
+            for name in (*SCHEDULES, *TABLE_SCHEDULES)
+        ]
+    }

@@ -4,6 +4,7 @@ Every scheduler has the signature ``fn(schedule, steps, **options) -> Tensor`` (
 steps + 1, last entry 0). ``materialize`` adds what is shared: validation, optional
 quantisation to training timesteps on discrete models, and the recorded timesteps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,30 +27,39 @@ def _range(schedule: NoiseSchedule, sigma_min: float | None, sigma_max: float | 
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={lo}, sigma_max={hi}")
     if schedule.discrete and not schedule.sigma_min <= lo < hi <= schedule.sigma_max:
         # outside the training range t(σ) clamps, so the network would silently see another σ
-        raise ValueError(f"σ range [{lo:g}, {hi:g}] leaves the discrete model's training range "
-                         f"[{schedule.sigma_min:g}, {schedule.sigma_max:g}]")
+        raise ValueError(
+            f"σ range [{lo:g}, {hi:g}] leaves the discrete model's training range "
+            f"[{schedule.sigma_min:g}, {schedule.sigma_max:g}]"
+        )
     return lo, hi
 
 
 def _require_discrete(schedule: NoiseSchedule, spacing: str, steps: int) -> DiscreteVP:
     if not isinstance(schedule, DiscreteVP):
-        raise ValueError(f"scheduler {spacing!r} needs a discrete-time model; {schedule.name!r} is continuous "
-                         "(use linspace, karras, logsnr, quadratic or exponential)")
+        raise ValueError(
+            f"scheduler {spacing!r} needs a discrete-time model; {schedule.name!r} is continuous "
+            "(use linspace, karras, logsnr, quadratic or exponential)"
+        )
     if steps > schedule.num_steps:
-        raise ValueError(f"scheduler {spacing!r} allows at most {schedule.num_steps} steps "
-                         f"(the model's training timesteps), got {steps}")
+        raise ValueError(
+            f"scheduler {spacing!r} allows at most {schedule.num_steps} steps "
+            f"(the model's training timesteps), got {steps}"
+        )
     return schedule
 
 
-def linspace(schedule: NoiseSchedule, steps: int, *, t_min: float | None = None,
-             t_max: float | None = None) -> torch.Tensor:
+def linspace(
+    schedule: NoiseSchedule, steps: int, *, t_min: float | None = None, t_max: float | None = None
+) -> torch.Tensor:
     """Uniform time, endpoints included: t = linspace(t_max, t_min, N) (DDIM/diffusers 'linspace')."""
     if isinstance(schedule, DiscreteVP):
         sched = _require_discrete(schedule, "linspace", steps)
         lo, hi = _trained_range(sched, t_min, t_max)
         if steps > hi - lo + 1:
-            raise ValueError(f"scheduler 'linspace' allows at most {hi - lo + 1} steps between t_min={lo} and "
-                             f"t_max={hi}, got {steps}")
+            raise ValueError(
+                f"scheduler 'linspace' allows at most {hi - lo + 1} steps between t_min={lo} and "
+                f"t_max={hi}, got {steps}"
+            )
         # lo + round(i (hi-lo) / (N-1)) on the exact quotient (one division, so ties go half-to-even as on paper;
         # diffusers' float linspace rounds a few ties the other way, e.g. N = 27); one step starts at t_max
         i = np.arange(steps - 1, -1, -1)
@@ -58,8 +68,10 @@ def linspace(schedule: NoiseSchedule, steps: int, *, t_min: float | None = None,
         lo = schedule.t_min if t_min is None else float(t_min)
         hi = schedule.t_max if t_max is None else float(t_max)
         if not schedule.t_min <= lo < hi <= schedule.t_max:
-            raise ValueError(f"linspace needs t_min < t_max inside the model's time range [{schedule.t_min:g}, "
-                             f"{schedule.t_max:g}], got t_min={lo:g}, t_max={hi:g}")
+            raise ValueError(
+                f"linspace needs t_min < t_max inside the model's time range [{schedule.t_min:g}, "
+                f"{schedule.t_max:g}], got t_min={lo:g}, t_max={hi:g}"
+            )
         t = np.linspace(hi, lo, steps)
     return _with_zero(schedule.sigma_of_t(t))
 
@@ -104,21 +116,30 @@ def ddim_quadratic(schedule: NoiseSchedule, steps: int, *, fraction: float = 0.8
     t = np.floor(np.linspace(0.0, top, steps) ** 2)[::-1]
     if len(np.unique(t)) < steps:  # the DDIM code would take no-op steps between equal timesteps
         most = 1 + int(np.floor(top))  # (i·top/(N-1))² must grow by ≥ 1 from i = 0 to 1
-        raise ValueError(f"ddim-quadratic at {steps} steps repeats training timesteps (the DDIM code takes no-op "
-                         f"steps there); use at most {most} steps")
+        raise ValueError(
+            f"ddim-quadratic at {steps} steps repeats training timesteps (the DDIM code takes no-op "
+            f"steps there); use at most {most} steps"
+        )
     return _with_zero(sched.sigma_of_t(t))
 
 
-def karras(schedule: NoiseSchedule, steps: int, *, rho: float = 7.0,
-           sigma_min: float | None = None, sigma_max: float | None = None) -> torch.Tensor:
+def karras(
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    rho: float = 7.0,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+) -> torch.Tensor:
     """σ uniform in σ^(1/ρ) (Karras et al. 2022, eq. 5)."""
     lo, hi = _range(schedule, sigma_min, sigma_max)
     ramp = np.linspace(0, 1, steps)
     return _with_zero((hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho)
 
 
-def logsnr(schedule: NoiseSchedule, steps: int, *, sigma_min: float | None = None,
-           sigma_max: float | None = None) -> torch.Tensor:
+def logsnr(
+    schedule: NoiseSchedule, steps: int, *, sigma_min: float | None = None, sigma_max: float | None = None
+) -> torch.Tensor:
     """Uniform in log-SNR λ = -log σ (DPM-Solver's 'logSNR' spacing, Lu et al. 2022)."""
     lo, hi = _range(schedule, sigma_min, sigma_max)
     return _with_zero(np.exp(np.linspace(np.log(hi), np.log(lo), steps)))
@@ -130,8 +151,14 @@ def quadratic(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     return _with_zero(schedule.sigma_of_t(t))
 
 
-def exponential(schedule: NoiseSchedule, steps: int, *, rho: float = 1.0, sigma_min: float | None = None,
-                sigma_max: float | None = None) -> torch.Tensor:
+def exponential(
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    rho: float = 1.0,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+) -> torch.Tensor:
     """Polyexponential: log σ = log σ_min + ramp^ρ (log σ_max - log σ_min) (k-diffusion; ρ = 1 equals logsnr)."""
     lo, hi = _range(schedule, sigma_min, sigma_max)
     ramp = np.linspace(1, 0, steps) ** rho
@@ -139,24 +166,38 @@ def exponential(schedule: NoiseSchedule, steps: int, *, rho: float = 1.0, sigma_
 
 
 SCHEDULERS: dict[str, Callable[..., torch.Tensor]] = {
-    "linspace": linspace, "leading": leading, "trailing": trailing, "karras": karras,
-    "logsnr": logsnr, "quadratic": quadratic, "exponential": exponential,
+    "linspace": linspace,
+    "leading": leading,
+    "trailing": trailing,
+    "karras": karras,
+    "logsnr": logsnr,
+    "quadratic": quadratic,
+    "exponential": exponential,
 }
 
 
 # One line per option ('diffbench plugins NAME' prints them).
 OPTION_HELP: dict[str, dict[str, str]] = {
-    "linspace": {"t_min": "first trained timestep, where the grid ends before σ = 0 (default the model's "
-                          "t_min: 0 on discrete models; 1 gives round(linspace(T, 1, N)) on a (T+1)-entry table)",
-                 "t_max": "last trained timestep, where the grid starts (default the model's t_max: T-1 on "
-                          "discrete models)"},
+    "linspace": {
+        "t_min": "first trained timestep, where the grid ends before σ = 0 (default the model's "
+        "t_min: 0 on discrete models; 1 gives round(linspace(T, 1, N)) on a (T+1)-entry table)",
+        "t_max": "last trained timestep, where the grid starts (default the model's t_max: T-1 on discrete models)",
+    },
     "leading": {"offset": "added to every timestep: diffusers' steps_offset (Stable Diffusion uses 1)"},
-    "karras": {"rho": "ρ of σ^(1/ρ) spacing (EDM: 7)", "sigma_min": "smallest σ > 0 of the grid (default: "
-               "the model's)", "sigma_max": "largest σ of the grid (default: the model's)"},
-    "logsnr": {"sigma_min": "smallest σ > 0 of the grid (default: the model's)",
-               "sigma_max": "largest σ of the grid (default: the model's)"},
-    "exponential": {"rho": "ramp exponent ρ (1: uniform in log σ)", "sigma_min": "smallest σ > 0 of the grid "
-                    "(default: the model's)", "sigma_max": "largest σ of the grid (default: the model's)"},
+    "karras": {
+        "rho": "ρ of σ^(1/ρ) spacing (EDM: 7)",
+        "sigma_min": "smallest σ > 0 of the grid (default: the model's)",
+        "sigma_max": "largest σ of the grid (default: the model's)",
+    },
+    "logsnr": {
+        "sigma_min": "smallest σ > 0 of the grid (default: the model's)",
+        "sigma_max": "largest σ of the grid (default: the model's)",
+    },
+    "exponential": {
+        "rho": "ramp exponent ρ (1: uniform in log σ)",
+        "sigma_min": "smallest σ > 0 of the grid (default: the model's)",
+        "sigma_max": "largest σ of the grid (default: the model's)",
+    },
     "ddim-quadratic": {"fraction": "the grid tops out at t = fraction · T (DDIM's code: 0.8)"},
 }
 
@@ -175,12 +216,23 @@ class StepGrid:
     final_zero: bool = True
 
     def record(self) -> dict[str, Any]:
-        return {"sigmas": self.sigmas.tolist(), "timesteps": self.timesteps, "quantized": self.quantized,
-                "final_zero": self.final_zero}
+        return {
+            "sigmas": self.sigmas.tolist(),
+            "timesteps": self.timesteps,
+            "quantized": self.quantized,
+            "final_zero": self.final_zero,
+        }
 
 
-def materialize(fn: Callable[..., torch.Tensor], schedule: NoiseSchedule, steps: int, *,
-                quantize: bool = False, final_zero: bool = True, **options: Any) -> StepGrid:
+def materialize(
+    fn: Callable[..., torch.Tensor],
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    quantize: bool = False,
+    final_zero: bool = True,
+    **options: Any,
+) -> StepGrid:
     """Run scheduler ``fn`` and check its output; optionally snap σ to training timesteps.
 
     ``final_zero=False`` stops at the scheduler's smallest σ > 0 instead of stepping into σ = 0:
@@ -189,20 +241,22 @@ def materialize(fn: Callable[..., torch.Tensor], schedule: NoiseSchedule, steps:
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    sigmas = torch.as_tensor(fn(schedule, steps if final_zero else steps + 1, **options),
-                             dtype=torch.float64).flatten()
+    sigmas = torch.as_tensor(fn(schedule, steps if final_zero else steps + 1, **options), dtype=torch.float64).flatten()
     if quantize:
         if not schedule.discrete:
             raise ValueError(f"quantize needs a discrete-time model; {schedule.name!r} is continuous")
         sigmas = torch.from_numpy(schedule.quantize(sigmas.numpy()))
     if sigmas.shape[0] != steps + 1 + (not final_zero) or sigmas[-1] != 0:
-        raise ValueError(f"scheduler returned {sigmas.shape[0]} values; expected {steps + 1 + (not final_zero)} "
-                         "ending at 0")
+        raise ValueError(
+            f"scheduler returned {sigmas.shape[0]} values; expected {steps + 1 + (not final_zero)} ending at 0"
+        )
     if not final_zero:
         sigmas = sigmas[:-1]
     if not bool((sigmas[:-1] > sigmas[1:]).all()):
-        raise ValueError("scheduler σ values are not strictly decreasing"
-                         + (" after quantisation (too many steps for the training grid?)" if quantize else ""))
+        raise ValueError(
+            "scheduler σ values are not strictly decreasing"
+            + (" after quantisation (too many steps for the training grid?)" if quantize else "")
+        )
     if not bool(torch.isfinite(sigmas).all()):
         raise ValueError("scheduler returned non-finite σ")
     positive = sigmas[:-1] if final_zero else sigmas

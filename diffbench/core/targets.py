@@ -3,6 +3,7 @@
 With x_t = alpha x0 + sigma eps (``Coef`` at the network's t), every target is affine in the
 raw output, so guidance may be applied to x0_hat directly.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,8 +69,10 @@ def _check_derivatives(c: Coef) -> None:
     """Reject a Coef without time derivatives (host values only: a device tensor is never synced)."""
     for v in (c.dalpha, c.dsigma):
         if not isinstance(v, Tensor) and np.isnan(v).any():
-            raise ValueError("the 'flow' target needs dalpha/dt and dsigma/dt, which this noise schedule "
-                             "does not define (discrete VP schedules have none)")
+            raise ValueError(
+                "the 'flow' target needs dalpha/dt and dsigma/dt, which this noise schedule "
+                "does not define (discrete VP schedules have none)"
+            )
 
 
 TARGETS = {t.name: t for t in (EpsTarget(), X0Target(), VTarget(), FlowTarget())}

@@ -6,6 +6,7 @@ Built-ins (registered as plugin kind ``dataset``): ``digits`` (scikit-learn's 8Ã
 ``reference: {name: image-folder, options: {path: ...}, split: ...}``; a model's ``dataset`` is its
 default reference.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,8 +18,12 @@ from diffbench.datasets.folder import image_folder
 from diffbench.datasets.npz_stats import npz_stats
 from diffbench.datasets.torchvision_root import torchvision_root
 
-DATASETS: dict[str, Any] = {"digits": digits_reference, "image-folder": image_folder, "torchvision": torchvision_root,
-                            "npz-stats": npz_stats}
+DATASETS: dict[str, Any] = {
+    "digits": digits_reference,
+    "image-folder": image_folder,
+    "torchvision": torchvision_root,
+    "npz-stats": npz_stats,
+}
 
 
 def reference_spec(dataset: Any) -> tuple[str, dict[str, Any], str | None]:
@@ -55,6 +60,19 @@ def load_dataset(name: str, split: str = "train") -> ImageDataset:
     return digits(split)
 
 
-__all__ = ["DATASETS", "SPLITS", "DatasetError", "ImageDataset", "Reference", "digits", "digits_indices",
-           "from_tensor", "image_folder", "load_dataset", "npz_stats", "open_reference", "reference_spec",
-           "torchvision_root"]
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "DatasetError",
+    "ImageDataset",
+    "Reference",
+    "digits",
+    "digits_indices",
+    "from_tensor",
+    "image_folder",
+    "load_dataset",
+    "npz_stats",
+    "open_reference",
+    "reference_spec",
+    "torchvision_root",
+]

@@ -1,4 +1,5 @@
 """Small helpers shared by the file-backed dataset kinds: a path option checked, a cheap fingerprint."""
+
 from __future__ import annotations
 
 import hashlib

@@ -5,6 +5,7 @@ A ``dataset`` plugin is a loader ``loader(split, **options) -> Reference`` with 
 path, an empty folder, mixed image sizes, statistics of the wrong shape): a ``DatasetError`` is a
 one-line configuration error, raised before any sampling. It never downloads.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,17 +74,21 @@ def check_statistics(mu: Any, sigma: Any, where: str) -> None:
     scale = float(np.abs(sigma).max()) if sigma.size else 0.0
     asym = float(np.abs(sigma - sigma.T).max()) if sigma.size else 0.0
     if asym > SYMMETRY_TOL * scale:
-        raise DatasetError(f"{where}: sigma is not symmetric (largest |sigma - sigma^T| = {asym:.3g}, "
-                           f"largest |sigma| = {scale:.3g})")
+        raise DatasetError(
+            f"{where}: sigma is not symmetric (largest |sigma - sigma^T| = {asym:.3g}, largest |sigma| = {scale:.3g})"
+        )
     if sigma.size:
         eig = np.linalg.eigvalsh((sigma + sigma.T) / 2)
         if eig[0] < -PSD_TOL * max(float(eig[-1]), 0.0):
-            raise DatasetError(f"{where}: sigma is not positive semi-definite (smallest eigenvalue {eig[0]:.4g}, "
-                               f"largest {eig[-1]:.4g}); FID against it would be meaningless")
+            raise DatasetError(
+                f"{where}: sigma is not positive semi-definite (smallest eigenvalue {eig[0]:.4g}, "
+                f"largest {eig[-1]:.4g}); FID against it would be meaningless"
+            )
 
 
 def from_tensor(name: str, split: str, images: Tensor, identity: dict[str, Any]) -> Reference:
     """A reference over images already in memory (N, C, H, W) in [-1, 1]."""
+
     def batches(size: int) -> Iterator[Tensor]:
         yield from images.split(size)
 

@@ -5,6 +5,7 @@
 scikit-learn ``train_test_split(test_size=300, stratify=labels, random_state=0)`` →
 1497 train / 300 test images.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,10 +43,14 @@ def digits_indices() -> dict[str, Tensor]:
     from sklearn.model_selection import train_test_split
 
     target = load_digits().target
-    idx_train, idx_test = train_test_split(np.arange(len(target)), test_size=DIGITS_TEST_SIZE, stratify=target,
-                                           random_state=DIGITS_SPLIT_SEED)
-    return {"train": torch.from_numpy(np.sort(idx_train)), "test": torch.from_numpy(np.sort(idx_test)),
-            "all": torch.arange(len(target))}
+    idx_train, idx_test = train_test_split(
+        np.arange(len(target)), test_size=DIGITS_TEST_SIZE, stratify=target, random_state=DIGITS_SPLIT_SEED
+    )
+    return {
+        "train": torch.from_numpy(np.sort(idx_train)),
+        "test": torch.from_numpy(np.sort(idx_test)),
+        "all": torch.arange(len(target)),
+    }
 
 
 @cache

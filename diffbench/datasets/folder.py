@@ -1,4 +1,5 @@
 """The `image-folder` dataset: PNG/JPEG files under a folder, optionally centre-cropped and resized (declared)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -16,8 +17,10 @@ EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 def image_files(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively), sorted by relative path."""
-    return sorted((p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()),
-                  key=lambda p: p.relative_to(folder).as_posix())
+    return sorted(
+        (p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
 
 
 def _prepared(img, center_crop: bool, resize: int):
@@ -51,16 +54,18 @@ def _decoded(path: Path, center_crop: bool, resize: int, size: tuple[int, int]) 
         img = load_image(path, center_crop, resize)
     except Exception as exc:
         text = (str(exc).strip().splitlines() or [""])[0]
-        raise DatasetError(f"dataset 'image-folder': {str(path)!r} cannot be decoded ({type(exc).__name__}: "
-                           f"{text})") from None
+        raise DatasetError(
+            f"dataset 'image-folder': {str(path)!r} cannot be decoded ({type(exc).__name__}: {text})"
+        ) from None
     if tuple(img.shape[1:]) != size:
-        raise DatasetError(f"dataset 'image-folder': {str(path)!r} is {img.shape[2]}x{img.shape[1]}, not "
-                           f"{size[1]}x{size[0]} as when the folder was opened")
+        raise DatasetError(
+            f"dataset 'image-folder': {str(path)!r} is {img.shape[2]}x{img.shape[1]}, not "
+            f"{size[1]}x{size[0]} as when the folder was opened"
+        )
     return img
 
 
-def image_folder(split: str | None = None, *, path: str = "", center_crop: bool = False,
-                 resize: int = 0) -> Reference:
+def image_folder(split: str | None = None, *, path: str = "", center_crop: bool = False, resize: int = 0) -> Reference:
     """PNG/JPEG images under ``path`` (or ``path/<split>`` when a split is named), as RGB in [-1, 1].
 
     ``center_crop`` takes the central square of each image's short side; ``resize`` (pixels, 0 = none)
@@ -71,8 +76,10 @@ def image_folder(split: str | None = None, *, path: str = "", center_crop: bool 
     root = existing(path, "image-folder")
     folder = root if split in (None, "all") else root / split
     if not folder.is_dir():
-        raise DatasetError(f"dataset 'image-folder': {str(folder)!r} is not a folder"
-                           + ("" if folder == root else " (split names a subfolder; split: all uses the folder itself)"))
+        raise DatasetError(
+            f"dataset 'image-folder': {str(folder)!r} is not a folder"
+            + ("" if folder == root else " (split names a subfolder; split: all uses the folder itself)")
+        )
     files = image_files(folder)
     if not files:
         raise DatasetError(f"dataset 'image-folder': no {'/'.join(EXTENSIONS)} files under {str(folder)!r}")
@@ -89,16 +96,23 @@ def image_folder(split: str | None = None, *, path: str = "", center_crop: bool 
         sizes.setdefault(size, f)
         if len(sizes) > 1:
             (a, fa), (b, fb) = list(sizes.items())[:2]
-            raise DatasetError(f"dataset 'image-folder': mixed image sizes under {str(folder)!r}: {fa.name} is "
-                               f"{a[0]}x{a[1]}, {fb.name} is {b[0]}x{b[1]} (set resize: <pixels> to declare one)")
-    (width, height), = sizes
-    identity = {"dataset": "image-folder", "path": str(folder.resolve()), "files": len(files),
-                "fingerprint": fingerprint(files, folder), "center_crop": center_crop,
-                "resize": f"PIL bicubic to {resize}x{resize}" if resize else "none"}
+            raise DatasetError(
+                f"dataset 'image-folder': mixed image sizes under {str(folder)!r}: {fa.name} is "
+                f"{a[0]}x{a[1]}, {fb.name} is {b[0]}x{b[1]} (set resize: <pixels> to declare one)"
+            )
+    ((width, height),) = sizes
+    identity = {
+        "dataset": "image-folder",
+        "path": str(folder.resolve()),
+        "files": len(files),
+        "fingerprint": fingerprint(files, folder),
+        "center_crop": center_crop,
+        "resize": f"PIL bicubic to {resize}x{resize}" if resize else "none",
+    }
 
     def batches(size: int) -> Iterator[Tensor]:
         for start in range(0, len(files), size):
-            u8 = torch.stack([_decoded(f, center_crop, resize, (height, width)) for f in files[start:start + size]])
+            u8 = torch.stack([_decoded(f, center_crop, resize, (height, width)) for f in files[start : start + size]])
             yield u8.float() / 127.5 - 1.0  # exact inverse of diffbench's uint8 mapping
 
     return Reference("image-folder", split or "all", identity, len(files), (3, height, width), batches)

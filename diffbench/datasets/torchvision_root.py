@@ -4,6 +4,7 @@ CIFAR-10 and CIFAR-100 are read from their python batches (``cifar-10-batches-py
 ``cifar-100-python``) with a restricted unpickler that admits only numpy arrays, so no code in a
 data file can run; MNIST and Fashion-MNIST from their raw idx files (torchvision's own readers).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -28,9 +29,13 @@ SUPPORTED = (*CIFAR, *MNIST_LIKE)
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles dicts, lists, strings, bytes and numpy arrays; any other global is refused."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"),
-               ("_codecs", "encode")}  # str → bytes: how protocol-2 pickles carry an array's raw bytes
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }  # str → bytes: how protocol-2 pickles carry an array's raw bytes
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -59,8 +64,9 @@ def _cifar_batch(path: Path) -> np.ndarray:
         raise DatasetError(f"{where} is not a CIFAR batch of arrays ({type(exc).__name__}: {text})") from None
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
         got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DatasetError(f"{where} is not a CIFAR batch: its 'data' must be a uint8 array of shape (N, 3072), "
-                           f"got {got}")
+        raise DatasetError(
+            f"{where} is not a CIFAR batch: its 'data' must be a uint8 array of shape (N, 3072), got {got}"
+        )
     return data.reshape(-1, 3, 32, 32)
 
 
@@ -77,10 +83,11 @@ def read_idx_images(path: Path) -> Tensor:
     magic = int.from_bytes(data[:4], "big") if len(data) >= 16 else 0
     if magic != 0x0803:  # unsigned byte, 3 dimensions
         raise DatasetError(f"dataset 'torchvision': {str(path)!r} is not an idx3-ubyte image file")
-    n, h, w = (int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(3))
+    n, h, w = (int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(3))
     if len(data) != 16 + n * h * w:
-        raise DatasetError(f"dataset 'torchvision': {str(path)!r} holds {len(data) - 16} bytes of pixels, "
-                           f"not {n}×{h}×{w}")
+        raise DatasetError(
+            f"dataset 'torchvision': {str(path)!r} holds {len(data) - 16} bytes of pixels, not {n}×{h}×{w}"
+        )
     return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).reshape(n, 1, h, w)
 
 
@@ -100,11 +107,14 @@ def _mnist(root: Path, name: str, split: str) -> tuple[list[Path], Tensor]:
         images = read_image_file(str(path))
     except Exception as exc:  # a header whose sizes the data does not have, a wrong magic number
         text = (str(exc).strip().splitlines() or [""])[0]
-        raise DatasetError(f"dataset 'torchvision': {str(path)!r} is not an idx image file "
-                           f"({type(exc).__name__}: {text})") from None
+        raise DatasetError(
+            f"dataset 'torchvision': {str(path)!r} is not an idx image file ({type(exc).__name__}: {text})"
+        ) from None
     if images.dtype != torch.uint8 or images.ndim != 3:
-        raise DatasetError(f"dataset 'torchvision': {str(path)!r} holds {images.dtype} of shape "
-                           f"{tuple(images.shape)}, not uint8 images (N, H, W)")
+        raise DatasetError(
+            f"dataset 'torchvision': {str(path)!r} holds {images.dtype} of shape "
+            f"{tuple(images.shape)}, not uint8 images (N, H, W)"
+        )
     return [path], images[:, None]  # (N, 1, 28, 28) uint8
 
 
@@ -121,15 +131,23 @@ def torchvision_root(split: str | None = None, *, root: str = "", dataset: str =
         files = [base / folder / n for n in lists[split]]
         missing = [f for f in files if not f.is_file()]
         if missing:
-            raise DatasetError(f"dataset 'torchvision': {dataset} {split} file {str(missing[0])!r} not found "
-                               "(diffbench never downloads: fetch it once with torchvision, download=True)")
+            raise DatasetError(
+                f"dataset 'torchvision': {dataset} {split} file {str(missing[0])!r} not found "
+                "(diffbench never downloads: fetch it once with torchvision, download=True)"
+            )
         u8 = torch.from_numpy(np.concatenate([_cifar_batch(f) for f in files]))
     else:
         files, u8 = _mnist(base, dataset, split)
     if len(u8) == 0:
         raise DatasetError(f"dataset 'torchvision': {dataset} {split} holds no images")
-    identity = {"dataset": "torchvision", "name": dataset, "root": str(base.resolve()), "split": split,
-                "images": len(u8), "fingerprint": fingerprint(files, base)}
+    identity = {
+        "dataset": "torchvision",
+        "name": dataset,
+        "root": str(base.resolve()),
+        "split": split,
+        "images": len(u8),
+        "fingerprint": fingerprint(files, base),
+    }
 
     def batches(size: int) -> Iterator[Tensor]:
         for part in u8.split(size):
@@ -140,7 +158,7 @@ def torchvision_root(split: str | None = None, *, root: str = "", dataset: str =
 
 torchvision_root.option_help = {
     "root": "the root torchvision downloaded into (holds MNIST/raw/ or cifar-10-batches-py/), relative to the suite "
-            "file",
+    "file",
     "dataset": f"which dataset under root: {', '.join(SUPPORTED)}",
 }
 torchvision_root.path_options = {"root": "path"}

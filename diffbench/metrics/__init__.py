@@ -1,4 +1,5 @@
 """Built-in metrics: name → metric object with ``options`` and ``compute(...)`` (see base.Metric)."""
+
 from __future__ import annotations
 
 from diffbench.metrics import exact, fidelity, swd, trajectory

@@ -24,6 +24,7 @@ whole group, not of a batch) and calls ``compute`` once with ``result.samples`` 
 
 Every value is a :class:`MetricValue` with its uncertainty and how it was estimated.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -73,8 +74,9 @@ class Metric(Protocol):
     name: str
     options: dict[str, Any]
 
-    def compute(self, samples: Tensor, *, model: Any, result: Any, context: MetricContext,
-                **options: Any) -> dict[str, MetricValue]: ...
+    def compute(
+        self, samples: Tensor, *, model: Any, result: Any, context: MetricContext, **options: Any
+    ) -> dict[str, MetricValue]: ...
 
 
 def is_streaming(metric: Any) -> bool:
@@ -91,12 +93,14 @@ class StreamingMetric:
     def features(self, *, model: Any, context: MetricContext, **options: Any) -> FeatureExtractor:
         raise NotImplementedError
 
-    def score(self, features: Tensor, *, model: Any, result: Any, context: MetricContext,
-              **options: Any) -> dict[str, MetricValue]:
+    def score(
+        self, features: Tensor, *, model: Any, result: Any, context: MetricContext, **options: Any
+    ) -> dict[str, MetricValue]:
         raise NotImplementedError
 
-    def compute(self, samples: Tensor, *, model: Any, result: Any = None, context: MetricContext | None = None,
-                **options: Any) -> dict[str, MetricValue]:
+    def compute(
+        self, samples: Tensor, *, model: Any, result: Any = None, context: MetricContext | None = None, **options: Any
+    ) -> dict[str, MetricValue]:
         """The metric on in-memory ``samples`` (one batch holding sample indices 0..N-1)."""
         opts = {**self.options, **options}
         labels = getattr(result, "labels", None)

@@ -5,6 +5,7 @@ u = round((x - lo) / (hi - lo) · 255) clipped to 0..255 (``to_uint8``); the ext
 back with x = u / 255 · 2 - 1 (``from_uint8``), so a digits image (17 grey levels) survives
 the round trip within 1/255. The classifier was trained on round-tripped images.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -30,9 +31,19 @@ class DigitsCNN(nn.Module):
         super().__init__()
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * w * 4, features), nn.ReLU(),
+            nn.Conv2d(1, w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * w * 4, features),
+            nn.ReLU(),
         )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(features, num_classes)
@@ -64,8 +75,7 @@ def classify(images: Tensor, data_range: tuple[float, float] = (-1.0, 1.0), batc
     """Predicted class of each image, through the same uint8 mapping the extractor uses."""
     net, _ = load_classifier()
     with torch.inference_mode():
-        return torch.cat([net(from_uint8(to_uint8(b.cpu(), data_range))).argmax(1)
-                          for b in images.split(batch_size)])
+        return torch.cat([net(from_uint8(to_uint8(b.cpu(), data_range))).argmax(1) for b in images.split(batch_size)])
 
 
 def _feature_extractor_class():

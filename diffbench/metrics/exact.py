@@ -1,4 +1,5 @@
 """Exact solver error against the true probability-flow ODE solution (analytic models)."""
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,17 @@ def starting_points(model: Any, result: Any) -> Tensor:
     return (noise * float(result.grid.sigmas[0])).to(torch.float64)
 
 
-def exact_endpoints(mixture: GaussianMixture, x: Tensor, sigma_from: float, sigma_to: float, *,
-                    sigma_stop: float = 1e-6, rtol: float = 1e-12, atol: float = 1e-12,
-                    chunk: int = 1024) -> Tensor:
+def exact_endpoints(
+    mixture: GaussianMixture,
+    x: Tensor,
+    sigma_from: float,
+    sigma_to: float,
+    *,
+    sigma_stop: float = 1e-6,
+    rtol: float = 1e-12,
+    atol: float = 1e-12,
+    chunk: int = 1024,
+) -> Tensor:
     """The probability-flow ODE solution from ``x`` at ``sigma_from`` to ``sigma_to`` (float64, CPU).
 
     ``sigma_to = 0``: solve to ``sigma_stop`` = σ_s and return D(x(σ_s), σ_s). With D(x, σ) = x + σ² ∇log p_σ(x)
@@ -50,8 +59,10 @@ def _mixture(model: Any) -> GaussianMixture:
     """The model's exact Gaussian mixture; ValueError when it has none."""
     mixture = getattr(model, "analytic", None)
     if not isinstance(mixture, GaussianMixture):
-        raise ValueError(f"solver-error needs an analytic model with an exact ODE solution; "
-                         f"model {getattr(model, 'name', model)!r} has none")
+        raise ValueError(
+            f"solver-error needs an analytic model with an exact ODE solution; "
+            f"model {getattr(model, 'name', model)!r} has none"
+        )
     return mixture
 
 
@@ -85,22 +96,34 @@ class SolverError(StreamingMetric):
 
     name = "solver-error"
     options: dict[str, Any] = {"sigma_stop": 1e-6, "rtol": 1e-12, "atol": 1e-12}
-    option_help = {"sigma_stop": "the exact ODE is solved down to this σ when the grid ends at 0",
-                   "rtol": "relative tolerance of the DOP853 reference solve", "atol": "its absolute tolerance"}
+    option_help = {
+        "sigma_stop": "the exact ODE is solved down to this σ when the grid ends at 0",
+        "rtol": "relative tolerance of the DOP853 reference solve",
+        "atol": "its absolute tolerance",
+    }
     higher_is_better = False
 
     def features(self, *, model: Any, context: MetricContext, **options: Any) -> SampleRows:
         _mixture(model)
         return SampleRows()
 
-    def score(self, features: Tensor, *, model: Any, result: Any, context: MetricContext | None = None,
-              **options: Any) -> dict[str, MetricValue]:
+    def score(
+        self, features: Tensor, *, model: Any, result: Any, context: MetricContext | None = None, **options: Any
+    ) -> dict[str, MetricValue]:
         """{solver-error-mean, -rms, -max} of the samples ``features`` (the output of ``result``)."""
         opts = {**self.options, **options}
         return summarize(self.errors(features, model=model, result=result, **opts))
 
-    def errors(self, samples: Tensor, *, model: Any, result: Any, sigma_stop: float = 1e-6,
-               rtol: float = 1e-12, atol: float = 1e-12) -> Tensor:
+    def errors(
+        self,
+        samples: Tensor,
+        *,
+        model: Any,
+        result: Any,
+        sigma_stop: float = 1e-6,
+        rtol: float = 1e-12,
+        atol: float = 1e-12,
+    ) -> Tensor:
         """Per-sample L2 errors (float64)."""
         mixture = _mixture(model)
         if result.meta.get("guidance") not in (None, 1.0):
@@ -109,8 +132,9 @@ class SolverError(StreamingMetric):
             raise ValueError(f"got {len(samples)} samples for a run of {result.meta['num_samples']}")
         sigmas = result.grid.sigmas
         x_start = starting_points(model, result)
-        exact = exact_endpoints(mixture, x_start, float(sigmas[0]), float(sigmas[-1]),
-                                sigma_stop=sigma_stop, rtol=rtol, atol=atol)
+        exact = exact_endpoints(
+            mixture, x_start, float(sigmas[0]), float(sigmas[-1]), sigma_stop=sigma_stop, rtol=rtol, atol=atol
+        )
         diff = samples.detach().to("cpu", torch.float64) - exact
         return diff.flatten(1).norm(dim=1)
 

@@ -10,6 +10,7 @@ file torch-fidelity reads holds nothing but tensors). DINOv2 extractors load cod
 ``torch.hub`` and are refused. Nothing downloads: a missing file is a one-line error saying
 where to put it or which option names it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,9 @@ from diffbench.metrics import digits_cnn
 from diffbench.util.checkpoints import file_sha256, shipped
 
 INCEPTION = "inception-v3-compat"
-SAFE_FORMATS = ("safe formats: a .safetensors file, or a PyTorch state dict of tensors that "
-                "torch.load(weights_only=True) reads")
+SAFE_FORMATS = (
+    "safe formats: a .safetensors file, or a PyTorch state dict of tensors that torch.load(weights_only=True) reads"
+)
 
 
 class MetricUnavailable(ValueError):
@@ -52,13 +54,21 @@ class Extractor:
 
     def describe(self) -> dict[str, Any]:
         """The extraction protocol as recorded in the manifest."""
-        resize = ("none (native 8×8)" if self.name == digits_cnn.NAME else
-                  "bilinear to 299×299 inside the network, TensorFlow-1 compatible (torch-fidelity)"
-                  if self.name == INCEPTION else
-                  "bilinear to the extractor's input size inside the network (torch-fidelity)")
-        return {"feature_extractor": self.name, "feature_extractor_hash": self.sha256, "feature_layer": self.layer,
-                "feature_extractor_weights": self.weights_path, "resize": resize,
-                "uint8_mapping": digits_cnn.UINT8_MAPPING}
+        resize = (
+            "none (native 8×8)"
+            if self.name == digits_cnn.NAME
+            else "bilinear to 299×299 inside the network, TensorFlow-1 compatible (torch-fidelity)"
+            if self.name == INCEPTION
+            else "bilinear to the extractor's input size inside the network (torch-fidelity)"
+        )
+        return {
+            "feature_extractor": self.name,
+            "feature_extractor_hash": self.sha256,
+            "feature_layer": self.layer,
+            "feature_extractor_weights": self.weights_path,
+            "resize": resize,
+            "uint8_mapping": digits_cnn.UINT8_MAPPING,
+        }
 
 
 def inception_url() -> str:
@@ -88,9 +98,12 @@ def _extractor_weights(name: str, weights_path: str | None) -> Path:
             return path
         raise MetricUnavailable(
             f"feature extractor {INCEPTION!r}: weights not found offline at {path}; download {inception_url()} "
-            "and pass the metric option weights_path=<file> (or place the file at that path)")
-    raise MetricUnavailable(f"feature extractor {name!r}: pass the metric option weights_path=<file> "
-                            "(diffbench never downloads weights at run time)")
+            "and pass the metric option weights_path=<file> (or place the file at that path)"
+        )
+    raise MetricUnavailable(
+        f"feature extractor {name!r}: pass the metric option weights_path=<file> "
+        "(diffbench never downloads weights at run time)"
+    )
 
 
 def resolve_extractor(name: str, weights_path: str | None, metric: str) -> Extractor:
@@ -99,11 +112,15 @@ def resolve_extractor(name: str, weights_path: str | None, metric: str) -> Extra
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     if name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise MetricUnavailable(f"unknown feature extractor {name!r}; registered with torch-fidelity: "
-                                f"{', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))}")
+        raise MetricUnavailable(
+            f"unknown feature extractor {name!r}; registered with torch-fidelity: "
+            f"{', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))}"
+        )
     if name.startswith("dinov2"):
-        raise MetricUnavailable(f"feature extractor {name!r} loads its code through torch.hub; diffbench "
-                                "runs no downloaded code (use inception-v3-compat, vgg16 or a clip-* extractor)")
+        raise MetricUnavailable(
+            f"feature extractor {name!r} loads its code through torch.hub; diffbench "
+            "runs no downloaded code (use inception-v3-compat, vgg16 or a clip-* extractor)"
+        )
     path = _extractor_weights(name, weights_path)
     layer = FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric(metric)
     return Extractor(name, str(path), file_sha256(path), layer)
@@ -113,8 +130,10 @@ def check_input_shape(name: str, shape: tuple[int, ...]) -> None:
     """One-line MetricUnavailable when extractor ``name`` cannot take images of ``shape`` (C, H, W)."""
     if name == digits_cnn.NAME and (len(shape) != 3 or shape[0] not in (1, 3) or tuple(shape[1:]) != (8, 8)):
         size = "×".join(str(d) for d in shape)
-        raise MetricUnavailable(f"feature extractor {digits_cnn.NAME!r} takes 8×8 images (1 or 3 channels), not {size}; for "
-                                f"other sizes use metric 'swd' (no pretrained network) or extractor {INCEPTION!r}")
+        raise MetricUnavailable(
+            f"feature extractor {digits_cnn.NAME!r} takes 8×8 images (1 or 3 channels), not {size}; for "
+            f"other sizes use metric 'swd' (no pretrained network) or extractor {INCEPTION!r}"
+        )
 
 
 def extractor_names() -> list[str]:
@@ -153,14 +172,18 @@ def load_tensors(path: str | Path, expected_sha256: str | None = None) -> dict[s
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UnsafeWeights(f"weights file {str(path)!r} refused: it cannot be read as tensors only "
-                            f"({_line(exc)}); {SAFE_FORMATS}") from None
+        raise UnsafeWeights(
+            f"weights file {str(path)!r} refused: it cannot be read as tensors only ({_line(exc)}); {SAFE_FORMATS}"
+        ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-    if not (isinstance(obj, Mapping) and obj and all(isinstance(k, str) and isinstance(v, Tensor)
-                                                     for k, v in obj.items())):
-        raise UnsafeWeights(f"weights file {str(path)!r} refused: it holds {type(obj).__name__}, not a state dict "
-                            f"of tensors; {SAFE_FORMATS}")
+    if not (
+        isinstance(obj, Mapping) and obj and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    ):
+        raise UnsafeWeights(
+            f"weights file {str(path)!r} refused: it holds {type(obj).__name__}, not a state dict "
+            f"of tensors; {SAFE_FORMATS}"
+        )
     return dict(obj)
 
 
@@ -192,8 +215,10 @@ def build_module(ext: Extractor) -> torch.nn.Module:
             return cls(ext.name, [ext.layer], feature_extractor_weights_path=tmp, verbose=False)
         finally:
             os.unlink(tmp)
-    raise MetricUnavailable(f"feature extractor {ext.name!r}: diffbench builds only digits-cnn, "
-                            f"{INCEPTION}, vgg16 and clip-* extractors from tensors-only weights")
+    raise MetricUnavailable(
+        f"feature extractor {ext.name!r}: diffbench builds only digits-cnn, "
+        f"{INCEPTION}, vgg16 and clip-* extractors from tensors-only weights"
+    )
 
 
 def _build_clip(cls: type, ext: Extractor, state: dict[str, Tensor]) -> torch.nn.Module:
@@ -215,8 +240,13 @@ def extractor_module(ext: Extractor, device: str) -> torch.nn.Module:
     return build_module(ext).to(device)
 
 
-def extract_features(images: Tensor, data_range: tuple[float, float], ext: Extractor,
-                     device: torch.device | str = "cpu", batch_size: int = 256) -> Tensor:
+def extract_features(
+    images: Tensor,
+    data_range: tuple[float, float],
+    ext: Extractor,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> Tensor:
     """Features (N, D) float32 on the CPU of float images (N, C, H, W) in ``data_range``."""
     device = torch.device(device)
     check_input_shape(ext.name, tuple(images.shape[1:]))

@@ -6,6 +6,7 @@ feature → metric functions score them against the reference (``metrics.referen
 cached on disk in safetensors, keyed by the reference's identity, extractor, weights sha256, layer
 and resize; or an npz-stats reference's precomputed statistics, which only FID can use).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,21 @@ from diffbench.metrics.extractors import (
 from diffbench.metrics.reference import ReferenceData
 from diffbench.util.devices import one_thread
 
-__all__ = ["FID", "FIDInfinity", "KID", "PRC", "ClassAccuracy", "METRICS", "INCEPTION", "Extractor", "MetricUnavailable",
-           "UnsafeWeights", "extract_features", "resolve_extractor", "reference_features"]
+__all__ = [
+    "FID",
+    "FIDInfinity",
+    "KID",
+    "PRC",
+    "ClassAccuracy",
+    "METRICS",
+    "INCEPTION",
+    "Extractor",
+    "MetricUnavailable",
+    "UnsafeWeights",
+    "extract_features",
+    "resolve_extractor",
+    "reference_features",
+]
 
 
 @dataclass(frozen=True)
@@ -51,8 +65,9 @@ class FidelityFeatures:
         return extractors.extract_features(batch.samples, self.data_range, self.ext, self.device, self.batch_size)
 
 
-def reference_features(dataset: Any, split: str | None, ext: Extractor, context: MetricContext,
-                       batch_size: int = 256) -> tuple[Tensor, str]:
+def reference_features(
+    dataset: Any, split: str | None, ext: Extractor, context: MetricContext, batch_size: int = 256
+) -> tuple[Tensor, str]:
     """Reference features of ``dataset`` (a name or spec) / ``split`` and their sha256 (disk-cached)."""
     ref = reference.opened(dataset, split, context.registry)
     data = reference.reference_data(ref, ext, context.cache_dir, context.device, batch_size)
@@ -66,28 +81,43 @@ class _FidelityMetric(StreamingMetric):
 
     name: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
-    base_options: ClassVar[dict[str, Any]] = {"extractor": None, "weights_path": None, "reference_split": None,
-                                              "batch_size": 256}
+    base_options: ClassVar[dict[str, Any]] = {
+        "extractor": None,
+        "weights_path": None,
+        "reference_split": None,
+        "batch_size": 256,
+    }
     base_help: ClassVar[dict[str, str]] = {
-        "extractor": "feature extractor (list: 'diffbench plugins fid'); null: digits-cnn on digits, else "
-                     f"{INCEPTION}",
+        "extractor": f"feature extractor (list: 'diffbench plugins fid'); null: digits-cnn on digits, else {INCEPTION}",
         "weights_path": "the extractor's weights file (diffbench never downloads; null: the default location)",
         "reference_split": "split of the reference dataset (null: the dataset's default)",
-        "batch_size": "images per extractor call"}
-    option_types: ClassVar[dict[str, Any]] = {"extractor": str | None, "weights_path": str | None,
-                                              "reference_split": str | None}
+        "batch_size": "images per extractor call",
+    }
+    option_types: ClassVar[dict[str, Any]] = {
+        "extractor": str | None,
+        "weights_path": str | None,
+        "reference_split": str | None,
+    }
     path_options: ClassVar[dict[str, str]] = {"weights_path": "path"}
     needs_features: ClassVar[bool] = True  # False: precomputed statistics (npz-stats) will do
     feature_metric: ClassVar[str] = ""  # the torch-fidelity metric whose default feature layer is used ("" = name)
 
-    def _setup(self, model: Any, context: MetricContext, extractor: str | None, weights_path: str | None,
-               reference_split: str | None) -> tuple[Extractor, Reference]:
+    def _setup(
+        self,
+        model: Any,
+        context: MetricContext,
+        extractor: str | None,
+        weights_path: str | None,
+        reference_split: str | None,
+    ) -> tuple[Extractor, Reference]:
         """The extractor and the opened reference; every one-line error a metric can raise before sampling."""
         dataset = getattr(model, "dataset", None)
         if dataset is None:
-            raise MetricUnavailable(f"metric {self.name!r} needs reference data: add 'reference:' to the suite (e.g. "
-                                    f"reference: {{name: image-folder, options: {{path: ...}}}}) or the model's "
-                                    f"dataset option; model {getattr(model, 'name', model)!r} has none")
+            raise MetricUnavailable(
+                f"metric {self.name!r} needs reference data: add 'reference:' to the suite (e.g. "
+                f"reference: {{name: image-folder, options: {{path: ...}}}}) or the model's "
+                f"dataset option; model {getattr(model, 'name', model)!r} has none"
+            )
         name = extractor or (digits_cnn.NAME if reference_spec(dataset)[0] == "digits" else INCEPTION)
         ext = resolve_extractor(name, weights_path, self.feature_metric or self.name)
         if getattr(model, "shape", None):  # before sampling; extract_features checks the images themselves
@@ -95,20 +125,31 @@ class _FidelityMetric(StreamingMetric):
         ref = reference.opened(dataset, reference_split, getattr(context, "registry", None))
         if ref.stats is not None:
             if self.needs_features:
-                raise MetricUnavailable(f"metric {self.name!r} needs reference features; reference {ref.name!r} "
-                                        "holds FID statistics only (use fid, or an image reference)")
+                raise MetricUnavailable(
+                    f"metric {self.name!r} needs reference features; reference {ref.name!r} "
+                    "holds FID statistics only (use fid, or an image reference)"
+                )
             if ext.layer.isdigit():
                 check_dimension(ref, int(ext.layer), ext.name)
         return ext, ref
 
-    def features(self, *, model: Any, context: MetricContext, extractor: str | None = None,
-                 weights_path: str | None = None, batch_size: int = 256, reference_split: str | None = None,
-                 **_: Any) -> FidelityFeatures:
+    def features(
+        self,
+        *,
+        model: Any,
+        context: MetricContext,
+        extractor: str | None = None,
+        weights_path: str | None = None,
+        batch_size: int = 256,
+        reference_split: str | None = None,
+        **_: Any,
+    ) -> FidelityFeatures:
         ext, _ref = self._setup(model, context, extractor, weights_path, reference_split)
         return FidelityFeatures(ext, tuple(float(v) for v in model.data_range), str(context.device), int(batch_size))
 
-    def score(self, features: Tensor, *, model: Any, result: Any, context: MetricContext, **options: Any
-              ) -> dict[str, MetricValue]:
+    def score(
+        self, features: Tensor, *, model: Any, result: Any, context: MetricContext, **options: Any
+    ) -> dict[str, MetricValue]:
         opts = {**self.options, **options}
         base = {k: opts.pop(k) for k in self.base_options}
         ext, ref = self._setup(model, context, base["extractor"], base["weights_path"], base["reference_split"])
@@ -116,16 +157,25 @@ class _FidelityMetric(StreamingMetric):
         if ref.stats is not None:
             check_dimension(ref, int(features.shape[1]), ext.name)
         elif data.features.shape[1] != features.shape[1]:
-            raise MetricUnavailable(f"the sample features have {features.shape[1]} dimensions, the reference's "
-                                    f"{ext.name} features {data.features.shape[1]} (features from another extractor?)")
+            raise MetricUnavailable(
+                f"the sample features have {features.shape[1]} dimensions, the reference's "
+                f"{ext.name} features {data.features.shape[1]} (features from another extractor?)"
+            )
         context.info.update(ext.describe())
-        context.info.update({**data.describe(), "num_samples": len(features), "feature_dim": int(features.shape[1]),
-                             "torch_fidelity": _torch_fidelity_version()})
+        context.info.update(
+            {
+                **data.describe(),
+                "num_samples": len(features),
+                "feature_dim": int(features.shape[1]),
+                "torch_fidelity": _torch_fidelity_version(),
+            }
+        )
         with one_thread():  # scores must not depend on the process's thread count (local vs Ray worker)
             return self.score_features(features, data, context, **opts)
 
-    def score_features(self, gen: Tensor, ref: ReferenceData, context: MetricContext, **options: Any
-                       ) -> dict[str, MetricValue]:
+    def score_features(
+        self, gen: Tensor, ref: ReferenceData, context: MetricContext, **options: Any
+    ) -> dict[str, MetricValue]:
         raise NotImplementedError
 
 
@@ -151,9 +201,10 @@ def _fid_against(stats: dict[str, np.ndarray] | frechet.ReferenceRoot):
         if n - 1 < d:
             centred = gen - mu
             eig = np.linalg.eigvalsh(centred @ ref.sigma @ centred.T / (n - 1))
-            tr_sigma = float((centred ** 2).sum()) / (n - 1)
-            return float(((mu - ref.mu) ** 2).sum() + tr_sigma + np.trace(ref.sigma)
-                         - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+            tr_sigma = float((centred**2).sum()) / (n - 1)
+            return float(
+                ((mu - ref.mu) ** 2).sum() + tr_sigma + np.trace(ref.sigma) - 2 * np.sqrt(np.clip(eig, 0, None)).sum()
+            )
         return frechet.fid_of(mu, np.cov(gen, rowvar=False), ref)
 
     return fid
@@ -174,11 +225,16 @@ def nonnegative_fid(value: float, gen: Tensor, ref: dict[str, np.ndarray]) -> fl
     """``value`` when it is ≥ 0 within round-off (FID_ROUNDOFF); else ValueError: a distance below zero
     means the statistics are broken, and the cell fails with the reason rather than record it."""
     g = gen.double()
-    scale = (float(g.square().sum()) / max(len(g), 1) + abs(float(np.trace(ref["sigma"])))
-             + float(np.square(ref["mu"]).sum()))
+    scale = (
+        float(g.square().sum()) / max(len(g), 1)
+        + abs(float(np.trace(ref["sigma"])))
+        + float(np.square(ref["mu"]).sum())
+    )
     if not value >= -FID_ROUNDOFF * scale:
-        raise ValueError(f"FID came out {value:.6g}, below zero beyond round-off (terms of size {scale:.4g}): "
-                         "the reference or sample statistics are not valid covariances")
+        raise ValueError(
+            f"FID came out {value:.6g}, below zero beyond round-off (terms of size {scale:.4g}): "
+            "the reference or sample statistics are not valid covariances"
+        )
     return value
 
 
@@ -194,17 +250,24 @@ class FID(_FidelityMetric):
 
     name = "fid"
     higher_is_better = False
-    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "se_method": "jackknife", "groups": 20,
-                                         "bootstrap": 100}
-    option_help = {**_FidelityMetric.base_help,
-                   "se_method": "how the standard error is estimated: 'jackknife' (delete-a-group, from per-group "
-                                "moments), 'bootstrap' or 'none'",
-                   "groups": "jackknife groups by sample index",
-                   "bootstrap": "resamples of the sample features when se_method is 'bootstrap'"}
+    options: ClassVar[dict[str, Any]] = {
+        **_FidelityMetric.base_options,
+        "se_method": "jackknife",
+        "groups": 20,
+        "bootstrap": 100,
+    }
+    option_help = {
+        **_FidelityMetric.base_help,
+        "se_method": "how the standard error is estimated: 'jackknife' (delete-a-group, from per-group "
+        "moments), 'bootstrap' or 'none'",
+        "groups": "jackknife groups by sample index",
+        "bootstrap": "resamples of the sample features when se_method is 'bootstrap'",
+    }
     needs_features = False
 
-    def score_features(self, gen, ref, context, *, se_method: str, groups: int, bootstrap: int
-                       ) -> dict[str, MetricValue]:
+    def score_features(
+        self, gen, ref, context, *, se_method: str, groups: int, bootstrap: int
+    ) -> dict[str, MetricValue]:
         if se_method not in SE_METHODS:
             raise ValueError(f"fid option se_method must be one of {', '.join(SE_METHODS)}, not {se_method!r}")
         if not (isinstance(groups, int) and groups >= 2):
@@ -221,8 +284,13 @@ class FID(_FidelityMetric):
             value, se = frechet.fid_with_jackknife(moments, root)
             value = nonnegative_fid(value, gen, ref.stats())
             context.info["fid_jackknife_groups"] = groups
-            return {"fid": MetricValue(value, se, f"{point}; s.e. = linearised delete-a-group jackknife over "
-                                                  f"{groups} groups by sample index")}
+            return {
+                "fid": MetricValue(
+                    value,
+                    se,
+                    f"{point}; s.e. = linearised delete-a-group jackknife over {groups} groups by sample index",
+                )
+            }
         value = nonnegative_fid(frechet.fid_with_moments(moments, root), gen, ref.stats())
         if se_method != "bootstrap":
             why = "se_method=none" if se_method == "none" else f"{len(gen)} samples: too few for the jackknife"
@@ -233,8 +301,13 @@ class FID(_FidelityMetric):
             fid, g, rng = _fid_against(root), gen.double().numpy(), np.random.default_rng(context.seed)
             boots = [fid(g[rng.integers(0, len(g), len(g))]) for _ in range(bootstrap)]
         context.info["fid_bootstrap_resamples"] = bootstrap
-        return {"fid": MetricValue(value, float(np.std(boots, ddof=1)),
-                                   f"{point}; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features")}
+        return {
+            "fid": MetricValue(
+                value,
+                float(np.std(boots, ddof=1)),
+                f"{point}; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features",
+            )
+        }
 
 
 class FIDInfinity(_FidelityMetric):
@@ -244,8 +317,11 @@ class FIDInfinity(_FidelityMetric):
     feature_metric = "fid"  # torch-fidelity knows no "fid-inf": FID's features
     higher_is_better = False
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "points": 15, "min_fraction": 0.1}
-    option_help = {**_FidelityMetric.base_help, "points": "subset sizes the line is fitted over",
-                   "min_fraction": "smallest subset as a fraction of the samples"}
+    option_help = {
+        **_FidelityMetric.base_help,
+        "points": "subset sizes the line is fitted over",
+        "min_fraction": "smallest subset as a fraction of the samples",
+    }
     needs_features = False
 
     def score_features(self, gen, ref, context, *, points: int, min_fraction: float) -> dict[str, MetricValue]:
@@ -263,9 +339,11 @@ class FIDInfinity(_FidelityMetric):
         s2 = float(resid @ resid) / (len(x) - 2)
         se = float(np.sqrt(s2 * (1 / len(x) + x.mean() ** 2 / ((x - x.mean()) ** 2).sum())))
         context.info["fid_inf_sizes"] = sizes.tolist()
-        method = (f"FID∞: least-squares line of FID on 1/N over {len(sizes)} random subsets of {sizes[0]}..{n} "
-                  "samples, intercept at 1/N = 0; s.e. = the fit's OLS standard error (the subsets share "
-                  "samples, so it understates the sampling noise)")
+        method = (
+            f"FID∞: least-squares line of FID on 1/N over {len(sizes)} random subsets of {sizes[0]}..{n} "
+            "samples, intercept at 1/N = 0; s.e. = the fit's OLS standard error (the subsets share "
+            "samples, so it understates the sampling noise)"
+        )
         return {"fid-inf": MetricValue(float(intercept), se, method)}
 
 
@@ -275,8 +353,11 @@ class KID(_FidelityMetric):
     name = "kid"
     higher_is_better = False
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "subsets": 100, "subset_size": 1000}
-    option_help = {**_FidelityMetric.base_help, "subsets": "random subsets the MMD² is averaged over",
-                   "subset_size": "samples per subset (at most half the smaller set)"}
+    option_help = {
+        **_FidelityMetric.base_help,
+        "subsets": "random subsets the MMD² is averaged over",
+        "subset_size": "samples per subset (at most half the smaller set)",
+    }
 
     def score_features(self, gen, ref, context, *, subsets: int, subset_size: int) -> dict[str, MetricValue]:
         # at most half of the smaller set, so subsets differ and their spread measures sampling noise;
@@ -284,8 +365,10 @@ class KID(_FidelityMetric):
         size = min(subset_size, min(len(gen), ref.size) // 2)
         mean, std = kid_subsets(gen, ref, subsets, size, context.seed)
         context.info["kid_subset_size"] = size
-        method = (f"torch-fidelity KID, mean over {subsets} subsets of {size}; s.e. = s.d. over subsets "
-                  "(conservative: the spread of a single-subset estimate)")
+        method = (
+            f"torch-fidelity KID, mean over {subsets} subsets of {size}; s.e. = s.d. over subsets "
+            "(conservative: the spread of a single-subset estimate)"
+        )
         return {"kid": MetricValue(mean, std, method)}
 
 
@@ -314,8 +397,7 @@ def kid_subsets(gen: Tensor, ref: ReferenceData, subsets: int, size: int, seed: 
     k_xx, k_xy = poly_kernel(x, x).astype(np.float64), poly_kernel(x, y).astype(np.float64)
     # the draws depend only on (n1, n2, subsets, size, seed): every cell of a suite shares them, and the
     # reference's sums over them
-    a, b, sum_yy = ref.memo(("kid-subsets", n1, subsets, size, seed),
-                            lambda: _kid_draws(n1, ref, subsets, size, seed))
+    a, b, sum_yy = ref.memo(("kid-subsets", n1, subsets, size, seed), lambda: _kid_draws(n1, ref, subsets, size, seed))
     m = size
     sum_xx = _off_diagonal_sums(a, k_xx)
     sum_xy = np.einsum("sn,sn->s", a @ k_xy, b)
@@ -338,8 +420,9 @@ def _kid_by_subset(x: np.ndarray, ref: ReferenceData, subsets: int, m: int, seed
     mmds = np.empty(subsets)
     for s, (i, j) in enumerate(pairs):
         xs = x[i]
-        mmds[s] = ((_off_diagonal_sum(poly_kernel(xs, xs)) + sum_yy[s]) / (m * (m - 1))
-                   - 2 * poly_kernel(xs, y[j]).sum(dtype=np.float64) / (m * m))
+        mmds[s] = (_off_diagonal_sum(poly_kernel(xs, xs)) + sum_yy[s]) / (m * (m - 1)) - 2 * poly_kernel(xs, y[j]).sum(
+            dtype=np.float64
+        ) / (m * m)
     return float(np.mean(mmds)), float(np.std(mmds))
 
 
@@ -376,27 +459,39 @@ class PRC(_FidelityMetric):
     name = "prc"
     higher_is_better = True  # precision and recall
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "neighborhood": 3, "max_samples": 8000}
-    option_help = {**_FidelityMetric.base_help, "neighborhood": "k of the k-nearest-neighbour balls",
-                   "max_samples": "at most this many rows of each side (a seeded random subset beyond it)"}
+    option_help = {
+        **_FidelityMetric.base_help,
+        "neighborhood": "k of the k-nearest-neighbour balls",
+        "max_samples": "at most this many rows of each side (a seeded random subset beyond it)",
+    }
 
     def score_features(self, gen, ref, context, *, neighborhood: int, max_samples: int) -> dict[str, MetricValue]:
         if not (isinstance(max_samples, int) and max_samples > neighborhood):
-            raise ValueError(f"prc option max_samples must be an integer above neighborhood ({neighborhood}), "
-                             f"not {max_samples!r}")
+            raise ValueError(
+                f"prc option max_samples must be an integer above neighborhood ({neighborhood}), not {max_samples!r}"
+            )
         x = _bounded_subset(gen, max_samples, context.seed)
-        y, radii_y = ref.memo(("prc-subset", max_samples, neighborhood, context.seed), lambda: _with_radii(
-            _bounded_subset(ref.features, max_samples, context.seed + 1), neighborhood))
+        y, radii_y = ref.memo(
+            ("prc-subset", max_samples, neighborhood, context.seed),
+            lambda: _with_radii(_bounded_subset(ref.features, max_samples, context.seed + 1), neighborhood),
+        )
         precision, recall = precision_recall(x, knn_radii(x, neighborhood), y, radii_y)
         context.info["prc_sizes"] = [len(x), len(y)]
         limit = f" of random subsets of {max_samples}" if max(len(gen), ref.size) > max_samples else ""
         return {
-            "precision": MetricValue(precision, binomial_se(precision, len(x)),
-                                     f"precision (torch-fidelity's definition), k={neighborhood}, on {len(x)} "
-                                     f"samples vs {len(y)} reference rows{limit}; binomial s.e. over samples"),
-            "recall": MetricValue(recall, binomial_se(recall, len(y)),
-                                  f"recall (torch-fidelity's definition), k={neighborhood}, on {len(x)} samples vs "
-                                  f"{len(y)} reference rows{limit}; binomial s.e. over reference rows "
-                                  "(approximate: ignores dependence through the samples' k-NN radii)"),
+            "precision": MetricValue(
+                precision,
+                binomial_se(precision, len(x)),
+                f"precision (torch-fidelity's definition), k={neighborhood}, on {len(x)} "
+                f"samples vs {len(y)} reference rows{limit}; binomial s.e. over samples",
+            ),
+            "recall": MetricValue(
+                recall,
+                binomial_se(recall, len(y)),
+                f"recall (torch-fidelity's definition), k={neighborhood}, on {len(x)} samples vs "
+                f"{len(y)} reference rows{limit}; binomial s.e. over reference rows "
+                "(approximate: ignores dependence through the samples' k-NN radii)",
+            ),
         }
 
 
@@ -462,18 +557,24 @@ class ClassAccuracy(StreamingMetric):
 
     def features(self, *, model: Any, context: MetricContext, **options: Any) -> ClassMatches:
         if reference_spec(getattr(model, "dataset", None) or "")[0] != "digits":
-            raise MetricUnavailable(f"metric 'class-accuracy' needs a digits model; "
-                                    f"model {getattr(model, 'name', model)!r} has reference "
-                                    f"{reference_spec(getattr(model, 'dataset', None) or 'none')[0]!r}")
+            raise MetricUnavailable(
+                f"metric 'class-accuracy' needs a digits model; "
+                f"model {getattr(model, 'name', model)!r} has reference "
+                f"{reference_spec(getattr(model, 'dataset', None) or 'none')[0]!r}"
+            )
         return ClassMatches(tuple(float(v) for v in model.data_range))
 
-    def score(self, features: Tensor, *, model: Any, result: Any, context: MetricContext,
-              **options: Any) -> dict[str, MetricValue]:
+    def score(
+        self, features: Tensor, *, model: Any, result: Any, context: MetricContext, **options: Any
+    ) -> dict[str, MetricValue]:
         p = features.float().mean().item()
         context.info["classifier"] = digits_cnn.NAME
         context.info["classifier_hash"] = digits_cnn.load_classifier()[1]
-        return {"class-accuracy": MetricValue(p, binomial_se(p, len(features)),
-                                              "share classified as the conditioning label; binomial s.e.")}
+        return {
+            "class-accuracy": MetricValue(
+                p, binomial_se(p, len(features)), "share classified as the conditioning label; binomial s.e."
+            )
+        }
 
 
 METRICS: dict = {m.name: m for m in (FID(), FIDInfinity(), KID(), PRC(), ClassAccuracy())}

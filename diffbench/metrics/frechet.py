@@ -34,6 +34,7 @@ overstates it (by about a third in tests/metrics/test_frechet.py). The
 jackknife variance has G − 1 degrees of freedom: the s.e. itself scatters by about 1/√(2(G − 1))
 (16 % at G = 20). Only the sample side is uncertain: the reference statistics are taken as fixed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -108,8 +109,9 @@ def fid_of(mu: np.ndarray, sigma: np.ndarray, ref: ReferenceRoot, vectors: bool 
         lam, vec = np.linalg.eigh(m)
     else:
         lam, vec = np.linalg.eigvalsh(m), None
-    value = float(((mu - ref.mu) ** 2).sum() + np.trace(sigma) + np.trace(ref.sigma)
-                  - 2 * np.sqrt(np.clip(lam, 0, None)).sum())
+    value = float(
+        ((mu - ref.mu) ** 2).sum() + np.trace(sigma) + np.trace(ref.sigma) - 2 * np.sqrt(np.clip(lam, 0, None)).sum()
+    )
     return (value, lam, vec) if vectors else value
 
 
@@ -166,15 +168,20 @@ def bootstrap_fids(rows, ref: ReferenceRoot, resamples: int, seed: int, device="
     rng = np.random.default_rng(seed)
     out = []
     for start in range(0, resamples, chunk):
-        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n)
-                           for _ in range(min(chunk, resamples - start))])
+        counts = np.stack(
+            [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(min(chunk, resamples - start))]
+        )
         w = torch.as_tensor(counts, dtype=torch.float64, device=device)
         delta = w @ xc / n  # (c, D)
         sigma = torch.stack([xc.T @ (xc * wb[:, None]) for wb in w])
         sigma = (sigma - n * delta[:, :, None] * delta[:, None, :]) / (n - 1)
         lam = torch.linalg.eigvalsh(root @ sigma @ root)
-        fid = (((mu + delta - mu_ref) ** 2).sum(1) + sigma.diagonal(dim1=1, dim2=2).sum(1) + tr_ref
-               - 2 * lam.clamp(min=0).sqrt().sum(1))
+        fid = (
+            ((mu + delta - mu_ref) ** 2).sum(1)
+            + sigma.diagonal(dim1=1, dim2=2).sum(1)
+            + tr_ref
+            - 2 * lam.clamp(min=0).sqrt().sum(1)
+        )
         out.append(fid.cpu().numpy())
     return np.concatenate(out)
 

@@ -7,6 +7,7 @@ fingerprint), the extractor, its weights' sha256, the feature layer, the resize 
 mapping. Within a process the opened references and their statistics are memoised, so a grid
 of cells computes a reference's mean and covariance once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -89,14 +90,21 @@ def opened(dataset: Any, split: str | None, registry: Any = None) -> Reference:
     return _memo(key, lambda: open_reference(dataset, split, registry))
 
 
-def reference_data(reference: Reference, ext: Extractor, cache_dir: Path, device: torch.device | str = "cpu",
-                   batch_size: int = 256) -> ReferenceData:
+def reference_data(
+    reference: Reference, ext: Extractor, cache_dir: Path, device: torch.device | str = "cpu", batch_size: int = 256
+) -> ReferenceData:
     """Features (from the disk cache when present) or statistics of ``reference`` under extractor ``ext``."""
     if reference.stats is not None:
         return ReferenceData(reference, None, reference.identity.get("sha256") or reference.key)
-    key = {"format": CACHE_FORMAT, "reference": reference.identity, "extractor": ext.name,
-           "extractor_hash": ext.sha256, "layer": ext.layer, "resize": ext.describe()["resize"],
-           "uint8_mapping": UINT8_MAPPING}
+    key = {
+        "format": CACHE_FORMAT,
+        "reference": reference.identity,
+        "extractor": ext.name,
+        "extractor_hash": ext.sha256,
+        "layer": ext.layer,
+        "resize": ext.describe()["resize"],
+        "uint8_mapping": UINT8_MAPPING,
+    }
     key_json = json.dumps(key, sort_keys=True, default=str)
 
     def make() -> ReferenceData:
@@ -106,8 +114,9 @@ def reference_data(reference: Reference, ext: Extractor, cache_dir: Path, device
     return _memo(("data", key_json, str(cache_dir), batch_size), make)
 
 
-def _cached_features(reference: Reference, ext: Extractor, cache_dir: Path, key_json: str,
-                     device: torch.device | str, batch_size: int) -> tuple[Tensor, str]:
+def _cached_features(
+    reference: Reference, ext: Extractor, cache_dir: Path, key_json: str, device: torch.device | str, batch_size: int
+) -> tuple[Tensor, str]:
     """Features from the verified cache (``diffbench.util.verified_cache``), else extracted and cached.
 
     Returned with their sha256."""
@@ -116,6 +125,7 @@ def _cached_features(reference: Reference, ext: Extractor, cache_dir: Path, key_
     entry = verified_cache.load(path, key=key_json)
     if entry is not None and "features" in entry.tensors:
         return entry.tensors["features"], entry.sha256
-    feats = torch.cat([extractors.extract_features(b, (-1.0, 1.0), ext, device, batch_size)
-                       for b in reference.batches(batch_size)])
+    feats = torch.cat(
+        [extractors.extract_features(b, (-1.0, 1.0), ext, device, batch_size) for b in reference.batches(batch_size)]
+    )
     return feats, verified_cache.save(path, {"features": feats}, key=key_json)

@@ -6,6 +6,7 @@ of several workers in sample-index order), and ``MetricPlan.score`` scores each 
 gathered rows. Metrics with only the older ``compute(samples, ...)`` get the samples themselves as
 rows (see ``diffbench.metrics.base``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,8 +78,7 @@ class MetricPlan:
         """One metric of the plan scored on its gathered rows ``feats``."""
         try:
             if m.streaming:
-                return m.component.obj.score(feats, model=self.model, result=result, context=self.context,
-                                             **m.options)
+                return m.component.obj.score(feats, model=self.model, result=result, context=self.context, **m.options)
             res = dataclasses.replace(result, samples=feats) if dataclasses.is_dataclass(result) else result
             return m.component.obj.compute(feats, model=self.model, result=res, context=self.context, **m.options)
         except (Exception, SystemExit) as exc:  # SystemExit from a plugin fails its cell, not the run
@@ -99,9 +99,11 @@ class FeatureRows:
             try:
                 rows = ext(batch)
                 if not isinstance(rows, Tensor) or rows.ndim < 1 or len(rows) != len(batch.samples):
-                    raise ValueError(f"feature extractor returned {type(rows).__name__} "
-                                     f"{tuple(getattr(rows, 'shape', ()))}, not one row for each of "
-                                     f"{len(batch.samples)} samples")
+                    raise ValueError(
+                        f"feature extractor returned {type(rows).__name__} "
+                        f"{tuple(getattr(rows, 'shape', ()))}, not one row for each of "
+                        f"{len(batch.samples)} samples"
+                    )
             except (Exception, SystemExit) as exc:  # SystemExit from a plugin fails its cell, not the run
                 raise MetricError(self.owner.get(key, str(key)), exc) from exc
             self.parts[key].append(rows.detach().cpu())
@@ -128,8 +130,10 @@ class FeatureRows:
 
     def export(self) -> dict[str, Any]:
         """Plain tensors to send from a worker: {"indices": (n,), "rows": {key: (n, ...)}} (picklable)."""
-        return {"indices": torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long),
-                "rows": {k: torch.cat(v) for k, v in self.parts.items() if v}}
+        return {
+            "indices": torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long),
+            "rows": {k: torch.cat(v) for k, v in self.parts.items() if v},
+        }
 
     def absorb(self, exported: dict[str, Any]) -> None:
         """Add a worker's ``export()`` (same extractor keys; its sample indices disjoint from the others)."""

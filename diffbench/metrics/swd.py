@@ -14,6 +14,7 @@ samples on the first 64 directions (normalisation and reference fixed; the refer
 is not included). It is NOT comparable with Inception FID or with SWD figures
 computed at other patch counts, directions or resolutions.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,6 +38,7 @@ NOT_COMPARABLE = "not comparable with Inception FID (no pretrained network; raw 
 
 
 # --- Laplacian pyramid and patches -------------------------------------------------------------------
+
 
 def _blur(x: Tensor, gain: float = 1.0) -> Tensor:
     """5×5 binomial filter (× gain) with mirrored edges (scipy 'mirror', torch 'reflect'), per channel."""
@@ -114,6 +116,7 @@ def descriptors(images: Tensor, indices: Tensor, seed: int, levels: int, patch_s
 
 # --- the distance --------------------------------------------------------------------------------
 
+
 def wasserstein_1d(a: Tensor, b: Tensor) -> Tensor:
     """W1 between the empirical distributions of each column of ``a`` (n, D) and ``b`` (m, D), exactly:
     ∫₀¹ |F_a⁻¹(u) − F_b⁻¹(u)| du over the merged quantile breakpoints (sizes may differ)."""
@@ -132,8 +135,9 @@ def _w1_sorted(a: Tensor, b: Tensor) -> Tensor:
 @lru_cache(maxsize=64)
 def _merge_plan(n: int, m: int) -> tuple[Tensor, Tensor, Tensor]:
     """Where the quantile functions of n and m sorted values are constant: (index into a, into b, width)."""
-    u = torch.unique(torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n,
-                                torch.arange(1, m + 1, dtype=torch.float64) / m]))
+    u = torch.unique(
+        torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n, torch.arange(1, m + 1, dtype=torch.float64) / m])
+    )
     u = torch.cat([torch.zeros(1, dtype=torch.float64), u.clamp(max=1.0)])
     mid, width = (u[1:] + u[:-1]) / 2, u[1:] - u[:-1]
     return (mid * n).floor().long().clamp(max=n - 1), (mid * m).floor().long().clamp(max=m - 1), width
@@ -161,6 +165,7 @@ def sliced_wasserstein(a: Tensor, b: Tensor, directions: Tensor) -> float:
 
 # --- the metric ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class PatchRows:
     """Per sample, its Laplacian-pyramid patches (uint8-mapped, as the reference's)."""
@@ -179,8 +184,9 @@ class PatchRows:
         return descriptors(u8.float(), batch.indices, batch.seed, self.levels, self.patch_size, self.patches)
 
 
-def level_distance(gen: Tensor, ref: Tensor, channels: int, directions: Tensor, labels: Tensor, groups: int,
-                   chunk: int = 64) -> tuple[float, np.ndarray]:
+def level_distance(
+    gen: Tensor, ref: Tensor, channels: int, directions: Tensor, labels: Tensor, groups: int, chunk: int = 64
+) -> tuple[float, np.ndarray]:
     """Sliced W1 of one level's descriptors, and the jackknife replicates: its value over the first ``chunk``
     directions with each group of generated rows left out.
 
@@ -208,9 +214,15 @@ class SlicedWassersteinDistance(StreamingMetric):
     name = "swd"
     higher_is_better = False
     REFERENCE_SEED: ClassVar[int] = 2**31 - 1  # the reference's patch positions: a stream no sample index uses
-    options: ClassVar[dict[str, Any]] = {"reference_split": None, "max_reference": 10000, "patch_size": 7,
-                                         "patches_per_image": 128, "min_resolution": 16, "directions": 512,
-                                         "groups": 10}
+    options: ClassVar[dict[str, Any]] = {
+        "reference_split": None,
+        "max_reference": 10000,
+        "patch_size": 7,
+        "patches_per_image": 128,
+        "min_resolution": 16,
+        "directions": 512,
+        "groups": 10,
+    }
     option_types: ClassVar[dict[str, Any]] = {"reference_split": str | None}
     option_help: ClassVar[dict[str, str]] = {
         "reference_split": "split of the reference dataset (null: the dataset's default)",
@@ -228,23 +240,37 @@ class SlicedWassersteinDistance(StreamingMetric):
             raise MetricUnavailable(f"metric 'swd' needs images (C, H, W); model samples have shape {shape}")
         levels = resolutions(min(shape[1:]), min_resolution, patch_size)
         if not levels:
-            raise MetricUnavailable(f"metric 'swd': images of {shape[1]}×{shape[2]} are smaller than patch_size "
-                                    f"{patch_size}")
+            raise MetricUnavailable(
+                f"metric 'swd': images of {shape[1]}×{shape[2]} are smaller than patch_size {patch_size}"
+            )
         return len(levels)
 
-    def features(self, *, model: Any, context: MetricContext, reference_split: str | None = None,
-                 patch_size: int = 7, patches_per_image: int = 128, min_resolution: int = 16, **_: Any) -> PatchRows:
+    def features(
+        self,
+        *,
+        model: Any,
+        context: MetricContext,
+        reference_split: str | None = None,
+        patch_size: int = 7,
+        patches_per_image: int = 128,
+        min_resolution: int = 16,
+        **_: Any,
+    ) -> PatchRows:
         if getattr(model, "dataset", None) is None:
-            raise MetricUnavailable("metric 'swd' needs reference data: add 'reference:' to the suite (e.g. "
-                                    "reference: {name: torchvision, options: {root: ..., dataset: MNIST}}) or the "
-                                    "model's dataset option")
+            raise MetricUnavailable(
+                "metric 'swd' needs reference data: add 'reference:' to the suite (e.g. "
+                "reference: {name: torchvision, options: {root: ..., dataset: MNIST}}) or the "
+                "model's dataset option"
+            )
         levels = self._levels(model, patch_size, min_resolution)
         ref = reference.opened(model.dataset, reference_split, getattr(context, "registry", None))
         if ref.batches is None:
             raise MetricUnavailable(f"metric 'swd' needs reference images; reference {ref.name!r} holds statistics")
         if ref.shape is not None and tuple(ref.shape) != tuple(model.shape):
-            raise MetricUnavailable(f"metric 'swd': reference images are {'×'.join(map(str, ref.shape))}, samples "
-                                    f"{'×'.join(map(str, model.shape))}")
+            raise MetricUnavailable(
+                f"metric 'swd': reference images are {'×'.join(map(str, ref.shape))}, samples "
+                f"{'×'.join(map(str, model.shape))}"
+            )
         return PatchRows(tuple(float(v) for v in model.data_range), levels, patch_size, patches_per_image)
 
     def _reference_rows(self, ref: Any, rows: PatchRows, max_reference: int) -> Tensor:
@@ -253,8 +279,16 @@ class SlicedWassersteinDistance(StreamingMetric):
             for images in ref.batches(256):
                 images = images[: max_reference - seen]
                 idx = torch.arange(seen, seen + len(images))
-                parts.append(descriptors(to_uint8(images, (-1.0, 1.0)).float(), idx, self.REFERENCE_SEED,
-                                         rows.levels, rows.patch_size, rows.patches))
+                parts.append(
+                    descriptors(
+                        to_uint8(images, (-1.0, 1.0)).float(),
+                        idx,
+                        self.REFERENCE_SEED,
+                        rows.levels,
+                        rows.patch_size,
+                        rows.patches,
+                    )
+                )
                 seen += len(images)
                 if seen >= max_reference:
                     break
@@ -263,12 +297,18 @@ class SlicedWassersteinDistance(StreamingMetric):
         key = ("swd-reference", ref.key, rows.levels, rows.patch_size, rows.patches, max_reference)
         return reference._memo(key, make)
 
-    def score(self, features: Tensor, *, model: Any, result: Any, context: MetricContext,
-              **options: Any) -> dict[str, MetricValue]:
+    def score(
+        self, features: Tensor, *, model: Any, result: Any, context: MetricContext, **options: Any
+    ) -> dict[str, MetricValue]:
         o = {**self.options, **options}
-        rows = self.features(model=model, context=context, reference_split=o["reference_split"],
-                             patch_size=o["patch_size"], patches_per_image=o["patches_per_image"],
-                             min_resolution=o["min_resolution"])
+        rows = self.features(
+            model=model,
+            context=context,
+            reference_split=o["reference_split"],
+            patch_size=o["patch_size"],
+            patches_per_image=o["patches_per_image"],
+            min_resolution=o["min_resolution"],
+        )
         ref = reference.opened(model.dataset, o["reference_split"], getattr(context, "registry", None))
         ref_rows = self._reference_rows(ref, rows, int(o["max_reference"]))
         channels, p = int(model.shape[0]), rows.patch_size
@@ -280,24 +320,31 @@ class SlicedWassersteinDistance(StreamingMetric):
         per_level, reps, start = [], np.zeros(max(groups, 1)), 0
         for count in counts:
             width = count * channels * p * p
-            gen = features[:, start:start + width].reshape(-1, channels * p * p)
-            ref_level = ref_rows[:, start:start + width].reshape(-1, channels * p * p)
+            gen = features[:, start : start + width].reshape(-1, channels * p * p)
+            ref_level = ref_rows[:, start : start + width].reshape(-1, channels * p * p)
             full, jack = level_distance(gen, ref_level, channels, dirs, labels.repeat_interleave(count), groups)
             per_level.append(SCALE * full)
             reps += SCALE * jack
             start += width
         total = float(np.mean(per_level))
         sizes = resolutions(min(model.shape[1:]), o["min_resolution"], p)
-        context.info.update({"swd_levels": dict(zip([f"{r}px" for r in sizes], per_level)),
-                             "swd_reference_images": len(ref_rows), "swd_note": NOT_COMPARABLE})
+        context.info.update(
+            {
+                "swd_levels": dict(zip([f"{r}px" for r in sizes], per_level)),
+                "swd_reference_images": len(ref_rows),
+                "swd_note": NOT_COMPARABLE,
+            }
+        )
         se, method = None, f"SWD ×10³ (Karras et al. 2018), {NOT_COMPARABLE}; no uncertainty (groups < 2)"
         if groups >= 2:
             reps = reps / len(counts)
             se = float(math.sqrt((groups - 1) / groups * ((reps - reps.mean()) ** 2).sum()))
-            method = (f"SWD ×10³ (Karras et al. 2018), mean over pyramid levels {sizes} px, {counts} patches of "
-                      f"{p}×{p} per image and level, {o['directions']} directions, {len(ref_rows)} reference "
-                      f"images; s.e. = delete-a-group jackknife over {groups} groups of generated samples, on "
-                      f"the first 64 directions (normalisation and reference fixed); {NOT_COMPARABLE}")
+            method = (
+                f"SWD ×10³ (Karras et al. 2018), mean over pyramid levels {sizes} px, {counts} patches of "
+                f"{p}×{p} per image and level, {o['directions']} directions, {len(ref_rows)} reference "
+                f"images; s.e. = delete-a-group jackknife over {groups} groups of generated samples, on "
+                f"the first 64 directions (normalisation and reference fixed); {NOT_COMPARABLE}"
+            )
         return {"swd": MetricValue(total, se, method)}
 
 

@@ -1,4 +1,5 @@
 """Built-in model loaders: name → callable(**options) -> DiffusionModel."""
+
 from __future__ import annotations
 
 from diffbench.models import digits

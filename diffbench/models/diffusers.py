@@ -8,6 +8,7 @@ clipping) belong to the suite and are recorded as unused. Supported denoisers: `
 for guidance), ``UNet2DConditionModel`` with a CLIP text encoder (``prompts`` option); a ``vae``
 makes it a latent model whose samples are decoded after the timed sampling.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,20 +31,41 @@ from diffbench.util.checkpoints import file_sha256
 INSTALL = 'pip install "diffbench[diffusers]"'
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 # Variance-preserving discrete schedulers: all share the β table keys below.
-VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
-                 "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
-                 "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
-                 "DEISMultistepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-                 "DPMSolverSDEScheduler", "SASolverScheduler", "LCMScheduler", "TCDScheduler")
+VP_SCHEDULERS = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverSDEScheduler",
+    "SASolverScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+)
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 # Keys that define the model (its training schedule and target); all others are sampling choices.
-VP_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-           "rescale_betas_zero_snr", "prediction_type")
+VP_KEYS = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "rescale_betas_zero_snr",
+    "prediction_type",
+)
 FLOW_KEYS = ("num_train_timesteps", "shift")
 # Model-defining keys diffbench cannot honour: key -> value that is fine.
 VP_REFUSED = {"timestep_type": "discrete", "use_flow_sigmas": False}
 FLOW_REFUSED = {"use_dynamic_shifting": False, "shift_terminal": None, "invert_sigmas": False}
-ZERO_SNR_ALPHA = 2.0 ** -24  # ᾱ_T used for a zero terminal SNR, as diffusers' Euler and DPM schedulers do
+ZERO_SNR_ALPHA = 2.0**-24  # ᾱ_T used for a zero terminal SNR, as diffusers' Euler and DPM schedulers do
 DENOISER_FOLDERS = ("unet", "transformer")
 
 
@@ -83,9 +105,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 # --- scheduler config → noise schedule, target, network time ------------------------------------
 
+
 def _class_defaults(cls: type) -> dict[str, Any]:
-    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        k: p.default
+        for k, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _refuse(config: dict[str, Any], refused: dict[str, Any], where: str) -> None:
@@ -94,14 +120,17 @@ def _refuse(config: dict[str, Any], refused: dict[str, Any], where: str) -> None
             raise ConfigError(f"{where}: {key}={config[key]!r} is not supported by diffbench (only {fine!r})")
 
 
-def schedule_from_config(config: dict[str, Any], where: str = "scheduler_config.json"
-                         ) -> tuple[NoiseSchedule, str, Callable[[float, float], float] | None, dict[str, Any]]:
+def schedule_from_config(
+    config: dict[str, Any], where: str = "scheduler_config.json"
+) -> tuple[NoiseSchedule, str, Callable[[float, float], float] | None, dict[str, Any]]:
     """(noise schedule, target name, network-time map, recorded info) from a diffusers scheduler config."""
     diffusers = _diffusers()
     name = config.get("_class_name")
     if name not in VP_SCHEDULERS + FLOW_SCHEDULERS:
-        raise ConfigError(f"{where}: _class_name={name!r} is not a scheduler diffbench can read; supported: "
-                          f"{', '.join(VP_SCHEDULERS + FLOW_SCHEDULERS)}")
+        raise ConfigError(
+            f"{where}: _class_name={name!r} is not a scheduler diffbench can read; supported: "
+            f"{', '.join(VP_SCHEDULERS + FLOW_SCHEDULERS)}"
+        )
     cls = getattr(diffusers, name, None)
     if cls is None:
         raise ConfigError(f"{where}: _class_name={name!r} is not in diffusers {diffusers.__version__}")
@@ -115,8 +144,10 @@ def schedule_from_config(config: dict[str, Any], where: str = "scheduler_config.
         raise ConfigError(f"{where}: {exc}") from None
     if values.get("trained_betas") is not None:
         betas = values["trained_betas"]
-        if not (isinstance(betas, list) and all(isinstance(b, (int, float)) and not isinstance(b, bool)
-                                                and math.isfinite(b) for b in betas)):
+        if not (
+            isinstance(betas, list)
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in betas)
+        ):
             raise ConfigError(f"{where}: trained_betas must be a list of finite numbers")
     unused = sorted(k for k in config if not k.startswith("_") and k not in keys)
     info: dict[str, Any] = {"scheduler_class": name, "config_defaults_used": filled, "config_keys_unused": unused}
@@ -130,8 +161,9 @@ def schedule_from_config(config: dict[str, Any], where: str = "scheduler_config.
 def _vp(cls: type, values: dict[str, Any], where: str, info: dict[str, Any]):
     pred = values.get("prediction_type", "epsilon")
     if pred not in PREDICTION_TYPES:
-        raise ConfigError(f"{where}: prediction_type={pred!r} is not supported; use one of "
-                          f"{', '.join(PREDICTION_TYPES)}")
+        raise ConfigError(
+            f"{where}: prediction_type={pred!r} is not supported; use one of {', '.join(PREDICTION_TYPES)}"
+        )
     try:  # diffusers' own β arithmetic (float32, as the model was trained), not a re-derivation
         alphas_cumprod = cls(**values).alphas_cumprod.double().numpy()
     except NotImplementedError as exc:
@@ -145,14 +177,18 @@ def _vp(cls: type, values: dict[str, Any], where: str, info: dict[str, Any]):
             info["terminal_alphas_cumprod"] = "2**-24 (zero terminal SNR, clamped as diffusers' Euler/DPM do)"
         else:  # 2^-24 would not be below ᾱ_{T-1}: continue the table's last ratio instead
             alphas_cumprod[-1] = alphas_cumprod[-2] ** 2 / alphas_cumprod[-3]
-            info["terminal_alphas_cumprod"] = (f"{alphas_cumprod[-1]:.6g} (zero terminal SNR; ᾱ_(T-1)²/ᾱ_(T-2), "
-                                               "since 2**-24 is not below ᾱ_(T-1))")
+            info["terminal_alphas_cumprod"] = (
+                f"{alphas_cumprod[-1]:.6g} (zero terminal SNR; ᾱ_(T-1)²/ᾱ_(T-2), since 2**-24 is not below ᾱ_(T-1))"
+            )
     try:
         schedule = DiscreteVP(alphas_cumprod=alphas_cumprod)
     except ValueError as exc:
         raise ConfigError(f"{where}: the β schedule gives an unusable ᾱ table: {exc}") from None
-    schedule.name = f"diffusers-{values.get('beta_schedule', 'linear')}" if values.get("trained_betas") is None \
+    schedule.name = (
+        f"diffusers-{values.get('beta_schedule', 'linear')}"
+        if values.get("trained_betas") is None
         else "diffusers-trained-betas"
+    )
     info.update({k: v for k, v in values.items() if k != "trained_betas"})
     return schedule, PREDICTION_TYPES[pred], None, info
 
@@ -175,6 +211,7 @@ def _flow(values: dict[str, Any], where: str, info: dict[str, Any]):
 
 
 # --- the folder: denoiser, text encoder, VAE ------------------------------------------------------
+
 
 def resolve_path(path: str, allow_download: bool) -> Path:
     """A local folder as given, else a hub id from the local cache, else (when allowed) downloaded."""
@@ -208,8 +245,9 @@ def resolve_path(path: str, allow_download: bool) -> Path:
 def _folders(root: Path) -> dict[str, Path]:
     """Component folders: denoiser, scheduler and optional vae/text_encoder/tokenizer (or a legacy flat folder)."""
     if (root / "model_index.json").is_file():
-        found = {name: root / name for name in ("scheduler", "vae", "text_encoder", "tokenizer")
-                 if (root / name).is_dir()}
+        found = {
+            name: root / name for name in ("scheduler", "vae", "text_encoder", "tokenizer") if (root / name).is_dir()
+        }
         for name in DENOISER_FOLDERS:
             if (root / name / "config.json").is_file():
                 found["denoiser"] = root / name
@@ -221,11 +259,14 @@ def _folders(root: Path) -> dict[str, Path]:
     elif (root / "config.json").is_file() and (root / "scheduler_config.json").is_file():
         found = {"denoiser": root, "scheduler": root}
     else:
-        raise ValueError(f"{root}: not a diffusers model folder (no model_index.json, or config.json with "
-                         "scheduler_config.json)")
+        raise ValueError(
+            f"{root}: not a diffusers model folder (no model_index.json, or config.json with scheduler_config.json)"
+        )
     for need in ("denoiser", "scheduler"):
         if need not in found:
-            raise ValueError(f"{root}: no {need} (looked for {', '.join(DENOISER_FOLDERS) if need == 'denoiser' else 'scheduler/'})")
+            raise ValueError(
+                f"{root}: no {need} (looked for {', '.join(DENOISER_FOLDERS) if need == 'denoiser' else 'scheduler/'})"
+            )
     return found
 
 
@@ -274,8 +315,9 @@ class DiffusersNetwork(torch.nn.Module):
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """CLIP last hidden state of padded prompts, as Stable Diffusion pipelines condition the UNet."""
-        ids = self.tokenizer(texts, padding="max_length", max_length=self.prompt_length, truncation=True,
-                             return_tensors="pt").input_ids
+        ids = self.tokenizer(
+            texts, padding="max_length", max_length=self.prompt_length, truncation=True, return_tensors="pt"
+        ).input_ids
         return self.text_encoder(ids.to(next(self.text_encoder.parameters()).device), return_dict=False)[0]
 
     def decode(self, z: Tensor) -> Tensor:
@@ -298,8 +340,10 @@ def _shape(config: dict[str, Any], where: Path) -> tuple[int, ...]:
         raise ConfigError(f"{where / 'config.json'}: needs sample_size and in_channels to know the sample shape")
     side = [size, size] if not isinstance(size, list) else size
     if not (len(side) == 2 and all(_dimension(v, MAX_SIDE) for v in side) and _dimension(channels, 4096)):
-        raise ConfigError(f"{where / 'config.json'}: sample_size {size!r} and in_channels {channels!r} must be "
-                          f"positive integers (at most {MAX_SIDE} per side, 4096 channels)")
+        raise ConfigError(
+            f"{where / 'config.json'}: sample_size {size!r} and in_channels {channels!r} must be "
+            f"positive integers (at most {MAX_SIDE} per side, 4096 channels)"
+        )
     return (channels, side[0], side[1])
 
 
@@ -323,13 +367,16 @@ def _class_condition(denoiser: torch.nn.Module, config: dict[str, Any], num_clas
     if config.get("_class_name") == "UNet2DModel":
         if config.get("num_class_embeds") is None:
             if num_classes:
-                raise ConfigError(f"{where / 'config.json'}: num_class_embeds is null: the UNet is unconditional, "
-                                  "so options.num_classes must stay 0")
+                raise ConfigError(
+                    f"{where / 'config.json'}: num_class_embeds is null: the UNet is unconditional, "
+                    "so options.num_classes must stay 0"
+                )
             return None
         rows = _table_rows(denoiser, "class_embedding")
     else:  # DiT: LabelEmbedding with one extra row for the null class when trained with label dropout
-        rows = next((m.embedding_table.num_embeddings for m in denoiser.modules()
-                     if type(m).__name__ == "LabelEmbedding"), None)
+        rows = next(
+            (m.embedding_table.num_embeddings for m in denoiser.modules() if type(m).__name__ == "LabelEmbedding"), None
+        )
         if rows is None:
             raise ConfigError(f"{where}: {config.get('_class_name')} has no label embedding")
     classes = num_classes or (rows if config.get("_class_name") == "UNet2DModel" else rows - 1)
@@ -348,8 +395,9 @@ def _add_text_encoder(network: DiffusersNetwork, folders: dict[str, Path], promp
     import transformers
 
     network.text_encoder = _load(folders["text_encoder"], transformers)
-    network.tokenizer = transformers.AutoTokenizer.from_pretrained(folders["tokenizer"], local_files_only=True,
-                                                                   trust_remote_code=False)
+    network.tokenizer = transformers.AutoTokenizer.from_pretrained(
+        folders["tokenizer"], local_files_only=True, trust_remote_code=False
+    )
     network.prompt_length = network.tokenizer.model_max_length
     return Prompts(read_prompts(prompts), network.encode_text, source=str(prompts))
 
@@ -358,12 +406,16 @@ def _add_vae(network: DiffusersNetwork, folder: Path) -> dict[str, Any]:
     network.vae = _load(folder, _diffusers())
     network.vae_scale = float(network.vae.config.get("scaling_factor") or 0.18215)
     network.vae_shift = float(network.vae.config.get("shift_factor") or 0.0)
-    return {"vae_class": type(network.vae).__name__, "vae_scaling_factor": network.vae_scale,
-            "vae_shift_factor": network.vae_shift}
+    return {
+        "vae_class": type(network.vae).__name__,
+        "vae_scaling_factor": network.vae_scale,
+        "vae_shift_factor": network.vae_shift,
+    }
 
 
-def diffusers_model(*, path: str = "", prompts: str = "", num_classes: int = 0,
-                    allow_download: bool = False) -> DiffusionModel:
+def diffusers_model(
+    *, path: str = "", prompts: str = "", num_classes: int = 0, allow_download: bool = False
+) -> DiffusionModel:
     """A diffusers model folder or hub id: schedule and target from its scheduler config (diffusers library)."""
     diffusers = _diffusers()
     root = resolve_path(path, allow_download)
@@ -374,15 +426,20 @@ def diffusers_model(*, path: str = "", prompts: str = "", num_classes: int = 0,
     config = _read_json(den_dir / "config.json")
     kind = config.get("_class_name")
     if kind == "UNet2DModel" and config.get("time_embedding_type", "positional") != "positional":
-        raise ConfigError(f"{den_dir / 'config.json'}: time_embedding_type={config['time_embedding_type']!r} "
-                          "(score-SDE σ input) is not supported; only 'positional'")
+        raise ConfigError(
+            f"{den_dir / 'config.json'}: time_embedding_type={config['time_embedding_type']!r} "
+            "(score-SDE σ input) is not supported; only 'positional'"
+        )
     if kind not in ("UNet2DModel", "DiTTransformer2DModel", "UNet2DConditionModel"):
-        raise ConfigError(f"{den_dir / 'config.json'}: _class_name={kind!r} is not supported; supported: "
-                          "UNet2DModel, DiTTransformer2DModel, UNet2DConditionModel")
+        raise ConfigError(
+            f"{den_dir / 'config.json'}: _class_name={kind!r} is not supported; supported: "
+            "UNet2DModel, DiTTransformer2DModel, UNet2DConditionModel"
+        )
     denoiser = _load(den_dir, diffusers)
     text = kind == "UNet2DConditionModel"
-    network = DiffusersNetwork(denoiser, "encoder_hidden_states" if text else "class_labels",
-                               _learned_variance(config, den_dir))
+    network = DiffusersNetwork(
+        denoiser, "encoder_hidden_states" if text else "class_labels", _learned_variance(config, den_dir)
+    )
     if text:
         condition = _add_text_encoder(network, folders, prompts)
     elif prompts:
@@ -390,19 +447,34 @@ def diffusers_model(*, path: str = "", prompts: str = "", num_classes: int = 0,
     else:
         condition = _class_condition(denoiser, config, num_classes, den_dir)
     latent = _add_vae(network, folders["vae"]) if "vae" in folders else {}
-    info.update({"path": str(path), "denoiser_class": kind, **latent,
-                 "learned_variance_dropped": _learned_variance(config, den_dir) is not None})
+    info.update(
+        {
+            "path": str(path),
+            "denoiser_class": kind,
+            **latent,
+            "learned_variance_dropped": _learned_variance(config, den_dir) is not None,
+        }
+    )
     return DiffusionModel(
-        name="diffusers", network=network, schedule=schedule, target=TARGETS[target], shape=_shape(config, den_dir),
-        num_classes=condition.num_classes if isinstance(condition, ClassLabels) else None, condition=condition,
-        checkpoint_hash=_weights_hash([p for k, p in folders.items()]), dataset=None, data_range=(-1.0, 1.0),
-        info=info, time_input=time_input, decoder=network.decode if latent else None,
+        name="diffusers",
+        network=network,
+        schedule=schedule,
+        target=TARGETS[target],
+        shape=_shape(config, den_dir),
+        num_classes=condition.num_classes if isinstance(condition, ClassLabels) else None,
+        condition=condition,
+        checkpoint_hash=_weights_hash([p for k, p in folders.items()]),
+        dataset=None,
+        data_range=(-1.0, 1.0),
+        info=info,
+        time_input=time_input,
+        decoder=network.decode if latent else None,
     )
 
 
 diffusers_model.option_help = {
     "path": "a diffusers model folder (model_index.json, scheduler/, unet/ or transformer/), relative to the suite "
-            "file; a hub id only with allow_download",
+    "file; a hub id only with allow_download",
     "prompts": "text file of prompts, one a line, for text-conditioned models (relative to the suite file)",
     "num_classes": "class labels 0..num_classes-1 for class-conditional models (0: from the config)",
     "allow_download": "let diffusers fetch a hub id (off: nothing downloads at run time)",

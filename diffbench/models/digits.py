@@ -4,6 +4,7 @@ Each is a ``DenoiserMLP`` trained on the digits train split (scripts/train_digit
 shipped as diffbench/data/<name>.safetensors; its config (architecture, schedule, target,
 training) lives in the file's metadata and its sha256 is the model's checkpoint hash.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -48,8 +49,9 @@ def _arch(config: dict[str, Any], state: dict[str, Any], path: Any) -> dict[str,
         raise ValueError(f"checkpoint {path}: metadata 'arch' must be a mapping of {', '.join(list(params)[1:])}")
     blocks = {k.split(".")[1] for k in state if k.startswith("blocks.")}
     if arch.get("depth", params["depth"].default) != len(blocks):
-        raise ValueError(f"checkpoint {path}: arch depth {arch.get('depth')!r} but the weights hold "
-                         f"{len(blocks)} blocks")
+        raise ValueError(
+            f"checkpoint {path}: arch depth {arch.get('depth')!r} but the weights hold {len(blocks)} blocks"
+        )
     try:
         with torch.device("meta"):  # shapes only: no memory, whatever the config says
             want = {k: tuple(v.shape) for k, v in DenoiserMLP(**arch).state_dict().items()}
@@ -58,8 +60,10 @@ def _arch(config: dict[str, Any], state: dict[str, Any], path: Any) -> dict[str,
     have = {k: tuple(v.shape) for k, v in state.items()}
     if want != have:
         bad = next((k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)))
-        raise ValueError(f"checkpoint {path}: metadata 'arch' does not match the weights (tensor {bad!r}: "
-                         f"{have.get(bad)} in the file, {want.get(bad)} from the config)")
+        raise ValueError(
+            f"checkpoint {path}: metadata 'arch' does not match the weights (tensor {bad!r}: "
+            f"{have.get(bad)} in the file, {want.get(bad)} from the config)"
+        )
     return arch
 
 
@@ -75,9 +79,16 @@ def load_digits_model(name: str, checkpoint: str | None = None) -> DiffusionMode
     net.eval().requires_grad_(False)
     info: dict[str, Any] = {"train_split": config.get("split"), "train_steps": config.get("training", {}).get("steps")}
     return DiffusionModel(
-        name=name, network=net, schedule=spec.make_schedule(), target=TARGETS[spec.target],
-        shape=tuple(config["arch"]["shape"]), num_classes=config["arch"]["num_classes"], checkpoint_hash=sha,
-        dataset="digits", data_range=(-1.0, 1.0), info=info,
+        name=name,
+        network=net,
+        schedule=spec.make_schedule(),
+        target=TARGETS[spec.target],
+        shape=tuple(config["arch"]["shape"]),
+        num_classes=config["arch"]["num_classes"],
+        checkpoint_hash=sha,
+        dataset="digits",
+        data_range=(-1.0, 1.0),
+        info=info,
     )
 
 
@@ -100,6 +111,8 @@ MODELS = {"digits-eps": digits_eps, "digits-v": digits_v, "digits-flow": digits_
 
 
 for _loader in MODELS.values():
-    _loader.option_help = {"checkpoint": "another checkpoint of this model (safetensors, with its training config "
-                                         "in the metadata); default: the shipped one"}
+    _loader.option_help = {
+        "checkpoint": "another checkpoint of this model (safetensors, with its training config "
+        "in the metadata); default: the shipped one"
+    }
     _loader.path_options = {"checkpoint": "path"}

@@ -4,6 +4,7 @@ For p(x0) = Σ_k π_k N(μ_k, Σ_k), the noisy marginal at σ is Σ_k π_k N(μ_
 E[x0 | x] = Σ_k w_k(x) (μ_k + Σ_k (Σ_k + σ² I)^{-1} (x - μ_k)), w_k the posterior weights.
 Covariances are handled through their eigendecompositions, so every σ costs O(K d²).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,8 +50,15 @@ class GaussianMixture:
         return self
 
     @classmethod
-    def random(cls, dim: int = 2, components: int = 3, seed: int = 0, scale: float = 1.0,
-               min_std: float = 0.05, max_std: float = 0.4) -> "GaussianMixture":
+    def random(
+        cls,
+        dim: int = 2,
+        components: int = 3,
+        seed: int = 0,
+        scale: float = 1.0,
+        min_std: float = 0.05,
+        max_std: float = 0.4,
+    ) -> "GaussianMixture":
         """A reproducible random mixture: means in [-scale, scale]^d, anisotropic covariances."""
         rng = np.random.default_rng(seed)
         means = rng.uniform(-scale, scale, size=(components, dim))
@@ -90,8 +98,9 @@ class GaussianMixture:
         scaled = self.evecs[comp] @ (self.evals[comp].sqrt() * z)[..., None]
         return self.means[comp] + scaled[..., 0]
 
-    def ode_solve(self, x: Tensor, sigma_from: float, sigma_to: float, *, rtol: float = 1e-12,
-                  atol: float = 1e-12) -> Tensor:
+    def ode_solve(
+        self, x: Tensor, sigma_from: float, sigma_to: float, *, rtol: float = 1e-12, atol: float = 1e-12
+    ) -> Tensor:
         """Reference solution of dx/dσ = (x - D(x, σ))/σ from σ_from to σ_to > 0 (DOP853 in log σ)."""
         from scipy.integrate import solve_ivp
 
@@ -121,8 +130,10 @@ class ExactNetwork(torch.nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         tt = t.detach().to("cpu", torch.float64).numpy()
         c = self.schedule.coef(tt)
+
         def col(v):
             return torch.as_tensor(np.broadcast_to(v, tt.shape).copy(), dtype=x_t.dtype, device=x_t.device)[:, None]
+
         coef = type(c)(col(c.alpha), col(c.sigma), col(c.dalpha), col(c.dsigma))
         x0 = self.mixture.denoise(x_t / coef.alpha, coef.sigma[:, 0] / coef.alpha[:, 0]).to(x_t.dtype)
         return self.target.from_x0(x0, x_t, coef)
@@ -136,20 +147,35 @@ def check_size(dim: int, components: int) -> None:
     if dim < 1 or components < 1:
         raise ValueError(f"dim and components must be positive, got dim={dim}, components={components}")
     if components * dim * dim > MAX_COVARIANCE_ENTRIES:
-        raise ValueError(f"dim={dim} with components={components} needs {components * dim * dim * 8 / 2**30:.3g} "
-                         f"GiB of covariances (limit {MAX_COVARIANCE_ENTRIES * 8 / 2**30:g} GiB)")
+        raise ValueError(
+            f"dim={dim} with components={components} needs {components * dim * dim * 8 / 2**30:.3g} "
+            f"GiB of covariances (limit {MAX_COVARIANCE_ENTRIES * 8 / 2**30:g} GiB)"
+        )
 
 
-def gmm(*, dim: int = 2, components: int = 3, seed: int = 0, schedule: str = "edm", target: str = "x0",
-        means: list | None = None, covs: list | None = None, weights: list | None = None,
-        sigma_min: float | None = None, sigma_max: float | None = None) -> DiffusionModel:
+def gmm(
+    *,
+    dim: int = 2,
+    components: int = 3,
+    seed: int = 0,
+    schedule: str = "edm",
+    target: str = "x0",
+    means: list | None = None,
+    covs: list | None = None,
+    weights: list | None = None,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+) -> DiffusionModel:
     """Analytic Gaussian-mixture model: exact denoiser under any noise schedule and target."""
     if means is None:
         check_size(dim, components)
     if means is not None:
         k = len(means)
-        mix = GaussianMixture(weights if weights is not None else [1.0 / k] * k, means,
-                              covs if covs is not None else [np.eye(len(means[0])).tolist()] * k)
+        mix = GaussianMixture(
+            weights if weights is not None else [1.0 / k] * k,
+            means,
+            covs if covs is not None else [np.eye(len(means[0])).tolist()] * k,
+        )
     else:
         mix = GaussianMixture.random(dim=dim, components=components, seed=seed)
     sched_opts: dict[str, Any] = {}
@@ -160,9 +186,17 @@ def gmm(*, dim: int = 2, components: int = 3, seed: int = 0, schedule: str = "ed
         raise ValueError(f"unknown target {target!r}; available: {', '.join(TARGETS)}")
     tgt = TARGETS[target]
     return DiffusionModel(
-        name="gmm", network=ExactNetwork(mix, sched, tgt), schedule=sched, target=tgt,
-        shape=(mix.dim,), checkpoint_hash=mix.fingerprint(), dataset=None, data_range=(-float("inf"), float("inf")),
-        info={"dim": mix.dim, "components": mix.components}, analytic=mix, dtype=torch.float64,
+        name="gmm",
+        network=ExactNetwork(mix, sched, tgt),
+        schedule=sched,
+        target=tgt,
+        shape=(mix.dim,),
+        checkpoint_hash=mix.fingerprint(),
+        dataset=None,
+        data_range=(-float("inf"), float("inf")),
+        info={"dim": mix.dim, "components": mix.components},
+        analytic=mix,
+        dtype=torch.float64,
     )
 
 
@@ -178,5 +212,10 @@ gmm.option_help = {
     "sigma_min": "smallest σ of a continuous schedule",
     "sigma_max": "largest σ of a continuous schedule",
 }
-gmm.option_types = {"means": list | None, "covs": list | None, "weights": list | None, "sigma_min": float | None,
-                    "sigma_max": float | None}
+gmm.option_types = {
+    "means": list | None,
+    "covs": list | None,
+    "weights": list | None,
+    "sigma_min": float | None,
+    "sigma_max": float | None,
+}

@@ -3,6 +3,7 @@
 An MLP rather than a conv net: 64 pixels are few enough that dense layers see the whole image,
 and one evaluation on a batch of 256 costs ~0.2 GFLOP, far inside the CPU time budget.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,10 +59,19 @@ class DenoiserMLP(nn.Module):
     used for classifier-free guidance (Ho & Salimans 2022).
     """
 
-    def __init__(self, shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10, width: int = 256,
-                 hidden: int = 512, depth: int = 4, emb_dim: int = 128, time_scale: float = 1.0,
-                 dropout: float = 0.0, time_min_period: float | None = None,
-                 time_max_period: float = 10000.0) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, ...] = (1, 8, 8),
+        num_classes: int = 10,
+        width: int = 256,
+        hidden: int = 512,
+        depth: int = 4,
+        emb_dim: int = 128,
+        time_scale: float = 1.0,
+        dropout: float = 0.0,
+        time_min_period: float | None = None,
+        time_max_period: float = 10000.0,
+    ) -> None:
         super().__init__()
         self.shape, self.num_classes, self.time_scale = tuple(shape), num_classes, float(time_scale)
         self.time_min_period, self.time_max_period = time_min_period, float(time_max_period)
@@ -78,8 +88,11 @@ class DenoiserMLP(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         if labels is None:
             labels = torch.full((x_t.shape[0],), self.num_classes, device=x_t.device, dtype=torch.long)
-        emb = self.time_mlp(timestep_embedding(t * self.time_scale, self.emb_dim, self.time_max_period,
-                                                  self.time_min_period).to(x_t.dtype))
+        emb = self.time_mlp(
+            timestep_embedding(t * self.time_scale, self.emb_dim, self.time_max_period, self.time_min_period).to(
+                x_t.dtype
+            )
+        )
         emb = self.act(emb + self.label_emb(labels))
         h = self.inp(x_t.flatten(1))
         for block in self.blocks:

@@ -7,6 +7,7 @@ declare what MODELS.md lists as configuration, never weights: noise schedule, pr
 time input convention, shape, classes and data range. docs/models.md has worked examples (an EDM
 network, a guided-diffusion checkpoint).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -62,8 +63,10 @@ def load_factory(spec: str) -> Callable[..., Any]:
         spec = f"{installed.module}:{installed.attr}"
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"factory {spec!r}: expected 'package.module:function', 'path/file.py:function' or the "
-                         f"name of an installed factory ({', '.join(installed_factories()) or 'none installed'})")
+        raise ValueError(
+            f"factory {spec!r}: expected 'package.module:function', 'path/file.py:function' or the "
+            f"name of an installed factory ({', '.join(installed_factories()) or 'none installed'})"
+        )
     try:
         if module_name.endswith(".py"):
             path = Path(module_name).expanduser()
@@ -87,13 +90,25 @@ def load_factory(spec: str) -> Callable[..., Any]:
     return fn
 
 
-def check_options(*, factory: str = "", schedule: str = "linear", schedule_options: dict | None = None,
-                  target: str = "eps", time_input: str = "t", time_scale: float = 1.0, shape: list | None = None,
-                  num_classes: int = 0, data_range: list | None = None, **_: Any) -> None:
+def check_options(
+    *,
+    factory: str = "",
+    schedule: str = "linear",
+    schedule_options: dict | None = None,
+    target: str = "eps",
+    time_input: str = "t",
+    time_scale: float = 1.0,
+    shape: list | None = None,
+    num_classes: int = 0,
+    data_range: list | None = None,
+    **_: Any,
+) -> None:
     """The checks that need no import, file or weights (validate --no-load runs them): one-line ValueErrors."""
     if not factory:
-        raise ValueError("factory: model 'python' needs options.factory: 'package.module:function' or "
-                         "'file.py:function' (a path relative to the suite file)")
+        raise ValueError(
+            "factory: model 'python' needs options.factory: 'package.module:function' or "
+            "'file.py:function' (a path relative to the suite file)"
+        )
     if target not in TARGETS:
         raise ValueError(f"target: unknown target {target!r}; available: {', '.join(TARGETS)}")
     if time_input not in TIME_INPUTS:
@@ -102,15 +117,23 @@ def check_options(*, factory: str = "", schedule: str = "linear", schedule_optio
         raise ValueError(f"time_scale applies to time_input 't' only, not {time_input!r}")
     if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not 0 < time_scale < math.inf:
         raise ValueError(f"time_scale must be a positive finite number, got {time_scale!r}")
-    if not shape or len(shape) > MAX_RANK or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_SIDE
-                                                     for d in shape):
-        raise ValueError(f"shape: the sample shape as a list of at most {MAX_RANK} positive ints, each at "
-                         f"most {MAX_SIDE:,} (e.g. [3, 32, 32]), got {shape!r}")
+    if (
+        not shape
+        or len(shape) > MAX_RANK
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_SIDE for d in shape)
+    ):
+        raise ValueError(
+            f"shape: the sample shape as a list of at most {MAX_RANK} positive ints, each at "
+            f"most {MAX_SIDE:,} (e.g. [3, 32, 32]), got {shape!r}"
+        )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be 0 (unconditional) or a positive int, got {num_classes!r}")
     data_range = [-1.0, 1.0] if data_range is None else data_range
-    if len(data_range) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                       for v in data_range) or not data_range[0] < data_range[1]:
+    if (
+        len(data_range) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in data_range)
+        or not data_range[0] < data_range[1]
+    ):
         raise ValueError(f"data_range: [low, high] finite, with low < high, got {data_range!r}")
     try:
         check_schedule_options(schedule, dict(schedule_options or {}))
@@ -120,12 +143,11 @@ def check_options(*, factory: str = "", schedule: str = "linear", schedule_optio
 
 OPTION_HELP = {
     "factory": "'package.module:function' or 'file.py:function' (relative to the suite file) returning the "
-               "torch module; running it needs --trust-code (or DIFFBENCH_TRUST_CODE=1)",
+    "torch module; running it needs --trust-code (or DIFFBENCH_TRUST_CODE=1)",
     "factory_options": "keyword arguments passed to the factory (checked when it runs, not by validate)",
     "checkpoint": "weights file handed to the factory as checkpoint=<absolute path> (relative to the suite file)",
     "schedule": f"noise schedule as trained: {', '.join(ALL_SCHEDULES)}",
-    "schedule_options": "the schedule's own options (listed below by schedule), e.g. {betas: [...]} for "
-                        "trained-betas",
+    "schedule_options": "the schedule's own options (listed below by schedule), e.g. {betas: [...]} for trained-betas",
     "target": f"what the network predicts: {', '.join(TARGETS)}",
     "time_input": f"what the network gets as time: {', '.join(TIME_INPUTS)} (see docs/models.md)",
     "time_scale": "multiplies time_input 't' (1/T for networks trained on t/T)",
@@ -134,7 +156,7 @@ OPTION_HELP = {
     "learned_variance": "the network outputs 2×channels (mean and variance halves); the variance half is dropped",
     "data_range": "[low, high] of the training data (e.g. [-0.5, 0.5]); metrics map it to [0, 255]",
     "dataset": "default reference dataset for fid/kid/prc/swd (a name such as digits; a suite's reference: "
-               "overrides it)",
+    "overrides it)",
 }
 
 
@@ -152,16 +174,35 @@ class PythonNetwork(torch.nn.Module):
 
 # The {} and [] defaults are the plugin's option defaults, read from this signature by the registry
 # (listed by `diffbench list`, validated by the suite schema); the function never mutates them.
-def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: str = "",
-                 schedule: str = "linear", schedule_options: dict = {}, target: str = "eps",
-                 time_input: str = "t", time_scale: float = 1.0, shape: list = [],
-                 num_classes: int = 0, learned_variance: bool = False, data_range: list = [-1.0, 1.0],
-                 dataset: str = "") -> DiffusionModel:
+def python_model(
+    *,
+    factory: str = "",
+    factory_options: dict = {},
+    checkpoint: str = "",
+    schedule: str = "linear",
+    schedule_options: dict = {},
+    target: str = "eps",
+    time_input: str = "t",
+    time_scale: float = 1.0,
+    shape: list = [],
+    num_classes: int = 0,
+    learned_variance: bool = False,
+    data_range: list = [-1.0, 1.0],
+    dataset: str = "",
+) -> DiffusionModel:
     """A torch module from the user's factory with its declared schedule, target and time input."""
     try:
-        check_options(factory=factory, schedule=schedule, schedule_options=schedule_options, target=target,
-                      time_input=time_input, time_scale=time_scale, shape=shape, num_classes=num_classes,
-                      data_range=data_range)
+        check_options(
+            factory=factory,
+            schedule=schedule,
+            schedule_options=schedule_options,
+            target=target,
+            time_input=time_input,
+            time_scale=time_scale,
+            shape=shape,
+            num_classes=num_classes,
+            data_range=data_range,
+        )
     except ValueError as exc:
         raise ValueError(f"options.{exc}") from None
     try:
@@ -179,18 +220,32 @@ def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: s
     module.eval().requires_grad_(False)
     time_fn: Callable[[float, float], float] | None = None if time_input == "t" else TIME_INPUTS[time_input]
     if time_input == "t" and time_scale != 1.0:
+
         def time_fn(sigma: float, t: float) -> float:
             return t * time_scale
-    info = {"factory": factory, "factory_options": kwargs, "time_input": time_input, "time_scale": time_scale,
-            "learned_variance": learned_variance, "schedule_options": schedule_options,
-            "discrete": isinstance(sched, DiscreteVP)}
-    return DiffusionModel(
-        name="python", network=PythonNetwork(module, shape[0] if learned_variance else None), schedule=sched,
-        target=TARGETS[target], shape=tuple(shape), num_classes=num_classes or None,
-        checkpoint_hash=file_sha256(checkpoint) if checkpoint else None, dataset=dataset or None,
-        data_range=(float(data_range[0]), float(data_range[1])), info=info, time_input=time_fn,
-    )
 
+    info = {
+        "factory": factory,
+        "factory_options": kwargs,
+        "time_input": time_input,
+        "time_scale": time_scale,
+        "learned_variance": learned_variance,
+        "schedule_options": schedule_options,
+        "discrete": isinstance(sched, DiscreteVP),
+    }
+    return DiffusionModel(
+        name="python",
+        network=PythonNetwork(module, shape[0] if learned_variance else None),
+        schedule=sched,
+        target=TARGETS[target],
+        shape=tuple(shape),
+        num_classes=num_classes or None,
+        checkpoint_hash=file_sha256(checkpoint) if checkpoint else None,
+        dataset=dataset or None,
+        data_range=(float(data_range[0]), float(data_range[1])),
+        info=info,
+        time_input=time_fn,
+    )
 
 
 python_model.option_help = OPTION_HELP

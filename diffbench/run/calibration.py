@@ -3,6 +3,7 @@
 Speed comparisons across machines divide sampling time by the bare network time measured on the
 same machine in the same run, so a baseline recorded elsewhere does not raise false alarms.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -51,9 +52,11 @@ def bare_network_seconds(model: DiffusionModel, batch_size: int, *, repeats: int
     return statistics.median(bare_network_times(model, batch_size, repeats=repeats, warmup=warmup))
 
 
-COUNTED_TIME_METHOD = ("counted NFE × (bare network call on one batch of the suite's batch_size: the minimum of "
-                       "the run's calibration calls + the cell's harness CPU time per call: lower quartile) / "
-                       "batch_size")
+COUNTED_TIME_METHOD = (
+    "counted NFE × (bare network call on one batch of the suite's batch_size: the minimum of "
+    "the run's calibration calls + the cell's harness CPU time per call: lower quartile) / "
+    "batch_size"
+)
 # Identical work (same NFE, same model and batch) gets the same network part exactly; the harness part is each
 # sampler's own measured CPU time per call, so samplers doing the same arithmetic agree within its spread
 # (tests/benchmarks/test_counted_time.py measures it).
@@ -66,9 +69,15 @@ def counted_seconds_per_sample(record: dict[str, Any], calibration: dict[str, An
     bare, batch = calibration.get("network_seconds_per_call_min"), calibration.get("batch_size")
     if not nfe or harness is None or not bare or not batch:
         return {}
-    return {"counted_seconds_per_sample": float(nfe) * (float(bare) + float(harness)) / batch,
-            "timing": {"method": COUNTED_TIME_METHOD, "network_seconds_per_call": bare,
-                       "harness_seconds_per_call": harness, "batch_size": batch}}
+    return {
+        "counted_seconds_per_sample": float(nfe) * (float(bare) + float(harness)) / batch,
+        "timing": {
+            "method": COUNTED_TIME_METHOD,
+            "network_seconds_per_call": bare,
+            "harness_seconds_per_call": harness,
+            "batch_size": batch,
+        },
+    }
 
 
 REFERENCE_SHAPE = (64, 256)  # 16384 float32 values: below torch's parallel grain, so one thread does the work
@@ -111,10 +120,12 @@ def cpu_reference_seconds(repeats: int = 15) -> float:
 
 HARNESS_REPEATS = 11
 MIN_GAPS = REFERENCE_PIECES  # gaps per repetition: as many as the reference has pieces
-HARNESS_METHOD = ("cpu-time: the sampler on the cell's grid, batch size and options with a zero network, one "
-                  "torch thread; median thread CPU time between calls (at least 16 per repetition), minimum over {k} "
-                  "repetitions, divided by the minimum of the same statistic of a fixed CPU reference work "
-                  "(16 pieces of 4 small tensor ops) timed between them")
+HARNESS_METHOD = (
+    "cpu-time: the sampler on the cell's grid, batch size and options with a zero network, one "
+    "torch thread; median thread CPU time between calls (at least 16 per repetition), minimum over {k} "
+    "repetitions, divided by the minimum of the same statistic of a fixed CPU reference work "
+    "(16 pieces of 4 small tensor ops) timed between them"
+)
 
 
 def harness_probe(gaps_of_one_call: Callable[[], list[float]], repeats: int = HARNESS_REPEATS) -> dict[str, Any] | None:
@@ -139,9 +150,14 @@ def harness_probe(gaps_of_one_call: Callable[[], list[float]], repeats: int = HA
                 gaps += gaps_of_one_call()
             probes.append(statistics.median(gaps))
     seconds, ref = min(probes), min(refs)
-    return {"method": "cpu-time", "seconds_per_call": seconds, "reference_seconds": ref,
-            "ratio": seconds / ref, "repeats": repeats,
-            "spread": max(probes) / seconds if seconds > 0 else None}
+    return {
+        "method": "cpu-time",
+        "seconds_per_call": seconds,
+        "reference_seconds": ref,
+        "ratio": seconds / ref,
+        "repeats": repeats,
+        "spread": max(probes) / seconds if seconds > 0 else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -158,13 +174,25 @@ class Overhead:
         return statistics.median(self.ratios)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"overhead_median": self.median, "ratios": self.ratios, "nfe": self.nfe,
-                "bare_seconds_median": statistics.median(self.bare_seconds),
-                "sample_seconds_median": statistics.median(self.sample_seconds)}
+        return {
+            "overhead_median": self.median,
+            "ratios": self.ratios,
+            "nfe": self.nfe,
+            "bare_seconds_median": statistics.median(self.bare_seconds),
+            "sample_seconds_median": statistics.median(self.sample_seconds),
+        }
 
 
-def harness_overhead(model: DiffusionModel, sampler: str = "euler", *, steps: int = 20, batch_size: int = 256,
-                     repeats: int = 10, scheduler: str = "karras", **sample_kwargs: Any) -> Overhead:
+def harness_overhead(
+    model: DiffusionModel,
+    sampler: str = "euler",
+    *,
+    steps: int = 20,
+    batch_size: int = 256,
+    repeats: int = 10,
+    scheduler: str = "karras",
+    **sample_kwargs: Any,
+) -> Overhead:
     """Interleave bare-network timings with full sampling calls; each repetition pairs the two.
 
     The bare time of a repetition is the mean of NFE calls made right before its sampling call, so

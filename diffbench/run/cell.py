@@ -3,6 +3,7 @@
 A failure (a plugin raises, samples are not finite) becomes the record's ``status``/``error``;
 it is never raised, so the run goes on.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,8 +62,9 @@ def _aggregate(per_seed: list[dict[str, MetricValue]]) -> dict[str, MetricValue]
         vals = [d[name].value for d in per_seed if name in d]
         k = len(vals)
         se = statistics.stdev(vals) / math.sqrt(k) if k > 1 else None
-        out[name] = MetricValue(statistics.fmean(vals), se,
-                                f"standard error of the mean over {k} seed groups (std across groups / √{k})")
+        out[name] = MetricValue(
+            statistics.fmean(vals), se, f"standard error of the mean over {k} seed groups (std across groups / √{k})"
+        )
     return out
 
 
@@ -77,22 +79,45 @@ def _block_minima(per_seed: list[dict[str, MetricValue]], directions: dict[str, 
             continue
         vals = [d[name].value for d in per_seed if name in d]
         out[f"{name}-min-over-seeds"] = MetricValue(
-            min(vals), None, f"minimum over {len(vals)} seed blocks (a selection, not an estimate; no uncertainty)")
+            min(vals), None, f"minimum over {len(vals)} seed blocks (a selection, not an estimate; no uncertainty)"
+        )
     return out
 
 
 def sampling_spec(suite: Suite, cell: CellSpec, seed: int, num_samples: int, first_index: int = 0) -> SamplingSpec:
     """What one seed group of ``cell`` (or a slice of it from ``first_index``) draws."""
-    return SamplingSpec(cell.sampler.name, cell.steps, cell.scheduler.name, cell.sampler.options,
-                        cell.scheduler.options, cell.scheduler.quantize, cell.scheduler.final_zero, num_samples,
-                        seed, first_index, suite.batch_size, suite.conditional, cell.guidance, cell.sampler.clip_x0)
+    return SamplingSpec(
+        cell.sampler.name,
+        cell.steps,
+        cell.scheduler.name,
+        cell.sampler.options,
+        cell.scheduler.options,
+        cell.scheduler.quantize,
+        cell.scheduler.final_zero,
+        num_samples,
+        seed,
+        first_index,
+        suite.batch_size,
+        suite.conditional,
+        cell.guidance,
+        cell.sampler.clip_x0,
+    )
 
 
-def sampling_call(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, seed: int,
-                  num_samples: int, progress: Callable[[int], None] | None = None, first_index: int = 0) -> SamplingCall:
+def sampling_call(
+    suite: Suite,
+    cell: CellSpec,
+    model: DiffusionModel,
+    registry: Registry,
+    seed: int,
+    num_samples: int,
+    progress: Callable[[int], None] | None = None,
+    first_index: int = 0,
+) -> SamplingCall:
     """One seed group (or a slice of it from ``first_index``) of one cell, prepared to stream batch by batch."""
-    return SamplingCall(model, sampling_spec(suite, cell, seed, num_samples, first_index), registry=registry,
-                        progress=progress)
+    return SamplingCall(
+        model, sampling_spec(suite, cell, seed, num_samples, first_index), registry=registry, progress=progress
+    )
 
 
 def metric_plan(suite: Suite, model: DiffusionModel, registry: Registry, context: MetricContext) -> MetricPlan:
@@ -126,13 +151,32 @@ class SampledGroup:
     extract_seconds: float = 0.0  # time in the feature extractors (not sampling time)
 
 
-def stream_group(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, plan: MetricPlan,
-                 seed: int, preview: bool, bar: Any = None, *, first_index: int = 0,
-                 num_samples: int | None = None, saver: SampleSaver | None = None) -> SampledGroup:
+def stream_group(
+    suite: Suite,
+    cell: CellSpec,
+    model: DiffusionModel,
+    registry: Registry,
+    plan: MetricPlan,
+    seed: int,
+    preview: bool,
+    bar: Any = None,
+    *,
+    first_index: int = 0,
+    num_samples: int | None = None,
+    saver: SampleSaver | None = None,
+) -> SampledGroup:
     """Sample a seed group (or ``num_samples`` of it from ``first_index``) batch by batch into feature rows
     (and into ``saver``'s files)."""
-    call = sampling_call(suite, cell, model, registry, seed, num_samples or suite.num_samples,
-                         progress=bar.update if bar is not None else None, first_index=first_index)
+    call = sampling_call(
+        suite,
+        cell,
+        model,
+        registry,
+        seed,
+        num_samples or suite.num_samples,
+        progress=bar.update if bar is not None else None,
+        first_index=first_index,
+    )
     rows, pictured, extract_s = plan.rows(), Preview(), 0.0
     for batch in call:  # each batch checked by the sampling call (shape, dtype, finite, NFE)
         t0 = time.perf_counter()
@@ -145,9 +189,17 @@ def stream_group(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: 
     return SampledGroup(rows, pictured.samples(), call.result, extract_s)
 
 
-def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
-             run: RunDir, bar: Any, time_limit: float | None = None,
-             groups: Callable[[int, MetricPlan], SampledGroup] | None = None) -> CellRecord:
+def run_cell(
+    suite: Suite,
+    cell: CellSpec,
+    model: DiffusionModel,
+    registry: Registry,
+    context: MetricContext,
+    run: RunDir,
+    bar: Any,
+    time_limit: float | None = None,
+    groups: Callable[[int, MetricPlan], SampledGroup] | None = None,
+) -> CellRecord:
     """Sample every seed group of one cell, streaming batches into the metrics' features; score each group once.
 
     Samples are not kept: each batch goes through the feature extractors as it is produced (only the
@@ -166,8 +218,11 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
             scores, directions, metric_s = [], {}, 0.0
             for seed in suite.seeds:
                 first = seed == suite.seeds[0]
-                group = (groups(seed, plan) if groups is not None
-                         else stream_group(suite, cell, model, registry, plan, seed, first, bar, saver=saver))
+                group = (
+                    groups(seed, plan)
+                    if groups is not None
+                    else stream_group(suite, cell, model, registry, plan, seed, first, bar, saver=saver)
+                )
                 metric_s += group.extract_seconds
                 res = group.result
                 results.append(res)
@@ -186,20 +241,29 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
                     values.update(out)
                     directions.update({name: metric_direction(planned.component, name) for name in out})
                 scores.append(values)
-                rec["per_seed"].append({"seed": seed, "nfe": res.nfe, "sample_seconds": res.sample_seconds,
-                                        "network_seconds": res.network_seconds,
-                                        **({"decode_seconds": res.decode_seconds}
-                                           if res.decode_seconds is not None else {}),
-                                        "metrics": {k: vars(v) for k, v in values.items()}})
+                rec["per_seed"].append(
+                    {
+                        "seed": seed,
+                        "nfe": res.nfe,
+                        "sample_seconds": res.sample_seconds,
+                        "network_seconds": res.network_seconds,
+                        **({"decode_seconds": res.decode_seconds} if res.decode_seconds is not None else {}),
+                        "metrics": {k: vars(v) for k, v in values.items()},
+                    }
+                )
                 bar.set_postfix_str("")
             _summarise(rec, results)
             rec["harness"] = probe_harness(suite, cell, model, registry, rec["warnings"])
             values = {**_aggregate(scores), **_block_minima(scores, directions)}
-            rec["metrics"] = {name: {**vars(v), "higher_is_better": directions.get(name, False)}
-                              for name, v in values.items()}
+            rec["metrics"] = {
+                name: {**vars(v), "higher_is_better": directions.get(name, False)} for name, v in values.items()
+            }
             if saver.files:
-                rec["saved_samples"] = {"mode": suite.save_samples, "files": saver.files,
-                                        "folder": f"samples/{cell.cell_id}"}
+                rec["saved_samples"] = {
+                    "mode": suite.save_samples,
+                    "files": saver.files,
+                    "folder": f"samples/{cell.cell_id}",
+                }
             rec["status"] = STATUS_OK
     except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a plugin's failure is this cell's result, not the run's
         rec["status"], rec["metrics"] = STATUS_FAILED, {}
@@ -214,10 +278,18 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
 
 
 def _describe_sampling(rec: CellRecord, res: SampleResult) -> None:
-    rec.update({"sampler_options": {**res.sampler_options, "clip_x0": res.meta["clip_x0"]},
-                "scheduler_options": res.scheduler_options, "grid": res.grid.record(),
-                "declared_nfe": res.declared_nfe, "device": res.meta["device"], "dtype": res.meta["dtype"],
-                "batch_size": res.meta["batch_size"], "conditional": res.meta["conditional"]})
+    rec.update(
+        {
+            "sampler_options": {**res.sampler_options, "clip_x0": res.meta["clip_x0"]},
+            "scheduler_options": res.scheduler_options,
+            "grid": res.grid.record(),
+            "declared_nfe": res.declared_nfe,
+            "device": res.meta["device"],
+            "dtype": res.meta["dtype"],
+            "batch_size": res.meta["batch_size"],
+            "conditional": res.meta["conditional"],
+        }
+    )
 
 
 class Preview:
@@ -230,7 +302,7 @@ class Preview:
     def add(self, batch: Batch) -> None:
         x = batch.samples
         if x.ndim != 2:  # a scatter of points shows them all (a few bytes each), a grid the first images
-            x = x[:max(pictures.MAX_PREVIEW - self.count, 0)]
+            x = x[: max(pictures.MAX_PREVIEW - self.count, 0)]
         if len(x):
             self.parts.append(x)
             self.count += len(x)
@@ -246,13 +318,17 @@ def _summarise(rec: CellRecord, results: list[SampleResult]) -> None:
     network_s = sum(r.network_seconds for r in results)
     calls = [t for r in results for t in r.call_seconds]
     gaps = [t for r in results for t in r.gap_seconds]
-    rec.update({
-        "nfe": statistics.fmean(r.nfe for r in results), "sample_seconds": sample_s,
-        "seconds_per_sample": sample_s / n, "network_seconds": network_s,
-        "network_share": network_s / sample_s if sample_s > 0 else None,
-        "network_seconds_per_call": statistics.median(calls) if calls else None,
-        "harness_seconds_per_call": harness_per_call(gaps),
-    })
+    rec.update(
+        {
+            "nfe": statistics.fmean(r.nfe for r in results),
+            "sample_seconds": sample_s,
+            "seconds_per_sample": sample_s / n,
+            "network_seconds": network_s,
+            "network_share": network_s / sample_s if sample_s > 0 else None,
+            "network_seconds_per_call": statistics.median(calls) if calls else None,
+            "harness_seconds_per_call": harness_per_call(gaps),
+        }
+    )
     if results[0].decode_seconds is not None:  # latent models: decoding time, apart from sampling time
         rec["decode_seconds"] = sum(r.decode_seconds for r in results)
 
@@ -271,8 +347,9 @@ def zero_network(x: torch.Tensor, t: torch.Tensor, labels: Any) -> torch.Tensor:
     return torch.zeros_like(x)
 
 
-def probe_harness(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry,
-                  warnings: list[str]) -> dict[str, Any] | None:
+def probe_harness(
+    suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, warnings: list[str]
+) -> dict[str, Any] | None:
     """The cell's sampler on its grid, options and batch size with a zero network, timed by
     ``calibration.harness_probe`` (outside the cell's timed sampling); None, with a warning, if it fails."""
     probe_model = dataclasses.replace(model, network=zero_network, decoder=None)

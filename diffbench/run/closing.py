@@ -3,6 +3,7 @@
 The one way a run is closed, whether its cells ran here (local executor), on Ray workers, or in
 shards that ``diffbench report`` merges: every figure comes from the cell records of the suite.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,16 +28,35 @@ def metric_directions(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]
     return values
 
 
-def closed_manifest(manifest: dict[str, Any], records: list[dict[str, Any]], frame: pd.DataFrame, *, total: int,
-                    status: str, finished: str | None, wall_seconds: float | None, metric_info: dict[str, Any],
-                    missing: list[str] | None = None) -> dict[str, Any]:
+def closed_manifest(
+    manifest: dict[str, Any],
+    records: list[dict[str, Any]],
+    frame: pd.DataFrame,
+    *,
+    total: int,
+    status: str,
+    finished: str | None,
+    wall_seconds: float | None,
+    metric_info: dict[str, Any],
+    missing: list[str] | None = None,
+) -> dict[str, Any]:
     """``manifest`` closed with ``status``: end time, wall-clock seconds, metric directions, cell counts
     (``missing``: cells no shard finished, for a merge) and where each recorded cell ran."""
-    counts = {"total": total, "ok": int((frame["status"] == STATUS_OK).sum()),
-              "failed": int((frame["status"] == STATUS_FAILED).sum())}
+    counts = {
+        "total": total,
+        "ok": int((frame["status"] == STATUS_OK).sum()),
+        "failed": int((frame["status"] == STATUS_FAILED).sum()),
+    }
     if missing is not None:
         counts["missing"] = len(missing)
     executor = {**(manifest.get("executor") or {}), "cells": {r["cell_id"]: placement(r) for r in records}}
-    return {**manifest, "status": status, "finished": finished, "wall_seconds": wall_seconds,
-            "metric_info": metric_info, "metric_values": metric_directions(records), "cells": counts,
-            "executor": executor}
+    return {
+        **manifest,
+        "status": status,
+        "finished": finished,
+        "wall_seconds": wall_seconds,
+        "metric_info": metric_info,
+        "metric_values": metric_directions(records),
+        "cells": counts,
+        "executor": executor,
+    }

@@ -6,6 +6,7 @@ independent-looking statistics) notices. The fingerprint is the first ``SAMPLES`
 first seed group, each flattened and cut to at most ``COORDINATES`` evenly spaced coordinates, stored as
 float32 (base64, little-endian). ``relative_rms_change`` is ‖run − baseline‖ / ‖baseline‖ over all of it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,8 +37,13 @@ def fingerprint(samples: torch.Tensor | None) -> dict[str, Any] | None:
     flat = samples[:SAMPLES].detach().to("cpu", torch.float32).flatten(1).numpy()
     kept = coordinates(flat.shape[1])
     values = np.ascontiguousarray(flat[:, kept], dtype="<f4")
-    return {"samples": int(values.shape[0]), "coordinates": int(values.shape[1]), "of": int(flat.shape[1]),
-            "dtype": "float32", "data": base64.b64encode(values.tobytes()).decode("ascii")}
+    return {
+        "samples": int(values.shape[0]),
+        "coordinates": int(values.shape[1]),
+        "of": int(flat.shape[1]),
+        "dtype": "float32",
+        "data": base64.b64encode(values.tobytes()).decode("ascii"),
+    }
 
 
 def values(fp: dict[str, Any]) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Where a run writes: the run directory that a suite, ``--out``, ``--resume`` and ``--shard`` pick."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,8 +23,9 @@ def new_run_id() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path,
-             cache: Path | None = None) -> tuple[RunDir, bool]:
+def _run_dir(
+    suite: Suite, out_dir: str | Path | None, resume: bool, root: Path, cache: Path | None = None
+) -> tuple[RunDir, bool]:
     """The run directory and whether it continues an earlier run (checks only: nothing is written).
 
     A fresh ``out_dir`` must be empty, except for the folder holding ``cache`` when the cache directory
@@ -51,8 +53,9 @@ def _run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path,
     return run, False
 
 
-def choose_run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path,
-           shard: Shard | None, cache: Path | None = None) -> tuple[RunDir, bool]:
+def choose_run_dir(
+    suite: Suite, out_dir: str | Path | None, resume: bool, root: Path, shard: Shard | None, cache: Path | None = None
+) -> tuple[RunDir, bool]:
     """The run directory (a shard's view of it with ``shard``) and whether it continues an earlier run."""
     if shard is not None:
         return shard_run_dir(suite, out_dir, resume, shard)

@@ -1,4 +1,5 @@
 """A cell's picture: a grid of its first images or a scatter of its 2-D points, drawn as it runs."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,14 @@ from diffbench.run.rundir import atomic_path
 MAX_PREVIEW = 100  # images in a cell's preview grid
 
 
-def save_samples(samples: torch.Tensor, path: str | Path, *, data_range: tuple[float, float] = (-1.0, 1.0),
-                 reference: torch.Tensor | None = None, max_images: int = MAX_PREVIEW) -> Path | None:
+def save_samples(
+    samples: torch.Tensor,
+    path: str | Path,
+    *,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    reference: torch.Tensor | None = None,
+    max_images: int = MAX_PREVIEW,
+) -> Path | None:
     """A grid of the first samples (images) or a scatter (2-D points); None for other shapes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +72,10 @@ def _scatter(points: torch.Tensor, path: Path, reference: torch.Tensor | None, s
         plot(reference.double()[:, :2], (190, 190, 190))
     plot(pts, (31, 119, 180))
     draw.text((6, 4), "blue: sampler" + ("   grey: exact" if reference is not None else ""), fill=(60, 60, 60))
-    draw.text((6, size - 14), f"x, y in [{float(centre[0]) - span / 2:.2g}, {float(centre[0]) + span / 2:.2g}] x "
-              f"[{float(centre[1]) - span / 2:.2g}, {float(centre[1]) + span / 2:.2g}]", fill=(60, 60, 60))
+    draw.text(
+        (6, size - 14),
+        f"x, y in [{float(centre[0]) - span / 2:.2g}, {float(centre[0]) + span / 2:.2g}] x "
+        f"[{float(centre[1]) - span / 2:.2g}, {float(centre[1]) + span / 2:.2g}]",
+        fill=(60, 60, 60),
+    )
     img.save(path)

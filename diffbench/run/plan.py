@@ -4,6 +4,7 @@ A run states its plan before it samples, and a plan beyond any of the limits bel
 ``allow_large=True`` (``--allow-large``): a typo such as ``num_samples: 10000000`` or a grid with
 thousands of entries is an error naming the YAML path, not hours of work or gigabytes allocated.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,12 +34,19 @@ class Plan:
 
     def describe(self) -> str:
         s = "s" if self.seeds != 1 else ""
-        return (f"{self.cells} cells × {self.seeds} seed{s} × {self.num_samples} samples = {self.samples:,} samples, "
-                f"{self.nfe:,.0f} network evaluations (declared)")
+        return (
+            f"{self.cells} cells × {self.seeds} seed{s} × {self.num_samples} samples = {self.samples:,} samples, "
+            f"{self.nfe:,.0f} network evaluations (declared)"
+        )
 
     def as_dict(self) -> dict[str, float]:
-        return {"cells": self.cells, "seeds": self.seeds, "num_samples": self.num_samples,
-                "samples": self.samples, "network_evaluations": self.nfe}
+        return {
+            "cells": self.cells,
+            "seeds": self.seeds,
+            "num_samples": self.num_samples,
+            "samples": self.samples,
+            "network_evaluations": self.nfe,
+        }
 
 
 def _too_large(what: str, limit: float) -> SuiteError:
@@ -70,6 +78,8 @@ def check_plan(plan: Plan, allow_large: bool = False) -> None:
 def check_batch_bytes(nbytes: float, where: str, allow_large: bool = False) -> None:
     """SuiteError when one batch's noise would need more than MAX_BATCH_BYTES."""
     if nbytes > MAX_BATCH_BYTES and not allow_large:
-        raise SuiteError(f"{where}: one batch needs {nbytes / 2**30:,.1f} GiB of noise (batch_size × steps × "
-                         f"sample size) beyond the limit of {MAX_BATCH_BYTES / 2**30:g} GiB; lower batch_size "
-                         f"or pass {LARGE_FLAG}")
+        raise SuiteError(
+            f"{where}: one batch needs {nbytes / 2**30:,.1f} GiB of noise (batch_size × steps × "
+            f"sample size) beyond the limit of {MAX_BATCH_BYTES / 2**30:g} GiB; lower batch_size "
+            f"or pass {LARGE_FLAG}"
+        )

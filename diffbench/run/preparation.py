@@ -2,6 +2,7 @@
 
 Executors (local, Ray) load models through :func:`load_models`; the runner calls :func:`preflight`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,8 +77,13 @@ def load_models(suite: Suite, registry: Registry) -> dict[str, DiffusionModel]:
     return models
 
 
-def check_cells(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel], registry: Registry,
-               allow_large: bool = False) -> dict[str, float]:
+def check_cells(
+    suite: Suite,
+    cells: list[CellSpec],
+    models: dict[str, DiffusionModel],
+    registry: Registry,
+    allow_large: bool = False,
+) -> dict[str, float]:
     """Config problems that need the model (guidance on an unconditional model, grids it cannot take, a
     batch's noise too large); returns each cell's declared network evaluations over all its samples."""
     keys = [s.key for s in suite.grid.scheduler]
@@ -89,14 +95,21 @@ def check_cells(suite: Suite, cells: list[CellSpec], models: dict[str, Diffusion
         if cell.guidance is not None and not suite.conditional:
             raise SuiteError("grid.guidance: guidance needs conditional: true")
         try:
-            grid, _ = make_grid(model, cell.scheduler.name, cell.steps, cell.scheduler.options,
-                                quantize=cell.scheduler.quantize, final_zero=cell.scheduler.final_zero,
-                                registry=registry)
+            grid, _ = make_grid(
+                model,
+                cell.scheduler.name,
+                cell.steps,
+                cell.scheduler.options,
+                quantize=cell.scheduler.quantize,
+                final_zero=cell.scheduler.final_zero,
+                registry=registry,
+            )
         except CELL_FAILURES as exc:
             where = f"grid.scheduler[{keys.index(cell.scheduler.key)}]" if cell.scheduler.key in keys else "include"
             text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            raise SuiteError(f"{where} ({cell.scheduler.key}, steps={cell.steps}){_on_model(suite, cell)}: "
-                             f"{text}") from None
+            raise SuiteError(
+                f"{where} ({cell.scheduler.key}, steps={cell.steps}){_on_model(suite, cell)}: {text}"
+            ) from None
         comp = registry.get("sampler", cell.sampler.name)
         options = resolve_options(comp, cell.sampler.options)
         try:
@@ -122,8 +135,9 @@ def _on_model(suite: Suite, cell: CellSpec) -> str:
     return f" on model {cell.model.key!r}" if len(suite.model) > 1 else ""
 
 
-def warm_up(suite: Suite, cells: list[CellSpec], model: DiffusionModel, registry: Registry,
-             context: MetricContext) -> None:
+def warm_up(
+    suite: Suite, cells: list[CellSpec], model: DiffusionModel, registry: Registry, context: MetricContext
+) -> None:
     """One untimed full-batch sampling call per model, so first-call costs stay out of every cell's time.
 
     Every metric is set up first and scores the warm-up batch: a metric that cannot run on this model
@@ -144,8 +158,9 @@ def warm_up(suite: Suite, cells: list[CellSpec], model: DiffusionModel, registry
         rows = plan.rows()
         try:
             with time_limit(suite.time_limit):
-                call = sampling_call(suite, cell, model, registry, suite.seeds[0],
-                                     min(suite.batch_size, suite.num_samples))
+                call = sampling_call(
+                    suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples)
+                )
                 for batch in call:
                     rows.add(batch)
         except MetricError as exc:
@@ -168,12 +183,19 @@ def _metric_config_error(suite: Suite, cell: CellSpec, exc: MetricError) -> NoRe
     where = f"metrics[{i}] ({exc.metric})" if i is not None else f"metric {exc.metric!r}"
     orig = exc.original
     text = str(orig) if isinstance(orig, ValueError) else f"{type(orig).__name__}: {orig}"
-    raise SuiteError(f"{where}{_on_model(suite, cell)}: {text.splitlines()[0] if text else type(orig).__name__}") \
-        from None
+    raise SuiteError(
+        f"{where}{_on_model(suite, cell)}: {text.splitlines()[0] if text else type(orig).__name__}"
+    ) from None
 
 
-def static_checks(suite: Suite | str | Path, registry: Registry | None = None, *, time_limit: float | None = None,
-                  allow_large: bool = False, trust_code: bool | None = None) -> tuple[Suite, list[CellSpec]]:
+def static_checks(
+    suite: Suite | str | Path,
+    registry: Registry | None = None,
+    *,
+    time_limit: float | None = None,
+    allow_large: bool = False,
+    trust_code: bool | None = None,
+) -> tuple[Suite, list[CellSpec]]:
     """The checks that need no model, data or weights: the suite file (strict values, bounded YAML), the
     plugins and their options, consent for any code the suite names (``trust_code``; None: the
     DIFFBENCH_TRUST_CODE environment setting), the time limit, the grid's size and that it is not empty.
@@ -196,23 +218,31 @@ def static_checks(suite: Suite | str | Path, registry: Registry | None = None, *
     return suite, cells
 
 
-def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, out_dir: str | Path | None = None,
-              resume: bool = False, results_root: str | Path | None = None, cache_dir: str | Path | None = None,
-              time_limit: float | None = None, allow_large: bool = False, shard: Shard | None = None,
-              trust_code: bool | None = None) -> Prepared:
+def preflight(
+    suite: Suite | str | Path,
+    registry: Registry | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    results_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    time_limit: float | None = None,
+    allow_large: bool = False,
+    shard: Shard | None = None,
+    trust_code: bool | None = None,
+) -> Prepared:
     """Every check a run makes before it writes anything, in the order a run makes them.
 
     The suite file (strict values, bounded YAML), the plugins and their options, the grid's size and
     that it is not empty, the output and cache directories (when ``results_root`` is given: as a run
     would use them), the models (device, sizes), every cell's σ grid on its model, guidance on
     conditional models only, the plan's limits, a warm-up that samples one batch per model and
-    tries every metric on it, then one batch of 2 through each model and each sampler given options. Raises SuiteError (or RunDirError) with a one-line message. With
-    ``shard``, only that shard's cells (and its view of the shared run directory). ``trust_code``: see
-    ``static_checks``.
+    tries every metric on it, then one batch of 2 through each model and each sampler given options.
+    Raises SuiteError (or RunDirError) with a one-line message. With ``shard``, only that shard's cells
+    (and its view of the shared run directory). ``trust_code``: see ``static_checks``.
     """
     registry = registry or default_registry()
-    suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large,
-                                 trust_code=trust_code)
+    suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large, trust_code=trust_code)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if results_root is not None:
         choose_run_dir(suite, out_dir, resume, Path(results_root), shard, cache)
@@ -247,8 +277,9 @@ def _try_batch(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Re
     return None
 
 
-def _try_models_and_options(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel],
-                            registry: Registry) -> None:
+def _try_models_and_options(
+    suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel], registry: Registry
+) -> None:
     """Sample one tiny batch as the run would: each model (through euler, at the suite's shape, conditioning and
     guidance) and each sampler given option values. A model that fails is a SuiteError; so are option values
     that fail where the sampler's defaults do not (a sampler that fails with its defaults too fails its own
@@ -266,11 +297,16 @@ def _try_models_and_options(suite: Suite, cells: list[CellSpec], models: dict[st
                 cell = dataclasses.replace(cell, sampler=SamplerSpec(name="euler"))
             exc = _try_batch(suite, cell, model, registry)
             if exc is not None and not isinstance(exc, TimeLimitExceeded):
-                cond = f", guidance {cell.guidance:g}" if guided else (", class-conditional" if suite.conditional
-                                                                       and model.condition is not None else "")
-                raise SuiteError(f"{where}: {cell.model.name!r} fails on a batch of "
-                                 f"{min(TRY_SAMPLES, suite.num_samples)} samples of shape {tuple(model.shape)}{cond}: "
-                                 f"{error_line(exc)}")
+                cond = (
+                    f", guidance {cell.guidance:g}"
+                    if guided
+                    else (", class-conditional" if suite.conditional and model.condition is not None else "")
+                )
+                raise SuiteError(
+                    f"{where}: {cell.model.name!r} fails on a batch of "
+                    f"{min(TRY_SAMPLES, suite.num_samples)} samples of shape {tuple(model.shape)}{cond}: "
+                    f"{error_line(exc)}"
+                )
         tried = set()
         for cell in sorted(mine, key=lambda c: (c.steps, c.index)):
             spec = cell.sampler
@@ -285,6 +321,8 @@ def _try_models_and_options(suite: Suite, cells: list[CellSpec], models: dict[st
                 continue  # the sampler fails whatever its options: its cells fail and record why
             place = f"grid.sampler[{sampler_keys.index(spec.key)}]" if spec.key in sampler_keys else "include"
             given = {**spec.options, **({"clip_x0": True} if spec.clip_x0 else {})}
-            raise SuiteError(f"{place} ({spec.key}){_on_model(suite, cell)}: options {given} fail on a batch of "
-                             f"{min(TRY_SAMPLES, suite.num_samples)} samples where the defaults do not: "
-                             f"{error_line(exc)}")
+            raise SuiteError(
+                f"{place} ({spec.key}){_on_model(suite, cell)}: options {given} fail on a batch of "
+                f"{min(TRY_SAMPLES, suite.num_samples)} samples where the defaults do not: "
+                f"{error_line(exc)}"
+            )

@@ -1,4 +1,5 @@
 """Where a run happened: git state of the diffbench checkout, package versions, device name."""
+
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -36,9 +37,14 @@ def _version(dist: str) -> str | None:
 
 
 def versions() -> dict[str, str | None]:
-    return {"python": platform.python_version(), "diffbench": package_version(), "torch": torch.__version__,
-            "torch-fidelity": _version("torch-fidelity"), "numpy": _version("numpy"),
-            "platform": platform.platform()}
+    return {
+        "python": platform.python_version(),
+        "diffbench": package_version(),
+        "torch": torch.__version__,
+        "torch-fidelity": _version("torch-fidelity"),
+        "numpy": _version("numpy"),
+        "platform": platform.platform(),
+    }
 
 
 def device_name(device: torch.device) -> str:

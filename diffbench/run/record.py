@@ -5,6 +5,7 @@ older schema versions must still load); :class:`CellRecord` names and types ever
 starts one with every identity field set and every measured field empty; the cell fills the measured
 fields (``diffbench.run.cell``) and the executor adds ``worker``. Nothing else writes a record.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -81,20 +82,40 @@ def now() -> str:
 def new_record(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry) -> CellRecord:
     """A record of ``cell`` with its identity set, status failed and every measurement empty."""
     return CellRecord(
-        schema_version=SCHEMA_VERSION, cell_id=cell.cell_id, index=cell.index, config_hash=cell.config_hash, suite=suite.name,
-        model=cell.model.key, sampler=cell.sampler.key, sampler_name=cell.sampler.name,
+        schema_version=SCHEMA_VERSION,
+        cell_id=cell.cell_id,
+        index=cell.index,
+        config_hash=cell.config_hash,
+        suite=suite.name,
+        model=cell.model.key,
+        sampler=cell.sampler.key,
+        sampler_name=cell.sampler.name,
         sampler_order=registry.get("sampler", cell.sampler.name).meta.get("order"),
-        scheduler=cell.scheduler.key, scheduler_name=cell.scheduler.name, steps=cell.steps,
-        guidance=cell.guidance, seeds=suite.seeds, num_samples=suite.num_samples,
-        status=STATUS_FAILED, error=None, nfe=None, declared_nfe=None, sample_seconds=None,
-        seconds_per_sample=None, network_seconds=None, network_share=None, metric_seconds=None,
-        metrics={}, per_seed=[], warnings=[], model_identity=model.identity(), config=cell.config,
+        scheduler=cell.scheduler.key,
+        scheduler_name=cell.scheduler.name,
+        steps=cell.steps,
+        guidance=cell.guidance,
+        seeds=suite.seeds,
+        num_samples=suite.num_samples,
+        status=STATUS_FAILED,
+        error=None,
+        nfe=None,
+        declared_nfe=None,
+        sample_seconds=None,
+        seconds_per_sample=None,
+        network_seconds=None,
+        network_share=None,
+        metric_seconds=None,
+        metrics={},
+        per_seed=[],
+        warnings=[],
+        model_identity=model.identity(),
+        config=cell.config,
         started=now(),
     )
 
 
-def failed_record(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry,
-                  error: str) -> CellRecord:
+def failed_record(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, error: str) -> CellRecord:
     """The record of a cell that failed outside ``run_cell`` (e.g. its worker process was lost)."""
     rec = new_record(suite, cell, model, registry)
     rec.update(error=error, finished=now())

@@ -12,6 +12,7 @@ Layout of a run directory::
 Every file is written atomically (a temporary file renamed over it) with the permissions the umask
 gives a new file. A record that cannot be read names its file in one line (DamagedFileError).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,13 +32,38 @@ STATUS_OK, STATUS_FAILED = "ok", "failed"
 # the field are version 1. 2: ``schema_version``, ``drift_fingerprint`` and the ``harness`` probe in cell
 # records. ``compare`` names the field an older baseline lacks for each check it cannot make.
 SCHEMA_VERSION = 2
-ID_COLUMNS = ["suite", "cell_id", "model", "sampler", "scheduler", "steps", "nfe", "declared_nfe", "guidance",
-              "seeds", "num_samples"]
-TAIL_COLUMNS = ["sample_seconds", "seconds_per_sample", "counted_seconds_per_sample", "network_share", "status",
-                "error"]
+ID_COLUMNS = [
+    "suite",
+    "cell_id",
+    "model",
+    "sampler",
+    "scheduler",
+    "steps",
+    "nfe",
+    "declared_nfe",
+    "guidance",
+    "seeds",
+    "num_samples",
+]
+TAIL_COLUMNS = [
+    "sample_seconds",
+    "seconds_per_sample",
+    "counted_seconds_per_sample",
+    "network_share",
+    "status",
+    "error",
+]
 UNCERTAINTY_SUFFIX = "_se"
-NUMBER_COLUMNS = ["steps", "nfe", "declared_nfe", "guidance", "num_samples", "sample_seconds", "seconds_per_sample",
-                  "network_share"]
+NUMBER_COLUMNS = [
+    "steps",
+    "nfe",
+    "declared_nfe",
+    "guidance",
+    "num_samples",
+    "sample_seconds",
+    "seconds_per_sample",
+    "network_share",
+]
 
 
 LOCK_NAME = ".lock"
@@ -138,8 +164,18 @@ def _reason(exc: Exception) -> str:
 
 
 # Fields of a cell record that readers (compare, report, resume) compute with: their JSON types.
-_NUMBER_FIELDS = ("nfe", "declared_nfe", "sample_seconds", "network_seconds", "seconds_per_sample", "network_share",
-                  "harness_seconds_per_call", "metric_seconds", "steps", "guidance")
+_NUMBER_FIELDS = (
+    "nfe",
+    "declared_nfe",
+    "sample_seconds",
+    "network_seconds",
+    "seconds_per_sample",
+    "network_share",
+    "harness_seconds_per_call",
+    "metric_seconds",
+    "steps",
+    "guidance",
+)
 _TEXT_FIELDS = ("status", "model", "sampler", "scheduler", "error", "config_hash")
 _MAPPING_FIELDS = ("metrics", "config", "model_identity")
 
@@ -151,9 +187,9 @@ def _is_number(v: Any) -> bool:
 def check_record_fields(rec: dict[str, Any], path: str | Path) -> None:
     """DamagedFileError naming the file and field when a field readers compute with has the wrong JSON type
     (a metric value that is a string, metrics that are a list, ...)."""
+
     def bad(field: str, want: str, got: Any) -> DamagedFileError:
-        return DamagedFileError(f"{path}: field {field} must be {want}, got {type(got).__name__} "
-                                f"{shorten_repr(got)}")
+        return DamagedFileError(f"{path}: field {field} must be {want}, got {type(got).__name__} {shorten_repr(got)}")
 
     for key in _NUMBER_FIELDS:
         if rec.get(key) is not None and not _is_number(rec[key]):
@@ -181,9 +217,9 @@ _MANIFEST_NESTED = ("models", "calibration", "metric_values", "metrics")
 
 def check_manifest_fields(manifest: dict[str, Any], path: str | Path) -> None:
     """DamagedFileError naming the file and field when a manifest field readers look into has the wrong JSON type."""
+
     def bad(field: str, want: str, got: Any) -> DamagedFileError:
-        return DamagedFileError(f"{path}: field {field} must be {want}, got {type(got).__name__} "
-                                f"{shorten_repr(got)}")
+        return DamagedFileError(f"{path}: field {field} must be {want}, got {type(got).__name__} {shorten_repr(got)}")
 
     for key in (*_MANIFEST_OBJECTS, *_MANIFEST_NESTED):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
@@ -203,7 +239,7 @@ def check_manifest_fields(manifest: dict[str, Any], path: str | Path) -> None:
 
 def shorten_repr(v: Any, limit: int = 40) -> str:
     text = repr(v)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
@@ -281,8 +317,10 @@ class RunDir:
             return True
         here, kept = self.path.resolve(), Path(ignore).resolve() if ignore is not None else None
         top = kept.relative_to(here).parts[:1] if kept is not None and kept.is_relative_to(here) else ()
-        return all(p.name.startswith(LOCK_NAME) or (p.name.startswith(".") and ".tmp" in p.name)
-                   or (p.name,) == top for p in self.path.iterdir())
+        return all(
+            p.name.startswith(LOCK_NAME) or (p.name.startswith(".") and ".tmp" in p.name) or (p.name,) == top
+            for p in self.path.iterdir()
+        )
 
     @contextlib.contextmanager
     def lock(self, name: str = LOCK_NAME, *, shared: bool = False) -> Iterator[None]:
@@ -299,14 +337,16 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
         except OSError as exc:
-            raise RunDirError(f"{self.path}: cannot create the run directory or its lock "
-                              f"({exc.strerror or type(exc).__name__})") from None
+            raise RunDirError(
+                f"{self.path}: cannot create the run directory or its lock ({exc.strerror or type(exc).__name__})"
+            ) from None
         try:
             try:
                 fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RunBusyError(f"{self.path}: in use by {self._holders(fd, name)}; "
-                                   "wait for it or choose another --out") from None
+                raise RunBusyError(
+                    f"{self.path}: in use by {self._holders(fd, name)}; wait for it or choose another --out"
+                ) from None
             if not shared:  # the holder's pid, for the message another process gives
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -316,8 +356,11 @@ class RunDir:
 
     def _holders(self, fd: int, name: str) -> str:
         """Who holds lock ``name``: the shards running here, else the pid the exclusive holder wrote."""
-        shards = sorted(p.name.removeprefix(f"{LOCK_NAME}-shard-") for p in self.path.glob(f"{LOCK_NAME}-shard-*")
-                        if lock_is_held(p))
+        shards = sorted(
+            p.name.removeprefix(f"{LOCK_NAME}-shard-")
+            for p in self.path.glob(f"{LOCK_NAME}-shard-*")
+            if lock_is_held(p)
+        )
         if name == LOCK_NAME and shards:
             return f"diffbench shard{'s' if len(shards) > 1 else ''} {', '.join(shards)} of a sharded run"
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
@@ -368,15 +411,19 @@ class RunDir:
             if not (pd.api.types.is_numeric_dtype(frame[col]) and not pd.api.types.is_bool_dtype(frame[col])):
                 values = pd.to_numeric(frame[col], errors="coerce")
                 row = int(values.isna().to_numpy().nonzero()[0][0]) if values.isna().any() else 0
-                raise DamagedFileError(f"{self.csv_path}: column {col!r} must hold numbers; row {row + 1} holds "
-                                       f"{shorten_repr(frame[col].iloc[row])}")
+                raise DamagedFileError(
+                    f"{self.csv_path}: column {col!r} must hold numbers; row {row + 1} holds "
+                    f"{shorten_repr(frame[col].iloc[row])}"
+                )
         return frame
 
     def read_manifest(self) -> dict[str, Any]:
         """manifest.json; DamagedFileError when it is missing or not a JSON object."""
         if not self.manifest_path.exists() and self.suite_path.exists():
-            raise DamagedFileError(f"{self.manifest_path}: missing (the run stopped before writing it; "
-                                   "'diffbench run --resume' finishes it)")
+            raise DamagedFileError(
+                f"{self.manifest_path}: missing (the run stopped before writing it; "
+                "'diffbench run --resume' finishes it)"
+            )
         manifest = read_json(self.manifest_path)
         if not isinstance(manifest, dict):
             raise DamagedFileError(f"{self.manifest_path}: not a run manifest (not a JSON object)")
@@ -400,8 +447,9 @@ def copy_results(source: str | Path, dest: str | Path) -> list[Path]:
     run, dest = find_run(source), Path(dest)
     manifest = run.read_manifest()
     if manifest.get("status") != "complete":
-        raise RunDirError(f"{run.path}: run status is {manifest.get('status')!r}, not 'complete': a baseline must "
-                          "be a finished run")
+        raise RunDirError(
+            f"{run.path}: run status is {manifest.get('status')!r}, not 'complete': a baseline must be a finished run"
+        )
     if dest.exists():
         raise RunDirError(f"{dest}: exists; remove it first (the baseline is replaced whole)")
     copied = []
@@ -412,6 +460,7 @@ def copy_results(source: str | Path, dest: str | Path) -> list[Path]:
             shutil.copy2(path, dest / rel)
             copied.append(rel)
     return copied
+
 
 def lock_is_held(path: str | Path) -> bool:
     """Whether some process holds the lock file ``path`` (False when there is no such file)."""

@@ -1,4 +1,5 @@
 """One sampling call: model × sampler × scheduler × steps over seeded per-sample noise."""
+
 from __future__ import annotations
 
 import time
@@ -94,8 +95,10 @@ def check_batch(x: Any, rows: int, model: DiffusionModel, sampler: str, first: i
     if tuple(x.shape) != (rows, *model.shape):
         raise SamplerOutputError(f"{where} returned shape {tuple(x.shape)}, expected {(rows, *model.shape)}")
     if x.dtype != model.dtype:
-        raise SamplerOutputError(f"{where} returned dtype {str(x.dtype).replace('torch.', '')}, expected "
-                                 f"{str(model.dtype).replace('torch.', '')}")
+        raise SamplerOutputError(
+            f"{where} returned dtype {str(x.dtype).replace('torch.', '')}, expected "
+            f"{str(model.dtype).replace('torch.', '')}"
+        )
     if x.device.type != model.device.type:  # the type only: 'cuda' and 'cuda:0' are one device
         raise SamplerOutputError(f"{where} returned a tensor on {x.device}, expected {model.device}")
     bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
@@ -107,15 +110,22 @@ def nfe_mismatch(counted: float, declared: int, comp: Component) -> str | None:
     """A counted NFE that differs from the declared one: an error for a built-in, a warning for a plugin."""
     if counted == declared:
         return None
-    text = (f"sampler {comp.name!r} made {counted:g} network evaluations per sample but declares {declared}")
+    text = f"sampler {comp.name!r} made {counted:g} network evaluations per sample but declares {declared}"
     if comp.plugin == BUILTIN_PLUGIN:
         raise SamplerOutputError(text)
     return f"{text} (plugin {comp.plugin!r}; its cost axis uses the counted NFE)"
 
 
-def make_grid(model: DiffusionModel, scheduler: str, steps: int, options: dict[str, Any] | None = None, *,
-              quantize: bool = False, final_zero: bool = True,
-              registry: Registry | None = None) -> tuple[StepGrid, dict[str, Any]]:
+def make_grid(
+    model: DiffusionModel,
+    scheduler: str,
+    steps: int,
+    options: dict[str, Any] | None = None,
+    *,
+    quantize: bool = False,
+    final_zero: bool = True,
+    registry: Registry | None = None,
+) -> tuple[StepGrid, dict[str, Any]]:
     """Materialise the σ list for ``model`` and return it with the resolved scheduler options."""
     comp = (registry or default_registry()).get("scheduler", scheduler)
     opts = resolve_options(comp, options)
@@ -154,8 +164,16 @@ class SamplingCall:
     as it was.
     """
 
-    def __init__(self, model: DiffusionModel, spec: SamplingSpec, *, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype | None = None, registry: Registry | None = None, progress=None) -> None:
+    def __init__(
+        self,
+        model: DiffusionModel,
+        spec: SamplingSpec,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        registry: Registry | None = None,
+        progress=None,
+    ) -> None:
         sampler, steps, scheduler = spec.sampler, spec.steps, spec.scheduler
         quantize, final_zero, num_samples, seed = spec.quantize, spec.final_zero, spec.num_samples, spec.seed
         first_index, batch_size, conditional = spec.first_index, spec.batch_size, spec.conditional
@@ -166,8 +184,9 @@ class SamplingCall:
         s_opts = resolve_options(comp, sampler_options)
         self.device = dev = resolve_device(device) if device is not None else model.device
         model = model.placed(dev, resolve_dtype(dtype, model.dtype))
-        grid, sch_opts = make_grid(model, scheduler, steps, scheduler_options, quantize=quantize,
-                                   final_zero=final_zero, registry=registry)
+        grid, sch_opts = make_grid(
+            model, scheduler, steps, scheduler_options, quantize=quantize, final_zero=final_zero, registry=registry
+        )
         if guidance is not None and model.condition is None:
             raise ValueError(f"model {model.name!r} is unconditional; guidance needs a conditional model")
         if guidance is not None and not getattr(model.condition, "has_null", True):
@@ -182,15 +201,32 @@ class SamplingCall:
         self.sampler_options = s_opts
         declared = comp.meta["nfe"](grid.sigmas, **s_opts) * evaluations_per_call(guidance)
         self.result = SampleResult(
-            samples=None, labels=None, nfe=0.0, declared_nfe=declared, grid=grid, sampler=sampler,
-            sampler_options=s_opts, scheduler=scheduler,
-            scheduler_options={**sch_opts, "quantize": quantize, "final_zero": final_zero}, sample_seconds=0.0,
-            network_seconds=0.0, decode_seconds=0.0 if model.decoder is not None else None,
-            meta={"seed": seed, "first_index": first_index, "num_samples": num_samples, "batch_size": batch_size,
-                  "guidance": guidance, "conditional": conditional, "clip_x0": clip_x0, "device": str(dev),
-                  "dtype": str(model.dtype).replace("torch.", ""), "warnings": [],
-                  # whether these options draw noise (None: the sampler does not declare it)
-                  "stochastic": None if comp.meta.get("stochastic") is None else bool(comp.meta["stochastic"](**s_opts))},
+            samples=None,
+            labels=None,
+            nfe=0.0,
+            declared_nfe=declared,
+            grid=grid,
+            sampler=sampler,
+            sampler_options=s_opts,
+            scheduler=scheduler,
+            scheduler_options={**sch_opts, "quantize": quantize, "final_zero": final_zero},
+            sample_seconds=0.0,
+            network_seconds=0.0,
+            decode_seconds=0.0 if model.decoder is not None else None,
+            meta={
+                "seed": seed,
+                "first_index": first_index,
+                "num_samples": num_samples,
+                "batch_size": batch_size,
+                "guidance": guidance,
+                "conditional": conditional,
+                "clip_x0": clip_x0,
+                "device": str(dev),
+                "dtype": str(model.dtype).replace("torch.", ""),
+                "warnings": [],
+                # whether these options draw noise (None: the sampler does not declare it)
+                "stochastic": None if comp.meta.get("stochastic") is None else bool(comp.meta["stochastic"](**s_opts)),
+            },
         )
 
     def __iter__(self) -> Iterator[Batch]:
@@ -207,12 +243,12 @@ class SamplingCall:
                 idx = list(range(first, self.first_index + min(start + self.batch_size, self.num_samples)))
                 labels = sample_labels(model, idx, self.conditional)
                 counter = NetworkCounter(len(idx), dev)
-                den = SigmaDenoiser(model, labels=labels, guidance=self.guidance, clip_x0=self.clip_x0,
-                                    counter=counter)
+                den = SigmaDenoiser(model, labels=labels, guidance=self.guidance, clip_x0=self.clip_x0, counter=counter)
                 den.prepare(sigmas)  # σ → t conversions are grid set-up, not sampling time
                 x = initial_noise(self.seed, idx, model.shape, device=dev, dtype=model.dtype) * sigma_start
-                noise = StepNoise(self.seed, idx, model.shape, noise_draws(comp.meta, sigmas, s_opts), device=dev,
-                                  dtype=model.dtype)
+                noise = StepNoise(
+                    self.seed, idx, model.shape, noise_draws(comp.meta, sigmas, s_opts), device=dev, dtype=model.dtype
+                )
                 if stochastic is None or stochastic(**s_opts):
                     noise(0)  # draw the bank before the clock starts: RNG set-up is not sampling time
                 synchronize(dev)
@@ -241,20 +277,44 @@ class SamplingCall:
                 yield Batch(x.detach().to("cpu"), torch.arange(first, first + len(idx)), cpu_labels, self.seed, res)
 
 
-def sample_batches(model: DiffusionModel, sampler: str = "euler", *, device: str | torch.device | None = None,
-                   dtype: str | torch.dtype | None = None, registry: Registry | None = None, progress=None,
-                   **spec: Any) -> SamplingCall:
+def sample_batches(
+    model: DiffusionModel,
+    sampler: str = "euler",
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    registry: Registry | None = None,
+    progress=None,
+    **spec: Any,
+) -> SamplingCall:
     """A prepared sampling call (same arguments as ``sample``) to iterate batch by batch; see SamplingCall."""
-    return SamplingCall(model, SamplingSpec(sampler, **spec), device=device, dtype=dtype, registry=registry,
-                        progress=progress)
+    return SamplingCall(
+        model, SamplingSpec(sampler, **spec), device=device, dtype=dtype, registry=registry, progress=progress
+    )
 
 
-def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, scheduler: str = "karras",
-           sampler_options: dict[str, Any] | None = None, scheduler_options: dict[str, Any] | None = None,
-           quantize: bool = False, final_zero: bool = True, num_samples: int = 16, seed: int = 0, first_index: int = 0,
-           batch_size: int = 256, conditional: bool = True, guidance: float | None = None,
-           clip_x0: bool = False, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-           registry: Registry | None = None, progress=None) -> SampleResult:
+def sample(
+    model: DiffusionModel,
+    sampler: str = "euler",
+    *,
+    steps: int,
+    scheduler: str = "karras",
+    sampler_options: dict[str, Any] | None = None,
+    scheduler_options: dict[str, Any] | None = None,
+    quantize: bool = False,
+    final_zero: bool = True,
+    num_samples: int = 16,
+    seed: int = 0,
+    first_index: int = 0,
+    batch_size: int = 256,
+    conditional: bool = True,
+    guidance: float | None = None,
+    clip_x0: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    registry: Registry | None = None,
+    progress=None,
+) -> SampleResult:
     """Draw ``num_samples`` samples; sample i starts from noise seeded by (seed, first_index + i).
 
     ``progress`` is an optional callable(n_done) invoked after each batch. All samples are kept in
@@ -262,8 +322,22 @@ def sample(model: DiffusionModel, sampler: str = "euler", *, steps: int, schedul
     (SamplerOutputError, NFE warnings in ``meta["warnings"]``) and ``device``/``dtype`` leave the
     caller's model as it was: see SamplingCall.
     """
-    spec = SamplingSpec(sampler, steps, scheduler, sampler_options, scheduler_options, quantize, final_zero,
-                        num_samples, seed, first_index, batch_size, conditional, guidance, clip_x0)
+    spec = SamplingSpec(
+        sampler,
+        steps,
+        scheduler,
+        sampler_options,
+        scheduler_options,
+        quantize,
+        final_zero,
+        num_samples,
+        seed,
+        first_index,
+        batch_size,
+        conditional,
+        guidance,
+        clip_x0,
+    )
     call = SamplingCall(model, spec, device=device, dtype=dtype, registry=registry, progress=progress)
     outs = [batch.samples for batch in call]
     call.result.samples = torch.cat(outs) if len(outs) > 1 else outs[0]

@@ -6,6 +6,7 @@ uint8 mapping the feature extractors use (images only). ``npz``: one file per ba
 and ``indices`` (and ``labels`` when conditional). Each file is written atomically, batch by
 batch, so saving never holds more than one batch.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,8 +40,9 @@ class SampleSaver:
         from PIL import Image
 
         if batch.samples.ndim != 4 or batch.samples.shape[1] not in (1, 3):
-            raise ValueError(f"save_samples: png needs images (B, 1 or 3, H, W), got {tuple(batch.samples.shape)}; "
-                             "use npz")
+            raise ValueError(
+                f"save_samples: png needs images (B, 1 or 3, H, W), got {tuple(batch.samples.shape)}; use npz"
+            )
         u8 = to_uint8(batch.samples, self.data_range).permute(0, 2, 3, 1).numpy()
         folder = self.folder / f"seed{batch.seed}"
         folder.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ metrics' extractors turn batches into feature rows, each metric scores once, wit
 reference, options and uncertainty as in a suite. ``--reference`` and ``--metric`` take what a
 suite's ``reference:`` and ``metrics:`` entries take.
 """
+
 from __future__ import annotations
 
 import time
@@ -71,12 +72,14 @@ def image_batches(path: Path, batch_size: int) -> Iterator[Tensor]:
             raise ScoreError(f"{str(path)!r}: no PNG or JPEG images in the folder")
         shape = None
         for start in range(0, len(files), batch_size):
-            images = [load_image(f) for f in files[start:start + batch_size]]
-            for f, img in zip(files[start:start + batch_size], images):
+            images = [load_image(f) for f in files[start : start + batch_size]]
+            for f, img in zip(files[start : start + batch_size], images):
                 shape = shape or img.shape
                 if img.shape != shape:
-                    raise ScoreError(f"{str(f)!r}: image of size {tuple(img.shape[1:])}, the folder's first is "
-                                     f"{tuple(shape[1:])} (resize them to one size first)")
+                    raise ScoreError(
+                        f"{str(f)!r}: image of size {tuple(img.shape[1:])}, the folder's first is "
+                        f"{tuple(shape[1:])} (resize them to one size first)"
+                    )
             yield from_uint8(torch.stack(images))
         return
     arr = _npz_array(path, SAMPLE_KEYS, "samples")
@@ -86,10 +89,10 @@ def image_batches(path: Path, batch_size: int) -> Iterator[Tensor]:
         if arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
             arr = arr.transpose(0, 3, 1, 2)
         for start in range(0, len(arr), batch_size):
-            yield from_uint8(torch.from_numpy(np.ascontiguousarray(arr[start:start + batch_size])))
+            yield from_uint8(torch.from_numpy(np.ascontiguousarray(arr[start : start + batch_size])))
     elif np.issubdtype(arr.dtype, np.floating):
         for start in range(0, len(arr), batch_size):
-            yield torch.from_numpy(np.ascontiguousarray(arr[start:start + batch_size])).float()
+            yield torch.from_numpy(np.ascontiguousarray(arr[start : start + batch_size])).float()
     else:
         raise ScoreError(f"{str(path)!r}: samples of dtype {arr.dtype}; uint8 images or floats in [-1, 1]")
 
@@ -114,16 +117,24 @@ def load_features(path: Path) -> Tensor:
     """The N × D float array ``features`` of an .npz (features extracted elsewhere)."""
     arr = _npz_array(Path(path), ("features",), "features")
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating) or len(arr) < 2:
-        raise ScoreError(f"{str(path)!r}: features must be a float array of N × D (N ≥ 2), not {arr.dtype} "
-                         f"{arr.shape}")
+        raise ScoreError(f"{str(path)!r}: features must be a float array of N × D (N ≥ 2), not {arr.dtype} {arr.shape}")
     if not np.isfinite(arr).all():
         raise ScoreError(f"{str(path)!r}: features hold NaN or infinite values")
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def score(reference: Any, metrics: list[Any], *, samples: str | Path | None = None,
-          features: str | Path | None = None, device: str = "auto", cache_dir: str | Path | None = None,
-          seed: int = 0, batch_size: int = 256, registry: Any = None) -> dict[str, Scored]:
+def score(
+    reference: Any,
+    metrics: list[Any],
+    *,
+    samples: str | Path | None = None,
+    features: str | Path | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    registry: Any = None,
+) -> dict[str, Scored]:
     """Score ``samples`` (image folder or .npz) or precomputed ``features`` (.npz, array ``features``) with
     ``metrics`` (suite ``metrics:`` entries) against ``reference`` (a suite's ``reference:`` entry).
 
@@ -145,16 +156,19 @@ def score(reference: Any, metrics: list[Any], *, samples: str | Path | None = No
     ref = _checked(registry, "dataset", ReferenceSpec, reference, "--reference")
     specs = [_checked(registry, "metric", MetricSpec, m, f"--metric[{i}]") for i, m in enumerate(metrics)]
     model = SimpleNamespace(name="score", dataset=ref, data_range=(-1.0, 1.0))
-    context = MetricContext(cache_dir=Path(cache_dir or default_cache_dir()), device=resolve_device(device),
-                            seed=seed, registry=registry)
+    context = MetricContext(
+        cache_dir=Path(cache_dir or default_cache_dir()), device=resolve_device(device), seed=seed, registry=registry
+    )
     plan = MetricPlan([(registry.get("metric", s.name), s.options) for s in specs], model, context)
     rows = plan.rows()
     if features is not None:
         from diffbench.metrics.fidelity import FidelityFeatures
 
         if not all(isinstance(ext, FidelityFeatures) for ext in plan.extractors.values()) or len(plan.extractors) > 1:
-            raise ScoreError("--features works with metrics on one feature extractor's features (fid, fid-inf, kid, "
-                             f"prc with one extractor); asked for {', '.join(s.name for s in specs)}")
+            raise ScoreError(
+                "--features works with metrics on one feature extractor's features (fid, fid-inf, kid, "
+                f"prc with one extractor); asked for {', '.join(s.name for s in specs)}"
+            )
         feats = load_features(Path(features))
         ((key, _),) = plan.extractors.items()
         rows.absorb({"indices": torch.arange(len(feats)), "rows": {key: feats}})
@@ -173,6 +187,7 @@ def score(reference: Any, metrics: list[Any], *, samples: str | Path | None = No
         values = plan.score_metric(planned, gathered[planned.key], None)
         seconds = time.perf_counter() - t0
         for name, v in values.items():
-            out[name] = Scored(float(v.value), None if v.uncertainty is None else float(v.uncertainty), v.method,
-                               seconds)
+            out[name] = Scored(
+                float(v.value), None if v.uncertainty is None else float(v.uncertainty), v.method, seconds
+            )
     return out

@@ -11,6 +11,7 @@ writes ``RUN/cells.csv``, ``manifest.json``, plots or ``report.md`` until ``merg
 report RUN``) does; it lists the cells no shard has finished. Locks: a shard holds ``RUN/.lock``
 shared and ``RUN/.lock-shard-I-of-N`` exclusively; an unsharded run holds ``RUN/.lock`` exclusively.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -104,8 +105,9 @@ def shard_run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, shard:
     check_same_suite(top, suite.model_dump(mode="json"))
     if run.exists():
         if not resume:
-            raise SuiteError(f"{run.path}: shard {shard.index}/{shard.count} ran here already; pass --resume to "
-                             "continue it")
+            raise SuiteError(
+                f"{run.path}: shard {shard.index}/{shard.count} ran here already; pass --resume to continue it"
+            )
         return run, True
     check_writable(run.path, "--out")
     shared = {SHARDS_DIR, "cells"}
@@ -119,8 +121,11 @@ def shard_names(path: str | Path) -> list[str]:
     folder = Path(path) / SHARDS_DIR
     if not folder.is_dir():
         return []
-    names = [p.name for p in folder.iterdir() if SHARD_NAME.match(p.name) and p.is_dir()
-             and ((p / "suite.json").exists() or (p / "manifest.json").exists())]
+    names = [
+        p.name
+        for p in folder.iterdir()
+        if SHARD_NAME.match(p.name) and p.is_dir() and ((p / "suite.json").exists() or (p / "manifest.json").exists())
+    ]
     return sorted(names, key=lambda n: tuple(int(x) for x in SHARD_NAME.match(n).groups()))
 
 
@@ -160,18 +165,25 @@ def check_same_suite(top: RunDir, mine: dict[str, Any]) -> None:
         if where is None:
             continue
         name, other = mine.get("name"), theirs.get("name")
-        what = (f"suite {other!r}, not {name!r}" if other != name
-                else f"another version of suite {name!r} (it differs at {where})")
-        raise SuiteError(f"{top.path}: {who} ran {what}; every shard of a run directory runs the same suite: "
-                         "choose another --out")
+        what = (
+            f"suite {other!r}, not {name!r}"
+            if other != name
+            else f"another version of suite {name!r} (it differs at {where})"
+        )
+        raise SuiteError(
+            f"{top.path}: {who} ran {what}; every shard of a run directory runs the same suite: choose another --out"
+        )
 
 
 def _entries(run: RunDir) -> list[Path]:
     """What is in the run directory besides lock files and temporaries."""
     if not run.path.is_dir():
         return []
-    return [p for p in run.path.iterdir()
-            if not (p.name.startswith(LOCK_NAME) or (p.name.startswith(".") and ".tmp" in p.name))]
+    return [
+        p
+        for p in run.path.iterdir()
+        if not (p.name.startswith(LOCK_NAME) or (p.name.startswith(".") and ".tmp" in p.name))
+    ]
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -183,11 +195,13 @@ def running_shards(path: str | Path) -> list[str]:
     """The shards of run directory ``path`` whose process is running now (it holds the shard's lock)."""
     prefix = f"{LOCK_NAME}-shard-"
     names = [p.name.removeprefix(prefix) for p in Path(path).glob(f"{prefix}*") if lock_is_held(p)]
-    return sorted((n for n in names if SHARD_NAME.match(n)),
-                  key=lambda n: tuple(map(int, SHARD_NAME.match(n).groups())))
+    return sorted(
+        (n for n in names if SHARD_NAME.match(n)), key=lambda n: tuple(map(int, SHARD_NAME.match(n).groups()))
+    )
 
 
 # --- merge -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Merged:
@@ -229,11 +243,14 @@ def merge(path: str | Path, registry: Any = None) -> Merged:
     for name, data in suites.items():
         where = _first_difference(suites[first_name], data)
         if where is not None:
-            raise SuiteError(f"{root}: the shards ran different suites ({first_name} and {name} differ at {where}); "
-                             "merge only shards of one suite")
+            raise SuiteError(
+                f"{root}: the shards ran different suites ({first_name} and {name} differ at {where}); "
+                "merge only shards of one suite"
+            )
     suite_data = suites[first_name]
-    suite = parse_suite(suite_data, registry or default_registry(), source=str(root / SHARDS_DIR / first_name /
-                                                                                "suite.json"))
+    suite = parse_suite(
+        suite_data, registry or default_registry(), source=str(root / SHARDS_DIR / first_name / "suite.json")
+    )
     run = RunDir(root)
     with run.lock(shared=True):  # no unsharded run writes here while the merge does (shards may go on)
         return _merge(run, suite, suite_data, manifests)
@@ -246,8 +263,11 @@ def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dic
     cells = expand(suite)
     wanted = {c.cell_id: c.config_hash for c in cells}
     damaged: list[str] = []
-    records = [r for r in run.read_cells(on_damaged=lambda exc: damaged.append(str(exc)))
-               if wanted.get(r["cell_id"]) == r.get("config_hash")]
+    records = [
+        r
+        for r in run.read_cells(on_damaged=lambda exc: damaged.append(str(exc)))
+        if wanted.get(r["cell_id"]) == r.get("config_hash")
+    ]
     present = {r["cell_id"] for r in records}
     missing = [c.cell_id for c in cells if c.cell_id not in present]
 
@@ -262,16 +282,33 @@ def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dic
     manifest = {
         **{k: v for k, v in first.items() if k not in ("shard", "cells", "resumed", "wall_seconds_before")},
         "started": min(starts).isoformat() if starts else first.get("started"),
-        "missing_cells": missing, "damaged_records": damaged, "running_shards": running,
-        "sharded": {"shards": {name: {k: m.get(k) for k in ("status", "started", "finished", "wall_seconds",
-                                                            "command", "executor", "cells")}
-                               for name, m in manifests.items()},
-                    "shard_seconds": sum(m.get("wall_seconds") or 0.0 for m in manifests.values())},
+        "missing_cells": missing,
+        "damaged_records": damaged,
+        "running_shards": running,
+        "sharded": {
+            "shards": {
+                name: {
+                    k: m.get(k)
+                    for k in ("status", "started", "finished", "wall_seconds", "command", "executor", "cells")
+                }
+                for name, m in manifests.items()
+            },
+            "shard_seconds": sum(m.get("wall_seconds") or 0.0 for m in manifests.values()),
+        },
         "executor": {"name": "shards"},
     }
     write_json(run.suite_path, suite_data)
-    run.write_manifest(closed_manifest(
-        manifest, records, frame, total=len(cells), status="complete" if not missing and not running else "incomplete",
-        finished=max(ends).isoformat() if ends else None, metric_info=info, missing=missing,
-        wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None))
+    run.write_manifest(
+        closed_manifest(
+            manifest,
+            records,
+            frame,
+            total=len(cells),
+            status="complete" if not missing and not running else "incomplete",
+            finished=max(ends).isoformat() if ends else None,
+            metric_info=info,
+            missing=missing,
+            wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
+        )
+    )
     return Merged(run, frame, missing, records)

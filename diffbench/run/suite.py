@@ -5,6 +5,7 @@ seeds, and a grid over sampler × scheduler × steps × guidance, trimmed by ``e
 extended by ``include`` rules. Every error
 is one line naming the YAML path and, where there is a closed set, the allowed values.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,12 +51,14 @@ class SuiteError(ValueError):
 
 # --- schema ------------------------------------------------------------------------------------
 
+
 class Strict(BaseModel):
     """Base model: unknown keys are an error that lists the allowed ones; values are never coerced
     (``true`` is not 1, ``"3"`` is not 3) and numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=False, strict=True,
-                              allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), populate_by_name=False, strict=True, allow_inf_nan=False
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -64,8 +67,11 @@ class Strict(BaseModel):
             allowed = [f.alias or n for n, f in cls.model_fields.items()]
             for key in data:
                 if key not in allowed:
-                    raise PydanticCustomError("unknown_key", "unknown key {key!r}; allowed: {allowed}",
-                                              {"key": str(key), "allowed": ", ".join(allowed) or "none"})
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key {key!r}; allowed: {allowed}",
+                        {"key": str(key), "allowed": ", ".join(allowed) or "none"},
+                    )
         return data
 
 
@@ -204,7 +210,8 @@ class Suite(Strict):
     exclude: list[CellFilter] = Field(default_factory=list)
     requires: dict[str, str] = Field(default_factory=dict, description="distribution -> version specifier")
     time_limit: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None = Field(
-        default=None, description="seconds a cell may take (sampling and scoring); null: no limit")
+        default=None, description="seconds a cell may take (sampling and scoring); null: no limit"
+    )
 
     @field_validator("device")
     @classmethod
@@ -237,6 +244,7 @@ class Suite(Strict):
 
 # --- error formatting --------------------------------------------------------------------------
 
+
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     # pydantic adds union-member and validator tags to loc ('str', 'list[...]', 'function-after[...]')
     tags = re.compile(r"[\[\]()]|^(str|int|float|bool|list|dict|none)$")
@@ -259,6 +267,7 @@ def first_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
 
 # --- plugin options ----------------------------------------------------------------------------
 
+
 def options_model(comp: Component) -> type[BaseModel]:
     """A pydantic model of ``comp``'s options: annotated types where given, else the default's type."""
     types, helps, nested = option_types(comp), comp.meta.get("option_help") or {}, comp.meta.get("option_schema") or {}
@@ -266,8 +275,10 @@ def options_model(comp: Component) -> type[BaseModel]:
     for i, (key, default) in enumerate(comp.options.items()):
         hint = types[key]
         # aliases keep option names such as 'json' or 'copy' from clashing with BaseModel attributes
-        fields[f"o{i}"] = (hint, Field(default=default, alias=key, description=helps.get(key),
-                                       json_schema_extra=nested.get(key)))
+        fields[f"o{i}"] = (
+            hint,
+            Field(default=default, alias=key, description=helps.get(key), json_schema_extra=nested.get(key)),
+        )
     return create_model(f"{comp.kind}_{comp.name}_options".replace("-", "_"), __base__=Strict, **fields)
 
 
@@ -286,12 +297,15 @@ def check_options(comp: Component, options: dict[str, Any], path: str) -> dict[s
         try:
             check(**{**comp.options, **given})
         except (ValueError, TypeError) as exc:
-            raise SuiteError(f"{path}.{exc}" if str(exc).startswith(tuple(comp.options)) else f"{path}: {exc}") from None
+            raise SuiteError(
+                f"{path}.{exc}" if str(exc).startswith(tuple(comp.options)) else f"{path}: {exc}"
+            ) from None
     return given
 
 
-def _check_component(registry: Registry, kind: str, spec: ComponentSpec, path: str,
-                     base_dir: Path | None = None) -> ComponentSpec:
+def _check_component(
+    registry: Registry, kind: str, spec: ComponentSpec, path: str, base_dir: Path | None = None
+) -> ComponentSpec:
     try:
         comp = registry.get(kind, spec.name)
     except UnknownComponentError as exc:
@@ -340,13 +354,20 @@ def _check_requires(requires: dict[str, str], registry: Registry) -> None:
         except InvalidSpecifier:
             raise SuiteError(f"requires.{dist}: invalid version specifier {spec!r}") from None
         if normalize_distribution(dist) not in versions:
-            failed = [e for e in registry.errors if e.distribution
-                      and normalize_distribution(e.distribution) == normalize_distribution(dist)]
+            failed = [
+                e
+                for e in registry.errors
+                if e.distribution and normalize_distribution(e.distribution) == normalize_distribution(dist)
+            ]
             if failed:
-                raise SuiteError(f"requires.{dist}: {dist} is installed but its plugin failed to load or register: "
-                                 + "; ".join(str(e) for e in failed))
-            raise SuiteError(f"requires.{dist}: no plugin distribution {dist!r} is installed; "
-                             f"installed: {', '.join(sorted(registry.plugin_versions())) or 'none'}")
+                raise SuiteError(
+                    f"requires.{dist}: {dist} is installed but its plugin failed to load or register: "
+                    + "; ".join(str(e) for e in failed)
+                )
+            raise SuiteError(
+                f"requires.{dist}: no plugin distribution {dist!r} is installed; "
+                f"installed: {', '.join(sorted(registry.plugin_versions())) or 'none'}"
+            )
         have = versions[normalize_distribution(dist)]
         if have is None or have not in wanted:
             raise SuiteError(f"requires.{dist}: need {dist}{spec}, found {have}")
@@ -358,15 +379,20 @@ def check_plugins(suite: Suite, registry: Registry, base_dir: Path | None = None
     With ``base_dir`` (the suite file's folder), relative paths in path options become absolute paths
     against it, so a suite runs the same from any working directory."""
     _check_requires(suite.requires, registry)
-    models = [_check_component(registry, "model", m, "model" if len(suite.model) == 1 else f"model[{i}]", base_dir)
-              for i, m in enumerate(suite.model)]
+    models = [
+        _check_component(registry, "model", m, "model" if len(suite.model) == 1 else f"model[{i}]", base_dir)
+        for i, m in enumerate(suite.model)
+    ]
     metrics = [_check_component(registry, "metric", m, f"metrics[{i}]", base_dir) for i, m in enumerate(suite.metrics)]
-    reference = (_check_component(registry, "dataset", suite.reference, "reference", base_dir)
-                 if suite.reference else None)
-    samplers = [_check_component(registry, "sampler", s, f"grid.sampler[{i}]")
-                for i, s in enumerate(suite.grid.sampler)]
-    schedulers = [_check_component(registry, "scheduler", s, f"grid.scheduler[{i}]")
-                  for i, s in enumerate(suite.grid.scheduler)]
+    reference = (
+        _check_component(registry, "dataset", suite.reference, "reference", base_dir) if suite.reference else None
+    )
+    samplers = [
+        _check_component(registry, "sampler", s, f"grid.sampler[{i}]") for i, s in enumerate(suite.grid.sampler)
+    ]
+    schedulers = [
+        _check_component(registry, "scheduler", s, f"grid.scheduler[{i}]") for i, s in enumerate(suite.grid.scheduler)
+    ]
     grid = suite.grid.model_copy(update={"sampler": samplers, "scheduler": schedulers})
     checked = suite.model_copy(update={"model": models, "metrics": metrics, "grid": grid, "reference": reference})
     for kind, rules in (("include", suite.include), ("exclude", suite.exclude)):
@@ -394,8 +420,10 @@ def _check_rule(suite: Suite, rule: CellFilter, path: str, registry: Registry) -
 
 # --- loading -----------------------------------------------------------------------------------
 
-def parse_suite(data: Any, registry: Registry | None = None, *, source: str = "suite",
-                base_dir: Path | None = None) -> Suite:
+
+def parse_suite(
+    data: Any, registry: Registry | None = None, *, source: str = "suite", base_dir: Path | None = None
+) -> Suite:
     """Validate a suite given as a mapping; with a registry, check plugin names and options too (relative
     paths resolve against ``base_dir`` when given)."""
     if not isinstance(data, dict):
@@ -423,9 +451,12 @@ def stored_suite_data(data: Any) -> Any:
         rules = out.get(kind)
         if not isinstance(rules, list):
             continue
-        out[kind] = [{k: v for k, v in r.items() if v is not None}
-                     if isinstance(r, dict) and set(r) >= set(AXES) and any(r[a] is None for a in AXES[:4]) else r
-                     for r in rules]
+        out[kind] = [
+            {k: v for k, v in r.items() if v is not None}
+            if isinstance(r, dict) and set(r) >= set(AXES) and any(r[a] is None for a in AXES[:4])
+            else r
+            for r in rules
+        ]
     return out
 
 
@@ -448,6 +479,7 @@ def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
 
 
 # --- grid expansion ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CellSpec:
@@ -522,8 +554,12 @@ def _cell_config(suite: Suite, cell: dict[str, Any]) -> dict[str, Any]:
     return {
         "reference": suite.reference.record() if suite.reference else None,
         "metrics": [m.model_dump() for m in suite.metrics],
-        "num_samples": suite.num_samples, "batch_size": suite.batch_size, "seeds": suite.seeds,
-        "device": suite.device, "dtype": suite.dtype, "conditional": suite.conditional,
+        "num_samples": suite.num_samples,
+        "batch_size": suite.batch_size,
+        "seeds": suite.seeds,
+        "device": suite.device,
+        "dtype": suite.dtype,
+        "conditional": suite.conditional,
         **{axis: _axis_config(axis, v) for axis, v in cell.items()},
     }
 
@@ -545,6 +581,7 @@ def expand(suite: Suite) -> list[CellSpec]:
 
 # --- JSON Schema -------------------------------------------------------------------------------
 
+
 def _component_union(registry: Registry, kind: str, base: type[ComponentSpec]) -> Any:
     names = registry.names(kind)
     if not names:
@@ -552,10 +589,14 @@ def _component_union(registry: Registry, kind: str, base: type[ComponentSpec]) -
     variants = []
     for name in names:
         comp = registry.get(kind, name)
-        variants.append(create_model(f"{base.__name__}_{name}".replace("-", "_").replace("+", "p"), __base__=base,
-                                     name=(Literal[name], ...),
-                                     options=(options_model(comp), Field(default_factory=dict,
-                                                                         description=comp.description))))
+        variants.append(
+            create_model(
+                f"{base.__name__}_{name}".replace("-", "_").replace("+", "p"),
+                __base__=base,
+                name=(Literal[name], ...),
+                options=(options_model(comp), Field(default_factory=dict, description=comp.description)),
+            )
+        )
     # built from the registry at run time: pydantic reads these types, a static checker cannot (hence the ignores)
     return Union[Literal[tuple(names)], Annotated_union(variants)]  # type: ignore[valid-type]
 
@@ -569,13 +610,20 @@ def json_schema(registry: Registry) -> dict[str, Any]:
     """JSON Schema of suite files, with every registered plugin's options."""
     sampler = _component_union(registry, "sampler", SamplerSpec)
     scheduler = _component_union(registry, "scheduler", SchedulerSpec)
-    grid = create_model("GridSpec", __base__=GridSpec, sampler=(list[sampler], Field(min_length=1)),
-                        scheduler=(list[scheduler], Field(default_factory=list, min_length=1)))
+    grid = create_model(
+        "GridSpec",
+        __base__=GridSpec,
+        sampler=(list[sampler], Field(min_length=1)),
+        scheduler=(list[scheduler], Field(default_factory=list, min_length=1)),
+    )
     one_model = _component_union(registry, "model", ModelSpec)
-    model = create_model("SuiteSchema", __base__=Suite,
-                         model=(Union[one_model, list[one_model]], ...),
-                         metrics=(list[_component_union(registry, "metric", MetricSpec)], Field(default_factory=list)),
-                         grid=(grid, ...))
+    model = create_model(
+        "SuiteSchema",
+        __base__=Suite,
+        model=(Union[one_model, list[one_model]], ...),
+        metrics=(list[_component_union(registry, "metric", MetricSpec)], Field(default_factory=list)),
+        grid=(grid, ...),
+    )
     schema = model.model_json_schema()
     schema["title"] = "diffbench suite"
     return schema

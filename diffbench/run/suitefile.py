@@ -7,6 +7,7 @@ it is larger than ``MAX_BYTES``, not UTF-8 text, repeats a key in one mapping, n
 ``MAX_DEPTH``, or stands for more than ``MAX_VALUES`` values once every alias is expanded. Numbers
 must be finite anywhere in a suite (``.nan`` and ``.inf`` are refused with their YAML path).
 """
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,10 @@ def check_data(data: Any, max_values: int = MAX_VALUES) -> None:
         if len(loc) > MAX_DEPTH:  # also ends a self-referencing structure (`&a [*a]`)
             raise SuiteFileError(f"{yaml_path(loc[:MAX_DEPTH])}: nested deeper than {MAX_DEPTH} levels")
         if count > max_values:
-            raise SuiteFileError(f"more than {max_values} values once YAML aliases are expanded "
-                                 "(an alias bomb or a self-referencing structure?)")
+            raise SuiteFileError(
+                f"more than {max_values} values once YAML aliases are expanded "
+                "(an alias bomb or a self-referencing structure?)"
+            )
         if isinstance(value, (float, np.floating)) and not math.isfinite(value):
             raise SuiteFileError(f"{yaml_path(loc)}: {value} is not a finite number")
         if isinstance(value, dict):
@@ -106,7 +109,7 @@ def suite_file_text(raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
+        line = raw[: exc.start].count(b"\n") + 1
         raise SuiteFileError(f"line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
 
 

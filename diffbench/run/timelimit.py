@@ -8,6 +8,7 @@ before it lands, so the limit is exact to within one such call. ``TimeLimitExcee
 ``BaseException`` so a plugin's ``except Exception`` cannot swallow it. Limits nest: an inner block
 never extends an outer one's deadline.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -34,10 +35,15 @@ def check_seconds(seconds: float | None) -> float | None:
     """``seconds`` if it is None or a number of seconds in (0, MAX_SECONDS], else ValueError."""
     if seconds is None:
         return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
-            or not 0 < seconds <= MAX_SECONDS:
-        raise ValueError(f"a time limit must be a number of seconds > 0 and at most {MAX_SECONDS:,.0f}, "
-                         f"got {seconds!r}")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or not 0 < seconds <= MAX_SECONDS
+    ):
+        raise ValueError(
+            f"a time limit must be a number of seconds > 0 and at most {MAX_SECONDS:,.0f}, got {seconds!r}"
+        )
     return float(seconds)
 
 
@@ -88,8 +94,7 @@ def _watchdog(seconds: float) -> Iterator[None]:
         with lock:
             if state["active"]:
                 state["fired"] = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target),
-                                                           ctypes.py_object(_exceeded(seconds)))
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(_exceeded(seconds)))
 
     timer = threading.Timer(seconds, fire)
     timer.daemon = True
@@ -107,5 +112,6 @@ def _watchdog(seconds: float) -> Iterator[None]:
 
 def _exceeded(seconds: float) -> type[TimeLimitExceeded]:
     """An exception class for SetAsyncExc (it takes a class, not an instance) carrying ``seconds``."""
-    return type("TimeLimitExceeded", (TimeLimitExceeded,), {"__init__": lambda self: TimeLimitExceeded.__init__(
-        self, seconds)})
+    return type(
+        "TimeLimitExceeded", (TimeLimitExceeded,), {"__init__": lambda self: TimeLimitExceeded.__init__(self, seconds)}
+    )

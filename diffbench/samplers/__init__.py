@@ -9,6 +9,7 @@ The helpers a sampler (built-in or a plugin's) should use are public here: ``ste
 ``to_d``, ``log_ratio``, ``ancestral_step``, ``churn``, ``require_noise``, ``num_steps``,
 ``ends_at_zero``, and the NFE declaration ``per_step``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,14 +41,27 @@ from diffbench.samplers.pc import pc, pc_nfe, pc_noise_per_step
 from diffbench.samplers.pndm import pndm, pndm_nfe
 from diffbench.samplers.restart import restart, restart_nfe, restart_noise_per_step
 
-__all__ = ["SAMPLERS", "SamplerInfo", "ancestral_step", "churn", "ends_at_zero", "log_ratio", "num_steps",
-           "per_step", "require_noise", "steps_of", "to_d"]
+__all__ = [
+    "SAMPLERS",
+    "SamplerInfo",
+    "ancestral_step",
+    "churn",
+    "ends_at_zero",
+    "log_ratio",
+    "num_steps",
+    "per_step",
+    "require_noise",
+    "steps_of",
+    "to_d",
+]
 
 
 def per_step(calls: int) -> Callable[..., int]:
     """Declared NFE for ``calls`` evaluations per step, one fewer on the step into σ = 0."""
+
     def nfe(sigmas, **_: Any) -> int:
         return calls * num_steps(sigmas) - (calls - 1) * ends_at_zero(sigmas)
+
     return nfe
 
 
@@ -64,6 +78,7 @@ def _never(**_: Any) -> bool:
 def _when_positive(option: str) -> Callable[..., bool]:
     def stochastic(**options: Any) -> bool:
         return float(options.get(option, 0.0)) > 0.0
+
     return stochastic
 
 
@@ -79,8 +94,12 @@ class SamplerInfo:
 
     def declarations(self, name: str = "") -> dict[str, Any]:
         """The ``registry.add`` keywords (see diffbench.registry.DECLARATIONS)."""
-        out = {"order": self.order, "nfe": self.nfe, "stochastic": self.stochastic,
-               "option_help": option_help(self.fn, name)}
+        out = {
+            "order": self.order,
+            "nfe": self.nfe,
+            "stochastic": self.stochastic,
+            "option_help": option_help(self.fn, name),
+        }
         if self.stochastic_options is not None:
             out["stochastic_options"] = self.stochastic_options
         if self.noise_per_step is not None:
@@ -109,8 +128,9 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "pc": SamplerInfo(pc, None, pc_nfe, lambda **_: True, noise_per_step=pc_noise_per_step),
     # uniform-grid Adams-Bashforth weights: order 2 on Karras σ (measured)
     "pndm": SamplerInfo(pndm, 2, pndm_nfe, _never, final_denoised=False),
-    "restart": SamplerInfo(restart, 2, restart_nfe, _when_positive("restart_times"),
-                           noise_per_step=restart_noise_per_step),  # order: of Heun, with restart_times = 0
+    "restart": SamplerInfo(
+        restart, 2, restart_nfe, _when_positive("restart_times"), noise_per_step=restart_noise_per_step
+    ),  # order: of Heun, with restart_times = 0
 }
 
 
@@ -131,18 +151,25 @@ SAMPLER_OPTION_HELP: dict[str, dict[str, str]] = {
     "dpm-solver++-2s": {"r": "where the intermediate evaluation sits, as a fraction r of the step in λ"},
     "dpm-solver-2": {"r1": "intermediate point at λ_s + r1 h"},
     "dpm-solver-3": {"r1": "first intermediate point at λ_s + r1 h", "r2": "second intermediate point at λ_s + r2 h"},
-    "pc": {"snr": "Langevin corrector signal-to-noise ratio r (Song et al. 2021)",
-           "corrector_steps": "Langevin corrector steps per σ",
-           "step_size": "corrector step rule: 'sigma' (per σ, batch-independent) or 'snr' (Song et al.'s, from norms)"},
-    "pndm": {"prk_warmup": "start with 3 pseudo Runge-Kutta steps (diffusers' PNDM); false: PLMS from the start",
-             "midpoint": "where Runge-Kutta half-steps evaluate: 'timestep' (t − ⌊δ/2⌋, diffusers), 'sigma' "
-                         "(√(σσ')), 'auto' (the first on discrete models)"},
-    "restart": {"t_min": "restart interval's low end: the grid σ nearest it", "t_max": "σ the restarts climb back to",
-                "restart_points": "σ points of each restart segment, both ends included (the authors' N_restart: "
-                                  "N_restart − 1 Heun steps)",
-                "restart_times": "restarts at the interval (0: plain Heun)",
-                "restart_gamma": "the authors' restart_gamma: each restart-segment step in [s_tmin, s_tmax] first "
-                                 "raises σ to σ(1 + γ) with fresh noise"},
+    "pc": {
+        "snr": "Langevin corrector signal-to-noise ratio r (Song et al. 2021)",
+        "corrector_steps": "Langevin corrector steps per σ",
+        "step_size": "corrector step rule: 'sigma' (per σ, batch-independent) or 'snr' (Song et al.'s, from norms)",
+    },
+    "pndm": {
+        "prk_warmup": "start with 3 pseudo Runge-Kutta steps (diffusers' PNDM); false: PLMS from the start",
+        "midpoint": "where Runge-Kutta half-steps evaluate: 'timestep' (t − ⌊δ/2⌋, diffusers), 'sigma' "
+        "(√(σσ')), 'auto' (the first on discrete models)",
+    },
+    "restart": {
+        "t_min": "restart interval's low end: the grid σ nearest it",
+        "t_max": "σ the restarts climb back to",
+        "restart_points": "σ points of each restart segment, both ends included (the authors' N_restart: "
+        "N_restart − 1 Heun steps)",
+        "restart_times": "restarts at the interval (0: plain Heun)",
+        "restart_gamma": "the authors' restart_gamma: each restart-segment step in [s_tmin, s_tmax] first "
+        "raises σ to σ(1 + γ) with fresh noise",
+    },
 }
 
 
@@ -150,7 +177,10 @@ def option_help(fn: Callable[..., Any], name: str) -> dict[str, str]:
     """The help line of each keyword option of sampler ``fn`` (registered as ``name``) that has one."""
     import inspect
 
-    params = [p.name for p in inspect.signature(fn).parameters.values()
-              if p.kind is p.KEYWORD_ONLY and p.name not in ("noise", "cond")]
+    params = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name not in ("noise", "cond")
+    ]
     table = {**OPTION_HELP, **SAMPLER_OPTION_HELP.get(name, {})}
     return {p: table[p] for p in params if p in table}

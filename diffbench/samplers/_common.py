@@ -1,4 +1,5 @@
 """Small helpers shared by the samplers (σ-space, k-diffusion conventions)."""
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,17 @@ def require_noise(noise: Noise | None, name: str) -> Noise:
     return noise
 
 
-def churn(x: Tensor, k: int, sigma: float, n: int, noise: Noise | None, amount: float,
-          s_tmin: float, s_tmax: float | None, s_noise: float) -> tuple[Tensor, float]:
+def churn(
+    x: Tensor,
+    k: int,
+    sigma: float,
+    n: int,
+    noise: Noise | None,
+    amount: float,
+    s_tmin: float,
+    s_tmax: float | None,
+    s_noise: float,
+) -> tuple[Tensor, float]:
     """EDM stochastic churn (Karras et al. 2022, Alg. 2): raise σ to σ(1+γ) with fresh noise."""
     if amount <= 0 or sigma < s_tmin or (s_tmax is not None and sigma > s_tmax):
         return x, sigma
@@ -92,8 +102,10 @@ def lagrange_basis(nodes: list[float]) -> list[list[float]]:
         coef, scale = [1.0], 1.0
         for i, other in enumerate(nodes):
             if i != j:  # multiply by (u - other)
-                coef = [(coef[m - 1] if m else 0.0) - other * (coef[m] if m < len(coef) else 0.0)
-                        for m in range(len(coef) + 1)]
+                coef = [
+                    (coef[m - 1] if m else 0.0) - other * (coef[m] if m < len(coef) else 0.0)
+                    for m in range(len(coef) + 1)
+                ]
                 scale *= node - other
         out.append([c / scale for c in coef])
     return out
@@ -114,6 +126,6 @@ def integrate_polynomial_exp(coef: list[float], a: float, b: float) -> float:
         sign = -sign
 
     def value(u: float) -> float:
-        return sum(c * u ** m for m, c in enumerate(series))
+        return sum(c * u**m for m, c in enumerate(series))
 
     return math.exp(b) * value(b) - math.exp(a) * value(a)

@@ -1,4 +1,5 @@
 """DDPM, DDIM and Euler-ancestral: one denoiser call per step, optional fresh noise."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ def ddpm(denoiser, x, sigmas, *, noise=None, variance: str = "posterior"):
         ab, ab_prev = 1.0 / (1.0 + s * s), 1.0 / (1.0 + sn * sn)
         one_minus_ab, one_minus_ab_prev = s * s * ab, sn * sn * ab_prev
         beta = (s * s - sn * sn) * ab  # 1 - ᾱ_t / ᾱ_prev
-        mean = (math.sqrt(ab_prev) * beta / one_minus_ab) * x0 \
-            + (math.sqrt(1.0 - beta) * one_minus_ab_prev / one_minus_ab) * (math.sqrt(ab) * x)
+        mean = (math.sqrt(ab_prev) * beta / one_minus_ab) * x0 + (
+            math.sqrt(1.0 - beta) * one_minus_ab_prev / one_minus_ab
+        ) * (math.sqrt(ab) * x)
         x_vp = mean
         if sn > 0.0:
             var = one_minus_ab_prev / one_minus_ab * beta if variance == "posterior" else beta

@@ -1,4 +1,5 @@
 """DEIS, the log-ρ time-Adams–Bashforth exponential integrator (tAB-DEIS, Zhang & Chen 2023)."""
+
 from __future__ import annotations
 
 import math

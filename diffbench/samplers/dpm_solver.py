@@ -3,6 +3,7 @@
 With α = 1 in σ-space the exponential integrator reads x_t = x_s - σ_t (e^h - 1) ε̂_s - ...,
 h = λ_t - λ_s, λ = -log σ. The step into σ = 0 (h = ∞) is the exact first-order limit x = D(x, σ).
 """
+
 from __future__ import annotations
 
 import math

@@ -9,6 +9,7 @@ The divided difference D2 = (D1_0 - D1_1)/(r0 + r1) estimates h² D''/2, so the 
 update (Lu et al.'s code, k-diffusion, diffusers) uses -φ3 D2 and leaves a φ3 h² D''/2 = O(h³) local error:
 it is second order (derivation and measurements in docs/solvers.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,19 @@ def dpmpp_2s(denoiser, x, sigmas, *, noise=None, r: float = 0.5):
     return x
 
 
-def _multistep(denoiser, x, sigmas, *, order: int, eta: float, noise, s_noise: float,
-               lower_order_final: LowerOrderFinal, d2_weight: float = 1.0, solver_type: str = "midpoint"):
+def _multistep(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    order: int,
+    eta: float,
+    noise,
+    s_noise: float,
+    lower_order_final: LowerOrderFinal,
+    d2_weight: float = 1.0,
+    solver_type: str = "midpoint",
+):
     """Shared DPM-Solver++ multistep loop (k-diffusion's dpmpp_2m/_3m_sde formulation).
 
     ``d2_weight`` multiplies the third-order term φ3·D2: 1 is the published update, 2 the corrected one.
@@ -90,37 +102,82 @@ def _multistep(denoiser, x, sigmas, *, order: int, eta: float, noise, s_noise: f
                 x = x.add(past, alpha=w)
         if eta > 0.0:
             x = x + require_noise(noise, "dpm-solver++ with eta > 0")(k) * (
-                sn * math.sqrt(-math.expm1(-2.0 * eta * h)) * s_noise)
+                sn * math.sqrt(-math.expm1(-2.0 * eta * h)) * s_noise
+            )
         history = [(d, h), *history[: order - 2]]
     return x
 
 
 def dpmpp_2m(denoiser, x, sigmas, *, noise=None, lower_order_final: LowerOrderFinal = "auto"):
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): second-order multistep, data prediction."""
-    return _multistep(denoiser, x, sigmas, order=2, eta=0.0, noise=noise, s_noise=1.0,
-                      lower_order_final=lower_order_final)
+    return _multistep(
+        denoiser, x, sigmas, order=2, eta=0.0, noise=noise, s_noise=1.0, lower_order_final=lower_order_final
+    )
 
 
-def dpmpp_3m(denoiser, x, sigmas, *, noise=None, lower_order_final: LowerOrderFinal = "auto",
-             solver_type: Literal["midpoint", "heun"] = "midpoint"):
+def dpmpp_3m(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    noise=None,
+    lower_order_final: LowerOrderFinal = "auto",
+    solver_type: Literal["midpoint", "heun"] = "midpoint",
+):
     """DPM-Solver++(3M) as published (Lu et al. 2022b; their code, k-diffusion, diffusers): -φ3·D2, order 2.
 
     D2 estimates h² D''/2 where the third-order term needs h² D'', so this update is second order
     (measured 1.95 on the exact GMM); ``dpm-solver++-3m-corrected`` uses 2·D2 and is third order.
     """
-    return _multistep(denoiser, x, sigmas, order=3, eta=0.0, noise=noise, s_noise=1.0,
-                      lower_order_final=lower_order_final, d2_weight=1.0, solver_type=solver_type)
+    return _multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=3,
+        eta=0.0,
+        noise=noise,
+        s_noise=1.0,
+        lower_order_final=lower_order_final,
+        d2_weight=1.0,
+        solver_type=solver_type,
+    )
 
 
-def dpmpp_3m_corrected(denoiser, x, sigmas, *, noise=None, lower_order_final: LowerOrderFinal = "auto",
-                       solver_type: Literal["midpoint", "heun"] = "midpoint"):
+def dpmpp_3m_corrected(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    noise=None,
+    lower_order_final: LowerOrderFinal = "auto",
+    solver_type: Literal["midpoint", "heun"] = "midpoint",
+):
     """DPM-Solver++(3M) with the third-order term corrected to -2·φ3·D2 (Lu et al. 2022b, App. B): order 3."""
-    return _multistep(denoiser, x, sigmas, order=3, eta=0.0, noise=noise, s_noise=1.0,
-                      lower_order_final=lower_order_final, d2_weight=2.0, solver_type=solver_type)
+    return _multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=3,
+        eta=0.0,
+        noise=noise,
+        s_noise=1.0,
+        lower_order_final=lower_order_final,
+        d2_weight=2.0,
+        solver_type=solver_type,
+    )
 
 
-def dpmpp_2m_sde(denoiser, x, sigmas, *, noise=None, eta: float = 1.0, s_noise: float = 1.0,
-                 lower_order_final: LowerOrderFinal = "auto"):
+def dpmpp_2m_sde(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    noise=None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    lower_order_final: LowerOrderFinal = "auto",
+):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, midpoint form as in k-diffusion)."""
-    return _multistep(denoiser, x, sigmas, order=2, eta=eta, noise=noise, s_noise=s_noise,
-                      lower_order_final=lower_order_final)
+    return _multistep(
+        denoiser, x, sigmas, order=2, eta=eta, noise=noise, s_noise=s_noise, lower_order_final=lower_order_final
+    )

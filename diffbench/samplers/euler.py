@@ -1,11 +1,21 @@
 """First- and second-order ODE samplers in σ-space (Euler, Heun)."""
+
 from __future__ import annotations
 
 from diffbench.samplers._common import churn, num_steps, steps_of, to_d
 
 
-def euler(denoiser, x, sigmas, *, noise=None, churn_amount: float = 0.0, s_tmin: float = 0.0,
-          s_tmax: float | None = None, s_noise: float = 1.0):
+def euler(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    noise=None,
+    churn_amount: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float | None = None,
+    s_noise: float = 1.0,
+):
     """Euler method on the probability-flow ODE, optional EDM churn (Karras et al. 2022, Alg. 2)."""
     n = num_steps(sigmas)
     for k, s, sn in steps_of(sigmas):
@@ -14,8 +24,17 @@ def euler(denoiser, x, sigmas, *, noise=None, churn_amount: float = 0.0, s_tmin:
     return x
 
 
-def heun(denoiser, x, sigmas, *, noise=None, churn_amount: float = 0.0, s_tmin: float = 0.0,
-         s_tmax: float | None = None, s_noise: float = 1.0):
+def heun(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    noise=None,
+    churn_amount: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float | None = None,
+    s_noise: float = 1.0,
+):
     """Heun's 2nd-order method, no correction on the step to σ = 0 (Karras et al. 2022, Alg. 1/2)."""
     n = num_steps(sigmas)
     for k, s, sn in steps_of(sigmas):

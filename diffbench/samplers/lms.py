@@ -1,4 +1,5 @@
 """Linear multistep in σ (k-diffusion's sample_lms): Adams–Bashforth on a non-uniform grid."""
+
 from __future__ import annotations
 
 from diffbench.samplers._common import (

@@ -1,4 +1,5 @@
 """Score-SDE predictor-corrector sampling (Song et al. 2021) in σ-space, where the VE SDE is the identity map."""
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ then pseudo linear multistep (Adams-Bashforth weights of a uniform grid, as the 
 PNDMScheduler use them on any timestep spacing). The Runge-Kutta half-step lands where diffusers puts it on a
 discrete-time model: at the trained timestep t - ⌊δ/2⌋ (δ the step's timestep stride), not halfway in σ.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,8 +59,9 @@ def pndm(denoiser, x, sigmas, *, noise=None, prk_warmup: bool = True, midpoint: 
         raise ValueError(f"pndm midpoint must be 'auto', 'timestep' or 'sigma', got {midpoint!r}")
     schedule = _discrete_schedule(denoiser) if midpoint != "sigma" else None
     if midpoint == "timestep" and schedule is None:
-        raise ValueError("pndm midpoint='timestep' needs a discrete-time model (trained timesteps); "
-                         "use 'sigma' or 'auto'")
+        raise ValueError(
+            "pndm midpoint='timestep' needs a discrete-time model (trained timesteps); use 'sigma' or 'auto'"
+        )
 
     def eps(y, s):
         return (y - denoiser(y, s)) / s

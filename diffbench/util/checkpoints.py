@@ -1,4 +1,5 @@
 """Shipped checkpoints: safetensors weights (no pickle) with a JSON config in the file's metadata."""
+
 from __future__ import annotations
 
 import hashlib
@@ -54,13 +55,14 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     data = path.read_bytes()
     try:
         header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 header size, then a JSON header
-        metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
         config = json.loads(metadata.get("config", "{}"))
         if not isinstance(config, dict):
             raise ValueError("its config is not a JSON object")
         state = load(data)
     except Exception as exc:  # truncated, not safetensors, bad JSON metadata (SafetensorError, ValueError, ...)
         text = (str(exc).strip().splitlines() or [""])[0]
-        raise ValueError(f"checkpoint {path}: not a readable safetensors checkpoint ({type(exc).__name__}: "
-                         f"{text})") from None
+        raise ValueError(
+            f"checkpoint {path}: not a readable safetensors checkpoint ({type(exc).__name__}: {text})"
+        ) from None
     return state, config, hashlib.sha256(data).hexdigest()

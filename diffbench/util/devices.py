@@ -1,4 +1,5 @@
 """Device, dtype and thread settings shared by the API, the runner, the metrics and the CLI."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -5,6 +5,7 @@ come from the heap, and the pages they free stay resident: a long cell's RSS the
 number of batches although nothing is kept. ``malloc_trim(0)`` returns those free pages. Elsewhere
 (macOS, musl, Windows) it does nothing.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -1,4 +1,5 @@
 """Small helpers for terminal text."""
+
 from __future__ import annotations
 
 import re

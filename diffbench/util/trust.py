@@ -8,6 +8,7 @@ A factory that an installed distribution registers under the entry-point group `
 needs no flag: installing it was the consent. The check reads entry-point metadata only, so a refused
 suite has imported nothing.
 """
+
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -54,7 +55,8 @@ def check_code_option(value: Any, where: str, trusted: bool) -> None:
     raise UntrustedCodeError(
         f"{where}: {value!r} names code to import and run, and a suite file is data: pass {FLAG} (or set "
         f"{ENV}=1) if you trust this suite, or install the factory as a plugin (entry-point group "
-        f"{FACTORY_GROUP!r})")
+        f"{FACTORY_GROUP!r})"
+    )
 
 
 def check_suite_code(suite: Any, registry: Any, trusted: bool) -> None:

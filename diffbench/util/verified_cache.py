@@ -9,6 +9,7 @@ returns None after a warning naming the file, and the caller recomputes (and ove
 returned with an entry is the hash of the tensors returned, so a manifest that records it describes
 what was used.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,8 +51,7 @@ class Entry:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def save(path: str | Path, tensors: Mapping[str, Tensor], *, key: str,
-         info: Mapping[str, Any] | None = None) -> str:
+def save(path: str | Path, tensors: Mapping[str, Tensor], *, key: str, info: Mapping[str, Any] | None = None) -> str:
     """Write ``tensors`` with ``key``, their sha256 and ``info`` (JSON) atomically; return the sha256."""
     from safetensors.torch import save_file
 
@@ -61,8 +61,11 @@ def save(path: str | Path, tensors: Mapping[str, Tensor], *, key: str,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(tensors, str(tmp), metadata={"key": key, "sha256": sha,
-                                               "info": json.dumps(dict(info or {}), sort_keys=True, default=str)})
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={"key": key, "sha256": sha, "info": json.dumps(dict(info or {}), sort_keys=True, default=str)},
+        )
         os.replace(tmp, path)  # concurrent readers see the old entry or the new one, never half of one
     finally:
         if tmp.exists():
@@ -84,7 +87,7 @@ def load(path: str | Path, *, key: str, warn: Warn | None = None) -> Entry | Non
         return None
     try:
         data = path.read_bytes()
-        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
         meta = header.get("__metadata__") or {}
         tensors = load_bytes(data)
         info = json.loads(meta.get("info") or "{}")
@@ -97,7 +100,9 @@ def load(path: str | Path, *, key: str, warn: Warn | None = None) -> Entry | Non
         return None
     sha = content_sha256(tensors)
     if meta.get("sha256") != sha:
-        warn(f"cache file {str(path)!r} does not match its recorded sha256 (changed after it was written); "
-             "recomputing it")
+        warn(
+            f"cache file {str(path)!r} does not match its recorded sha256 (changed after it was written); "
+            "recomputing it"
+        )
         return None
     return Entry(tensors, sha, info if isinstance(info, dict) else {})

@@ -1,4 +1,5 @@
 """diffbench's own version, as installed."""
+
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version

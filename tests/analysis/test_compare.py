@@ -1,4 +1,5 @@
 """diffbench compare: verdicts derived by hand on constructed run directories, and the CLI's exit codes."""
+
 from __future__ import annotations
 
 import copy
@@ -24,25 +25,48 @@ def metric(value: float, se: float | None, higher: bool | None = False) -> dict[
     return out
 
 
-def record(steps: int = 10, *, sampler: str = "euler", fid: float = 10.0, fid_se: float = 0.3,
-           precision: float = 0.8, precision_se: float = 0.03, nfe: float | None = None,
-           sample_seconds: float = 0.4, network_seconds: float | None = 0.2, status: str = "ok",
-           num_samples: int = 100, **extra: Any) -> dict[str, Any]:
+def record(
+    steps: int = 10,
+    *,
+    sampler: str = "euler",
+    fid: float = 10.0,
+    fid_se: float = 0.3,
+    precision: float = 0.8,
+    precision_se: float = 0.03,
+    nfe: float | None = None,
+    sample_seconds: float = 0.4,
+    network_seconds: float | None = 0.2,
+    status: str = "ok",
+    num_samples: int = 100,
+    **extra: Any,
+) -> dict[str, Any]:
     """A finished cell of a one-model suite; cell id and config follow the runner's layout."""
     config = {"num_samples": num_samples, "sampler": {"name": sampler}, "steps": steps}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
-    rec = {"cell_id": f"m__{sampler}__karras__n{steps}__gnone-{digest}",
-           "index": steps, "model": "m", "sampler": sampler, "scheduler": "karras", "steps": steps, "guidance": None,
-           "status": status, "error": None if status == "ok" else "boom", "nfe": steps if nfe is None else nfe,
-           "sample_seconds": sample_seconds, "seconds_per_sample": sample_seconds / num_samples,
-           "network_seconds": network_seconds, "config": config,
-           "metrics": {"fid": metric(fid, fid_se), "precision": metric(precision, precision_se, True)}}
+    rec = {
+        "cell_id": f"m__{sampler}__karras__n{steps}__gnone-{digest}",
+        "index": steps,
+        "model": "m",
+        "sampler": sampler,
+        "scheduler": "karras",
+        "steps": steps,
+        "guidance": None,
+        "status": status,
+        "error": None if status == "ok" else "boom",
+        "nfe": steps if nfe is None else nfe,
+        "sample_seconds": sample_seconds,
+        "seconds_per_sample": sample_seconds / num_samples,
+        "network_seconds": network_seconds,
+        "config": config,
+        "metrics": {"fid": metric(fid, fid_se), "precision": metric(precision, precision_se, True)},
+    }
     rec.update(extra)
     return rec
 
 
-def make_run(path: Path, records: list[dict[str, Any]], *, bare: float | None = 0.01, batch: int = 100,
-             suite: str = "smoke") -> Path:
+def make_run(
+    path: Path, records: list[dict[str, Any]], *, bare: float | None = 0.01, batch: int = 100, suite: str = "smoke"
+) -> Path:
     """A run directory as the runner leaves it: manifest with calibration, one JSON per cell."""
     run = RunDir(path)
     manifest: dict[str, Any] = {"suite": suite, "status": "complete", "models": {"m": {"model": "m"}}}
@@ -71,11 +95,15 @@ def base(tmp_path: Path) -> Path:
 
 # --- quality -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fid, expected", [
-    (10.9, SAME),    # +0.9 < 2·√(0.3² + 0.4²) = 1.0
-    (11.1, WORSE),   # +1.1 > 1.0
-    (8.9, BETTER),   # −1.1, beyond 1.0 the good way
-])
+
+@pytest.mark.parametrize(
+    "fid, expected",
+    [
+        (10.9, SAME),  # +0.9 < 2·√(0.3² + 0.4²) = 1.0
+        (11.1, WORSE),  # +1.1 > 1.0
+        (8.9, BETTER),  # −1.1, beyond 1.0 the good way
+    ],
+)
 def test_fid_lower_is_better_within_z_combined_se(base, tmp_path, fid, expected):
     run = make_run(tmp_path / "run", [record(10, fid=fid, fid_se=0.4), record(20, fid=8.0)])
     got = verdicts(base, run)
@@ -96,7 +124,9 @@ def test_metric_tolerance_absolute_relative_and_per_metric(base, tmp_path):
     cell = "euler karras n=10"
     assert verdicts(base, run)[cell]["fid"] == WORSE
     assert verdicts(base, run, Thresholds(metric_tol={"fid": Tolerance(0.5)}))[cell]["fid"] == SAME  # 1.0 + 0.5
-    assert verdicts(base, run, Thresholds(metric_tol={"": Tolerance(0.05, relative=True)}))[cell]["fid"] == SAME  # + 0.5
+    assert (
+        verdicts(base, run, Thresholds(metric_tol={"": Tolerance(0.05, relative=True)}))[cell]["fid"] == SAME
+    )  # + 0.5
     assert verdicts(base, run, Thresholds(metric_tol={"precision": Tolerance(0.5)}))[cell]["fid"] == WORSE
     assert verdicts(base, run, Thresholds(z=3.0))[cell]["fid"] == SAME  # 3·0.5 = 1.5
 
@@ -121,6 +151,7 @@ def test_missing_metric_in_run_is_worse(base, tmp_path):
 
 # --- cost and speed ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("nfe, expected", [(11, WORSE), (10, SAME), (9, BETTER)])
 def test_nfe_may_not_grow(base, tmp_path, nfe, expected):
     run = make_run(tmp_path / "run", [record(10, nfe=nfe), record(20, fid=8.0)])
@@ -130,8 +161,10 @@ def test_nfe_may_not_grow(base, tmp_path, nfe, expected):
 def test_speed_in_network_evaluations_timed_in_the_same_call(base, tmp_path):
     # baseline: NFE 10 × 0.4 s sampling / 0.2 s in the network = 20 network evaluations
     def cell(sample: float, network: float) -> dict[str, dict[str, str]]:
-        run = make_run(tmp_path / f"run-{sample}-{network}", [record(10, sample_seconds=sample, network_seconds=network),
-                                                           record(20, fid=8.0)])
+        run = make_run(
+            tmp_path / f"run-{sample}-{network}",
+            [record(10, sample_seconds=sample, network_seconds=network), record(20, fid=8.0)],
+        )
         return verdicts(base, run)["euler karras n=10"]
 
     assert cell(0.8, 0.4)["time"] == SAME  # a machine twice as slow, or twice as loaded
@@ -164,6 +197,7 @@ def test_speed_not_compared_without_network_time_or_calibration(base, tmp_path):
 
 
 # --- status and matching -----------------------------------------------------------------------
+
 
 def test_failed_cell_in_run_is_worse_failed_baseline_cell_is_skipped(tmp_path):
     base = make_run(tmp_path / "b", [record(10), record(20, status="failed")])
@@ -199,8 +233,14 @@ def test_cli_json(base, tmp_path):
     assert result.exit_code == 1 and data["regressions"] == 1 and data["z"] == 2.0 and data["time_tol"] is None
     assert [c["verdict"] for c in data["cells"]] == [WORSE, SAME]
     assert {c["what"] for c in data["cells"][0]["checks"]} == {"fid", "precision", "nfe", "harness", "drift"}
-    assert data["regressed_cells"] == [{"cell_id": record(10)["cell_id"], "label": "euler karras n=10", "note": "",
-                                        "worse": ["nfe: 10 → 12 (+2, allowed ±1e-08)"]}]
+    assert data["regressed_cells"] == [
+        {
+            "cell_id": record(10)["cell_id"],
+            "label": "euler karras n=10",
+            "note": "",
+            "worse": ["nfe: 10 → 12 (+2, allowed ±1e-08)"],
+        }
+    ]
 
 
 def one_line_error(result, text: str) -> None:
@@ -237,26 +277,38 @@ def test_a_changed_checkpoint_is_named(tmp_path):
 
 # --- harness time ------------------------------------------------------------------------------
 
+
 def probe(us: float, ref_us: float = 1000.0) -> dict[str, Any]:
     """A cell's harness probe record: ``us`` CPU µs per call, the reference work timed at ``ref_us``."""
-    return {"method": "cpu-time", "seconds_per_call": us * 1e-6, "reference_seconds": ref_us * 1e-6,
-            "ratio": us / ref_us, "repeats": 7}
+    return {
+        "method": "cpu-time",
+        "seconds_per_call": us * 1e-6,
+        "reference_seconds": ref_us * 1e-6,
+        "ratio": us / ref_us,
+        "repeats": 7,
+    }
 
 
-def harness_runs(tmp_path: Path, base_us: float, run_us: float, *, base_ref: float = 1000.0,
-                 run_ref: float = 1000.0, name: str = "h") -> tuple[Path, Path]:
-    return (make_run(tmp_path / f"{name}-base", [record(10, harness=probe(base_us, base_ref))]),
-            make_run(tmp_path / f"{name}-run", [record(10, harness=probe(run_us, run_ref))]))
+def harness_runs(
+    tmp_path: Path, base_us: float, run_us: float, *, base_ref: float = 1000.0, run_ref: float = 1000.0, name: str = "h"
+) -> tuple[Path, Path]:
+    return (
+        make_run(tmp_path / f"{name}-base", [record(10, harness=probe(base_us, base_ref))]),
+        make_run(tmp_path / f"{name}-run", [record(10, harness=probe(run_us, run_ref))]),
+    )
 
 
-@pytest.mark.parametrize("base_us, run_us, expected", [
-    (100.0, 149.0, SAME),    # +49% < 50%
-    (100.0, 151.0, WORSE),   # +51%
-    (100.0, 200.0, WORSE),   # a sampler loop twice as slow
-    (100.0, 49.0, BETTER),
-    (4.0, 8.5, SAME),        # +112%, but +4.5 µs is under the 5 µs floor: timing noise
-    (4.0, 9.5, WORSE),       # +5.5 µs
-])
+@pytest.mark.parametrize(
+    "base_us, run_us, expected",
+    [
+        (100.0, 149.0, SAME),  # +49% < 50%
+        (100.0, 151.0, WORSE),  # +51%
+        (100.0, 200.0, WORSE),  # a sampler loop twice as slow
+        (100.0, 49.0, BETTER),
+        (4.0, 8.5, SAME),  # +112%, but +4.5 µs is under the 5 µs floor: timing noise
+        (4.0, 9.5, WORSE),  # +5.5 µs
+    ],
+)
 def test_harness_time_tolerance_and_floor(tmp_path, base_us, run_us, expected):
     base, run = harness_runs(tmp_path, base_us, run_us)
     check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness")
@@ -278,8 +330,12 @@ def test_harness_is_judged_in_units_of_the_reference_timed_in_the_same_moments(t
     # the run's reference work took twice as long (a slower or busier machine): 100 µs then is 200 µs now
     base, run = harness_runs(tmp_path, 100.0, 280.0, base_ref=1000.0, run_ref=2000.0)
     check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness")
-    assert (check.verdict, check.baseline, check.run, check.delta) == (SAME, pytest.approx(200e-6),
-                                                                       pytest.approx(280e-6), pytest.approx(0.4))
+    assert (check.verdict, check.baseline, check.run, check.delta) == (
+        SAME,
+        pytest.approx(200e-6),
+        pytest.approx(280e-6),
+        pytest.approx(0.4),
+    )
     base, run = harness_runs(tmp_path, 100.0, 160.0, base_ref=1000.0, run_ref=1050.0, name="near")
     assert next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness").verdict == WORSE
 
@@ -287,8 +343,9 @@ def test_harness_is_judged_in_units_of_the_reference_timed_in_the_same_moments(t
 def test_harness_not_compared_names_the_missing_field_and_the_refresh_command(base, tmp_path):
     run = make_run(tmp_path / "run", [record(10, harness=probe(100)), record(20, fid=8.0)])
     check = next(c for c in compare.compare(base, run).cells[0].checks if c.what == "harness")
-    assert check.verdict == SAME and check.note == ("the baseline lacks harness.ratio (schema 1, older than 2): "
-                                                    "records written before the harness probe")
+    assert check.verdict == SAME and check.note == (
+        "the baseline lacks harness.ratio (schema 1, older than 2): records written before the harness probe"
+    )
     out = compare.text(compare.compare(base, run))
     assert "not compared: harness: the baseline lacks harness.ratio (schema 1, older than 2)" in out
     assert "refresh the baseline: diffbench run <the suite file of 'smoke'> --out /tmp/smoke-new" in out
@@ -300,6 +357,7 @@ def test_harness_not_compared_names_the_missing_field_and_the_refresh_command(ba
 
 
 # --- metrics without standard error, the log a CI reader acts on ---------------------------------
+
 
 @pytest.mark.parametrize("run_value, expected", [(2.0 + 1.9e-6, SAME), (2.0 + 2.1e-6, WORSE)])
 def test_metric_without_standard_error_gets_the_round_off_floor(tmp_path, run_value, expected):
@@ -314,9 +372,15 @@ def test_metric_without_standard_error_gets_the_round_off_floor(tmp_path, run_va
 def _with_context(path: Path, **changes: Any) -> Path:
     run = RunDir(path)
     manifest = run.read_manifest()
-    manifest.update({"versions": {"diffbench": "0.1.0", "torch": "2.14.1"}, "plugins": {"diffbench": "0.1.0",
-                     "diffbench-extra": "0.1.0"}, "git": {"sha": "a" * 40, "dirty": False}, "device": "cpu",
-                     "device_name": "x86_64, 2 threads"})
+    manifest.update(
+        {
+            "versions": {"diffbench": "0.1.0", "torch": "2.14.1"},
+            "plugins": {"diffbench": "0.1.0", "diffbench-extra": "0.1.0"},
+            "git": {"sha": "a" * 40, "dirty": False},
+            "device": "cpu",
+            "device_name": "x86_64, 2 threads",
+        }
+    )
     for key, value in changes.items():
         if key in ("diffbench", "torch"):
             manifest["versions"][key] = value
@@ -333,16 +397,21 @@ def test_the_log_says_what_changed_and_lists_each_regression_in_full(tmp_path):
     long_error = "RuntimeError: " + "the sampler could not allocate its history buffer " * 3
     failed = record(20, status="failed")
     failed["error"] = long_error
-    run = _with_context(make_run(tmp_path / "r", [record(10, fid=12.0, fid_se=0.4), failed]),
-                        extra="0.2.0", git={"sha": "b" * 40, "dirty": True})
+    run = _with_context(
+        make_run(tmp_path / "r", [record(10, fid=12.0, fid_se=0.4), failed]),
+        extra="0.2.0",
+        git={"sha": "b" * 40, "dirty": True},
+    )
     result = invoke(base, run)
     out = result.stdout
     assert result.exit_code == 1
     assert "what ran (baseline → run):" in out
     lines = out.splitlines()
     assert any(line.split() == ["plugin", "diffbench-extra", "0.1.0", "→", "0.2.0", "CHANGED"] for line in lines)
-    assert any(line.split() == ["git", "commit", "aaaaaaaaaa", "→", "bbbbbbbbbb", "(uncommitted", "changes)",
-                                "CHANGED"] for line in lines)
+    assert any(
+        line.split() == ["git", "commit", "aaaaaaaaaa", "→", "bbbbbbbbbb", "(uncommitted", "changes)", "CHANGED"]
+        for line in lines
+    )
     assert any(line.split() == ["diffbench", "0.1.0", "(same)"] for line in lines)
     # each regressed metric: baseline → run, change, allowance; a failed cell's error in full
     assert "    fid: 10 → 12 (+2, allowed ±1)" in out  # 2·√(0.3² + 0.4²) = 1
@@ -354,14 +423,17 @@ def test_the_log_says_what_changed_and_lists_each_regression_in_full(tmp_path):
     assert lines[-3:] == ["regressed cells:", "  euler karras n=10: fid", "  euler karras n=20: status"]
     data = json.loads(invoke(base, run, "--json").stdout)
     changed = {c["what"]: (c["baseline"], c["run"]) for c in data["context"] if c["changed"]}
-    assert changed == {"plugin diffbench-extra": ("0.1.0", "0.2.0"),
-                       "git commit": ("aaaaaaaaaa", "bbbbbbbbbb (uncommitted changes)")}
+    assert changed == {
+        "plugin diffbench-extra": ("0.1.0", "0.2.0"),
+        "git commit": ("aaaaaaaaaa", "bbbbbbbbbb (uncommitted changes)"),
+    }
     assert [c["label"] for c in data["regressed_cells"]] == ["euler karras n=10", "euler karras n=20"]
     assert data["regressed_cells"][0]["worse"] == ["fid: 10 → 12 (+2, allowed ±1)"]
     assert data["regressed_cells"][1]["note"] == f"failed: {long_error}"
 
 
 # --- CI-native output, --require-all -------------------------------------------------------------
+
 
 def test_markdown_summary_has_the_outcome_the_table_and_each_regression(base, tmp_path):
     worse = make_run(tmp_path / "worse", [record(10, nfe=12), record(20, fid=8.0)])
@@ -384,8 +456,11 @@ def test_junit_has_one_test_case_per_cell_and_check(base, tmp_path):
     assert invoke(base, worse, "--junit", junit, "--time-tol", "off").exit_code == 1
     suite = ET.parse(junit).getroot()
     cases = {(c.get("classname"), c.get("name")): c for c in suite.iter("testcase")}
-    assert set(cases) == {(cell, check) for cell in ("euler karras n=10", "euler karras n=20")
-                          for check in ("fid", "precision", "nfe", "harness", "drift")}
+    assert set(cases) == {
+        (cell, check)
+        for cell in ("euler karras n=10", "euler karras n=20")
+        for check in ("fid", "precision", "nfe", "harness", "drift")
+    }
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("10", "1", "4")
     failure = cases[("euler karras n=10", "nfe")].find("failure")
     assert failure.get("type") == "worse" and failure.get("message") == "nfe: 10 → 12 (+2, allowed ±1e-08)"

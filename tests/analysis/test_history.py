@@ -1,4 +1,5 @@
 """diffbench history: runs appended to SQLite, series read back, a planted step found at the run that made it."""
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,36 @@ JITTER = [0.03, -0.05, 0.02, -0.01, 0.04, -0.03, 0.01, -0.02]  # within the reco
 def make_run(path: Path, i: int, fid: float, *, shift: float = 0.0) -> Path:
     """Run ``i`` of a history: commit sha<i>, one cell with fid ± 0.1, NFE 10, a drift fingerprint."""
     run = RunDir(path)
-    run.write_manifest({"suite": "smoke", "status": "complete", "schema_version": 2, "started": f"2026-12-0{i + 1}",
-                        "git": {"sha": f"sha{i}" + "0" * 36, "dirty": False, "branch": "main"},
-                        "device": "cpu", "versions": {"torch": "2"}})
+    run.write_manifest(
+        {
+            "suite": "smoke",
+            "status": "complete",
+            "schema_version": 2,
+            "started": f"2026-12-0{i + 1}",
+            "git": {"sha": f"sha{i}" + "0" * 36, "dirty": False, "branch": "main"},
+            "device": "cpu",
+            "versions": {"torch": "2"},
+        }
+    )
     samples = torch.linspace(-1, 1, 64).reshape(4, 16) + shift
-    run.write_cell({"cell_id": "m__euler__karras__n10__gnone-abc", "index": 0, "model": "m", "sampler": "euler",
-                    "scheduler": "karras", "steps": 10, "guidance": None, "status": "ok", "nfe": 10.0,
-                    "sample_seconds": 1.0 + 0.01 * i, "seconds_per_sample": 0.01,
-                    "harness": {"ratio": 0.05}, "drift_fingerprint": drift.fingerprint(samples),
-                    "metrics": {"fid": {"value": fid, "uncertainty": 0.1, "higher_is_better": False}}})
+    run.write_cell(
+        {
+            "cell_id": "m__euler__karras__n10__gnone-abc",
+            "index": 0,
+            "model": "m",
+            "sampler": "euler",
+            "scheduler": "karras",
+            "steps": 10,
+            "guidance": None,
+            "status": "ok",
+            "nfe": 10.0,
+            "sample_seconds": 1.0 + 0.01 * i,
+            "seconds_per_sample": 0.01,
+            "harness": {"ratio": 0.05},
+            "drift_fingerprint": drift.fingerprint(samples),
+            "metrics": {"fid": {"value": fid, "uncertainty": 0.1, "higher_is_better": False}},
+        }
+    )
     return path
 
 
@@ -74,11 +96,26 @@ def test_series_without_a_step_has_none():
 
 def test_cli_add_show_json_plot_and_filters(tmp_path, db):
     runner = CliRunner()
-    out = runner.invoke(cli, ["history", "add", str(make_run(tmp_path / "run8", 8, 11.0)), "--db", str(db)],
-                        catch_exceptions=False)
+    out = runner.invoke(
+        cli, ["history", "add", str(make_run(tmp_path / "run8", 8, 11.0)), "--db", str(db)], catch_exceptions=False
+    )
     assert out.exit_code == 0 and "run #9 added" in out.stdout
-    shown = runner.invoke(cli, ["history", "show", "--db", str(db), "--metric", "fid", "--cell", "m euler*",
-                                "--plot", str(tmp_path / "trend.png")], catch_exceptions=False)
+    shown = runner.invoke(
+        cli,
+        [
+            "history",
+            "show",
+            "--db",
+            str(db),
+            "--metric",
+            "fid",
+            "--cell",
+            "m euler*",
+            "--plot",
+            str(tmp_path / "trend.png"),
+        ],
+        catch_exceptions=False,
+    )
     assert shown.exit_code == 0, shown.output
     assert shown.stdout.startswith("m euler karras n=10 · fid\n")
     assert "step at run #6 (commit sha5000000, 2026-12-06): 10.006 → 10.99 (z = 14.7)" in shown.stdout
@@ -116,8 +153,9 @@ def test_rows_of_an_older_schema_stay_readable(tmp_path):
 def test_a_newer_or_foreign_database_is_a_one_line_error(tmp_path):
     newer = tmp_path / "newer.sqlite"
     con = sqlite3.connect(newer)
-    con.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); "
-                      "INSERT INTO meta VALUES ('schema_version', '99');")
+    con.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); INSERT INTO meta VALUES ('schema_version', '99');"
+    )
     con.close()
     with pytest.raises(history.HistoryError, match="schema 99 is newer"):
         history.connect(newer)

@@ -1,4 +1,5 @@
 """Pareto front against brute force, run plots from a cells frame, per-cell sample pictures."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,10 @@ from diffbench.run.rundir import cells_frame
 def brute_front(cost, value):
     keep = []
     for i in range(len(cost)):
-        dominated = any(cost[j] <= cost[i] and value[j] <= value[i] and (cost[j], value[j]) != (cost[i], value[i])
-                        for j in range(len(cost)))
+        dominated = any(
+            cost[j] <= cost[i] and value[j] <= value[i] and (cost[j], value[j]) != (cost[i], value[i])
+            for j in range(len(cost))
+        )
         if not dominated:
             keep.append(i)
     return sorted(keep, key=lambda i: cost[i])

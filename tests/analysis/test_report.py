@@ -1,4 +1,5 @@
 """The noise rule against hand-computed cases, number formatting, report.md contents."""
+
 from __future__ import annotations
 
 import math
@@ -55,11 +56,21 @@ def test_verdicts_respect_direction_and_missing_uncertainty():
     assert v[0] == "best" and v[1] == "worse (7.1σ)" and v[2] == "no uncertainty"
 
 
-@pytest.mark.parametrize("value, se, text", [
-    (12.3456, 0.0321, "12.346 ± 0.032"), (12.3456, 1.7, "12.3 ± 1.7"), (1234.5, 25.0, "1234 ± 25"),
-    (5.0, 0.5, "5.00 ± 0.50"), (-4.08e-06, 0.0087, "-0.0000 ± 0.0087"), (0.000642, 6.4e-05, "0.000642 ± 6.4e-05"),
-    (2.5e-6, 1e-7, "2.5e-06 ± 1e-07"), (3.14159, None, "3.142"), (float("nan"), 1.0, ""), (0.5, 0.0, "0.5"),
-])
+@pytest.mark.parametrize(
+    "value, se, text",
+    [
+        (12.3456, 0.0321, "12.346 ± 0.032"),
+        (12.3456, 1.7, "12.3 ± 1.7"),
+        (1234.5, 25.0, "1234 ± 25"),
+        (5.0, 0.5, "5.00 ± 0.50"),
+        (-4.08e-06, 0.0087, "-0.0000 ± 0.0087"),
+        (0.000642, 6.4e-05, "0.000642 ± 6.4e-05"),
+        (2.5e-6, 1e-7, "2.5e-06 ± 1e-07"),
+        (3.14159, None, "3.142"),
+        (float("nan"), 1.0, ""),
+        (0.5, 0.0, "0.5"),
+    ],
+)
 def test_fmt_pm(value, se, text):
     assert fmt_pm(value, se) == text
 
@@ -67,8 +78,18 @@ def test_fmt_pm(value, se, text):
 def test_tables():
     f = cells((10, 5.0, 0.5), (20, 3.0, 0.2), (10, None, None, "failed"))
     t = display_table(f, {"fid": False})
-    assert list(t.columns) == ["sampler", "scheduler", "steps", "NFE", "fid", "fid vs best ≤1.25× NFE",
-                               "fid front (all NFE)", "s/sample", "net %", "status"]
+    assert list(t.columns) == [
+        "sampler",
+        "scheduler",
+        "steps",
+        "NFE",
+        "fid",
+        "fid vs best ≤1.25× NFE",
+        "fid front (all NFE)",
+        "s/sample",
+        "net %",
+        "status",
+    ]
     assert t.loc[2, "status"] == "failed: boom"
     md = markdown(t).splitlines()
     assert md[0].startswith("| sampler | scheduler") and md[1] == "|---" + "|---" * 9 + "|" and len(md) == 5
@@ -80,14 +101,25 @@ def test_report_md(tmp_path):
     for r in (record(0, fid=5.0), record(1, status="failed")):
         run.write_cell({**r, "sample_image": "x.png" if r["status"] == "ok" else None})
     frame = run.write_csv()
-    run.write_manifest({"suite": "s", "description": "what it shows", "status": "complete", "seeds": [0],
-                        "metric_values": {"fid": {"higher_is_better": False}}, "metric_info": {"extractor": "cnn"},
-                        "git": {"sha": "abc", "dirty": True}, "wall_seconds": 12.0})
+    run.write_manifest(
+        {
+            "suite": "s",
+            "description": "what it shows",
+            "status": "complete",
+            "seeds": [0],
+            "metric_values": {"fid": {"higher_is_better": False}},
+            "metric_info": {"extractor": "cnn"},
+            "git": {"sha": "abc", "dirty": True},
+            "wall_seconds": 12.0,
+        }
+    )
     text = write_report(run, frame, [tmp_path / "metric_vs_nfe.png"]).read_text()
     assert text.startswith("# s\n\nwhat it shows")
     assert "| euler | karras | 2 | 2 | 5.00 ± 0.50 | no peer | front |" in text
     assert RULE in text and "`fid` (lower is better): uncertainty is m" in text
-    assert "![metric_vs_nfe](metric_vs_nfe.png)\n\n*Each metric (y, ± 1 standard error" in text and "(cells/x.png)" in text
+    assert (
+        "![metric_vs_nfe](metric_vs_nfe.png)\n\n*Each metric (y, ± 1 standard error" in text and "(cells/x.png)" in text
+    )
     assert "## Failed cells" in text and "git abc (dirty)" in text and "**extractor**: cnn" in text
 
 
@@ -95,12 +127,32 @@ def test_report_lists_trajectory_references_with_their_convergence(tmp_path):
     run = RunDir(tmp_path)
     run.write_cell(record(0, fid=5.0))
     frame = run.write_csv()
-    info = {"steps": 1024, "nfe_per_sample": 1985, "estimated_error": 5.9e-6, "seconds": 3.1, "samples": 32,
-            "model": "digits-eps", "sigma_start": 157.4, "sigma_end": 0.01, "final_zero": True, "from_cache": False,
-            "history": [[128, 5.4e-4], [256, 2.1e-4], [512, 1.6e-4], [1024, 5.9e-6]], "method": "m"}
-    run.write_manifest({"suite": "s", "status": "complete", "seeds": [0], "wall_seconds": 1.0,
-                        "metric_info": {"trajectory_references": {"78c84d01f4c0aaaa": info}}})
+    info = {
+        "steps": 1024,
+        "nfe_per_sample": 1985,
+        "estimated_error": 5.9e-6,
+        "seconds": 3.1,
+        "samples": 32,
+        "model": "digits-eps",
+        "sigma_start": 157.4,
+        "sigma_end": 0.01,
+        "final_zero": True,
+        "from_cache": False,
+        "history": [[128, 5.4e-4], [256, 2.1e-4], [512, 1.6e-4], [1024, 5.9e-6]],
+        "method": "m",
+    }
+    run.write_manifest(
+        {
+            "suite": "s",
+            "status": "complete",
+            "seeds": [0],
+            "wall_seconds": 1.0,
+            "metric_info": {"trajectory_references": {"78c84d01f4c0aaaa": info}},
+        }
+    )
     text = write_report(run, frame, []).read_text()
     assert "**trajectory_references**" not in text  # a section, not a raw dict in the header
-    assert ("| `78c84d01f4c0` | digits-eps | 157.4 → 0.01 → 0 | 32 | 1024 | 1985 | 5.9e-06 | "
-            "128: 0.00054, 256: 0.00021, 512: 0.00016, 1024: 5.9e-06 | computed, 3.1 s |") in text
+    assert (
+        "| `78c84d01f4c0` | digits-eps | 157.4 → 0.01 → 0 | 32 | 1024 | 1985 | 5.9e-06 | "
+        "128: 0.00054, 256: 0.00021, 512: 0.00016, 1024: 5.9e-06 | computed, 3.1 s |"
+    ) in text

@@ -1,4 +1,5 @@
 """Speed benchmarks (tox -e bench): torch version and device in the machine info, derived figures at the end."""
+
 from __future__ import annotations
 
 import platform

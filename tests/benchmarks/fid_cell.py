@@ -9,6 +9,7 @@ seconds, peak RSS and peak CUDA memory (MiB). Memory flat in N: compare N = 5000
 Meant for a GPU: on the 2-core CPU, N = 200 took 100 s (metrics 49 s a scoring, once in the warm-up
 and once in the cell; sampling 0.1 s).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,23 +39,48 @@ def main(n: int, out: str, device: str = "auto") -> None:
     a = rng.standard_normal((2048, 2048)) / 64
     np.savez(work / "stats.npz", mu=rng.standard_normal(2048) * 0.1, sigma=a @ a.T + 0.01 * np.eye(2048))
     registry = build_registry(extra_plugins=[Plugin()], autoload=False)
-    suite = {"name": "fid-at-scale", "model": "tiny-rgb64", "num_samples": n, "batch_size": 500, "device": device,
-             "reference": {"name": "npz-stats", "options": {"path": str(work / "stats.npz")}},
-             "metrics": [{"name": "fid", "options": {"extractor": "inception-v3-compat", "weights_path": str(weights)}}],
-             "grid": {"sampler": ["euler"], "steps": [10]}}
+    suite = {
+        "name": "fid-at-scale",
+        "model": "tiny-rgb64",
+        "num_samples": n,
+        "batch_size": 500,
+        "device": device,
+        "reference": {"name": "npz-stats", "options": {"path": str(work / "stats.npz")}},
+        "metrics": [{"name": "fid", "options": {"extractor": "inception-v3-compat", "weights_path": str(weights)}}],
+        "grid": {"sampler": ["euler"], "steps": [10]},
+    }
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    result = run_suite(parse_suite(suite, registry), work / "run", registry=registry, progress=False,
-                       cache_dir=work / "cache", draw=False, allow_large=True)
+    result = run_suite(
+        parse_suite(suite, registry),
+        work / "run",
+        registry=registry,
+        progress=False,
+        cache_dir=work / "cache",
+        draw=False,
+        allow_large=True,
+    )
     wall = time.perf_counter() - t0
     cell = RunDir(result.path).read_cells()[0]
-    print(json.dumps({
-        "num_samples": n, "status": cell["status"], "error": cell.get("error"), "device": cell.get("device"),
-        "wall_seconds": round(wall, 2), "sample_seconds": round(cell["sample_seconds"], 2),
-        "metric_seconds": round(cell.get("metric_seconds") or 0.0, 2), "fid": cell.get("metrics", {}).get("fid"),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None}))
+    print(
+        json.dumps(
+            {
+                "num_samples": n,
+                "status": cell["status"],
+                "error": cell.get("error"),
+                "device": cell.get("device"),
+                "wall_seconds": round(wall, 2),
+                "sample_seconds": round(cell["sample_seconds"], 2),
+                "metric_seconds": round(cell.get("metric_seconds") or 0.0, 2),
+                "fid": cell.get("metrics", {}).get("fid"),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20)
+                if torch.cuda.is_available()
+                else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

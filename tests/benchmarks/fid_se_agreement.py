@@ -5,6 +5,7 @@ each method; the samples and FID values are the same) and prints, per cell, FID 
 errors with their ratio, then the geometric mean of the ratios. ``tests/metrics/test_frechet.py -m slow``
 asserts the agreement.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,26 +31,42 @@ def se_by_method(out: Path) -> list[dict]:
 
     runs = {}
     for method in ("jackknife", "bootstrap"):
-        result = run_suite(Suite.model_validate(smoke_with({"se_method": method, "bootstrap": 100})),
-                           out / method, progress=False, draw=False)
+        result = run_suite(
+            Suite.model_validate(smoke_with({"se_method": method, "bootstrap": 100})),
+            out / method,
+            progress=False,
+            draw=False,
+        )
         # keyed by sampler and steps: the cell ids hash the metric options too
-        runs[method] = {(c["sampler_name"], c["steps"]): c for c in (json.loads(p.read_text())
-                                                                   for p in (result.path / "cells").glob("*.json"))}
+        runs[method] = {
+            (c["sampler_name"], c["steps"]): c
+            for c in (json.loads(p.read_text()) for p in (result.path / "cells").glob("*.json"))
+        }
     rows = []
     for key, jk in sorted(runs["jackknife"].items()):
         bs = runs["bootstrap"][key]
         assert jk["metrics"]["fid"]["value"] == bs["metrics"]["fid"]["value"]
-        rows.append({"cell": f"{jk['sampler_name']} {jk['steps']} steps", "fid": jk["metrics"]["fid"]["value"],
-                     "jackknife": jk["metrics"]["fid"]["uncertainty"], "bootstrap": bs["metrics"]["fid"]["uncertainty"]})
+        rows.append(
+            {
+                "cell": f"{jk['sampler_name']} {jk['steps']} steps",
+                "fid": jk["metrics"]["fid"]["value"],
+                "jackknife": jk["metrics"]["fid"]["uncertainty"],
+                "bootstrap": bs["metrics"]["fid"]["uncertainty"],
+            }
+        )
     return rows
 
 
 def lines(rows: list[dict]) -> list[str]:
-    out = [f"{r['cell']:<28} FID {r['fid']:.3f}  s.e. jackknife {r['jackknife']:.3f}  bootstrap {r['bootstrap']:.3f}"
-           f"  ratio {r['jackknife'] / r['bootstrap']:.2f}" for r in rows]
+    out = [
+        f"{r['cell']:<28} FID {r['fid']:.3f}  s.e. jackknife {r['jackknife']:.3f}  bootstrap {r['bootstrap']:.3f}"
+        f"  ratio {r['jackknife'] / r['bootstrap']:.2f}"
+        for r in rows
+    ]
     ratios = [r["jackknife"] / r["bootstrap"] for r in rows]
-    out.append(f"geometric mean of the ratios over {len(rows)} cells: "
-               f"{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}")
+    out.append(
+        f"geometric mean of the ratios over {len(rows)} cells: {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}"
+    )
     return out
 
 

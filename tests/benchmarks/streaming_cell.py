@@ -3,6 +3,7 @@
 ``python tests/benchmarks/streaming_cell.py N OUT`` runs N samples (batch 500, Euler, 2 steps) into OUT
 and prints the process's peak resident set size in MiB. Used by test_scoring_cost.py.
 """
+
 from __future__ import annotations
 
 import resource
@@ -23,8 +24,14 @@ def tiny_rgb64() -> DiffusionModel:
     """A randomly initialised one-layer conv 'denoiser' on 3×64×64 images (ε-prediction, linear β)."""
     torch.manual_seed(0)
     net = torch.nn.Conv2d(3, 3, 3, padding=1)
-    return DiffusionModel("tiny-rgb64", lambda x, t, labels: net(x), make_schedule("linear"), TARGETS["eps"],
-                          (3, 64, 64), dtype=torch.float32)
+    return DiffusionModel(
+        "tiny-rgb64",
+        lambda x, t, labels: net(x),
+        make_schedule("linear"),
+        TARGETS["eps"],
+        (3, 64, 64),
+        dtype=torch.float32,
+    )
 
 
 class PooledMean(StreamingMetric):
@@ -57,12 +64,20 @@ class Plugin:
 def main(n: int, out: str) -> None:
     torch.set_num_threads(1)
     registry = build_registry(extra_plugins=[Plugin()], autoload=False)
-    suite = {"name": "rss", "model": "tiny-rgb64", "metrics": ["pooled-mean"], "num_samples": n, "batch_size": 500,
-             "device": "cpu", "grid": {"sampler": ["euler"], "steps": [2]}}
+    suite = {
+        "name": "rss",
+        "model": "tiny-rgb64",
+        "metrics": ["pooled-mean"],
+        "num_samples": n,
+        "batch_size": 500,
+        "device": "cpu",
+        "grid": {"sampler": ["euler"], "steps": [2]},
+    }
     from diffbench.run.suite import parse_suite
 
-    run_suite(parse_suite(suite, registry), out, registry=registry, progress=False, cache_dir=f"{out}-cache",
-              draw=False)
+    run_suite(
+        parse_suite(suite, registry), out, registry=registry, progress=False, cache_dir=f"{out}-cache", draw=False
+    )
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB → MiB
 
 

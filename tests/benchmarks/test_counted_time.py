@@ -5,6 +5,7 @@ wall-clock time follow the load while the counted time does not.
 
     python -m pytest tests/benchmarks/test_counted_time.py -m benchmark --benchmark-enable -s
 """
+
 from __future__ import annotations
 
 import pytest
@@ -24,11 +25,20 @@ def _spread(a: float, b: float) -> float:
 
 
 def test_identical_work_identical_counted_time(benchmark, figures, tmp_path):
-    suite = parse_suite({"name": "same-work", "model": "digits-eps", "num_samples": 200, "batch_size": 100,
-                         "device": "cpu", "grid": {"sampler": ["ddim", "euler"], "scheduler": ["karras"],
-                                                   "steps": STEPS}}, default_registry())
-    res = benchmark.pedantic(run_suite, args=(suite, tmp_path / "run"), kwargs={"progress": False, "draw": False},
-                             rounds=1, iterations=1)
+    suite = parse_suite(
+        {
+            "name": "same-work",
+            "model": "digits-eps",
+            "num_samples": 200,
+            "batch_size": 100,
+            "device": "cpu",
+            "grid": {"sampler": ["ddim", "euler"], "scheduler": ["karras"], "steps": STEPS},
+        },
+        default_registry(),
+    )
+    res = benchmark.pedantic(
+        run_suite, args=(suite, tmp_path / "run"), kwargs={"progress": False, "draw": False}, rounds=1, iterations=1
+    )
     recs = {(r["sampler"], r["steps"]): r for r in RunDir(res.path).read_cells()}
     counted, wall = [], []
     for n in STEPS:
@@ -37,6 +47,8 @@ def test_identical_work_identical_counted_time(benchmark, figures, tmp_path):
         counted.append(_spread(d["counted_seconds_per_sample"], e["counted_seconds_per_sample"]))
         wall.append(_spread(d["seconds_per_sample"], e["seconds_per_sample"]))
     benchmark.extra_info.update(counted_spread=counted, wall_spread=wall)
-    figures.append(f"ddim vs euler (identical work) on digits-eps, steps {STEPS}: |difference| / mean, counted time "
-                   f"{', '.join(f'{100 * v:.2f}%' for v in counted)}; wall-clock "
-                   f"{', '.join(f'{100 * v:.1f}%' for v in wall)}")
+    figures.append(
+        f"ddim vs euler (identical work) on digits-eps, steps {STEPS}: |difference| / mean, counted time "
+        f"{', '.join(f'{100 * v:.2f}%' for v in counted)}; wall-clock "
+        f"{', '.join(f'{100 * v:.1f}%' for v in wall)}"
+    )

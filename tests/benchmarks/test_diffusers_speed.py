@@ -6,6 +6,7 @@ median over interleaved pairs of (wrapped call / bare call) - 1, which a loaded 
 and the adapter's own cost per call (the same wrapped call with the UNet swapped for a free stub)
 divided by the bare UNet call, which does not depend on pairing luck.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -30,9 +31,17 @@ def small_unet_folder(root):
     from diffusers import DDIMScheduler, UNet2DModel
 
     torch.manual_seed(0)
-    UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
-                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                norm_num_groups=8, attention_head_dim=8).save_pretrained(root / "unet")
+    UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+    ).save_pretrained(root / "unet")
     DDIMScheduler().save_pretrained(root / "scheduler")
     (root / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
     return root
@@ -55,10 +64,13 @@ def test_diffusers_adapter_overhead(benchmark, figures, tmp_path):
     t_net, c = den._time(sigma)
     x_t = x * c.alpha
     t_in = torch.full((BATCH,), t_net)
+
     def bare():
         return unet(x_t, t_in).sample  # the call a diffusers user writes
+
     def wrapped():
         return den(x, sigma)
+
     with torch.inference_mode():
         for _ in range(3):
             bare(), wrapped()
@@ -78,11 +90,21 @@ def test_diffusers_adapter_overhead(benchmark, figures, tmp_path):
     model.network.denoiser = unet
     overhead = statistics.median(ratios) - 1.0
     q1, _, q3 = statistics.quantiles(ratios, n=4)
-    benchmark.extra_info.update(overhead_median=overhead, ratio_q1=q1, ratio_q3=q3, pairs=PAIRS, batch=BATCH,
-                                threads=torch.get_num_threads(), bare_s=bare_s, harness_s=harness_s)
-    figures.append(f"diffusers adapter, small UNet 3x32x32 batch {BATCH}: bare call {bare_s * 1e3:.1f} ms; "
-                   f"adapter's own cost {harness_s * 1e6:.0f} us/call = {harness_s / bare_s:+.3%} of it; "
-                   f"wrapped/bare - 1 = {overhead:+.2%} (median of {PAIRS} interleaved pairs, IQR {q1:.3f}-{q3:.3f})")
+    benchmark.extra_info.update(
+        overhead_median=overhead,
+        ratio_q1=q1,
+        ratio_q3=q3,
+        pairs=PAIRS,
+        batch=BATCH,
+        threads=torch.get_num_threads(),
+        bare_s=bare_s,
+        harness_s=harness_s,
+    )
+    figures.append(
+        f"diffusers adapter, small UNet 3x32x32 batch {BATCH}: bare call {bare_s * 1e3:.1f} ms; "
+        f"adapter's own cost {harness_s * 1e6:.0f} us/call = {harness_s / bare_s:+.3%} of it; "
+        f"wrapped/bare - 1 = {overhead:+.2%} (median of {PAIRS} interleaved pairs, IQR {q1:.3f}-{q3:.3f})"
+    )
 
 
 class _Stub(torch.nn.Module):

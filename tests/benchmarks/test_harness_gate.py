@@ -12,6 +12,7 @@ shared load take minutes each; the probe is all of a run that the harness check 
 
     python -m pytest tests/benchmarks/test_harness_gate.py -m benchmark --benchmark-enable -s
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,9 @@ SUITES = {  # batch sizes where one network call costs ≈ 10 ms (digits) and �
 }
 UNCHANGED = int(os.environ.get("DIFFBENCH_GATE_RUNS", "30"))
 SLOWED = int(os.environ.get("DIFFBENCH_GATE_SLOWED", "10"))
-COMPETITOR = "import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\nwhile True:\n    a = torch.tanh(a @ a)\n"
+COMPETITOR = (
+    "import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\nwhile True:\n    a = torch.tanh(a @ a)\n"
+)
 
 
 def _spin(seconds: float) -> None:
@@ -71,7 +74,9 @@ class SlowedRegistry(Registry):
             def slow(x, sigma):
                 _spin(seconds)
                 return denoiser(x, sigma)
+
             return fn(slow, x, sigmas, **kw)
+
         return sampler
 
 
@@ -90,17 +95,29 @@ def competitor_on_every_core():
 
 def _probes(model: str, registry: Registry) -> dict[str, dict]:
     """Each sampler's harness probe, as run_cell records it."""
-    suite = parse_suite({"name": f"gate-{model}", "model": model, "seeds": [0], "device": "cpu", **SUITES[model],
-                         "grid": {"sampler": SAMPLERS, "scheduler": ["karras"], "steps": [20]}}, registry)
+    suite = parse_suite(
+        {
+            "name": f"gate-{model}",
+            "model": model,
+            "seeds": [0],
+            "device": "cpu",
+            **SUITES[model],
+            "grid": {"sampler": SAMPLERS, "scheduler": ["karras"], "steps": [20]},
+        },
+        registry,
+    )
     models = load_models(suite, registry)
-    return {cell.sampler.name: probe_harness(suite, cell, models[cell.model.key], registry, [])
-            for cell in expand(suite)}
+    return {
+        cell.sampler.name: probe_harness(suite, cell, models[cell.model.key], registry, []) for cell in expand(suite)
+    }
 
 
 def _flags(base: dict[str, dict], run: dict[str, dict]) -> int:
     """Samplers whose retaken probe the harness check calls worse than the baseline probe."""
-    return sum(compare.harness_check({"harness": base[s]}, {"harness": run[s]}, compare.Thresholds()).verdict
-               == compare.WORSE for s in SAMPLERS)
+    return sum(
+        compare.harness_check({"harness": base[s]}, {"harness": run[s]}, compare.Thresholds()).verdict == compare.WORSE
+        for s in SAMPLERS
+    )
 
 
 @pytest.mark.parametrize("model", list(SUITES))
@@ -117,22 +134,38 @@ def test_harness_gate_under_load(model, benchmark, figures):
     ratios = [r[s]["ratio"] / base[s]["ratio"] for r in slowed for s in SAMPLERS]
     benchmark.pedantic(_flags, args=(base, slowed[0]), rounds=3)
     cells = len(SAMPLERS)
-    info = {"model": model, "competitors": competitors, "load_average_1_5_15": [round(v, 1) for v in load],
-            "harness_measure": HARNESS_METHOD.format(k=HARNESS_REPEATS), "harness_tol": compare.HARNESS_TOL,
-            "baseline_probe_us_per_call": {s: round(1e6 * p["seconds_per_call"], 1) for s, p in base.items()},
-            "unchanged_reruns": UNCHANGED, "false_alarm_cells": sum(false), "false_alarm_reruns": sum(f > 0 for f in false),
-            "unchanged_ratio_range": {s: [round(min(v), 3), round(max(v), 3)] for s, v in change.items()},
-            "slowed_reruns": SLOWED, "slowed_ratio_median": round(statistics.median(ratios), 2),
-            "slowed_ratio_min": round(min(ratios), 2), "slowed_flagged_share": sum(flagged) / (SLOWED * cells)}
+    info = {
+        "model": model,
+        "competitors": competitors,
+        "load_average_1_5_15": [round(v, 1) for v in load],
+        "harness_measure": HARNESS_METHOD.format(k=HARNESS_REPEATS),
+        "harness_tol": compare.HARNESS_TOL,
+        "baseline_probe_us_per_call": {s: round(1e6 * p["seconds_per_call"], 1) for s, p in base.items()},
+        "unchanged_reruns": UNCHANGED,
+        "false_alarm_cells": sum(false),
+        "false_alarm_reruns": sum(f > 0 for f in false),
+        "unchanged_ratio_range": {s: [round(min(v), 3), round(max(v), 3)] for s, v in change.items()},
+        "slowed_reruns": SLOWED,
+        "slowed_ratio_median": round(statistics.median(ratios), 2),
+        "slowed_ratio_min": round(min(ratios), 2),
+        "slowed_flagged_share": sum(flagged) / (SLOWED * cells),
+    }
     benchmark.extra_info.update(info)
-    figures.append(f"harness gate under load, {model} (batch {SUITES[model]['batch_size']}, 20 steps; "
-                   f"{competitors} competing matmul processes; load average {load[0]:.1f} {load[1]:.1f} "
-                   f"{load[2]:.1f} on {os.cpu_count()} CPUs; harness tolerance {100 * compare.HARNESS_TOL:g}%):")
+    figures.append(
+        f"harness gate under load, {model} (batch {SUITES[model]['batch_size']}, 20 steps; "
+        f"{competitors} competing matmul processes; load average {load[0]:.1f} {load[1]:.1f} "
+        f"{load[2]:.1f} on {os.cpu_count()} CPUs; harness tolerance {100 * compare.HARNESS_TOL:g}%):"
+    )
     figures.append(f"  measure: {info['harness_measure']}")
-    figures.append("  baseline probe per call: " + ", ".join(f"{s} {v} µs" for s, v in
-                                                            info["baseline_probe_us_per_call"].items()))
-    figures.append(f"  {UNCHANGED} unchanged reruns × {cells} cells: {info['false_alarm_cells']} cells flagged in "
-                   f"{info['false_alarm_reruns']} reruns; probe ratio / baseline ratio, min–max: "
-                   + ", ".join(f"{s} {a:.2f}–{b:.2f}" for s, (a, b) in info["unchanged_ratio_range"].items()))
-    figures.append(f"  harness ×2 ({SLOWED} reruns × {cells} cells; measured ×{info['slowed_ratio_median']}, "
-                   f"min ×{info['slowed_ratio_min']}): {100 * info['slowed_flagged_share']:.0f}% flagged")
+    figures.append(
+        "  baseline probe per call: " + ", ".join(f"{s} {v} µs" for s, v in info["baseline_probe_us_per_call"].items())
+    )
+    figures.append(
+        f"  {UNCHANGED} unchanged reruns × {cells} cells: {info['false_alarm_cells']} cells flagged in "
+        f"{info['false_alarm_reruns']} reruns; probe ratio / baseline ratio, min–max: "
+        + ", ".join(f"{s} {a:.2f}–{b:.2f}" for s, (a, b) in info["unchanged_ratio_range"].items())
+    )
+    figures.append(
+        f"  harness ×2 ({SLOWED} reruns × {cells} cells; measured ×{info['slowed_ratio_median']}, "
+        f"min ×{info['slowed_ratio_min']}): {100 * info['slowed_flagged_share']:.0f}% flagged"
+    )

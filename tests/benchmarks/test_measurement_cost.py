@@ -8,6 +8,7 @@ Everything is scored on one thread, as diffbench scores (``devices.one_thread``)
 metric classes; times per cell exclude what is computed once per reference and process (its
 statistics, Σr^½, KID's reference-subset sums, PRC's reference radii), which are reported apart.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,7 +30,7 @@ N, D = 50_000, 2048
 
 def synthetic_features(n: int, d: int, shift: float, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(0)) / d ** 0.5
+    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(0)) / d**0.5
     return torch.relu(torch.randn(n, d, generator=gen) @ mix + shift)
 
 
@@ -56,11 +57,15 @@ def scoring_costs(n: int = N, d: int = D) -> dict[str, float]:
     out: dict[str, float] = {"n": n, "d": d}
     with one_thread():
         out["reference_stats_once"], stats = _seconds(ref.stats)
-        out["torch_fidelity_point_fid"], want = _seconds(lambda: fid_statistics_to_metric(
-            fid_features_to_statistics(gen.double()), stats, verbose=False)["frechet_inception_distance"])
+        out["torch_fidelity_point_fid"], want = _seconds(
+            lambda: fid_statistics_to_metric(fid_features_to_statistics(gen.double()), stats, verbose=False)[
+                "frechet_inception_distance"
+            ]
+        )
         out["reference_root_once"], _ = _seconds(lambda: fidelity.reference_root(ref))
-        out["point_fid"], point = _seconds(lambda: fid.score_features(gen, ref, ctx,
-                                                                      **{**fid_opts, "se_method": "none"}))
+        out["point_fid"], point = _seconds(
+            lambda: fid.score_features(gen, ref, ctx, **{**fid_opts, "se_method": "none"})
+        )
         out["fid_with_se"], with_se = _seconds(lambda: fid.score_features(gen, ref, ctx, **fid_opts))
         assert abs(point["fid"].value - want) < 1e-6 * want and with_se["fid"].value == point["fid"].value
         out["kid_first_cell"], _ = _seconds(lambda: kid.score_features(gen, ref, ctx, **kid_opts))

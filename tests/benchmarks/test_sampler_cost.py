@@ -17,6 +17,7 @@ k-diffusion is not a dependency: ``pip install --no-deps k-diffusion==0.1.1.post
 trampoline`` gives its sampling and external modules (its package __init__ imports training code; only those
 two are loaded). Without it the k-diffusion column is empty.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -100,6 +101,7 @@ def diffbench_run(name: str, batch: int) -> Callable[[], int]:
         before = counter.calls
         comp.obj(den, x, grid.sigmas, noise=noise, **comp.options)
         return counter.calls - before
+
     return run
 
 
@@ -136,6 +138,7 @@ def k_diffusion_run(modules, name: str, batch: int, wrapped: bool = True) -> Cal
         noise = {"noise_sampler": lambda s, sn: next(draws)} if takes_noise else {}
         fn(model, x, sigmas, disable=True, **noise, **kwargs)
         return calls[0]
+
     return run
 
 
@@ -157,13 +160,27 @@ def measure(repeats: int = 30) -> list[dict[str, Any]]:
                     for run in runs:  # warm-up
                         run()
                     best = [1e6 * t for t in fastest_per_call(runs, repeats)]
-                    ours, theirs, loop = best[0], (best[1] if len(best) > 1 else None), (best[2] if len(best) > 2 else None)
+                    ours, theirs, loop = (
+                        best[0],
+                        (best[1] if len(best) > 1 else None),
+                        (best[2] if len(best) > 2 else None),
+                    )
                     euler = ours if name == "euler" else euler
                     limit, against = (0.5 * theirs, "½ k-diffusion") if theirs is not None else (3 * euler, "3× euler")
-                    rows.append({"sampler": name, "batch": batch, "diffbench_us": ours, "k_diffusion_us": theirs,
-                                 "ratio_k_diffusion": ours / theirs if theirs else None, "k_diffusion_loop_us": loop,
-                                 "ratio_k_diffusion_loop": ours / loop if loop else None, "ratio_euler": ours / euler,
-                                 "target": against, "meets": ours <= limit})
+                    rows.append(
+                        {
+                            "sampler": name,
+                            "batch": batch,
+                            "diffbench_us": ours,
+                            "k_diffusion_us": theirs,
+                            "ratio_k_diffusion": ours / theirs if theirs else None,
+                            "k_diffusion_loop_us": loop,
+                            "ratio_k_diffusion_loop": ours / loop if loop else None,
+                            "ratio_euler": ours / euler,
+                            "target": against,
+                            "meets": ours <= limit,
+                        }
+                    )
     finally:
         torch.set_num_threads(threads)
     return rows
@@ -173,13 +190,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     def cell(v, fmt):
         return fmt.format(v) if v is not None else "—"
 
-    lines = ["| sampler | batch | diffbench µs/call | k-diffusion µs/call | ÷ k-diffusion | k-diffusion loop alone µs/call "
-             "| ÷ loop alone | ÷ euler | target | meets |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| sampler | batch | diffbench µs/call | k-diffusion µs/call | ÷ k-diffusion | k-diffusion loop alone µs/call "
+        "| ÷ loop alone | ÷ euler | target | meets |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['sampler']} | {r['batch']} | {r['diffbench_us']:.1f} | {cell(r['k_diffusion_us'], '{:.1f}')} "
-                     f"| {cell(r['ratio_k_diffusion'], '{:.2f}')} | {cell(r['k_diffusion_loop_us'], '{:.1f}')} "
-                     f"| {cell(r['ratio_k_diffusion_loop'], '{:.2f}')} | {r['ratio_euler']:.2f} | {r['target']} "
-                     f"| {'yes' if r['meets'] else 'NO'} |")
+        lines.append(
+            f"| {r['sampler']} | {r['batch']} | {r['diffbench_us']:.1f} | {cell(r['k_diffusion_us'], '{:.1f}')} "
+            f"| {cell(r['ratio_k_diffusion'], '{:.2f}')} | {cell(r['k_diffusion_loop_us'], '{:.1f}')} "
+            f"| {cell(r['ratio_k_diffusion_loop'], '{:.2f}')} | {r['ratio_euler']:.2f} | {r['target']} "
+            f"| {'yes' if r['meets'] else 'NO'} |"
+        )
     return "\n".join(lines)
 
 

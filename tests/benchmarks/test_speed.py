@@ -4,6 +4,7 @@ Run with ``tox -e bench`` (benchmarks are deselected from the default test run).
 from the timings (µs per network call, overhead %) are printed after the tables and stored in
 each benchmark's extra_info.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,12 +68,19 @@ def test_per_call_harness_cost(benchmark, figures, sampler):
 def test_overhead_digits_eps(benchmark, figures, sampler):
     """calibration.harness_overhead: 10 interleaved repetitions of bare-network time vs sampling time."""
     model = default_registry().get("model", "digits-eps").obj()
-    result = benchmark.pedantic(harness_overhead, args=(model, sampler), rounds=1, iterations=1,
-                                kwargs={"steps": STEPS, "batch_size": BATCH, "repeats": 10})
+    result = benchmark.pedantic(
+        harness_overhead,
+        args=(model, sampler),
+        rounds=1,
+        iterations=1,
+        kwargs={"steps": STEPS, "batch_size": BATCH, "repeats": 10},
+    )
     assert len(result.ratios) == 10 and result.nfe > 0
     benchmark.extra_info.update(result.as_dict())
-    figures.append(f"overhead on digits-eps {sampler:>16}: median {100 * result.median:+.2f}% over 10 interleaved "
-                   f"repetitions (bare call {1e3 * result.as_dict()['bare_seconds_median']:.2f} ms, NFE {result.nfe:g})")
+    figures.append(
+        f"overhead on digits-eps {sampler:>16}: median {100 * result.median:+.2f}% over 10 interleaved "
+        f"repetitions (bare call {1e3 * result.as_dict()['bare_seconds_median']:.2f} ms, NFE {result.nfe:g})"
+    )
 
 
 @pytest.mark.benchmark(group="one cell end to end (smoke suite's euler n=10: sampling and metrics)")
@@ -85,8 +93,12 @@ def test_one_cell_end_to_end(benchmark, tmp_path):
     rounds = iter(range(100))
 
     def fresh_dir():
-        return (suite,), {"out_dir": tmp_path / f"run{next(rounds)}", "progress": False, "draw": False,
-                          "cache_dir": tmp_path / "cache"}
+        return (suite,), {
+            "out_dir": tmp_path / f"run{next(rounds)}",
+            "progress": False,
+            "draw": False,
+            "cache_dir": tmp_path / "cache",
+        }
 
     result = benchmark.pedantic(run_suite, setup=fresh_dir, rounds=3, warmup_rounds=1)
     assert result.ran == 1 and result.failed == 0

@@ -1,4 +1,5 @@
 """The σ-space denoiser: exact under every schedule and target, guidance by hand, NFE counting."""
+
 from __future__ import annotations
 
 import time
@@ -50,11 +51,13 @@ def test_network_sees_alpha_x_and_t_of_sigma():
 
 def label_model(num_classes: int = 3) -> DiffusionModel:
     """x0-prediction toy model whose output is the label value: x0_c = label, x0_u = num_classes."""
+
     def net(x_t, t, labels):
         return labels.to(x_t.dtype)[:, None].expand_as(x_t)
 
-    return DiffusionModel("labels", net, make_schedule("edm"), TARGETS["x0"], (2,), num_classes=num_classes,
-                          dtype=torch.float64)
+    return DiffusionModel(
+        "labels", net, make_schedule("edm"), TARGETS["x0"], (2,), num_classes=num_classes, dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("w", [0.0, 2.5, 7.0])
@@ -89,8 +92,14 @@ def test_guidance_without_labels_is_an_error():
 
 
 def test_clip_x0_clamps_to_the_data_range():
-    model = DiffusionModel("big", lambda x_t, t, labels: 5 * torch.sign(x_t), make_schedule("edm"),
-                           TARGETS["x0"], (2,), data_range=(-1.0, 1.0))
+    model = DiffusionModel(
+        "big",
+        lambda x_t, t, labels: 5 * torch.sign(x_t),
+        make_schedule("edm"),
+        TARGETS["x0"],
+        (2,),
+        data_range=(-1.0, 1.0),
+    )
     x = torch.tensor([[3.0, -3.0]])
     assert torch.equal(SigmaDenoiser(model, clip_x0=True)(x, 1.0), torch.tensor([[1.0, -1.0]]))
     assert torch.equal(SigmaDenoiser(model)(x, 1.0), torch.tensor([[5.0, -5.0]]))

@@ -1,4 +1,5 @@
 """Per-sample random streams: sample i's noise depends only on (seed, i)."""
+
 from __future__ import annotations
 
 import pytest
@@ -71,7 +72,6 @@ def test_dtype_and_device(dtype):
     z = initial_noise(0, range(3), (2,), dtype=dtype, device="cpu")
     assert z.dtype == dtype and z.device.type == "cpu"
     assert StepNoise(0, range(3), (2,), 2, dtype=dtype)(1).dtype == dtype
-
 
 
 @pytest.mark.parametrize("shape", [(2,), (3, 5, 5), (1, 8, 8)])

@@ -1,4 +1,5 @@
 """Noise schedules: σ ↔ t inverses, VP normalisation, derivatives, hand-computed values."""
+
 from __future__ import annotations
 
 import math

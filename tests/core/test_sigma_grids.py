@@ -1,4 +1,5 @@
 """Step schedulers: grid shape on every noise schedule, hand-derived training-timestep grids, quantisation."""
+
 from __future__ import annotations
 
 import math
@@ -92,17 +93,21 @@ def three_edm_steps(name: str, **options) -> np.ndarray:
 
 
 def test_continuous_grids_by_hand():
-    np.testing.assert_allclose(materialize(SCHEDULERS["linspace"], make_schedule("edm"), 2).sigmas,
-                               [80, 0.002, 0], rtol=1e-14)
+    np.testing.assert_allclose(
+        materialize(SCHEDULERS["linspace"], make_schedule("edm"), 2).sigmas, [80, 0.002, 0], rtol=1e-14
+    )
     three = three_edm_steps
     np.testing.assert_allclose(three("linspace"), [80, 40.001, 0.002, 0], rtol=1e-14)
     np.testing.assert_allclose(three("logsnr"), [80, math.sqrt(80 * 0.002), 0.002, 0], rtol=1e-14)
     np.testing.assert_allclose(three("quadratic"), [80, ((80**0.5 + 0.002**0.5) / 2) ** 2, 0.002, 0], rtol=1e-14)
-    np.testing.assert_allclose(three("karras", rho=7.0),
-                               [80, ((80 ** (1 / 7) + 0.002 ** (1 / 7)) / 2) ** 7, 0.002, 0], rtol=1e-13)
-    np.testing.assert_allclose(three("exponential", rho=2.0),
-                               [80, math.exp(math.log(0.002) + 0.25 * math.log(80 / 0.002)), 0.002, 0],
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        three("karras", rho=7.0), [80, ((80 ** (1 / 7) + 0.002 ** (1 / 7)) / 2) ** 7, 0.002, 0], rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        three("exponential", rho=2.0),
+        [80, math.exp(math.log(0.002) + 0.25 * math.log(80 / 0.002)), 0.002, 0],
+        rtol=1e-13,
+    )
 
 
 def test_quantize_snaps_to_the_nearest_training_sigma_and_is_recorded():

@@ -1,4 +1,5 @@
 """Prediction targets: definitions and round trips eps ↔ x0 ↔ v ↔ flow under every noise schedule."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,12 @@ def states(schedule: str, n_times: int = 9):
     sched = make_schedule(schedule)
     t = np.linspace(sched.t_min, sched.t_max, n_times)
     c = sched.coef(t)
-    coef = Coef(*(torch.as_tensor(np.broadcast_to(v, t.shape).copy(), dtype=torch.float64)[:, None]
-                  for v in (c.alpha, c.sigma, c.dalpha, c.dsigma)))
+    coef = Coef(
+        *(
+            torch.as_tensor(np.broadcast_to(v, t.shape).copy(), dtype=torch.float64)[:, None]
+            for v in (c.alpha, c.sigma, c.dalpha, c.dsigma)
+        )
+    )
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(n_times, 3, generator=gen, dtype=torch.float64)
     eps = torch.randn(n_times, 3, generator=gen, dtype=torch.float64)
@@ -62,6 +67,7 @@ def test_flow_target_on_a_discrete_schedule_is_a_clear_error(schedule):
     for convert in (TARGETS["flow"].to_x0, TARGETS["flow"].from_x0):
         with pytest.raises(ValueError, match="'flow' target needs dalpha/dt and dsigma/dt"):
             convert(x, x, c)
-    with pytest.raises(ValueError, match=f"target 'flow' needs a noise schedule with time derivatives; "
-                                         f"'{schedule}' has none"):
+    with pytest.raises(
+        ValueError, match=f"target 'flow' needs a noise schedule with time derivatives; '{schedule}' has none"
+    ):
         gmm(schedule=schedule, target="flow")

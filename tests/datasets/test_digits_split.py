@@ -1,4 +1,5 @@
 """The digits dataset: shape, range, labels and a fixed, disjoint, stratified split."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """image-folder, npz-stats and torchvision references: contents equal what was written; bad input is one line."""
+
 from __future__ import annotations
 
 import pathlib
@@ -65,19 +66,27 @@ def test_image_folder_split_subfolders_crop_and_resize(tmp_path):
     assert all_images(mixed).shape == (5, 3, 4, 4)
 
 
-@pytest.mark.parametrize("case, match", [
-    ("missing", "does not exist"),
-    ("empty", "no .png/.jpg/.jpeg files"),
-    ("mixed", "mixed image sizes"),
-    ("no-path", "needs the option path"),
-    ("no-split", "is not a folder"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("missing", "does not exist"),
+        ("empty", "no .png/.jpg/.jpeg files"),
+        ("mixed", "mixed image sizes"),
+        ("no-path", "needs the option path"),
+        ("no-split", "is not a folder"),
+    ],
+)
 def test_image_folder_errors_are_one_line(tmp_path, case, match):
     (tmp_path / "empty").mkdir()
     write_pngs(tmp_path / "mixed", rgb(2, 4, 4))
     write_pngs(tmp_path / "mixed" / "sub", rgb(1, 5, 4))
-    args = {"missing": (None, tmp_path / "nope"), "empty": (None, tmp_path / "empty"),
-            "mixed": (None, tmp_path / "mixed"), "no-path": (None, ""), "no-split": ("val", tmp_path / "mixed")}[case]
+    args = {
+        "missing": (None, tmp_path / "nope"),
+        "empty": (None, tmp_path / "empty"),
+        "mixed": (None, tmp_path / "mixed"),
+        "no-path": (None, ""),
+        "no-split": ("val", tmp_path / "mixed"),
+    }[case]
     with pytest.raises(DatasetError, match=match) as err:
         image_folder(args[0], path=str(args[1]) if args[1] else "")
     assert "\n" not in str(err.value)
@@ -165,8 +174,9 @@ def test_torchvision_mnist_gz_only_as_downloaded(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     imgs = np.random.default_rng(1).integers(0, 256, (4, 28, 28), dtype=np.uint8)
-    (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">IIII", 2051, 4, 28, 28)
-                                                                     + imgs.tobytes()))
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">IIII", 2051, 4, 28, 28) + imgs.tobytes())
+    )
     ref = torchvision_root("train", root=str(tmp_path), dataset="MNIST")
     assert ref.num_images == 4
     assert torch.equal(((all_images(ref) + 1) * 127.5).round().to(torch.uint8)[:, 0], torch.from_numpy(imgs))
@@ -175,12 +185,15 @@ def test_torchvision_mnist_gz_only_as_downloaded(tmp_path):
         torchvision_root("train", root=str(tmp_path), dataset="MNIST")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"root": "/nonexistent-root"}, "does not exist"),
-    ({"dataset": "ImageNet"}, "unsupported dataset 'ImageNet'"),
-    ({"split": "val"}, "unknown split 'val'"),
-    ({"dataset": "CIFAR100"}, "not found"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"root": "/nonexistent-root"}, "does not exist"),
+        ({"dataset": "ImageNet"}, "unsupported dataset 'ImageNet'"),
+        ({"split": "val"}, "unknown split 'val'"),
+        ({"dataset": "CIFAR100"}, "not found"),
+    ],
+)
 def test_torchvision_errors_are_one_line(tmp_path, kwargs, match):
     fake_cifar10(tmp_path / "tv")
     args = {"root": str(tmp_path / "tv"), "dataset": "CIFAR10", **kwargs}

@@ -1,4 +1,5 @@
 """A randomly initialised Inception of torch-fidelity's inception-v3-compat architecture (never downloaded)."""
+
 from __future__ import annotations
 
 from functools import cache

@@ -1,4 +1,5 @@
 """The solver-error metric against closed forms and the samplers' known orders."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,14 @@ METRIC = SolverError()
 
 
 def mean_error(model, sampler: str, steps: int, **sampler_options) -> float:
-    res = diffbench.sample(model, sampler, steps=steps, num_samples=24, sampler_options=sampler_options,
-                           scheduler_options={"sigma_min": 1e-4})
+    res = diffbench.sample(
+        model,
+        sampler,
+        steps=steps,
+        num_samples=24,
+        sampler_options=sampler_options,
+        scheduler_options={"sigma_min": 1e-4},
+    )
     return METRIC.compute(res.samples, model=model, result=res, context=None)["solver-error-mean"].value
 
 
@@ -53,14 +60,14 @@ def test_starting_points_are_the_samplers_own():
     class Identity:
         @hookimpl
         def diffbench_register(self, registry):
-            registry.add("sampler", "identity", lambda denoiser, x, sigmas, *, noise=None: x,
-                         nfe=lambda sigmas, **_: 0)
+            registry.add("sampler", "identity", lambda denoiser, x, sigmas, *, noise=None: x, nfe=lambda sigmas, **_: 0)
 
     reg = build_registry([Identity()], autoload=False)
     model = edm_model()
     for dtype in ("float32", "float64"):
-        res = diffbench.sample(model, "identity", steps=4, num_samples=5, seed=7, first_index=11, batch_size=2,
-                               dtype=dtype, registry=reg)
+        res = diffbench.sample(
+            model, "identity", steps=4, num_samples=5, seed=7, first_index=11, batch_size=2, dtype=dtype, registry=reg
+        )
         assert torch.equal(starting_points(model, res), res.samples.double())
 
 

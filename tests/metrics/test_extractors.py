@@ -1,4 +1,5 @@
 """Extractor weights load as tensors only (no pickle payload runs); the Inception plumbing on random weights."""
+
 from __future__ import annotations
 
 import pathlib
@@ -47,8 +48,14 @@ def test_a_pickle_payload_in_extractor_weights_never_runs(tmp_path, name):
     context = MetricContext(cache_dir=tmp_path / "cache")
     for path in files:
         with pytest.raises(UnsafeWeights) as err:
-            METRICS["fid"].compute(torch.zeros(2, 1, 8, 8), model=RGB_MODEL, context=context, extractor=name,
-                                   weights_path=str(path), se_method="none")
+            METRICS["fid"].compute(
+                torch.zeros(2, 1, 8, 8),
+                model=RGB_MODEL,
+                context=context,
+                extractor=name,
+                weights_path=str(path),
+                se_method="none",
+            )
         msg = str(err.value)
         assert "\n" not in msg and str(path) in msg and "safetensors" in msg, msg
         assert not marker.exists(), f"the payload in {path.name} ran"
@@ -92,7 +99,9 @@ def test_random_inception_plumbing_uint8_resize_299_2048_features(tmp_path):
     feats = extractors.extract_features(images, (-1.0, 1.0), ext)
     assert feats.shape == (2, 2048) and feats.dtype == torch.float32 and bool(torch.isfinite(feats).all())
     torch.save(random_inception_state(), tmp_path / "reference.pth")  # our own file: torch-fidelity's loader
-    theirs = FeatureExtractorInceptionV3(INCEPTION, ["2048"], feature_extractor_weights_path=str(tmp_path / "reference.pth"))
+    theirs = FeatureExtractorInceptionV3(
+        INCEPTION, ["2048"], feature_extractor_weights_path=str(tmp_path / "reference.pth")
+    )
     u8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     with torch.inference_mode():
         want = theirs(u8)[0]

@@ -1,4 +1,5 @@
 """FID/KID/PRC through torch-fidelity with digits-cnn, the reference cache, offline errors, class accuracy."""
+
 import socket
 from types import SimpleNamespace
 
@@ -22,6 +23,7 @@ def context(tmp_path):
 @pytest.fixture
 def no_network(monkeypatch):
     """Any socket use or torch.hub download fails the test instead of hanging."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted")
 
@@ -96,8 +98,9 @@ def test_context_records_what_was_used(context):
 def test_second_evaluation_extracts_no_reference_features(context, monkeypatch):
     calls = []
     real = extractors.extract_features
-    monkeypatch.setattr(extractors, "extract_features",
-                        lambda images, *a, **k: calls.append(len(images)) or real(images, *a, **k))
+    monkeypatch.setattr(
+        extractors, "extract_features", lambda images, *a, **k: calls.append(len(images)) or real(images, *a, **k)
+    )
     reference.clear_memo()
     first = compute("fid", digits("test").images, context, se_method="none")["fid"]
     assert calls == [300, 256, 256, 256, 256, 256, 217]  # samples, then the reference in batches (cache miss)
@@ -157,19 +160,22 @@ def test_unknown_extractor_and_model_without_dataset_are_one_line_errors(context
 
 def test_class_accuracy_of_real_test_images(context):
     test = digits("test")
-    v = METRICS["class-accuracy"].compute(test.images, model=DIGITS_MODEL, result=SimpleNamespace(labels=test.labels),
-                                          context=context)["class-accuracy"]
+    v = METRICS["class-accuracy"].compute(
+        test.images, model=DIGITS_MODEL, result=SimpleNamespace(labels=test.labels), context=context
+    )["class-accuracy"]
     assert v.value >= 0.97  # the shipped classifier's test accuracy
     assert v.uncertainty == pytest.approx(np.sqrt(v.value * (1 - v.value) / 300))
-    wrong = METRICS["class-accuracy"].compute(test.images, model=DIGITS_MODEL,
-                                              result=SimpleNamespace(labels=(test.labels + 1) % 10), context=context)
+    wrong = METRICS["class-accuracy"].compute(
+        test.images, model=DIGITS_MODEL, result=SimpleNamespace(labels=(test.labels + 1) % 10), context=context
+    )
     assert wrong["class-accuracy"].value < 0.05
 
 
 def test_class_accuracy_needs_labels(context):
     with pytest.raises(MetricUnavailable, match="class-conditional"):
-        METRICS["class-accuracy"].compute(digits("test").images, model=DIGITS_MODEL,
-                                          result=SimpleNamespace(labels=None), context=context)
+        METRICS["class-accuracy"].compute(
+            digits("test").images, model=DIGITS_MODEL, result=SimpleNamespace(labels=None), context=context
+        )
 
 
 def test_metrics_are_registered():
@@ -194,8 +200,9 @@ def test_kid_from_whole_gram_matrices_equals_torch_fidelity(context, subset_size
     ext = fidelity.resolve_extractor("digits-cnn", None, "kid")
     gen = fidelity.extract_features(noisy(digits("test").images, 0.3), (-1.0, 1.0), ext)
     ref_feats, _ = fidelity.reference_features("digits", "train", ext, context)
-    want = kid_features_to_metric(gen, ref_feats, kid_subsets=20, kid_subset_size=subset_size, rng_seed=3,
-                                  verbose=False)
+    want = kid_features_to_metric(
+        gen, ref_feats, kid_subsets=20, kid_subset_size=subset_size, rng_seed=3, verbose=False
+    )
     ref = ReferenceData(None, ref_feats, "x")
     mean, std = fidelity.kid_subsets(gen, ref, 20, subset_size, 3)
     # the same subsets and formula; float32 kernel entries summed in float64 (torch-fidelity sums in float32)
@@ -232,8 +239,12 @@ def test_fid_with_fewer_samples_than_dimensions_equals_the_full_eigenproblem():
     for rows in (gen, gen[[0, 0, 1, 2, 3, 3, 3, *range(4, 40)]]):
         sigma = np.cov(rows, rowvar=False)
         ev = np.linalg.eigvalsh(root @ sigma @ root)
-        exact = (((rows.mean(0) - stats["mu"]) ** 2).sum() + np.trace(sigma) + np.trace(stats["sigma"])
-                 - 2 * np.sqrt(ev[ev > 1e-9 * ev.max()]).sum())
+        exact = (
+            ((rows.mean(0) - stats["mu"]) ** 2).sum()
+            + np.trace(sigma)
+            + np.trace(stats["sigma"])
+            - 2 * np.sqrt(ev[ev > 1e-9 * ev.max()]).sum()
+        )
         assert (ev > 1e-9 * ev.max()).sum() <= len(np.unique(rows, axis=0)) - 1  # rank n − 1 at most
         assert fidelity._fid_against(stats)(rows) == pytest.approx(exact, rel=1e-9)
 
@@ -253,7 +264,9 @@ def test_prc_equals_torch_fidelity_on_the_same_rows(context, max_samples):
     out = fidelity.PRC().score_features(gen, ref, context, neighborhood=3, max_samples=max_samples)
     x = fidelity._bounded_subset(gen, max_samples, context.seed)
     y = fidelity._bounded_subset(ref_feats, max_samples, context.seed + 1)
-    assert context.info["prc_sizes"] == [len(x), len(y)] == [min(len(gen), max_samples), min(len(ref_feats), max_samples)]
+    assert (
+        context.info["prc_sizes"] == [len(x), len(y)] == [min(len(gen), max_samples), min(len(ref_feats), max_samples)]
+    )
     want = prc_features_to_metric(x, y, prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False, verbose=False)
     # distances computed in other block shapes may round a tie differently: at most one row either way
     assert out["precision"].value == pytest.approx(want["precision"], abs=1.01 / len(x))

@@ -1,4 +1,5 @@
 """FID from per-group moments and its linearised jackknife s.e., checked against closed-form truth."""
+
 import numpy as np
 import pytest
 import torch
@@ -19,8 +20,7 @@ def gaussian_case(seed=0, d=D, scale=1.0, shift=0.3):
     return rng, mu_g, np.linalg.cholesky(sigma_g), ref, true
 
 
-@pytest.mark.parametrize("d, n, scale, shift", [(D, N, 1.0, 0.3), (32, 800, 0.2, 0.1)],
-                         ids=["D8-N2000", "D32-N800"])
+@pytest.mark.parametrize("d, n, scale, shift", [(D, N, 1.0, 0.3), (32, 800, 0.2, 0.1)], ids=["D8-N2000", "D32-N800"])
 def test_jackknife_se_matches_the_spread_over_independent_repeats(d, n, scale, shift):
     """300 independent sample sets: the reported s.e. (RMS over repeats) is within ±20 % of the s.d. of the
     FID estimates. N/D = 250, and 25 as at the FID protocol's 50,000 × 2048. At D = 8 the mean estimate is
@@ -50,8 +50,9 @@ def test_point_fid_equals_torch_fidelity_and_groups_follow_sample_indices():
 
     rng, mu_g, chol, ref, _ = gaussian_case(2)
     x = mu_g + rng.normal(size=(500, D)) @ chol.T
-    want = fid_statistics_to_metric({"mu": x.mean(0), "sigma": np.cov(x, rowvar=False)},
-                                    {"mu": ref.mu, "sigma": ref.sigma}, verbose=False)["frechet_inception_distance"]
+    want = fid_statistics_to_metric(
+        {"mu": x.mean(0), "sigma": np.cov(x, rowvar=False)}, {"mu": ref.mu, "sigma": ref.sigma}, verbose=False
+    )["frechet_inception_distance"]
     whole = frechet.fid_with_jackknife(frechet.GroupMoments.of_rows(x, 10), ref)
     assert whole[0] == pytest.approx(want, rel=1e-10)
     # the same rows streamed in shuffled batches with their sample indices: the same groups, same numbers
@@ -84,8 +85,10 @@ def test_batched_bootstrap_takes_the_cpu_bootstraps_resamples(device):
     rng, mu_g, chol, ref, _ = gaussian_case(4)
     x = mu_g + rng.normal(size=(300, D)) @ chol.T
     draws = np.random.default_rng(7)
-    want = [frechet.fid_of(r.mean(0), np.cov(r, rowvar=False), ref)
-            for r in (x[draws.integers(0, len(x), len(x))] for _ in range(11))]
+    want = [
+        frechet.fid_of(r.mean(0), np.cov(r, rowvar=False), ref)
+        for r in (x[draws.integers(0, len(x), len(x))] for _ in range(11))
+    ]
     got = frechet.bootstrap_fids(x, ref, 11, 7, device, chunk=4)
     np.testing.assert_allclose(got, want, rtol=1e-9)
 
@@ -101,8 +104,10 @@ def test_fid_value_is_the_same_bits_whatever_the_se_method(tmp_path):
     gen = torch.from_numpy(mu_g + rng.normal(size=(400, D)) @ chol.T)
     ref = ReferenceData(SimpleNamespace(stats=None), torch.from_numpy(rng.normal(size=(500, D))), "x")
     ctx = MetricContext(cache_dir=tmp_path)
-    values = {m: FID().score_features(gen, ref, ctx, se_method=m, groups=20, bootstrap=10)["fid"]
-              for m in ("jackknife", "bootstrap", "none")}
+    values = {
+        m: FID().score_features(gen, ref, ctx, se_method=m, groups=20, bootstrap=10)["fid"]
+        for m in ("jackknife", "bootstrap", "none")
+    }
     assert len({v.value for v in values.values()}) == 1
     assert values["none"].uncertainty is None and values["jackknife"].uncertainty > 0
     assert values["bootstrap"].uncertainty > 0

@@ -1,4 +1,5 @@
 """Distribution metrics against every reference kind: folder == in-memory split, npz-stats == its folder."""
+
 from __future__ import annotations
 
 import pathlib
@@ -38,8 +39,13 @@ def context(tmp_path):
 
 
 def fid(dataset, context, samples, **options):
-    return METRICS["fid"].compute(samples, model=model_on(dataset), context=context, extractor="digits-cnn",
-                                  se_method="none", **options)["fid"].value
+    return (
+        METRICS["fid"]
+        .compute(
+            samples, model=model_on(dataset), context=context, extractor="digits-cnn", se_method="none", **options
+        )["fid"]
+        .value
+    )
 
 
 def test_fid_against_an_image_folder_equals_fid_against_the_same_images_in_memory(tmp_path, context):
@@ -64,8 +70,14 @@ def test_npz_stats_give_the_fid_of_the_folder_they_were_computed_from(tmp_path, 
     from_folder = fid({"name": "image-folder", "options": {"path": str(folder)}}, context, samples)
     from_stats = fid({"name": "npz-stats", "options": {"path": str(tmp_path / "ref.npz")}}, context, samples)
     assert from_stats == pytest.approx(from_folder, rel=1e-6)
-    boot = METRICS["fid"].compute(samples, model=model_on({"name": "npz-stats", "options": {"path": str(tmp_path / "ref.npz")}}),
-                                  context=context, extractor="digits-cnn", se_method="bootstrap", bootstrap=5)["fid"]
+    boot = METRICS["fid"].compute(
+        samples,
+        model=model_on({"name": "npz-stats", "options": {"path": str(tmp_path / "ref.npz")}}),
+        context=context,
+        extractor="digits-cnn",
+        se_method="bootstrap",
+        bootstrap=5,
+    )["fid"]
     assert boot.value == pytest.approx(from_folder, rel=1e-6) and boot.uncertainty > 0
 
 
@@ -80,26 +92,44 @@ def test_npz_stats_serve_fid_only_and_must_match_the_extractor_dimension(tmp_pat
     np.savez(tmp_path / "s128.npz", mu=np.zeros(128), sigma=np.eye(128))
     for metric in ("kid", "prc"):
         with pytest.raises(MetricUnavailable, match="holds FID statistics only"):
-            METRICS[metric].features(model=model_on({"name": "npz-stats", "options": {"path": str(tmp_path / "s128.npz")}}),
-                                     context=context, extractor="digits-cnn")
+            METRICS[metric].features(
+                model=model_on({"name": "npz-stats", "options": {"path": str(tmp_path / "s128.npz")}}),
+                context=context,
+                extractor="digits-cnn",
+            )
     with pytest.raises(DatasetError, match="holds 64-dimensional statistics; extractor 'digits-cnn' gives 128") as err:
-        METRICS["fid"].features(model=model_on({"name": "npz-stats", "options": {"path": str(tmp_path / "s64.npz")}}),
-                                context=context, extractor="digits-cnn")
+        METRICS["fid"].features(
+            model=model_on({"name": "npz-stats", "options": {"path": str(tmp_path / "s64.npz")}}),
+            context=context,
+            extractor="digits-cnn",
+        )
     assert "\n" not in str(err.value)
 
 
 def digits_suite(reference_spec, **overrides):
-    return small(model={"name": "digits-eps"}, reference=reference_spec,
-                 metrics=[{"name": "fid", "options": {"extractor": "digits-cnn", "se_method": "none"}}],
-                 num_samples=16, batch_size=16, grid={"sampler": ["euler"], "steps": [2]}, **overrides)
+    return small(
+        model={"name": "digits-eps"},
+        reference=reference_spec,
+        metrics=[{"name": "fid", "options": {"extractor": "digits-cnn", "se_method": "none"}}],
+        num_samples=16,
+        batch_size=16,
+        grid={"sampler": ["euler"], "steps": [2]},
+        **overrides,
+    )
 
 
 def test_a_suite_names_an_image_folder_reference_and_the_manifest_records_it(tmp_path):
     folder = write_digit_pngs(tmp_path / "refs" / "test", digits("test").images[:40])
     reg, _ = test_registry()
     spec = {"name": "image-folder", "options": {"path": str(tmp_path / "refs")}, "split": "test"}
-    res = run_suite(parse_suite(digits_suite(spec), reg), tmp_path / "run", registry=reg, progress=False, cache_dir=tmp_path / "c",
-                    draw=False)
+    res = run_suite(
+        parse_suite(digits_suite(spec), reg),
+        tmp_path / "run",
+        registry=reg,
+        progress=False,
+        cache_dir=tmp_path / "c",
+        draw=False,
+    )
     assert res.failed == 0 and res.cells["fid"].notna().all()
     manifest = res.run.read_manifest()
     assert manifest["reference"]["name"] == "image-folder"
@@ -108,18 +138,30 @@ def test_a_suite_names_an_image_folder_reference_and_the_manifest_records_it(tmp
     assert info["feature_extractor"] == "digits-cnn" and info["feature_dim"] == 128
 
 
-@pytest.mark.parametrize("spec, match", [
-    ({"name": "image-folder", "options": {"path": "/no/such/folder"}}, "does not exist"),
-    ({"name": "nope"}, "reference.name: unknown dataset 'nope'"),
-    ({"name": "image-folder", "options": {"root": "x"}}, "reference.options.root: dataset 'image-folder' has no such option"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ({"name": "image-folder", "options": {"path": "/no/such/folder"}}, "does not exist"),
+        ({"name": "nope"}, "reference.name: unknown dataset 'nope'"),
+        (
+            {"name": "image-folder", "options": {"root": "x"}},
+            "reference.options.root: dataset 'image-folder' has no such option",
+        ),
+    ],
+)
 def test_a_bad_reference_is_a_one_line_suite_error_before_any_sampling(tmp_path, spec, match, monkeypatch):
     import diffbench.run.cell
 
     monkeypatch.setattr(diffbench.run.cell, "SamplingCall", lambda *a, **k: pytest.fail("sampled"))
     reg, _ = test_registry()
     with pytest.raises(SuiteError, match=match) as err:
-        run_suite(parse_suite(digits_suite(spec), reg), tmp_path / "run", registry=reg, progress=False, cache_dir=tmp_path / "c")
+        run_suite(
+            parse_suite(digits_suite(spec), reg),
+            tmp_path / "run",
+            registry=reg,
+            progress=False,
+            cache_dir=tmp_path / "c",
+        )
     assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
 
 

@@ -1,4 +1,5 @@
 """The streaming metric flow: shared extraction, scores equal to the in-memory form, gathering in index order."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -33,13 +34,12 @@ def plan_of(*metrics, context, model=DIGITS_MODEL):
     reg = Registry()
     for obj, opts in metrics:
         reg.add("metric", obj.name, obj)
-    return MetricPlan([(reg.get("metric", obj.name), {**obj.options, **opts}) for obj, opts in metrics],
-                      model, context)
+    return MetricPlan([(reg.get("metric", obj.name), {**obj.options, **opts}) for obj, opts in metrics], model, context)
 
 
 def batches(images, size, seed=0):
     for start in range(0, len(images), size):
-        x = images[start:start + size]
+        x = images[start : start + size]
         yield Batch(x, torch.arange(start, start + len(x)), None, seed)
 
 
@@ -77,7 +77,7 @@ def test_rows_from_several_workers_are_scored_in_sample_index_order(context):
     rows = plan.rows()
     for p in parts:
         rows.absorb(p)
-    (_, out), = plan.score(rows, None)
+    ((_, out),) = plan.score(rows, None)
     assert torch.equal(metric.seen, x)
     assert out["first-mean"].value == pytest.approx(float(x[:, 0].mean()))
     rows.absorb(parts[0])

@@ -1,4 +1,5 @@
 """Sliced Wasserstein distance on Laplacian-pyramid patches: checked against exact values and known effects."""
+
 from __future__ import annotations
 
 import math
@@ -82,8 +83,9 @@ def test_levels_for_any_size():
 def test_patches_depend_on_sample_index_not_batch():
     x = torch.rand(6, 1, 28, 28)
     whole = descriptors(x, torch.arange(6), 3, 1, 7, 16)
-    parts = torch.cat([descriptors(x[:2], torch.arange(2), 3, 1, 7, 16),
-                       descriptors(x[2:], torch.arange(2, 6), 3, 1, 7, 16)])
+    parts = torch.cat(
+        [descriptors(x[:2], torch.arange(2), 3, 1, 7, 16), descriptors(x[2:], torch.arange(2, 6), 3, 1, 7, 16)]
+    )
     torch.testing.assert_close(whole, parts, rtol=0, atol=0)
     rows = PatchRows((-1.0, 1.0), 1, 7, 16)
     assert rows(Batch(x, torch.arange(6), None, 0)).shape == (6, 16 * 49)
@@ -94,8 +96,9 @@ def _model(shape=(1, 8, 8)):
 
 
 def _swd(images, tmp_path, **options):
-    out = SlicedWassersteinDistance().compute(images, model=_model(tuple(images.shape[1:])),
-                                              context=MetricContext(Path(tmp_path)), **{**FAST, **options})
+    out = SlicedWassersteinDistance().compute(
+        images, model=_model(tuple(images.shape[1:])), context=MetricContext(Path(tmp_path)), **{**FAST, **options}
+    )
     return out["swd"]
 
 
@@ -118,7 +121,9 @@ def test_twenty_eight_pixel_images_and_refusals(tmp_path):
     """Any image size: 28×28 samples against 28×28 references; a size mismatch is one line."""
     from diffbench.metrics.extractors import MetricUnavailable, check_input_shape
 
-    with pytest.raises(MetricUnavailable, match="takes 8×8 images \\(1 or 3 channels\\), not 1×28×28; for other sizes use metric 'swd'"):
+    with pytest.raises(
+        MetricUnavailable, match="takes 8×8 images \\(1 or 3 channels\\), not 1×28×28; for other sizes use metric 'swd'"
+    ):
         check_input_shape("digits-cnn", (1, 28, 28))
     with pytest.raises(MetricUnavailable, match="reference images are 1×8×8, samples 1×28×28"):
         _swd(torch.zeros(4, 1, 28, 28), tmp_path)

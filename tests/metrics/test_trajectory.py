@@ -1,5 +1,6 @@
 """trajectory-error: agrees with the exact solver-error on the GMM, is absent for stochastic samplers,
 caches its converged reference safely, and shows the samplers' orders on a real model (slow)."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,7 @@ def test_the_reference_error_is_within_its_tolerance():
 def test_a_reference_that_does_not_converge_is_an_error():
     den = SigmaDenoiser(_gmm())
     with pytest.raises(ValueError, match=r"reference did not converge by max_steps 16: differences per doubling 16: "):
-        solve_reference(den, start_points(4, 80.0), 80.0, 0.1, False, reference_tol=1e-12, first_steps=8,
-                        max_steps=16)
+        solve_reference(den, start_points(4, 80.0), 80.0, 0.1, False, reference_tol=1e-12, first_steps=8, max_steps=16)
 
 
 def test_reference_stops_only_once_the_differences_fall(monkeypatch):
@@ -61,8 +61,7 @@ def test_reference_stops_only_once_the_differences_fall(monkeypatch):
     from diffbench.metrics import trajectory
 
     offsets = {64: 0.0, 128: 5e-4, 256: 9e-4, 512: 1e-3, 1024: 1e-3}  # differences 5e-4, 4e-4, 1e-4, 0
-    monkeypatch.setattr(trajectory, "dpmpp_3m_corrected",
-                        lambda den, x, sigmas, **kw: x + offsets[len(sigmas) - 1])
+    monkeypatch.setattr(trajectory, "dpmpp_3m_corrected", lambda den, x, sigmas, **kw: x + offsets[len(sigmas) - 1])
     x = torch.zeros(3, 2, dtype=torch.float64)
     ref, info = trajectory.solve_reference(None, x, 80.0, 0.1, False, reference_tol=1e-3)
     assert info["steps"] == 512 and float(ref[0, 0]) == pytest.approx(1e-3)
@@ -115,8 +114,10 @@ def test_max_samples_scores_only_the_first_samples(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler,order,steps", [("euler", 1, (20, 40, 80)), ("heun", 2, (20, 40, 80)),
-                                                 ("dpm-solver++-3m-corrected", 3, (10, 20, 40))])
+@pytest.mark.parametrize(
+    "sampler,order,steps",
+    [("euler", 1, (20, 40, 80)), ("heun", 2, (20, 40, 80)), ("dpm-solver++-3m-corrected", 3, (10, 20, 40))],
+)
 def test_orders_on_a_real_model(tmp_path, sampler, order, steps):
     # digits-v, grid stopping at σ_min. Measured: euler and heun at their orders over 20-80 steps; the
     # third-order solver shows 3.1 from 20 to 40 steps and then flattens (80 steps: 3.3e-4, the error floor
@@ -126,7 +127,8 @@ def test_orders_on_a_real_model(tmp_path, sampler, order, steps):
     errors = []
     for n in steps:
         res = diffbench.sample(model, sampler, steps=n, num_samples=16, batch_size=16, final_zero=False)
-        errors.append(TrajectoryError().compute(res.samples, model=model, result=res, context=ctx)
-                      ["trajectory-error"].value)
+        errors.append(
+            TrajectoryError().compute(res.samples, model=model, result=res, context=ctx)["trajectory-error"].value
+        )
     slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
     assert abs(slope - order) < 0.35, f"{sampler}: measured {slope:.2f}, errors {errors}"

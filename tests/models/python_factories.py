@@ -1,4 +1,5 @@
 """Factories for the python-model tests: the exact GMM denoiser behind various network conventions."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The diffusers model: config mapping against closed forms, one-line errors, latent decoding, prompts."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ def vp_config(**kw):
 
 
 def test_import_diffbench_does_not_import_diffusers():
-    code = ("import sys, diffbench, diffbench.builtin; diffbench.default_registry(); "
-            "print([m for m in ('diffusers', 'transformers') if m in sys.modules])")
+    code = (
+        "import sys, diffbench, diffbench.builtin; diffbench.default_registry(); "
+        "print([m for m in ('diffusers', 'transformers') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -48,15 +51,19 @@ def test_missing_diffusers_is_one_line_naming_the_install(monkeypatch, tmp_path)
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("beta_schedule,betas", [
-    ("linear", np.linspace(1e-4, 0.02, T)),
-    ("scaled_linear", np.linspace(0.00085**0.5, 0.012**0.5, T) ** 2),
-])
+@pytest.mark.parametrize(
+    "beta_schedule,betas",
+    [
+        ("linear", np.linspace(1e-4, 0.02, T)),
+        ("scaled_linear", np.linspace(0.00085**0.5, 0.012**0.5, T) ** 2),
+    ],
+)
 def test_beta_schedules_match_closed_form(beta_schedule, betas):
     """ᾱ = Π(1 - β) in float64 vs diffusers' float32 arithmetic: equal to float32 rounding."""
     start, end = (1e-4, 0.02) if beta_schedule == "linear" else (0.00085, 0.012)
-    sched, target, time_fn, info = schedule_from_config(vp_config(beta_schedule=beta_schedule, beta_start=start,
-                                                                  beta_end=end))
+    sched, target, time_fn, info = schedule_from_config(
+        vp_config(beta_schedule=beta_schedule, beta_start=start, beta_end=end)
+    )
     np.testing.assert_allclose(sched.alphas_cumprod, np.cumprod(1 - betas), rtol=2e-5)
     assert target == "eps" and time_fn is None and info["beta_schedule"] == beta_schedule
 
@@ -66,8 +73,9 @@ def test_squaredcos_matches_nichol_dhariwal():
     f = np.cos((np.arange(T + 1) / T + 0.008) / 1.008 * np.pi / 2) ** 2
     np.testing.assert_allclose(sched.alphas_cumprod[:-1], (f[1:] / f[0])[:-1], rtol=2e-5)
     # diffbench's own squaredcos schedule (for the python model) is the same table in float64
-    np.testing.assert_allclose(diffbench.core.schedules.make_schedule("squaredcos").alphas_cumprod, sched.alphas_cumprod,
-                               rtol=2e-5)
+    np.testing.assert_allclose(
+        diffbench.core.schedules.make_schedule("squaredcos").alphas_cumprod, sched.alphas_cumprod, rtol=2e-5
+    )
 
 
 def test_trained_betas_used_as_given():
@@ -89,7 +97,7 @@ def test_zero_terminal_snr_rescale(beta_schedule, start, end):
     expect = (a_plain - a_plain[-1]) * a_plain[0] / (a_plain[0] - a_plain[-1])  # affine in the original √ᾱ
     np.testing.assert_allclose(a[:-1], expect[:-1], rtol=1e-3)
     ac = sched.alphas_cumprod
-    terminal = 2.0 ** -24 if beta_schedule == "scaled_linear" else ac[-2] ** 2 / ac[-3]
+    terminal = 2.0**-24 if beta_schedule == "scaled_linear" else ac[-2] ** 2 / ac[-3]
     assert ac[-1] == terminal and np.all(np.diff(ac) < 0) and "terminal_alphas_cumprod" in info
     assert target == "v"
 
@@ -103,19 +111,30 @@ def test_legacy_config_records_defaults():
     cfg = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear", "unknown": 3}
     _, target, _, info = schedule_from_config(cfg)
     assert target == "eps"
-    assert info["config_defaults_used"] == {"beta_start": 0.0001, "beta_end": 0.02, "trained_betas": None,
-                                            "rescale_betas_zero_snr": False, "prediction_type": "epsilon"}
+    assert info["config_defaults_used"] == {
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "trained_betas": None,
+        "rescale_betas_zero_snr": False,
+        "prediction_type": "epsilon",
+    }
     assert "unknown" in info["config_keys_unused"]
 
 
-@pytest.mark.parametrize("cfg,field", [
-    (vp_config(prediction_type="flow_prediction"), "prediction_type"),
-    (vp_config(beta_schedule="nonsense"), "beta_schedule"),
-    ({"_class_name": "EulerDiscreteScheduler", **tiny_diffusers.VP, "timestep_type": "continuous"}, "timestep_type"),
-    ({"_class_name": "ScoreSdeVeScheduler"}, "_class_name"),
-    ({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True}, "use_dynamic_shifting"),
-    ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift_terminal": 0.1}, "shift_terminal"),
-])
+@pytest.mark.parametrize(
+    "cfg,field",
+    [
+        (vp_config(prediction_type="flow_prediction"), "prediction_type"),
+        (vp_config(beta_schedule="nonsense"), "beta_schedule"),
+        (
+            {"_class_name": "EulerDiscreteScheduler", **tiny_diffusers.VP, "timestep_type": "continuous"},
+            "timestep_type",
+        ),
+        ({"_class_name": "ScoreSdeVeScheduler"}, "_class_name"),
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True}, "use_dynamic_shifting"),
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift_terminal": 0.1}, "shift_terminal"),
+    ],
+)
 def test_unhonourable_values_are_one_line_errors_naming_the_field(cfg, field):
     with pytest.raises(ConfigError) as err:
         schedule_from_config(cfg, "scheduler/scheduler_config.json")
@@ -124,8 +143,9 @@ def test_unhonourable_values_are_one_line_errors_naming_the_field(cfg, field):
 
 
 def test_flow_config_shift_and_network_time():
-    sched, target, time_fn, _ = schedule_from_config({"_class_name": "FlowMatchEulerDiscreteScheduler",
-                                                      "num_train_timesteps": 1000, "shift": 3.0})
+    sched, target, time_fn, _ = schedule_from_config(
+        {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+    )
     assert target == "flow" and sched.shift == 3.0
     # network time is the flow time s (shifted) times T: s = σ / (1 + σ)
     assert time_fn(1.0, 0.3) == pytest.approx(500.0)
@@ -219,7 +239,9 @@ def test_class_unet_without_null_label_refuses_guidance(tmp_path):
     root = tmp_path / "c"
     tiny_diffusers.unet(root, num_class_embeds=4)
     tiny_diffusers.scheduler(root, **tiny_diffusers.VP)
-    tiny_diffusers._index(root, "DDPMPipeline", unet=("diffusers", "UNet2DModel"), scheduler=("diffusers", "DDIMScheduler"))
+    tiny_diffusers._index(
+        root, "DDPMPipeline", unet=("diffusers", "UNet2DModel"), scheduler=("diffusers", "DDIMScheduler")
+    )
     model = diffusers_model(path=str(root))
     assert model.num_classes == 4 and not model.condition.has_null
     with pytest.raises(ValueError, match="no null condition"):

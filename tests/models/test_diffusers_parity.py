@@ -16,6 +16,7 @@ are matched explicitly, never by a looser tolerance:
 - the network sees the same integer timestep: diffbench's t(σ) on the grid is that integer to ~1e-13,
   and diffusers' timestep embedding casts it to float32 either way.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -122,8 +123,9 @@ def test_ddim(pixel, pred, dtype, eta):
     assert rel(ours, ref) <= TOL[dtype]
 
 
-@pytest.mark.parametrize("pred,dtype,clip", [(p, d, False) for p in PREDS for d in DTYPES]
-                         + [("epsilon", torch.float32, True)])
+@pytest.mark.parametrize(
+    "pred,dtype,clip", [(p, d, False) for p in PREDS for d in DTYPES] + [("epsilon", torch.float32, True)]
+)
 def test_ddpm(pixel, pred, dtype, clip, monkeypatch):
     """ddpm = DDPMScheduler (fixed_small variance); its noise draws replaced by diffbench's step noise."""
     model, unet = pixel[pred, dtype]
@@ -187,9 +189,16 @@ def test_dpm_solver_pp_2m(pixel, pred, spacing):
     """dpm-solver++-2m = DPMSolverMultistepScheduler(dpmsolver++, order 2, midpoint, final σ = 0)."""
     model, unet = pixel[pred, torch.float32]
     g = grid(model, spacing)
-    sched = scheduler_for("DPMSolverMultistepScheduler", pred, algorithm_type="dpmsolver++", solver_order=2,
-                          solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero",
-                          timestep_spacing=spacing)
+    sched = scheduler_for(
+        "DPMSolverMultistepScheduler",
+        pred,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        timestep_spacing=spacing,
+    )
     sched.set_timesteps(STEPS)
     check_timesteps(sched, g)
     x_vp, x_sigma = vp_start(model, g.sigmas, torch.float32)
@@ -199,8 +208,9 @@ def test_dpm_solver_pp_2m(pixel, pred, spacing):
     assert rel(ours, ref) <= TOL[torch.float32]
 
 
-@pytest.mark.parametrize("pred,dtype,variant", [(p, d, "bh2") for p in PREDS for d in DTYPES]
-                         + [(p, torch.float64, "bh1") for p in PREDS])
+@pytest.mark.parametrize(
+    "pred,dtype,variant", [(p, d, "bh2") for p in PREDS for d in DTYPES] + [(p, torch.float64, "bh1") for p in PREDS]
+)
 def test_unipc(pixel, pred, dtype, variant):
     """unipc (diffbench-extra) = UniPCMultistepScheduler(predict_x0, order 2, corrector on).
 
@@ -213,8 +223,16 @@ def test_unipc(pixel, pred, dtype, variant):
     model, unet = pixel[pred, dtype]
     g = grid(model, "trailing")
     final = "zero" if variant == "bh2" else "sigma_min"
-    sched = scheduler_for("UniPCMultistepScheduler", pred, solver_order=2, solver_type=variant, predict_x0=True,
-                          lower_order_final=True, final_sigmas_type=final, timestep_spacing="trailing")
+    sched = scheduler_for(
+        "UniPCMultistepScheduler",
+        pred,
+        solver_order=2,
+        solver_type=variant,
+        predict_x0=True,
+        lower_order_final=True,
+        final_sigmas_type=final,
+        timestep_spacing="trailing",
+    )
     sched.set_timesteps(STEPS)
     check_timesteps(sched, g)
     sigmas = g.sigmas.clone()
@@ -225,13 +243,15 @@ def test_unipc(pixel, pred, dtype, variant):
         sched.sigmas = sigmas.clone()
     x_vp, x_sigma = vp_start(model, sigmas, dtype)
     ref = run_diffusers(sched, bare_fn(unet), x_vp)
-    ours = run_diffbench(model, "unipc", x_sigma, sigmas, solver_order=2, variant=variant, corrector=True,
-                         lower_order_final=True)
+    ours = run_diffbench(
+        model, "unipc", x_sigma, sigmas, solver_order=2, variant=variant, corrector=True, lower_order_final=True
+    )
     ours = ours / (1.0 + float(sigmas[-1]) ** 2) ** 0.5  # diffusers ends in VP coordinates: x_vp = α x
     assert rel(ours, ref) <= TOL[dtype]
 
 
 # --- class-conditional latent DiT with guidance (learned variance dropped) --------------------------
+
 
 @pytest.fixture(scope="module")
 def dit(tmp_path_factory):
@@ -245,24 +265,29 @@ def dit(tmp_path_factory):
 
 def guided_fn(call, cond, null, w, channels=None):
     """Classifier-free guidance on raw outputs, as diffusers pipelines do it ([uncond, cond] batch)."""
+
     def fn(x, t):
         raw = call(torch.cat([x, x]), t.expand(2 * x.shape[0]), torch.cat([null, cond]))
         raw = raw if channels is None else raw[:, :channels]
         u, c = raw.chunk(2)
         return c if w is None else u + w * (c - u)
+
     return fn
 
 
-@pytest.mark.parametrize("pred,guidance,sampler", [(p, w, s) for p in PREDS for w in (None, 3.0)
-                                                   for s in ("ddim", "dpm-solver++-2m")])
+@pytest.mark.parametrize(
+    "pred,guidance,sampler", [(p, w, s) for p in PREDS for w in (None, 3.0) for s in ("ddim", "dpm-solver++-2m")]
+)
 def test_dit_guidance(dit, pred, guidance, sampler):
     """DiT, class labels i mod 10, null class 10; the network's variance half is dropped before the target."""
     model, bare = dit[pred]
     assert model.num_classes == 10 and model.condition.has_null
     labels = model.condition.for_indices(list(range(BATCH)), model.device)
     null = torch.full_like(labels, 10)
+
     def call(x, t, y):
         return bare(x, timestep=t, class_labels=y, return_dict=False)[0]
+
     fn = guided_fn(call, labels, null, guidance, channels=4)
     if sampler == "ddim":
         g = grid(model, "leading")
@@ -270,8 +295,15 @@ def test_dit_guidance(dit, pred, guidance, sampler):
         kw = {}
     else:
         g = grid(model, "trailing")
-        sched = scheduler_for("DPMSolverMultistepScheduler", pred, algorithm_type="dpmsolver++", solver_order=2,
-                              final_sigmas_type="zero", lower_order_final=True, timestep_spacing="trailing")
+        sched = scheduler_for(
+            "DPMSolverMultistepScheduler",
+            pred,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            final_sigmas_type="zero",
+            lower_order_final=True,
+            timestep_spacing="trailing",
+        )
         kw = {"lower_order_final": True}
     sched.set_timesteps(STEPS)
     x_vp, x_sigma = vp_start(model, g.sigmas, torch.float32)
@@ -299,8 +331,9 @@ def text(tmp_path_factory):
         enc = CLIPTextModel.from_pretrained(root / "text_encoder").eval()
 
         def encode(texts, tok=tok, enc=enc):
-            ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids
+            ids = tok(
+                texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids
             with torch.inference_mode():
                 return enc(ids)[0]
 
@@ -308,8 +341,9 @@ def text(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("pred,guidance,sampler", [(p, w, s) for p in PREDS for w in (None, 5.0)
-                                                   for s in ("ddim", "euler")])
+@pytest.mark.parametrize(
+    "pred,guidance,sampler", [(p, w, s) for p in PREDS for w in (None, 5.0) for s in ("ddim", "euler")]
+)
 def test_text_guidance(text, pred, guidance, sampler):
     """Prompt of sample i = line i mod 3, guidance against the empty prompt, as StableDiffusionPipeline."""
     model, bare, encode = text[pred]
@@ -318,8 +352,10 @@ def test_text_guidance(text, pred, guidance, sampler):
     ref_cond = encode([PROMPTS[i % 3] for i in idx])
     assert torch.equal(cond, ref_cond)
     null = encode([""]).expand(len(idx), -1, -1)
+
     def call(x, t, c):
         return bare(x, t, encoder_hidden_states=c, return_dict=False)[0]
+
     fn = guided_fn(call, ref_cond, null, guidance)
     spacing = "leading" if sampler == "ddim" else "trailing"
     g = grid(model, spacing)
@@ -341,6 +377,7 @@ def test_text_guidance(text, pred, guidance, sampler):
 
 # --- flow matching with a shift -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("shift", (1.0, 3.0))
 def test_flow_euler(tmp_path, shift):
     """euler on the flow model = FlowMatchEulerDiscreteScheduler(shift) from the same s: its flow Euler
@@ -349,8 +386,9 @@ def test_flow_euler(tmp_path, shift):
     root = tmp_path / "flow"
     unet = tiny_diffusers.unet(root)
     tiny_diffusers.scheduler(root, "FlowMatchEulerDiscreteScheduler", shift=shift)
-    tiny_diffusers._index(root, "Pipeline", unet=("diffusers", "UNet2DModel"),
-                          scheduler=("diffusers", "FlowMatchEulerDiscreteScheduler"))
+    tiny_diffusers._index(
+        root, "Pipeline", unet=("diffusers", "UNet2DModel"), scheduler=("diffusers", "FlowMatchEulerDiscreteScheduler")
+    )
     model = diffusers_model(path=str(root))
     assert model.target.name == "flow" and model.schedule.shift == shift
     g = grid(model, "linspace")

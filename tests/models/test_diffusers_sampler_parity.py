@@ -25,6 +25,7 @@ Samplers of diffusers not here: ScoreSdeVe (a VE model; ``pc`` is compared with 
 tests/samplers/test_pc.py at batch 16), DPMSolverSinglestep (its intermediate points are grid points, a
 different discretisation from diffbench's single-step solvers), KDPM2 (no diffbench sampler).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -42,8 +43,11 @@ from diffbench.registry import default_registry  # noqa: E402
 
 BATCH = 8
 TOL = 1e-10
-pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore::FutureWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
 
 
 class KeepFloat64(torch.Tensor):
@@ -79,7 +83,7 @@ def sigmas_at(model, timesteps, last: float | None) -> torch.Tensor:
 def run_diffusers(sched, unet, x, timesteps=None):
     x = x.clone().as_subclass(KeepFloat64)
     with torch.inference_mode():
-        for t in (sched.timesteps if timesteps is None else timesteps):
+        for t in sched.timesteps if timesteps is None else timesteps:
             inp = sched.scale_model_input(x, t).as_subclass(torch.Tensor)
             out = unet(inp, t.expand(x.shape[0]), return_dict=False)[0].as_subclass(KeepFloat64)
             x = sched.step(out, t, x, return_dict=False)[0].as_subclass(KeepFloat64)
@@ -118,8 +122,9 @@ def test_lms(tiny, steps):
 
 
 @pytest.mark.parametrize("steps", [10, 20])
-@pytest.mark.parametrize("skip_prk_steps,set_alpha_to_one", [(False, False), (False, True), (True, False),
-                                                            (True, True)])
+@pytest.mark.parametrize(
+    "skip_prk_steps,set_alpha_to_one", [(False, False), (False, True), (True, False), (True, True)]
+)
 def test_pndm(tiny, steps, skip_prk_steps, set_alpha_to_one):
     """pndm (PRK half-step at t - δ/2, the default on a discrete model) / PLMS = PNDMScheduler, leading spacing."""
     model, unet = tiny
@@ -132,10 +137,11 @@ def test_pndm(tiny, steps, skip_prk_steps, set_alpha_to_one):
     sigmas = sigmas_at(model, grid, 0.0 if set_alpha_to_one else None)
     eps = initial_noise(0, range(BATCH), model.shape, dtype=torch.float64)
     theirs = run_diffusers(sched, unet, eps)
-    ours, calls = run_diffbench(model, "pndm", eps * (1.0 + float(sigmas[0]) ** 2) ** 0.5, sigmas,
-                                prk_warmup=not skip_prk_steps)
+    ours, calls = run_diffbench(
+        model, "pndm", eps * (1.0 + float(sigmas[0]) ** 2) ** 0.5, sigmas, prk_warmup=not skip_prk_steps
+    )
     last = float(sigmas[-1])
-    assert rel(ours, theirs * (1.0 + last ** 2) ** 0.5) <= TOL  # diffusers ends in VP coordinates: x_vp = α x
+    assert rel(ours, theirs * (1.0 + last**2) ** 0.5) <= TOL  # diffusers ends in VP coordinates: x_vp = α x
     assert calls == len(sched.timesteps) - (not set_alpha_to_one)  # diffusers' no-op last call
 
 
@@ -207,8 +213,9 @@ def test_dpm_solver_sde(tiny, steps, monkeypatch):
     feed_noise(monkeypatch, diffusers.schedulers.scheduling_dpmsolver_multistep, noise)
     eps = initial_noise(0, range(BATCH), model.shape, dtype=torch.float64)
     theirs = run_diffusers(sched, unet, eps)
-    ours, _ = run_diffbench(model, "dpm-solver++-2m-sde", eps * (1.0 + float(sigmas[0]) ** 2) ** 0.5, sigmas,
-                            noise=noise)
+    ours, _ = run_diffbench(
+        model, "dpm-solver++-2m-sde", eps * (1.0 + float(sigmas[0]) ** 2) ** 0.5, sigmas, noise=noise
+    )
     assert rel(ours, theirs) <= TOL
 
 

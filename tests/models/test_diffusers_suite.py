@@ -1,4 +1,5 @@
 """suites/tiny-diffusers.yaml end to end on a tiny model folder, as .ci/run runs it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,14 @@ def test_tiny_diffusers_suite_runs_every_cell(tmp_path, single_thread):
     data["grid"]["steps"] = [3]
     data["grid"]["sampler"] = ["ddim", "heun"]
     registry = default_registry()
-    out = run_suite(parse_suite(data, registry), tmp_path / "run", registry=registry, progress=False,
-                    cache_dir=tmp_path / "cache", draw=False)
+    out = run_suite(
+        parse_suite(data, registry),
+        tmp_path / "run",
+        registry=registry,
+        progress=False,
+        cache_dir=tmp_path / "cache",
+        draw=False,
+    )
     frame = out.cells
     assert len(frame) == 4 and set(frame["status"]) == {"ok"} and out.failed == 0
     assert (frame["nfe"] == frame["declared_nfe"]).all()
@@ -47,14 +54,18 @@ def test_cifar10_suite_is_valid_and_its_grids_fit_a_cifar_shaped_ddpm(tmp_path):
     suite = load_suite(CIFAR, registry)
     cells = expand(suite)
     ddim = sorted((c.scheduler.key, c.steps) for c in cells if c.sampler.key == "ddim")
-    assert ddim == sorted([("leading", n) for n in (10, 20, 50, 100)] + [("trailing", n) for n in (10, 20, 50, 100)]
-                          + [("ddim-quadratic", 10), ("ddim-quadratic", 20)])
+    assert ddim == sorted(
+        [("leading", n) for n in (10, 20, 50, 100)]
+        + [("trailing", n) for n in (10, 20, 50, 100)]
+        + [("ddim-quadratic", 10), ("ddim-quadratic", 20)]
+    )
     assert suite.num_samples == 50000 and [m.name for m in suite.metrics] == ["fid"]
     root = tmp_path / "standin"
     tiny_diffusers.unet(root, size=32)
     tiny_diffusers.scheduler(root, "DDPMScheduler", **tiny_diffusers.VP)  # the public config's values
-    tiny_diffusers._index(root, "DDPMPipeline", unet=("diffusers", "UNet2DModel"),
-                          scheduler=("diffusers", "DDPMScheduler"))
+    tiny_diffusers._index(
+        root, "DDPMPipeline", unet=("diffusers", "UNet2DModel"), scheduler=("diffusers", "DDPMScheduler")
+    )
     model = diffusers_model(path=str(root))
     for c in cells:
         grid, _ = make_grid(model, c.scheduler.name, c.steps, c.scheduler.options, registry=registry)

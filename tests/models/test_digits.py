@@ -1,4 +1,5 @@
 """The shipped digits models: safe loading, identity, time/target wiring, guidance NFE, sample quality."""
+
 import hashlib
 import importlib.util
 import os
@@ -99,8 +100,9 @@ def test_guidance_costs_two_network_evaluations(models):
 def test_class_accuracy_of_a_modest_sample(models, name, tmp_path):
     # 200 samples, heun 20 steps: chance is 10%; the full check (2000 samples, 50 steps, >= 90%) is slow
     res = sample(models[name], "heun", steps=20, scheduler="karras", num_samples=200, seed=1)
-    acc = METRICS["class-accuracy"].compute(res.samples, model=models[name], result=res,
-                                            context=MetricContext(cache_dir=tmp_path))["class-accuracy"]
+    acc = METRICS["class-accuracy"].compute(
+        res.samples, model=models[name], result=res, context=MetricContext(cache_dir=tmp_path)
+    )["class-accuracy"]
     assert acc.value >= 0.85, acc
 
 
@@ -134,8 +136,17 @@ def load_script(name: str):
 def test_training_script_writes_a_loadable_checkpoint(tmp_path):
     train_digits = load_script("train_digits")
     out = tmp_path / "digits-v.safetensors"
-    train_digits.train("digits-v", train_digits.SPECS["digits-v"], steps=3, batch=8, lr=1e-3, p_uncond=0.1,
-                       ema_decay=0.999, seed=0, out=out)
+    train_digits.train(
+        "digits-v",
+        train_digits.SPECS["digits-v"],
+        steps=3,
+        batch=8,
+        lr=1e-3,
+        p_uncond=0.1,
+        ema_decay=0.999,
+        seed=0,
+        out=out,
+    )
     model = MODELS["digits-v"](checkpoint=str(out))
     assert model.checkpoint_hash != MODELS["digits-v"]().checkpoint_hash
     assert model.network(torch.zeros(2, 1, 8, 8), torch.full((2,), 0.3), torch.tensor([1, 10])).shape == (2, 1, 8, 8)
@@ -143,8 +154,9 @@ def test_training_script_writes_a_loadable_checkpoint(tmp_path):
 
 def run_script(name: str, *args: str, threads: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], env=env, check=True, capture_output=True
+    )
 
 
 @pytest.mark.slow
@@ -160,8 +172,17 @@ def test_training_reproduces_its_checkpoint_bit_for_bit_whatever_the_thread_coun
     train_digits, threads = load_script("train_digits"), torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        train_digits.train(name, train_digits.SPECS[name], steps=40, batch=64, lr=2e-3, p_uncond=0.1,
-                           ema_decay=0.999, seed=0, out=tmp_path / "b.safetensors")
+        train_digits.train(
+            name,
+            train_digits.SPECS[name],
+            steps=40,
+            batch=64,
+            lr=2e-3,
+            p_uncond=0.1,
+            ema_decay=0.999,
+            seed=0,
+            out=tmp_path / "b.safetensors",
+        )
     finally:
         torch.set_num_threads(threads)
     assert (tmp_path / "a" / f"{name}.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()

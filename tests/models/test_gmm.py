@@ -1,4 +1,5 @@
 """The analytic Gaussian mixture: exact denoiser, exact samples and the reference ODE solver vs truth."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,25 +37,25 @@ def posterior_mean_brute_force(mix: GaussianMixture, x: np.ndarray, sigma: float
 @pytest.mark.parametrize("sigma", [0.01, 0.3, 2.0, 50.0])
 def test_denoiser_is_bayes_posterior_mean(mixture, sigma):
     x = mixture.sample(16, torch.Generator().manual_seed(0)) + sigma * torch.randn(16, 3, dtype=torch.float64)
-    np.testing.assert_allclose(mixture.denoise(x, sigma).numpy(), posterior_mean_brute_force(mixture, x.numpy(), sigma),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        mixture.denoise(x, sigma).numpy(), posterior_mean_brute_force(mixture, x.numpy(), sigma), rtol=1e-10, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("sigma", [0.05, 1.0, 10.0])
 def test_tweedie_denoiser_is_x_plus_sigma2_score(mixture, sigma):
     comps = torch.distributions.MultivariateNormal(mixture.means, mixture.covs + sigma**2 * torch.eye(3))
     p_sigma = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(mixture.weights), comps)
-    x = (mixture.sample(8, torch.Generator().manual_seed(1)) + sigma * torch.randn(8, 3, dtype=torch.float64))
+    x = mixture.sample(8, torch.Generator().manual_seed(1)) + sigma * torch.randn(8, 3, dtype=torch.float64)
     x.requires_grad_(True)
-    score, = torch.autograd.grad(p_sigma.log_prob(x).sum(), x)
-    torch.testing.assert_close(mixture.denoise(x.detach(), sigma), x.detach() + sigma**2 * score,
-                               rtol=1e-9, atol=1e-9)
+    (score,) = torch.autograd.grad(p_sigma.log_prob(x).sum(), x)
+    torch.testing.assert_close(mixture.denoise(x.detach(), sigma), x.detach() + sigma**2 * score, rtol=1e-9, atol=1e-9)
 
 
 def test_per_sample_sigma(mixture):
     x = torch.randn(4, 3, dtype=torch.float64)
     sig = torch.tensor([0.1, 0.5, 1.0, 3.0], dtype=torch.float64)
-    rows = torch.cat([mixture.denoise(x[i:i + 1], float(sig[i])) for i in range(4)])
+    rows = torch.cat([mixture.denoise(x[i : i + 1], float(sig[i])) for i in range(4)])
     torch.testing.assert_close(mixture.denoise(x, sig), rows, rtol=1e-14, atol=1e-14)
 
 
@@ -91,11 +92,14 @@ def test_ode_solve_needs_a_positive_end():
         mix.ode_solve(torch.zeros(1, 2, dtype=torch.float64), 1.0, 0.0)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(weights=[0.5, 0.6]), "sum to 1"),
-    (dict(covs=[[[1.0, 0.0], [0.0, -1.0]]] * 2), "positive definite"),
-    (dict(means=[[0.0, 0.0]]), "do not agree"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(weights=[0.5, 0.6]), "sum to 1"),
+        (dict(covs=[[[1.0, 0.0], [0.0, -1.0]]] * 2), "positive definite"),
+        (dict(means=[[0.0, 0.0]]), "do not agree"),
+    ],
+)
 def test_invalid_mixtures_are_rejected(bad, match):
     spec = dict(weights=[0.5, 0.5], means=[[0.0, 0.0], [1.0, 1.0]], covs=[np.eye(2).tolist()] * 2)
     spec.update(bad)

@@ -1,4 +1,5 @@
 """DenoiserMLP's sinusoidal time embedding: DDPM's frequencies by default, chosen periods on request."""
+
 import math
 
 import torch

@@ -1,4 +1,5 @@
 """calibration.harness_overhead's arithmetic, with the clock replaced (no timed assertions)."""
+
 from __future__ import annotations
 
 import itertools

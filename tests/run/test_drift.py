@@ -2,6 +2,7 @@
 
 And compare flagging Euler's step scaled by 0.99 (unchanged code is not).
 """
+
 from __future__ import annotations
 
 import functools
@@ -78,8 +79,15 @@ def builtin_registry() -> Registry:
     return registry
 
 
-SUITE = {"name": "drift", "model": "digits-eps", "num_samples": 32, "batch_size": 32, "seeds": [0], "device": "cpu",
-         "grid": {"sampler": ["euler", "heun"], "scheduler": ["karras"], "steps": [10]}}
+SUITE = {
+    "name": "drift",
+    "model": "digits-eps",
+    "num_samples": 32,
+    "batch_size": 32,
+    "seeds": [0],
+    "device": "cpu",
+    "grid": {"sampler": ["euler", "heun"], "scheduler": ["karras"], "steps": [10]},
+}
 
 
 def run(path: Path, registry: Registry) -> Path:
@@ -89,19 +97,26 @@ def run(path: Path, registry: Registry) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("drift")
-    return {"base": run(tmp / "base", builtin_registry()), "again": run(tmp / "again", builtin_registry()),
-            "scaled": run(tmp / "scaled", ScaledEulerRegistry())}
+    return {
+        "base": run(tmp / "base", builtin_registry()),
+        "again": run(tmp / "again", builtin_registry()),
+        "scaled": run(tmp / "scaled", ScaledEulerRegistry()),
+    }
 
 
 def drift_checks(base: Path, run: Path) -> dict[str, compare.Difference]:
-    return {cell.label: next(c for c in cell.checks if c.what == "drift")
-            for cell in compare.compare(base, run, compare.Thresholds(time_tol=None, harness_tol=None)).cells}
+    return {
+        cell.label: next(c for c in cell.checks if c.what == "drift")
+        for cell in compare.compare(base, run, compare.Thresholds(time_tol=None, harness_tol=None)).cells
+    }
 
 
 def test_rerunning_unchanged_code_does_not_drift(runs):
     checks = drift_checks(runs["base"], runs["again"])
     assert {label: (c.delta, c.verdict) for label, c in checks.items()} == {
-        "euler karras n=10": (0.0, SAME), "heun karras n=10": (0.0, SAME)}
+        "euler karras n=10": (0.0, SAME),
+        "heun karras n=10": (0.0, SAME),
+    }
 
 
 def test_euler_step_scaled_by_0_99_is_changed_and_exits_4(runs):
@@ -109,20 +124,43 @@ def test_euler_step_scaled_by_0_99_is_changed_and_exits_4(runs):
     euler, heun = checks["euler karras n=10"], checks["heun karras n=10"]
     assert euler.verdict == CHANGED and euler.delta > 10 * drift.FLOOR  # far beyond round-off (~1e-2 here)
     assert heun.verdict == SAME and heun.delta == 0.0
-    out = CliRunner().invoke(cli, ["compare", str(runs["base"]), str(runs["scaled"]), "--time-tol", "off",
-                                   "--harness-tol", "off"], catch_exceptions=False)
+    out = CliRunner().invoke(
+        cli,
+        ["compare", str(runs["base"]), str(runs["scaled"]), "--time-tol", "off", "--harness-tol", "off"],
+        catch_exceptions=False,
+    )
     assert out.exit_code == 4, out.output
     assert "CHANGED: samples of 1 cell(s) moved beyond round-off" in out.stdout
     assert "euler karras n=10: drift: the first 16 samples moved by" in out.stdout
-    off = CliRunner().invoke(cli, ["compare", str(runs["base"]), str(runs["scaled"]), "--time-tol", "off",
-                                   "--harness-tol", "off", "--drift-floor", "off"], catch_exceptions=False)
+    off = CliRunner().invoke(
+        cli,
+        [
+            "compare",
+            str(runs["base"]),
+            str(runs["scaled"]),
+            "--time-tol",
+            "off",
+            "--harness-tol",
+            "off",
+            "--drift-floor",
+            "off",
+        ],
+        catch_exceptions=False,
+    )
     assert off.exit_code == 0
 
 
 def test_a_regression_outranks_a_change(runs, tmp_path):
     """A cell that is worse and drifted is 'worse' (exit 1), not 'changed'."""
-    cell = compare.CellComparison("c", "c", [compare.Difference("drift", 0.0, 1.0, 1.0, 1e-4, CHANGED),
-                                             compare.Difference("nfe", 10, 11, 1, 1e-8, compare.WORSE)])
+    cell = compare.CellComparison(
+        "c",
+        "c",
+        [
+            compare.Difference("drift", 0.0, 1.0, 1.0, 1e-4, CHANGED),
+            compare.Difference("nfe", 10, 11, 1, 1e-8, compare.WORSE),
+        ],
+    )
     assert cell.verdict == compare.WORSE
-    assert math.isinf(drift.relative_rms_change(drift.fingerprint(torch.zeros(2, 2)),
-                                                drift.fingerprint(torch.ones(2, 2))))
+    assert math.isinf(
+        drift.relative_rms_change(drift.fingerprint(torch.zeros(2, 2)), drift.fingerprint(torch.ones(2, 2)))
+    )

@@ -1,4 +1,5 @@
 """Atomic writes, cell records → cells.csv, run-directory lookup."""
+
 from __future__ import annotations
 
 import json
@@ -59,9 +60,28 @@ def test_interrupted_write_never_creates_a_partial_file(tmp_path, monkeypatch):
 def test_cells_frame_columns_and_order():
     frame = cells_frame([record(1, fid=3.0, kid=0.5), record(0, fid=4.0), record(2, status="failed")])
     assert list(frame.columns) == [
-        "suite", "cell_id", "model", "sampler", "scheduler", "steps", "nfe", "declared_nfe", "guidance", "seeds",
-        "num_samples", "fid", "fid_se", "kid", "kid_se",
-        "sample_seconds", "seconds_per_sample", "counted_seconds_per_sample", "network_share", "status", "error"]
+        "suite",
+        "cell_id",
+        "model",
+        "sampler",
+        "scheduler",
+        "steps",
+        "nfe",
+        "declared_nfe",
+        "guidance",
+        "seeds",
+        "num_samples",
+        "fid",
+        "fid_se",
+        "kid",
+        "kid_se",
+        "sample_seconds",
+        "seconds_per_sample",
+        "counted_seconds_per_sample",
+        "network_share",
+        "status",
+        "error",
+    ]
     assert list(frame["cell_id"]) == ["c0", "c1", "c2"]
     assert frame.loc[0, "seeds"] == "0;1" and frame.loc[1, "kid_se"] == pytest.approx(0.05)
     assert math.isnan(frame.loc[0, "kid"]) and frame.loc[2, "error"] == "boom"

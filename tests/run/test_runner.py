@@ -1,4 +1,5 @@
 """The runner against truth: counted NFE, paired noise, failures recorded, resume, honest timing, records."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ from diffbench.run.suite import SuiteError, parse_suite
 
 def run(data, out, registry=None, draw=False, **kw):
     registry = registry or test_registry()[0]
-    return run_suite(parse_suite(data, registry), out, registry=registry, progress=False, cache_dir=out / "cache",
-                     draw=draw, **kw)
+    return run_suite(
+        parse_suite(data, registry), out, registry=registry, progress=False, cache_dir=out / "cache", draw=draw, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,15 @@ def finished(tmp_path_factory):
 
 def test_run_writes_every_output(finished):
     files = {p.name for p in finished.path.iterdir()}
-    assert {"cells.csv", "manifest.json", "suite.json", "report.md", "cells", "metric_vs_nfe.png",
-            "metric_vs_time.png"} <= files
+    assert {
+        "cells.csv",
+        "manifest.json",
+        "suite.json",
+        "report.md",
+        "cells",
+        "metric_vs_nfe.png",
+        "metric_vs_time.png",
+    } <= files
     assert finished.ran == 6 and finished.skipped == 0 and finished.failed == 0
     assert (finished.cells["status"] == "ok").all()
     pictures = sorted(p.name for p in (finished.path / "cells").glob("*.png"))
@@ -53,10 +62,20 @@ def test_cell_nfe_is_counted_and_equals_declared(finished):
 
 def test_cell_record_has_grid_and_every_option(finished, tmp_path):
     rec = json.loads(next((finished.path / "cells").glob("gmm__heun__*n4*.json")).read_text())
-    assert rec["sampler_options"] == {"churn_amount": 0.0, "s_tmin": 0.0, "s_tmax": None, "s_noise": 1.0,
-                                      "clip_x0": False}
-    assert rec["scheduler_options"] == {"rho": 7.0, "sigma_min": None, "sigma_max": None, "quantize": False,
-                                        "final_zero": True}
+    assert rec["sampler_options"] == {
+        "churn_amount": 0.0,
+        "s_tmin": 0.0,
+        "s_tmax": None,
+        "s_noise": 1.0,
+        "clip_x0": False,
+    }
+    assert rec["scheduler_options"] == {
+        "rho": 7.0,
+        "sigma_min": None,
+        "sigma_max": None,
+        "quantize": False,
+        "final_zero": True,
+    }
     from diffbench import load_model
 
     expected, _ = make_grid(load_model("gmm"), "karras", 4)
@@ -88,8 +107,12 @@ def test_manifest_records_provenance(finished):
 
 
 def test_every_cell_starts_from_the_same_noise(tmp_path):
-    data = small(metrics=["checksum"], num_samples=40, batch_size=16,
-                 grid=grid(sampler=["start-noise"], scheduler=["karras", "logsnr"], steps=[1, 3, 7]))
+    data = small(
+        metrics=["checksum"],
+        num_samples=40,
+        batch_size=16,
+        grid=grid(sampler=["start-noise"], scheduler=["karras", "logsnr"], steps=[1, 3, 7]),
+    )
     res = run(data, tmp_path / "r")
     want = initial_checksum(0, 40, (2,))
     assert res.cells["checksum"].tolist() == pytest.approx([want] * 6, rel=1e-12)
@@ -159,8 +182,13 @@ def test_resume_reruns_cells_made_with_a_checkpoint_since_replaced_at_the_same_p
     state, config, _ = load_checkpoint(shipped("digits-eps"))
     ckpt = tmp_path / "w.safetensors"
     save_checkpoint(ckpt, state, config)
-    suite = small(model={"name": "digits-eps", "options": {"checkpoint": str(ckpt)}}, metrics=["checksum"],
-                  num_samples=8, batch_size=8, grid=grid(sampler=["euler"], steps=[2, 3]))
+    suite = small(
+        model={"name": "digits-eps", "options": {"checkpoint": str(ckpt)}},
+        metrics=["checksum"],
+        num_samples=8,
+        batch_size=8,
+        grid=grid(sampler=["euler"], steps=[2, 3]),
+    )
     first = run(suite, tmp_path / "r")
     save_checkpoint(ckpt, {k: v * 1.01 for k, v in state.items()}, config)  # same path, other weights
     said = []
@@ -184,8 +212,9 @@ def test_default_output_is_results_suite_run_id(tmp_path):
     suite = parse_suite(small(grid=grid(sampler=["euler"], steps=[2])), reg)
     first = run_suite(suite, registry=reg, progress=False, results_root=tmp_path, cache_dir=tmp_path / "c", draw=False)
     assert first.path.parent == tmp_path / "small" and first.path.name[:2] == "20"
-    again = run_suite(suite, registry=reg, progress=False, results_root=tmp_path, resume=True, cache_dir=tmp_path,
-                      draw=False)
+    again = run_suite(
+        suite, registry=reg, progress=False, results_root=tmp_path, resume=True, cache_dir=tmp_path, draw=False
+    )
     assert again.path == first.path and again.skipped == 1
 
 
@@ -195,7 +224,7 @@ def test_uncertainty_across_seed_groups(tmp_path):
     per_seed = [s["metrics"]["mean-norm"]["value"] for s in rec["per_seed"]]
     assert len(set(per_seed)) == 3
     assert rec["metrics"]["mean-norm"]["value"] == pytest.approx(statistics.fmean(per_seed))
-    assert rec["metrics"]["mean-norm"]["uncertainty"] == pytest.approx(statistics.stdev(per_seed) / 3 ** 0.5)
+    assert rec["metrics"]["mean-norm"]["uncertainty"] == pytest.approx(statistics.stdev(per_seed) / 3**0.5)
     assert "3 seed groups" in rec["metrics"]["mean-norm"]["method"]
     assert res.cells.loc[0, "seeds"] == "0;1;2"
 
@@ -207,8 +236,10 @@ def test_single_seed_keeps_the_metric_s_own_error(finished):
 
 
 def test_timing_excludes_metrics_and_is_consistent(tmp_path):
-    res = run(small(metrics=[{"name": "slow", "options": {"seconds": 0.5}}], grid=grid(sampler=["euler"], steps=[2])),
-              tmp_path / "r")
+    res = run(
+        small(metrics=[{"name": "slow", "options": {"seconds": 0.5}}], grid=grid(sampler=["euler"], steps=[2])),
+        tmp_path / "r",
+    )
     row = res.cells.iloc[0]
     assert 0 < row["sample_seconds"] < 0.5
     assert row["seconds_per_sample"] == pytest.approx(row["sample_seconds"] / 64)
@@ -227,7 +258,8 @@ def test_counted_time_is_nfe_times_calibrated_call_plus_harness(tmp_path):
         t = rec["timing"]
         assert t["network_seconds_per_call"] == cal["network_seconds_per_call_min"] and t["batch_size"] == 32
         assert rec["counted_seconds_per_sample"] == pytest.approx(
-            rec["nfe"] * (cal["network_seconds_per_call_min"] + rec["harness_seconds_per_call"]) / 32, rel=1e-12)
+            rec["nfe"] * (cal["network_seconds_per_call_min"] + rec["harness_seconds_per_call"]) / 32, rel=1e-12
+        )
         assert "counted NFE" in t["method"]
     network = {k: r["nfe"] * r["timing"]["network_seconds_per_call"] for k, r in recs.items()}
     assert network["ddim"] == network["euler"]
@@ -293,8 +325,12 @@ def test_each_metric_keeps_its_own_direction(tmp_path):
 
 
 def test_guidance_counts_both_halves_on_a_conditional_image_model(tmp_path):
-    data = small(model="digits-eps", num_samples=16, batch_size=16,
-                 grid=grid(sampler=["euler", "heun"], steps=[2], guidance=[None, 2.0]))
+    data = small(
+        model="digits-eps",
+        num_samples=16,
+        batch_size=16,
+        grid=grid(sampler=["euler", "heun"], steps=[2], guidance=[None, 2.0]),
+    )
     res = run(data, tmp_path / "r")
     nfe = res.cells.set_index(["sampler", res.cells["guidance"].fillna(1.0)])["nfe"]
     assert nfe[("euler", 1.0)] == 2 and nfe[("euler", 2.0)] == 4
@@ -309,18 +345,30 @@ def test_guidance_counts_both_halves_on_a_conditional_image_model(tmp_path):
 
 
 def test_trajectory_error_in_a_run_absent_for_stochastic_cells_with_the_reason(tmp_path):
-    data = small(metrics=["trajectory-error", "solver-error"], num_samples=16, batch_size=8,
-                 grid=grid(sampler=["heun", "ddpm"], steps=[4]))
+    data = small(
+        metrics=["trajectory-error", "solver-error"],
+        num_samples=16,
+        batch_size=8,
+        grid=grid(sampler=["heun", "ddpm"], steps=[4]),
+    )
     registry = test_registry()[0]
-    run_suite(parse_suite(data, registry), tmp_path / "r", registry=registry, progress=False,
-              cache_dir=tmp_path / "cache", draw=True)
-    cells = {json.loads(p.read_text())["sampler"]: json.loads(p.read_text())
-             for p in (tmp_path / "r" / "cells").glob("*.json")}
+    run_suite(
+        parse_suite(data, registry),
+        tmp_path / "r",
+        registry=registry,
+        progress=False,
+        cache_dir=tmp_path / "cache",
+        draw=True,
+    )
+    cells = {
+        json.loads(p.read_text())["sampler"]: json.loads(p.read_text())
+        for p in (tmp_path / "r" / "cells").glob("*.json")
+    }
     heun, ddpm = cells["heun"], cells["ddpm"]
     assert "trajectory-error" in heun["metrics"] and "trajectory-error" not in ddpm["metrics"]
     assert any("trajectory-error absent: sampler 'ddpm' is stochastic" in w for w in ddpm["warnings"])
     # on the GMM it is the exact solver error per coordinate (2-D): same samples, same starting noise
-    exact = heun["metrics"]["solver-error-mean"]["value"] / 2 ** 0.5
+    exact = heun["metrics"]["solver-error-mean"]["value"] / 2**0.5
     assert heun["metrics"]["trajectory-error"]["value"] == pytest.approx(exact, rel=1e-3)
     report = (tmp_path / "r" / "report.md").read_text()
     assert "trajectory-error absent: sampler 'ddpm' is stochastic" in report
@@ -332,11 +380,14 @@ def test_a_cache_directory_inside_a_fresh_out_directory_is_not_a_foreign_file(tm
     """The warm-up writes a trajectory reference into --cache-dir before the run claims --out."""
     from diffbench.registry import default_registry
 
-    data = small(metrics=[{"name": "trajectory-error", "options": {"max_samples": 4}}], num_samples=8, batch_size=8,
-                 grid=grid(sampler=["euler"], steps=[2]))
+    data = small(
+        metrics=[{"name": "trajectory-error", "options": {"max_samples": 4}}],
+        num_samples=8,
+        batch_size=8,
+        grid=grid(sampler=["euler"], steps=[2]),
+    )
     out = tmp_path / "out"
-    result = run_suite(parse_suite(data, default_registry()), out, progress=False, cache_dir=out / "cache",
-                       draw=False)
+    result = run_suite(parse_suite(data, default_registry()), out, progress=False, cache_dir=out / "cache", draw=False)
     assert list((out / "cache" / "trajectory-references").glob("*.safetensors"))
     assert RunDir(result.path).read_cells()[0]["status"] == "ok"
     other = tmp_path / "other"

@@ -1,4 +1,5 @@
 """One sampling call: determinism, batch independence, counted NFE, what is recorded, loop hygiene."""
+
 from __future__ import annotations
 
 import math
@@ -55,7 +56,9 @@ def test_streamed_batches_are_the_samples_of_one_call_and_the_totals_match():
     assert [len(b.samples) for b in got] == [4, 4, 2]
     assert torch.equal(torch.cat([b.indices for b in got]), torch.arange(10))
     assert torch.equal(torch.cat([b.samples for b in got]), whole.samples)
-    assert torch.equal(torch.cat([b.labels for b in got]), whole.labels) and torch.equal(call.result.labels, whole.labels)
+    assert torch.equal(torch.cat([b.labels for b in got]), whole.labels) and torch.equal(
+        call.result.labels, whole.labels
+    )
     assert call.result.nfe == whole.nfe == 7 and call.result.samples is None
     assert all(b.result is call.result and b.seed == 1 for b in got)
 
@@ -74,8 +77,9 @@ def test_counted_nfe_equals_declared_nfe(name):
     sigmas = truncated_karras(model, 7)
     counter = NetworkCounter(4)
     options = STOCHASTIC.get(name) or {}
-    noise = seeding.StepNoise(0, range(4), (2,), noise_draws(SAMPLERS[name].declarations(), sigmas, options),
-                              dtype=torch.float64)
+    noise = seeding.StepNoise(
+        0, range(4), (2,), noise_draws(SAMPLERS[name].declarations(), sigmas, options), dtype=torch.float64
+    )
     x = seeding.initial_noise(0, range(4), (2,), dtype=torch.float64) * 80
     SAMPLERS[name].fn(SigmaDenoiser(model, counter=counter), x, sigmas, noise=noise, **options)
     assert counter.nfe == SAMPLERS[name].nfe(sigmas)
@@ -111,13 +115,26 @@ def test_labels_cycle_through_classes_independent_of_batches():
 
 
 def test_what_ran_is_recorded():
-    res = sample(edm_model(), "dpm-solver++-2m", steps=4, scheduler="karras", scheduler_options={"rho": 5.0},
-                 num_samples=3, seed=9, dtype="float32")
+    res = sample(
+        edm_model(),
+        "dpm-solver++-2m",
+        steps=4,
+        scheduler="karras",
+        scheduler_options={"rho": 5.0},
+        num_samples=3,
+        seed=9,
+        dtype="float32",
+    )
     expected = diffbench.make_grid(edm_model(), "karras", 4, {"rho": 5.0})[0]
     assert torch.equal(res.grid.sigmas, expected.sigmas)
     assert res.sampler_options == {"lower_order_final": "auto"}
-    assert res.scheduler_options == {"rho": 5.0, "sigma_min": None, "sigma_max": None, "quantize": False,
-                                        "final_zero": True}
+    assert res.scheduler_options == {
+        "rho": 5.0,
+        "sigma_min": None,
+        "sigma_max": None,
+        "quantize": False,
+        "final_zero": True,
+    }
     assert res.meta["seed"] == 9 and res.meta["num_samples"] == 3 and res.meta["dtype"] == "float32"
     assert res.sample_seconds > 0 and 0 < res.network_share <= 1
 
@@ -185,8 +202,9 @@ def test_no_host_sync_inside_the_sampling_loop(monkeypatch, name):
 
         monkeypatch.setattr(torch.Tensor, method, spy)
     sigmas = torch.tensor([10.0, 5.0, 2.0, 1.0, 0.5, 0.0], dtype=torch.float64)
-    noise_bank = torch.randn(noise_draws(SAMPLERS[name].declarations(), sigmas, STOCHASTIC.get(name) or {}), 3, 2,
-                             dtype=torch.float64)
+    noise_bank = torch.randn(
+        noise_draws(SAMPLERS[name].declarations(), sigmas, STOCHASTIC.get(name) or {}), 3, 2, dtype=torch.float64
+    )
     x = torch.randn(3, 2, dtype=torch.float64)
     SAMPLERS[name].fn(lambda x, s: 0.5 * x, x, sigmas, noise=lambda k: noise_bank[k], **(STOCHASTIC.get(name) or {}))
     assert conversions == ["tolist"]
@@ -198,6 +216,7 @@ def test_third_party_sampler_without_stochastic_declaration():
         def diffbench_register(self, registry):
             def identity(denoiser, x, sigmas, *, noise=None):
                 return x
+
             registry.add("sampler", "identity", identity, nfe=lambda sigmas, **_: 0)
 
     reg = build_registry([Plugin()], autoload=False)

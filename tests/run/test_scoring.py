@@ -1,5 +1,6 @@
 """`diffbench score` end to end: an image folder, an .npz of samples and an .npz of features give the numbers
 the metric gives on the same images in memory."""
+
 import json
 from types import SimpleNamespace
 
@@ -27,23 +28,30 @@ def images():
 
 
 def score(*args, cache):
-    result = CliRunner().invoke(cli, ["score", *map(str, args), "--reference", "digits", "--cache-dir", str(cache),
-                                      "--json"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        ["score", *map(str, args), "--reference", "digits", "--cache-dir", str(cache), "--json"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
 
 def test_score_npz_folder_and_features_agree_with_the_metric_in_memory(images, tmp_path):
     cache = tmp_path / "cache"
-    want = {name: METRICS[name].compute(from_uint8(images), model=DIGITS_MODEL, context=MetricContext(cache))
-            for name in ("fid", "kid")}
+    want = {
+        name: METRICS[name].compute(from_uint8(images), model=DIGITS_MODEL, context=MetricContext(cache))
+        for name in ("fid", "kid")
+    }
     np.savez(tmp_path / "samples.npz", samples=images.permute(0, 2, 3, 1).numpy())  # (N, H, W, C), ADM's layout
     folder = tmp_path / "pngs"
     folder.mkdir()
     for i, img in enumerate(images):
         Image.fromarray(img[0].numpy()).save(folder / f"{i:05d}.png")
     ext = fidelity.resolve_extractor("digits-cnn", None, "fid")
-    np.savez(tmp_path / "features.npz", features=fidelity.extract_features(from_uint8(images), (-1.0, 1.0), ext).numpy())
+    np.savez(
+        tmp_path / "features.npz", features=fidelity.extract_features(from_uint8(images), (-1.0, 1.0), ext).numpy()
+    )
     metrics = ["--metric", "fid", "--metric", "{name: kid, options: {subsets: 100}}"]
     for source in ([tmp_path / "samples.npz"], [folder], ["--features", tmp_path / "features.npz"]):
         out = score(*source, *metrics, cache=cache)
@@ -60,8 +68,12 @@ def test_score_takes_metric_options_and_names_bad_input_in_one_line(images, tmp_
     np.savez(tmp_path / "features.npz", features=np.random.default_rng(0).normal(size=(100, 7)))
     np.savez(tmp_path / "samples.npz", samples=images.numpy())
     run = CliRunner().invoke
-    boot = score(tmp_path / "samples.npz", "--metric", "{name: fid, options: {se_method: bootstrap, bootstrap: 20}}",
-                 cache=tmp_path / "c")
+    boot = score(
+        tmp_path / "samples.npz",
+        "--metric",
+        "{name: fid, options: {se_method: bootstrap, bootstrap: 20}}",
+        cache=tmp_path / "c",
+    )
     assert "20 bootstrap resamples" in boot["fid"]["method"] and boot["fid"]["se"] > 0
     cases = [
         (["--features", tmp_path / "features.npz", "--metric", "fid"], "features have 7 dimensions"),

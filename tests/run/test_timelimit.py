@@ -1,4 +1,5 @@
 """The per-cell time limit: fires on the main thread and on worker threads, nests, cleans up after itself."""
+
 from __future__ import annotations
 
 import signal

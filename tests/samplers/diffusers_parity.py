@@ -4,6 +4,7 @@ The diffusers model is ε-prediction in VP coordinates: x_vp = α x, α = 1/√(
 ε = (x - D(x, σ))/σ, so the scheduler's x0 = (x_vp - σ_vp ε)/α is the σ-space denoiser D exactly. Both sides
 therefore see the same σ list and the same denoiser, as the parity rule asks.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,18 +36,21 @@ def alpha_of(sigma: float) -> float:
 
 def eps_model(den: SigmaDenoiser, sigma_of: Callable[[object], float]) -> Callable[[Tensor, object], Tensor]:
     """ε-prediction network in VP coordinates built from the σ-space denoiser; ``sigma_of(t)`` gives σ."""
+
     def net(x_vp: Tensor, t) -> Tensor:
         sigma = sigma_of(t)
         x = x_vp.as_subclass(torch.Tensor) / alpha_of(sigma)  # plain tensor inside the denoiser
         return ((x - den(x, sigma)) / sigma).as_subclass(KeepFloat64)
+
     return net
 
 
-def run_diffusers(scheduler, net: Callable[[Tensor, object], Tensor], x_vp: Tensor, *, timesteps=None,
-                  **step_kwargs) -> Tensor:
+def run_diffusers(
+    scheduler, net: Callable[[Tensor, object], Tensor], x_vp: Tensor, *, timesteps=None, **step_kwargs
+) -> Tensor:
     """The standard sampling loop: for t in timesteps: x = step(net(x, t), t, x)."""
     x = x_vp.clone().as_subclass(KeepFloat64)
-    for t in (scheduler.timesteps if timesteps is None else timesteps):
+    for t in scheduler.timesteps if timesteps is None else timesteps:
         x = scheduler.step(net(x, t), t, x, **step_kwargs).prev_sample
     return x.as_subclass(torch.Tensor)
 

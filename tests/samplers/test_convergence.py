@@ -9,6 +9,7 @@ Tolerance |slope - p| < 0.2: the error is C N^-p (1 + O(1/N)), so at these N the
 within 0.15 of p (largest: dpm-solver++-3m-corrected, 3.13, falling towards 3 as N grows), while any lost
 order moves the slope by a whole unit (the published dpm-solver++-3m third-order term measures 1.95).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -64,8 +65,18 @@ def test_declared_order_is_measured(problem, name):
 
 
 def test_the_issue_orders_are_the_declared_ones():
-    expected = {"euler": 1, "ddim": 1, "dpm-solver-1": 1, "heun": 2, "dpm-solver-2": 2, "dpm-solver++-2s": 2,
-                "dpm-solver-3": 3, "dpm-solver++-2m": 2, "dpm-solver++-3m": 2, "dpm-solver++-3m-corrected": 3}
+    expected = {
+        "euler": 1,
+        "ddim": 1,
+        "dpm-solver-1": 1,
+        "heun": 2,
+        "dpm-solver-2": 2,
+        "dpm-solver++-2s": 2,
+        "dpm-solver-3": 3,
+        "dpm-solver++-2m": 2,
+        "dpm-solver++-3m": 2,
+        "dpm-solver++-3m-corrected": 3,
+    }
     assert {name: SAMPLERS[name].order for name in expected} == expected
 
 
@@ -83,8 +94,23 @@ def test_lower_order_final_caps_3m_at_order_2_on_a_grid_stopping_above_zero(prob
     # lower_order_final=True ('auto' below 15 steps) makes the last step first order: one O(h²) local error
     model, x, exact = problem
     steps = STEPS[3]
-    errors = [float((run("dpm-solver++-3m-corrected", model, x, truncated_karras(model, n, SIGMA_STOP, SIGMA_MAX),
-                         lower_order_final=True) - exact).norm(dim=1).mean()) for n in steps]
+    errors = [
+        float(
+            (
+                run(
+                    "dpm-solver++-3m-corrected",
+                    model,
+                    x,
+                    truncated_karras(model, n, SIGMA_STOP, SIGMA_MAX),
+                    lower_order_final=True,
+                )
+                - exact
+            )
+            .norm(dim=1)
+            .mean()
+        )
+        for n in steps
+    ]
     slope = fit_slope(steps, errors)
     assert abs(slope - 2) < TOLERANCE, f"measured order {slope:.3f}"
 
@@ -95,7 +121,8 @@ def test_declared_order_over_the_full_range(name):
     # the lead's measurement: 64 points, N = 64..1024; deeper in the asymptotic regime, so half the tolerance
     model = edm_model("eps")
     x = start_points(64, SIGMA_MAX)
-    slope = measured_order((model, x, model.analytic.ode_solve(x, SIGMA_MAX, SIGMA_STOP)), name,
-                           (64, 128, 256, 512, 1024))
+    slope = measured_order(
+        (model, x, model.analytic.ode_solve(x, SIGMA_MAX, SIGMA_STOP)), name, (64, 128, 256, 512, 1024)
+    )
     order = SAMPLERS[name].order
     assert abs(slope - order) < TOLERANCE / 2, f"{name}: measured order {slope:.3f}, declared {order}"

@@ -4,6 +4,7 @@ Same σ list (the scheduler's own, materialised and handed to both), same exact 
 rule for the final orders (lower only below 15 steps; the step into σ = 0 is always first order) is
 diffbench's ``lower_order_final: auto``. Relative difference ≤ 1e-10 (measured ≤ 1e-14).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -19,13 +20,20 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 TOLERANCE = 1e-10
 
 
-def dpm_scheduler(order: int, steps: int, lower_order_final: bool, final: str, karras: bool,
-                  solver_type: str = "midpoint"):
+def dpm_scheduler(
+    order: int, steps: int, lower_order_final: bool, final: str, karras: bool, solver_type: str = "midpoint"
+):
     from diffusers import DPMSolverMultistepScheduler
 
-    sch = DPMSolverMultistepScheduler(solver_order=order, algorithm_type="dpmsolver++", prediction_type="epsilon",
-                                      lower_order_final=lower_order_final, final_sigmas_type=final,
-                                      use_karras_sigmas=karras, solver_type=solver_type)
+    sch = DPMSolverMultistepScheduler(
+        solver_order=order,
+        algorithm_type="dpmsolver++",
+        prediction_type="epsilon",
+        lower_order_final=lower_order_final,
+        final_sigmas_type=final,
+        use_karras_sigmas=karras,
+        solver_type=solver_type,
+    )
     sch.set_timesteps(steps)
     sch.sigmas = sch.sigmas.to(torch.float64)  # the σ list both sides use
     return sch
@@ -55,8 +63,9 @@ def test_matches_diffusers_with_its_default_rule(order, name, steps, final):
 def test_matches_diffusers_without_lowering(steps, solver_type):
     sch = dpm_scheduler(3, steps, False, "sigma_min", karras=False, solver_type=solver_type)
     x = start_points(16, float(sch.sigmas[0]))
-    ours = SAMPLERS["dpm-solver++-3m"].fn(SigmaDenoiser(edm_model("eps")), x, sch.sigmas, lower_order_final=False,
-                                          solver_type=solver_type)
+    ours = SAMPLERS["dpm-solver++-3m"].fn(
+        SigmaDenoiser(edm_model("eps")), x, sch.sigmas, lower_order_final=False, solver_type=solver_type
+    )
     assert relative(ours, diffusers_result(sch, x)) < TOLERANCE
 
 

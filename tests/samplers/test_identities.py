@@ -6,6 +6,7 @@
 - DDIM(η) is Euler-ancestral(η): both step to σ_down = √(σ_next² - σ_up²) and add σ_up·noise.
 Rounding: float64 ulp at |x| ≤ ~300 is 6e-14 and the flow contracts towards the data; measured ≤ 2e-15.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -55,12 +56,17 @@ def test_ddim_eta1_equals_ddpm_posterior_with_the_same_noise(case):
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_ddim_eta_equals_euler_ancestral_eta(case, eta):
     model, x, sigmas = case
-    assert max_diff(run("ddim", model, x, sigmas, eta=eta, seed=5),
-                    run("euler-ancestral", model, x, sigmas, eta=eta, seed=5)) < ROUNDING
+    assert (
+        max_diff(
+            run("ddim", model, x, sigmas, eta=eta, seed=5), run("euler-ancestral", model, x, sigmas, eta=eta, seed=5)
+        )
+        < ROUNDING
+    )
 
 
-@pytest.mark.parametrize("name,options", [("lms", {"order": 1}), ("deis", {"order": 1}),
-                                          ("restart", {"restart_times": 0})])
+@pytest.mark.parametrize(
+    "name,options", [("lms", {"order": 1}), ("deis", {"order": 1}), ("restart", {"restart_times": 0})]
+)
 def test_first_order_multistep_and_restart_without_restarts_are_euler_or_heun(case, name, options):
     # lms(1) integrates the constant interpolant of d: Euler; deis(1) is DDIM's exponential step = Euler in σ-space
     model, x, sigmas = case
@@ -70,8 +76,7 @@ def test_first_order_multistep_and_restart_without_restarts_are_euler_or_heun(ca
 
 def test_dpmpp_2m_sde_with_eta0_is_dpmpp_2m(case):
     model, x, sigmas = case
-    assert torch.equal(run("dpm-solver++-2m-sde", model, x, sigmas, eta=0.0),
-                       run("dpm-solver++-2m", model, x, sigmas))
+    assert torch.equal(run("dpm-solver++-2m-sde", model, x, sigmas, eta=0.0), run("dpm-solver++-2m", model, x, sigmas))
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

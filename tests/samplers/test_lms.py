@@ -4,6 +4,7 @@ diffusers integrates each Lagrange basis polynomial with scipy.integrate.quad, d
 the scheduler's own Karras σ list and the exact GMM denoiser, over whole runs: like diffusers (and k-diffusion's
 sample_lms), diffbench's step into σ = 0 is a multistep step integrated down to 0.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,11 @@ from diffbench.core.denoiser import SigmaDenoiser
 from diffbench.samplers import SAMPLERS
 from diffbench.samplers.lms import lms_coefficients
 
-pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 TOLERANCE = 1e-10
 
 
@@ -45,14 +49,18 @@ def test_matches_diffusers_step_for_step(order, steps):
         before = SAMPLERS["lms"].fn(den, x, sigmas[:-1], order=order)
         assert relative(ours, den(before, sig[-2])) > 1e-6
 
+
 def test_coefficients_are_exact_for_polynomials():
     # the order-4 weights integrate every cubic in σ exactly: Σ c_j p(σ_{k-j}) = ∫ p over [σ_k, σ_{k+1}]
     s = [9.0, 5.0, 2.5, 1.2, 0.4]
     c = lms_coefficients(s, 3, 4)
+
     def cubic(u):
         return 2 * u**3 - u**2 + 3 * u - 1
+
     def integral(u):
         return u**4 / 2 - u**3 / 3 + 1.5 * u**2 - u
+
     got = sum(cj * cubic(s[3 - j]) for j, cj in enumerate(c))
     assert got == pytest.approx(integral(s[4]) - integral(s[3]), rel=1e-13)
     assert lms_coefficients(s, 0, 1) == [s[1] - s[0]]  # order 1 is Euler

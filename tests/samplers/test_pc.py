@@ -7,6 +7,7 @@ compared at batch 16; the default ``snr`` keeps them per sample, which equals di
 diffusers rounds the Langevin step size to float32 (it multiplies by float32 ones); the test makes those ones
 float64 while diffusers runs. Relative difference ≤ 1e-10.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ def diffusers_pc(x, steps, corrector_steps, snr, noise, monkeypatch):
     sch = sde_ve.ScoreSdeVeScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, snr=snr, correct_steps=corrector_steps)
     sch.set_timesteps(steps)
     sch.set_sigmas(steps)
-    sch.discrete_sigmas = torch.exp(torch.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), steps,
-                                                   dtype=torch.float64))
+    sch.discrete_sigmas = torch.exp(
+        torch.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), steps, dtype=torch.float64)
+    )
     draws = iter(noise(k) for k in range(steps * (corrector_steps + 1)))
     monkeypatch.setattr(sde_ve, "randn_tensor", lambda *a, **kw: next(draws).clone())
     # step_correct multiplies the step size by torch.ones(batch), float32, which rounds it to float32;
@@ -41,8 +43,10 @@ def diffusers_pc(x, steps, corrector_steps, snr, noise, monkeypatch):
     ones = torch.ones
     monkeypatch.setattr(sde_ve.torch, "ones", lambda *a, **kw: ones(*a, **{"dtype": torch.float64, **kw}))
     den = SigmaDenoiser(edm_model("eps"))
+
     def score(y, s):
         return (den(y, s) - y) / (s * s)
+
     for i, t in enumerate(sch.timesteps):
         assert int(t * (steps - 1)) == steps - 1 - i  # diffusers' discrete σ index is ours
         s = float(sch.discrete_sigmas[steps - 1 - i])
@@ -59,12 +63,13 @@ def diffusers_pc(x, steps, corrector_steps, snr, noise, monkeypatch):
 def test_default_matches_diffusers_one_sample_at_a_time(steps, corrector_steps, snr, monkeypatch):
     per = corrector_steps + 1
     for i in range(3):
-        x = start_points(i + 1, SIGMA_MAX)[i:i + 1]
+        x = start_points(i + 1, SIGMA_MAX)[i : i + 1]
         noise = StepNoise(0, [i], (2,), steps * per, dtype=torch.float64)
         theirs, discrete = diffusers_pc(x.clone(), steps, corrector_steps, snr, noise, monkeypatch)
         sigmas = torch.cat([discrete.flip(0), torch.zeros(1, dtype=torch.float64)])
-        ours = SAMPLERS["pc"].fn(SigmaDenoiser(edm_model("eps")), x, sigmas, noise=noise, snr=snr,
-                                 corrector_steps=corrector_steps)
+        ours = SAMPLERS["pc"].fn(
+            SigmaDenoiser(edm_model("eps")), x, sigmas, noise=noise, snr=snr, corrector_steps=corrector_steps
+        )
         assert relative(ours, theirs) < TOLERANCE
 
 
@@ -76,14 +81,22 @@ def test_batch_mean_norms_match_diffusers_at_batch_16(corrector_steps, snr, monk
     theirs, discrete = diffusers_pc(x.clone(), steps, corrector_steps, snr, noise, monkeypatch)
     sigmas = torch.cat([discrete.flip(0), torch.zeros(1, dtype=torch.float64)])
     den = SigmaDenoiser(edm_model("eps"))
-    ours = SAMPLERS["pc"].fn(den, x, sigmas, noise=noise, snr=snr, corrector_steps=corrector_steps,
-                             step_size="snr-batch")
+    ours = SAMPLERS["pc"].fn(
+        den, x, sigmas, noise=noise, snr=snr, corrector_steps=corrector_steps, step_size="snr-batch"
+    )
     assert relative(ours, theirs) < TOLERANCE
     # the per-sample default is another method at batch 16 (and batch-independent, unlike this one)
     per_sample = SAMPLERS["pc"].fn(den, x, sigmas, noise=noise, snr=snr, corrector_steps=corrector_steps)
     assert relative(per_sample, theirs) > 1e-3
-    alone = SAMPLERS["pc"].fn(den, x[:1], sigmas, noise=lambda k: noise(k)[:1], snr=snr,
-                              corrector_steps=corrector_steps, step_size="snr-batch")
+    alone = SAMPLERS["pc"].fn(
+        den,
+        x[:1],
+        sigmas,
+        noise=lambda k: noise(k)[:1],
+        snr=snr,
+        corrector_steps=corrector_steps,
+        step_size="snr-batch",
+    )
     assert relative(alone, ours[:1]) > 1e-6  # sample 0's result depends on its batch
 
 
@@ -93,13 +106,18 @@ def test_samples_follow_the_mixture(corrector_steps):
     # Monte-Carlo level of two exact sample sets) with step_size 'sigma'; Song et al.'s rule with per-sample
     # norms (the default) does not, in 2-D, where ‖s‖ near a mode is near 0 (docs/solvers.md)
     model = edm_model("eps")
-    sigmas = torch.cat([torch.exp(torch.linspace(math.log(80.0), math.log(0.002), 200, dtype=torch.float64)),
-                        torch.zeros(1, dtype=torch.float64)])
+    sigmas = torch.cat(
+        [
+            torch.exp(torch.linspace(math.log(80.0), math.log(0.002), 200, dtype=torch.float64)),
+            torch.zeros(1, dtype=torch.float64),
+        ]
+    )
     n = 512
     noise = StepNoise(1, range(n), (2,), 200 * (corrector_steps + 1), dtype=torch.float64)
     x = start_points(n, 80.0, seed=1)
-    out = SAMPLERS["pc"].fn(SigmaDenoiser(model), x, sigmas, noise=noise, corrector_steps=corrector_steps,
-                            step_size="sigma")
+    out = SAMPLERS["pc"].fn(
+        SigmaDenoiser(model), x, sigmas, noise=noise, corrector_steps=corrector_steps, step_size="sigma"
+    )
     ref = model.analytic.sample(n, generator=torch.Generator().manual_seed(3)).to(torch.float64)
     other = model.analytic.sample(n, generator=torch.Generator().manual_seed(4)).to(torch.float64)
 
@@ -110,6 +128,7 @@ def test_samples_follow_the_mixture(corrector_steps):
     if corrector_steps:
         snr_rule = SAMPLERS["pc"].fn(SigmaDenoiser(model), x, sigmas, noise=noise, corrector_steps=corrector_steps)
         assert energy(snr_rule, ref) > 10 * max(energy(other, ref), 1e-3)
+
 
 def test_declared_nfe_and_noise():
     s = torch.tensor([80.0, 5.0, 0.5, 0.0], dtype=torch.float64)

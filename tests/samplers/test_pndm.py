@@ -8,6 +8,7 @@ the geometric means diffbench uses as midpoints on a continuous model (the EDM G
 Relative difference ≤ 1e-10. The trained-timestep midpoint on the linear-β schedule is
 tests/models/test_diffusers_parity.py's.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,13 @@ def pndm_scheduler(sigmas: list[float], skip_prk_steps: bool):
         by_t.append(math.sqrt(s * grid[j + 1]) if j + 1 < len(grid) else s * 1.5)
     abar = torch.tensor([1.0 / (1.0 + s * s) for s in by_t], dtype=torch.float64)
     betas = 1.0 - abar / torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    sch = PNDMScheduler(num_train_timesteps=len(by_t), trained_betas=betas.numpy(), skip_prk_steps=skip_prk_steps,
-                        set_alpha_to_one=True, timestep_spacing="leading")
+    sch = PNDMScheduler(
+        num_train_timesteps=len(by_t),
+        trained_betas=betas.numpy(),
+        skip_prk_steps=skip_prk_steps,
+        set_alpha_to_one=True,
+        timestep_spacing="leading",
+    )
     sch.alphas_cumprod = abar  # float64, as built (diffusers stores float32 betas)
     sch.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
     sch.set_timesteps(len(sigmas))
@@ -68,6 +74,7 @@ def test_timestep_midpoint_needs_a_discrete_model():
         SAMPLERS["pndm"].fn(SigmaDenoiser(edm_model("eps")), x, grid, midpoint="timestep")
     with pytest.raises(ValueError, match="pndm midpoint must be 'auto', 'timestep' or 'sigma', got 'mid'"):
         SAMPLERS["pndm"].fn(SigmaDenoiser(edm_model("eps")), x, grid, midpoint="mid")
+
 
 def test_declared_nfe():
     s = torch.tensor([80.0, 20.0, 5.0, 1.0, 0.5, 0.0], dtype=torch.float64)

@@ -2,6 +2,7 @@
 when no restart interval lies on the grid, its samples follow the exact mixture (energy distance at the
 Monte-Carlo level of two exact sample sets), and it equals the authors' loop (Xu et al.'s generate_restart.py
 restart_sampler, transcribed below in float64 with their randn_like fed diffbench's draws)."""
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,7 @@ def authors_restart(den, x, t_steps, restart_info, restart_gamma, s_min, s_max, 
             n_restart, times, _, t_max = restart_list[i + 1]
             rho = 7
             idx = torch.arange(n_restart, dtype=torch.float64)
-            new = ((t_max ** (1 / rho) + idx / (n_restart - 1) * (t[i + 1] ** (1 / rho) - t_max ** (1 / rho))) ** rho)
+            new = (t_max ** (1 / rho) + idx / (n_restart - 1) * (t[i + 1] ** (1 / rho) - t_max ** (1 / rho))) ** rho
             new = new.tolist()
             for _ in range(times):
                 x = x + next(draws) * math.sqrt(new[0] ** 2 - new[-1] ** 2) * s_noise
@@ -60,7 +61,7 @@ def authors_restart(den, x, t_steps, restart_info, restart_gamma, s_min, s_max, 
                     gamma = restart_gamma if s_min <= a <= s_max else 0
                     a_hat = a + gamma * a
                     if restart_gamma > 0:
-                        x = x + math.sqrt(a_hat ** 2 - a ** 2) * s_noise * next(draws)
+                        x = x + math.sqrt(a_hat**2 - a**2) * s_noise * next(draws)
                     d = (x - den(x, a_hat)) / a_hat
                     x_e = x + (b - a_hat) * d
                     x = x + (b - a_hat) * (0.5 * d + 0.5 * (x_e - den(x_e, b)) / b)
@@ -76,15 +77,23 @@ def test_equals_the_authors_loop(points, times, gamma):
     model = edm_model("eps")
     x = start_points(8, 80.0, seed=3)
     grid = karras(model.schedule, 18, sigma_min=0.002, sigma_max=80.0)
-    opts = {"restart_points": points, "restart_times": times, "restart_gamma": gamma, "s_tmin": 0.01, "s_tmax": 1.0,
-            "s_noise": 1.003}
-    noise = StepNoise(3, range(8), (2,), noise_draws(SAMPLERS["restart"].declarations(), grid, opts),
-                      dtype=torch.float64)
+    opts = {
+        "restart_points": points,
+        "restart_times": times,
+        "restart_gamma": gamma,
+        "s_tmin": 0.01,
+        "s_tmax": 1.0,
+        "s_noise": 1.003,
+    }
+    noise = StepNoise(
+        3, range(8), (2,), noise_draws(SAMPLERS["restart"].declarations(), grid, opts), dtype=torch.float64
+    )
     at = restart_index(grid.tolist(), 0.06, 0.30) - 1  # the step after which the restarts happen
     per = times * (1 + (points - 1 if gamma > 0 else 0))
     draws = iter([noise(at * per + j) for j in range(per)])
-    theirs = authors_restart(SigmaDenoiser(model), x.clone(), grid, {"0": [points, times, 0.06, 0.30]}, gamma,
-                             0.01, 1.0, 1.003, draws)
+    theirs = authors_restart(
+        SigmaDenoiser(model), x.clone(), grid, {"0": [points, times, 0.06, 0.30]}, gamma, 0.01, 1.0, 1.003, draws
+    )
     with torch.inference_mode():
         ours = SAMPLERS["restart"].fn(SigmaDenoiser(model), x.clone(), grid, noise=noise, **opts)
     assert float((ours - theirs).norm() / theirs.norm()) < 1e-12
@@ -99,8 +108,16 @@ def test_samples_follow_the_mixture():
     model = edm_model("eps")
     n = 512
     x = start_points(n, 80.0, seed=2)
-    out = run("restart", model, x, karras(model.schedule, 40, sigma_min=0.002, sigma_max=80.0), seed=2,
-              t_min=0.06, t_max=1.0, restart_times=3)
+    out = run(
+        "restart",
+        model,
+        x,
+        karras(model.schedule, 40, sigma_min=0.002, sigma_max=80.0),
+        seed=2,
+        t_min=0.06,
+        t_max=1.0,
+        restart_times=3,
+    )
     ref = model.analytic.sample(n, generator=torch.Generator().manual_seed(5)).to(torch.float64)
     other = model.analytic.sample(n, generator=torch.Generator().manual_seed(6)).to(torch.float64)
     assert energy(out, ref) < 3 * max(energy(other, ref), 1e-3)
@@ -111,5 +128,7 @@ def test_samples_follow_the_mixture():
 
 def test_bad_options_are_clear_errors():
     model = edm_model("eps")
-    with pytest.raises(ValueError, match="restart needs restart_points ≥ 2, restart_times ≥ 0, restart_gamma ≥ 0 and 0 < t_min < t_max"):
+    with pytest.raises(
+        ValueError, match="restart needs restart_points ≥ 2, restart_times ≥ 0, restart_gamma ≥ 0 and 0 < t_min < t_max"
+    ):
         run("restart", model, start_points(2, 80.0), truncated_karras(model, 4), t_min=0.5, t_max=0.3)

@@ -9,6 +9,7 @@ q = χ²₁ quantile at 1 - α (valid for α ≤ 0.215). So BOUND = 6.63·2δ/n 
 with probability ≤ 1%. Each sampler must be inside BOUND with many steps (its own discretisation bias is
 small there) and outside it with 5 steps (measurably worse than Monte-Carlo noise).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -50,8 +51,16 @@ def reference():
 
 def distance(reference, name: str, options: dict, steps: int) -> float:
     model, exact, _ = reference
-    res = diffbench.sample(model, name, steps=steps, scheduler="karras", sampler_options=options,
-                           num_samples=N_SAMPLES, batch_size=N_SAMPLES, seed=11)
+    res = diffbench.sample(
+        model,
+        name,
+        steps=steps,
+        scheduler="karras",
+        sampler_options=options,
+        num_samples=N_SAMPLES,
+        batch_size=N_SAMPLES,
+        seed=11,
+    )
     return energy_distance(res.samples, exact)
 
 
@@ -59,8 +68,9 @@ def test_bound_matches_the_monte_carlo_level_of_exact_sample_sets(reference):
     # the derived mean 2δ/n against the average over independent exact pairs (SE of that average ≈ 15%)
     model, _, bound = reference
     gen = torch.Generator().manual_seed(99)
-    null = [energy_distance(model.analytic.sample(N_SAMPLES, gen), model.analytic.sample(N_SAMPLES, gen))
-            for _ in range(12)]
+    null = [
+        energy_distance(model.analytic.sample(N_SAMPLES, gen), model.analytic.sample(N_SAMPLES, gen)) for _ in range(12)
+    ]
     mean = sum(null) / len(null)
     assert 0.6 < mean / (bound / CHI2_1_Q99) < 1.4
     assert max(null) < bound

@@ -1,4 +1,5 @@
 """release_free_memory: glibc's malloc_trim where glibc is the C library."""
+
 from __future__ import annotations
 
 import platform

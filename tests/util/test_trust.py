@@ -1,4 +1,5 @@
 """Suite files are data: a factory named in a suite runs only with consent given outside the file."""
+
 from __future__ import annotations
 
 import sys
@@ -19,10 +20,27 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def python_suite(factory: str, **factory_options):
-    return parse_suite({"name": "py", "model": {"name": "python", "options": {
-                "factory": factory, "factory_options": factory_options, "schedule": "edm", "target": "x0",
-                "time_input": "sigma", "shape": [2]}},
-            "num_samples": 8, "batch_size": 8, "device": "cpu", "grid": {"sampler": ["euler"], "steps": [2]}}, default_registry())
+    return parse_suite(
+        {
+            "name": "py",
+            "model": {
+                "name": "python",
+                "options": {
+                    "factory": factory,
+                    "factory_options": factory_options,
+                    "schedule": "edm",
+                    "target": "x0",
+                    "time_input": "sigma",
+                    "shape": [2],
+                },
+            },
+            "num_samples": 8,
+            "batch_size": 8,
+            "device": "cpu",
+            "grid": {"sampler": ["euler"], "steps": [2]},
+        },
+        default_registry(),
+    )
 
 
 @pytest.fixture
@@ -35,10 +53,12 @@ def importing_marks(tmp_path):
     """A factory file that leaves a marker when imported, and a suite naming it."""
     marker = tmp_path / "imported"
     code = tmp_path / "evil.py"
-    code.write_text(f"open({str(marker)!r}, 'w').close()\n"
-                    f"from importlib.util import spec_from_file_location, module_from_spec\n"
-                    f"_s = spec_from_file_location('f', {str(FACTORIES)!r}); _m = module_from_spec(_s)\n"
-                    f"_s.loader.exec_module(_m)\nedm_like = _m.edm_like\n")
+    code.write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        f"from importlib.util import spec_from_file_location, module_from_spec\n"
+        f"_s = spec_from_file_location('f', {str(FACTORIES)!r}); _m = module_from_spec(_s)\n"
+        f"_s.loader.exec_module(_m)\nedm_like = _m.edm_like\n"
+    )
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump(python_suite(f"{code}:edm_like").model_dump(mode="json")))
     return suite, marker

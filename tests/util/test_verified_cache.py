@@ -1,4 +1,5 @@
 """Cache entries are verified against their recorded sha256 on load; a bad entry is recomputed, never used."""
+
 from __future__ import annotations
 
 import json
@@ -51,14 +52,17 @@ def test_an_entry_round_trips_and_any_damage_is_refused_with_a_warning_naming_th
 
 def test_the_hash_covers_names_dtypes_and_shapes_not_only_bytes():
     x = torch.arange(4, dtype=torch.float32)
-    hashes = {verified_cache.content_sha256(d) for d in (
-        {"a": x}, {"b": x}, {"a": x.reshape(2, 2)}, {"a": x.view(torch.int32)}, {"a": x, "b": x[:0]})}
+    hashes = {
+        verified_cache.content_sha256(d)
+        for d in ({"a": x}, {"b": x}, {"a": x.reshape(2, 2)}, {"a": x.view(torch.int32)}, {"a": x, "b": x[:0]})
+    }
     assert len(hashes) == 5
 
 
 @pytest.mark.parametrize("damage", ["tampered", "truncated"])
 def test_a_damaged_reference_feature_cache_is_recomputed_and_the_manifest_hash_is_of_what_was_used(
-        tmp_path, capsys, damage):
+    tmp_path, capsys, damage
+):
     samples = digits("train").images[:100]
     model = type("M", (), {"name": "stub", "dataset": {"name": "digits", "split": "test"}, "data_range": (-1.0, 1.0)})
 

@@ -6,6 +6,7 @@ saved samples) and the runner writes them atomically. ``local`` runs cells one a
 runs one Ray task per cell (``diffbench[ray]``). Sample i's noise depends only on (seed, i), so the
 executor changes where a cell is computed, never its numbers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

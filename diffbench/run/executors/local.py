@@ -1,4 +1,5 @@
 """The local executor: every cell in this process, one after another, with a per-sample progress bar."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,13 @@ from diffbench.run.suite import CellSpec
 
 def worker_info(executor: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """Where a cell ran: executor, host, process and the device its samples were drawn on."""
-    return {"executor": executor, "host": socket.gethostname(), "pid": os.getpid(), "device": record.get("device"),
-            **extra}
+    return {
+        "executor": executor,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "device": record.get("device"),
+        **extra,
+    }
 
 
 class LocalExecutor:
@@ -35,10 +41,25 @@ class LocalExecutor:
         assert job is not None, "start() first"
         total = job.suite.num_samples * len(job.suite.seeds)
         for cell in cells:
-            with tqdm(total=total, desc=cell.cell_id.rsplit("-", 1)[0], unit="sample", leave=False,
-                      disable=not job.progress, position=1, dynamic_ncols=True) as bar:
-                record = run_cell(job.suite, cell, job.models[cell.model.key], job.registry, job.context, job.run,
-                                  bar, time_limit=job.suite.time_limit)
+            with tqdm(
+                total=total,
+                desc=cell.cell_id.rsplit("-", 1)[0],
+                unit="sample",
+                leave=False,
+                disable=not job.progress,
+                position=1,
+                dynamic_ncols=True,
+            ) as bar:
+                record = run_cell(
+                    job.suite,
+                    cell,
+                    job.models[cell.model.key],
+                    job.registry,
+                    job.context,
+                    job.run,
+                    bar,
+                    time_limit=job.suite.time_limit,
+                )
             record["worker"] = worker_info(self.name, record)
             yield Finished(record)  # the picture is already in the run directory: this is the driver
 

@@ -10,6 +10,7 @@ With ``cell_parts=K`` every cell is instead split into K sample-index ranges per
 task each (``diffbench.run.executors.split``): the tasks return feature rows, and the driver gathers
 them and scores each metric once, so one big cell uses K workers and gives the unsplit numbers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,7 +76,9 @@ def _worker_model(payload: dict[str, Any], cell: CellSpec, threads: int) -> Any:
     model = _STATE["models"][cell.model.key]
     if cell.model.key not in _STATE["warmed"]:  # first-call costs stay out of the cell's time, as locally
         try:
-            for _ in sampling_call(suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples)):
+            for _ in sampling_call(
+                suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples)
+            ):
                 pass
         except Exception:
             pass  # the cell itself will fail and record why
@@ -86,14 +89,20 @@ def _worker_model(payload: dict[str, Any], cell: CellSpec, threads: int) -> Any:
 def _worker_info(record: dict[str, Any], threads: int) -> dict[str, Any]:
     import ray
 
-    return worker_info("ray", record, node_id=ray.get_runtime_context().get_node_id(),
-                       gpu_ids=[str(g) for g in ray.get_gpu_ids()], threads=threads)
+    return worker_info(
+        "ray",
+        record,
+        node_id=ray.get_runtime_context().get_node_id(),
+        gpu_ids=[str(g) for g in ray.get_gpu_ids()],
+        threads=threads,
+    )
 
 
 def _files(scratch: RunDir) -> dict[str, bytes]:
     """Every file a cell wrote into its scratch run directory (picture, saved samples) by relative path."""
-    return {p.relative_to(scratch.path).as_posix(): p.read_bytes() for p in sorted(scratch.path.rglob("*"))
-            if p.is_file()}
+    return {
+        p.relative_to(scratch.path).as_posix(): p.read_bytes() for p in sorted(scratch.path.rglob("*")) if p.is_file()
+    }
 
 
 def run_cell_task(payload: dict[str, Any], cell: CellSpec, threads: int) -> dict[str, Any]:
@@ -120,13 +129,17 @@ def sample_part_task(payload: dict[str, Any], cell: CellSpec, part: Part, thread
             out = sample_part(suite, cell, model, registry, context, part, scratch)
             out["files"] = _files(scratch)
     except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # the cell's failure, recorded by the driver
-        return {"part": part, "error": str(exc) if isinstance(exc, TimeLimitExceeded) else error_line(exc),
-                "traceback": traceback.format_exc()}
+        return {
+            "part": part,
+            "error": str(exc) if isinstance(exc, TimeLimitExceeded) else error_line(exc),
+            "traceback": traceback.format_exc(),
+        }
     out.update(metric_info=context.info, worker=_worker_info({"device": str(model.device)}, threads))
     return out
 
 
 # --- driver side -------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
@@ -153,8 +166,9 @@ def check_reachable(address: str | None, timeout: float = REACH_SECONDS) -> None
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except (OSError, ValueError, OverflowError) as exc:
         reason = "timed out" if isinstance(exc, socket.timeout) else (getattr(exc, "strerror", None) or str(exc))
-        raise ExecutorError(f"--address {address}: no Ray cluster answers there ({reason}; "
-                            f"waited at most {timeout:g} s)") from None
+        raise ExecutorError(
+            f"--address {address}: no Ray cluster answers there ({reason}; waited at most {timeout:g} s)"
+        ) from None
 
 
 class RayExecutor:
@@ -162,13 +176,25 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, cpus_per_cell: int = 1, num_cpus: int | None = None,
-                 max_retries: int = MAX_RETRIES, cell_parts: int = 1) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        cpus_per_cell: int = 1,
+        num_cpus: int | None = None,
+        max_retries: int = MAX_RETRIES,
+        cell_parts: int = 1,
+    ) -> None:
         import_ray()  # before anything runs: a missing Ray is a usage error, not a failed run
         check_reachable(address)  # likewise an address where no cluster answers (bounded: REACH_SECONDS)
         if cell_parts < 1:
             raise ExecutorError(f"--cell-parts must be at least 1, got {cell_parts}")
-        self.address, self.cpus_per_cell, self.num_cpus, self.max_retries = address, cpus_per_cell, num_cpus, max_retries
+        self.address, self.cpus_per_cell, self.num_cpus, self.max_retries = (
+            address,
+            cpus_per_cell,
+            num_cpus,
+            max_retries,
+        )
         self.cell_parts = cell_parts
         self.job: Job | None = None
         self.pending: dict[Any, Any] = {}
@@ -181,8 +207,13 @@ class RayExecutor:
                 # one connection attempt, not Ray's 20 (minutes on a port that answers but is not Ray's)
                 env = {"RAY_gcs_server_port_wait_time_s": "1"} if self.address not in (None, "local") else {}
                 with _environ(env):
-                    ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
-                             include_dashboard=False, logging_level="warning", log_to_driver=True)
+                    ray.init(
+                        address=self.address,
+                        num_cpus=self.num_cpus if self.address is None else None,
+                        include_dashboard=False,
+                        logging_level="warning",
+                        log_to_driver=True,
+                    )
             except Exception as exc:  # a wrong address, a cluster that is not up
                 with contextlib.suppress(Exception):
                     ray.shutdown()  # whatever ray.init started before it failed
@@ -191,20 +222,36 @@ class RayExecutor:
             self.owns_ray = True
         self.job = job
         gpus = self._gpus_per_cell(job, ray)
-        options = dict(num_cpus=self.cpus_per_cell, num_gpus=gpus, max_retries=self.max_retries,
-                       retry_exceptions=False)
+        options = dict(num_cpus=self.cpus_per_cell, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False)
         self.cell_task = ray.remote(run_cell_task).options(**options)
         self.part_task = ray.remote(sample_part_task).options(**options)
-        self.payload = ray.put({"token": uuid.uuid4().hex, "suite": job.suite, "registry": job.registry,
-                                "context": job.context, "cwd": os.getcwd()})
-        nodes = [{"host": n.get("NodeManagerHostname"), "node_id": n.get("NodeID"),
-                  "resources": {k: v for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU", "memory")}}
-                 for n in ray.nodes() if n.get("Alive")]
-        return {"name": self.name, "address": self.address or "local instance", "ray": ray.__version__,
-                "nodes": nodes, "per_cell": {"num_cpus": self.cpus_per_cell, "num_gpus": gpus,
-                                             "max_retries": self.max_retries},
-                "cell_parts": self.cell_parts,
-                **({"cell_split": describe_split(job.suite, self.cell_parts)} if self.cell_parts > 1 else {})}
+        self.payload = ray.put(
+            {
+                "token": uuid.uuid4().hex,
+                "suite": job.suite,
+                "registry": job.registry,
+                "context": job.context,
+                "cwd": os.getcwd(),
+            }
+        )
+        nodes = [
+            {
+                "host": n.get("NodeManagerHostname"),
+                "node_id": n.get("NodeID"),
+                "resources": {k: v for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU", "memory")},
+            }
+            for n in ray.nodes()
+            if n.get("Alive")
+        ]
+        return {
+            "name": self.name,
+            "address": self.address or "local instance",
+            "ray": ray.__version__,
+            "nodes": nodes,
+            "per_cell": {"num_cpus": self.cpus_per_cell, "num_gpus": gpus, "max_retries": self.max_retries},
+            "cell_parts": self.cell_parts,
+            **({"cell_split": describe_split(job.suite, self.cell_parts)} if self.cell_parts > 1 else {}),
+        }
 
     def _gpus_per_cell(self, job: Job, ray: Any) -> int:
         """1 when the suite asks for CUDA (or 'auto' on a cluster that has GPUs), else 0."""
@@ -251,8 +298,11 @@ class RayExecutor:
         ray = import_ray()
         parts = {cell.cell_id: cell_parts(self.job.suite, self.cell_parts) for cell in cells}
         outputs: dict[str, list[dict[str, Any]]] = {cell.cell_id: [] for cell in cells}
-        self.pending = {self.part_task.remote(self.payload, cell, part, self.cpus_per_cell): (cell, part)
-                        for cell in cells for part in parts[cell.cell_id]}
+        self.pending = {
+            self.part_task.remote(self.payload, cell, part, self.cpus_per_cell): (cell, part)
+            for cell in cells
+            for part in parts[cell.cell_id]
+        }
         while self.pending:
             done, _ = ray.wait(list(self.pending), num_returns=1)
             for ref in done:
@@ -273,25 +323,42 @@ class RayExecutor:
             failed = next((o for o in mine if "error" in o), None)
             if failed is not None:
                 p = failed["part"]
-                raise CellError(f"samples {p.first_index}..{p.first_index + p.count - 1} of seed {seed}: "
-                                f"{failed['error']}")
+                raise CellError(
+                    f"samples {p.first_index}..{p.first_index + p.count - 1} of seed {seed}: {failed['error']}"
+                )
             return gather(plan, mine)
 
-        record = run_cell(job.suite, cell, job.models[cell.model.key], job.registry, job.context, job.run, _NoBar(),
-                          time_limit=job.suite.time_limit, groups=groups)
+        record = run_cell(
+            job.suite,
+            cell,
+            job.models[cell.model.key],
+            job.registry,
+            job.context,
+            job.run,
+            _NoBar(),
+            time_limit=job.suite.time_limit,
+            groups=groups,
+        )
         ran = [o for o in outputs if "worker" in o]
-        record["worker"] = {"executor": self.name,
-                            "host": ",".join(sorted({o["worker"]["host"] for o in ran})) or None,
-                            "device": ",".join(sorted({str(o["worker"]["device"]) for o in ran})) or None,
-                            "parts": [{**o["worker"], "seed": o["part"].seed, "first_index": o["part"].first_index,
-                                       "count": o["part"].count} for o in ran]}
+        record["worker"] = {
+            "executor": self.name,
+            "host": ",".join(sorted({o["worker"]["host"] for o in ran})) or None,
+            "device": ",".join(sorted({str(o["worker"]["device"]) for o in ran})) or None,
+            "parts": [
+                {**o["worker"], "seed": o["part"].seed, "first_index": o["part"].first_index, "count": o["part"].count}
+                for o in ran
+            ],
+        }
         failed_part = next((o for o in outputs if "traceback" in o), None)
         if failed_part is not None and record.get("traceback"):
             record["traceback"] += "\nIn the worker:\n" + failed_part["traceback"]
         saved = sum(o.get("saved", 0) for o in outputs)
         if saved and record["status"] == "ok":
-            record["saved_samples"] = {"mode": job.suite.save_samples, "files": saved,
-                                       "folder": f"samples/{cell.cell_id}"}
+            record["saved_samples"] = {
+                "mode": job.suite.save_samples,
+                "files": saved,
+                "folder": f"samples/{cell.cell_id}",
+            }
         files = {path: data for o in outputs for path, data in (o.get("files") or {}).items()}
         return Finished(record, files)  # the driver drew the picture into the run directory itself
 

@@ -10,6 +10,7 @@ metrics' feature extractors and returns the rows with their sample indices; the 
 are concatenated in sample-index order and each metric is scored once, as ``run_cell`` does for
 an unsplit cell. Counted NFE, sampling and network seconds add up over the parts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,20 +67,32 @@ def describe_split(suite: Suite, parts: int) -> str:
     if len(ranges) < parts:
         return f"{line} (not {parts}: a seed group has only {suite.num_samples} samples)"
     if math.ceil(suite.num_samples / suite.batch_size) < parts:
-        return (f"{line}, cut inside batches of {suite.batch_size} (fewer batches than parts): the samples and noise "
-                "are the unsplit cell's; the network sees smaller batches, which may round differently in the last "
-                "bits, as any batch_size does")
+        return (
+            f"{line}, cut inside batches of {suite.batch_size} (fewer batches than parts): the samples and noise "
+            "are the unsplit cell's; the network sees smaller batches, which may round differently in the last "
+            "bits, as any batch_size does"
+        )
     return f"{line} on batch boundaries (the unsplit cell's batches)"
 
 
 def cell_parts(suite: Suite, parts: int) -> list[Part]:
     """Every part of one cell: each seed group cut into ``parts`` ranges."""
-    return [Part(seed, first, count) for seed in suite.seeds
-            for first, count in split_ranges(suite.num_samples, suite.batch_size, parts)]
+    return [
+        Part(seed, first, count)
+        for seed in suite.seeds
+        for first, count in split_ranges(suite.num_samples, suite.batch_size, parts)
+    ]
 
 
-def sample_part(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
-                part: Part, run: RunDir) -> dict[str, Any]:
+def sample_part(
+    suite: Suite,
+    cell: CellSpec,
+    model: DiffusionModel,
+    registry: Registry,
+    context: MetricContext,
+    part: Part,
+    run: RunDir,
+) -> dict[str, Any]:
     """Sample one part and extract its feature rows; returns plain, picklable data (``gather`` joins them).
 
     Samples the suite asks to save (``save_samples``) are written under ``run`` as a whole cell would.
@@ -87,10 +100,25 @@ def sample_part(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: R
     plan = metric_plan(suite, model, registry, context)
     preview = part.seed == suite.seeds[0] and part.first_index == 0  # the cell's picture: seed group 1's first samples
     saver = SampleSaver(suite.save_samples, run.path / "samples" / cell.cell_id, tuple(model.data_range))
-    group = stream_group(suite, cell, model, registry, plan, part.seed, preview, first_index=part.first_index,
-                         num_samples=part.count, saver=saver)
-    return {"part": part, "rows": group.rows.export(), "preview": group.preview, "result": group.result,
-            "saved": saver.files}
+    group = stream_group(
+        suite,
+        cell,
+        model,
+        registry,
+        plan,
+        part.seed,
+        preview,
+        first_index=part.first_index,
+        num_samples=part.count,
+        saver=saver,
+    )
+    return {
+        "part": part,
+        "rows": group.rows.export(),
+        "preview": group.preview,
+        "result": group.result,
+        "saved": saver.files,
+    }
 
 
 def combine_results(results: list[SampleResult]) -> SampleResult:
@@ -107,13 +135,22 @@ def combine_results(results: list[SampleResult]) -> SampleResult:
     first = results[0]
     decode = [r.decode_seconds for r in results if r.decode_seconds is not None]
     return dataclasses.replace(
-        first, nfe=rows / n, labels=torch.cat(labels) if labels else None,
-        sample_seconds=sum(r.sample_seconds for r in results), network_seconds=sum(r.network_seconds for r in results),
+        first,
+        nfe=rows / n,
+        labels=torch.cat(labels) if labels else None,
+        sample_seconds=sum(r.sample_seconds for r in results),
+        network_seconds=sum(r.network_seconds for r in results),
         decode_seconds=sum(decode) if decode else None,
         call_seconds=[t for r in results for t in r.call_seconds],
         gap_seconds=[t for r in results for t in r.gap_seconds],
-        meta={**first.meta, "num_samples": n, "warnings": list(dict.fromkeys(warnings)), "parts": len(results),
-              "devices": sorted({str(r.meta.get("device")) for r in results})})
+        meta={
+            **first.meta,
+            "num_samples": n,
+            "warnings": list(dict.fromkeys(warnings)),
+            "parts": len(results),
+            "devices": sorted({str(r.meta.get("device")) for r in results}),
+        },
+    )
 
 
 def gather(plan: MetricPlan, outputs: list[dict[str, Any]]) -> SampledGroup:

@@ -1,4 +1,5 @@
 """Every component this distribution registers passes diffbench's conformance kit."""
+
 from __future__ import annotations
 
 from diffbench.registry import build_registry

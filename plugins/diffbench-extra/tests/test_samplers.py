@@ -1,4 +1,5 @@
 """The samplers against truth: exact weights, known identities, and the registry rows."""
+
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -30,7 +31,10 @@ def test_registry_rows_name_this_distribution():
     for name in NAMES:
         row = REGISTRY.get("sampler", name).as_row()
         assert (row["plugin"], row["distribution"], row["version"]) == (
-            "extra", "diffbench-extra", md.version("diffbench-extra"))
+            "extra",
+            "diffbench-extra",
+            md.version("diffbench-extra"),
+        )
     assert REGISTRY.plugin_versions()["diffbench-extra"] == md.version("diffbench-extra")
 
 
@@ -76,7 +80,9 @@ def test_corrector_costs_no_evaluation_and_raises_accuracy():
     den, x = _start()
     sigmas = karras(model.schedule, 64, sigma_min=0.1)[:-1]  # asymptotic regime: order 3 against 2
     exact = model.analytic.ode_solve(x, 80.0, 0.1)
-    err = {c: float((unipc(den, x, sigmas, corrector=c, lower_order_final=False) - exact).norm()) for c in (True, False)}
+    err = {
+        c: float((unipc(den, x, sigmas, corrector=c, lower_order_final=False) - exact).norm()) for c in (True, False)
+    }
     assert err[True] < err[False] / 4
 
 

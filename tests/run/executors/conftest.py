@@ -1,4 +1,5 @@
 """A local Ray instance with 2 CPU workers, started once (5-10 s) for every executor test module that asks for it."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,11 @@ HERE = Path(__file__).resolve().parent
 def ray_instance():
     ray = pytest.importorskip("ray")
     paths = [str(HERE), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]  # this folder and tests/
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="warning",
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}},
+    )
     yield ray
     ray.shutdown()

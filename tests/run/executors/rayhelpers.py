@@ -1,4 +1,5 @@
 """Test plugins for the executor tests that Ray worker processes import (tests/ and this folder go on their path)."""
+
 from __future__ import annotations
 
 import os

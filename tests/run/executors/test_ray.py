@@ -1,5 +1,6 @@
 """The Ray executor on a local instance with 2 CPU workers: the local executor's numbers, cell by cell;
 a worker killed mid-cell is retried; a plugin error fails its cell only; Ctrl-C and --resume."""
+
 from __future__ import annotations
 
 import os
@@ -23,22 +24,39 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def run(data, out, executor="local", registry=None, **kw):
     registry = registry or executor_registry()
-    return run_suite(parse_suite(data, registry), out, registry=registry, progress=False,
-                     cache_dir=out.parent / "cache", draw=False, executor=executor, **kw)
+    return run_suite(
+        parse_suite(data, registry),
+        out,
+        registry=registry,
+        progress=False,
+        cache_dir=out.parent / "cache",
+        draw=False,
+        executor=executor,
+        **kw,
+    )
 
 
 def numbers(path):
     """Everything a cell computed except its timings: status, counted NFE, metric values and errors, per seed."""
     out = {}
     for rec in RunDir(path).read_cells():
-        out[rec["cell_id"]] = (rec["status"], rec["error"], rec["nfe"], rec["declared_nfe"], rec["metrics"],
-                               [(s["seed"], s["nfe"], s["metrics"]) for s in rec["per_seed"]], rec.get("grid"))
+        out[rec["cell_id"]] = (
+            rec["status"],
+            rec["error"],
+            rec["nfe"],
+            rec["declared_nfe"],
+            rec["metrics"],
+            [(s["seed"], s["nfe"], s["metrics"]) for s in rec["per_seed"]],
+            rec.get("grid"),
+        )
     return out
 
 
 def test_import_diffbench_does_not_import_ray():
-    code = ("import sys, diffbench, diffbench.run.runner, diffbench.cli, diffbench.run.shards; "
-            "assert 'ray' not in sys.modules, 'ray imported'")
+    code = (
+        "import sys, diffbench, diffbench.run.runner, diffbench.cli, diffbench.run.shards; "
+        "assert 'ray' not in sys.modules, 'ray imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -78,8 +96,12 @@ def test_digits_smoke_cells_give_the_local_numbers_whole_or_split(ray_instance, 
     """The smoke suite's model and metrics (digits-eps, FID and KID on digits-cnn features), fewer samples;
     also with each cell split across two tasks (features gathered, FID and KID scored once)."""
     data = yaml.safe_load((ROOT / "suites" / "smoke.yaml").read_text())
-    data.update(metrics=["fid", "kid"], num_samples=200, batch_size=100, grid={"sampler": ["ddim", "heun"], "scheduler": ["karras"],
-                                                       "steps": [5]})
+    data.update(
+        metrics=["fid", "kid"],
+        num_samples=200,
+        batch_size=100,
+        grid={"sampler": ["ddim", "heun"], "scheduler": ["karras"], "steps": [5]},
+    )
     local = run(data, tmp_path / "local")
     remote = run(data, tmp_path / "ray", executor="ray")
     assert numbers(remote.path) == numbers(local.path)
@@ -161,6 +183,7 @@ def test_the_per_cell_time_limit_holds_inside_a_ray_worker(ray_instance, tmp_pat
 
 # --- a shared run directory on Ray; unreachable addresses; SIGTERM (issue 19 items 7 and 8) ----------------------
 
+
 def test_shards_of_a_suite_with_rules_on_ray_merge_into_the_local_run(ray_instance, tmp_path):
     from test_shards import ruled
 
@@ -189,8 +212,20 @@ def test_an_address_where_no_cluster_listens_fails_at_once_in_one_line(tmp_path,
     path.write_text(yaml.safe_dump(small(grid=grid(sampler=["euler"], steps=[2]))))
     address = f"{scheme}127.0.0.1:{closed_port()}"
     # in a subprocess with a deadline: Ray's own connect would retry for minutes (a hang fails the test)
-    command = [sys.executable, "-c", "from diffbench.cli import main; main()", "run", str(path),
-               "--out", str(tmp_path / "r"), "--executor", "ray", "--address", address, "--no-progress"]
+    command = [
+        sys.executable,
+        "-c",
+        "from diffbench.cli import main; main()",
+        "run",
+        str(path),
+        "--out",
+        str(tmp_path / "r"),
+        "--executor",
+        "ray",
+        "--address",
+        address,
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
@@ -224,12 +259,24 @@ def test_sigterm_stops_a_ray_run_and_its_workers_keeping_finished_cells(tmp_path
     path.write_text(yaml.safe_dump(data))
     out = tmp_path / "r"
     here = Path(__file__).resolve().parent
-    script = DRIVER.format(paths=[str(ROOT), str(here), str(ROOT / "tests")],
-                           args=["run", str(path), "--out", str(out), "--executor", "ray", "--no-progress",
-                                 "--cache-dir", str(tmp_path / "cache")])
+    script = DRIVER.format(
+        paths=[str(ROOT), str(here), str(ROOT / "tests")],
+        args=[
+            "run",
+            str(path),
+            "--out",
+            str(out),
+            "--executor",
+            "ray",
+            "--no-progress",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(here), str(ROOT / "tests")])}
-    driver = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 240
         while not list(marker.iterdir()) and driver.poll() is None and time.monotonic() < deadline:
@@ -247,8 +294,12 @@ def test_sigterm_stops_a_ray_run_and_its_workers_keeping_finished_cells(tmp_path
     deadline = time.monotonic() + 60
     alive = workers
     while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if os.path.exists(f"/proc/{pid}") and
-                 "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[:1]]
+        alive = [
+            pid
+            for pid in alive
+            if os.path.exists(f"/proc/{pid}")
+            and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[:1]
+        ]
         time.sleep(0.5)
     assert not alive, f"Ray workers {alive} still running after the driver stopped"
 
@@ -265,13 +316,18 @@ def test_sigterm_stops_a_local_run_keeping_finished_cells(tmp_path):
     # call 1 is the option check before the run starts; call 2 is the cell (euler's cell runs first)
     blocked = {"name": "blocks", "options": {"marker": str(marker), "after": 1}}
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(small(num_samples=8, batch_size=8, grid=grid(sampler=["euler", blocked], steps=[2]))))
+    path.write_text(
+        yaml.safe_dump(small(num_samples=8, batch_size=8, grid=grid(sampler=["euler", blocked], steps=[2])))
+    )
     out = tmp_path / "r"
     here = Path(__file__).resolve().parent
-    script = DRIVER.format(paths=[str(ROOT), str(here), str(ROOT / "tests")],
-                           args=["run", str(path), "--out", str(out), "--no-progress", "--cache-dir", str(tmp_path)])
-    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    script = DRIVER.format(
+        paths=[str(ROOT), str(here), str(ROOT / "tests")],
+        args=["run", str(path), "--out", str(out), "--no-progress", "--cache-dir", str(tmp_path)],
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(marker.iterdir()) and driver.poll() is None and time.monotonic() < deadline:
@@ -281,7 +337,8 @@ def test_sigterm_stops_a_local_run_keeping_finished_cells(tmp_path):
         _, stderr = driver.communicate(timeout=60)
     finally:
         driver.kill()
-    assert driver.returncode == 143 and stderr.endswith("terminated (SIGTERM): 1 of 2 cells kept in "
-                                                        f"{out}; finish with --resume\n"), stderr
+    assert driver.returncode == 143 and stderr.endswith(
+        f"terminated (SIGTERM): 1 of 2 cells kept in {out}; finish with --resume\n"
+    ), stderr
     assert RunDir(out).read_manifest()["status"] == "interrupted" and not lock_is_held(out / ".lock")
     assert [r["sampler"] for r in RunDir(out).read_cells()] == ["euler"]

@@ -1,5 +1,6 @@
 """Shards: a stable partition of the cells; shards 1/2 + 2/2 merged by `report` equal one run; no shared file
 is written by two shards; the Slurm array script works as documented."""
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,9 @@ def test_two_shards_merged_equal_one_run(whole, tmp_path):
     assert second.ran == 3
     merged = merge(out, executor_registry())
     assert merged.missing == [] and numbers(out) == numbers(whole.path)
-    pd.testing.assert_frame_equal(RunDir(out).read_csv().drop(columns=TIMINGS),
-                                  whole.run.read_csv().drop(columns=TIMINGS))
+    pd.testing.assert_frame_equal(
+        RunDir(out).read_csv().drop(columns=TIMINGS), whole.run.read_csv().drop(columns=TIMINGS)
+    )
     manifest = RunDir(out).read_manifest()
     assert manifest["status"] == "complete" and manifest["cells"] == {"total": 6, "ok": 6, "failed": 0, "missing": 0}
     assert set(manifest["sharded"]["shards"]) == {"1-of-2", "2-of-2"}
@@ -87,8 +89,9 @@ def test_shards_keep_their_own_manifests_and_need_resume_to_rerun(tmp_path):
     again = run(data, out, shard="1/2", resume=True)
     assert again.ran == 0 and again.skipped == 1
     with pytest.raises(SuiteError, match="--shard needs --out"):
-        run_suite(parse_suite(data, executor_registry()), None, registry=executor_registry(), shard="1/2",
-                  progress=False)
+        run_suite(
+            parse_suite(data, executor_registry()), None, registry=executor_registry(), shard="1/2", progress=False
+        )
     unsharded = tmp_path / "plain"
     run(data, unsharded)
     with pytest.raises(SuiteError, match="made without --shard"):
@@ -114,8 +117,10 @@ def test_report_command_merges_and_lists_missing_cells(cli_registry, tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(small(grid=grid(sampler=["euler", "heun"], steps=[2]))))
     out = tmp_path / "shared"
+
     def invoke(*a):
         return CliRunner().invoke(cli, [str(x) for x in a])
+
     first = invoke("run", path, "--out", out, "--shard", "1/2", "--no-progress")
     assert first.exit_code == 0 and "diffbench report" in first.stdout
     partial = invoke("report", out)
@@ -132,14 +137,21 @@ def test_report_command_merges_and_lists_missing_cells(cli_registry, tmp_path):
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("diffbench") is None, reason="needs bash and the CLI")
 def test_the_slurm_array_script_runs_each_shard_and_report_merges_them(tmp_path):
     """scripts/slurm-array.sh as Slurm would run it: array tasks 1 and 2 of 2, then `diffbench report`."""
-    suite = small(metrics=["solver-error"], num_samples=16, batch_size=16, grid=grid(sampler=["euler", "heun"], steps=[2]))
+    suite = small(
+        metrics=["solver-error"], num_samples=16, batch_size=16, grid=grid(sampler=["euler", "heun"], steps=[2])
+    )
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(suite))
     out = tmp_path / "slurm-run"
     env = {**os.environ, "SLURM_ARRAY_TASK_COUNT": "2", "DIFFBENCH_CACHE_DIR": str(tmp_path / "cache")}
     for task in ("1", "2"):
-        subprocess.run(["bash", ROOT / "scripts" / "slurm-array.sh", path, out], check=True, cwd=tmp_path,
-                       env={**env, "SLURM_ARRAY_TASK_ID": task}, capture_output=True)
+        subprocess.run(
+            ["bash", ROOT / "scripts" / "slurm-array.sh", path, out],
+            check=True,
+            cwd=tmp_path,
+            env={**env, "SLURM_ARRAY_TASK_ID": task},
+            capture_output=True,
+        )
     subprocess.run(["diffbench", "report", out], check=True, cwd=tmp_path, env=env, capture_output=True)
     whole = run(suite, tmp_path / "whole")
     assert len(numbers(out)) == 2 and numbers(out) == numbers(whole.path)
@@ -148,14 +160,18 @@ def test_the_slurm_array_script_runs_each_shard_and_report_merges_them(tmp_path)
 
 # --- suites with include/exclude rules, resuming, re-sharding, other suites, balance (issue 19 item 8) ------------
 
+
 def ruled(**overrides):
     """A steps.yaml-like suite: a grid trimmed by exclude and extended by include rules (one naming a scheduler
     that is not in the grid, one naming only steps)."""
-    data = dict(metrics=["mean-norm", "checksum"], num_samples=16, batch_size=16,
-                grid=grid(sampler=["euler", "heun", "dpm-solver++-2m"], steps=[2, 4]),
-                exclude=[{"sampler": ["heun"]}],
-                include=[{"sampler": "heun", "steps": [2, 3]}, {"sampler": ["euler"], "scheduler": "quadratic"},
-                         {"steps": 5}])
+    data = dict(
+        metrics=["mean-norm", "checksum"],
+        num_samples=16,
+        batch_size=16,
+        grid=grid(sampler=["euler", "heun", "dpm-solver++-2m"], steps=[2, 4]),
+        exclude=[{"sampler": ["heun"]}],
+        include=[{"sampler": "heun", "steps": [2, 3]}, {"sampler": ["euler"], "scheduler": "quadratic"}, {"steps": 5}],
+    )
     return small(**{**data, **overrides})
 
 
@@ -164,11 +180,13 @@ def ruled_whole(tmp_path_factory):
     return run(ruled(), tmp_path_factory.mktemp("ruled") / "whole")
 
 
-def test_shards_of_a_suite_with_include_and_exclude_rules_merge_into_the_whole_run(ruled_whole, cli_registry,
-                                                                                   tmp_path):
+def test_shards_of_a_suite_with_include_and_exclude_rules_merge_into_the_whole_run(ruled_whole, cli_registry, tmp_path):
     out = tmp_path / "shared"
     assert len(numbers(ruled_whole.path)) == 11
-    invoke = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731
+
+    def invoke(*a):
+        return CliRunner().invoke(cli, [str(x) for x in a])
+
     run(ruled(), out, shard="1/2")
     partial = invoke("report", out)
     assert partial.exit_code == 1 and "cells missing" in partial.stderr, partial.stderr
@@ -177,8 +195,11 @@ def test_shards_of_a_suite_with_include_and_exclude_rules_merge_into_the_whole_r
     assert merged.exit_code == 0, merged.stderr
     assert numbers(out) == numbers(ruled_whole.path) and RunDir(out).read_manifest()["status"] == "complete"
     rules = read_json(out / "suite.json")["include"]  # stored as written: no axis the rule does not name
-    assert rules == [{"sampler": "heun", "steps": [2, 3]}, {"sampler": ["euler"], "scheduler": "quadratic"},
-                     {"steps": 5}]
+    assert rules == [
+        {"sampler": "heun", "steps": [2, 3]},
+        {"sampler": ["euler"], "scheduler": "quadratic"},
+        {"steps": 5},
+    ]
 
 
 def test_a_run_dir_written_by_an_older_diffbench_with_null_rule_axes_still_merges(ruled_whole, tmp_path):
@@ -220,11 +241,17 @@ def test_resharding_with_another_n_never_reruns_a_finished_cell(ruled_whole, tmp
 def test_a_shard_of_another_suite_is_refused_when_it_starts(cli_registry, tmp_path):
     out = tmp_path / "shared"
     run(ruled(), out, shard="1/2")
-    with pytest.raises(SuiteError, match=r"shards/1-of-2 ran suite 'small', not 'other'; every shard of a run "
-                                         r"directory runs the same suite: choose another --out$"):
+    with pytest.raises(
+        SuiteError,
+        match=r"shards/1-of-2 ran suite 'small', not 'other'; every shard of a run "
+        r"directory runs the same suite: choose another --out$",
+    ):
         run(ruled(name="other"), out, shard="2/2")
-    with pytest.raises(SuiteError, match=r"shards/1-of-2 ran another version of suite 'small' \(it differs at "
-                                         r"num_samples\)"):
+    with pytest.raises(
+        SuiteError,
+        match=r"shards/1-of-2 ran another version of suite 'small' \(it differs at "
+        r"num_samples\)",
+    ):
         run(ruled(num_samples=8, batch_size=8), out, shard="2/2")
     assert not (out / "shards" / "2-of-2").exists()
     path = tmp_path / "other.yaml"
@@ -250,8 +277,9 @@ def test_shards_are_balanced_by_counted_work_not_by_cell_count():
     assert sum(work.values()) == 36_500
     for n in (2, 3, 4):
         loads = [sum(work[c.cell_id] for c in Shard(i, n).select(cells, work)) for i in range(1, n + 1)]
-        assert sum(loads) == 36_500 and sorted(c.cell_id for i in range(1, n + 1)
-                                               for c in Shard(i, n).select(cells, work)) == sorted(work)
+        assert sum(loads) == 36_500 and sorted(
+            c.cell_id for i in range(1, n + 1) for c in Shard(i, n).select(cells, work)
+        ) == sorted(work)
         assert max(loads) - min(loads) <= max(work.values())  # least-loaded first: within one cell's work
     assert [sum(work[c.cell_id] for c in Shard(i, 2).select(cells, work)) for i in (1, 2)] == [19_500, 17_000]
 
@@ -265,12 +293,15 @@ def test_each_shard_plans_its_dealt_share_of_the_counted_work(tmp_path):
     cell_work = [declared_nfe(s, n) * 4 for s in ("euler", "heun") for n in (1, 2, 4, 8, 16, 32)]
     assert whole == sum(cell_work)
     for n in (2, 3):
-        loads = [preflight(parse_suite(data, reg), reg, cache_dir=tmp_path, shard=Shard(i, n)).plan.nfe
-                 for i in range(1, n + 1)]
+        loads = [
+            preflight(parse_suite(data, reg), reg, cache_dir=tmp_path, shard=Shard(i, n)).plan.nfe
+            for i in range(1, n + 1)
+        ]
         assert sum(loads) == whole and max(loads) - min(loads) <= max(cell_work)
 
 
 # --- locks of a shared run directory (issue 19 item 7) --------------------------------------------------------------
+
 
 def test_a_whole_run_and_a_shard_never_run_in_one_directory_at_once(tmp_path):
     out = tmp_path / "shared"

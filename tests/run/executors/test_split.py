@@ -2,6 +2,7 @@
 
 Gathered features scored once give the unsplit numbers.
 """
+
 from __future__ import annotations
 
 import yaml
@@ -33,16 +34,19 @@ def test_fewer_batches_than_parts_are_cut_inside_a_batch_and_said_in_one_line():
         assert max(c for _, c in ranges) - min(c for _, c in ranges) <= 1
     assert split_ranges(1000, 1000, 4) == [(0, 250), (250, 250), (500, 250), (750, 250)]
     steps = load_suite(ROOT / "suites" / "steps.yaml")
-    assert describe_split(steps, 4).startswith("--cell-parts 4: each seed group of 1000 samples runs as 4 parts of "
-                                               "250, cut inside batches of 1000")
+    assert describe_split(steps, 4).startswith(
+        "--cell-parts 4: each seed group of 1000 samples runs as 4 parts of 250, cut inside batches of 1000"
+    )
     assert describe_split(parse_suite(small(num_samples=3, batch_size=8)), 8) == (
-        "--cell-parts 8: each seed group of 3 samples runs as 3 parts of 1 (not 8: a seed group has only 3 samples)")
+        "--cell-parts 8: each seed group of 3 samples runs as 3 parts of 1 (not 8: a seed group has only 3 samples)"
+    )
     assert "\n" not in describe_split(steps, 4)
 
 
 def test_a_cell_of_one_batch_split_in_four_gives_the_unsplit_numbers_on_an_exact_model(ray_instance, tmp_path):
-    data = small(metrics=["mean-norm", "checksum"], num_samples=16, batch_size=16,
-                 grid=grid(sampler=["heun"], steps=[3]))
+    data = small(
+        metrics=["mean-norm", "checksum"], num_samples=16, batch_size=16, grid=grid(sampler=["heun"], steps=[3])
+    )
     local = run(data, tmp_path / "local")
     split = run(data, tmp_path / "split", executor=RayExecutor(cell_parts=4))
     rec = RunDir(split.path).read_cells()[0]
@@ -51,8 +55,12 @@ def test_a_cell_of_one_batch_split_in_four_gives_the_unsplit_numbers_on_an_exact
 
 
 def test_a_split_cell_gives_the_unsplit_numbers(ray_instance, tmp_path):
-    data = small(metrics=["mean-norm", "checksum"], seeds=[0, 1], batch_size=16,
-                 grid=grid(sampler=["euler", "dpm-solver++-2m"], steps=[3]))
+    data = small(
+        metrics=["mean-norm", "checksum"],
+        seeds=[0, 1],
+        batch_size=16,
+        grid=grid(sampler=["euler", "dpm-solver++-2m"], steps=[3]),
+    )
     local = run(data, tmp_path / "local")
     split = run(data, tmp_path / "split", executor=RayExecutor(cell_parts=3))
     assert len(numbers(split.path)) == 2 and numbers(split.path) == numbers(local.path)
@@ -125,10 +133,13 @@ def test_combined_parts_report_the_unsplit_per_call_times():
         def network(x, t, cond):
             time.sleep(seconds)
             return base.network(x, t, cond)
+
         return dataclasses.replace(base, network=network)
 
-    parts = [sample(sleeping(0.001), "heun", steps=4, num_samples=16, first_index=0, batch_size=16),
-             sample(sleeping(0.006), "heun", steps=4, num_samples=32, first_index=16, batch_size=16)]
+    parts = [
+        sample(sleeping(0.001), "heun", steps=4, num_samples=16, first_index=0, batch_size=16),
+        sample(sleeping(0.006), "heun", steps=4, num_samples=32, first_index=16, batch_size=16),
+    ]
     combined = combine_results(parts)
     calls_per_batch = 2 * 4 - 1  # Heun, no correction on the step into σ = 0
     assert combined.call_seconds == parts[0].call_seconds + parts[1].call_seconds

@@ -1,4 +1,5 @@
 """diffbench-extra: samplers for diffbench that are not built in (iPNDM, iPNDM-v, UniPC)."""
+
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version

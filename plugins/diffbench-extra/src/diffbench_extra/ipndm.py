@@ -5,6 +5,7 @@ of the last steps is combined by an explicit multistep rule, warming up from Eul
 denoiser call per step. As everywhere in diffbench, the step into σ = 0 is the first-order
 limit x = D(x, σ) (k-diffusion keeps the multistep rule there).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence

@@ -1,4 +1,5 @@
 """The plugin module named by the ``diffbench`` entry point: registers this distribution's samplers."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,12 +21,21 @@ def diffbench_register(registry) -> None:
     # converges at order 2 whatever max_order; ipndm-v weights the actual steps and keeps order 4.
     # option_help: one line per option, printed by `diffbench plugins NAME`
     ab_help = {"max_order": "highest Adams–Bashforth order, reached after a lower-order warm-up (1-4)"}
-    registry.add("sampler", "ipndm", ipndm, order=2, nfe=per_step(1), stochastic=_deterministic,
-                 option_help=ab_help)
-    registry.add("sampler", "ipndm-v", ipndm_v, order=4, nfe=per_step(1), stochastic=_deterministic,
-                 option_help=ab_help)
-    registry.add("sampler", "unipc", unipc, order=3, nfe=per_step(1), stochastic=_deterministic, option_help={
-        "solver_order": "order p of the UniP predictor (1-3)",
-        "variant": "B(h) choice: 'bh1' (h) or 'bh2' (e^h - 1)",
-        "corrector": "apply the UniC corrector (reuses the next step's network call)",
-        "lower_order_final": "lower the order over the last steps (diffusers' default: true)"})
+    registry.add("sampler", "ipndm", ipndm, order=2, nfe=per_step(1), stochastic=_deterministic, option_help=ab_help)
+    registry.add(
+        "sampler", "ipndm-v", ipndm_v, order=4, nfe=per_step(1), stochastic=_deterministic, option_help=ab_help
+    )
+    registry.add(
+        "sampler",
+        "unipc",
+        unipc,
+        order=3,
+        nfe=per_step(1),
+        stochastic=_deterministic,
+        option_help={
+            "solver_order": "order p of the UniP predictor (1-3)",
+            "variant": "B(h) choice: 'bh1' (h) or 'bh2' (e^h - 1)",
+            "corrector": "apply the UniC corrector (reuses the next step's network call)",
+            "lower_order_final": "lower the order over the last steps (diffusers' default: true)",
+        },
+    )

@@ -4,6 +4,7 @@ Follows diffusers' ``UniPCMultistepScheduler`` (``predict_x0=True``): a multiste
 and a corrector UniC-p that reuses the next step's denoiser call, so the corrected scheme has
 order p + 1 at one call per step. With α = 1 in σ-space, h = λ_t - λ_s and λ = -log σ.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,15 @@ def _weights(rks: list[float], h: float, variant: str, corrector: bool) -> tuple
     return np.linalg.solve(vander, np.asarray(b)).tolist(), h_phi_1, b_h
 
 
-def _update(x: Tensor, m0: Tensor, s: float, t: float, older: list[tuple[Tensor, float]], variant: str,
-            m_t: Tensor | None = None) -> Tensor:
+def _update(
+    x: Tensor,
+    m0: Tensor,
+    s: float,
+    t: float,
+    older: list[tuple[Tensor, float]],
+    variant: str,
+    m_t: Tensor | None = None,
+) -> Tensor:
     """UniP step from σ = s to t (``m_t`` None) or UniC correction of it with m_t = D at t.
 
     ``older``: (D, σ) of the steps before s, newest first; one per order above the first.
@@ -55,8 +63,17 @@ def _update(x: Tensor, m0: Tensor, s: float, t: float, older: list[tuple[Tensor,
     return x
 
 
-def unipc(denoiser, x, sigmas, *, noise=None, solver_order: int = 2, variant: str = "bh2", corrector: bool = True,
-          lower_order_final: bool = True):
+def unipc(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    noise=None,
+    solver_order: int = 2,
+    variant: str = "bh2",
+    corrector: bool = True,
+    lower_order_final: bool = True,
+):
     """UniPC (Zhao et al. 2023): UniP-p predictor + UniC corrector, B(h) variant bh1/bh2, multistep."""
     if variant not in VARIANTS:
         raise ValueError(f"unipc variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
