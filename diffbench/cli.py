@@ -1,8 +1,8 @@
 """The ``diffbench`` command: a thin layer over the Python API.
 
 Exit codes: 0 ok, 1 regression, failed check or a run that finished with failed cells, 2 usage or
-configuration error (one line, no traceback), 3 internal error, 130 interrupted (every finished
-cell kept).
+configuration error (one line, no traceback), 3 internal error, 130 interrupted by Ctrl-C, 143 by
+SIGTERM (every finished cell kept in both).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import click
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
 
 class UserError(Exception):
@@ -44,7 +44,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except RunInterrupted as exc:
             click.echo(f"diffbench: {exc}", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(EXIT_TERMINATED if exc.terminated else EXIT_INTERRUPTED)
         except KeyboardInterrupt:
             click.echo("diffbench: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
@@ -140,7 +140,8 @@ def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool, trust_c
     """Run every check 'run' makes before sampling, on each suite file (each file, one line).
 
     That is the schema and the installed plugins, then the models: σ grids, guidance, the plan's size
-    limits, and a warm-up batch on which every metric is tried once. With --no-load, only the first part.
+    limits, one batch of 2 through each model and each sampler given option values, and a warm-up
+    batch on which every metric is tried once. With --no-load, only the first part.
     """
     from diffbench.registry import default_registry
     from diffbench.results import RunDirError

@@ -39,6 +39,8 @@ DECLARATIONS: dict[str, dict[str, str]] = {
         "stochastic_options": "dict: options under which the sampler is stochastic (the kit's stochastic run)",
         "noise_per_step": "callable(**options) -> int: noise(k) draws per step (default 1; noise(k) for "
                           "k < steps × this)",
+        "final_denoised": "bool: whether the step into σ = 0 returns D(x, σ) of the last call (default true; "
+                          "false for multistep methods that integrate their polynomial down to 0, as LMS)",
     },
     "scheduler": {
         "discrete_only": "bool: needs a discrete model's training timesteps; refuses continuous schedules",

@@ -190,11 +190,12 @@ class RunDir:
                    or (p.name,) == top for p in self.path.iterdir())
 
     @contextlib.contextmanager
-    def lock(self, name: str = LOCK_NAME) -> Iterator[None]:
-        """Hold ``RUN/<name>`` exclusively (fcntl: a killed process releases it); RunBusyError if taken.
+    def lock(self, name: str = LOCK_NAME, *, shared: bool = False) -> Iterator[None]:
+        """Hold ``RUN/<name>`` (fcntl: a killed process releases it), exclusively or ``shared``; RunBusyError if
+        another process holds it in a way that excludes this. Released on every way out of the block.
 
-        A whole run locks ``.lock``; a shard of a run locks a name of its own (``.lock-shard-3``), so
-        shards can share one directory.
+        A whole run locks ``.lock`` exclusively; a shard locks ``.lock`` shared and a name of its own
+        (``.lock-shard-3-of-4``) exclusively, so shards share one directory and no whole run joins them.
         """
         if "/" in name or not name.startswith(LOCK_NAME):
             raise ValueError(f"lock name {name!r} must start with {LOCK_NAME!r} and name no directory")
@@ -203,16 +204,25 @@ class RunDir:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                raise RunBusyError(f"{self.path}: in use by another diffbench run (pid {holder}, {name}); "
+                raise RunBusyError(f"{self.path}: in use by {self._holders(fd, name)}; "
                                    "wait for it or choose another --out") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if not shared:  # the holder's pid, for the message another process gives
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _holders(self, fd: int, name: str) -> str:
+        """Who holds lock ``name``: the shards running here, else the pid the exclusive holder wrote."""
+        shards = sorted(p.name.removeprefix(f"{LOCK_NAME}-shard-") for p in self.path.glob(f"{LOCK_NAME}-shard-*")
+                        if lock_is_held(p))
+        if name == LOCK_NAME and shards:
+            return f"diffbench shard{'s' if len(shards) > 1 else ''} {', '.join(shards)} of a sharded run"
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        return f"another diffbench run (pid {holder}, {name})"
 
     def cell_path(self, cell_id: str, suffix: str = ".json") -> Path:
         return self.cells_dir / f"{cell_id}{suffix}"
@@ -266,6 +276,21 @@ class RunDir:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.manifest_path, manifest)
+
+
+def lock_is_held(path: str | Path) -> bool:
+    """Whether some process holds the lock file ``path`` (False when there is no such file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def find_run(path: str | Path) -> RunDir:
