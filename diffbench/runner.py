@@ -37,7 +37,7 @@ from diffbench.metrics.stream import MetricError
 from diffbench.plan import Plan, check_batch_bytes, check_grid_size, check_plan
 from diffbench.provenance import device_name, git_state, versions
 from diffbench.registry import Registry, default_registry
-from diffbench.results import (STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, cells_frame,
+from diffbench.results import (SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, cells_frame,
                                check_writable, find_run, read_json, write_atomic, write_json)
 from diffbench.samplers import noise_draws
 from diffbench.sampling import make_grid, resolve_options
@@ -169,6 +169,7 @@ def load_models(suite: Suite, registry: Registry) -> dict[str, DiffusionModel]:
             model = comp.obj(**resolve_options(comp, spec.options))
         except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a model that cannot load is a configuration error
             text = str(exc) if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {exc}"
+            text = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
             raise SuiteError(f"{where}: {spec.name!r} could not be loaded: {text}") from None
         if suite.reference is not None:
             model.dataset = suite.reference  # distribution metrics score against model.dataset
@@ -293,7 +294,8 @@ def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Reg
                   command: str | None) -> dict[str, Any]:
     model = next(iter(models.values()))
     return {
-        "suite": suite.name, "description": suite.description, "status": "running",
+        "schema_version": SCHEMA_VERSION, "suite": suite.name, "description": suite.description,
+        "status": "running",
         "started": now(),
         "command": command if command is not None else shlex.join(sys.argv),
         "git": git_state(), "versions": versions(), "plugins": registry.plugin_versions(),
@@ -561,7 +563,11 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, exe
             warned.add(str(exc))
             say(f"warning: {exc}; rerunning its cell")
 
-    done = {c.cell_id for c in cells if resumed and _finished(run, c, damaged)}
+    changed: dict[str, list[str]] = {}
+    done = {c.cell_id for c in cells if resumed and _finished(run, c, damaged, models, changed)}
+    for key, hashes in changed.items():
+        say(f"warning: model {key!r}: its checkpoint changed since {len(hashes)} finished cell(s) were run "
+            f"(sha256 {_short(hashes[0])} then, {_short(models[key].checkpoint_hash)} now); rerunning them")
     todo = [c for c in cells if c.cell_id not in done]
     with _sigterm_interrupts() as sigterm:  # after the executor started: Ray's driver installs a handler of its own
         manifest = base_manifest(suite, models, registry, command)
@@ -638,10 +644,25 @@ def _records(run: RunDir, cells: list[CellSpec],
     return [r for r in run.read_cells(on_damaged=on_damaged or (lambda exc: None)) if r["cell_id"] in wanted]
 
 
-def _finished(run: RunDir, cell: CellSpec, on_damaged: Callable[[DamagedFileError], None]) -> bool:
+def _finished(run: RunDir, cell: CellSpec, on_damaged: Callable[[DamagedFileError], None],
+              models: dict[str, DiffusionModel] | None = None, changed: dict[str, list[str]] | None = None) -> bool:
+    """Whether ``cell`` has an ok record of the same configuration and, with ``models``, made with the same
+    checkpoint content (a cell run before the checkpoint file changed is listed in ``changed`` and rerun)."""
     try:
         rec = run.read_cell(cell.cell_id)
     except DamagedFileError as exc:
         on_damaged(exc)
         return False
-    return rec is not None and rec.get("status") == STATUS_OK and rec.get("config_hash") == cell.config_hash
+    if rec is None or rec.get("status") != STATUS_OK or rec.get("config_hash") != cell.config_hash:
+        return False
+    if models is not None:
+        identity = rec.get("model_identity")
+        then = identity.get("checkpoint_hash") if isinstance(identity, dict) else None
+        if then != models[cell.model.key].checkpoint_hash:
+            (changed if changed is not None else {}).setdefault(cell.model.key, []).append(str(then))
+            return False
+    return True
+
+
+def _short(sha: str | None) -> str:
+    return "none" if sha in (None, "None") else str(sha)[:12]

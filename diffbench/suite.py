@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from diffbench.devices import DTYPES
 from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution
+from diffbench.timelimit import MAX_SECONDS
 from diffbench.suitefile import MAX_BYTES, SuiteFileError, check_data, parse_yaml, plain, yaml_path
 
 AXES = ("model", "sampler", "scheduler", "steps", "guidance")
@@ -192,7 +193,7 @@ class Suite(Strict):
     include: list[Rule] = Field(default_factory=list)
     exclude: list[Rule] = Field(default_factory=list)
     requires: dict[str, str] = Field(default_factory=dict, description="distribution -> version specifier")
-    time_limit: Annotated[float, Field(gt=0)] | None = Field(
+    time_limit: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None = Field(
         default=None, description="seconds a cell may take (sampling and scoring); null: no limit")
 
     @field_validator("device")

@@ -29,12 +29,16 @@ from typing import Any, Hashable
 import torch
 from torch import Tensor
 
+from diffbench import verified_cache
 from diffbench.denoiser import SigmaDenoiser
 from diffbench.devices import resolve_device, resolve_dtype
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, StreamingMetric
 from diffbench.samplers.dpm_solver_pp import dpmpp_3m_corrected
 from diffbench.seeding import initial_noise
 
+# Bounds on the refinement: at most 2·MAX_REFERENCE_STEPS network evaluations per sample for one reference.
+MAX_REFERENCE_STEPS = 1 << 16
+MIN_REFERENCE_TOL = 1e-12
 METHOD = ("dpm-solver++-3m-corrected on Karras σ (ρ = 7), steps doubled until successive solutions agree to "
           "reference_tol and their difference has at least halved")
 ABSENT_STOCHASTIC = ("trajectory-error absent: sampler {sampler!r} is stochastic with these options; "
@@ -90,40 +94,50 @@ def solve_reference(denoiser, x: Tensor, sigma_start: float, sigma_end: float, f
 
 
 class ReferenceCache:
-    """References on disk: ``<dir>/<sha256 of the key>.safetensors`` (tensor only) + ``.json`` (key and cost)."""
+    """References on disk: ``<dir>/<sha256 of the key>.safetensors`` (the tensor with its key and sha256,
+    verified on load: ``diffbench.verified_cache``) + ``.json`` (key and cost, for people to read)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
 
     @staticmethod
     def digest(key: dict[str, Any]) -> str:
-        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return hashlib.sha256(_key_json(key).encode()).hexdigest()[:32]
 
     def load(self, key: dict[str, Any]) -> tuple[Tensor, dict[str, Any]] | None:
-        """The cached reference for ``key``, or None (missing, unreadable or written for another key)."""
-        from safetensors.torch import load_file
-
+        """The cached reference for ``key``, or None (missing; unreadable, written for another key or not
+        matching its recorded sha256, each with a warning naming the file)."""
         stem = self.directory / self.digest(key)
-        try:
-            info = json.loads(stem.with_suffix(".json").read_text())
-            if info.get("key") != json.loads(json.dumps(key, sort_keys=True, default=str)):
-                return None
-            return load_file(str(stem.with_suffix(".safetensors")))["reference"], info
-        except (OSError, ValueError, KeyError):
+        entry = verified_cache.load(stem.with_suffix(".safetensors"), key=_key_json(key))
+        if entry is None or "reference" not in entry.tensors:
             return None
+        sidecar = stem.with_suffix(".json")
+        try:
+            info = json.loads(sidecar.read_text())
+        except (OSError, ValueError, RecursionError) as exc:
+            verified_cache.stderr_warning(f"cache file {str(sidecar)!r} is unreadable ({type(exc).__name__}); "
+                                          "recomputing its reference")
+            return None
+        if not isinstance(info, dict) or info.get("key") != json.loads(_key_json(key)):
+            verified_cache.stderr_warning(f"cache file {str(sidecar)!r} was written for another key; "
+                                          "recomputing its reference")
+            return None
+        return entry.tensors["reference"], {**info, "sha256": entry.sha256}
 
-    def save(self, key: dict[str, Any], reference: Tensor, info: dict[str, Any]) -> None:
-        """Write atomically (temporary file, then rename): a crash never leaves a half-written reference."""
-        from safetensors.torch import save_file
-
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def save(self, key: dict[str, Any], reference: Tensor, info: dict[str, Any]) -> str:
+        """Write atomically (temporary file, then rename): a crash never leaves a half-written reference.
+        Returns the reference's sha256."""
         stem = self.directory / self.digest(key)
+        sha = verified_cache.save(stem.with_suffix(".safetensors"), {"reference": reference}, key=_key_json(key))
+        meta = {**info, "sha256": sha, "key": json.loads(_key_json(key))}
         tmp = stem.with_name(f".{stem.name}.{os.getpid()}.tmp")
-        save_file({"reference": reference.detach().cpu().contiguous()}, str(tmp))
-        os.replace(tmp, stem.with_suffix(".safetensors"))
-        meta = {**info, "key": json.loads(json.dumps(key, sort_keys=True, default=str))}
         tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
         os.replace(tmp, stem.with_suffix(".json"))
+        return sha
+
+
+def _key_json(key: dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def reference_key(model, batch: Batch, settings: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +203,7 @@ class TrajectoryRows:
         ref = ref.detach().cpu()
         info.update(samples=len(x), model=getattr(self.model, "name", None), sigma_start=key["sigma_start"],
                     sigma_end=key["sigma_end"], final_zero=key["final_zero"])
-        self.cache.save(key, ref, info)
+        info["sha256"] = self.cache.save(key, ref, info)
         info_log[digest] = {**info, "from_cache": False}
         return ref
 
@@ -215,6 +229,10 @@ class TrajectoryError(StreamingMetric):
         if not (reference_tol > 0 and first_steps >= 1 and max_steps >= 2 * first_steps):
             raise ValueError("trajectory-error needs reference_tol > 0, first_steps ≥ 1 and "
                              "max_steps ≥ 2·first_steps")
+        if reference_tol < MIN_REFERENCE_TOL or max_steps > MAX_REFERENCE_STEPS:
+            raise ValueError(f"trajectory-error needs reference_tol ≥ {MIN_REFERENCE_TOL:g} (float64 round-off "
+                             f"is not resolvable) and max_steps ≤ {MAX_REFERENCE_STEPS:,}; got {reference_tol:g} "
+                             f"and {max_steps:,}")
         if max_samples is not None and max_samples < 1:
             raise ValueError(f"trajectory-error max_samples must be ≥ 1 or null, got {max_samples}")
         return TrajectoryRows(model, context, {"reference_tol": reference_tol, "first_steps": first_steps,
