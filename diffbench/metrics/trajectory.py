@@ -216,6 +216,13 @@ class TrajectoryError(StreamingMetric):
 
     name = "trajectory-error"
     options: dict[str, Any] = {"reference_tol": 1e-4, "first_steps": 64, "max_steps": 2048, "max_samples": None}
+    option_help = {"reference_tol": "the reference ODE solution's steps double until successive solutions agree "
+                                    "to this mean per-sample RMS",
+                   "first_steps": "steps of the reference's first solve",
+                   "max_steps": "most reference steps; a reference that has not converged by then fails the cell",
+                   "max_samples": "score only samples with index < max_samples (each reference costs ~1000-4000 "
+                                  "NFE a sample); null: all"}
+    option_types = {"max_samples": int | None}
     higher_is_better = False
 
     def features(self, *, model: Any, context: MetricContext, reference_tol: float = 1e-4, first_steps: int = 64,
