@@ -8,9 +8,10 @@ third-order term on a Karras grid between those σ, its step count doubled until
 agree to ``reference_tol`` (mean per-sample RMS) and that difference is at most half the one before it:
 the finer solution is kept, and the difference bounds its error (the solver is then converging, at order
 3 asymptotically, so the true error is smaller still). The second condition matters on real networks,
-whose ODE can converge unevenly: on the digits models successive differences stall near 3e-4 from 128 to
-1024 steps before falling at order 3 (the networks' sinusoidal time embedding makes D(x, σ) oscillate in
-t; see scripts/trajectory_floor.py). Each doubling's difference is kept in the reference's ``history``.
+whose ODE can converge unevenly: on the digits models shipped before their retrain with a smooth time
+embedding, successive differences stalled near 3e-4 from 128 to 1024 steps before falling at order 3 (DDPM's
+sinusoidal time embedding made D(x, σ) oscillate in t; see scripts/trajectory_floor.py). Each doubling's
+difference is kept in the reference's ``history``.
 It is computed once per (model,
 seed, sample indices, σ range, dtype, guidance, clipping, labels) and cached as safetensors with a JSON
 sidecar. A stochastic sampler has no ODE solution to compare with: the metric is then absent, and the cell
