@@ -150,6 +150,19 @@ def stream_group(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: 
     return SampledGroup(rows, pictured.samples(), call.result, extract_s)
 
 
+@dataclass
+class SampledCell:
+    """A cell whose seed groups are sampled and not yet scored: scoring may run on another thread meanwhile."""
+
+    rec: dict[str, Any]
+    groups: list[SampledGroup]
+    plan: MetricPlan | None = None
+    saver: SampleSaver | None = None
+    seconds: float = 0.0  # wall-clock of the sampling phase (counts against the cell's time limit)
+    failure: BaseException | None = None
+    traceback: str | None = None
+
+
 def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
              run: RunDir, bar: Any, time_limit: float | None = None,
              groups: Callable[[int, MetricPlan], SampledGroup] | None = None) -> dict[str, Any]:
@@ -160,27 +173,55 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
     Failures are recorded, not raised. ``time_limit`` (seconds) bounds sampling and scoring together;
     a cell past it is recorded as failed. ``groups(seed, plan)``, when given, supplies each seed
     group's sampled rows instead of sampling here (a cell split across workers, gathered).
+    ``sample_cell`` then ``score_cell`` is the same in two parts.
     """
+    sampled = sample_cell(suite, cell, model, registry, context, run, bar, time_limit, groups)
+    return score_cell(sampled, suite, time_limit, bar)
+
+
+def sample_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, context: MetricContext,
+                run: RunDir, bar: Any, time_limit: float | None = None,
+                groups: Callable[[int, MetricPlan], SampledGroup] | None = None) -> SampledCell:
+    """The sampling half of ``run_cell``: every seed group sampled into feature rows; a failure is kept, not raised."""
     rec = _record_base(suite, cell, model, registry)
     rec["time_limit"] = time_limit
-    results: list[SampleResult] = []
+    out = SampledCell(rec, [])
+    t0 = time.perf_counter()
     try:
         with limit_time(time_limit):
-            plan = metric_plan(suite, model, registry, context)
-            saver = SampleSaver(suite.save_samples, run.path / "samples" / cell.cell_id, tuple(model.data_range))
-            scores, directions, metric_s = [], {}, 0.0
+            out.plan = plan = metric_plan(suite, model, registry, context)
+            out.saver = saver = SampleSaver(suite.save_samples, run.path / "samples" / cell.cell_id,
+                                            tuple(model.data_range))
             for seed in suite.seeds:
                 first = seed == suite.seeds[0]
                 group = (groups(seed, plan) if groups is not None
                          else stream_group(suite, cell, model, registry, plan, seed, first, bar, saver=saver))
-                metric_s += group.extract_seconds
+                out.groups.append(group)
                 res = group.result
-                results.append(res)
                 rec["warnings"] += [w for w in res.meta.get("warnings", []) if w not in rec["warnings"]]
                 if first:
                     _describe_sampling(rec, res)
                     rec["sample_image"] = _sample_picture(group.preview, model, run.cell_path(cell.cell_id, ".png"))
-                bar.set_postfix_str("metrics")
+    except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a plugin's failure is this cell's result, not the run's
+        out.failure, out.traceback = exc, traceback.format_exc()
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def score_cell(sampled: SampledCell, suite: Suite, time_limit: float | None = None, bar: Any = None) -> dict[str, Any]:
+    """The scoring half of ``run_cell``: each seed group scored once, the record finished (failures recorded)."""
+    rec, results = sampled.rec, [g.result for g in sampled.groups]
+    left = None if time_limit is None else max(time_limit - sampled.seconds, 1e-3)
+    try:
+        if sampled.failure is not None:
+            raise sampled.failure
+        with limit_time(left):
+            plan, scores, directions = sampled.plan, [], {}
+            metric_s = sum(g.extract_seconds for g in sampled.groups)
+            for seed, group in zip(suite.seeds, sampled.groups):
+                res = group.result
+                if bar is not None:
+                    bar.set_postfix_str("metrics")
                 values: dict[str, MetricValue] = {}
                 t0 = time.perf_counter()
                 scored = plan.score(group.rows, res)
@@ -190,19 +231,21 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
                     values.update(out)
                     directions.update({name: metric_direction(planned.component, name) for name in out})
                 scores.append(values)
+                rec["warnings"] += [w for w in res.meta.get("warnings", []) if w not in rec["warnings"]]
                 rec["per_seed"].append({"seed": seed, "nfe": res.nfe, "sample_seconds": res.sample_seconds,
                                         "network_seconds": res.network_seconds,
                                         **({"decode_seconds": res.decode_seconds}
                                            if res.decode_seconds is not None else {}),
                                         "metrics": {k: vars(v) for k, v in values.items()}})
-                bar.set_postfix_str("")
+                if bar is not None:
+                    bar.set_postfix_str("")
             _summarise(rec, results)
             values = {**_aggregate(scores), **_block_minima(scores, directions)}
             rec["metrics"] = {name: {**vars(v), "higher_is_better": directions.get(name, False)}
                               for name, v in values.items()}
-            if saver.files:
-                rec["saved_samples"] = {"mode": suite.save_samples, "files": saver.files,
-                                        "folder": f"samples/{cell.cell_id}"}
+            if sampled.saver is not None and sampled.saver.files:
+                rec["saved_samples"] = {"mode": suite.save_samples, "files": sampled.saver.files,
+                                        "folder": f"samples/{rec['cell_id']}"}
             rec["status"] = STATUS_OK
     except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a plugin's failure is this cell's result, not the run's
         rec["status"], rec["metrics"] = STATUS_FAILED, {}
@@ -211,7 +254,7 @@ def run_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Regi
         known = (CellError, MetricError, SamplerOutputError, TimeLimitExceeded)
         text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
         rec["error"] = text.splitlines()[0] if text else type(exc).__name__
-        rec["traceback"] = traceback.format_exc()
+        rec["traceback"] = sampled.traceback if exc is sampled.failure else traceback.format_exc()
     rec["finished"] = now()
     return rec
 

@@ -145,7 +145,7 @@ def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool) -> None
                 _, cells = static_checks(path, default_registry(), allow_large=allow_large)
                 summary = f"{len(cells)} cells; --no-load: models, grids, plan and warm-up not checked"
             else:
-                summary = preflight(path, default_registry(), allow_large=allow_large).plan.describe()
+                summary = preflight(path, default_registry(), allow_large=allow_large, dry_run=True).plan.describe()
         except (SuiteError, RunDirError) as exc:
             msg = str(exc)
             click.echo(f"diffbench: error: {msg if msg.startswith(str(path)) else f'{path}: {msg}'}", err=True)

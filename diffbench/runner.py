@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -28,7 +28,7 @@ from diffbench.denoiser import DiffusionModel, evaluations_per_call
 from diffbench.devices import resolve_device, resolve_dtype
 from diffbench.executors import Executor, Job, make_executor, placement
 from diffbench.executors.shard import Shard, ShardDir, shard_run_dir
-from diffbench.metrics.base import MetricContext
+from diffbench.metrics.base import MetricContext, grid_key
 from diffbench.metrics.stream import MetricError
 from diffbench.plan import Plan, check_batch_bytes, check_grid_size, check_plan
 from diffbench.provenance import device_name, git_state, versions
@@ -167,11 +167,13 @@ def load_models(suite: Suite, registry: Registry) -> dict[str, DiffusionModel]:
 
 
 def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel], registry: Registry,
-               allow_large: bool = False) -> Plan:
+               allow_large: bool = False, grids: dict[str, list[dict[str, Any]]] | None = None) -> Plan:
     """Config problems that need the model (guidance on an unconditional model, grids it cannot take, a
-    batch's noise too large); returns the run's plan with its declared network evaluations."""
+    batch's noise too large); returns the run's plan with its declared network evaluations, and adds the
+    σ grid of every deterministic cell to ``grids`` (by ``grid_key`` of its model)."""
     keys = [s.key for s in suite.grid.scheduler]
     nfe = 0.0
+    grids = {} if grids is None else grids
     for cell in cells:
         model = models[cell.model.key]
         if cell.guidance is not None and model.condition is None:
@@ -199,12 +201,45 @@ def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionM
             bank = noise_draws(comp.meta, grid.sigmas, options) if stochastic is None or stochastic(**options) else 0
         except CELL_FAILURES:
             bank = len(grid.sigmas) - 1  # the cell will record the bug
+        try:
+            deterministic = stochastic is not None and not stochastic(**options)
+        except CELL_FAILURES:
+            deterministic = False
+        if deterministic:
+            grids.setdefault(grid_key(model), []).append(
+                {"sigmas": grid.sigmas.tolist(), "guidance": cell.guidance, "clip_x0": cell.sampler.clip_x0})
         # what one batch draws before its first network call: starting noise, and the step-noise bank
         # (steps × the sampler's draws per step: pc and restart draw several)
         rows = min(suite.batch_size, suite.num_samples)
         size = math.prod(model.shape) * torch.empty((), dtype=model.dtype).element_size()
         check_batch_bytes(rows * size * (1 + bank), "batch_size × grid.steps", allow_large)
     return Plan(len(cells), len(suite.seeds), suite.num_samples, nfe)
+
+
+def _reference_plan(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel], registry: Registry,
+                    context: MetricContext, plan: Plan) -> Plan:
+    """``plan`` with what the metrics' shared references will cost (metrics with ``planned_cost``), nothing solved."""
+    costs = []
+    for spec in suite.metrics:
+        comp = registry.get("metric", spec.name)
+        estimate = getattr(comp.obj, "planned_cost", None)
+        if not callable(estimate):
+            continue
+        options = resolve_options(comp, spec.options)
+        for key, model in models.items():
+            if not any(c.model.key == key for c in cells):
+                continue
+            try:
+                costs.append(estimate(model=model, context=context, num_samples=suite.num_samples, seeds=suite.seeds,
+                                      batch_size=suite.batch_size, **options))
+            except CELL_FAILURES:
+                continue  # the warm-up names a metric that cannot run
+    if not costs:
+        return plan
+    known = [c["nfe"] for c in costs if c["nfe"] is not None]
+    return replace(plan, references=sum(c["references"] for c in costs), references_cached=sum(c["cached"] for c in costs),
+                   reference_nfe=sum(known) if len(known) == len(costs) else None,
+                   reference_note="; ".join(sorted({c["how"] for c in costs})))
 
 
 def _on_model(suite: Suite, cell: CellSpec) -> str:
@@ -360,7 +395,8 @@ def static_checks(suite: Suite | str | Path, registry: Registry | None = None, *
 
 def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, out_dir: str | Path | None = None,
               resume: bool = False, results_root: str | Path | None = None, cache_dir: str | Path | None = None,
-              time_limit: float | None = None, allow_large: bool = False, shard: Shard | None = None) -> Prepared:
+              time_limit: float | None = None, allow_large: bool = False, shard: Shard | None = None,
+              dry_run: bool = False) -> Prepared:
     """Every check a run makes before it writes anything, in the order a run makes them.
 
     The suite file (strict values, bounded YAML), the plugins and their options, the grid's size and
@@ -368,10 +404,12 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     would use them), the models (device, sizes), every cell's σ grid on its model, guidance on
     conditional models only, the plan's limits, and a warm-up that samples one batch per model and
     tries every metric on it. Raises SuiteError (or RunDirError) with a one-line message. With
-    ``shard``, only that shard's cells (and its view of the shared run directory).
+    ``shard``, only that shard's cells (and its view of the shared run directory). ``dry_run`` (validate):
+    metrics check that they can run but compute no costly reference (the plan states what they would cost).
     """
     registry = registry or default_registry()
     suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large)
+    all_cells = cells
     if shard is not None:
         cells = shard.select(cells)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -380,10 +418,16 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     if suite.metrics:
         check_writable(cache, "cache directory")
     models = load_models(suite, registry)
-    plan = _preflight(suite, cells, models, registry, allow_large)
+    grids: dict[str, list[dict[str, Any]]] = {}
+    # the grids of the whole suite, also in a shard: a reference serves the same stops whichever shard solves it
+    plan = _preflight(suite, all_cells, models, registry, allow_large, grids)
+    if shard is not None:
+        plan = _preflight(suite, cells, models, registry, allow_large)
     check_plan(plan, allow_large)
     device = next(iter(models.values())).device
-    context = MetricContext(cache_dir=cache, device=device, seed=suite.seeds[0], info={}, registry=registry)
+    context = MetricContext(cache_dir=cache, device=device, seed=suite.seeds[0], info={}, registry=registry,
+                            grids=grids, dry_run=dry_run)
+    plan = _reference_plan(suite, cells, models, registry, context, plan)
     warm_start = time.perf_counter()
     for key, model in models.items():
         _warm_up(suite, [c for c in cells if c.model.key == key], model, registry, context)
