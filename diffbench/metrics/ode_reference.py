@@ -77,7 +77,7 @@ PerSampleDenoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 def solve_to_targets(denoise: PerSampleDenoiser, x: Tensor, sigma_start: float, targets: list[float], *,
                      rtol: float, atol: float, max_steps: int = 10_000, first_step: float | None = None,
-                     method: str = "dop853") -> tuple[dict[float, Tensor], dict[str, Any]]:
+                     method: str = "dopri5") -> tuple[dict[float, Tensor], dict[str, Any]]:
     """x(σ) of the probability-flow ODE from ``x`` at σ_start, at every σ in ``targets`` (each 0 < σ < σ_start).
 
     Returns {σ: solution (float64, like x)} and {nfe_per_sample (mean), nfe_max, steps (mean accepted),

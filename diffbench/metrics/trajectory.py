@@ -6,7 +6,10 @@ probability-flow ODE (same guidance, same clipping) from the same starting noise
 every diffbench sampler takes there, x = D(x, σ_last). The reference is solved in float64 by
 Dormand–Prince 5(4) in log σ with per-sample step control to ``rtol``/``atol``
 (``diffbench.metrics.ode_reference``): on the Gaussian mixture its error against DOP853 at 1e-12 is
-about the tolerance (tests/metrics/test_trajectory.py), far below the errors the suites report.
+about the tolerance (tests/metrics/test_trajectory.py); on digits-eps, whose D(x, σ) wiggles in σ, it is
+3.5e-6 at the default 1e-7 (1762 NFE a sample, against DOP853 at 1e-9), far below the errors the suites
+report (≥ 3e-4). ``method: dop853`` (8th order) is there for smooth models: on digits-eps it took 2161
+NFE at 1e-6 and 3475 at 1e-7, so the 5th-order pair, with its smaller steps, is the default.
 
 One reference serves every cell from the same starting noise (model, seed, sample indices, σ_0, guidance,
 clipping, labels): it runs to the model's smallest σ and stops, by side steps that never change its path,
@@ -58,7 +61,7 @@ def grid_stops(sigmas: Any) -> tuple[float, float, bool]:
 
 
 def solve_stops(den: SigmaDenoiser, x: Tensor, sigma_start: float, floor: float, stops: set[tuple[float, bool]], *,
-                rtol: float, atol: float, max_steps: int, method: str = "dop853"
+                rtol: float, atol: float, max_steps: int, method: str = "dopri5"
                 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The reference at every (σ_end, final_zero) stop, float64: one ODE solve to ``floor``, then D at the
     stops that end at 0. Returns tensors by ``stop_name`` and the solve's cost."""
@@ -243,12 +246,12 @@ class TrajectoryError(StreamingMetric):
     """
 
     name = "trajectory-error"
-    options: dict[str, Any] = {"rtol": 1e-7, "atol": 1e-7, "method": "dop853", "max_steps": 10_000,
+    options: dict[str, Any] = {"rtol": 1e-7, "atol": 1e-7, "method": "dopri5", "max_steps": 10_000,
                                "max_samples": None}
     higher_is_better = False
 
     def features(self, *, model: Any, context: MetricContext, rtol: float = 1e-7, atol: float = 1e-7,
-                 method: str = "dop853", max_steps: int = 10_000, max_samples: int | None = None) -> TrajectoryRows:
+                 method: str = "dopri5", max_steps: int = 10_000, max_samples: int | None = None) -> TrajectoryRows:
         """``max_samples``: score only samples with index < max_samples (each reference sample costs a few
         hundred NFE, once for every cell from the same noise)."""
         for key, value, kind in (("rtol", rtol, (int, float)), ("atol", atol, (int, float)),
@@ -266,7 +269,7 @@ class TrajectoryError(StreamingMetric):
                                                "max_steps": max_steps}, max_samples)
 
     def planned_cost(self, *, model: Any, context: MetricContext, num_samples: int, seeds: list[int],
-                     batch_size: int, rtol: float = 1e-7, atol: float = 1e-7, method: str = "dop853",
+                     batch_size: int, rtol: float = 1e-7, atol: float = 1e-7, method: str = "dopri5",
                      max_steps: int = 10_000, max_samples: int | None = None) -> dict[str, Any]:
         """What the run's references on ``model`` will cost, without solving anything: references (one per
         σ_0, guidance, clipping, seed and batch of scored samples), samples, and NFE estimated from earlier

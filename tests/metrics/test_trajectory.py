@@ -70,7 +70,7 @@ def test_a_stop_does_not_depend_on_the_other_stops_nor_on_the_batch():
     assert torch.allclose(few[0.1], alone[0.1][5:8], rtol=0, atol=1e-13)
     # each extra stop costs one 6-stage side step
     base = solve_to_targets(den.per_sample, x, 80.0, [0.002], rtol=1e-6, atol=1e-6)[1]["nfe_per_sample"]
-    assert info["nfe_per_sample"] <= base + 12 * 3 + 12 * 2  # (and a few side steps of rejected steps)
+    assert info["nfe_per_sample"] <= base + 6 * 3 + 6 * 2  # (and a few side steps of rejected steps)
 
 
 def test_a_reference_past_max_steps_is_an_error():
@@ -151,7 +151,7 @@ def test_planned_cost_is_estimated_from_earlier_solves_without_solving(tmp_path)
                                 seeds=[0, 1], batch_size=8)
     assert after["cached"] == 1  # seed 1 is estimated from seed 0's solve
     # seed 1 at the estimate of seed 0's path: one step to zero at the floor, no side steps
-    assert after["nfe"] == pytest.approx(8 * (1 + 12 * (solved["steps"] + solved["rejected"])) + 8)
+    assert after["nfe"] == pytest.approx(8 * (1 + 6 * (solved["steps"] + solved["rejected"])) + 8)
     assert after["nfe"] == pytest.approx(solved["nfe"])
 
 
