@@ -19,7 +19,7 @@ def diffbench_register(registry) -> None:
     for name, target in targets.TARGETS.items():
         registry.add("target", name, target, description=type(target).__doc__.split("\n")[0])
     for name, loader in models.MODELS.items():
-        registry.add("model", name, loader)
+        registry.add("model", name, loader, **models.DECLARATIONS.get(name, {}))
     for name, loader in datasets.DATASETS.items():
         registry.add("dataset", name, loader)
     try:

@@ -68,6 +68,13 @@ def cli() -> None:
     """Benchmark diffusion samplers: quality against counted NFE and wall-clock."""
 
 
+# Consent, given outside the suite file, for code the suite names (diffbench.trust).
+TRUST_CODE = click.option("--trust-code", is_flag=True,
+                          help="Let the suite name code to import and run (a python model's factory: "
+                               "'module:function' or 'file.py:function'); same as DIFFBENCH_TRUST_CODE=1. "
+                               "Only for suite files you trust.")
+
+
 def _say(line: str) -> None:
     """The plan on stdout (the run's own output); warnings on stderr."""
     click.echo(f"diffbench: {line}", err=line.startswith("warning"))
@@ -95,17 +102,18 @@ def _say(line: str) -> None:
                    "features are gathered and every metric scored once (same numbers as unsplit).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Run only shard I of N (1-based) into the shared --out directory; merge with 'diffbench report'.")
+@TRUST_CODE
 @handled
 def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, time_limit: float | None,
         allow_large: bool, progress: bool, executor: str, address: str | None, cell_parts: int,
-        shard: str | None) -> None:
+        shard: str | None, trust_code: bool) -> None:
     """Run every cell of SUITE and write cells.csv, plots and report.md (exit 1 if any cell failed)."""
     from diffbench import report
     from diffbench.executors import make_executor
     from diffbench.runner import run_suite
 
     result = run_suite(suite, out, resume=resume, cache_dir=cache_dir, progress=progress, time_limit=time_limit,
-                       allow_large=allow_large, announce=_say, shard=shard,
+                       allow_large=allow_large, announce=_say, shard=shard, trust_code=trust_code or None,
                        executor=make_executor(executor, address=address, cell_parts=cell_parts))
     skipped = f", {result.skipped} kept from before" if result.skipped else ""
     if shard is not None:
@@ -126,8 +134,9 @@ def run(suite: Path, out: Path | None, resume: bool, cache_dir: Path | None, tim
 @click.option("--no-load", is_flag=True,
               help="Only the checks that need no model, weights or data (suite file, plugins, options, grid size): "
                    "for a suite whose checkpoint or reference data is not on this machine.")
+@TRUST_CODE
 @handled
-def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool) -> None:
+def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool, trust_code: bool) -> None:
     """Run every check 'run' makes before sampling, on each suite file (each file, one line).
 
     That is the schema and the installed plugins, then the models: σ grids, guidance, the plan's size
@@ -142,10 +151,12 @@ def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool) -> None
     for path in suites:
         try:
             if no_load:
-                _, cells = static_checks(path, default_registry(), allow_large=allow_large)
+                _, cells = static_checks(path, default_registry(), allow_large=allow_large,
+                                         trust_code=trust_code or None)
                 summary = f"{len(cells)} cells; --no-load: models, grids, plan and warm-up not checked"
             else:
-                summary = preflight(path, default_registry(), allow_large=allow_large, dry_run=True).plan.describe()
+                summary = preflight(path, default_registry(), allow_large=allow_large,
+                                    trust_code=trust_code or None, dry_run=True).plan.describe()
         except (SuiteError, RunDirError) as exc:
             msg = str(exc)
             click.echo(f"diffbench: error: {msg if msg.startswith(str(path)) else f'{path}: {msg}'}", err=True)
@@ -237,6 +248,51 @@ def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time
     click.echo(result.to_json() if as_json else compare.text(result), nl=not as_json)
     if result.regressions:
         sys.exit(EXIT_FAILED)
+
+
+@cli.command(name="score")
+@click.argument("samples", required=False, type=click.Path(path_type=Path))
+@click.option("--features", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.npz",
+              help="Score precomputed features (array 'features', N × D, from the metrics' extractor) instead of "
+                   "SAMPLES.")
+@click.option("--reference", "reference", required=True, metavar="SPEC",
+              help="What a suite's reference: takes, as inline YAML: digits, or "
+                   "'{name: npz-stats, options: {path: ref.npz}}'.")
+@click.option("--metric", "metrics", multiple=True, required=True, metavar="SPEC",
+              help="A metric as a suite's metrics: entry takes it, inline YAML: fid, or "
+                   "'{name: kid, options: {subsets: 50}}' (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="Where features are extracted and the bootstrap runs.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Reference-statistics cache (default: $DIFFBENCH_CACHE_DIR or ~/.cache/diffbench).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of resampling and subset draws.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images per feature-extraction batch.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object keyed by value name: value, se, method, seconds.")
+@handled
+def score_cmd(samples: Path | None, features: Path | None, reference: str, metrics: tuple[str, ...], device: str,
+              cache_dir: Path | None, seed: int, batch_size: int, as_json: bool) -> None:
+    """Score samples made elsewhere (SAMPLES: an image folder or an .npz of images) with a suite's metrics."""
+    from diffbench.metrics.offline import ScoreError, score
+    from diffbench.metrics.stream import MetricError
+    from diffbench.suitefile import SuiteFileError, parse_yaml
+
+    def inline(text: str, what: str) -> Any:
+        try:
+            return parse_yaml(text.encode())
+        except SuiteFileError as exc:
+            raise UserError(f"{what} {text!r}: {exc}") from None
+
+    try:
+        out = score(inline(reference, "--reference"), [inline(m, "--metric") for m in metrics], samples=samples,
+                    features=features, device=device, cache_dir=cache_dir, seed=seed, batch_size=batch_size)
+    except (ScoreError, MetricError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({name: v.as_dict() for name, v in out.items()}, indent=2))
+        return
+    for name, v in out.items():
+        se = "" if v.se is None else f" ± {v.se:.6g}"
+        click.echo(f"{name}: {v.value:.6g}{se}  ({v.seconds:.2f} s; {v.method})")
 
 
 @cli.command()

@@ -39,12 +39,17 @@ DECLARATIONS: dict[str, dict[str, str]] = {
         "stochastic_options": "dict: options under which the sampler is stochastic (the kit's stochastic run)",
         "noise_per_step": "callable(**options) -> int: noise(k) draws per step (default 1; noise(k) for "
                           "k < steps × this)",
+        "final_denoised": "bool: whether the step into σ = 0 returns D(x, σ) of the last call (default true; "
+                          "false for multistep methods that integrate their polynomial down to 0, as LMS)",
     },
     "scheduler": {
         "discrete_only": "bool: needs a discrete model's training timesteps; refuses continuous schedules",
     },
     "target": {},
-    "model": {},
+    "model": {
+        "code_options": "tuple of option names whose values name code to import and run (e.g. 'module:function'); "
+                        "a suite may set them only with the user's consent (--trust-code, see diffbench.trust)",
+    },
     "metric": {
         "higher_is_better": "bool, or a dict by value name: the direction regressions are read in",
     },
@@ -174,7 +179,11 @@ def _validate(kind: str, obj: Any, meta: dict[str, Any]) -> dict[str, Any]:
     if kind == "model":
         if not callable(obj):
             raise RegistrationError("a model must be a callable returning a DiffusionModel")
-        return keyword_options(obj)
+        options = keyword_options(obj)
+        code = meta.get("code_options", ())
+        if isinstance(code, str) or not all(isinstance(c, str) and c in options for c in code):
+            raise RegistrationError(f"a model's code_options must be a tuple of its option names, got {code!r}")
+        return options
     if kind == "metric":
         streaming = callable(getattr(obj, "features", None)) and callable(getattr(obj, "score", None))
         if not streaming and not callable(getattr(obj, "compute", None)):

@@ -39,6 +39,7 @@ from diffbench.samplers import noise_draws
 from diffbench.sampling import make_grid, resolve_options
 from diffbench.suite import CellSpec, Suite, SuiteError, check_plugins, expand, load_suite
 from diffbench.timelimit import TimeLimitExceeded, check_seconds, time_limit
+from diffbench.trust import UntrustedCodeError, check_suite_code, code_trusted
 
 DEFAULT_ROOT = Path("results")
 CACHE_ENV = "DIFFBENCH_CACHE_DIR"
@@ -375,12 +376,17 @@ class Prepared:
 
 
 def static_checks(suite: Suite | str | Path, registry: Registry | None = None, *, time_limit: float | None = None,
-                  allow_large: bool = False) -> tuple[Suite, list[CellSpec]]:
+                  allow_large: bool = False, trust_code: bool | None = None) -> tuple[Suite, list[CellSpec]]:
     """The checks that need no model, data or weights: the suite file (strict values, bounded YAML), the
-    plugins and their options, the time limit, the grid's size and that it is not empty. Returns the
-    checked suite and its cells; raises SuiteError with a one-line message."""
+    plugins and their options, consent for any code the suite names (``trust_code``; None: the
+    DIFFBENCH_TRUST_CODE environment setting), the time limit, the grid's size and that it is not empty.
+    Returns the checked suite and its cells; raises SuiteError with a one-line message."""
     registry = registry or default_registry()
     suite = load_suite(suite, registry) if isinstance(suite, (str, Path)) else check_plugins(suite, registry)
+    try:
+        check_suite_code(suite, registry, code_trusted(trust_code))
+    except UntrustedCodeError as exc:
+        raise SuiteError(str(exc)) from None
     if time_limit is not None:
         try:
             suite = suite.model_copy(update={"time_limit": check_seconds(time_limit)})
@@ -396,7 +402,7 @@ def static_checks(suite: Suite | str | Path, registry: Registry | None = None, *
 def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, out_dir: str | Path | None = None,
               resume: bool = False, results_root: str | Path | None = None, cache_dir: str | Path | None = None,
               time_limit: float | None = None, allow_large: bool = False, shard: Shard | None = None,
-              dry_run: bool = False) -> Prepared:
+              trust_code: bool | None = None, dry_run: bool = False) -> Prepared:
     """Every check a run makes before it writes anything, in the order a run makes them.
 
     The suite file (strict values, bounded YAML), the plugins and their options, the grid's size and
@@ -404,11 +410,13 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     would use them), the models (device, sizes), every cell's σ grid on its model, guidance on
     conditional models only, the plan's limits, and a warm-up that samples one batch per model and
     tries every metric on it. Raises SuiteError (or RunDirError) with a one-line message. With
-    ``shard``, only that shard's cells (and its view of the shared run directory). ``dry_run`` (validate):
-    metrics check that they can run but compute no costly reference (the plan states what they would cost).
+    ``shard``, only that shard's cells (and its view of the shared run directory). ``trust_code``: see
+    ``static_checks``. ``dry_run`` (validate): metrics check that they can run but compute no costly
+    reference (the plan states what they would cost).
     """
     registry = registry or default_registry()
-    suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large)
+    suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large,
+                                 trust_code=trust_code)
     all_cells = cells
     if shard is not None:
         cells = shard.select(cells)
@@ -439,7 +447,7 @@ def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, r
               command: str | None = None, results_root: str | Path = DEFAULT_ROOT, draw: bool = True,
               time_limit: float | None = None, allow_large: bool = False,
               announce: Callable[[str], None] | None = None, executor: Executor | str | None = None,
-              shard: Shard | str | None = None) -> RunResult:
+              shard: Shard | str | None = None, trust_code: bool | None = None) -> RunResult:
     """Run every cell of ``suite`` into ``out_dir`` (default ``results/<suite>/<run-id>/``).
 
     With ``resume``, cells already finished with the same configuration are kept, not rerun
@@ -448,7 +456,9 @@ def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, r
     takes longer. ``announce`` receives the plan and warnings as lines. ``executor`` computes the
     cells ('local', the default, 'ray', or an Executor); this process writes every record. ``shard``
     ('I/N') runs only shard I's cells into the shared ``out_dir`` under a lock of its own (see
-    ``diffbench.executors.shard``). Raises SuiteError for a suite that cannot run and RunDirError for
+    ``diffbench.executors.shard``). ``trust_code=True`` lets the suite name code to import and run (a
+    ``python`` model's factory; None: the DIFFBENCH_TRUST_CODE environment setting; see
+    ``diffbench.trust``). Raises SuiteError for a suite that cannot run and RunDirError for
     an unusable or busy run directory (both before writing anything), and RunInterrupted on Ctrl-C,
     after saving everything finished.
     """
@@ -460,7 +470,8 @@ def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, r
             raise SuiteError(str(exc)) from None
     executor = make_executor(executor or "local") if executor is None or isinstance(executor, str) else executor
     prep = preflight(suite, registry, out_dir=out_dir, resume=resume, results_root=results_root,
-                     cache_dir=cache_dir, time_limit=time_limit, allow_large=allow_large, shard=shard)
+                     cache_dir=cache_dir, time_limit=time_limit, allow_large=allow_large, shard=shard,
+                     trust_code=trust_code)
     say(f"plan: {prep.plan.describe()}")
     run, resumed = _where(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
     run = _claim(run, fresh_default=out_dir is None and not resumed)

@@ -1,8 +1,10 @@
 """Per-sample random streams: sample i's noise depends only on (seed, i).
 
 As in EDM's ``StackedRandomGenerator``, every sample has its own generator, so results do not
-depend on batch size or on how samples are split across devices. Noise is drawn on the CPU and
-moved to the device, so CPU and CUDA runs start from identical noise.
+depend on batch size or on how samples are split across devices. Noise is drawn on the CPU in
+float64 and then cast and moved, so float16/32/64 and CPU/CUDA runs start from the same noise (up to
+the cast's rounding), and step k's noise depends only on (seed, i, k), not on how many steps the
+bank holds.
 """
 from __future__ import annotations
 
@@ -21,18 +23,35 @@ def stream_seed(seed: int, index: int, stream: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def _draw(seed: int, indices, shape, stream: int, dtype: torch.dtype) -> torch.Tensor:
+DRAW_DTYPE = torch.float64  # every dtype casts this draw: noise does not depend on the run's dtype
+BLOCK = 16  # torch's CPU normal sampler transforms uniforms in blocks of 16 (Box-Muller within a block)
+
+
+def _padded(numel: int) -> int:
+    """Elements drawn per block: ``numel`` rounded up to whole 16-blocks, so block k uses its own uniforms only."""
+    return max(BLOCK, -(-numel // BLOCK) * BLOCK)
+
+
+def _draw(seed: int, indices, shape, stream: int, dtype: torch.dtype, blocks: int | None = None) -> torch.Tensor:
+    """One float64 draw per sample, cast to ``dtype``: (len(indices), *shape), or (len(indices), blocks, *shape).
+
+    With ``blocks``, each block is a padded row of one (blocks, padded) draw: torch's CPU sampler fills a
+    tensor whose size is a multiple of 16 from consecutive uniforms, 16 at a time, so block k's values are
+    the same whatever ``blocks`` is (tests/test_seeding.py checks this against the installed torch).
+    """
     gen = torch.Generator(device="cpu")
-    draw_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    out = torch.empty((len(indices), *shape), dtype=draw_dtype)
+    numel = int(torch.Size(shape).numel())
+    rows = 1 if blocks is None else int(blocks)
+    width = numel if blocks is None else _padded(numel)
+    out = torch.empty((len(indices), rows, numel), dtype=dtype)
     for row, i in enumerate(indices):
         gen.manual_seed(stream_seed(seed, i, stream))
-        torch.randn(shape, generator=gen, dtype=draw_dtype, out=out[row])
-    return out
+        out[row] = torch.randn((rows, width), generator=gen, dtype=DRAW_DTYPE)[:, :numel]
+    return out.view(len(indices), *shape) if blocks is None else out.view(len(indices), rows, *shape)
 
 
 def initial_noise(seed: int, indices, shape, *, device="cpu", dtype=torch.float32) -> torch.Tensor:
-    """Standard normal starting noise of shape (len(indices), *shape)."""
+    """Standard normal starting noise of shape (len(indices), *shape): the float64 draw cast to ``dtype``."""
     return _draw(seed, list(indices), tuple(shape), _INITIAL, dtype).to(device=device, dtype=dtype)
 
 
@@ -50,7 +69,7 @@ class StepNoise:
 
     def __call__(self, k: int) -> torch.Tensor:
         if self._bank is None:
-            bank = _draw(self.seed, self.indices, (self.num_steps, *self.shape), _STEPS, self.dtype)
+            bank = _draw(self.seed, self.indices, self.shape, _STEPS, self.dtype, blocks=self.num_steps)
             self._bank = bank.transpose(0, 1).to(device=self.device, dtype=self.dtype).contiguous()
         if not 0 <= k < self.num_steps:
             raise IndexError(f"step noise index {k} outside 0..{self.num_steps - 1}")

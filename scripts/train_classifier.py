@@ -2,7 +2,8 @@
 
     python scripts/train_classifier.py            # writes diffbench/data/digits-cnn.safetensors
 
-Fixed seed 0, one CPU thread (see --threads), AdamW + one-cycle LR, random ±1 pixel shifts.
+Deterministic: fixed seed 0, one CPU thread (torch and BLAS) whatever the caller's; docs/digits.md states
+when the file is reproduced bit for bit. AdamW + one-cycle LR, random ±1 pixel shifts.
 Trains on the train split only and reports test accuracy (the test split is never used for
 training or model selection); then fixes ``feature_scale`` so train-split features have unit
 RMS per dimension.
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from diffbench.checkpoints import save_checkpoint, shipped
 from diffbench.datasets import digits
+from diffbench.devices import one_thread
 from diffbench.metrics.digits_cnn import NAME, DigitsCNN, from_uint8, to_uint8
 
 
@@ -42,12 +44,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=shipped(NAME))
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: on a shared 2-core machine, 2 threads thrash and run ~5× slower)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
+    with one_thread():  # sums round alike whatever the machine's thread count
+        train_classifier(args.out, args.epochs, args.seed)
+
+
+def train_classifier(out: Path, epochs: int, seed: int) -> None:
+    """Train digits-cnn with ``seed`` for ``epochs`` epochs and write it to ``out``."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
 
     train, test = digits("train"), digits("test")
     x_train = from_uint8(to_uint8(train.images))  # the extractor sees uint8 round-tripped images
@@ -56,9 +61,9 @@ def main() -> None:
     net = DigitsCNN(**arch)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     batch, steps_per_epoch = 64, -(-len(x_train) // 64)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=args.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * steps_per_epoch)
     t0 = time.perf_counter()
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         net.train()
         perm = torch.randperm(len(x_train), generator=gen)
         for i in range(0, len(perm), batch):
@@ -75,11 +80,11 @@ def main() -> None:
     with torch.inference_mode():
         net.feature_scale.fill_(net.forward_features(x_train)[0].pow(2).mean().rsqrt().item())
     test_acc = accuracy(net, x_test, test.labels)
-    config = {"arch": arch, "dataset": "digits", "split": "train", "seed": args.seed, "epochs": args.epochs,
+    config = {"arch": arch, "dataset": "digits", "split": "train", "seed": seed, "epochs": epochs,
               "test_accuracy": round(test_acc, 6)}
-    sha = save_checkpoint(args.out, net.state_dict(), config)
+    sha = save_checkpoint(out, net.state_dict(), config)
     print(f"test accuracy {test_acc:.4f} ({round(test_acc * len(x_test))}/{len(x_test)}); "
-          f"{seconds:.1f} s; wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, sha256 {sha[:16]})")
+          f"{seconds:.1f} s; wrote {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {sha[:16]})")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
     python scripts/train_digits.py                    # all three → diffbench/data/<name>.safetensors
     python scripts/train_digits.py --models digits-v  # one of them
 
-Fixed seed, one CPU thread (see --threads). Each model: the same ``DenoiserMLP``; x_t = alpha x0 + sigma eps at a
-time t drawn uniformly (training timesteps 0..999 for the discrete model, continuous t covering
-σ in [sigma_min, sigma_max] = [0.002, 80] otherwise); MSE against the model's target built with
-the target's own ``from_x0`` (the definition sampling inverts); labels dropped to the null class
-with probability 0.1 for classifier-free guidance; AdamW, cosine LR, EMA weights shipped.
+Deterministic: a fixed seed, one CPU thread (torch and BLAS) whatever the caller's, data order and
+noise from one generator; docs/digits.md states when the files are reproduced bit for bit.
+Each model: the same ``DenoiserMLP``; x_t = alpha x0 + sigma eps at a time t drawn uniformly (training
+timesteps 0..999 for the discrete model, continuous t covering σ in [sigma_min, sigma_max] = [0.002, 80]
+otherwise); MSE against the model's target built with the target's own ``from_x0`` (the definition sampling
+inverts); labels dropped to the null class with probability 0.1 for classifier-free guidance; AdamW, cosine
+LR, EMA weights shipped.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from diffbench.checkpoints import DATA_DIR, save_checkpoint
 from diffbench.datasets import digits
+from diffbench.devices import one_thread
 from diffbench.models.digits import SPECS, DigitsSpec
 from diffbench.models.network import DenoiserMLP
 from diffbench.noise import Coef, DiscreteVP, NoiseSchedule
@@ -48,6 +51,14 @@ def coef_columns(schedule: NoiseSchedule, t: np.ndarray) -> Coef:
 
 def train(name: str, spec: DigitsSpec, *, steps: int, batch: int, lr: float, p_uncond: float, ema_decay: float,
           seed: int, out: Path) -> None:
+    """Train one model and write its EMA weights; on one thread whatever the caller's (sums round alike)."""
+    with one_thread():
+        _train(name, spec, steps=steps, batch=batch, lr=lr, p_uncond=p_uncond, ema_decay=ema_decay, seed=seed,
+               out=out)
+
+
+def _train(name: str, spec: DigitsSpec, *, steps: int, batch: int, lr: float, p_uncond: float, ema_decay: float,
+           seed: int, out: Path) -> None:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     data = digits("train")
@@ -98,10 +109,7 @@ def main() -> None:
     ap.add_argument("--ema-decay", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=DATA_DIR)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: on a shared 2-core machine, 2 threads thrash and run ~5× slower)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.models:
         train(name, SPECS[name], steps=args.steps, batch=args.batch, lr=args.lr, p_uncond=args.p_uncond,

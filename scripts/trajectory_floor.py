@@ -1,21 +1,22 @@
-"""Why solvers stop converging at their order on the digits models above ~25 NFE (README figures).
+"""How smoothly the digits models' probability-flow ODE converges (the floor that capped solver orders).
 
 Prints, per digits model, how the trajectory-error reference solver (dpm-solver++-3m-corrected, Karras σ)
 converges: the mean per-sample RMS difference between solutions at N/2 and N steps, N = 64 ... 4096,
-16 samples, float64. Four variants of each model:
+16 samples, float64, σ from σ_max to the model's σ_min (what accuracy.yaml measures) and to σ = 0.02.
+A third-order solver's differences fall 8× per doubling once the ODE is resolved.
 
-- as shipped, σ from σ_max to the model's σ_min (what accuracy.yaml measures);
-- as shipped, stopping at σ = 0.02;
-- with the time embedding's high frequencies frozen (sin/cos components whose period is under 200
-  embedding units, i.e. 24 of the 64 frequencies, held at their value at 500 units), to σ_min;
-- frozen, to σ = 0.02.
+Models trained with DDPM's time embedding (periods from 2π embedding units, the digits models before
+this round's retrain) also run with the embedding's high frequencies frozen: sin/cos components whose
+period is under 200 embedding units (24 of the 64 frequencies) held at their value at 500 units. That
+variant converged 8× per doubling where the unfrozen one stalled near 1e-4.
 
-A third-order solver's differences fall 8× per doubling once the ODE is resolved. Run:
-python scripts/trajectory_floor.py
+Run: python scripts/trajectory_floor.py [--models NAME ...] [--checkpoint-dir DIR]
 """
 from __future__ import annotations
 
+import argparse
 import math
+from pathlib import Path
 
 import torch
 
@@ -40,8 +41,8 @@ SHIPPED = network.timestep_embedding
 FROZEN_PERIOD = 200.0  # embedding units (training steps for digits-eps; t × 1000 for digits-v and -flow)
 
 
-def frozen_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """The shipped sinusoidal embedding with every component of period < FROZEN_PERIOD held at t = 500."""
+def frozen_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, min_period: None = None) -> torch.Tensor:
+    """DDPM's sinusoidal embedding with every component of period < FROZEN_PERIOD held at t = 500."""
     emb = SHIPPED(t, dim, max_period)
     held = SHIPPED(torch.full_like(t, 500.0), dim, max_period)
     half = dim // 2
@@ -51,8 +52,8 @@ def frozen_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> 
     return emb
 
 
-def differences(name: str, sigma_end: float | None) -> list[tuple[int, float]]:
-    model = diffbench.load_model(name).placed(torch.device("cpu"), torch.float64)
+def differences(name: str, sigma_end: float | None, checkpoint: str | None) -> list[tuple[int, float]]:
+    model = diffbench.load_model(name, checkpoint=checkpoint).placed(torch.device("cpu"), torch.float64)
     den = SigmaDenoiser(model)
     lo = float(model.schedule.sigma_min) if sigma_end is None else sigma_end
     hi = float(model.schedule.sigma_max)
@@ -68,12 +69,20 @@ def differences(name: str, sigma_end: float | None) -> list[tuple[int, float]]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["digits-eps", "digits-v", "digits-flow"])
+    ap.add_argument("--checkpoint-dir", type=Path, help="read <DIR>/<model>.safetensors instead of the shipped files")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
     print("mean per-sample RMS difference between the solutions at N/2 and N steps (N: difference)")
-    for name in ("digits-eps", "digits-v", "digits-flow"):
-        for label, embedding in (("as shipped", SHIPPED), ("high frequencies frozen", frozen_embedding)):
+    for name in args.models:
+        checkpoint = str(args.checkpoint_dir / f"{name}.safetensors") if args.checkpoint_dir else None
+        legacy = diffbench.load_model(name, checkpoint=checkpoint).network.time_min_period is None
+        variants = [("as trained", SHIPPED)] + ([("high frequencies frozen", frozen_embedding)] if legacy else [])
+        for label, embedding in variants:
             network.timestep_embedding = embedding
             for sigma_end in (None, 0.02):
-                row = differences(name, sigma_end)
+                row = differences(name, sigma_end, checkpoint)
                 to = "σ_min" if sigma_end is None else f"σ = {sigma_end}"
                 print(f"{name:11s} {label:24s} to {to:9s} " + "  ".join(f"{n}: {d:.1e}" for n, d in row),
                       flush=True)

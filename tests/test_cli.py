@@ -200,3 +200,20 @@ def test_real_sigint_keeps_finished_cells(tmp_path):
     assert f"interrupted: {len(kept)} of 24 cells kept" in err
     assert len(RunDir(out).read_csv()) == len(kept) >= 1
     assert RunDir(out).read_manifest()["status"] == "interrupted" and not list(out.rglob("*.tmp"))
+
+
+def test_run_scores_fid_inf_from_a_suite(tmp_path):
+    """fid-inf through `diffbench run` (it asks the extractor for FID's feature layer): FID∞ extrapolates FID's
+    positive small-sample bias away, so it lies below FID at N on the same samples."""
+    suite = {"name": "fid-inf", "model": "digits-eps", "metrics": ["fid", {"name": "fid-inf", "options": {"points": 5}}],
+             "num_samples": 200, "batch_size": 100, "seeds": [0], "device": "cpu",
+             "grid": {"sampler": ["ddim"], "scheduler": ["karras"], "steps": [5]}}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    result = invoke("run", path, "--out", tmp_path / "run", "--no-progress")
+    assert result.exit_code == 0, result.output
+    (cell,) = [json.loads(p.read_text()) for p in (tmp_path / "run" / "cells").glob("*.json")]
+    assert cell["status"] == "ok"
+    fid, inf = cell["metrics"]["fid"], cell["metrics"]["fid-inf"]
+    assert inf["uncertainty"] > 0 and "FID∞" in inf["method"]
+    assert inf["value"] < fid["value"]

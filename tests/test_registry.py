@@ -180,7 +180,7 @@ def diffbench_register(registry):
     assert ("sampler", "typo-sampler") not in reg
     assert [str(e) for e in reg.errors] == ["plugin 'misspelt': registration failed: sampler 'typo-sampler': "
                                             "unknown declaration 'orders'; a sampler declares description, nfe, "
-                                            "order, stochastic, order_options, stochastic_options, noise_per_step"]
+                                            "order, stochastic, order_options, stochastic_options, noise_per_step, final_denoised"]
 
 
 def test_add_and_get():

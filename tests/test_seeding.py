@@ -71,6 +71,26 @@ def test_dtype_and_device(dtype):
     z = initial_noise(0, range(3), (2,), dtype=dtype, device="cpu")
     assert z.dtype == dtype and z.device.type == "cpu"
     assert StepNoise(0, range(3), (2,), 2, dtype=dtype)(1).dtype == dtype
-    # lower precisions are the float32 draw, rounded
-    if dtype == torch.float16:
-        assert torch.equal(z, initial_noise(0, range(3), (2,)).half())
+
+
+
+@pytest.mark.parametrize("shape", [(2,), (3, 5, 5), (1, 8, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_noise_does_not_depend_on_dtype(dtype, shape):
+    # every dtype starts from the float64 draw, rounded once: a float32 suite and a float64 suite are paired
+    z64 = initial_noise(3, range(4), shape, dtype=torch.float64)
+    assert torch.equal(initial_noise(3, range(4), shape, dtype=dtype), z64.to(dtype))
+    b64 = StepNoise(3, range(4), shape, 6, dtype=torch.float64)
+    b = StepNoise(3, range(4), shape, 6, dtype=dtype)
+    assert all(torch.equal(b(k), b64(k).to(dtype)) for k in range(6))
+    # not a coincidence: from 16 values on, torch's float32 sampler gives other normals than its float64 one
+    if dtype == torch.float32 and z64[0].numel() >= 16:
+        gen = torch.Generator().manual_seed(seeding.stream_seed(3, 0, 0))
+        assert not torch.equal(torch.randn(shape, generator=gen, dtype=torch.float32), z64[0].float())
+
+
+@pytest.mark.parametrize("shape", [(2,), (3, 5, 5), (4, 4)])
+def test_step_noise_of_step_k_does_not_depend_on_the_bank_size(shape):
+    # checks the installed torch's CPU normal sampler: block k uses only its own padded run of uniforms
+    short, long = StepNoise(2, range(3), shape, 3), StepNoise(2, range(3), shape, 40)
+    assert all(torch.equal(short(k), long(k)) for k in range(3))

@@ -71,7 +71,11 @@ def sample_part(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: R
 
 
 def combine_results(results: list[SampleResult]) -> SampleResult:
-    """The SampleResult of one seed group from those of its parts (in index order): NFE and times add up."""
+    """The SampleResult of one seed group from those of its parts (in index order): NFE and times add up.
+
+    The per-call network times and harness gaps are each batch's own (one counter per batch, and parts are cut
+    on batch boundaries), so joining the parts' lists gives exactly the lists of the unsplit cell.
+    """
     counts = [int(r.meta["num_samples"]) for r in results]
     n = sum(counts)
     rows = sum(round(r.nfe * c) for r, c in zip(results, counts))  # network evaluations are whole rows
@@ -83,6 +87,8 @@ def combine_results(results: list[SampleResult]) -> SampleResult:
         first, nfe=rows / n, labels=torch.cat(labels) if labels else None,
         sample_seconds=sum(r.sample_seconds for r in results), network_seconds=sum(r.network_seconds for r in results),
         decode_seconds=sum(decode) if decode else None,
+        call_seconds=[t for r in results for t in r.call_seconds],
+        gap_seconds=[t for r in results for t in r.gap_seconds],
         meta={**first.meta, "num_samples": n, "warnings": list(dict.fromkeys(warnings)), "parts": len(results),
               "devices": sorted({str(r.meta.get("device")) for r in results})})
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from diffbench.datasets import Reference, reference_spec
 from diffbench.datasets.npz_stats import check_dimension
 from diffbench.devices import one_thread
-from diffbench.metrics import digits_cnn, extractors, reference
+from diffbench.metrics import digits_cnn, extractors, frechet, reference
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, StreamingMetric
 from diffbench.metrics.extractors import (INCEPTION, Extractor, MetricUnavailable, UnsafeWeights, extract_features,
                                          resolve_extractor)
@@ -63,6 +63,7 @@ class _FidelityMetric(StreamingMetric):
     base_options: ClassVar[dict[str, Any]] = {"extractor": None, "weights_path": None, "reference_split": None,
                                               "batch_size": 256}
     needs_features: ClassVar[bool] = True  # False: precomputed statistics (npz-stats) will do
+    feature_metric: ClassVar[str] = ""  # the torch-fidelity metric whose default feature layer is used ("" = name)
 
     def _setup(self, model: Any, context: MetricContext, extractor: str | None, weights_path: str | None,
                reference_split: str | None) -> tuple[Extractor, Reference]:
@@ -72,7 +73,7 @@ class _FidelityMetric(StreamingMetric):
             raise MetricUnavailable(f"metric {self.name!r} needs a model with a reference dataset; "
                                     f"model {getattr(model, 'name', model)!r} has none")
         name = extractor or (digits_cnn.NAME if reference_spec(dataset)[0] == "digits" else INCEPTION)
-        ext = resolve_extractor(name, weights_path, self.name)
+        ext = resolve_extractor(name, weights_path, self.feature_metric or self.name)
         ref = reference.opened(dataset, reference_split, getattr(context, "registry", None))
         if ref.stats is not None:
             if self.needs_features:
@@ -96,6 +97,9 @@ class _FidelityMetric(StreamingMetric):
         data = reference.reference_data(ref, ext, context.cache_dir, context.device, base["batch_size"])
         if ref.stats is not None:
             check_dimension(ref, int(features.shape[1]), ext.name)
+        elif data.features.shape[1] != features.shape[1]:
+            raise MetricUnavailable(f"the sample features have {features.shape[1]} dimensions, the reference's "
+                                    f"{ext.name} features {data.features.shape[1]} (features from another extractor?)")
         context.info.update(ext.describe())
         context.info.update({**data.describe(), "num_samples": len(features), "feature_dim": int(features.shape[1]),
                              "torch_fidelity": _torch_fidelity_version()})
@@ -113,61 +117,90 @@ def _torch_fidelity_version() -> str:
     return torch_fidelity.__version__
 
 
-def _fid_against(stats: dict[str, np.ndarray]):
+def _fid_against(stats: dict[str, np.ndarray] | frechet.ReferenceRoot):
     """FID of generated features against fixed reference statistics, via eigvalsh(√Σr Σg √Σr) (same value,
-    faster); what the bootstrap and fid-inf evaluate per resample (float64 numpy: faster than torch here).
+    faster); what the CPU bootstrap and fid-inf evaluate per resample (float64 numpy: faster than torch here).
 
     With fewer samples than feature dimensions (n − 1 < D, e.g. 1000 Inception features of 2048) the
     covariance has rank n − 1 at most, and the nonzero eigenvalues of √Σr Σg √Σr are those of the
     n × n matrix C Σr Cᵀ / (n − 1), C the centred features: a far smaller eigenproblem, same value.
     """
-    lam, vec = np.linalg.eigh(stats["sigma"])
-    root = (vec * np.sqrt(np.clip(lam, 0, None))) @ vec.T
-    tr_ref = np.trace(stats["sigma"])
+    ref = stats if isinstance(stats, frechet.ReferenceRoot) else frechet.ReferenceRoot.of(stats)
 
     def fid(gen: np.ndarray) -> float:
         n, d = gen.shape
         mu = gen.mean(0)
         if n - 1 < d:
             centred = gen - mu
-            eig = np.linalg.eigvalsh(centred @ stats["sigma"] @ centred.T / (n - 1))
+            eig = np.linalg.eigvalsh(centred @ ref.sigma @ centred.T / (n - 1))
             tr_sigma = float((centred ** 2).sum()) / (n - 1)
-        else:
-            sigma = np.cov(gen, rowvar=False)
-            eig = np.linalg.eigvalsh(root @ sigma @ root)
-            tr_sigma = np.trace(sigma)
-        return float(((mu - stats["mu"]) ** 2).sum() + tr_sigma + tr_ref - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+            return float(((mu - ref.mu) ** 2).sum() + tr_sigma + np.trace(ref.sigma)
+                         - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+        return frechet.fid_of(mu, np.cov(gen, rowvar=False), ref)
 
     return fid
 
 
+def reference_root(ref: ReferenceData) -> frechet.ReferenceRoot:
+    """The reference's statistics with Σr^½ (one eigendecomposition per reference and process)."""
+    return ref.memo("frechet-root", lambda: frechet.ReferenceRoot.of(ref.stats()))
+
+
+SE_METHODS = ("jackknife", "bootstrap", "none")
+
+
 class FID(_FidelityMetric):
-    """Fréchet distance between Gaussian fits of sample and reference features (Heusel et al. 2017)."""
+    """Fréchet distance between Gaussian fits of sample and reference features (Heusel et al. 2017).
+
+    The value comes from float64 per-group moments of the sample features (``metrics.frechet``); its
+    s.e. by ``se_method``: ``jackknife`` (default; linearised delete-a-group jackknife over ``groups``
+    groups by sample index, fewer where there are under two samples a group; about the cost of the
+    FID itself), ``bootstrap`` (s.d. over ``bootstrap``
+    resamples; batched on the metric device on CUDA) or ``none``.
+    """
 
     name = "fid"
     higher_is_better = False
-    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "bootstrap": 100}
+    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "se_method": "jackknife", "groups": 20,
+                                         "bootstrap": 100}
     needs_features = False
 
-    def score_features(self, gen, ref, context, *, bootstrap: int) -> dict[str, MetricValue]:
-        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-
-        value = fid_statistics_to_metric(fid_features_to_statistics(gen.double()), ref.stats(),
-                                         verbose=False)["frechet_inception_distance"]
-        se, method = None, "torch-fidelity FID; no uncertainty (bootstrap=0)"
-        if bootstrap > 1:
-            fid, g = _fid_against(ref.stats()), gen.double().numpy()
-            rng = np.random.default_rng(context.seed)
+    def score_features(self, gen, ref, context, *, se_method: str, groups: int, bootstrap: int
+                       ) -> dict[str, MetricValue]:
+        if se_method not in SE_METHODS:
+            raise ValueError(f"fid option se_method must be one of {', '.join(SE_METHODS)}, not {se_method!r}")
+        if not (isinstance(groups, int) and groups >= 2):
+            raise ValueError(f"fid option groups must be an integer >= 2, not {groups!r}")
+        if se_method == "bootstrap" and not (isinstance(bootstrap, int) and bootstrap >= 2):
+            raise ValueError(f"fid option bootstrap (resamples) must be an integer >= 2, not {bootstrap!r}")
+        root = reference_root(ref)
+        point = "FID (Heusel et al. 2017) from float64 feature moments, tr√(ΣgΣr) by eigvalsh"
+        context.info["fid_se_method"] = se_method
+        groups = min(groups, len(gen) // 2)  # at least two samples a group (a small warm-up batch)
+        if se_method == "jackknife" and groups >= 2:
+            value, se = frechet.fid_with_jackknife(frechet.GroupMoments.of_rows(gen.numpy(), groups), root)
+            context.info["fid_jackknife_groups"] = groups
+            return {"fid": MetricValue(value, se, f"{point}; s.e. = linearised delete-a-group jackknife over "
+                                                  f"{groups} groups by sample index")}
+        value = frechet.fid_with_moments(frechet.GroupMoments.of_rows(gen.numpy(), 1), root)
+        if se_method != "bootstrap":
+            why = "se_method=none" if se_method == "none" else f"{len(gen)} samples: too few for the jackknife"
+            return {"fid": MetricValue(value, None, f"{point}; no uncertainty ({why})")}
+        if context.device.type == "cuda":
+            boots = frechet.bootstrap_fids(gen, root, bootstrap, context.seed, context.device)
+        else:
+            fid, g, rng = _fid_against(root), gen.double().numpy(), np.random.default_rng(context.seed)
             boots = [fid(g[rng.integers(0, len(g), len(g))]) for _ in range(bootstrap)]
-            se = float(np.std(boots, ddof=1))
-            method = f"torch-fidelity FID; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features"
-        return {"fid": MetricValue(float(value), se, method)}
+        context.info["fid_bootstrap_resamples"] = bootstrap
+        return {"fid": MetricValue(value, float(np.std(boots, ddof=1)),
+                                   f"{point}; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features")}
 
 
 class FIDInfinity(_FidelityMetric):
     """FID∞: FID of random subsets at several N, a line fitted against 1/N, its intercept (Chong & Forsyth 2020)."""
 
     name = "fid-inf"
+    feature_metric = "fid"  # torch-fidelity knows no "fid-inf": FID's features
     higher_is_better = False
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "points": 15, "min_fraction": 0.1}
     needs_features = False
@@ -177,7 +210,8 @@ class FIDInfinity(_FidelityMetric):
         sizes = np.unique(np.linspace(max(2, int(round(min_fraction * n))), n, points).round().astype(int))
         if len(sizes) < 3:
             raise MetricUnavailable(f"fid-inf needs at least 3 distinct subset sizes; {n} samples give {len(sizes)}")
-        fid, g = _fid_against(ref.stats()), gen.double().numpy()
+        root = reference_root(ref)
+        fid, g = _fid_against(root), gen.double().numpy()
         rng = np.random.default_rng(context.seed)
         fids = np.array([fid(g[rng.choice(n, size, replace=False)]) for size in sizes])
         x = 1.0 / sizes
@@ -221,18 +255,16 @@ def poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def kid_subsets(gen: Tensor, ref: ReferenceData, subsets: int, size: int, seed: int) -> tuple[float, float]:
     """Mean and s.d. of the unbiased MMD² over random subsets, drawn as torch-fidelity draws them.
 
-    Small sets: the kernel matrices are computed once (the reference's once per process) and every
-    subset's sums come from them at once, as quadratic forms with the subsets' 0/1 indicator vectors:
-    the same subsets and formula as torch-fidelity's ``kid_features_to_metric``, float32 kernel
-    entries (as torch-fidelity computes them) summed in float64. Large sets: torch-fidelity itself.
+    The same subsets and formula as torch-fidelity's ``kid_features_to_metric``, float32 kernel
+    entries (as torch-fidelity computes them) summed in float64. Small sets: the kernel matrices are
+    computed once (the reference's once per process) and every subset's sums come from them at once,
+    as quadratic forms with the subsets' 0/1 indicator vectors. Large sets: subset by subset, the
+    reference subsets' sums computed once per process and shared by every cell, so a cell computes
+    two m × m kernel blocks per subset (memory O(m²), independent of the sample count).
     """
     n1, n2 = len(gen), ref.size
     if max(n1, n2) ** 2 > GRAM_LIMIT:
-        from torch_fidelity.metric_kid import kid_features_to_metric
-
-        out = kid_features_to_metric(gen, ref.features, kid_subsets=subsets, kid_subset_size=size, rng_seed=seed,
-                                     verbose=False)
-        return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
+        return _kid_by_subset(gen.cpu().numpy(), ref, subsets, size, seed)
     x, y = gen.cpu().numpy(), ref.features.cpu().numpy()
     k_xx, k_xy = poly_kernel(x, x).astype(np.float64), poly_kernel(x, y).astype(np.float64)
     # the draws depend only on (n1, n2, subsets, size, seed): every cell of a suite shares them, and the
@@ -244,6 +276,30 @@ def kid_subsets(gen: Tensor, ref: ReferenceData, subsets: int, size: int, seed: 
     sum_xy = np.einsum("sn,sn->s", a @ k_xy, b)
     mmds = (sum_xx + sum_yy) / (m * (m - 1)) - 2 * sum_xy / (m * m)
     return float(np.mean(mmds)), float(np.std(mmds))
+
+
+def _kid_by_subset(x: np.ndarray, ref: ReferenceData, subsets: int, m: int, seed: int) -> tuple[float, float]:
+    """``kid_subsets`` for large sets: per subset the off-diagonal sum of K_xx and the sum of K_xy."""
+    n1 = len(x)
+
+    def draws():
+        rng = np.random.RandomState(seed)
+        pairs = [(rng.choice(n1, m, replace=False), rng.choice(ref.size, m, replace=False)) for _ in range(subsets)]
+        y = ref.features.cpu().numpy()
+        sum_yy = np.array([_off_diagonal_sum(poly_kernel(y[j], y[j])) for _, j in pairs])
+        return pairs, y, sum_yy
+
+    pairs, y, sum_yy = ref.memo(("kid-by-subset", n1, subsets, m, seed), draws)
+    mmds = np.empty(subsets)
+    for s, (i, j) in enumerate(pairs):
+        xs = x[i]
+        mmds[s] = ((_off_diagonal_sum(poly_kernel(xs, xs)) + sum_yy[s]) / (m * (m - 1))
+                   - 2 * poly_kernel(xs, y[j]).sum(dtype=np.float64) / (m * m))
+    return float(np.mean(mmds)), float(np.std(mmds))
+
+
+def _off_diagonal_sum(k: np.ndarray) -> float:
+    return float(k.sum(dtype=np.float64) - np.trace(k, dtype=np.float64))
 
 
 def _kid_draws(n1: int, ref: ReferenceData, subsets: int, size: int, seed: int):
@@ -264,25 +320,68 @@ def _off_diagonal_sums(indicators: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 class PRC(_FidelityMetric):
-    """Improved precision and recall of sample vs reference features, k-NN balls (Kynkäänniemi et al. 2019)."""
+    """Improved precision and recall of sample vs reference features, k-NN balls (Kynkäänniemi et al. 2019).
+
+    torch-fidelity's definition (``prc_features_to_metric``) on at most ``max_samples`` rows of each
+    side (a seeded random subset where a side has more), so the cost and memory are bounded whatever
+    the sample count: distances in blocks of ``block`` rows, the reference's k-NN radii computed once
+    per process.
+    """
 
     name = "prc"
     higher_is_better = True  # precision and recall
-    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "neighborhood": 3}
+    options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "neighborhood": 3, "max_samples": 8000}
 
-    def score_features(self, gen, ref, context, *, neighborhood: int) -> dict[str, MetricValue]:
-        from torch_fidelity.metric_prc import prc_features_to_metric
-
-        out = prc_features_to_metric(gen, ref.features, prc_neighborhood=neighborhood, prc_batch_size=10000,
-                                     save_cpu_ram=False, verbose=False)
-        p, r = out["precision"], out["recall"]
+    def score_features(self, gen, ref, context, *, neighborhood: int, max_samples: int) -> dict[str, MetricValue]:
+        if not (isinstance(max_samples, int) and max_samples > neighborhood):
+            raise ValueError(f"prc option max_samples must be an integer above neighborhood ({neighborhood}), "
+                             f"not {max_samples!r}")
+        x = _bounded_subset(gen, max_samples, context.seed)
+        y, radii_y = ref.memo(("prc-subset", max_samples, neighborhood, context.seed), lambda: _with_radii(
+            _bounded_subset(ref.features, max_samples, context.seed + 1), neighborhood))
+        precision, recall = precision_recall(x, knn_radii(x, neighborhood), y, radii_y)
+        context.info["prc_sizes"] = [len(x), len(y)]
+        limit = f" of random subsets of {max_samples}" if max(len(gen), ref.size) > max_samples else ""
         return {
-            "precision": MetricValue(p, binomial_se(p, len(gen)),
-                                     f"torch-fidelity precision, k={neighborhood}; binomial s.e. over samples"),
-            "recall": MetricValue(r, binomial_se(r, ref.size),
-                                  f"torch-fidelity recall, k={neighborhood}; binomial s.e. over reference images "
+            "precision": MetricValue(precision, binomial_se(precision, len(x)),
+                                     f"precision (torch-fidelity's definition), k={neighborhood}, on {len(x)} "
+                                     f"samples vs {len(y)} reference rows{limit}; binomial s.e. over samples"),
+            "recall": MetricValue(recall, binomial_se(recall, len(y)),
+                                  f"recall (torch-fidelity's definition), k={neighborhood}, on {len(x)} samples vs "
+                                  f"{len(y)} reference rows{limit}; binomial s.e. over reference rows "
                                   "(approximate: ignores dependence through the samples' k-NN radii)"),
         }
+
+
+PRC_BLOCK = 1024  # rows per distance block: memory PRC_BLOCK × max_samples float32
+
+
+def _bounded_subset(rows: Tensor, limit: int, seed: int) -> Tensor:
+    """All rows when there are at most ``limit``, else ``limit`` of them drawn without replacement (index order)."""
+    if len(rows) <= limit:
+        return rows.float()
+    pick = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
+    return rows[torch.from_numpy(pick)].float()
+
+
+def _with_radii(rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    return rows, knn_radii(rows, k)
+
+
+def knn_radii(rows: Tensor, k: int) -> Tensor:
+    """Each row's distance to its k-th nearest other row (torch.cdist; the row itself is the 0th)."""
+    return torch.cat([torch.cdist(block, rows).kthvalue(k + 1, dim=1).values for block in rows.split(PRC_BLOCK)])
+
+
+def precision_recall(x: Tensor, radii_x: Tensor, y: Tensor, radii_y: Tensor) -> tuple[float, float]:
+    """Share of x inside some y's k-NN ball (precision) and of y inside some x's (recall), one distance pass."""
+    inside_y = torch.zeros(len(y), dtype=torch.bool)
+    hits = []
+    for block, radii in zip(x.split(PRC_BLOCK), radii_x.split(PRC_BLOCK)):
+        dist = torch.cdist(block, y)  # (b, |y|)
+        hits.append((dist <= radii_y[None, :]).any(dim=1))
+        inside_y |= (dist <= radii[:, None]).any(dim=0)
+    return torch.cat(hits).float().mean().item(), inside_y.float().mean().item()
 
 
 def binomial_se(p: float, n: int) -> float:

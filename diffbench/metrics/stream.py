@@ -64,21 +64,18 @@ class MetricPlan:
     def score(self, rows: FeatureRows, result: Any) -> list[tuple[PlannedMetric, dict[str, MetricValue]]]:
         """Each metric scored once on the gathered rows; ``result`` is the call's SampleResult."""
         gathered = rows.gathered()
-        out = []
-        for m in self.metrics:
-            feats = gathered[m.key]
-            try:
-                if m.streaming:
-                    values = m.component.obj.score(feats, model=self.model, result=result, context=self.context,
-                                                   **m.options)
-                else:
-                    res = dataclasses.replace(result, samples=feats) if dataclasses.is_dataclass(result) else result
-                    values = m.component.obj.compute(feats, model=self.model, result=res, context=self.context,
-                                                     **m.options)
-            except (Exception, SystemExit) as exc:  # SystemExit from a plugin fails its cell, not the run
-                raise MetricError(m.name, exc) from exc
-            out.append((m, values))
-        return out
+        return [(m, self.score_metric(m, gathered[m.key], result)) for m in self.metrics]
+
+    def score_metric(self, m: PlannedMetric, feats: Tensor, result: Any) -> dict[str, MetricValue]:
+        """One metric of the plan scored on its gathered rows ``feats``."""
+        try:
+            if m.streaming:
+                return m.component.obj.score(feats, model=self.model, result=result, context=self.context,
+                                             **m.options)
+            res = dataclasses.replace(result, samples=feats) if dataclasses.is_dataclass(result) else result
+            return m.component.obj.compute(feats, model=self.model, result=res, context=self.context, **m.options)
+        except (Exception, SystemExit) as exc:  # SystemExit from a plugin fails its cell, not the run
+            raise MetricError(m.name, exc) from exc
 
 
 class FeatureRows:

@@ -7,3 +7,5 @@ from diffbench.models.gmm import gmm
 from diffbench.models.python import python_model
 
 MODELS = {"gmm": gmm, **digits.MODELS, "diffusers": diffusers_model, "python": python_model}
+# Registry declarations (diffbench.registry.DECLARATIONS) of the models that have any.
+DECLARATIONS = {"python": {"code_options": ("factory",)}}

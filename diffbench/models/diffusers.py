@@ -218,13 +218,16 @@ def _weights_hash(folders: list[Path]) -> str:
 
 def _load(folder: Path, library: Any) -> Any:
     config = _read_json(folder / "config.json")
-    name = config.get("_class_name") or config.get("architectures", [None])[0]
-    cls = getattr(library, str(name), None)
-    if cls is None:
-        raise ConfigError(f"{folder / 'config.json'}: class {name!r} is not in {library.__name__}")
+    name = config.get("_class_name") or (config.get("architectures") or [None])[0]
+    # the config names a class; only the library's model classes may load (a pipeline class, for
+    # one, would import the modules its model_index.json names)
+    base = library.ModelMixin if library.__name__ == "diffusers" else library.PreTrainedModel
+    cls = getattr(library, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{folder / 'config.json'}: class {name!r} is not a {library.__name__} model class")
     try:  # safetensors preferred; a .bin is read with torch.load(weights_only=True): no pickle code runs
-        module = cls.from_pretrained(folder, local_files_only=True, **({"low_cpu_mem_usage": False}
-                                                                        if library.__name__ == "diffusers" else {}))
+        extra = {"low_cpu_mem_usage": False} if library.__name__ == "diffusers" else {"trust_remote_code": False}
+        module = cls.from_pretrained(folder, local_files_only=True, **extra)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{folder}: cannot load {name}: {str(exc).splitlines()[0]}") from None
     return module.eval().requires_grad_(False)
@@ -313,7 +316,8 @@ def _add_text_encoder(network: DiffusersNetwork, folders: dict[str, Path], promp
     import transformers
 
     network.text_encoder = _load(folders["text_encoder"], transformers)
-    network.tokenizer = transformers.AutoTokenizer.from_pretrained(folders["tokenizer"], local_files_only=True)
+    network.tokenizer = transformers.AutoTokenizer.from_pretrained(folders["tokenizer"], local_files_only=True,
+                                                                   trust_remote_code=False)
     network.prompt_length = network.tokenizer.model_max_length
     return Prompts(read_prompts(prompts), network.encode_text, source=str(prompts))
 

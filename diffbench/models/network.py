@@ -11,10 +11,19 @@ import torch
 from torch import Tensor, nn
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of (B,) times (Vaswani et al. 2017, as used by DDPM)."""
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, min_period: float | None = None) -> Tensor:
+    """Sinusoidal embedding of (B,) times (Vaswani et al. 2017, as used by DDPM).
+
+    Without ``min_period``, DDPM's frequencies: 1 to 1/max_period radians per unit (periods 2π to about
+    2π·max_period). With it, periods geometric from ``min_period`` to about ``max_period`` units. Short
+    periods make the network wiggle in t faster than solver grids resolve, which caps the solvers' orders
+    (scripts/trajectory_floor.py).
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    ratio = max_period if min_period is None else max_period / min_period
+    freqs = torch.exp(-math.log(ratio) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    if min_period is not None:
+        freqs = freqs * (2 * math.pi / min_period)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
@@ -43,15 +52,18 @@ class DenoiserMLP(nn.Module):
     """network(x_t, t, labels) -> target-space output, for images of ``shape``.
 
     ``time_scale`` multiplies t before the sinusoidal embedding (1 for discrete timesteps 0..999,
-    1000 for continuous t in [0, 1]). Label ``num_classes`` (or labels=None) is the null class
+    1000 for continuous t in [0, 1]); ``time_min_period`` and ``time_max_period`` set its periods
+    (in time units after ``time_scale``, ``timestep_embedding``; no minimum keeps DDPM's). Label ``num_classes`` (or labels=None) is the null class
     used for classifier-free guidance (Ho & Salimans 2022).
     """
 
     def __init__(self, shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10, width: int = 256,
                  hidden: int = 512, depth: int = 4, emb_dim: int = 128, time_scale: float = 1.0,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, time_min_period: float | None = None,
+                 time_max_period: float = 10000.0) -> None:
         super().__init__()
         self.shape, self.num_classes, self.time_scale = tuple(shape), num_classes, float(time_scale)
+        self.time_min_period, self.time_max_period = time_min_period, float(time_max_period)
         dim = math.prod(self.shape)
         self.emb_dim = emb_dim
         self.time_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -65,7 +77,8 @@ class DenoiserMLP(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         if labels is None:
             labels = torch.full((x_t.shape[0],), self.num_classes, device=x_t.device, dtype=torch.long)
-        emb = self.time_mlp(timestep_embedding(t * self.time_scale, self.emb_dim).to(x_t.dtype))
+        emb = self.time_mlp(timestep_embedding(t * self.time_scale, self.emb_dim, self.time_max_period,
+                                                  self.time_min_period).to(x_t.dtype))
         emb = self.act(emb + self.label_emb(labels))
         h = self.inp(x_t.flatten(1))
         for block in self.blocks:

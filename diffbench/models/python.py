@@ -22,6 +22,7 @@ from diffbench.checkpoints import file_sha256
 from diffbench.denoiser import DiffusionModel
 from diffbench.noise import DiscreteVP, make_schedule
 from diffbench.targets import TARGETS
+from diffbench.trust import installed_factories, installed_factory
 
 
 def _t(sigma: float, t: float) -> float:
@@ -39,10 +40,17 @@ TIME_INPUTS: dict[str, Callable[[float, float], float]] = {
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
-    """``package.module:function`` or ``path/to/file.py:function`` → the function (one-line errors)."""
+    """``package.module:function``, ``path/to/file.py:function`` or the name of an installed factory
+    (entry-point group ``diffbench.factories``) → the function (one-line errors).
+
+    Imports and runs code: a suite may name one only with the user's consent (``diffbench.trust``)."""
+    installed = installed_factory(spec)
+    if installed is not None:
+        spec = f"{installed.module}:{installed.attr}"
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"factory {spec!r}: expected 'package.module:function' or 'path/file.py:function'")
+        raise ValueError(f"factory {spec!r}: expected 'package.module:function', 'path/file.py:function' or the "
+                         f"name of an installed factory ({', '.join(installed_factories()) or 'none installed'})")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name).expanduser()

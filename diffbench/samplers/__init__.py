@@ -62,6 +62,7 @@ class SamplerInfo:
     stochastic: Callable[..., bool]
     stochastic_options: dict[str, Any] | None = None  # options that make it stochastic, when its defaults don't
     noise_per_step: Callable[..., int] | None = None  # noise(k) draws per step, when more than one
+    final_denoised: bool = True  # the step into σ = 0 returns D(x, σ) (false: a multistep step down to 0)
 
     def declarations(self) -> dict[str, Any]:
         """The ``registry.add`` keywords (see diffbench.registry.DECLARATIONS)."""
@@ -70,6 +71,8 @@ class SamplerInfo:
             out["stochastic_options"] = self.stochastic_options
         if self.noise_per_step is not None:
             out["noise_per_step"] = self.noise_per_step
+        if not self.final_denoised:
+            out["final_denoised"] = False
         return out
 
 
@@ -87,10 +90,11 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "dpm-solver++-3m": SamplerInfo(dpmpp_3m, 2, per_step(1), _never),  # as published: see its docstring
     "dpm-solver++-3m-corrected": SamplerInfo(dpmpp_3m_corrected, 3, per_step(1), _never),
     "dpm-solver++-2m-sde": SamplerInfo(dpmpp_2m_sde, 2, per_step(1), _when_positive("eta")),
-    "lms": SamplerInfo(lms, 4, per_step(1), _never),  # the default order=4; order=p converges at order p
+    "lms": SamplerInfo(lms, 4, per_step(1), _never, final_denoised=False),  # order=p converges at order p
     "deis": SamplerInfo(deis, 3, per_step(1), _never),  # the default order=3
     "pc": SamplerInfo(pc, None, pc_nfe, lambda **_: True, noise_per_step=pc_noise_per_step),
-    "pndm": SamplerInfo(pndm, 2, pndm_nfe, _never),
+    # uniform-grid Adams-Bashforth weights: order 2 on Karras σ (measured)
+    "pndm": SamplerInfo(pndm, 2, pndm_nfe, _never, final_denoised=False),
     "restart": SamplerInfo(restart, 2, restart_nfe, _when_positive("restart_times"),
-                           noise_per_step=restart_noise_per_step),  # order: of Heun, with restart_times = 0  # uniform-grid AB weights: order 2 on Karras σ (measured)
+                           noise_per_step=restart_noise_per_step),  # order: of Heun, with restart_times = 0
 }

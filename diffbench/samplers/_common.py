@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterator, Literal, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -82,14 +81,39 @@ def log_ratio(sigma: float, sigma_next: float) -> float:
     return math.log(sigma / sigma_next)
 
 
-def lagrange_integrals(nodes: list[float], integrate: Callable[[np.polynomial.Polynomial], float]) -> list[float]:
-    """``integrate(ℓ_j)`` for each Lagrange basis polynomial ℓ_j on ``nodes`` (ℓ_j(nodes[i]) = δ_ij).
+def lagrange_basis(nodes: list[float]) -> list[list[float]]:
+    """Coefficients (constant term first) of each Lagrange basis polynomial ℓ_j on ``nodes`` (ℓ_j(nodes[i]) = δ_ij).
 
-    The multistep weights of LMS (ℓ_j in σ, integrated over dσ) and DEIS (ℓ_j in log σ, over dσ = e^u du).
+    Plain floats: a multistep solver of order ≤ 4 needs a handful of products per step, far cheaper than
+    building polynomial objects (the harness cost per network call, tests/benchmarks/test_sampler_cost.py).
     """
     out = []
     for j, node in enumerate(nodes):
-        others = [n for i, n in enumerate(nodes) if i != j]
-        basis = np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])
-        out.append(integrate(basis / float(np.prod([node - n for n in others]))))
+        coef, scale = [1.0], 1.0
+        for i, other in enumerate(nodes):
+            if i != j:  # multiply by (u - other)
+                coef = [(coef[m - 1] if m else 0.0) - other * (coef[m] if m < len(coef) else 0.0)
+                        for m in range(len(coef) + 1)]
+                scale *= node - other
+        out.append([c / scale for c in coef])
     return out
+
+
+def integrate_polynomial(coef: list[float], a: float, b: float) -> float:
+    """∫_a^b Σ_m coef[m] u^m du, exactly."""
+    return sum(c * (b ** (m + 1) - a ** (m + 1)) / (m + 1) for m, c in enumerate(coef))
+
+
+def integrate_polynomial_exp(coef: list[float], a: float, b: float) -> float:
+    """∫_a^b p(u) e^u du, exactly: the antiderivative is e^u Σ_m (-1)^m p^(m)(u)."""
+    series, deriv, sign = [0.0] * len(coef), list(coef), 1.0
+    while deriv:
+        for m, c in enumerate(deriv):
+            series[m] += sign * c
+        deriv = [m * c for m, c in enumerate(deriv)][1:]
+        sign = -sign
+
+    def value(u: float) -> float:
+        return sum(c * u ** m for m, c in enumerate(series))
+
+    return math.exp(b) * value(b) - math.exp(a) * value(a)

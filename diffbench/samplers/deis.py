@@ -3,22 +3,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from diffbench.samplers._common import LowerOrderFinal, lagrange_integrals, lowers_final, num_steps, sigmas_list
-
-
-def _exp_integral(p: np.polynomial.Polynomial, a: float, b: float) -> float:
-    """∫_a^b p(u) e^u du, exactly: the antiderivative is e^u Σ_m (-1)^m p^(m)(u)."""
-    series = sum(((-1) ** m) * p.deriv(m) for m in range(p.degree() + 1))
-    return float(math.exp(b) * series(b) - math.exp(a) * series(a))
+from diffbench.samplers._common import (LowerOrderFinal, integrate_polynomial_exp, lagrange_basis, lowers_final,
+                                        num_steps, sigmas_list)
 
 
 def deis_coefficients(sigmas: list[float], k: int, order: int) -> list[float]:
     """Weights of ε at σ_k, σ_{k-1}, ...: ∫_{σ_k}^{σ_{k+1}} ℓ_j(log σ) dσ, Lagrange basis in log σ (diffusers' ind_fn)."""
     nodes = [math.log(sigmas[k - j]) for j in range(order)]
     a, b = math.log(sigmas[k]), math.log(sigmas[k + 1])
-    return lagrange_integrals(nodes, lambda p: _exp_integral(p, a, b))
+    return [integrate_polynomial_exp(coef, a, b) for coef in lagrange_basis(nodes)]
 
 
 def deis(denoiser, x, sigmas, *, noise=None, order: int = 3, lower_order_final: LowerOrderFinal = "auto"):
@@ -34,14 +27,15 @@ def deis(denoiser, x, sigmas, *, noise=None, order: int = 3, lower_order_final: 
     n = num_steps(sigmas)
     lower = lowers_final(lower_order_final, n)
     s = sigmas_list(sigmas)  # one host transfer before the loop
+    orders = [min(k + 1, order, (n - k) if lower else order) for k in range(n)]
+    coefficients = [deis_coefficients(s, k, p) if s[k + 1] > 0.0 else [] for k, p in enumerate(orders)]  # once
     eps: list = []  # ε of previous steps, newest first
-    for k, (sigma, sigma_next) in enumerate(zip(s, s[1:])):
+    for k, (sigma, coef) in enumerate(zip(s, coefficients)):
         denoised = denoiser(x, sigma)
-        if sigma_next == 0.0:
+        if s[k + 1] == 0.0:
             x = denoised
             continue
         eps = [(x - denoised) / sigma, *eps][:order]
-        step_order = min(len(eps), (n - k) if lower else order)
-        for c, e in zip(deis_coefficients(s, k, step_order), eps):
-            x = x + c * e
+        for c, e in zip(coef, eps):
+            x = x.add(e, alpha=c)
     return x

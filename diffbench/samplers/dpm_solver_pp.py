@@ -53,23 +53,34 @@ def _multistep(denoiser, x, sigmas, *, order: int, eta: float, noise, s_noise: f
         h = log_ratio(s, sn)
         h_eta = h * (1.0 + eta)
         step_order = min(order, len(history) + 1, (n - k) if lower else order)
-        x = (sn / s) * math.exp(-eta * h) * x - math.expm1(-h_eta) * d
+        # the update is linear in x and the last denoised points: its scalar weights first, then one tensor
+        # operation per term (the harness cost per network call; tests/benchmarks/test_sampler_cost.py)
+        weights = [-math.expm1(-h_eta), 0.0, 0.0]  # of d, d_{-1}, d_{-2}
         if step_order == 2 and solver_type == "midpoint":  # Lu et al. 2022b, DPM-Solver++(2M)
-            d1, h1 = history[0]
-            x = x - math.expm1(-h_eta) * (h / h1) * 0.5 * (d - d1)
+            c = -math.expm1(-h_eta) * (h / history[0][1]) * 0.5
+            weights[0] += c
+            weights[1] -= c
         elif step_order == 2:
-            d1, h1 = history[0]
-            phi2 = math.expm1(-h_eta) / h_eta + 1.0
-            x = x + phi2 * (h / h1) * (d - d1)
+            c = (math.expm1(-h_eta) / h_eta + 1.0) * (h / history[0][1])
+            weights[0] += c
+            weights[1] -= c
         elif step_order == 3:
             # the D2 below estimates h² D''/2, so the h³ term needs 2·D2 (d2_weight = 2); the published
             # form, D2 alone, converges at order 2 only (measured on the exact GMM; tests/samplers)
-            (d1, h1), (d2, h2) = history[0], history[1]
-            r0, r1 = h1 / h, h2 / h
-            d1_0, d1_1 = (d - d1) / r0, (d1 - d2) / r1
+            r0, r1 = history[0][1] / h, history[1][1] / h
             phi2 = math.expm1(-h_eta) / h_eta + 1.0
             phi3 = phi2 / h_eta - 0.5
-            x = x + phi2 * (d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))) - phi3 * (d2_weight * (d1_0 - d1_1) / (r0 + r1))
+            # x += phi2 (D1_0 + (D1_0 - D1_1) r0/(r0+r1)) - phi3 w (D1_0 - D1_1)/(r0+r1),
+            # D1_0 = (d - d_{-1})/r0, D1_1 = (d_{-1} - d_{-2})/r1
+            a = phi2 * (1.0 + r0 / (r0 + r1)) - phi3 * d2_weight / (r0 + r1)  # weight of D1_0
+            b = -phi2 * r0 / (r0 + r1) + phi3 * d2_weight / (r0 + r1)  # weight of D1_1
+            weights[0] += a / r0
+            weights[1] += -a / r0 + b / r1
+            weights[2] += -b / r1
+        x = x * ((sn / s) * math.exp(-eta * h))
+        for w, past in zip(weights, [d, *(p for p, _ in history)]):
+            if w != 0.0:
+                x = x.add(past, alpha=w)
         if eta > 0.0:
             x = x + require_noise(noise, "dpm-solver++ with eta > 0")(k) * (
                 sn * math.sqrt(-math.expm1(-2.0 * eta * h)) * s_noise)

@@ -4,7 +4,7 @@
 initialised 3×64×64 conv denoiser (Euler, 10 Karras steps, batch 500) on DEVICE (default ``auto``: CUDA when
 present) and scores them with FID on ``inception-v3-compat`` features: torch-fidelity's architecture
 with random weights (tests/metrics/inception.py; the real weights cost the same), against ``npz-stats``
-of the same dimension, bootstrap s.e. included. It prints one JSON line: wall, sampling and metric
+of the same dimension, its default s.e. (jackknife) included. It prints one JSON line: wall, sampling and metric
 seconds, peak RSS and peak CUDA memory (MiB). Memory flat in N: compare N = 5000 with N = 50000.
 Meant for a GPU: on the 2-core CPU, N = 200 took 100 s (metrics 49 s a scoring, once in the warm-up
 and once in the cell; sampling 0.1 s).

@@ -74,3 +74,36 @@ def test_saved_samples_come_back_from_the_workers(ray_instance, tmp_path):
     assert saved(whole.path) == saved(local.path) and saved(split.path) == saved(local.path)
     records = [RunDir(r.path).read_cells()[0]["saved_samples"] for r in (local, whole, split)]
     assert records[0] == records[1] == records[2] == {"mode": "npz", "files": 4, "folder": records[0]["folder"]}
+
+
+def test_combined_parts_report_the_unsplit_per_call_times():
+    # part 1 (one batch) calls a network that sleeps 1 ms, part 2 (two batches) one that sleeps 6 ms: the cell's
+    # median call is ≥ 6 ms (part 1 alone would say 1 ms), and its lists are every batch's, as unsplit
+    import dataclasses
+    import statistics
+    import time
+
+    from diffbench.cell import _summarise
+    from diffbench.executors.split import combine_results
+    from diffbench.sampling import sample
+    from helpers import edm_model
+
+    base = edm_model()
+
+    def sleeping(seconds):
+        def network(x, t, cond):
+            time.sleep(seconds)
+            return base.network(x, t, cond)
+        return dataclasses.replace(base, network=network)
+
+    parts = [sample(sleeping(0.001), "heun", steps=4, num_samples=16, first_index=0, batch_size=16),
+             sample(sleeping(0.006), "heun", steps=4, num_samples=32, first_index=16, batch_size=16)]
+    combined = combine_results(parts)
+    calls_per_batch = 2 * 4 - 1  # Heun, no correction on the step into σ = 0
+    assert combined.call_seconds == parts[0].call_seconds + parts[1].call_seconds
+    assert len(combined.call_seconds) == 3 * calls_per_batch
+    assert combined.gap_seconds == parts[0].gap_seconds + parts[1].gap_seconds
+    assert len(combined.gap_seconds) == 3 * (calls_per_batch - 1)  # between the calls of each batch
+    rec: dict = {}
+    _summarise(rec, [combined])
+    assert rec["network_seconds_per_call"] == statistics.median(combined.call_seconds) >= 0.006

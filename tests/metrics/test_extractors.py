@@ -43,7 +43,7 @@ def test_a_pickle_payload_in_extractor_weights_never_runs(tmp_path, name):
     for path in files:
         with pytest.raises(UnsafeWeights) as err:
             METRICS["fid"].compute(torch.zeros(2, 1, 8, 8), model=RGB_MODEL, context=context, extractor=name,
-                                   weights_path=str(path), bootstrap=0)
+                                   weights_path=str(path), se_method="none")
         msg = str(err.value)
         assert "\n" not in msg and str(path) in msg and "safetensors" in msg, msg
         assert not marker.exists(), f"the payload in {path.name} ran"

@@ -42,14 +42,14 @@ def noisy(images, std):
 
 
 def test_fid_of_the_reference_against_itself_is_zero(context):
-    v = compute("fid", digits("train").images, context, bootstrap=10)["fid"]
+    v = compute("fid", digits("train").images, context, se_method="bootstrap", bootstrap=10)["fid"]
     assert abs(v.value) < 1e-6
     assert v.uncertainty is not None and "bootstrap" in v.method
 
 
 def test_fid_and_kid_grow_with_a_shift_of_the_distribution(context):
     test = digits("test").images
-    fid = [compute("fid", noisy(test, s), context, bootstrap=20)["fid"] for s in (0.0, 0.3, 0.6)]
+    fid = [compute("fid", noisy(test, s), context, se_method="bootstrap", bootstrap=20)["fid"] for s in (0.0, 0.3, 0.6)]
     kid = [compute("kid", noisy(test, s), context, subsets=20)["kid"] for s in (0.0, 0.3, 0.6)]
     # the held-out split is close to the reference; each step of noise lands far outside the error bars
     assert fid[0].value + 3 * fid[0].uncertainty < fid[1].value
@@ -67,7 +67,7 @@ def test_fid_matches_torch_fidelity_and_fast_bootstrap_formula(context):
     ref, _ = fidelity.reference_features("digits", "train", ext, context)
     stats = [fid_features_to_statistics(f) for f in (gen, ref)]  # torch-fidelity's own float32 path
     expected = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
-    v = compute("fid", digits("test").images, context, bootstrap=0)["fid"]
+    v = compute("fid", digits("test").images, context, se_method="none")["fid"]
     assert v.value == pytest.approx(expected, rel=1e-4) and v.uncertainty is None
     ref_stats = fid_features_to_statistics(ref.double())
     assert fidelity._fid_against(ref_stats)(gen.double().numpy()) == pytest.approx(expected, rel=1e-4)
@@ -82,7 +82,7 @@ def test_kid_and_prc_values_carry_uncertainty_and_method(context):
 
 
 def test_context_records_what_was_used(context):
-    compute("fid", digits("test").images, context, bootstrap=0)
+    compute("fid", digits("test").images, context, se_method="none")
     info = context.info
     assert info["feature_extractor"] == "digits-cnn" and info["feature_layer"] == "128"
     assert info["feature_extractor_hash"] == digits_cnn.load_classifier()[1]
@@ -96,7 +96,7 @@ def test_second_evaluation_extracts_no_reference_features(context, monkeypatch):
     monkeypatch.setattr(extractors, "extract_features",
                         lambda images, *a, **k: calls.append(len(images)) or real(images, *a, **k))
     reference.clear_memo()
-    first = compute("fid", digits("test").images, context, bootstrap=0)["fid"]
+    first = compute("fid", digits("test").images, context, se_method="none")["fid"]
     assert calls == [300, 256, 256, 256, 256, 256, 217]  # samples, then the reference in batches (cache miss)
     assert len(list(context.cache_dir.glob("ref-digits-train-digits-cnn-*.safetensors"))) == 1
     hash_first = context.info["reference_hash"]
@@ -104,7 +104,7 @@ def test_second_evaluation_extracts_no_reference_features(context, monkeypatch):
     reference.clear_memo()  # a later process: only the disk cache remains
     calls.clear()
     fresh = MetricContext(cache_dir=context.cache_dir, seed=0)  # e.g. a later run
-    second = compute("fid", digits("test").images.clone(), fresh, bootstrap=0)["fid"]
+    second = compute("fid", digits("test").images.clone(), fresh, se_method="none")["fid"]
     assert calls == [300]  # only the new samples
     assert second.value == pytest.approx(first.value) and fresh.info["reference_hash"] == hash_first
 
@@ -179,8 +179,11 @@ def test_metrics_are_registered():
     assert not METRICS["fid"].higher_is_better and not METRICS["kid"].higher_is_better
 
 
+@pytest.mark.parametrize("gram_limit", [fidelity.GRAM_LIMIT, 0], ids=["whole-gram", "by-subset"])
 @pytest.mark.parametrize("subset_size", [150, 300])
-def test_kid_from_whole_gram_matrices_equals_torch_fidelity(context, subset_size):
+def test_kid_from_whole_gram_matrices_equals_torch_fidelity(context, subset_size, gram_limit, monkeypatch):
+    """Both KID paths (whole Gram matrices for small sets, subset by subset for large) equal torch-fidelity."""
+    monkeypatch.setattr(fidelity, "GRAM_LIMIT", gram_limit)
     from torch_fidelity.metric_kid import kid_features_to_metric
 
     from diffbench.metrics.reference import ReferenceData
@@ -230,3 +233,26 @@ def test_fid_with_fewer_samples_than_dimensions_equals_the_full_eigenproblem():
                  - 2 * np.sqrt(ev[ev > 1e-9 * ev.max()]).sum())
         assert (ev > 1e-9 * ev.max()).sum() <= len(np.unique(rows, axis=0)) - 1  # rank n − 1 at most
         assert fidelity._fid_against(stats)(rows) == pytest.approx(exact, rel=1e-9)
+
+
+@pytest.mark.parametrize("max_samples", [100_000, 700])
+def test_prc_equals_torch_fidelity_on_the_same_rows(context, max_samples):
+    """Within max_samples: torch-fidelity's precision/recall on all rows; beyond: on the recorded-size subsets
+    (the same seeded draws), so memory and cost stay bounded whatever the sample count."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    from diffbench.metrics.reference import ReferenceData
+
+    ext = fidelity.resolve_extractor("digits-cnn", None, "prc")
+    gen = fidelity.extract_features(noisy(digits("test").images, 0.3), (-1.0, 1.0), ext)
+    ref_feats, _ = fidelity.reference_features("digits", "train", ext, context)
+    ref = ReferenceData(SimpleNamespace(stats=None), ref_feats, "x")
+    out = fidelity.PRC().score_features(gen, ref, context, neighborhood=3, max_samples=max_samples)
+    x = fidelity._bounded_subset(gen, max_samples, context.seed)
+    y = fidelity._bounded_subset(ref_feats, max_samples, context.seed + 1)
+    assert context.info["prc_sizes"] == [len(x), len(y)] == [min(len(gen), max_samples), min(len(ref_feats), max_samples)]
+    want = prc_features_to_metric(x, y, prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    # distances computed in other block shapes may round a tie differently: at most one row either way
+    assert out["precision"].value == pytest.approx(want["precision"], abs=1.01 / len(x))
+    assert out["recall"].value == pytest.approx(want["recall"], abs=1.01 / len(y))
+    assert 0 < out["precision"].value < 1 and 0 < out["recall"].value < 1

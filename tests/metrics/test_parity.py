@@ -42,6 +42,6 @@ def test_fid_between_two_folders_equals_torch_fidelity_calculate_metrics(tmp_pat
     model = SimpleNamespace(name="folder-a", dataset={"name": "image-folder", "options": {"path": str(b)}},
                             data_range=(-1.0, 1.0))
     got = METRICS["fid"].compute(samples, model=model, context=MetricContext(cache_dir=tmp_path / "cache"),
-                                 weights_path=str(weights), bootstrap=0)["fid"].value
+                                 weights_path=str(weights), se_method="none")["fid"].value
     assert want > 0
     assert abs(got - want) <= 1e-6, (got, want)

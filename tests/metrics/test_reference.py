@@ -39,7 +39,7 @@ def context(tmp_path):
 
 def fid(dataset, context, samples, **options):
     return METRICS["fid"].compute(samples, model=model_on(dataset), context=context, extractor="digits-cnn",
-                                  bootstrap=0, **options)["fid"].value
+                                  se_method="none", **options)["fid"].value
 
 
 def test_fid_against_an_image_folder_equals_fid_against_the_same_images_in_memory(tmp_path, context):
@@ -65,7 +65,7 @@ def test_npz_stats_give_the_fid_of_the_folder_they_were_computed_from(tmp_path, 
     from_stats = fid({"name": "npz-stats", "options": {"path": str(tmp_path / "ref.npz")}}, context, samples)
     assert from_stats == pytest.approx(from_folder, rel=1e-6)
     boot = METRICS["fid"].compute(samples, model=model_on({"name": "npz-stats", "options": {"path": str(tmp_path / "ref.npz")}}),
-                                  context=context, extractor="digits-cnn", bootstrap=5)["fid"]
+                                  context=context, extractor="digits-cnn", se_method="bootstrap", bootstrap=5)["fid"]
     assert boot.value == pytest.approx(from_folder, rel=1e-6) and boot.uncertainty > 0
 
 
@@ -90,7 +90,7 @@ def test_npz_stats_serve_fid_only_and_must_match_the_extractor_dimension(tmp_pat
 
 def digits_suite(reference_spec, **overrides):
     return small(model={"name": "digits-eps"}, reference=reference_spec,
-                 metrics=[{"name": "fid", "options": {"extractor": "digits-cnn", "bootstrap": 0}}],
+                 metrics=[{"name": "fid", "options": {"extractor": "digits-cnn", "se_method": "none"}}],
                  num_samples=16, batch_size=16, grid={"sampler": ["euler"], "steps": [2]}, **overrides)
 
 
@@ -130,7 +130,7 @@ def test_fid_inf_extrapolates_the_small_sample_bias_away(tmp_path, context):
     gen = torch.from_numpy(np.random.default_rng(0).standard_normal((n, d)))
     np.savez(tmp_path / "exact.npz", mu=np.zeros(d), sigma=np.eye(d))  # the true distribution's statistics
     ref = reference.ReferenceData(open_npz(tmp_path / "exact.npz"), None, "exact")
-    fid_n = fidelity.FID().score_features(gen, ref, context, bootstrap=0)["fid"].value
+    fid_n = fidelity.FID().score_features(gen, ref, context, se_method="none", groups=20, bootstrap=100)["fid"].value
     inf = fidelity.FIDInfinity().score_features(gen, ref, context, points=15, min_fraction=0.1)["fid-inf"]
     bias = d / n + d * (d + 1) / (4 * n)  # 0.013
     assert 0.5 * bias < fid_n < 2 * bias

@@ -36,7 +36,7 @@ from diffbench.seeding import StepNoise, initial_noise  # noqa: E402
 
 import tiny_diffusers  # noqa: E402
 
-BATCH, STEPS = 3, 8
+BATCH, STEPS = 8, 8
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
@@ -313,7 +313,7 @@ def text(tmp_path_factory):
 def test_text_guidance(text, pred, guidance, sampler):
     """Prompt of sample i = line i mod 3, guidance against the empty prompt, as StableDiffusionPipeline."""
     model, bare, encode = text[pred]
-    idx = list(range(BATCH + 1))  # 4 samples over 3 prompts: sample 3 gets prompt 0 again
+    idx = list(range(BATCH + 1))  # 9 samples over 3 prompts: each prompt three times
     cond = model.condition.for_indices(idx, model.device)
     ref_cond = encode([PROMPTS[i % 3] for i in idx])
     assert torch.equal(cond, ref_cond)

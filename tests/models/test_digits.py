@@ -1,7 +1,10 @@
 """The shipped digits models: safe loading, identity, time/target wiring, guidance NFE, sample quality."""
 import hashlib
 import importlib.util
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,13 +124,55 @@ def test_full_size_quality(models, name, tmp_path):
     assert acc["class-accuracy"].value >= 0.90
 
 
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_training_script_writes_a_loadable_checkpoint(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_digits", REPO / "scripts" / "train_digits.py")
-    train_digits = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_digits)
+    train_digits = load_script("train_digits")
     out = tmp_path / "digits-v.safetensors"
     train_digits.train("digits-v", train_digits.SPECS["digits-v"], steps=3, batch=8, lr=1e-3, p_uncond=0.1,
                        ema_decay=0.999, seed=0, out=out)
     model = MODELS["digits-v"](checkpoint=str(out))
     assert model.checkpoint_hash != MODELS["digits-v"]().checkpoint_hash
     assert model.network(torch.zeros(2, 1, 8, 8), torch.full((2,), 0.3), torch.tensor([1, 10])).shape == (2, 1, 8, 8)
+
+
+def run_script(name: str, *args: str, threads: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], env=env, check=True,
+                   capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_training_reproduces_its_checkpoint_bit_for_bit_whatever_the_thread_count(name, tmp_path):
+    """A brief training (40 steps of 64) twice: a fresh process with 1 thread, this one with 2; same bytes.
+
+    Each step is the same computation as in the full training, so equal files here mean every step is
+    deterministic; it does not retrain the shipped files (4-5 minutes each: docs/digits.md).
+    """
+    args = ["--models", name, "--steps", "40", "--batch", "64"]
+    run_script("train_digits", *args, "--out-dir", str(tmp_path / "a"), threads=1)
+    train_digits, threads = load_script("train_digits"), torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train_digits.train(name, train_digits.SPECS[name], steps=40, batch=64, lr=2e-3, p_uncond=0.1,
+                           ema_decay=0.999, seed=0, out=tmp_path / "b.safetensors")
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "a" / f"{name}.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.slow
+def test_classifier_script_reproduces_the_shipped_checkpoint(tmp_path):
+    """scripts/train_classifier.py in full (about 20 s of one core) rewrites digits-cnn byte for byte.
+
+    Holds on a CPU that runs the same kernels as the one it was trained on (docs/digits.md).
+    """
+    run_script("train_classifier", "--out", str(tmp_path / "cnn.safetensors"), threads=2)
+    assert (tmp_path / "cnn.safetensors").read_bytes() == shipped("digits-cnn").read_bytes()

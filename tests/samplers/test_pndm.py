@@ -1,11 +1,12 @@
-"""PNDM / PLMS against diffusers' PNDMScheduler, step for step, in float64.
+"""PNDM / PLMS against diffusers' PNDMScheduler, whole runs, in float64, with the σ-midpoint of continuous models.
 
 diffusers takes PRK midpoints at timestep t - δ/2 of its training schedule; to hand both implementations the
 same σ list *and* the same midpoints, the test builds the scheduler's ᾱ (trained_betas) so that, with
 2N training timesteps and 'leading' spacing (δ = 2), even timesteps carry diffbench's grid σ and odd ones
-the geometric means diffbench uses as midpoints. set_alpha_to_one=True makes the final σ 0; diffusers'
-multistep step into σ = 0 differs from diffbench's x = D(x, σ) by design, so the runs are compared up to
-σ_{N-1} and the last step is checked against its definition. Relative difference ≤ 1e-10.
+the geometric means diffbench uses as midpoints on a continuous model (the EDM GMM: ``midpoint: auto`` is
+'sigma' there). set_alpha_to_one=True makes the final σ 0, and both take an Adams-Bashforth step into it.
+Relative difference ≤ 1e-10. The trained-timestep midpoint on the linear-β schedule is
+tests/models/test_diffusers_parity.py's.
 """
 from __future__ import annotations
 
@@ -52,14 +53,21 @@ def test_matches_diffusers_step_for_step(steps, prk_warmup):
     den = SigmaDenoiser(edm_model("eps"))
     x = start_points(16, grid[0])
     net = eps_model(den, lambda t: by_t[int(t)])
-    # all of diffusers' calls but the last (a PLMS step into σ = 0; diffbench: x = D there)
-    theirs = run_diffusers(sch, net, x * alpha_of(grid[0]), timesteps=sch.timesteps[:-1])
-    ours = SAMPLERS["pndm"].fn(den, x, sigmas[:-1], prk_warmup=prk_warmup)
-    assert relative(ours, theirs / alpha_of(grid[-2])) < TOLERANCE
-    full = SAMPLERS["pndm"].fn(den, x, torch.cat([sigmas[:-1], torch.zeros(1, dtype=sigmas.dtype)]),
-                               prk_warmup=prk_warmup)
-    assert torch.equal(full, den(ours, grid[-2]))
+    theirs = run_diffusers(sch, net, x * alpha_of(grid[0]))  # every call, the PLMS step into ᾱ = 1 too
+    zero = torch.cat([sigmas[:-1], torch.zeros(1, dtype=sigmas.dtype)])
+    ours = SAMPLERS["pndm"].fn(den, x, zero, prk_warmup=prk_warmup)
+    assert relative(ours, theirs) < TOLERANCE
+    before = SAMPLERS["pndm"].fn(den, x, sigmas[:-1], prk_warmup=prk_warmup)
+    assert relative(ours, den(before, grid[-2])) > 1e-6  # not the first-order x = D(x, σ)
 
+
+def test_timestep_midpoint_needs_a_discrete_model():
+    x = start_points(2, 60.0)
+    grid = truncated_karras(edm_model(), 4, sigma_min=0.05, sigma_max=60.0)
+    with pytest.raises(ValueError, match="pndm midpoint='timestep' needs a discrete-time model"):
+        SAMPLERS["pndm"].fn(SigmaDenoiser(edm_model("eps")), x, grid, midpoint="timestep")
+    with pytest.raises(ValueError, match="pndm midpoint must be 'auto', 'timestep' or 'sigma', got 'mid'"):
+        SAMPLERS["pndm"].fn(SigmaDenoiser(edm_model("eps")), x, grid, midpoint="mid")
 
 def test_declared_nfe():
     s = torch.tensor([80.0, 20.0, 5.0, 1.0, 0.5, 0.0], dtype=torch.float64)
