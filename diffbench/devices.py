@@ -1,9 +1,8 @@
 """Device, dtype and thread settings shared by the API, the runner, the metrics and the CLI."""
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
@@ -47,33 +46,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-_ONE_THREAD_LOCK = threading.Lock()
-_blas_limits: dict[str, Any] = {"depth": 0, "limiter": None}
-
-
 @contextmanager
 def one_thread() -> Iterator[None]:
     """torch and every BLAS library (threadpoolctl) on one thread, restored afterwards.
 
     Sums then round alike in every process whatever its thread count (a Ray worker runs one thread, a
-    local run two), and tiny tensors skip the thread pool's overhead. torch's setting belongs to the
-    calling thread (OpenMP's per-thread count), so each thread restores its own; the BLAS limits are
-    process-wide, so concurrent uses (scoring on a second thread) count entries: the first sets them and
-    the last restores what the first found.
+    local run two), and tiny tensors skip the thread pool's overhead.
     """
     from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with _ONE_THREAD_LOCK:
-        if _blas_limits["depth"] == 0:
-            _blas_limits["limiter"] = threadpool_limits(limits=1)
-        _blas_limits["depth"] += 1
     try:
-        yield
+        with threadpool_limits(limits=1):
+            yield
     finally:
-        with _ONE_THREAD_LOCK:
-            _blas_limits["depth"] -= 1
-            if _blas_limits["depth"] == 0:
-                _blas_limits["limiter"].restore_original_limits()
         torch.set_num_threads(threads)

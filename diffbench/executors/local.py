@@ -2,7 +2,8 @@
 
 With ``overlap`` a finished cell is scored on a second thread while the next cell samples: by default
 when the models sample off the CPU (GPU sampling, CPU scoring), where the two do not compete for the
-same cores or thread settings. Scores depend only on a cell's feature rows, so the records are those of
+same cores or thread settings (``devices.one_thread``, used by scoring, sets thread counts that are
+per-thread for OpenMP but process-wide for some BLAS builds, so two threads should not both use it). Scores depend only on a cell's feature rows, so the records are those of
 the serial order (tests/executors/test_local.py compares them).
 """
 from __future__ import annotations

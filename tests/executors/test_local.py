@@ -1,11 +1,8 @@
 """The local executor: scoring overlapped with the next cell's sampling gives the records of the serial order."""
 from __future__ import annotations
 
-import threading
-
 import torch
 
-from diffbench.devices import one_thread
 from diffbench.executors.local import LocalExecutor
 from diffbench.results import RunDir
 from diffbench.runner import run_suite
@@ -51,28 +48,3 @@ def test_overlap_is_on_by_default_only_off_the_cpu():
 
     executor = LocalExecutor()
     assert executor.start(Job())["overlap_scoring"] is False
-
-
-def test_one_thread_used_from_two_threads_restores_every_setting():
-    from threadpoolctl import threadpool_info
-
-    def blas():
-        return sorted((i["internal_api"], i["num_threads"]) for i in threadpool_info())
-
-    before, blas_before = torch.get_num_threads(), blas()
-    entered, release = threading.Event(), threading.Event()
-
-    def other():
-        with one_thread():
-            entered.set()
-            release.wait()
-
-    with one_thread():
-        worker = threading.Thread(target=other)
-        worker.start()
-        entered.wait()
-    assert torch.get_num_threads() == before  # this thread's own setting is back
-    assert all(n == 1 for _, n in blas())  # the other thread still runs under the process-wide BLAS limit
-    release.set()
-    worker.join()
-    assert torch.get_num_threads() == before and blas() == blas_before
