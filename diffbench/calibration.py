@@ -8,12 +8,12 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from diffbench.denoiser import DiffusionModel
-from diffbench.devices import synchronize
+from diffbench.devices import one_thread, synchronize
 
 
 def _network_inputs(model: DiffusionModel, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -48,28 +48,75 @@ def bare_network_seconds(model: DiffusionModel, batch_size: int, *, repeats: int
 
 REFERENCE_SHAPE = (64, 256)  # 16384 float32 values: below torch's parallel grain, so one thread does the work
 REFERENCE_OPS = 64
+REFERENCE_PIECES = 16  # timed separately: pieces as short as the harness's gaps between network calls
+
+
+def reference_work() -> Callable[[], float]:
+    """A fixed piece of harness-like work (small elementwise tensor ops driven from Python); calling the
+    returned function does it once and returns the median thread CPU seconds of its ``REFERENCE_PIECES``
+    pieces (each ``REFERENCE_OPS / REFERENCE_PIECES`` ops), the same statistic the harness probe takes of
+    the gaps between network calls, so both see load alike (a preemption spoils one piece, not the median)."""
+    x = torch.linspace(-1.0, 1.0, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1]).reshape(REFERENCE_SHAPE)
+    d = torch.full(REFERENCE_SHAPE, 0.5)
+    per_piece = REFERENCE_OPS // REFERENCE_PIECES
+
+    def work() -> float:
+        y, pieces = x, []
+        with torch.inference_mode():
+            for piece in range(REFERENCE_PIECES):
+                t0 = time.thread_time()
+                for k in range(piece * per_piece, (piece + 1) * per_piece):
+                    y = y + (0.001 * k) * (y - d)
+                pieces.append(time.thread_time() - t0)
+        return statistics.median(pieces)
+
+    work()  # warm-up: allocator, dispatch caches
+    return work
 
 
 def cpu_reference_seconds(repeats: int = 15) -> float:
-    """Median CPU time of this thread for a fixed piece of harness-like work (small elementwise tensor ops
-    driven from Python): the yardstick compare divides harness time by to compare machines.
+    """Median over repeats of ``reference_work`` (CPU seconds per piece): the machine's CPU yardstick, in the manifest.
 
     Thread CPU time leaves out the time the thread waited for a core, so other processes on a shared
     machine move it much less than wall-clock time.
     """
-    x = torch.linspace(-1.0, 1.0, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1]).reshape(REFERENCE_SHAPE)
-    d = torch.full(REFERENCE_SHAPE, 0.5)
+    work = reference_work()
+    return statistics.median(work() for _ in range(repeats))
 
-    def work() -> float:
-        y = x
-        t0 = time.thread_time()
-        for k in range(REFERENCE_OPS):
-            y = y + (0.001 * k) * (y - d)
-        return time.thread_time() - t0
 
-    with torch.inference_mode():
-        work()  # warm-up: allocator, dispatch caches
-        return statistics.median(work() for _ in range(repeats))
+HARNESS_REPEATS = 11
+MIN_GAPS = REFERENCE_PIECES  # gaps per repetition: as many as the reference has pieces
+HARNESS_METHOD = ("cpu-time: the sampler on the cell's grid, batch size and options with a zero network, one "
+                  "torch thread; median thread CPU time between calls (at least 16 per repetition), minimum over {k} "
+                  "repetitions, divided by the minimum of the same statistic of a fixed CPU reference work "
+                  "(16 pieces of 4 small tensor ops) timed between them")
+
+
+def harness_probe(gaps_of_one_call: Callable[[], list[float]], repeats: int = HARNESS_REPEATS) -> dict[str, Any] | None:
+    """The harness's CPU time per network call in units of the CPU reference, measured in the same moments.
+
+    ``gaps_of_one_call()`` runs the sampler once (with a near-free network) and returns the thread CPU
+    seconds between its consecutive network calls. Each repetition times the reference work, then the
+    call (median over its gaps); the minimum over repetitions of each is the least disturbed reading, and
+    their ratio cancels what slows both alike (a slower machine, a busy core, lower clocks). One torch
+    thread, so the figure does not depend on the machine's core count or on a thread pool's spinning.
+    None when the sampler makes fewer than two network calls (no gap to time).
+    """
+    with one_thread():
+        work = reference_work()
+        if len(gaps_of_one_call()) < 1:  # warm-up, and whether there is anything to time
+            return None
+        refs, probes = [], []
+        for _ in range(repeats):
+            refs.append(work())
+            gaps: list[float] = []
+            while len(gaps) < MIN_GAPS:  # a 5-step sampler has 4 gaps a call: several calls per repetition
+                gaps += gaps_of_one_call()
+            probes.append(statistics.median(gaps))
+    seconds, ref = min(probes), min(refs)
+    return {"method": "cpu-time", "seconds_per_call": seconds, "reference_seconds": ref,
+            "ratio": seconds / ref, "repeats": repeats,
+            "spread": max(probes) / seconds if seconds > 0 else None}
 
 
 @dataclass(frozen=True)

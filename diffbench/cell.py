@@ -5,6 +5,7 @@ it is never raised, so the run goes on.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import statistics
@@ -17,12 +18,12 @@ from typing import Any, Callable
 
 import torch
 
-from diffbench import plots
+from diffbench import calibration, drift, plots
 from diffbench.denoiser import DiffusionModel
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, conventional_direction
 from diffbench.metrics.stream import FeatureRows, MetricError, MetricPlan
 from diffbench.registry import Component, Registry
-from diffbench.results import STATUS_FAILED, STATUS_OK, RunDir
+from diffbench.results import SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, RunDir
 from diffbench.saving import SampleSaver
 from diffbench.sampling import SampleResult, SamplerOutputError, SamplingCall, resolve_options, sample_batches
 from diffbench.suite import CellSpec, Suite
@@ -99,7 +100,8 @@ def metric_plan(suite: Suite, model: DiffusionModel, registry: Registry, context
 
 def _record_base(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry) -> dict[str, Any]:
     return {
-        "cell_id": cell.cell_id, "index": cell.index, "config_hash": cell.config_hash, "suite": suite.name,
+        "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "index": cell.index,
+        "config_hash": cell.config_hash, "suite": suite.name,
         "model": cell.model.key, "sampler": cell.sampler.key, "sampler_name": cell.sampler.name,
         "sampler_order": registry.get("sampler", cell.sampler.name).meta.get("order"),
         "scheduler": cell.scheduler.key, "scheduler_name": cell.scheduler.name, "steps": cell.steps,
@@ -202,6 +204,9 @@ def sample_cell(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: R
                 if first:
                     _describe_sampling(rec, res)
                     rec["sample_image"] = _sample_picture(group.preview, model, run.cell_path(cell.cell_id, ".png"))
+                    rec["drift_fingerprint"] = drift.fingerprint(group.preview)
+            # the harness probe times network calls: on this thread, never beside scoring
+            rec["harness"] = probe_harness(suite, cell, model, registry, rec["warnings"])
     except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a plugin's failure is this cell's result, not the run's
         out.failure, out.traceback = exc, traceback.format_exc()
     out.seconds = time.perf_counter() - t0
@@ -310,6 +315,31 @@ def harness_per_call(gaps: list[float]) -> float | None:
     if len(gaps) < 2:
         return gaps[0] if gaps else None
     return statistics.quantiles(gaps, n=4, method="inclusive")[0]
+
+
+def zero_network(x: torch.Tensor, t: torch.Tensor, labels: Any) -> torch.Tensor:
+    """A network that costs next to nothing: the harness probe's stand-in for the model's."""
+    return torch.zeros_like(x)
+
+
+def probe_harness(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry,
+                  warnings: list[str]) -> dict[str, Any] | None:
+    """The cell's sampler on its grid, options and batch size with a zero network, timed by
+    ``calibration.harness_probe`` (outside the cell's timed sampling); None, with a warning, if it fails."""
+    probe_model = dataclasses.replace(model, network=zero_network, decoder=None)
+    rows = min(suite.batch_size, suite.num_samples)
+
+    def gaps() -> list[float]:
+        call = sampling_call(suite, cell, probe_model, registry, suite.seeds[0], rows)
+        for _ in call:
+            pass
+        return call.result.gap_seconds
+
+    try:
+        return calibration.harness_probe(gaps)
+    except CELL_FAILURES as exc:  # e.g. a plugin sampler that cannot take a zero network's output
+        warnings.append(f"harness probe failed ({type(exc).__name__}: {exc}); harness not measured")
+        return None
 
 
 def _sample_picture(samples: torch.Tensor | None, model: DiffusionModel, path: Path) -> str | None:

@@ -52,6 +52,15 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     data = path.read_bytes()
-    header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 header size, then a JSON header
-    metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
-    return load(data), json.loads(metadata.get("config", "{}")), hashlib.sha256(data).hexdigest()
+    try:
+        header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 header size, then a JSON header
+        metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+        config = json.loads(metadata.get("config", "{}"))
+        if not isinstance(config, dict):
+            raise ValueError("its config is not a JSON object")
+        state = load(data)
+    except Exception as exc:  # truncated, not safetensors, bad JSON metadata (SafetensorError, ValueError, ...)
+        text = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"checkpoint {path}: not a readable safetensors checkpoint ({type(exc).__name__}: "
+                         f"{text})") from None
+    return state, config, hashlib.sha256(data).hexdigest()

@@ -1,8 +1,8 @@
 """The ``diffbench`` command: a thin layer over the Python API.
 
 Exit codes: 0 ok, 1 regression, failed check or a run that finished with failed cells, 2 usage or
-configuration error (one line, no traceback), 3 internal error, 130 interrupted (every finished
-cell kept).
+configuration error (one line, no traceback), 3 internal error, 4 compare: samples changed beyond
+round-off with no regression, 130 interrupted by Ctrl-C, 143 by SIGTERM (every finished cell kept in both).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import click
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_CHANGED = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 class UserError(Exception):
@@ -44,7 +45,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except RunInterrupted as exc:
             click.echo(f"diffbench: {exc}", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(EXIT_TERMINATED if exc.terminated else EXIT_INTERRUPTED)
         except KeyboardInterrupt:
             click.echo("diffbench: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
@@ -140,7 +141,8 @@ def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool, trust_c
     """Run every check 'run' makes before sampling, on each suite file (each file, one line).
 
     That is the schema and the installed plugins, then the models: σ grids, guidance, the plan's size
-    limits, and a warm-up batch on which every metric is tried once. With --no-load, only the first part.
+    limits, one batch of 2 through each model and each sampler given option values, and a warm-up
+    batch on which every metric is tried once. With --no-load, only the first part.
     """
     from diffbench.registry import default_registry
     from diffbench.results import RunDirError
@@ -229,25 +231,118 @@ def report_cmd(run_dir: Path) -> None:
 @click.option("--time-tol", default=None, metavar="TOL",
               help="Allowed growth of machine-normalised sampling time, 0.25 or 25% (default 25%); 'off' skips it.")
 @click.option("--harness-tol", default=None, metavar="TOL",
-              help="Allowed growth of harness CPU time per network call, 0.75 or 75% (default 75%); 'off' skips it.")
+              help="Allowed growth of harness CPU time per network call, 0.5 or 50% (default 50%); 'off' skips it.")
+@click.option("--drift-floor", default=None, metavar="RTOL",
+              help="Relative RMS change of the first samples beyond which a cell is 'changed' (default 1e-4); "
+                   "'off' skips it.")
 @click.option("--z", type=float, default=None, help="Standard errors a metric may move (default 2).")
-@click.option("--json", "as_json", is_flag=True, help="The comparison as JSON.")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
+              help="Output: the terminal report, Markdown (a CI job summary), or JSON.")
+@click.option("--json", "as_json", is_flag=True, help="The comparison as JSON (same as --format json).")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Also write JUnit XML to FILE: one test case per cell and check.")
+@click.option("--require-all", is_flag=True,
+              help="Fail (exit 1) when any check could not be made (e.g. a baseline too old to hold its field).")
 @handled
 def compare_cmd(baseline: Path, run_dir: Path, metric_tol: tuple[str, ...], time_tol: str | None,
-                harness_tol: str | None, z: float | None, as_json: bool) -> None:
-    """Compare RUN with BASELINE cell by cell; exit 1 when any cell regressed."""
+                harness_tol: str | None, drift_floor: str | None, z: float | None, fmt: str, as_json: bool,
+                junit: Path | None, require_all: bool) -> None:
+    """Compare RUN with BASELINE cell by cell; exit 1 when any cell regressed, 4 when samples only changed."""
     from diffbench import compare
+    from diffbench.results import write_atomic
 
     try:
+        floor = compare.parse_time_tol(drift_floor, compare.drift.FLOOR)
         rule = compare.Rule(z=compare.Z if z is None else z, metric_tol=compare.parse_metric_tols(metric_tol),
                             time_tol=compare.parse_time_tol(time_tol),
-                            harness_tol=compare.parse_time_tol(harness_tol, compare.HARNESS_TOL))
+                            harness_tol=compare.parse_time_tol(harness_tol, compare.HARNESS_TOL), drift_floor=floor)
         result = compare.compare(baseline, run_dir, rule)
     except compare.CompareError as exc:
         raise UserError(str(exc)) from None
-    click.echo(result.to_json() if as_json else compare.text(result), nl=not as_json)
-    if result.regressions:
-        sys.exit(EXIT_FAILED)
+    fmt = "json" if as_json else fmt
+    click.echo({"json": result.to_json, "markdown": lambda: compare.markdown(result),
+                "text": lambda: compare.text(result)}[fmt](), nl=fmt == "text")
+    if junit is not None:
+        try:
+            write_atomic(junit, compare.junit(result))
+        except OSError as exc:
+            raise UserError(f"--junit {junit}: cannot write ({exc.strerror or exc})") from None
+    code = result.exit_code(require_all)
+    if require_all and code == EXIT_FAILED and not result.regressions:
+        click.echo(f"diffbench: --require-all: {len(result.not_compared())} check(s) not compared (listed above); "
+                   f"refresh the baseline: {result.refresh}", err=True)
+    if code:
+        sys.exit(code)
+
+
+@cli.command(name="baseline")
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dest", metavar="DEST", type=click.Path(path_type=Path))
+@handled
+def baseline_cmd(run_dir: Path, dest: Path) -> None:
+    """Copy a finished run's results to DEST (a new folder) to commit as a baseline, without its lock files
+    and temporaries."""
+    from diffbench.results import copy_results
+
+    copied = copy_results(run_dir, dest)
+    click.echo(f"{dest}: {len(copied)} files")
+
+
+@cli.group()
+def history() -> None:
+    """A history of runs in one SQLite file: append runs, show each series and where it stepped."""
+
+
+DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                         help="History database (default: $DIFFBENCH_HISTORY or ./diffbench-history.sqlite).")
+
+
+def _db(db: Path | None) -> Path:
+    from diffbench.history import DEFAULT_DB
+
+    return db or Path(os.environ.get("DIFFBENCH_HISTORY") or DEFAULT_DB)
+
+
+@history.command(name="add")
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
+@DB_OPTION
+@click.option("--branch", default=None, help="Branch to record (default: the run's, else $GITHUB_REF_NAME / "
+                                             "$CI_COMMIT_REF_NAME).")
+@click.option("--machine", default=None, help="Machine name to record (default: the run's, else this host's).")
+@handled
+def history_add(run_dir: Path, db: Path | None, branch: str | None, machine: str | None) -> None:
+    """Append RUN's cells (commit, date, machine, metrics with s.e., NFE, time, harness, drift) to the history."""
+    from diffbench import history as hist
+
+    try:
+        run_id = hist.add(run_dir, _db(db), branch=branch, machine=machine)
+    except hist.HistoryError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"{_db(db)}: run #{run_id} added from {run_dir}")
+
+
+@history.command(name="show")
+@DB_OPTION
+@click.option("--cell", default=None, metavar="PATTERN", help="Only cells whose label or id matches this glob.")
+@click.option("--metric", default=None, metavar="NAME",
+              help="Only this series: a metric, or nfe, seconds_per_sample, harness, drift.")
+@click.option("--z", "z_step", type=float, default=None, help="z beyond which a split is a step (default 4).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Also draw the series to FILE (png, svg, pdf).")
+@click.option("--json", "as_json", is_flag=True, help="The series and their steps as JSON.")
+@handled
+def history_show(db: Path | None, cell: str | None, metric: str | None, z_step: float | None,
+                 plot_file: Path | None, as_json: bool) -> None:
+    """Print each series of the history, run by run, and the runs (commits) where it stepped."""
+    from diffbench import history as hist
+
+    try:
+        found = hist.series(_db(db), cell, metric, z_step=hist.Z_STEP if z_step is None else z_step)
+        if plot_file is not None:
+            hist.plot(found, plot_file)
+    except hist.HistoryError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(json.dumps([s.as_dict() for s in found], indent=2) if as_json else hist.text(found))
 
 
 @cli.command(name="score")

@@ -5,31 +5,36 @@ errors √(se_base² + se_run²) plus the metric's tolerance. Cost: counted NFE 
 sampling time is expressed in evaluations of the model's own network timed on the same machine
 (inside the timed call, else the run's calibration), so a baseline from another machine compares
 fairly; it is worse when that grew by more than the time tolerance. Harness: the sampler's and
-wrapper's own work per network call (median thread CPU time between consecutive network calls),
-scaled by the two machines' CPU reference; worse when it grew by more than the harness tolerance and
-by more than a floor, so a sampler loop that got twice as slow is seen even when the network takes
-99 % of the time. See docs/regression.md.
+wrapper's own work per network call, probed with a zero network outside the timed sampling and
+expressed in units of a CPU reference timed in the same moments (calibration.harness_probe); worse when
+it grew by more than the harness tolerance and by more than a floor, so a sampler loop that got twice as
+slow is seen even when the network takes 99 % of the time. Drift: the relative RMS change of the cell's
+first samples (same noise, same indices) against the baseline's; beyond the round-off floor the cell is
+"changed", a verdict of its own. See docs/regression.md.
 """
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from diffbench import drift
+from diffbench.calibration import HARNESS_METHOD, HARNESS_REPEATS
 from diffbench.metrics.base import conventional_direction
-from diffbench.results import STATUS_OK, DamagedFileError, RunDir, dumps, find_run
+from diffbench.results import SCHEMA_VERSION, STATUS_OK, DamagedFileError, RunDir, dumps, find_run
 from diffbench.text import shorten
 
 Z = 2.0
 TIME_TOL = 0.25  # in-call normalised time varied ≤ 4.3% over 8 smoke runs on a loaded 2-core CPU
-HARNESS_TOL = 0.75  # no false alarm in 2 × 30 comparisons, ×2 flagged in 97-100 % of cells: docs/regression.md
+HARNESS_TOL = 0.5  # under load on every core: no false alarm in 30 reruns, ×2 flagged in every cell: docs/regression.md
 HARNESS_FLOOR = 5e-6  # seconds per call: a change below this is timing noise whatever its ratio
 ROUND_OFF_RTOL = 1e-6  # allowance of a metric without standard error: about 8 float32 ulps of its value
 NFE_RTOL = 1e-9
-BETTER, SAME, WORSE = "better", "same", "worse"
+BETTER, SAME, WORSE, CHANGED = "better", "same", "worse", "changed"
 
 
 class CompareError(Exception):
@@ -72,6 +77,7 @@ class Rule:
     time_tol: float | None = TIME_TOL  # relative; None: speed not compared
     harness_tol: float | None = HARNESS_TOL  # relative; None: harness time not compared
     harness_floor: float = HARNESS_FLOOR  # seconds per network call
+    drift_floor: float | None = drift.FLOOR  # relative RMS change of the first samples; None: not compared
 
     def __post_init__(self) -> None:
         if isinstance(self.z, bool) or not isinstance(self.z, (int, float)) or not 0 <= self.z < math.inf:
@@ -86,10 +92,13 @@ class Rule:
         speed = "not compared" if self.time_tol is None else f"worse beyond {100 * self.time_tol:g}%"
         harness = "not compared" if self.harness_tol is None else (
             f"worse beyond {100 * self.harness_tol:g}% and {1e6 * self.harness_floor:g} µs per call")
+        drifted = "not compared" if self.drift_floor is None else f"changed beyond {self.drift_floor:g}"
         return (f"quality worse beyond z = {self.z:g} combined standard errors √(se_base² + se_run²) + tolerance "
                 f"({tols}), or {ROUND_OFF_RTOL:g}·|baseline| for a metric without standard error; NFE may not "
                 f"grow; speed (sampling time in network evaluations on the run's own machine) {speed}; harness "
-                f"(CPU time per network call between calls, scaled by the machines' CPU reference) {harness}")
+                f"(CPU time per call between calls with a zero network, in units of a CPU reference timed in "
+                f"the same moments) {harness}; drift (relative RMS change of the first {drift.SAMPLES} samples "
+                f"from the same noise) {drifted}")
 
 
 def parse_metric_tols(items: list[str] | tuple[str, ...]) -> dict[str, Tolerance]:
@@ -126,6 +135,9 @@ class Check:
         """'baseline → run (change, allowed ±allowance)' in the check's unit, for the log."""
         if self.delta is None:
             return f"{self.what}: {self.note or 'not compared'}"
+        if self.what == "drift":
+            return (f"drift: the first {drift.SAMPLES} samples moved by {self.delta:.3g} (relative RMS change; "
+                    f"round-off floor {self.threshold:.3g})")
         if self.what == "time":
             values = f"{self.baseline:.4g} → {self.run:.4g} network evaluations"
         elif self.what == "harness":
@@ -142,7 +154,8 @@ class Check:
 
 @dataclass
 class CellComparison:
-    """A cell's checks and its verdict: worse if any check is worse, better if any is better, else same."""
+    """A cell's checks and its verdict: worse if any check is worse, else changed if its samples drifted,
+    else better if any is better, else same."""
 
     cell_id: str
     label: str
@@ -152,7 +165,10 @@ class CellComparison:
     @property
     def verdict(self) -> str:
         verdicts = {c.verdict for c in self.checks}
-        return WORSE if WORSE in verdicts else BETTER if BETTER in verdicts else SAME
+        for verdict in (WORSE, CHANGED, BETTER):
+            if verdict in verdicts:
+                return verdict
+        return SAME
 
     def as_dict(self) -> dict[str, Any]:
         return {"cell_id": self.cell_id, "label": self.label, "verdict": self.verdict, "note": self.note,
@@ -172,9 +188,30 @@ class Comparison:
     machines: str | None = None
     context: list[dict[str, Any]] = field(default_factory=list)  # what ran, baseline vs run (see run_context)
 
+    refresh: str = ""  # the command that re-records the baseline
+
     @property
     def regressions(self) -> list[CellComparison]:
         return [c for c in self.cells if c.verdict == WORSE]
+
+    @property
+    def changed(self) -> list[CellComparison]:
+        """Cells whose samples drifted beyond the round-off floor and that are not worse."""
+        return [c for c in self.cells if c.verdict == CHANGED]
+
+    def not_compared(self) -> list[str]:
+        """Every check that could not be made, and every run cell the baseline lacks, one line each."""
+        out = [f"{cell.label}: {c.what}: {c.note or 'not compared'}"
+               for cell in self.cells for c in cell.checks if c.delta is None]
+        out += [f"{cell.label}: {cell.note}" for cell in self.cells if not cell.checks]
+        out += [f"{_label(c)}: not in the baseline" for c in self.new_cells]
+        return out
+
+    def exit_code(self, require_all: bool = False) -> int:
+        """0 ok; 1 a cell is worse (or, with ``require_all``, a check was not made); 4 samples changed."""
+        if self.regressions or (require_all and self.not_compared()):
+            return 1
+        return 4 if self.changed else 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"baseline": str(self.baseline), "run": str(self.run), "z": self.rule.z,
@@ -182,7 +219,10 @@ class Comparison:
                 "time_tol": self.rule.time_tol, "harness_tol": self.rule.harness_tol,
                 "harness_floor_seconds": self.rule.harness_floor, "round_off_rtol": ROUND_OFF_RTOL,
                 "rule": self.rule.describe(), "context": self.context,
-                "regressions": len(self.regressions), "cells": [c.as_dict() for c in self.cells],
+                "drift_floor": self.rule.drift_floor, "harness_method": HARNESS_METHOD.format(k=HARNESS_REPEATS),
+                "schema_version": SCHEMA_VERSION, "refresh": self.refresh,
+                "regressions": len(self.regressions), "changed": len(self.changed),
+                "not_compared": self.not_compared(), "cells": [c.as_dict() for c in self.cells],
                 "regressed_cells": [{"cell_id": c.cell_id, "label": c.label, "note": c.note,
                                      "worse": [k.describe() for k in c.checks if k.verdict == WORSE]}
                                     for c in self.regressions],
@@ -273,7 +313,7 @@ def metric_check(name: str, base: dict[str, Any], run: dict[str, Any], higher: b
     """Worse when the metric moved the bad way by more than z·√(se_b² + se_r²) + tolerance."""
     b, r = base.get("value"), run.get("value")
     if b is None or not math.isfinite(b):
-        return Check(name, b, r, None, None, SAME, "no baseline value")
+        return Check(name, b, r, None, None, SAME, f"the baseline lacks metrics.{name}.value")
     if r is None or not math.isfinite(r):
         return Check(name, b, r, None, None, WORSE, "no value in the run")
     ses = [s for s in (base.get("uncertainty"), run.get("uncertainty")) if s is not None and math.isfinite(s)]
@@ -289,7 +329,7 @@ def nfe_check(base: dict[str, Any], run: dict[str, Any]) -> Check:
     """Counted NFE per sample may not grow (it is exact, so no noise allowance)."""
     b, r = base.get("nfe"), run.get("nfe")
     if b is None or r is None:
-        return Check("nfe", b, r, None, None, SAME, "not recorded")
+        return Check("nfe", b, r, None, None, SAME, f"the {'baseline' if b is None else 'run'} lacks nfe")
     threshold = NFE_RTOL * abs(b)
     return Check("nfe", b, r, r - b, threshold, _verdict(r - b, threshold))
 
@@ -324,41 +364,73 @@ def time_check(base: dict[str, Any], run: dict[str, Any], base_manifest: dict[st
     if b is None or r is None:
         b, r, basis = calibrated_time(base, base_manifest), calibrated_time(run, run_manifest), "calibration"
     if b is None or r is None:
-        return Check("time", b, r, None, None, SAME, "no network time or calibration recorded: speed not compared")
+        return Check("time", b, r, None, None, SAME, f"the {'baseline' if b is None else 'run'} lacks network_seconds "
+                     "and calibration.<model>.network_seconds_per_call: speed not compared")
     ratio = r / b - 1.0
     return Check("time", b, r, ratio, rule.time_tol, _verdict(ratio, rule.time_tol), f"per {basis}")
 
 
-def cpu_reference(manifest: dict[str, Any], model: Any) -> float | None:
-    """The run's CPU yardstick (calibration.cpu_reference_seconds), if it recorded one."""
-    value = ((manifest.get("calibration") or {}).get(model) or {}).get("cpu_reference_seconds")
-    return value if isinstance(value, (int, float)) and value > 0 else None
+def _positive(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return float(value) if ok else None
 
 
-def harness_check(base: dict[str, Any], run: dict[str, Any], base_manifest: dict[str, Any],
-                  run_manifest: dict[str, Any], rule: Rule) -> Check | None:
+def harness_ratio(record: dict[str, Any]) -> float | None:
+    """The cell's harness probe: CPU time per network call in units of the CPU reference (harness.ratio)."""
+    probe = record.get("harness")
+    return _positive(probe.get("ratio")) if isinstance(probe, dict) else None
+
+
+def schema_version(record: dict[str, Any]) -> int:
+    """A record's or manifest's schema version (1 when it has none, as before versions were written)."""
+    version = record.get("schema_version", 1)
+    return version if isinstance(version, int) and not isinstance(version, bool) else 1
+
+
+def _lacks(field_name: str, record: dict[str, Any]) -> str:
+    version = schema_version(record)
+    older = f" (schema {version}, older than {SCHEMA_VERSION})" if version < SCHEMA_VERSION else ""
+    return f"{field_name}{older}"
+
+
+def harness_check(base: dict[str, Any], run: dict[str, Any], rule: Rule) -> Check | None:
     """Worse when the harness CPU time per network call grew by more than the harness tolerance and the floor.
 
-    Harness time is the median CPU time of the sampling thread between consecutive network calls: the
-    sampler's and the σ-space wrapper's own work, without the network and without the time the thread
-    waited for a core. A baseline from another machine is scaled by the ratio of the two runs' CPU
-    reference times (the same fixed tensor work timed the same way).
+    Both runs' figures are harness probes (``calibration.harness_probe``): the sampler and σ-space wrapper
+    with a zero network, their CPU time per call divided by a CPU reference timed in the same moments,
+    minimum over repetitions. The baseline's ratio times the run's reference is what the harness should
+    cost on the run's machine now; the check is shown in µs of the run's machine.
     """
     if rule.harness_tol is None:
         return None
-    b, r = base.get("harness_seconds_per_call"), run.get("harness_seconds_per_call")
+    b, r = harness_ratio(base), harness_ratio(run)
     if b is None or r is None:
-        where = "baseline" if b is None else "run"
-        return Check("harness", b, r, None, None, SAME, f"no harness time in the {where}'s records (written "
-                     "before cells recorded harness_seconds_per_call); refresh the baseline to gate it")
-    expected, note = b, ""
-    ref_b, ref_r = cpu_reference(base_manifest, base.get("model")), cpu_reference(run_manifest, run.get("model"))
-    if ref_b and ref_r and abs(ref_r / ref_b - 1.0) > 0.25:  # another kind of machine: rescale the baseline
-        expected = b * ref_r / ref_b
-        note = f"baseline scaled ×{ref_r / ref_b:.2f} by the machines' CPU reference"
-    allowance = max(rule.harness_tol * expected, rule.harness_floor)
-    verdict = _verdict(r - expected, allowance)
-    return Check("harness", expected, r, r / expected - 1.0, allowance / expected, verdict, note)
+        rec, which = (base, "baseline") if b is None else (run, "run")
+        why = "a sampler with fewer than two network calls, or a failed probe" if schema_version(rec) >= 2 \
+            else "records written before the harness probe"
+        return Check("harness", None, None, None, None, SAME,
+                     f"the {which} lacks {_lacks('harness.ratio', rec)}: {why}")
+    ref = _positive(run["harness"].get("reference_seconds"))
+    if ref is None:
+        return Check("harness", None, None, None, None, SAME, "the run's harness probe lacks reference_seconds")
+    expected, got = b * ref, r * ref  # µs on the run's machine now; the ratio r / b is what is judged
+    allowance = max(rule.harness_tol, rule.harness_floor / expected)
+    return Check("harness", expected, got, r / b - 1.0, allowance, _verdict(r / b - 1.0, allowance), "")
+
+
+def drift_check(base: dict[str, Any], run: dict[str, Any], rule: Rule) -> Check | None:
+    """Changed when the first samples moved by more than the round-off floor (relative RMS change)."""
+    if rule.drift_floor is None:
+        return None
+    b, r = base.get("drift_fingerprint"), run.get("drift_fingerprint")
+    if not isinstance(b, dict) or not isinstance(r, dict):
+        rec, which = (base, "baseline") if not b else (run, "run")
+        return Check("drift", None, None, None, None, SAME, f"the {which} lacks {_lacks('drift_fingerprint', rec)}")
+    try:
+        change = drift.relative_rms_change(b, r)
+    except ValueError as exc:
+        return Check("drift", None, None, None, None, SAME, f"fingerprints cannot be paired: {exc}")
+    return Check("drift", 0.0, change, change, rule.drift_floor, CHANGED if change > rule.drift_floor else SAME)
 
 
 def compare_cell(cid: str, base: dict[str, Any], run: dict[str, Any], base_manifest: dict[str, Any],
@@ -374,10 +446,10 @@ def compare_cell(cid: str, base: dict[str, Any], run: dict[str, Any], base_manif
                            higher_is_better(name, base, run, warnings=warnings), rule)
               for name, m in base.get("metrics", {}).items()]
     checks.append(nfe_check(base, run))
-    for timed in (time_check(base, run, base_manifest, run_manifest, rule),
-                  harness_check(base, run, base_manifest, run_manifest, rule)):
-        if timed is not None:
-            checks.append(timed)
+    for extra in (time_check(base, run, base_manifest, run_manifest, rule), harness_check(base, run, rule),
+                  drift_check(base, run, rule)):
+        if extra is not None:
+            checks.append(extra)
     return CellComparison(cid, label, checks)
 
 
@@ -429,6 +501,20 @@ def run_context(base: dict[str, Any], run: dict[str, Any]) -> list[dict[str, Any
     return [{"what": what, "baseline": b, "run": r, "changed": b != r} for what, b, r in items]
 
 
+def refresh_command(baseline: Path, manifest: dict[str, Any]) -> str:
+    """The commands that re-record ``baseline``: its suite run afresh, then copied in by ``diffbench baseline``."""
+    try:
+        words = shlex.split(str(manifest.get("command") or ""))
+    except ValueError:
+        words = []
+    suite = next((shlex.quote(words[i + 1]) for i, w in enumerate(words[:-1]) if w == "run"), None)
+    if suite is None:
+        suite = f"<the suite file of {manifest.get('suite')!r}>"
+    new = f"/tmp/{manifest.get('suite') or 'baseline'}-new"
+    return (f"diffbench run {suite} --out {new} --no-progress && rm -rf {shlex.quote(str(baseline))} "
+            f"&& diffbench baseline {new} {shlex.quote(str(baseline))}")
+
+
 def compare(baseline: str | Path, run: str | Path, rule: Rule | None = None) -> Comparison:
     """Compare every baseline cell with the same cell of ``run`` (each a run directory or a suite folder)."""
     rule = rule or Rule()
@@ -442,7 +528,8 @@ def compare(baseline: str | Path, run: str | Path, rule: Rule | None = None) -> 
     cells = [compare_cell(cid, base_records[cid], run_records[cid], base_manifest, run_manifest, rule, warnings)
              for cid in sorted(ids, key=lambda c: base_records[c].get("index", 0))]
     return Comparison(base_dir.path, run_dir.path, rule, cells, sorted(new), list(dict.fromkeys(warnings)),
-                      machines(base_manifest, run_manifest), run_context(base_manifest, run_manifest))
+                      machines(base_manifest, run_manifest), run_context(base_manifest, run_manifest),
+                      refresh_command(base_dir.path, base_manifest))
 
 
 # --- display -----------------------------------------------------------------------------------
@@ -455,11 +542,20 @@ def _fmt_check(c: Check) -> str:
         return "not compared" if c.note else "-"  # why: under the table
     if c.what in ("time", "harness"):
         text = f"{100 * c.delta:+.0f}% (±{100 * c.threshold:.3g}%)"
+    elif c.what == "drift":
+        text = f"{c.delta:.2g} (≤{c.threshold:.2g})"
     elif c.what == "nfe":
         text = f"{c.baseline:g}→{c.run:g}"
     else:
         text = f"{c.delta:+.3g} (±{c.threshold:.2g})"
     return text if c.verdict == SAME else f"{text} {c.verdict}"
+
+
+PLAIN_CHECKS = ("nfe", "time", "harness", "drift", "status")  # shown under their own name, not as "Δmetric"
+
+
+def _column(what: str) -> str:
+    return what if what in PLAIN_CHECKS else "Δ" + what
 
 
 def table(result: Comparison) -> pd.DataFrame:
@@ -468,7 +564,7 @@ def table(result: Comparison) -> pd.DataFrame:
     for cell in result.cells:
         row = {"cell": cell.label, "verdict": cell.verdict}
         for c in cell.checks:
-            row["Δ" + c.what if c.what not in ("nfe", "time", "harness", "status") else c.what] = _fmt_check(c)
+            row[_column(c.what)] = _fmt_check(c)
         if cell.note:
             row["note"] = shorten(cell.note, NOTE_WIDTH)  # in full under "regressions"
         rows.append(row)
@@ -499,18 +595,97 @@ def text(result: Comparison) -> str:
         for cell in result.regressions:
             lines.append(f"  {cell.label}" + (f": {cell.note}" if cell.note else ""))
             lines += [f"    {c.describe()}" for c in cell.checks if c.verdict == WORSE and c.what != "status"]
-    lines += ["", f"rule: {result.rule.describe()}"]
+    if result.changed:
+        lines += ["", "changed (samples moved beyond round-off; metrics within noise):"]
+        lines += [f"  {cell.label}: {c.describe()}" for cell in result.changed for c in cell.checks
+                  if c.verdict == CHANGED]
+    lines += ["", f"rule: {result.rule.describe()}",
+              f"harness measure: {HARNESS_METHOD.format(k=HARNESS_REPEATS)}"]
     if result.new_cells:
         lines.append(f"not in the baseline (not compared): {', '.join(_label(c) for c in result.new_cells)}")
     lines += [f"warning: {w}" for w in result.warnings]
-    skipped = sorted({c.note for cell in result.cells for c in cell.checks if c.delta is None and c.note})
+    skipped = sorted({f"{c.what}: {c.note}" for cell in result.cells for c in cell.checks
+                      if c.delta is None and c.note})
     lines += [f"not compared: {note}" for note in skipped]
-    n = len(result.regressions)
-    counts = {v: sum(c.verdict == v for c in result.cells) for v in (BETTER, SAME, WORSE)}
-    lines.append(f"{len(result.cells)} cells: {counts[BETTER]} better, {counts[SAME]} same within noise, "
-                 f"{counts[WORSE]} worse" + (f" → REGRESSION in {n} cell(s)" if n else ""))
-    if n:
+    if skipped:
+        lines.append(f"to record every check, refresh the baseline: {result.refresh}")
+    lines.append(summary(result))
+    if result.regressions:
         lines.append("regressed cells:")
         lines += [f"  {c.label}: " + ", ".join(k.what for k in c.checks if k.verdict == WORSE)
                   for c in result.regressions]
     return "\n".join(lines)
+
+
+def summary(result: Comparison) -> str:
+    """'N cells: … better, … same within noise, [… changed,] … worse' and the gate's outcome."""
+    n, counts = len(result.regressions), {v: sum(c.verdict == v for c in result.cells)
+                                          for v in (BETTER, SAME, CHANGED, WORSE)}
+    outcome = (f" → REGRESSION in {n} cell(s)" if n else
+               f" → CHANGED: samples of {counts[CHANGED]} cell(s) moved beyond round-off" if counts[CHANGED] else "")
+    changed = f"{counts[CHANGED]} changed, " if counts[CHANGED] else ""
+    return (f"{len(result.cells)} cells: {counts[BETTER]} better, {counts[SAME]} same within noise, "
+            f"{changed}{counts[WORSE]} worse{outcome}")
+
+
+def markdown(result: Comparison) -> str:
+    """The comparison as GitHub-flavoured Markdown (a CI job summary): outcome, table, regressions, what was not compared."""
+    def cell_text(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    frame = table(result)
+    icon = {WORSE: "❌", CHANGED: "⚠️", BETTER: "✅", SAME: "✅"}
+    lines = [f"### diffbench compare: {summary(result)}", "",
+             f"baseline `{result.baseline}` → run `{result.run}`", ""]
+    changed = [c for c in result.context if c["changed"]]
+    if changed:
+        lines += ["what changed: " + "; ".join(f"{c['what']} {c['baseline']} → {c['run']}" for c in changed), ""]
+    if len(frame):
+        frame.insert(0, "", [icon.get(v, "") for v in frame["verdict"]])
+        lines.append("| " + " | ".join(cell_text(c) for c in frame.columns) + " |")
+        lines.append("|" + "---|" * len(frame.columns))
+        lines += ["| " + " | ".join(cell_text(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    for title, cells, verdict in (("Regressions", result.regressions, WORSE), ("Changed", result.changed, CHANGED)):
+        if cells:
+            lines += ["", f"**{title}**", ""]
+            for cell in cells:
+                lines += [f"- {cell.label}" + (f": {cell.note}" if cell.note else "")]
+                lines += [f"  - `{c.describe()}`" for c in cell.checks if c.verdict == verdict and c.what != "status"]
+    missing = result.not_compared()
+    if missing:
+        lines += ["", f"**Not compared** ({len(missing)}); refresh the baseline with `{result.refresh}`", ""]
+        lines += [f"- {m}" for m in missing]
+    lines += ["", f"<sub>rule: {result.rule.describe()}</sub>", ""]
+    return "\n".join(lines)
+
+
+def junit(result: Comparison) -> str:
+    """JUnit XML: one test case per cell and check (classname the cell, name the check); worse is a failure,
+    changed a failure of type 'changed', a check not made is skipped."""
+    from xml.etree import ElementTree as ET
+
+    suite = ET.Element("testsuite", name="diffbench compare", tests="0", failures="0", skipped="0", errors="0")
+    tests = failures = skipped = 0
+    for cell in result.cells:
+        checks = cell.checks or [Check("cell", None, None, None, None, SAME, cell.note or "not compared")]
+        for c in checks:
+            case = ET.SubElement(suite, "testcase", classname=cell.label, name=c.what)
+            tests += 1
+            if c.verdict in (WORSE, CHANGED):
+                failures += 1
+                detail = c.describe() if c.what != "status" else cell.note
+                ET.SubElement(case, "failure", type=c.verdict, message=detail).text = detail
+            elif c.delta is None and c.what != "status":
+                skipped += 1
+                ET.SubElement(case, "skipped", message=c.note or "not compared")
+            else:
+                ET.SubElement(case, "system-out").text = c.describe()
+    for cid in result.new_cells:
+        case = ET.SubElement(suite, "testcase", classname=_label(cid), name="baseline")
+        ET.SubElement(case, "skipped", message="not in the baseline")
+        tests, skipped = tests + 1, skipped + 1
+    suite.set("tests", str(tests))
+    suite.set("failures", str(failures))
+    suite.set("skipped", str(skipped))
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"

@@ -36,15 +36,25 @@ class ClassLabels:
         return {"conditioning": "class", "num_classes": self.num_classes, "null_label": self.has_null}
 
 
+MAX_PROMPTS_BYTES = 16 << 20  # a prompts file is text; 16 MiB is over 100,000 long prompts
+
+
 def read_prompts(path: str | Path) -> list[str]:
-    """The non-blank lines of a UTF-8 text file, one prompt each (trailing whitespace dropped)."""
+    """The non-blank lines of a UTF-8 text file of at most 16 MiB, one prompt each (trailing whitespace dropped)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # bounded: /dev/zero or a wrong huge file must not fill the memory
+            raw = f.read(MAX_PROMPTS_BYTES + 1)
     except OSError as exc:
         raise ValueError(f"prompts file {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_PROMPTS_BYTES:
+        raise ValueError(f"prompts file {str(path)!r} is larger than {MAX_PROMPTS_BYTES >> 20} MiB")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"prompts file {str(path)!r} is not UTF-8 text") from None
+    if "\0" in text:
+        raise ValueError(f"prompts file {str(path)!r} is not text (it holds NUL bytes)")
     prompts = [line.rstrip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} has no prompts (one per line)")

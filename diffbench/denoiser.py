@@ -162,6 +162,10 @@ def evaluations_per_call(guidance: float | None) -> int:
     return 2 if guided(guidance) else 1
 
 
+class NetworkOutputError(ValueError):
+    """A network whose output is not a tensor of its input's shape (one line naming the model)."""
+
+
 class SigmaDenoiser:
     """σ-space view of a ``DiffusionModel`` with guidance, optional x0 clipping and NFE counting.
 
@@ -217,6 +221,14 @@ class SigmaDenoiser:
             if sigma > 0:
                 self._time(sigma)
 
+    def _checked(self, out: Any, x_t: Tensor) -> Tensor:
+        """The network's output when it is a tensor of its input's shape; never broadcast, else NetworkOutputError."""
+        if not isinstance(out, Tensor) or out.shape != x_t.shape:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            raise NetworkOutputError(f"model {self.model.name!r}: the network returned {got} for an input of shape "
+                                     f"{tuple(x_t.shape)}; its output must have the input's shape (never broadcast)")
+        return out
+
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         sigma = float(sigma)
         if self.counter.batch_size is None:
@@ -255,13 +267,13 @@ class SigmaDenoiser:
         if self.guidance is None:
             labels = labels if labels is not None else self._null_labels(x)
             t_in = t if isinstance(t, Tensor) else torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
-            out = self.counter.run(self.model.network, x_t, t_in, labels)
+            out = self._checked(self.counter.run(self.model.network, x_t, t_in, labels), x_t)
             x0 = self.model.target.to_x0(out, x_t, c)
         else:
             x_pair = torch.cat([x_t, x_t])
             t_in = torch.cat([t, t]) if isinstance(t, Tensor) else torch.full((x_pair.shape[0],), t,
                                                                                 device=x.device, dtype=x.dtype)
-            out = self.counter.run(self.model.network, x_pair, t_in, pair_labels)
+            out = self._checked(self.counter.run(self.model.network, x_pair, t_in, pair_labels), x_pair)
             if isinstance(t, Tensor):
                 c = Coef(*(torch.cat([v, v]) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma)))
             x0_c, x0_u = self.model.target.to_x0(out, x_pair, c).chunk(2)

@@ -60,6 +60,16 @@ def _vp_coef(sig_ve: ArrayLike) -> Coef:
     return Coef(alpha, sig_ve * alpha)
 
 
+MAX_TRAIN_STEPS = 100_000  # training timesteps of a discrete schedule (models ship 1000; 4000 at most)
+
+
+def check_train_steps(steps: Any, where: str = "num_steps") -> int:
+    """A discrete schedule's number of training timesteps: an int in [2, MAX_TRAIN_STEPS], else ValueError."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 2 <= steps <= MAX_TRAIN_STEPS:
+        raise ValueError(f"{where} must be an integer from 2 to {MAX_TRAIN_STEPS:,}, got {steps!r}")
+    return int(steps)
+
+
 class DiscreteVP(NoiseSchedule):
     """DDPM-style VP schedule over ``num_steps`` training timesteps (Ho et al. 2020)."""
 
@@ -70,6 +80,7 @@ class DiscreteVP(NoiseSchedule):
         """From a β table (ᾱ = cumprod(1 - β) in float64) or, exactly as given, from ᾱ itself."""
         if (betas is None) == (alphas_cumprod is None):
             raise ValueError("give exactly one of betas and alphas_cumprod")
+        check_train_steps(len(betas if alphas_cumprod is None else alphas_cumprod), "the number of training timesteps")
         if alphas_cumprod is None:
             self.betas = np.asarray(betas, dtype=np.float64)
             self.alphas_cumprod = np.cumprod(1.0 - self.betas)
@@ -116,6 +127,7 @@ class LinearVP(DiscreteVP):
     name = "linear"
 
     def __init__(self, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+        num_steps = check_train_steps(num_steps)
         super().__init__(np.linspace(beta_start, beta_end, num_steps, dtype=np.float64))
 
 
@@ -125,6 +137,7 @@ class ScaledLinearVP(DiscreteVP):
     name = "scaled-linear"
 
     def __init__(self, num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> None:
+        num_steps = check_train_steps(num_steps)
         super().__init__(np.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=np.float64) ** 2)
 
 
@@ -134,6 +147,7 @@ class SquaredCosVP(DiscreteVP):
     name = "squaredcos"
 
     def __init__(self, num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> None:
+        num_steps = check_train_steps(num_steps)
         f = np.cos((np.arange(num_steps + 1, dtype=np.float64) / num_steps + s) / (1 + s) * np.pi / 2) ** 2
         super().__init__(np.minimum(1.0 - f[1:] / f[:-1], max_beta))
 

@@ -19,6 +19,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,10 +27,16 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 STATUS_OK, STATUS_FAILED = "ok", "failed"
+# Version of the cell record and manifest layout, written into both as ``schema_version``. Records without
+# the field are version 1. 2: ``schema_version``, ``drift_fingerprint`` and the ``harness`` probe in cell
+# records. ``compare`` names the field an older baseline lacks for each check it cannot make.
+SCHEMA_VERSION = 2
 ID_COLUMNS = ["suite", "cell_id", "model", "sampler", "scheduler", "steps", "nfe", "declared_nfe", "guidance",
               "seeds", "num_samples"]
 TAIL_COLUMNS = ["sample_seconds", "seconds_per_sample", "network_share", "status", "error"]
 UNCERTAINTY_SUFFIX = "_se"
+NUMBER_COLUMNS = ["steps", "nfe", "declared_nfe", "guidance", "num_samples", "sample_seconds", "seconds_per_sample",
+                  "network_share"]
 
 
 LOCK_NAME = ".lock"
@@ -110,6 +117,12 @@ def read_json(path: str | Path) -> Any:
         raise DamagedFileError(f"{path}: unreadable ({_reason(exc)})") from None
     except IsADirectoryError:
         raise DamagedFileError(f"{path}: a directory, not a file") from None
+    except RecursionError:
+        raise DamagedFileError(f"{path}: unreadable (JSON nested too deeply)") from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise DamagedFileError(f"{path}: unreadable ({exc.strerror or type(exc).__name__})") from None
 
 
 def _reason(exc: Exception) -> str:
@@ -118,11 +131,81 @@ def _reason(exc: Exception) -> str:
     return f"not UTF-8 text at byte {getattr(exc, 'start', '?')}"
 
 
+# Fields of a cell record that readers (compare, report, resume) compute with: their JSON types.
+_NUMBER_FIELDS = ("nfe", "declared_nfe", "sample_seconds", "network_seconds", "seconds_per_sample", "network_share",
+                  "harness_seconds_per_call", "metric_seconds", "steps", "guidance")
+_TEXT_FIELDS = ("status", "model", "sampler", "scheduler", "error", "config_hash")
+_MAPPING_FIELDS = ("metrics", "config", "model_identity")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_record_fields(rec: dict[str, Any], path: str | Path) -> None:
+    """DamagedFileError naming the file and field when a field readers compute with has the wrong JSON type
+    (a metric value that is a string, metrics that are a list, ...)."""
+    def bad(field: str, want: str, got: Any) -> DamagedFileError:
+        return DamagedFileError(f"{path}: field {field} must be {want}, got {type(got).__name__} "
+                                f"{shorten_repr(got)}")
+
+    for key in _NUMBER_FIELDS:
+        if rec.get(key) is not None and not _is_number(rec[key]):
+            raise bad(key, "a number or null", rec[key])
+    for key in _TEXT_FIELDS:
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            raise bad(key, "text or null", rec[key])
+    for key in _MAPPING_FIELDS:
+        if rec.get(key) is not None and not isinstance(rec[key], dict):
+            raise bad(key, "a JSON object", rec[key])
+    for name, m in (rec.get("metrics") or {}).items():
+        if not isinstance(m, dict):
+            raise bad(f"metrics[{name!r}]", "a JSON object", m)
+        for key in ("value", "uncertainty"):
+            if m.get(key) is not None and not _is_number(m[key]):
+                raise bad(f"metrics[{name!r}].{key}", "a number or null", m[key])
+        if m.get("higher_is_better") is not None and not isinstance(m["higher_is_better"], bool):
+            raise bad(f"metrics[{name!r}].higher_is_better", "true, false or null", m["higher_is_better"])
+
+
+# Manifest fields readers look into: objects, and for some, objects of objects.
+_MANIFEST_OBJECTS = ("git", "versions", "plugins", "metric_info", "executor", "plan", "cells", "shard")
+_MANIFEST_NESTED = ("models", "calibration", "metric_values", "metrics")
+
+
+def check_manifest_fields(manifest: dict[str, Any], path: str | Path) -> None:
+    """DamagedFileError naming the file and field when a manifest field readers look into has the wrong JSON type."""
+    def bad(field: str, want: str, got: Any) -> DamagedFileError:
+        return DamagedFileError(f"{path}: field {field} must be {want}, got {type(got).__name__} "
+                                f"{shorten_repr(got)}")
+
+    for key in (*_MANIFEST_OBJECTS, *_MANIFEST_NESTED):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise bad(key, "a JSON object", manifest[key])
+    for key in _MANIFEST_NESTED:
+        for name, value in (manifest.get(key) or {}).items():
+            if not isinstance(value, dict):
+                raise bad(f"{key}[{name!r}]", "a JSON object", value)
+    for name, cal in (manifest.get("calibration") or {}).items():
+        for field, value in cal.items():
+            if value is not None and not isinstance(value, str) and not _is_number(value):
+                raise bad(f"calibration[{name!r}].{field}", "a number", value)
+    for key in ("suite", "status", "command", "device", "dtype"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            raise bad(key, "text", manifest[key])
+
+
+def shorten_repr(v: Any, limit: int = 40) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def read_record(path: str | Path) -> dict[str, Any]:
-    """A cell record; DamagedFileError unless it is a JSON object with a cell_id."""
+    """A cell record; DamagedFileError unless it is a JSON object with a cell_id and fields of the right types."""
     rec = read_json(path)
     if not isinstance(rec, dict) or not isinstance(rec.get("cell_id"), str):
         raise DamagedFileError(f"{path}: not a cell record (no cell_id)")
+    check_record_fields(rec, path)
     return rec
 
 
@@ -138,6 +221,10 @@ def check_writable(path: str | Path, what: str) -> None:
         raise RunDirError(f"{what} {path}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise RunDirError(f"{what} {path}: {probe} is not writable")
+    try:  # access() says yes to root where the file system says no (/sys, /proc, read-only mounts): try it
+        os.rmdir(tempfile.mkdtemp(prefix=".diffbench-probe-", dir=probe))
+    except OSError as exc:
+        raise RunDirError(f"{what} {path}: cannot create anything in {probe} ({exc.strerror or exc})") from None
 
 
 def cell_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -190,29 +277,43 @@ class RunDir:
                    or (p.name,) == top for p in self.path.iterdir())
 
     @contextlib.contextmanager
-    def lock(self, name: str = LOCK_NAME) -> Iterator[None]:
-        """Hold ``RUN/<name>`` exclusively (fcntl: a killed process releases it); RunBusyError if taken.
+    def lock(self, name: str = LOCK_NAME, *, shared: bool = False) -> Iterator[None]:
+        """Hold ``RUN/<name>`` (fcntl: a killed process releases it), exclusively or ``shared``; RunBusyError if
+        another process holds it in a way that excludes this. Released on every way out of the block.
 
-        A whole run locks ``.lock``; a shard of a run locks a name of its own (``.lock-shard-3``), so
-        shards can share one directory.
+        A whole run locks ``.lock`` exclusively; a shard locks ``.lock`` shared and a name of its own
+        (``.lock-shard-3-of-4``) exclusively, so shards share one directory and no whole run joins them.
         """
         if "/" in name or not name.startswith(LOCK_NAME):
             raise ValueError(f"lock name {name!r} must start with {LOCK_NAME!r} and name no directory")
-        self.path.mkdir(parents=True, exist_ok=True)
         path = self.path / name
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+        except OSError as exc:
+            raise RunDirError(f"{self.path}: cannot create the run directory or its lock "
+                              f"({exc.strerror or type(exc).__name__})") from None
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                raise RunBusyError(f"{self.path}: in use by another diffbench run (pid {holder}, {name}); "
+                raise RunBusyError(f"{self.path}: in use by {self._holders(fd, name)}; "
                                    "wait for it or choose another --out") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if not shared:  # the holder's pid, for the message another process gives
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _holders(self, fd: int, name: str) -> str:
+        """Who holds lock ``name``: the shards running here, else the pid the exclusive holder wrote."""
+        shards = sorted(p.name.removeprefix(f"{LOCK_NAME}-shard-") for p in self.path.glob(f"{LOCK_NAME}-shard-*")
+                        if lock_is_held(p))
+        if name == LOCK_NAME and shards:
+            return f"diffbench shard{'s' if len(shards) > 1 else ''} {', '.join(shards)} of a sharded run"
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        return f"another diffbench run (pid {holder}, {name})"
 
     def cell_path(self, cell_id: str, suffix: str = ".json") -> Path:
         return self.cells_dir / f"{cell_id}{suffix}"
@@ -249,10 +350,19 @@ class RunDir:
     def read_csv(self) -> pd.DataFrame:
         """cells.csv as a frame; DamagedFileError naming the file when it cannot be parsed."""
         try:
-            return pd.read_csv(self.csv_path, keep_default_na=False, na_values=[""])
+            frame = pd.read_csv(self.csv_path, keep_default_na=False, na_values=[""])
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DamagedFileError(f"{self.csv_path}: unreadable ({reason})") from None
+        numeric = [c for c in NUMBER_COLUMNS if c in frame.columns]
+        numeric += [c for m in metric_names(frame) for c in (m, m + UNCERTAINTY_SUFFIX)]
+        for col in numeric:
+            if not (pd.api.types.is_numeric_dtype(frame[col]) and not pd.api.types.is_bool_dtype(frame[col])):
+                values = pd.to_numeric(frame[col], errors="coerce")
+                row = int(values.isna().to_numpy().nonzero()[0][0]) if values.isna().any() else 0
+                raise DamagedFileError(f"{self.csv_path}: column {col!r} must hold numbers; row {row + 1} holds "
+                                       f"{shorten_repr(frame[col].iloc[row])}")
+        return frame
 
     def read_manifest(self) -> dict[str, Any]:
         """manifest.json; DamagedFileError when it is missing or not a JSON object."""
@@ -262,10 +372,52 @@ class RunDir:
         manifest = read_json(self.manifest_path)
         if not isinstance(manifest, dict):
             raise DamagedFileError(f"{self.manifest_path}: not a run manifest (not a JSON object)")
+        check_manifest_fields(manifest, self.manifest_path)
         return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.manifest_path, manifest)
+
+
+def is_result_file(relative: Path) -> bool:
+    """Whether a file of a run directory is part of its results: not a lock, not an interrupted write's temporary."""
+    return not any(part.startswith(LOCK_NAME) or (part.startswith(".") and ".tmp" in part) for part in relative.parts)
+
+
+def copy_results(source: str | Path, dest: str | Path) -> list[Path]:
+    """Copy a finished run directory's result files to ``dest`` (a baseline), leaving out locks and temporaries.
+
+    ``dest`` must not exist (RunDirError); returns the copied paths relative to the run directory.
+    """
+    run, dest = find_run(source), Path(dest)
+    manifest = run.read_manifest()
+    if manifest.get("status") != "complete":
+        raise RunDirError(f"{run.path}: run status is {manifest.get('status')!r}, not 'complete': a baseline must "
+                          "be a finished run")
+    if dest.exists():
+        raise RunDirError(f"{dest}: exists; remove it first (the baseline is replaced whole)")
+    copied = []
+    for path in sorted(p for p in run.path.rglob("*") if p.is_file()):
+        rel = path.relative_to(run.path)
+        if is_result_file(rel):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest / rel)
+            copied.append(rel)
+    return copied
+
+def lock_is_held(path: str | Path) -> bool:
+    """Whether some process holds the lock file ``path`` (False when there is no such file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def find_run(path: str | Path) -> RunDir:

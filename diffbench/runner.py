@@ -7,15 +7,19 @@ samples is recorded as failed and the run goes on; Ctrl-C keeps every finished c
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import math
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 import pandas as pd
 import torch
@@ -27,17 +31,17 @@ from diffbench.cell import CELL_FAILURES, metric_plan, now, sampling_call
 from diffbench.denoiser import DiffusionModel, evaluations_per_call
 from diffbench.devices import resolve_device, resolve_dtype
 from diffbench.executors import Executor, Job, make_executor, placement
-from diffbench.executors.shard import Shard, ShardDir, shard_run_dir
+from diffbench.executors.shard import Shard, ShardDir, is_sharded, shard_names, shard_run_dir
 from diffbench.metrics.base import MetricContext, grid_key
 from diffbench.metrics.stream import MetricError
 from diffbench.plan import Plan, check_batch_bytes, check_grid_size, check_plan
 from diffbench.provenance import device_name, git_state, versions
 from diffbench.registry import Registry, default_registry
-from diffbench.results import (LOCK_NAME, STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, cells_frame,
+from diffbench.results import (SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, DamagedFileError, RunDir, cells_frame,
                                check_writable, find_run, read_json, write_atomic, write_json)
 from diffbench.samplers import noise_draws
 from diffbench.sampling import make_grid, resolve_options
-from diffbench.suite import CellSpec, Suite, SuiteError, check_plugins, expand, load_suite
+from diffbench.suite import CellSpec, SamplerSpec, Suite, SuiteError, check_plugins, expand, load_suite
 from diffbench.timelimit import TimeLimitExceeded, check_seconds, time_limit
 from diffbench.trust import UntrustedCodeError, check_suite_code, code_trusted
 
@@ -48,10 +52,10 @@ CACHE_ENV = "DIFFBENCH_CACHE_DIR"
 class RunInterrupted(Exception):
     """Ctrl-C during a run; every finished cell is on disk."""
 
-    def __init__(self, run: RunDir, done: int, total: int) -> None:
-        super().__init__(f"interrupted: {done} of {total} cells kept in {run.path}; "
-                         "finish with --resume")
-        self.run, self.done, self.total = run, done, total
+    def __init__(self, run: RunDir, done: int, total: int, terminated: bool = False) -> None:
+        super().__init__(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {done} of {total} cells kept "
+                         f"in {run.path}; finish with --resume")
+        self.run, self.done, self.total, self.terminated = run, done, total, terminated
 
 
 @dataclass
@@ -102,7 +106,7 @@ def _run_dir(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path,
         return RunDir(base / new_run_id()), False
     run = RunDir(out_dir)
     check_writable(run.path, "--out")
-    if run.exists():
+    if run.exists() or is_sharded(run.path):  # a run, or shards' shared directory (this finishes their cells)
         if not resume:
             raise SuiteError(f"{run.path}: holds a run already; pass --resume to continue it or choose another --out")
         earlier = _earlier_suite(run)
@@ -123,7 +127,12 @@ def _where(suite: Suite, out_dir: str | Path | None, resume: bool, root: Path,
 
 
 def _earlier_suite(run: RunDir) -> str | None:
-    """The suite name of the run in ``run``: from its manifest, else its suite.json (killed before the manifest)."""
+    """The suite name of the run in ``run``: from its manifest, else its suite.json (killed before the manifest),
+    else (shards that were never merged) the first shard's suite.json."""
+    if not run.exists():
+        names = shard_names(run.path)
+        data = read_json(run.path / "shards" / names[0] / "suite.json") if names else None
+        return data.get("name") if isinstance(data, dict) else None
     try:
         return run.read_manifest().get("suite")
     except (DamagedFileError, FileNotFoundError) as exc:
@@ -160,6 +169,7 @@ def load_models(suite: Suite, registry: Registry) -> dict[str, DiffusionModel]:
             model = comp.obj(**resolve_options(comp, spec.options))
         except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a model that cannot load is a configuration error
             text = str(exc) if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {exc}"
+            text = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
             raise SuiteError(f"{where}: {spec.name!r} could not be loaded: {text}") from None
         if suite.reference is not None:
             model.dataset = suite.reference  # distribution metrics score against model.dataset
@@ -168,12 +178,12 @@ def load_models(suite: Suite, registry: Registry) -> dict[str, DiffusionModel]:
 
 
 def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel], registry: Registry,
-               allow_large: bool = False, grids: dict[str, list[dict[str, Any]]] | None = None) -> Plan:
+               allow_large: bool = False, grids: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, float]:
     """Config problems that need the model (guidance on an unconditional model, grids it cannot take, a
-    batch's noise too large); returns the run's plan with its declared network evaluations, and adds the
-    σ grid of every deterministic cell to ``grids`` (by ``grid_key`` of its model)."""
+    batch's noise too large); returns each cell's declared network evaluations over all its samples, and
+    adds the σ grid of every deterministic cell to ``grids`` (by ``grid_key`` of its model)."""
     keys = [s.key for s in suite.grid.scheduler]
-    nfe = 0.0
+    work: dict[str, float] = {}
     grids = {} if grids is None else grids
     for cell in cells:
         model = models[cell.model.key]
@@ -196,7 +206,7 @@ def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionM
             per_sample = comp.meta["nfe"](grid.sigmas, **options) * evaluations_per_call(cell.guidance)
         except CELL_FAILURES:
             per_sample = len(grid.sigmas) * evaluations_per_call(cell.guidance)  # the cell will record the bug
-        nfe += float(per_sample) * suite.num_samples * len(suite.seeds)
+        work[cell.cell_id] = float(per_sample) * suite.num_samples * len(suite.seeds)
         stochastic = comp.meta.get("stochastic")
         try:
             bank = noise_draws(comp.meta, grid.sigmas, options) if stochastic is None or stochastic(**options) else 0
@@ -214,7 +224,64 @@ def _preflight(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionM
         rows = min(suite.batch_size, suite.num_samples)
         size = math.prod(model.shape) * torch.empty((), dtype=model.dtype).element_size()
         check_batch_bytes(rows * size * (1 + bank), "batch_size × grid.steps", allow_large)
-    return Plan(len(cells), len(suite.seeds), suite.num_samples, nfe)
+    return work
+
+
+TRY_SAMPLES = 2  # the batch on which preflight tries each model and each sampler's option values
+
+
+def _try_batch(suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry) -> BaseException | None:
+    """What sampling one batch of TRY_SAMPLES of ``cell`` raises (None when it samples)."""
+    try:
+        with time_limit(suite.time_limit):
+            for _ in sampling_call(suite, cell, model, registry, suite.seeds[0], min(TRY_SAMPLES, suite.num_samples)):
+                pass
+    except (*CELL_FAILURES, TimeLimitExceeded) as exc:
+        return exc
+    return None
+
+
+def _try_models_and_options(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel],
+                            registry: Registry) -> None:
+    """Sample one tiny batch as the run would: each model (through euler, at the suite's shape, conditioning and
+    guidance) and each sampler given option values. A model that fails is a SuiteError; so are option values
+    that fail where the sampler's defaults do not (a sampler that fails with its defaults too fails its own
+    cells at run time, with the reason recorded)."""
+    sampler_keys = [s.key for s in suite.grid.sampler]
+    for i, (key, model) in enumerate(models.items()):
+        mine = [c for c in cells if c.model.key == key]
+        where = "model" if len(suite.model) == 1 else f"model[{i}]"
+        for guided in (False, True):
+            group = [c for c in mine if (c.guidance is not None) == guided]
+            if not group:
+                continue
+            cell = min(group, key=lambda c: (c.steps, c.index))
+            if ("sampler", "euler") in registry:  # the plainest sampler: a failure here is the model's
+                cell = dataclasses.replace(cell, sampler=SamplerSpec(name="euler"))
+            exc = _try_batch(suite, cell, model, registry)
+            if exc is not None and not isinstance(exc, TimeLimitExceeded):
+                cond = f", guidance {cell.guidance:g}" if guided else (", class-conditional" if suite.conditional
+                                                                       and model.condition is not None else "")
+                raise SuiteError(f"{where}: {cell.model.name!r} fails on a batch of "
+                                 f"{min(TRY_SAMPLES, suite.num_samples)} samples of shape {tuple(model.shape)}{cond}: "
+                                 f"{_first_line(exc)}")
+        tried = set()
+        for cell in sorted(mine, key=lambda c: (c.steps, c.index)):
+            spec = cell.sampler
+            if spec.key in tried or not (spec.options or spec.clip_x0):
+                continue
+            tried.add(spec.key)
+            exc = _try_batch(suite, cell, model, registry)
+            if exc is None or isinstance(exc, TimeLimitExceeded):
+                continue
+            plain = dataclasses.replace(cell, sampler=SamplerSpec(name=spec.name))
+            if _try_batch(suite, plain, model, registry) is not None:
+                continue  # the sampler fails whatever its options: its cells fail and record why
+            place = f"grid.sampler[{sampler_keys.index(spec.key)}]" if spec.key in sampler_keys else "include"
+            given = {**spec.options, **({"clip_x0": True} if spec.clip_x0 else {})}
+            raise SuiteError(f"{place} ({spec.key}){_on_model(suite, cell)}: options {given} fail on a batch of "
+                             f"{min(TRY_SAMPLES, suite.num_samples)} samples where the defaults do not: "
+                             f"{_first_line(exc)}")
 
 
 def _reference_plan(suite: Suite, cells: list[CellSpec], models: dict[str, DiffusionModel], registry: Registry,
@@ -262,7 +329,8 @@ def base_manifest(suite: Suite, models: dict[str, DiffusionModel], registry: Reg
                   command: str | None) -> dict[str, Any]:
     model = next(iter(models.values()))
     return {
-        "suite": suite.name, "description": suite.description, "status": "running",
+        "schema_version": SCHEMA_VERSION, "suite": suite.name, "description": suite.description,
+        "status": "running",
         "started": now(),
         "command": command if command is not None else shlex.join(sys.argv),
         "git": git_state(), "versions": versions(), "plugins": registry.plugin_versions(),
@@ -408,8 +476,8 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     The suite file (strict values, bounded YAML), the plugins and their options, the grid's size and
     that it is not empty, the output and cache directories (when ``results_root`` is given: as a run
     would use them), the models (device, sizes), every cell's σ grid on its model, guidance on
-    conditional models only, the plan's limits, and a warm-up that samples one batch per model and
-    tries every metric on it. Raises SuiteError (or RunDirError) with a one-line message. With
+    conditional models only, the plan's limits, a warm-up that samples one batch per model and
+    tries every metric on it, then one batch of 2 through each model and each sampler given options. Raises SuiteError (or RunDirError) with a one-line message. With
     ``shard``, only that shard's cells (and its view of the shared run directory). ``trust_code``: see
     ``static_checks``. ``dry_run`` (validate): metrics check that they can run but compute no costly
     reference (the plan states what they would cost).
@@ -417,9 +485,6 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     registry = registry or default_registry()
     suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large,
                                  trust_code=trust_code)
-    all_cells = cells
-    if shard is not None:
-        cells = shard.select(cells)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if results_root is not None:
         _where(suite, out_dir, resume, Path(results_root), shard, cache)
@@ -427,10 +492,12 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
         check_writable(cache, "cache directory")
     models = load_models(suite, registry)
     grids: dict[str, list[dict[str, Any]]] = {}
-    # the grids of the whole suite, also in a shard: a reference serves the same stops whichever shard solves it
-    plan = _preflight(suite, all_cells, models, registry, allow_large, grids)
+    # every cell's, so shards deal them alike; the grids of the whole suite, also in a shard: a reference
+    # serves the same stops whichever shard solves it
+    work = _preflight(suite, cells, models, registry, allow_large, grids)
     if shard is not None:
-        plan = _preflight(suite, cells, models, registry, allow_large)
+        cells = shard.select(cells, work)
+    plan = Plan(len(cells), len(suite.seeds), suite.num_samples, sum(work[c.cell_id] for c in cells))
     check_plan(plan, allow_large)
     device = next(iter(models.values())).device
     context = MetricContext(cache_dir=cache, device=device, seed=suite.seeds[0], info={}, registry=registry,
@@ -439,6 +506,7 @@ def preflight(suite: Suite | str | Path, registry: Registry | None = None, *, ou
     warm_start = time.perf_counter()
     for key, model in models.items():
         _warm_up(suite, [c for c in cells if c.model.key == key], model, registry, context)
+    _try_models_and_options(suite, expand(suite), models, registry)  # after the metrics' set-up: data first
     return Prepared(suite, cells, models, plan, context, registry, warm_start)
 
 
@@ -474,16 +542,60 @@ def run_suite(suite: Suite | str | Path, out_dir: str | Path | None = None, *, r
                      trust_code=trust_code)
     say(f"plan: {prep.plan.describe()}")
     run, resumed = _where(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
-    run = _claim(run, fresh_default=out_dir is None and not resumed)
-    with run.lock(LOCK_NAME if shard is None else f"{LOCK_NAME}-shard-{shard.name}"):
-        if out_dir is not None:  # another run may have written here since the check above
-            run, resumed = _where(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
-        return _execute(prep, run, resumed, executor, shard, progress=progress, command=command, draw=draw, say=say)
+    job = Job(prep.suite, prep.registry, prep.models, prep.context, run, progress)
+    try:  # the executor starts before the run directory is made or locked: if it cannot, nothing is left behind
+        executor_info = executor.start(job)
+        if executor_info.get("cell_split"):
+            say(executor_info["cell_split"])
+        run = _claim(run, fresh_default=out_dir is None and not resumed)
+        with _locked(run, shard):
+            if out_dir is not None:  # another run may have written here since the check above
+                run, resumed = _where(prep.suite, out_dir, resume, Path(results_root), shard, prep.context.cache_dir)
+            job.run = run
+            return _execute(prep, run, resumed, executor, executor_info, shard, progress=progress, command=command,
+                            draw=draw, say=say)
+    finally:
+        executor.close()  # a half-started Ray instance is stopped too
 
 
-def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, shard: Shard | None, *, progress: bool,
-             command: str | None, draw: bool, say: Callable[[str], None]) -> RunResult:
-    """The run proper, under the run directory's lock: the executor computes the cells, this writes them."""
+@contextlib.contextmanager
+def _locked(run: RunDir, shard: Shard | None) -> Iterator[None]:
+    """The run directory's locks: ``.lock`` exclusively for a whole run; shared, plus the shard's own, for a shard."""
+    with run.lock(shared=shard is not None), (run.lock(shard.lock_name) if shard else contextlib.nullcontext()):
+        yield
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a run: handled as Ctrl-C is (work in flight cancelled, every finished cell kept)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[list[int]]:
+    """Within the block, SIGTERM raises Terminated in the main thread (as SIGINT raises KeyboardInterrupt); the
+    list yielded receives the signal's number (Ray's wait re-raises what a handler raised as KeyboardInterrupt)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, executor_info: dict[str, Any],
+             shard: Shard | None, *, progress: bool, command: str | None, draw: bool,
+             say: Callable[[str], None]) -> RunResult:
+    """The run proper, under the run directory's lock: the executor computes the cells, this writes them.
+
+    Once the manifest is written it never stays 'running': Ctrl-C or SIGTERM close it as 'interrupted',
+    any other exception as 'failed' with the error."""
     suite, cells, models, registry, context = prep.suite, prep.cells, prep.models, prep.registry, prep.context
     warned: set[str] = set()
 
@@ -492,48 +604,67 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, sha
             warned.add(str(exc))
             say(f"warning: {exc}; rerunning its cell")
 
-    done = {c.cell_id for c in cells if resumed and _finished(run, c, damaged)}
+    changed: dict[str, list[str]] = {}
+    done = {c.cell_id for c in cells if resumed and _finished(run, c, damaged, models, changed)}
+    for key, hashes in changed.items():
+        say(f"warning: model {key!r}: its checkpoint changed since {len(hashes)} finished cell(s) were run "
+            f"(sha256 {_short(hashes[0])} then, {_short(models[key].checkpoint_hash)} now); rerunning them")
     todo = [c for c in cells if c.cell_id not in done]
-    executor_info = executor.start(Job(suite, registry, models, context, run, progress))  # may fail: nothing written yet
-    manifest = base_manifest(suite, models, registry, command)
-    manifest.update(plan=prep.plan.as_dict(), time_limit=suite.time_limit, executor=executor_info)
-    if shard is not None:
-        manifest["shard"] = {"index": shard.index, "count": shard.count, "cells": len(cells)}
-    if resumed:
-        earlier = _earlier_manifest(run, say)
-        manifest.update(started=earlier.get("started", manifest["started"]), resumed=earlier.get("resumed", 0) + 1,
-                        wall_seconds_before=earlier.get("wall_seconds", 0.0))
-    write_json(run.suite_path, suite.model_dump(mode="json"))
-    run.write_manifest(manifest)  # from here on the run is resumable
-    manifest["calibration"] = {key: calibrate(m, suite.batch_size) for key, m in models.items()}
-    run.write_manifest(manifest)
-
-    t0 = prep.warm_start
-    ran = failed = 0
-    outer = tqdm(total=len(cells), initial=len(done), desc=suite.name, unit="cell", disable=not progress,
-                 position=0, dynamic_ncols=True)
-    try:
-        for finished in executor.run(todo):
-            record = finished.record
-            for path, data in finished.files.items():  # files a worker made for the cell (picture, samples)
-                write_atomic(run.path / path, data)
-            run.write_cell(record)
-            if not isinstance(run, ShardDir):
-                run.write_csv(_records(run, cells, damaged))
-            ran += 1
-            failed += record["status"] != STATUS_OK
-            outer.update(1)
-    except KeyboardInterrupt:
+    with _sigterm_interrupts() as sigterm:  # after the executor started: Ray's driver installs a handler of its own
+        manifest = base_manifest(suite, models, registry, command)
+        manifest.update(plan=prep.plan.as_dict(), time_limit=suite.time_limit, executor=executor_info)
+        if shard is not None:
+            manifest["shard"] = {"index": shard.index, "count": shard.count, "cells": len(cells),
+                                 "network_evaluations": prep.plan.nfe}
+        if resumed:
+            earlier = _earlier_manifest(run, say)
+            manifest.update(started=earlier.get("started", manifest["started"]), resumed=earlier.get("resumed", 0) + 1,
+                            wall_seconds_before=earlier.get("wall_seconds", 0.0))
+        t0 = prep.warm_start
+        ran = failed = 0
+        outer = tqdm(total=len(cells), initial=len(done), desc=suite.name, unit="cell", disable=not progress,
+                     position=0, dynamic_ncols=True)
+        try:
+            write_json(run.suite_path, suite.model_dump(mode="json"))
+            run.write_manifest(manifest)  # from here on the run is resumable
+            manifest["calibration"] = {key: calibrate(m, suite.batch_size) for key, m in models.items()}
+            run.write_manifest(manifest)
+            for finished in executor.run(todo):
+                record = finished.record
+                for path, data in finished.files.items():  # files a worker made for the cell (picture, samples)
+                    write_atomic(run.path / path, data)
+                run.write_cell(record)
+                if not isinstance(run, ShardDir):
+                    run.write_csv(_records(run, cells, damaged))
+                ran += 1
+                failed += record["status"] != STATUS_OK
+                outer.update(1)
+        except KeyboardInterrupt as exc:
+            outer.close()
+            executor.close()  # cancels work in flight
+            if run.manifest_path.exists():
+                _finish(run, manifest, "interrupted", t0, context, cells, draw, damaged)
+            # count what is on disk: the interrupt may land between a cell's write and ``ran += 1``
+            raise RunInterrupted(run, len(_records(run, cells, damaged)), len(cells),
+                                 terminated=isinstance(exc, Terminated) or bool(sigterm)) from None
+        except BaseException as exc:
+            outer.close()
+            executor.close()
+            if run.manifest_path.exists():
+                manifest["error"] = _first_line(exc)
+                with contextlib.suppress(Exception):  # the original error is what the user must see
+                    _finish(run, manifest, "failed", t0, context, cells, False, damaged)
+            raise
+        finally:
+            executor.close()
         outer.close()
-        executor.close()  # cancels work in flight
-        _finish(run, manifest, "interrupted", t0, context, cells, draw, damaged)
-        # count what is on disk: the interrupt may land between a cell's write and ``ran += 1``
-        raise RunInterrupted(run, len(_records(run, cells, damaged)), len(cells)) from None
-    finally:
-        executor.close()
-    outer.close()
-    frame = _finish(run, manifest, "complete", t0, context, cells, draw, damaged)
+        frame = _finish(run, manifest, "complete", t0, context, cells, draw, damaged)
     return RunResult(run, frame, ran=ran, skipped=len(done), failed=failed)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _earlier_manifest(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
@@ -554,10 +685,25 @@ def _records(run: RunDir, cells: list[CellSpec],
     return [r for r in run.read_cells(on_damaged=on_damaged or (lambda exc: None)) if r["cell_id"] in wanted]
 
 
-def _finished(run: RunDir, cell: CellSpec, on_damaged: Callable[[DamagedFileError], None]) -> bool:
+def _finished(run: RunDir, cell: CellSpec, on_damaged: Callable[[DamagedFileError], None],
+              models: dict[str, DiffusionModel] | None = None, changed: dict[str, list[str]] | None = None) -> bool:
+    """Whether ``cell`` has an ok record of the same configuration and, with ``models``, made with the same
+    checkpoint content (a cell run before the checkpoint file changed is listed in ``changed`` and rerun)."""
     try:
         rec = run.read_cell(cell.cell_id)
     except DamagedFileError as exc:
         on_damaged(exc)
         return False
-    return rec is not None and rec.get("status") == STATUS_OK and rec.get("config_hash") == cell.config_hash
+    if rec is None or rec.get("status") != STATUS_OK or rec.get("config_hash") != cell.config_hash:
+        return False
+    if models is not None:
+        identity = rec.get("model_identity")
+        then = identity.get("checkpoint_hash") if isinstance(identity, dict) else None
+        if then != models[cell.model.key].checkpoint_hash:
+            (changed if changed is not None else {}).setdefault(cell.model.key, []).append(str(then))
+            return False
+    return True
+
+
+def _short(sha: str | None) -> str:
+    return "none" if sha in (None, "None") else str(sha)[:12]

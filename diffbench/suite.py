@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, SerializerFunctionWrapHandler, ValidationError,
+                      create_model, field_validator, model_serializer, model_validator)
 from pydantic_core import PydanticCustomError
 
 from diffbench.devices import DTYPES
 from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution
+from diffbench.timelimit import MAX_SECONDS
 from diffbench.suitefile import MAX_BYTES, SuiteFileError, check_data, parse_yaml, plain, yaml_path
 
 AXES = ("model", "sampler", "scheduler", "steps", "guidance")
@@ -160,6 +161,11 @@ class Rule(Strict):
     steps: Union[Steps, list[Steps], None] = None
     guidance: Union[float, list[Union[float, None]], None] = None
 
+    @model_serializer(mode="wrap")
+    def _named_axes_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the axes the rule names: an unnamed axis written as null would read back as 'matches null'."""
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
     def values(self, axis: str) -> list[Any] | None:
         """The rule's values for ``axis``, or None when the rule does not name it."""
         if axis not in self.model_fields_set:
@@ -187,7 +193,7 @@ class Suite(Strict):
     include: list[Rule] = Field(default_factory=list)
     exclude: list[Rule] = Field(default_factory=list)
     requires: dict[str, str] = Field(default_factory=dict, description="distribution -> version specifier")
-    time_limit: Annotated[float, Field(gt=0)] | None = Field(
+    time_limit: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None = Field(
         default=None, description="seconds a cell may take (sampling and scoring); null: no limit")
 
     @field_validator("device")
@@ -365,6 +371,23 @@ def parse_suite(data: Any, registry: Registry | None = None, *, source: str = "s
     except ValidationError as exc:
         raise SuiteError(first_error(exc)) from None
     return check_plugins(suite, registry) if registry is not None else suite
+
+
+def stored_suite_data(data: Any) -> Any:
+    """A run directory's suite.json as suite data: rules that an older diffbench wrote with every axis
+    (unnamed ones as null: no rule names a model, sampler, scheduler or steps null) keep only the
+    axes they name."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for kind in ("include", "exclude"):
+        rules = out.get(kind)
+        if not isinstance(rules, list):
+            continue
+        out[kind] = [{k: v for k, v in r.items() if v is not None}
+                     if isinstance(r, dict) and set(r) >= set(AXES) and any(r[a] is None for a in AXES[:4]) else r
+                     for r in rules]
+    return out
 
 
 def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:

@@ -27,13 +27,17 @@ class TimeLimitExceeded(BaseException):
         self.seconds = seconds
 
 
+MAX_SECONDS = 10_000_000.0  # about 116 days: beyond it a limit is a typo (and overflows the timers)
+
+
 def check_seconds(seconds: float | None) -> float | None:
-    """``seconds`` if it is None or a finite positive number, else ValueError."""
+    """``seconds`` if it is None or a number of seconds in (0, MAX_SECONDS], else ValueError."""
     if seconds is None:
         return None
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
-            or seconds <= 0:
-        raise ValueError(f"a time limit must be a finite number of seconds > 0, got {seconds!r}")
+            or not 0 < seconds <= MAX_SECONDS:
+        raise ValueError(f"a time limit must be a number of seconds > 0 and at most {MAX_SECONDS:,.0f}, "
+                         f"got {seconds!r}")
     return float(seconds)
 
 

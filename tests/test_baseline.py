@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from diffbench import compare
 from diffbench.cli import cli
 from diffbench.compare import WORSE
-from diffbench.results import RunDir
+from diffbench.results import SCHEMA_VERSION, RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "results" / "baselines" / "smoke"
@@ -24,13 +24,19 @@ def test_baseline_is_a_complete_smoke_run_equal_to_itself():
     manifest = RunDir(BASELINE).read_manifest()
     assert manifest["suite"] == "smoke" and manifest["status"] == "complete"
     assert manifest["cells"]["failed"] == 0 and manifest["calibration"]["digits-eps"]["network_seconds_per_call"] > 0
+    assert manifest["schema_version"] == SCHEMA_VERSION
     result = compare.compare(BASELINE, BASELINE)
-    assert len(result.cells) == manifest["cells"]["total"] and not result.regressions
+    assert len(result.cells) == manifest["cells"]["total"] and not result.regressions and not result.changed
     checks = [c for cell in result.cells for c in cell.checks]
     assert all(c.delta == 0 for c in checks)
-    # recorded with harness time: the gate compares it (a record without one is tests/test_compare.py's case)
-    harness = [c for c in checks if c.what == "harness"]
-    assert len(harness) == len(result.cells) and all(c.baseline > 0 and not c.note for c in harness)
+    # every check is made (CI runs compare --require-all): harness, drift and trajectory-error included
+    assert result.not_compared() == []
+    assert {c.what for c in checks} == {"fid", "kid", "trajectory-error", "nfe", "time", "harness", "drift"}
+
+
+def test_baseline_holds_results_only():
+    """No lock file or temporary of the run that made it (diffbench baseline copies results only)."""
+    assert [p for p in BASELINE.rglob("*") if p.name.startswith(".")] == []
 
 
 def with_cell(tmp_path: Path, sampler: str, steps: int, **fields) -> Path:

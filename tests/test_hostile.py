@@ -68,9 +68,26 @@ def overcounts(denoiser, x, sigmas, *, noise=None):
     return x
 
 
+class RaisingNetwork(torch.nn.Module):
+    """A network that cannot take the suite's samples (as one built for another shape)."""
+
+    def forward(self, x, t, *args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x2 and 3x64)\nmore text torch adds")
+
+
+def raising_model():
+    """The gmm model with a network that raises on every call."""
+    import dataclasses
+
+    from diffbench.models.gmm import gmm
+
+    return dataclasses.replace(gmm(), network=RaisingNetwork())
+
+
 class Misbehaving:
     @hookimpl
     def diffbench_register(self, registry: Registry) -> None:
+        registry.add("model", "raising", raising_model)
         one = dict(order=None, nfe=lambda s, **_: 1, stochastic=lambda **_: False)
         for fn in (wrong_shape, wrong_dtype, wrong_device, not_a_tensor, exits):
             registry.add("sampler", fn.__name__.replace("_", "-"), fn, **one)
@@ -556,3 +573,48 @@ def test_the_noise_estimate_counts_every_draw_a_step_makes(tmp_path):
     data["grid"]["sampler"] = ["ddpm"]  # one draw a step: within the limit, so the plan's next check speaks
     with pytest.raises(SuiteError, match=r"12,000,000 samples"):
         run(data, tmp_path / "r")
+
+
+# --- validate samples what run would, on one tiny batch (issue 19 item 5) --------------------------------------------
+
+def test_a_model_that_fails_on_a_batch_is_a_config_error_in_validate_and_run(hostile_cli, tmp_path):
+    path = write(tmp_path, suite_text(model="raising"))
+    expected = ("model: 'raising' fails on a batch of 2 samples of shape (2,): RuntimeError: mat1 and mat2 shapes "
+                "cannot be multiplied (2x2 and 3x64)")
+    checked = hostile_cli("validate", path)
+    assert checked.exit_code == 2 and checked.stderr == f"diffbench: error: {path}: {expected}\n"
+    ran = hostile_cli("run", path, "--out", tmp_path / "r", "--no-progress", "--cache-dir", tmp_path / "c")
+    assert ran.exit_code == 2 and ran.stderr.count("\n") == 1 and expected in ran.stderr
+    assert not (tmp_path / "r").exists()  # nothing left 'running'
+
+
+def test_sampler_option_values_are_tried_on_a_batch_by_validate_and_run(hostile_cli, tmp_path):
+    bogus = suite_text(grid=grid(sampler=["euler", {"name": "ddpm", "options": {"variance": "bogus"}}], steps=[2]))
+    path = write(tmp_path, bogus)
+    checked = hostile_cli("validate", path)
+    assert checked.exit_code == 2 and checked.stderr.count("\n") == 1
+    assert ("grid.sampler[1] (ddpm): options {'variance': 'bogus'} fail on a batch of 2 samples where the defaults "
+            "do not: ValueError: ddpm variance must be 'posterior' or 'beta', got 'bogus'") in checked.stderr
+    ran = hostile_cli("run", path, "--out", tmp_path / "r", "--no-progress", "--cache-dir", tmp_path / "c")
+    assert ran.exit_code == 2 and "grid.sampler[1] (ddpm): options" in ran.stderr and not (tmp_path / "r").exists()
+    fine = write(tmp_path, suite_text(grid=grid(sampler=[{"name": "ddpm", "options": {"variance": "beta"}},
+                                                         "broken"], steps=[2])))
+    assert hostile_cli("validate", fine).exit_code == 0  # a sampler failing whatever its options fails its cells
+
+
+def test_a_run_that_fails_after_its_manifest_is_written_is_closed_as_failed_and_unlocked(tmp_path, monkeypatch):
+    from diffbench import runner
+    from diffbench.results import lock_is_held
+
+    def no_calibration(model, batch_size, repeats=5):
+        raise RuntimeError("CUDA error: device-side assert triggered\nmore")
+
+    monkeypatch.setattr(runner, "calibrate", no_calibration)
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        run(small(), tmp_path / "r")
+    manifest = RunDir(tmp_path / "r").read_manifest()
+    assert manifest["status"] == "failed"
+    assert manifest["error"] == "RuntimeError: CUDA error: device-side assert triggered"
+    assert not lock_is_held(tmp_path / "r" / ".lock")
+    monkeypatch.undo()
+    assert run(small(), tmp_path / "r", resume=True).ran == 6

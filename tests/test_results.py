@@ -8,7 +8,7 @@ import os
 import pytest
 
 from diffbench import results
-from diffbench.results import RunDir, cells_frame, find_run, metric_names, write_atomic
+from diffbench.results import RunDir, RunDirError, cells_frame, find_run, metric_names, write_atomic
 
 
 def test_write_atomic_replaces_whole_file(tmp_path):
@@ -87,3 +87,22 @@ def test_find_run_takes_a_run_or_the_newest_in_a_folder(tmp_path):
     assert find_run(tmp_path / "suite" / "20240101-000000").path.name == "20240101-000000"
     with pytest.raises(FileNotFoundError, match="not a diffbench run directory"):
         find_run(tmp_path / "nothing")
+
+
+def test_copy_results_leaves_out_locks_and_temporaries(tmp_path):
+    from diffbench.results import copy_results
+
+    run = RunDir(tmp_path / "run")
+    run.write_manifest({"suite": "s", "status": "complete"})
+    run.write_cell({"cell_id": "a"})
+    with run.lock():
+        (run.path / ".lock-shard-1").write_text("1\n")
+        (run.cells_dir / ".a.json.x.tmp.json").write_text("{")
+        copied = copy_results(run.path, tmp_path / "baseline")
+    assert sorted(map(str, copied)) == ["cells/a.json", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "baseline").rglob("*")) == ["a.json", "cells", "manifest.json"]
+    with pytest.raises(RunDirError, match="exists; remove it first"):
+        copy_results(run.path, tmp_path / "baseline")
+    run.write_manifest({"suite": "s", "status": "running"})
+    with pytest.raises(RunDirError, match="not 'complete'"):
+        copy_results(run.path, tmp_path / "other")

@@ -152,6 +152,24 @@ def test_resume_reruns_cells_whose_configuration_changed(tmp_path):
     assert rerun.skipped == 0 and rerun.ran == 1 and len(rerun.cells) == 1
 
 
+def test_resume_reruns_cells_made_with_a_checkpoint_since_replaced_at_the_same_path(tmp_path):
+    from diffbench.checkpoints import load_checkpoint, save_checkpoint, shipped
+
+    state, config, _ = load_checkpoint(shipped("digits-eps"))
+    ckpt = tmp_path / "w.safetensors"
+    save_checkpoint(ckpt, state, config)
+    suite = small(model={"name": "digits-eps", "options": {"checkpoint": str(ckpt)}}, metrics=["checksum"],
+                  num_samples=8, batch_size=8, grid=grid(sampler=["euler"], steps=[2, 3]))
+    first = run(suite, tmp_path / "r")
+    save_checkpoint(ckpt, {k: v * 1.01 for k, v in state.items()}, config)  # same path, other weights
+    said = []
+    again = run(suite, tmp_path / "r", resume=True, announce=said.append)
+    assert again.skipped == 0 and again.ran == 2  # never mixed: both cells rerun with the new weights
+    assert [line for line in said if "checkpoint changed since 2 finished cell(s)" in line]
+    assert set(again.cells["checksum"]).isdisjoint(first.cells["checksum"])
+    assert run(suite, tmp_path / "r", resume=True).skipped == 2  # unchanged: kept
+
+
 def test_existing_run_needs_resume(tmp_path):
     run(small(grid=grid(sampler=["euler"], steps=[2])), tmp_path / "r")
     with pytest.raises(SuiteError, match="holds a run already; pass --resume"):

@@ -44,6 +44,21 @@ def load_image(path: Path, center_crop: bool = False, resize: int = 0) -> Tensor
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
+def _decoded(path: Path, center_crop: bool, resize: int, size: tuple[int, int]) -> Tensor:
+    """``load_image`` with a one-line DatasetError naming the file when it cannot be decoded (a truncated
+    PNG passes the size check at open, which reads only the header) or changed size since."""
+    try:
+        img = load_image(path, center_crop, resize)
+    except Exception as exc:
+        text = (str(exc).strip().splitlines() or [""])[0]
+        raise DatasetError(f"dataset 'image-folder': {str(path)!r} cannot be decoded ({type(exc).__name__}: "
+                           f"{text})") from None
+    if tuple(img.shape[1:]) != size:
+        raise DatasetError(f"dataset 'image-folder': {str(path)!r} is {img.shape[2]}x{img.shape[1]}, not "
+                           f"{size[1]}x{size[0]} as when the folder was opened")
+    return img
+
+
 def image_folder(split: str | None = None, *, path: str = "", center_crop: bool = False,
                  resize: int = 0) -> Reference:
     """PNG/JPEG images under ``path`` (or ``path/<split>`` when a split is named), as RGB in [-1, 1].
@@ -83,7 +98,7 @@ def image_folder(split: str | None = None, *, path: str = "", center_crop: bool 
 
     def batches(size: int) -> Iterator[Tensor]:
         for start in range(0, len(files), size):
-            u8 = torch.stack([load_image(f, center_crop, resize) for f in files[start:start + size]])
+            u8 = torch.stack([_decoded(f, center_crop, resize, (height, width)) for f in files[start:start + size]])
             yield u8.float() / 127.5 - 1.0  # exact inverse of diffbench's uint8 mapping
 
     return Reference("image-folder", split or "all", identity, len(files), (3, height, width), batches)

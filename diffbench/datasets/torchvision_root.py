@@ -38,15 +38,29 @@ class _ArraysOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
 
+MAX_BATCH_BYTES = 1 << 30  # a CIFAR python batch is 31 MB (CIFAR-100's train file 155 MB)
+
+
 def _cifar_batch(path: Path) -> np.ndarray:
-    """uint8 images (N, 3, 32, 32) of one CIFAR python batch file."""
+    """uint8 images (N, 3, 32, 32) of one CIFAR python batch file.
+
+    ``data`` must be a uint8 array (N, 3072) stored in the file itself: a list would let a few kB of
+    pickle memo references expand to gigabytes when converted, so it is refused, as is a file over 1 GiB.
+    """
+    where = f"dataset 'torchvision': {str(path)!r}"
+    if path.stat().st_size > MAX_BATCH_BYTES:
+        raise DatasetError(f"{where} is larger than {MAX_BATCH_BYTES >> 20} MiB; not a CIFAR batch")
     try:
         with open(path, "rb") as f:
             entry = _ArraysOnly(f, encoding="latin1").load()
-        data = np.asarray(entry["data"], dtype=np.uint8)
+        data = entry["data"] if isinstance(entry, dict) else None
     except Exception as exc:
-        raise DatasetError(f"dataset 'torchvision': {str(path)!r} is not a CIFAR batch of arrays "
-                           f"({type(exc).__name__}: {exc})") from None
+        text = (str(exc).strip().splitlines() or [""])[0]
+        raise DatasetError(f"{where} is not a CIFAR batch of arrays ({type(exc).__name__}: {text})") from None
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DatasetError(f"{where} is not a CIFAR batch: its 'data' must be a uint8 array of shape (N, 3072), "
+                           f"got {got}")
     return data.reshape(-1, 3, 32, 32)
 
 
@@ -57,7 +71,18 @@ def _mnist(root: Path, name: str, split: str) -> tuple[list[Path], Tensor]:
     path = root / name / "raw" / f"{prefix}-images-idx3-ubyte"
     if not path.is_file():
         raise DatasetError(f"dataset 'torchvision': {name} {split} images not found at {str(path)!r}")
-    return [path], read_image_file(str(path))[:, None]  # (N, 1, 28, 28) uint8
+    if path.stat().st_size > MAX_BATCH_BYTES:
+        raise DatasetError(f"dataset 'torchvision': {str(path)!r} is larger than {MAX_BATCH_BYTES >> 20} MiB")
+    try:
+        images = read_image_file(str(path))
+    except Exception as exc:  # a header whose sizes the data does not have, a wrong magic number
+        text = (str(exc).strip().splitlines() or [""])[0]
+        raise DatasetError(f"dataset 'torchvision': {str(path)!r} is not an idx image file "
+                           f"({type(exc).__name__}: {text})") from None
+    if images.dtype != torch.uint8 or images.ndim != 3:
+        raise DatasetError(f"dataset 'torchvision': {str(path)!r} holds {images.dtype} of shape "
+                           f"{tuple(images.shape)}, not uint8 images (N, H, W)")
+    return [path], images[:, None]  # (N, 1, 28, 28) uint8
 
 
 def torchvision_root(split: str | None = None, *, root: str = "", dataset: str = "CIFAR10") -> Reference:

@@ -12,7 +12,9 @@ them and scores each metric once, so one big cell uses K workers and gives the u
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import tempfile
 import traceback
 import uuid
@@ -22,13 +24,14 @@ from typing import Any, Iterator
 from diffbench.cell import CELL_FAILURES, CellError, failed_record, run_cell, sampling_call
 from diffbench.executors import ExecutorError, Finished, Job
 from diffbench.executors.local import worker_info
-from diffbench.executors.split import Part, cell_parts, gather, sample_part
+from diffbench.executors.split import Part, cell_parts, describe_split, gather, sample_part
 from diffbench.results import RunDir
 from diffbench.suite import CellSpec
 from diffbench.timelimit import TimeLimitExceeded, time_limit
 
 INSTALL = 'pip install "diffbench[ray]"'
 MAX_RETRIES = 3  # Ray's default for tasks: a worker that dies is retried this many times
+REACH_SECONDS = 10.0  # an --address whose port does not accept a TCP connection within this fails at once
 
 
 def import_ray() -> Any:
@@ -129,6 +132,35 @@ def sample_part_task(payload: dict[str, Any], cell: CellSpec, part: Part, thread
 
 # --- driver side -------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set within the block where the user has not set them."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def check_reachable(address: str | None, timeout: float = REACH_SECONDS) -> None:
+    """ExecutorError unless ``address`` (``host:port`` or ``ray://host:port``) accepts a TCP connection within
+    ``timeout`` seconds; Ray's own connect retries for minutes on an address where nothing listens.
+    None, 'auto' and 'local' are Ray's to resolve (it fails at once when no cluster is found)."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ExecutorError(f"--address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError, OverflowError) as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (getattr(exc, "strerror", None) or str(exc))
+        raise ExecutorError(f"--address {address}: no Ray cluster answers there ({reason}; "
+                            f"waited at most {timeout:g} s)") from None
+
+
 class RayExecutor:
     """One Ray task per cell (or ``cell_parts`` per seed group): ``num_gpus=1`` on CUDA, else ``cpus_per_cell`` CPUs."""
 
@@ -137,6 +169,7 @@ class RayExecutor:
     def __init__(self, address: str | None = None, *, cpus_per_cell: int = 1, num_cpus: int | None = None,
                  max_retries: int = MAX_RETRIES, cell_parts: int = 1) -> None:
         import_ray()  # before anything runs: a missing Ray is a usage error, not a failed run
+        check_reachable(address)  # likewise an address where no cluster answers (bounded: REACH_SECONDS)
         if cell_parts < 1:
             raise ExecutorError(f"--cell-parts must be at least 1, got {cell_parts}")
         self.address, self.cpus_per_cell, self.num_cpus, self.max_retries = address, cpus_per_cell, num_cpus, max_retries
@@ -149,9 +182,14 @@ class RayExecutor:
         ray = import_ray()
         if not ray.is_initialized():
             try:
-                ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
-                         include_dashboard=False, logging_level="warning", log_to_driver=True)
+                # one connection attempt, not Ray's 20 (minutes on a port that answers but is not Ray's)
+                env = {"RAY_gcs_server_port_wait_time_s": "1"} if self.address not in (None, "local") else {}
+                with _environ(env):
+                    ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
+                             include_dashboard=False, logging_level="warning", log_to_driver=True)
             except Exception as exc:  # a wrong address, a cluster that is not up
+                with contextlib.suppress(Exception):
+                    ray.shutdown()  # whatever ray.init started before it failed
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
                 raise ExecutorError(f"could not start or reach {where}: {_first_line(exc)}") from None
             self.owns_ray = True
@@ -169,7 +207,8 @@ class RayExecutor:
         return {"name": self.name, "address": self.address or "local instance", "ray": ray.__version__,
                 "nodes": nodes, "per_cell": {"num_cpus": self.cpus_per_cell, "num_gpus": gpus,
                                              "max_retries": self.max_retries},
-                "cell_parts": self.cell_parts}
+                "cell_parts": self.cell_parts,
+                **({"cell_split": describe_split(job.suite, self.cell_parts)} if self.cell_parts > 1 else {})}
 
     def _gpus_per_cell(self, job: Job, ray: Any) -> int:
         """1 when the suite asks for CUDA (or 'auto' on a cluster that has GPUs), else 0."""
@@ -261,11 +300,13 @@ class RayExecutor:
         return Finished(record, files)  # the driver drew the picture into the run directory itself
 
     def close(self) -> None:
-        if self.pending:
+        if self.pending and not self.owns_ray:  # shutting down a Ray we started stops its tasks and workers
             ray = import_ray()
-            for ref in self.pending:
+            # force-cancelling a task that has just finished trips a check inside Ray: only those still running
+            _, running = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
+            for ref in running:
                 ray.cancel(ref, force=True)
-            self.pending = {}
+        self.pending = {}
         if self.owns_ray:
             import_ray().shutdown()
             self.owns_ray = False

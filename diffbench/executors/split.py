@@ -3,7 +3,9 @@
 EDM's multi-GPU sharding of one FID evaluation, on any executor: a seed group of ``num_samples``
 samples is cut into ``parts`` index ranges on batch boundaries, so every batch holds the same
 samples as in the unsplit cell (sample i's noise depends only on (seed, i), and the network sees
-the same batch, so not even BLAS rounding differs). Each part streams its batches through the
+the same batch, so not even BLAS rounding differs). A seed group with fewer batches than parts is
+cut inside its batches instead (same samples and noise; smaller network batches). Each part streams its
+batches through the
 metrics' feature extractors and returns the rows with their sample indices; the gathered rows
 are concatenated in sample-index order and each metric is scored once, as ``run_cell`` does for
 an unsplit cell. Counted NFE, sampling and network seconds add up over the parts.
@@ -37,9 +39,15 @@ class Part:
 
 
 def split_ranges(num_samples: int, batch_size: int, parts: int) -> list[tuple[int, int]]:
-    """(first_index, count) of up to ``parts`` ranges covering 0 … num_samples − 1, cut on batch boundaries."""
+    """(first_index, count) of ``parts`` ranges covering 0 … num_samples − 1 (fewer only when there are fewer
+    samples): cut on batch boundaries when there are at least ``parts`` batches, else into ranges whose
+    sizes differ by at most one sample (each then smaller than a batch)."""
     batches = math.ceil(num_samples / batch_size)
-    k = max(1, min(parts, batches))
+    if parts > batches:
+        k = max(1, min(parts, num_samples))
+        sizes = [num_samples // k + (j < num_samples % k) for j in range(k)]
+        return [(sum(sizes[:j]), n) for j, n in enumerate(sizes)]
+    k = max(1, parts)
     out, b = [], 0
     for j in range(k):  # k runs of whole batches, lengths differing by at most one batch
         n = batches // k + (j < batches % k)
@@ -47,6 +55,21 @@ def split_ranges(num_samples: int, batch_size: int, parts: int) -> list[tuple[in
         out.append((first, min(num_samples, (b + n) * batch_size) - first))
         b += n
     return out
+
+
+def describe_split(suite: Suite, parts: int) -> str:
+    """One line on how ``--cell-parts`` cuts the suite's seed groups (and why into fewer parts, when it must)."""
+    ranges = split_ranges(suite.num_samples, suite.batch_size, parts)
+    sizes = sorted({n for _, n in ranges})
+    size = f"{sizes[0]}-{sizes[-1]}" if len(sizes) > 1 else str(sizes[0])
+    line = f"--cell-parts {parts}: each seed group of {suite.num_samples} samples runs as {len(ranges)} parts of {size}"
+    if len(ranges) < parts:
+        return f"{line} (not {parts}: a seed group has only {suite.num_samples} samples)"
+    if math.ceil(suite.num_samples / suite.batch_size) < parts:
+        return (f"{line}, cut inside batches of {suite.batch_size} (fewer batches than parts): the samples and noise "
+                "are the unsplit cell's; the network sees smaller batches, which may round differently in the last "
+                "bits, as any batch_size does")
+    return f"{line} on batch boundaries (the unsplit cell's batches)"
 
 
 def cell_parts(suite: Suite, parts: int) -> list[Part]:

@@ -149,6 +149,21 @@ def reference_root(ref: ReferenceData) -> frechet.ReferenceRoot:
 SE_METHODS = ("jackknife", "bootstrap", "none")
 
 
+FID_ROUNDOFF = 1e-5  # relative to tr Σr + tr Σg + |μr|² + |μg|², the terms FID is a difference of
+
+
+def nonnegative_fid(value: float, gen: Tensor, ref: dict[str, np.ndarray]) -> float:
+    """``value`` when it is ≥ 0 within round-off (FID_ROUNDOFF); else ValueError: a distance below zero
+    means the statistics are broken, and the cell fails with the reason rather than record it."""
+    g = gen.double()
+    scale = (float(g.square().sum()) / max(len(g), 1) + abs(float(np.trace(ref["sigma"])))
+             + float(np.square(ref["mu"]).sum()))
+    if not value >= -FID_ROUNDOFF * scale:
+        raise ValueError(f"FID came out {value:.6g}, below zero beyond round-off (terms of size {scale:.4g}): "
+                         "the reference or sample statistics are not valid covariances")
+    return value
+
+
 class FID(_FidelityMetric):
     """Fréchet distance between Gaussian fits of sample and reference features (Heusel et al. 2017).
 
@@ -176,13 +191,16 @@ class FID(_FidelityMetric):
         root = reference_root(ref)
         point = "FID (Heusel et al. 2017) from float64 feature moments, tr√(ΣgΣr) by eigvalsh"
         context.info["fid_se_method"] = se_method
+        # the same moments and eigendecomposition whatever the s.e. method, so the value is the same bits
         groups = min(groups, len(gen) // 2)  # at least two samples a group (a small warm-up batch)
+        moments = frechet.GroupMoments.of_rows(gen.numpy(), max(groups, 1))
         if se_method == "jackknife" and groups >= 2:
-            value, se = frechet.fid_with_jackknife(frechet.GroupMoments.of_rows(gen.numpy(), groups), root)
+            value, se = frechet.fid_with_jackknife(moments, root)
+            value = nonnegative_fid(value, gen, ref.stats())
             context.info["fid_jackknife_groups"] = groups
             return {"fid": MetricValue(value, se, f"{point}; s.e. = linearised delete-a-group jackknife over "
                                                   f"{groups} groups by sample index")}
-        value = frechet.fid_with_moments(frechet.GroupMoments.of_rows(gen.numpy(), 1), root)
+        value = nonnegative_fid(frechet.fid_with_moments(moments, root), gen, ref.stats())
         if se_method != "bootstrap":
             why = "se_method=none" if se_method == "none" else f"{len(gen)} samples: too few for the jackknife"
             return {"fid": MetricValue(value, None, f"{point}; no uncertainty ({why})")}

@@ -180,6 +180,6 @@ def bootstrap_fids(rows, ref: ReferenceRoot, resamples: int, seed: int, device="
 
 
 def fid_with_moments(moments: GroupMoments, ref: ReferenceRoot) -> float:
-    """Point FID from the moments' totals (no uncertainty)."""
+    """Point FID from the moments' totals, computed as ``fid_with_jackknife`` computes it (the same bits)."""
     _, mu, sigma = moments.totals()
-    return fid_of(mu, sigma, ref)
+    return fid_of(mu, sigma, ref, vectors=True)[0]

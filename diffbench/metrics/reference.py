@@ -1,7 +1,8 @@
 """Reference features and FID statistics of a reference dataset, cached on disk in a safe format (no pickle).
 
 Features of a reference split are extracted batch by batch and cached as safetensors under the
-metric context's cache folder, keyed by the reference's identity (dataset, split, options, file
+metric context's cache folder (verified against their recorded sha256 on every load: see
+``diffbench.verified_cache``), keyed by the reference's identity (dataset, split, options, file
 fingerprint), the extractor, its weights' sha256, the feature layer, the resize and the uint8
 mapping. Within a process the opened references and their statistics are memoised, so a grid
 of cells computes a reference's mean and covariance once.
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffbench import verified_cache
 from diffbench.datasets import Reference, open_reference, reference_spec
 from diffbench.metrics import extractors
 from diffbench.metrics.digits_cnn import UINT8_MAPPING
 from diffbench.metrics.extractors import Extractor
 
-CACHE_FORMAT = 2  # bump when the cached feature layout, the key or the uint8 mapping changes
+CACHE_FORMAT = 3  # bump when the cached feature layout, the key or the uint8 mapping changes
 _MEMO: OrderedDict[Any, Any] = OrderedDict()
 _MEMO_SIZE = 8
 
@@ -89,10 +89,6 @@ def opened(dataset: Any, split: str | None, registry: Any = None) -> Reference:
     return _memo(key, lambda: open_reference(dataset, split, registry))
 
 
-def _tensor_sha256(t: Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
-
-
 def reference_data(reference: Reference, ext: Extractor, cache_dir: Path, device: torch.device | str = "cpu",
                    batch_size: int = 256) -> ReferenceData:
     """Features (from the disk cache when present) or statistics of ``reference`` under extractor ``ext``."""
@@ -112,26 +108,12 @@ def reference_data(reference: Reference, ext: Extractor, cache_dir: Path, device
 
 def _cached_features(reference: Reference, ext: Extractor, cache_dir: Path, key_json: str,
                      device: torch.device | str, batch_size: int) -> tuple[Tensor, str]:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
+    """Features from the verified cache (diffbench.verified_cache), else extracted and cached; with their sha256."""
     digest = hashlib.sha256(key_json.encode()).hexdigest()[:16]
     path = cache_dir / f"ref-{reference.name}-{reference.split}-{ext.name}-{digest}.safetensors"
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("key") == key_json:
-                return f.get_tensor("features"), meta["sha256"]
+    entry = verified_cache.load(path, key=key_json)
+    if entry is not None and "features" in entry.tensors:
+        return entry.tensors["features"], entry.sha256
     feats = torch.cat([extractors.extract_features(b, (-1.0, 1.0), ext, device, batch_size)
                        for b in reference.batches(batch_size)])
-    sha = _tensor_sha256(feats)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"features": feats}, tmp, metadata={"key": key_json, "sha256": sha})
-        os.replace(tmp, path)  # atomic: concurrent runs never read a half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return feats, sha
+    return feats, verified_cache.save(path, {"features": feats}, key=key_json)

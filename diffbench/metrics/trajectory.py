@@ -32,12 +32,16 @@ from typing import Any, Hashable
 import torch
 from torch import Tensor
 
+from diffbench import verified_cache
 from diffbench.denoiser import SigmaDenoiser
 from diffbench.devices import one_thread, resolve_device, resolve_dtype
 from diffbench.metrics.base import Batch, MetricContext, MetricValue, StreamingMetric, grid_key
 from diffbench.metrics.ode_reference import METHODS, Tableau, solve_to_targets
 from diffbench.seeding import initial_noise
 
+# Bounds on the solve (bounded sizes): steps per sample, and tolerances float64 can resolve.
+MAX_REFERENCE_STEPS = 1 << 16
+MIN_REFERENCE_TOL = 1e-12
 ABSENT_STOCHASTIC = ("trajectory-error absent: sampler {sampler!r} is stochastic with these options; "
                      "there is no ODE trajectory to compare with")
 CACHE_FORMAT = 2  # 1: one reference per σ range by step doubling; 2: one per starting point, a tensor per stop
@@ -82,40 +86,47 @@ def solve_stops(den: SigmaDenoiser, x: Tensor, sigma_start: float, floor: float,
 
 
 class ReferenceCache:
-    """References on disk: ``<dir>/<sha256 of the key>.safetensors`` (tensors only) + ``.json`` (key, stops, cost)."""
+    """References on disk: ``<dir>/<sha256 of the key>.safetensors`` (a tensor per stop, with the key and sha256,
+    verified on load: ``diffbench.verified_cache``) + ``.json`` (key, stops and cost, for people to read)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
 
     @staticmethod
     def digest(key: dict[str, Any]) -> str:
-        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return hashlib.sha256(_key_json(key).encode()).hexdigest()[:32]
 
     def load(self, key: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-        """The cached stops and sidecar for ``key``, or None (missing, unreadable or written for another key)."""
-        from safetensors.torch import load_file
-
+        """The cached stops and sidecar for ``key``, or None (missing; unreadable, written for another key or not
+        matching its recorded sha256, each with a warning naming the file)."""
         stem = self.directory / self.digest(key)
-        try:
-            info = json.loads(stem.with_suffix(".json").read_text())
-            if info.get("key") != json.loads(json.dumps(key, sort_keys=True, default=str)):
-                return None
-            return load_file(str(stem.with_suffix(".safetensors"))), info
-        except (OSError, ValueError, KeyError):
+        entry = verified_cache.load(stem.with_suffix(".safetensors"), key=_key_json(key))
+        if entry is None:
             return None
+        sidecar = stem.with_suffix(".json")
+        try:
+            info = json.loads(sidecar.read_text())
+        except (OSError, ValueError, RecursionError) as exc:
+            verified_cache.stderr_warning(f"cache file {str(sidecar)!r} is unreadable ({type(exc).__name__}); "
+                                          "recomputing its reference")
+            return None
+        if not isinstance(info, dict) or info.get("key") != json.loads(_key_json(key)):
+            verified_cache.stderr_warning(f"cache file {str(sidecar)!r} was written for another key; "
+                                          "recomputing its reference")
+            return None
+        return dict(entry.tensors), {**info, "sha256": entry.sha256}
 
-    def save(self, key: dict[str, Any], tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
-        """Write atomically (temporary file, then rename): a crash never leaves a half-written reference."""
-        from safetensors.torch import save_file
-
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def save(self, key: dict[str, Any], tensors: dict[str, Tensor], info: dict[str, Any]) -> str:
+        """Write atomically (temporary file, then rename): a crash never leaves a half-written reference.
+        Returns the file's sha256."""
         stem = self.directory / self.digest(key)
+        sha = verified_cache.save(stem.with_suffix(".safetensors"), tensors, key=_key_json(key))
+        meta = {**info, "sha256": sha, "key": json.loads(_key_json(key))}
         tmp = stem.with_name(f".{stem.name}.{os.getpid()}.tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, stem.with_suffix(".safetensors"))
-        meta = {**info, "key": json.loads(json.dumps(key, sort_keys=True, default=str))}
         tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
         os.replace(tmp, stem.with_suffix(".json"))
+        return sha
+
 
     def sidecars(self) -> list[dict[str, Any]]:
         """Every readable sidecar (for cost estimates)."""
@@ -126,6 +137,10 @@ class ReferenceCache:
             except (OSError, ValueError):
                 continue
         return out
+
+
+def _key_json(key: dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def at_floor(sigma: float, floor: float) -> bool:
@@ -234,7 +249,7 @@ class TrajectoryRows:
         info.update(samples=len(x), model=getattr(self.model, "name", None), sigma_start=sigma_start,
                     sigma_floor=key["sigma_floor"], stops=sorted([s, z] for s, z in stops),
                     nfe=info["nfe_per_sample"] * len(x))
-        self.cache.save(key, tensors, info)
+        info["sha256"] = self.cache.save(key, tensors, info)
         log[digest] = {**info, "from_cache": False}
         return tensors[want]
 
@@ -263,6 +278,10 @@ class TrajectoryError(StreamingMetric):
             raise ValueError(f"trajectory-error method must be one of {', '.join(METHODS)}, got {method!r}")
         if not (rtol > 0 and atol > 0 and max_steps >= 1):
             raise ValueError("trajectory-error needs rtol > 0, atol > 0 and max_steps ≥ 1")
+        if min(rtol, atol) < MIN_REFERENCE_TOL or max_steps > MAX_REFERENCE_STEPS:
+            raise ValueError(f"trajectory-error needs rtol, atol ≥ {MIN_REFERENCE_TOL:g} (float64 round-off "
+                             f"is not resolvable) and max_steps ≤ {MAX_REFERENCE_STEPS:,}; got {rtol:g}, {atol:g} "
+                             f"and {max_steps:,}")
         if max_samples is not None and max_samples < 1:
             raise ValueError(f"trajectory-error max_samples must be ≥ 1 or null, got {max_samples}")
         return TrajectoryRows(model, context, {"rtol": float(rtol), "atol": float(atol), "method": method,

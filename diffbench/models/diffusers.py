@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +25,7 @@ from torch import Tensor
 from diffbench.checkpoints import file_sha256
 from diffbench.conditioning import ClassLabels, Prompts, read_prompts
 from diffbench.denoiser import DiffusionModel
-from diffbench.noise import DiscreteVP, NoiseSchedule, RectifiedFlow
+from diffbench.noise import DiscreteVP, NoiseSchedule, RectifiedFlow, check_train_steps
 from diffbench.targets import TARGETS
 
 INSTALL = 'pip install "diffbench[diffusers]"'
@@ -59,11 +60,23 @@ def _diffusers():
     return diffusers
 
 
+MAX_JSON_BYTES = 16 << 20  # a config is a few kB; a trained β table for 100,000 steps is ~2 MB
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read JSON ({exc})") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB; not a diffusers config")
+        data = json.loads(raw)
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        text = (str(getattr(exc, "strerror", None) or exc).splitlines() or [""])[0]
+        raise ConfigError(f"{path}: cannot read JSON ({type(exc).__name__}: {text})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return data
@@ -97,6 +110,15 @@ def schedule_from_config(config: dict[str, Any], where: str = "scheduler_config.
     keys = FLOW_KEYS if name in FLOW_SCHEDULERS else VP_KEYS
     filled = {k: defaults[k] for k in keys if k not in config and k in defaults}
     values = {**filled, **{k: config[k] for k in keys if k in config}}
+    try:  # before diffusers allocates its tables
+        check_train_steps(values.get("num_train_timesteps", 1000), "num_train_timesteps")
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if values.get("trained_betas") is not None:
+        betas = values["trained_betas"]
+        if not (isinstance(betas, list) and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                and math.isfinite(b) for b in betas)):
+            raise ConfigError(f"{where}: trained_betas must be a list of finite numbers")
     unused = sorted(k for k in config if not k.startswith("_") and k not in keys)
     info: dict[str, Any] = {"scheduler_class": name, "config_defaults_used": filled, "config_keys_unused": unused}
     if name in FLOW_SCHEDULERS:
@@ -138,9 +160,10 @@ def _vp(cls: type, values: dict[str, Any], where: str, info: dict[str, Any]):
 
 def _flow(values: dict[str, Any], where: str, info: dict[str, Any]):
     steps = int(values.get("num_train_timesteps", 1000))
-    shift = float(values.get("shift", 1.0))
-    if not shift > 0:
-        raise ConfigError(f"{where}: shift={shift!r} must be positive")
+    shift = values.get("shift", 1.0)
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift < math.inf:
+        raise ConfigError(f"{where}: shift={shift!r} must be a positive finite number")
+    shift = float(shift)
     # diffusers' flow grid reaches s = shift(1/T) at the low end and s = 1 (σ = ∞) at the top; diffbench
     # starts one training step below pure noise, s = shift(1 - 1/T): σ_max = shift (T - 1)
     schedule = RectifiedFlow(sigma_min=shift / (steps - 1), sigma_max=shift * (steps - 1), shift=shift)
@@ -262,13 +285,23 @@ class DiffusersNetwork(torch.nn.Module):
             return self.vae.decode(z / self.vae_scale + self.vae_shift, return_dict=False)[0]
 
 
+MAX_SIDE = 1 << 16  # pixels (or latent cells) per side; channels at most 4096
+
+
+def _dimension(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= limit
+
+
 def _shape(config: dict[str, Any], where: Path) -> tuple[int, ...]:
     size = config.get("sample_size")
     channels = config.get("in_channels")
     if size is None or channels is None:
         raise ConfigError(f"{where / 'config.json'}: needs sample_size and in_channels to know the sample shape")
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return (int(channels), int(h), int(w))
+    side = [size, size] if not isinstance(size, list) else size
+    if not (len(side) == 2 and all(_dimension(v, MAX_SIDE) for v in side) and _dimension(channels, 4096)):
+        raise ConfigError(f"{where / 'config.json'}: sample_size {size!r} and in_channels {channels!r} must be "
+                          f"positive integers (at most {MAX_SIDE} per side, 4096 channels)")
+    return (channels, side[0], side[1])
 
 
 def _learned_variance(config: dict[str, Any], where: Path) -> int | None:

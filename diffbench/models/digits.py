@@ -6,9 +6,12 @@ training) lives in the file's metadata and its sha256 is the model's checkpoint 
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from diffbench.checkpoints import load_checkpoint, shipped
 from diffbench.denoiser import DiffusionModel
@@ -36,6 +39,30 @@ SPECS: dict[str, DigitsSpec] = {
 }
 
 
+def _arch(config: dict[str, Any], state: dict[str, Any], path: Any) -> dict[str, Any]:
+    """The checkpoint's architecture, checked against its tensors before anything is allocated: a config
+    whose dimensions the weights do not have (a typo, or 10^12 units) is a one-line ValueError."""
+    arch = config.get("arch")
+    params = inspect.signature(DenoiserMLP.__init__).parameters
+    if not isinstance(arch, dict) or set(arch) - set(params) - {"self"}:
+        raise ValueError(f"checkpoint {path}: metadata 'arch' must be a mapping of {', '.join(list(params)[1:])}")
+    blocks = {k.split(".")[1] for k in state if k.startswith("blocks.")}
+    if arch.get("depth", params["depth"].default) != len(blocks):
+        raise ValueError(f"checkpoint {path}: arch depth {arch.get('depth')!r} but the weights hold "
+                         f"{len(blocks)} blocks")
+    try:
+        with torch.device("meta"):  # shapes only: no memory, whatever the config says
+            want = {k: tuple(v.shape) for k, v in DenoiserMLP(**arch).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ValueError(f"checkpoint {path}: metadata 'arch' {arch!r} is not buildable ({exc})") from None
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if want != have:
+        bad = next((k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)))
+        raise ValueError(f"checkpoint {path}: metadata 'arch' does not match the weights (tensor {bad!r}: "
+                         f"{have.get(bad)} in the file, {want.get(bad)} from the config)")
+    return arch
+
+
 def load_digits_model(name: str, checkpoint: str | None = None) -> DiffusionModel:
     """Build digits model ``name`` from its shipped checkpoint (or ``checkpoint``), without pickle."""
     spec = SPECS[name]
@@ -43,7 +70,7 @@ def load_digits_model(name: str, checkpoint: str | None = None) -> DiffusionMode
     trained_as = config.get("model")
     if trained_as != name:
         raise ValueError(f"checkpoint {checkpoint or shipped(name)} holds {trained_as!r}, not {name!r}")
-    net = DenoiserMLP(**config["arch"])
+    net = DenoiserMLP(**_arch(config, state, checkpoint or shipped(name)))
     net.load_state_dict(state)
     net.eval().requires_grad_(False)
     info: dict[str, Any] = {"train_split": config.get("split"), "train_steps": config.get("training", {}).get("steps")}

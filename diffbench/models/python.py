@@ -25,6 +25,9 @@ from diffbench.targets import TARGETS
 from diffbench.trust import installed_factories, installed_factory
 
 
+MAX_RANK, MAX_SIDE = 8, 1 << 16  # sample dimensions and the size of each (the plan bounds the total)
+
+
 def _t(sigma: float, t: float) -> float:
     return t
 
@@ -97,10 +100,17 @@ def python_model(*, factory: str = "", factory_options: dict = {}, checkpoint: s
         raise ValueError(f"options.time_input: unknown convention {time_input!r}; available: {', '.join(TIME_INPUTS)}")
     if time_input != "t" and time_scale != 1.0:
         raise ValueError(f"options.time_scale applies to time_input 't' only, not {time_input!r}")
-    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ValueError(f"options.shape: the sample shape as a list of positive ints (e.g. [3, 32, 32]), got {shape!r}")
-    if len(data_range) != 2 or not data_range[0] < data_range[1]:
-        raise ValueError(f"options.data_range: [low, high] with low < high, got {data_range!r}")
+    if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not 0 < time_scale < math.inf:
+        raise ValueError(f"options.time_scale must be a positive finite number, got {time_scale!r}")
+    if not shape or len(shape) > MAX_RANK or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_SIDE
+                                                     for d in shape):
+        raise ValueError(f"options.shape: the sample shape as a list of at most {MAX_RANK} positive ints, each at "
+                         f"most {MAX_SIDE:,} (e.g. [3, 32, 32]), got {shape!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"options.num_classes must be 0 (unconditional) or a positive int, got {num_classes!r}")
+    if len(data_range) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                       for v in data_range) or not data_range[0] < data_range[1]:
+        raise ValueError(f"options.data_range: [low, high] finite, with low < high, got {data_range!r}")
     try:
         sched = make_schedule(schedule, **schedule_options)
     except (ValueError, TypeError) as exc:

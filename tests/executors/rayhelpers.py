@@ -49,12 +49,24 @@ def sleepy(denoiser, x, sigmas, *, noise=None, seconds: float = 0.3):
     return euler(denoiser, x, sigmas, noise=noise)
 
 
+def blocks(denoiser, x, sigmas, *, noise=None, marker: str = "", after: int = -1):
+    """Euler; but in a Ray task (or, with ``after`` ≥ 0, on its call number ``after`` + 1 on in any process),
+    first writes its pid to ``marker`` (a folder) and sleeps for ten minutes."""
+    global _calls
+    _calls += 1
+    if marker and (_in_ray_task() if after < 0 else _calls > after):
+        (Path(marker) / str(os.getpid())).write_text("")
+        time.sleep(600)
+    return euler(denoiser, x, sigmas, noise=noise)
+
+
 class ExecutorPlugin:
     @hookimpl
     def diffbench_register(self, registry: Registry) -> None:
         registry.add("sampler", "dies-once", dies_once, order=1, nfe=per_step(1), stochastic=lambda **_: False)
         registry.add("sampler", "dies-always", dies_always, order=1, nfe=per_step(1), stochastic=lambda **_: False)
         registry.add("sampler", "sleepy", sleepy, order=1, nfe=per_step(1), stochastic=lambda **_: False)
+        registry.add("sampler", "blocks", blocks, order=1, nfe=per_step(1), stochastic=lambda **_: False)
 
 
 def executor_registry() -> Registry:

@@ -156,3 +156,130 @@ def test_the_per_cell_time_limit_holds_inside_a_ray_worker(ray_instance, tmp_pat
     rec = RunDir(res.path).read_cells()[0]
     assert rec["status"] == "failed" and "time limit of 1 s exceeded" in rec["error"]
     assert rec["time_limit"] == 1.0 and rec["worker"]["executor"] == "ray"
+
+
+# --- a shared run directory on Ray; unreachable addresses; SIGTERM (issue 19 items 7 and 8) ----------------------
+
+def test_shards_of_a_suite_with_rules_on_ray_merge_into_the_local_run(ray_instance, tmp_path):
+    from diffbench.executors.shard import merge
+    from test_shard import ruled
+
+    local = run(ruled(), tmp_path / "local")
+    out = tmp_path / "shared"
+    halves = [run(ruled(), out, executor="ray", shard=f"{i}/2") for i in (1, 2)]
+    assert sum(h.ran for h in halves) == len(numbers(local.path)) == 11
+    assert merge(out, executor_registry(), draw=False).missing == [] and numbers(out) == numbers(local.path)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, then closed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_address_where_no_cluster_listens_fails_at_once_in_one_line(tmp_path, scheme):
+    pytest.importorskip("ray")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(small(grid=grid(sampler=["euler"], steps=[2]))))
+    address = f"{scheme}127.0.0.1:{closed_port()}"
+    # in a subprocess with a deadline: Ray's own connect would retry for minutes (a hang fails the test)
+    command = [sys.executable, "-c", "from diffbench.cli import main; main()", "run", str(path),
+               "--out", str(tmp_path / "r"), "--executor", "ray", "--address", address, "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"diffbench: error: --address {address}: no Ray cluster answers there (")
+    assert not (tmp_path / "r").exists()
+
+
+DRIVER = """
+import sys
+sys.path[:0] = {paths!r}
+from diffbench import registry as registry_module
+from rayhelpers import executor_registry
+registry_module._default = executor_registry()
+from diffbench.cli import main
+main({args!r})
+"""
+
+
+def test_sigterm_stops_a_ray_run_and_its_workers_keeping_finished_cells(tmp_path):
+    pytest.importorskip("ray")
+    import signal
+    import time
+
+    from diffbench.results import lock_is_held
+
+    marker = tmp_path / "workers"
+    marker.mkdir()
+    blocked = {"name": "blocks", "options": {"marker": str(marker)}}
+    path = tmp_path / "s.yaml"
+    data = small(num_samples=8, batch_size=8, grid=grid(sampler=["euler", blocked], steps=[2]))
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "r"
+    here = Path(__file__).resolve().parent
+    script = DRIVER.format(paths=[str(ROOT), str(here), str(here.parent)],
+                           args=["run", str(path), "--out", str(out), "--executor", "ray", "--no-progress",
+                                 "--cache-dir", str(tmp_path / "cache")])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(here), str(here.parent)])}
+    driver = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(marker.iterdir()) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        workers = [int(p.name) for p in marker.iterdir()]
+        assert workers, f"no worker started the blocking cell: {driver.stderr.read() if driver.poll() else ''}"
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 143, stderr
+    assert "terminated (SIGTERM):" in stderr and "finish with --resume" in stderr
+    manifest = RunDir(out).read_manifest()
+    assert manifest["status"] == "interrupted" and not lock_is_held(out / ".lock")
+    deadline = time.monotonic() + 60
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if os.path.exists(f"/proc/{pid}") and
+                 "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[:1]]
+        time.sleep(0.5)
+    assert not alive, f"Ray workers {alive} still running after the driver stopped"
+
+
+def test_sigterm_stops_a_local_run_keeping_finished_cells(tmp_path):
+    """The local executor too: SIGTERM inside a cell closes the manifest as 'interrupted', exit 143, lock released."""
+    import signal
+    import time
+
+    from diffbench.results import lock_is_held
+
+    marker = tmp_path / "blocked"
+    marker.mkdir()
+    # call 1 is the option check before the run starts; call 2 is the cell (euler's cell runs first)
+    blocked = {"name": "blocks", "options": {"marker": str(marker), "after": 1}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(small(num_samples=8, batch_size=8, grid=grid(sampler=["euler", blocked], steps=[2]))))
+    out = tmp_path / "r"
+    here = Path(__file__).resolve().parent
+    script = DRIVER.format(paths=[str(ROOT), str(here), str(here.parent)],
+                           args=["run", str(path), "--out", str(out), "--no-progress", "--cache-dir", str(tmp_path)])
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(marker.iterdir()) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(marker.iterdir()), "the blocking cell never started"
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    assert driver.returncode == 143 and stderr.endswith("terminated (SIGTERM): 1 of 2 cells kept in "
+                                                        f"{out}; finish with --resume\n"), stderr
+    assert RunDir(out).read_manifest()["status"] == "interrupted" and not lock_is_held(out / ".lock")
+    assert [r["sampler"] for r in RunDir(out).read_cells()] == ["euler"]

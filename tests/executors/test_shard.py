@@ -2,6 +2,7 @@
 is written by two shards; the Slurm array script works as documented."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from diffbench import registry as registry_module
 from diffbench.cli import cli
 from diffbench.executors.shard import Shard, merge
-from diffbench.results import RunDir
+from diffbench.results import RunBusyError, RunDir, lock_is_held, read_json
 from diffbench.runner import run_suite
 from diffbench.suite import SuiteError, expand, parse_suite
 from rayhelpers import executor_registry
@@ -51,7 +52,7 @@ def test_two_shards_merged_equal_one_run(whole, tmp_path):
     data, out = small(metrics=["mean-norm", "checksum"]), tmp_path / "shared"
     first = run(data, out, shard="1/2")
     assert first.ran == 3  # a lock of its own; nothing shared written yet:
-    assert sorted(p.name for p in out.iterdir()) == [".lock-shard-1-of-2", "cells", "shards"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", ".lock-shard-1-of-2", "cells", "shards"]
     half = merge(out, executor_registry(), draw=False)
     assert sorted(half.missing) == sorted(set(numbers(whole.path)) - set(numbers(out)))
     assert len(half.missing) == 3 and RunDir(out).read_manifest()["status"] == "incomplete"
@@ -77,7 +78,9 @@ def test_shards_keep_their_own_manifests_and_need_resume_to_rerun(tmp_path):
     run(data, out, shard="2/2")
     assert (out / "shards/1-of-2/manifest.json").exists() and (out / "shards/2-of-2/manifest.json").exists()
     m1 = yaml.safe_load((out / "shards/1-of-2/manifest.json").read_text())
-    assert m1["shard"] == {"index": 1, "count": 2, "cells": 1} and m1["status"] == "complete"
+    # dealt by counted work, largest first: shard 1 gets the 4-step cell (4 NFE × 64 samples), shard 2 the other
+    assert m1["shard"] == {"index": 1, "count": 2, "cells": 1, "network_evaluations": 4 * 64}
+    assert m1["status"] == "complete"
     with pytest.raises(SuiteError, match="shard 1/2 ran here already; pass --resume"):
         run(data, out, shard="1/2")
     again = run(data, out, shard="1/2", resume=True)
@@ -139,3 +142,143 @@ def test_the_slurm_array_script_runs_each_shard_and_report_merges_them(tmp_path)
     whole = run(suite, tmp_path / "whole")
     assert len(numbers(out)) == 2 and numbers(out) == numbers(whole.path)
     assert RunDir(out).read_manifest()["status"] == "complete"
+
+
+# --- suites with include/exclude rules, resuming, re-sharding, other suites, balance (issue 19 item 8) ------------
+
+def ruled(**overrides):
+    """A steps.yaml-like suite: a grid trimmed by exclude and extended by include rules (one naming a scheduler
+    that is not in the grid, one naming only steps)."""
+    data = dict(metrics=["mean-norm", "checksum"], num_samples=16, batch_size=16,
+                grid=grid(sampler=["euler", "heun", "dpm-solver++-2m"], steps=[2, 4]),
+                exclude=[{"sampler": ["heun"]}],
+                include=[{"sampler": "heun", "steps": [2, 3]}, {"sampler": ["euler"], "scheduler": "quadratic"},
+                         {"steps": 5}])
+    return small(**{**data, **overrides})
+
+
+@pytest.fixture(scope="module")
+def ruled_whole(tmp_path_factory):
+    return run(ruled(), tmp_path_factory.mktemp("ruled") / "whole")
+
+
+def test_shards_of_a_suite_with_include_and_exclude_rules_merge_into_the_whole_run(ruled_whole, cli_registry,
+                                                                                   tmp_path):
+    out = tmp_path / "shared"
+    assert len(numbers(ruled_whole.path)) == 11
+    invoke = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731
+    run(ruled(), out, shard="1/2")
+    partial = invoke("report", out)
+    assert partial.exit_code == 1 and "cells missing" in partial.stderr, partial.stderr
+    run(ruled(), out, shard="2/2")
+    merged = invoke("report", out)
+    assert merged.exit_code == 0, merged.stderr
+    assert numbers(out) == numbers(ruled_whole.path) and RunDir(out).read_manifest()["status"] == "complete"
+    rules = read_json(out / "suite.json")["include"]  # stored as written: no axis the rule does not name
+    assert rules == [{"sampler": "heun", "steps": [2, 3]}, {"sampler": ["euler"], "scheduler": "quadratic"},
+                     {"steps": 5}]
+
+
+def test_a_run_dir_written_by_an_older_diffbench_with_null_rule_axes_still_merges(ruled_whole, tmp_path):
+    out = tmp_path / "shared"
+    run(ruled(), out, shard="1/1")
+    path = out / "shards" / "1-of-1" / "suite.json"
+    data = read_json(path)
+    axes = ("model", "sampler", "scheduler", "steps", "guidance")
+    for kind in ("include", "exclude"):  # what the earlier model_dump wrote: every axis, unnamed ones null
+        data[kind] = [{a: r.get(a) for a in axes} for r in data[kind]]
+    path.write_text(json.dumps(data))
+    assert merge(out, executor_registry(), draw=False).missing == []
+    assert numbers(out) == numbers(ruled_whole.path)
+
+
+def test_the_unsharded_resume_finishes_what_shards_left(ruled_whole, tmp_path):
+    out = tmp_path / "shared"
+    first = run(ruled(), out, shard="1/2")  # shard 2 never ran; nothing merged
+    with pytest.raises(SuiteError, match="pass --resume"):
+        run(ruled(), out)
+    rest = run(ruled(), out, resume=True)  # the documented fallback: run SUITE --out RUN --resume
+    assert rest.skipped == first.ran and rest.ran == 11 - first.ran
+    assert numbers(out) == numbers(ruled_whole.path)
+    merged = merge(out, executor_registry(), draw=False)
+    assert merged.missing == [] and RunDir(out).read_manifest()["status"] == "complete"
+
+
+def test_resharding_with_another_n_never_reruns_a_finished_cell(ruled_whole, tmp_path):
+    out = tmp_path / "shared"
+    first = run(ruled(), out, shard="1/2")
+    before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    ran = [run(ruled(), out, shard=f"{i}/3").ran for i in (1, 2, 3)]  # no --resume: a new N starts afresh
+    assert sum(ran) == 11 - first.ran
+    assert all((out / "cells" / name).read_bytes() == data for name, data in before.items())  # untouched
+    assert merge(out, executor_registry(), draw=False).missing == []
+    assert numbers(out) == numbers(ruled_whole.path)
+
+
+def test_a_shard_of_another_suite_is_refused_when_it_starts(cli_registry, tmp_path):
+    out = tmp_path / "shared"
+    run(ruled(), out, shard="1/2")
+    with pytest.raises(SuiteError, match=r"shards/1-of-2 ran suite 'small', not 'other'; every shard of a run "
+                                         r"directory runs the same suite: choose another --out$"):
+        run(ruled(name="other"), out, shard="2/2")
+    with pytest.raises(SuiteError, match=r"shards/1-of-2 ran another version of suite 'small' \(it differs at "
+                                         r"num_samples\)"):
+        run(ruled(num_samples=8, batch_size=8), out, shard="2/2")
+    assert not (out / "shards" / "2-of-2").exists()
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(ruled(grid=grid(sampler=["euler", "heun"], steps=[2, 4]))))
+    refused = CliRunner().invoke(cli, ["run", str(path), "--out", str(out), "--shard", "2/2", "--no-progress"])
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1 and "differs at grid.sampler" in refused.stderr
+    assert not (out / "shards" / "2-of-2").exists()
+    assert run(ruled(), out, shard="2/2").ran > 0  # the same suite is welcome
+
+
+def declared_nfe(sampler: str, steps: int) -> int:
+    """Network evaluations per sample, from each algorithm's definition: Heun skips its correction at σ = 0."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def test_shards_are_balanced_by_counted_work_not_by_cell_count():
+    from diffbench.registry import default_registry
+    from diffbench.suite import load_suite
+
+    # smoke.yaml: 36,500 network evaluations; dealt round-robin by cell id shard 1 got 24,500 of them
+    cells = expand(load_suite(ROOT / "suites" / "smoke.yaml", default_registry()))
+    work = {c.cell_id: declared_nfe(c.sampler.name, c.steps) * 500 for c in cells}
+    assert sum(work.values()) == 36_500
+    for n in (2, 3, 4):
+        loads = [sum(work[c.cell_id] for c in Shard(i, n).select(cells, work)) for i in range(1, n + 1)]
+        assert sum(loads) == 36_500 and sorted(c.cell_id for i in range(1, n + 1)
+                                               for c in Shard(i, n).select(cells, work)) == sorted(work)
+        assert max(loads) - min(loads) <= max(work.values())  # least-loaded first: within one cell's work
+    assert [sum(work[c.cell_id] for c in Shard(i, 2).select(cells, work)) for i in (1, 2)] == [19_500, 17_000]
+
+
+def test_each_shard_plans_its_dealt_share_of_the_counted_work(tmp_path):
+    from diffbench.runner import preflight
+
+    data = small(num_samples=4, batch_size=4, grid=grid(sampler=["euler", "heun"], steps=[1, 2, 4, 8, 16, 32]))
+    reg = executor_registry()
+    whole = preflight(parse_suite(data, reg), reg, cache_dir=tmp_path).plan.nfe
+    cell_work = [declared_nfe(s, n) * 4 for s in ("euler", "heun") for n in (1, 2, 4, 8, 16, 32)]
+    assert whole == sum(cell_work)
+    for n in (2, 3):
+        loads = [preflight(parse_suite(data, reg), reg, cache_dir=tmp_path, shard=Shard(i, n)).plan.nfe
+                 for i in range(1, n + 1)]
+        assert sum(loads) == whole and max(loads) - min(loads) <= max(cell_work)
+
+
+# --- locks of a shared run directory (issue 19 item 7) --------------------------------------------------------------
+
+def test_a_whole_run_and_a_shard_never_run_in_one_directory_at_once(tmp_path):
+    out = tmp_path / "shared"
+    run(ruled(), out, shard="1/2")
+    with RunDir(out).lock(shared=True), RunDir(out).lock(".lock-shard-2-of-2"):  # shard 2/2 is running
+        with pytest.raises(RunBusyError, match=rf"^{out}: in use by diffbench shard 2-of-2 of a sharded run; wait "):
+            run(ruled(), out, resume=True)
+        assert run(ruled(), out, shard="1/2", resume=True).ran == 0  # another shard may run beside it
+        assert merge(out, executor_registry(), draw=False).run.read_manifest()["running_shards"] == ["2-of-2"]
+    with RunDir(out).lock():  # a whole run (or a merge) holds the directory
+        with pytest.raises(RunBusyError, match=r"in use by another diffbench run \(pid \d+, \.lock\)"):
+            run(ruled(), out, shard="2/2")
+    assert not lock_is_held(out / ".lock") and not lock_is_held(out / ".lock-shard-1-of-2")

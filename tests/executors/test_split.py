@@ -4,20 +4,47 @@ from __future__ import annotations
 import yaml
 
 from diffbench.executors.ray import RayExecutor
-from diffbench.executors.split import split_ranges
+from diffbench.executors.split import describe_split, split_ranges
+from diffbench.suite import load_suite, parse_suite
 from diffbench.results import RunDir
 from runhelpers import grid, small
-from test_ray import numbers, run
+from test_ray import ROOT, numbers, run
 
 
 def test_ranges_cover_every_sample_once_on_batch_boundaries():
-    for n, batch, parts in [(64, 16, 3), (100, 32, 2), (10, 32, 4), (1000, 1000, 2), (65, 8, 5), (7, 1, 7)]:
+    for n, batch, parts in [(64, 16, 3), (100, 32, 2), (65, 8, 5), (7, 1, 7), (64, 16, 4)]:
         ranges = split_ranges(n, batch, parts)
         indices = [i for first, count in ranges for i in range(first, first + count)]
         assert indices == list(range(n))
         assert all(first % batch == 0 for first, _ in ranges)  # every batch the same as unsplit
-        assert len(ranges) == min(parts, -(-n // batch))
+        assert len(ranges) == parts
     assert split_ranges(64, 16, 3) == [(0, 32), (32, 16), (48, 16)]
+
+
+def test_fewer_batches_than_parts_are_cut_inside_a_batch_and_said_in_one_line():
+    """steps.yaml (1000 samples in one batch of 1000) with --cell-parts 4, as the docs show: 4 parts of 250."""
+    for n, batch, parts in [(1000, 1000, 4), (10, 32, 4), (2000, 1000, 3), (3, 8, 8)]:
+        ranges = split_ranges(n, batch, parts)
+        assert [i for first, count in ranges for i in range(first, first + count)] == list(range(n))
+        assert len(ranges) == min(parts, n)
+        assert max(c for _, c in ranges) - min(c for _, c in ranges) <= 1
+    assert split_ranges(1000, 1000, 4) == [(0, 250), (250, 250), (500, 250), (750, 250)]
+    steps = load_suite(ROOT / "suites" / "steps.yaml")
+    assert describe_split(steps, 4).startswith("--cell-parts 4: each seed group of 1000 samples runs as 4 parts of "
+                                               "250, cut inside batches of 1000")
+    assert describe_split(parse_suite(small(num_samples=3, batch_size=8)), 8) == (
+        "--cell-parts 8: each seed group of 3 samples runs as 3 parts of 1 (not 8: a seed group has only 3 samples)")
+    assert "\n" not in describe_split(steps, 4)
+
+
+def test_a_cell_of_one_batch_split_in_four_gives_the_unsplit_numbers_on_an_exact_model(ray_instance, tmp_path):
+    data = small(metrics=["mean-norm", "checksum"], num_samples=16, batch_size=16,
+                 grid=grid(sampler=["heun"], steps=[3]))
+    local = run(data, tmp_path / "local")
+    split = run(data, tmp_path / "split", executor=RayExecutor(cell_parts=4))
+    rec = RunDir(split.path).read_cells()[0]
+    assert sorted((p["first_index"], p["count"]) for p in rec["worker"]["parts"]) == [(0, 4), (4, 4), (8, 4), (12, 4)]
+    assert numbers(split.path) == numbers(local.path)  # the gmm model's exact denoiser rounds row by row
 
 
 def test_a_split_cell_gives_the_unsplit_numbers(ray_instance, tmp_path):

@@ -8,30 +8,34 @@ from diffbench.metrics import frechet
 D, N, REPEATS = 8, 2000, 300
 
 
-def gaussian_case(seed=0):
+def gaussian_case(seed=0, d=D, scale=1.0, shift=0.3):
     """Sample N(mu_g, sigma_g) against fixed reference N(0, I): the true FID in closed form."""
     rng = np.random.default_rng(seed)
-    a = rng.normal(size=(D, D)) / np.sqrt(D)
-    sigma_g, mu_g = a @ a.T + 0.5 * np.eye(D), np.full(D, 0.3)
-    ref = frechet.ReferenceRoot.of({"mu": np.zeros(D), "sigma": np.eye(D)})
+    a = rng.normal(size=(d, d)) / np.sqrt(d)
+    sigma_g, mu_g = scale * a @ a.T + 0.5 * np.eye(d), np.full(d, shift)
+    ref = frechet.ReferenceRoot.of({"mu": np.zeros(d), "sigma": np.eye(d)})
     # with Σr = I: FID = ‖μg‖² + tr Σg + D − 2 tr Σg^½
-    true = float(mu_g @ mu_g + np.trace(sigma_g) + D - 2 * np.sqrt(np.linalg.eigvalsh(sigma_g)).sum())
+    true = float(mu_g @ mu_g + np.trace(sigma_g) + d - 2 * np.sqrt(np.linalg.eigvalsh(sigma_g)).sum())
     return rng, mu_g, np.linalg.cholesky(sigma_g), ref, true
 
 
-def test_jackknife_se_matches_the_spread_over_independent_repeats():
+@pytest.mark.parametrize("d, n, scale, shift", [(D, N, 1.0, 0.3), (32, 800, 0.2, 0.1)],
+                         ids=["D8-N2000", "D32-N800"])
+def test_jackknife_se_matches_the_spread_over_independent_repeats(d, n, scale, shift):
     """300 independent sample sets: the reported s.e. (RMS over repeats) is within ±20 % of the s.d. of the
-    FID estimates, and the mean estimate is within 3 % of the closed-form FID (the estimator's bias is O(D/N))."""
-    rng, mu_g, chol, ref, true = gaussian_case()
+    FID estimates. N/D = 250, and 25 as at the FID protocol's 50,000 × 2048. At D = 8 the mean estimate is
+    also within 3 % of the closed-form FID (the estimator's bias, O(D²/N), is small there)."""
+    rng, mu_g, chol, ref, true = gaussian_case(0, d, scale, shift)
     values, ses = [], []
     for _ in range(REPEATS):
-        x = mu_g + rng.normal(size=(N, D)) @ chol.T
+        x = mu_g + rng.normal(size=(n, d)) @ chol.T
         value, se = frechet.fid_with_jackknife(frechet.GroupMoments.of_rows(x, 20), ref)
         values.append(value)
         ses.append(se)
     spread, reported = np.std(values, ddof=1), np.sqrt(np.mean(np.square(ses)))
     assert reported == pytest.approx(spread, rel=0.2), (reported, spread)
-    assert np.mean(values) == pytest.approx(true, rel=0.03)
+    if d == D:
+        assert np.mean(values) == pytest.approx(true, rel=0.03)
 
 
 def test_linearised_jackknife_equals_the_exact_one_to_first_order():
@@ -84,3 +88,21 @@ def test_batched_bootstrap_takes_the_cpu_bootstraps_resamples(device):
             for r in (x[draws.integers(0, len(x), len(x))] for _ in range(11))]
     got = frechet.bootstrap_fids(x, ref, 11, 7, device, chunk=4)
     np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_fid_value_is_the_same_bits_whatever_the_se_method(tmp_path):
+    from types import SimpleNamespace
+
+    from diffbench.metrics.base import MetricContext
+    from diffbench.metrics.fidelity import FID
+    from diffbench.metrics.reference import ReferenceData
+
+    rng, mu_g, chol, _, _ = gaussian_case(5)
+    gen = torch.from_numpy(mu_g + rng.normal(size=(400, D)) @ chol.T)
+    ref = ReferenceData(SimpleNamespace(stats=None), torch.from_numpy(rng.normal(size=(500, D))), "x")
+    ctx = MetricContext(cache_dir=tmp_path)
+    values = {m: FID().score_features(gen, ref, ctx, se_method=m, groups=20, bootstrap=10)["fid"]
+              for m in ("jackknife", "bootstrap", "none")}
+    assert len({v.value for v in values.values()}) == 1
+    assert values["none"].uncertainty is None and values["jackknife"].uncertainty > 0
+    assert values["bootstrap"].uncertainty > 0

@@ -54,3 +54,18 @@ def with_checkpoint(*, checkpoint: str):
     net = edm_like()
     net.checkpoint = checkpoint  # a real factory would load weights_only state from here
     return net
+
+
+class Narrow(torch.nn.Module):
+    """A network that returns only its input's first ``keep`` features (a shape bug a broadcast would hide)."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, x, t, cond=None):
+        return x[:, : self.keep]
+
+
+def narrow(*, keep: int = 1):
+    return Narrow(keep)

@@ -1,0 +1,103 @@
+"""Cache entries verified on load: safetensors holding the entry's key and the sha256 of its tensors.
+
+Every cached computation (reference features, trajectory references, ...) is written with ``save``:
+one safetensors file whose metadata records the key it was computed for, the sha256 of its tensor
+content and a JSON ``info`` mapping, written atomically (a temporary renamed over the file). ``load``
+re-hashes the tensors it read and compares: an entry that cannot be read (truncated, not safetensors),
+was written for another key, or whose content does not match its recorded hash is never used; it
+returns None after a warning naming the file, and the caller recomputes (and overwrites) it. The hash
+returned with an entry is the hash of the tensors returned, so a manifest that records it describes
+what was used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Warn = Callable[[str], None]
+
+
+def stderr_warning(message: str) -> None:
+    """The default warning sink: one line on stderr, as the CLI prints its warnings."""
+    print(f"diffbench: warning: {message}", file=sys.stderr)
+
+
+def content_sha256(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 over each tensor's name, dtype, shape and bytes, in name order (independent of file layout)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Entry:
+    """A verified cache entry: its tensors, their sha256 and the info it was saved with."""
+
+    tensors: dict[str, Tensor]
+    sha256: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def save(path: str | Path, tensors: Mapping[str, Tensor], *, key: str,
+         info: Mapping[str, Any] | None = None) -> str:
+    """Write ``tensors`` with ``key``, their sha256 and ``info`` (JSON) atomically; return the sha256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    sha = content_sha256(tensors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={"key": key, "sha256": sha,
+                                               "info": json.dumps(dict(info or {}), sort_keys=True, default=str)})
+        os.replace(tmp, path)  # concurrent readers see the old entry or the new one, never half of one
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return sha
+
+
+def load(path: str | Path, *, key: str, warn: Warn | None = None) -> Entry | None:
+    """The entry at ``path`` if it was written for ``key`` and its tensors match their recorded sha256.
+
+    None when there is no file, or (after ``warn`` names the file and the reason) when it cannot be
+    read, was written for another key or does not match its hash: the caller recomputes it.
+    """
+    from safetensors.torch import load as load_bytes
+
+    path = Path(path)
+    warn = warn or stderr_warning
+    if not path.is_file():
+        return None
+    try:
+        data = path.read_bytes()
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        meta = header.get("__metadata__") or {}
+        tensors = load_bytes(data)
+        info = json.loads(meta.get("info") or "{}")
+    except Exception as exc:  # truncated, not safetensors, unreadable: recompute
+        text = (str(exc).strip().splitlines() or [""])[0]
+        warn(f"cache file {str(path)!r} is unreadable ({type(exc).__name__}: {text}); recomputing it")
+        return None
+    if meta.get("key") != key:
+        warn(f"cache file {str(path)!r} was written for another key; recomputing it")
+        return None
+    sha = content_sha256(tensors)
+    if meta.get("sha256") != sha:
+        warn(f"cache file {str(path)!r} does not match its recorded sha256 (changed after it was written); "
+             "recomputing it")
+        return None
+    return Entry(tensors, sha, info if isinstance(info, dict) else {})
