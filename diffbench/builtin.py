@@ -11,11 +11,12 @@ def diffbench_register(registry) -> None:
     from diffbench.samplers import SAMPLERS
 
     for name, info in SAMPLERS.items():
-        registry.add("sampler", name, info.fn, **info.declarations())
+        registry.add("sampler", name, info.fn, **info.declarations(name))
     for name, fn in schedulers.SCHEDULERS.items():
-        registry.add("scheduler", name, fn, discrete_only=name in ("leading", "trailing"))
+        registry.add("scheduler", name, fn, discrete_only=name in ("leading", "trailing"),
+                     option_help=schedulers.OPTION_HELP.get(name, {}))
     for name, fn in schedulers.PARTIAL_SCHEDULERS.items():
-        registry.add("scheduler", name, fn, discrete_only=True)
+        registry.add("scheduler", name, fn, discrete_only=True, option_help=schedulers.OPTION_HELP.get(name, {}))
     for name, target in targets.TARGETS.items():
         registry.add("target", name, target, description=type(target).__doc__.split("\n")[0])
     for name, loader in models.MODELS.items():

@@ -38,12 +38,37 @@ def time_network_call(model: DiffusionModel, batch_size: int, inputs=None) -> fl
     return time.perf_counter() - t0
 
 
-def bare_network_seconds(model: DiffusionModel, batch_size: int, *, repeats: int = 10, warmup: int = 2) -> float:
-    """Median seconds of one bare network evaluation at ``batch_size`` after ``warmup`` calls."""
+def bare_network_times(model: DiffusionModel, batch_size: int, *, repeats: int = 10, warmup: int = 2) -> list[float]:
+    """Seconds of each of ``repeats`` bare network evaluations at ``batch_size`` after ``warmup`` calls."""
     inputs = _network_inputs(model, batch_size)
     for _ in range(warmup):
         time_network_call(model, batch_size, inputs)
-    return statistics.median(time_network_call(model, batch_size, inputs) for _ in range(repeats))
+    return [time_network_call(model, batch_size, inputs) for _ in range(repeats)]
+
+
+def bare_network_seconds(model: DiffusionModel, batch_size: int, *, repeats: int = 10, warmup: int = 2) -> float:
+    """Median seconds of one bare network evaluation at ``batch_size`` after ``warmup`` calls."""
+    return statistics.median(bare_network_times(model, batch_size, repeats=repeats, warmup=warmup))
+
+
+COUNTED_TIME_METHOD = ("counted NFE × (bare network call on one batch of the suite's batch_size: the minimum of "
+                       "the run's calibration calls + the cell's harness CPU time per call: lower quartile) / "
+                       "batch_size")
+# Identical work (same NFE, same model and batch) gets the same network part exactly; the harness part is each
+# sampler's own measured CPU time per call, so samplers doing the same arithmetic agree within its spread
+# (tests/benchmarks/test_counted_time.py measures it).
+
+
+def counted_seconds_per_sample(record: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
+    """A cell's time per sample a busy machine does not move: counted NFE × (calibrated bare network call +
+    the cell's measured harness CPU time per call) / batch size, and how it was made; {} when it cannot be."""
+    nfe, harness = record.get("nfe"), record.get("harness_seconds_per_call")
+    bare, batch = calibration.get("network_seconds_per_call_min"), calibration.get("batch_size")
+    if not nfe or harness is None or not bare or not batch:
+        return {}
+    return {"counted_seconds_per_sample": float(nfe) * (float(bare) + float(harness)) / batch,
+            "timing": {"method": COUNTED_TIME_METHOD, "network_seconds_per_call": bare,
+                       "harness_seconds_per_call": harness, "batch_size": batch}}
 
 
 REFERENCE_SHAPE = (64, 256)  # 16384 float32 values: below torch's parallel grain, so one thread does the work

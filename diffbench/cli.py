@@ -391,15 +391,28 @@ def score_cmd(samples: Path | None, features: Path | None, reference: str, metri
 
 
 @cli.command()
+@click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of components.")
 @handled
-def plugins(as_json: bool) -> None:
+def plugins(name: str | None, as_json: bool) -> None:
     """List every registered component (kind, name, plugin, distribution, version, description) and every
-    plugin that failed to load or register; exit 1 when one did."""
+    plugin that failed to load or register; exit 1 when one did. With NAME: that component's options (type,
+    default, meaning), nested option blocks and the feature extractors it accepts."""
+    from diffbench import plugin_help
     from diffbench.registry import default_registry
     from diffbench.text import shorten
 
     registry = default_registry()  # load errors also go to stderr as warnings
+    if name is not None:
+        found = plugin_help.matching(registry, name)
+        if not found:
+            known = ", ".join(sorted({c.name for c in registry}))
+            raise UserError(f"no component named {name!r}; components: {known}")
+        if as_json:
+            click.echo(json.dumps([plugin_help.as_json(c) for c in found], indent=2))
+        else:
+            click.echo("\n\n".join(plugin_help.describe(c) for c in found))
+        return
     rows = [c.as_row() for c in registry]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -412,6 +425,11 @@ def plugins(as_json: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
         for row in cells:
             click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        from diffbench.metrics.extractors import extractor_names
+
+        click.echo("\nfeature extractors (metric option 'extractor' of fid, fid-inf, kid, prc): "
+                   + ", ".join(extractor_names()))
+        click.echo("options of one component: diffbench plugins NAME")
         if registry.errors:
             click.echo(f"\n{len(registry.errors)} plugin(s) failed to load or register (their components are "
                        "not listed):")

@@ -272,3 +272,90 @@ def make_schedule(name: str, **options: Any) -> NoiseSchedule:
         raise ValueError(f"unknown noise schedule {name!r}; available: {', '.join([*SCHEDULES, *TABLE_SCHEDULES])}"
                          ) from None
     return cls(**options)
+
+
+# One line per schedule option ('diffbench plugins python' prints them; docs/models.md maps checkpoints to them).
+SCHEDULE_OPTION_HELP: dict[str, str] = {
+    "num_steps": "training timesteps T: the β table has T entries, t = 0 .. T-1",
+    "beta_start": "β at t = 0",
+    "beta_end": "β at t = T-1",
+    "s": "offset s of the cosine ᾱ (Nichol & Dhariwal 2021)",
+    "max_beta": "cap on each β",
+    "betas": "the β table as trained, one entry per timestep t = 0 .. len-1 (a (T+1)-entry table keeps "
+             "index = the training code's t)",
+    "sigma_min": "smallest σ the model was trained on",
+    "sigma_max": "largest σ the model was trained on",
+    "shift": "time shift k of a flow schedule (SD3): s = k t / (1 + (k - 1) t)",
+}
+
+
+def schedule_options(name: str) -> dict[str, tuple[Any, Any]]:
+    """Schedule ``name``'s options: option → (annotated type, default)."""
+    cls = {**SCHEDULES, **TABLE_SCHEDULES}.get(name)
+    if cls is None:
+        raise ValueError(f"unknown noise schedule {name!r}; available: {', '.join([*SCHEDULES, *TABLE_SCHEDULES])}")
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(cls.__init__)
+    return {p.name: (hints.get(p.name, Any), p.default) for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self"}
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    import typing
+
+    if tp is Any:
+        return True
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typing.get_origin(tp) is list:
+        return isinstance(value, list) and all(_fits(v, args[0] if args else Any) for v in value)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def check_schedule_options(name: str, options: dict[str, Any]) -> None:
+    """One-line ValueError for an unknown option name (listing the allowed ones) or a value of the wrong type."""
+    allowed = schedule_options(name)
+    for key, value in options.items():
+        if key not in allowed:
+            raise ValueError(f"schedule {name!r} has no option {key!r}; allowed: {', '.join(allowed) or 'none'}")
+        tp = allowed[key][0]
+        if not _fits(value, tp):
+            from diffbench.text import type_name
+
+            raise ValueError(f"schedule {name!r} option {key!r} must be {type_name(tp)}, got {value!r}")
+
+
+def _json_type(tp: Any) -> dict[str, Any]:
+    import typing
+
+    if tp is type(None):
+        return {"type": "null"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if typing.get_origin(tp) is list:
+        args = typing.get_args(tp)
+        return {"type": "array", **({"items": _json_type(args[0])} if args else {})}
+    args = typing.get_args(tp)
+    if args:
+        return {"anyOf": [_json_type(a) for a in args]}
+    return {}
+
+
+def schedule_options_json_schema() -> dict[str, Any]:
+    """JSON Schema of a ``schedule_options`` block: the options of one of the schedules, no others."""
+    return {"anyOf": [{"title": f"{name} schedule options", "type": "object", "additionalProperties": False,
+                       "properties": {k: {**_json_type(tp), "default": default,
+                                          "description": SCHEDULE_OPTION_HELP.get(k, "")}
+                                      for k, (tp, default) in schedule_options(name).items()}}
+                      for name in (*SCHEDULES, *TABLE_SCHEDULES)]}

@@ -115,9 +115,14 @@ def _errors(df: pd.DataFrame, metric: str) -> np.ndarray | None:
     return None if np.isnan(se).all() else np.nan_to_num(se)
 
 
-def _log_y(values: Iterable[float]) -> bool:
+def is_error_metric(metric: str) -> bool:
+    """Error metrics (trajectory-error, solver-error, ...) are read on log axes: their orders are slopes there."""
+    return "error" in metric.lower()
+
+
+def _log_y(values: Iterable[float], metric: str = "") -> bool:
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    return len(v) > 1 and bool((v > 0).all()) and v.max() / v.min() > 100
+    return len(v) > 1 and bool((v > 0).all()) and (is_error_metric(metric) or v.max() / v.min() > 100)
 
 
 def _log_axis(ax: Any, which: str, values: pd.Series) -> None:
@@ -155,9 +160,16 @@ def _figure(n: int) -> tuple[Any, list[Any]]:
 
 def _finish(fig: Any, axes: list[Any], path: Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
+    rows = 0
     if handles:  # below the panels; bbox_inches="tight" grows the canvas to fit it
         fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
                    fontsize=8, frameon=False)
+        rows = math.ceil(len(labels) / min(4, len(labels)))
+    if caption(path.name):  # the caption travels with the picture
+        import textwrap
+
+        fig.text(0.5, -0.02 - 0.045 * rows, textwrap.fill(caption(path.name), 110), ha="center", va="top",
+                 fontsize=7.5, color="0.25")
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
@@ -189,7 +201,7 @@ def plot_vs(frame: pd.DataFrame, metrics: list[str], x: str, path: Path, *, xlab
                        label="Pareto front" if ax is axes[0] else None)
         if log_x:
             _log_axis(ax, "x", df[x])
-        if _log_y(df[metric]):
+        if _log_y(df[metric], metric):
             _log_axis(ax, "y", df[metric])
         better = "higher" if (directions or {}).get(metric, False) else "lower"
         ax.set(xlabel=xlabel, ylabel=f"{metric} ({better} is better)", title=metric)
@@ -197,15 +209,40 @@ def plot_vs(frame: pd.DataFrame, metrics: list[str], x: str, path: Path, *, xlab
     return _finish(fig, axes, path)
 
 
+CAPTIONS = {
+    NFE_PLOT: "Each metric (y, ± 1 standard error; log scale for error metrics and for values spanning over "
+              "100×) against NFE, network evaluations per sample as counted (x, log scale); one line per "
+              "sampler / scheduler, points at each step count.",
+    TIME_PLOT: "Each metric (y, ± 1 standard error; log scale as in the NFE plot) against sampling time per "
+               "sample (x, log scale): counted NFE × the calibrated bare network call + the measured harness "
+               "CPU time per call, so it does not follow the machine's load (runs without calibration: "
+               "wall-clock). Circled points: the Pareto front over all cells.",
+    GUIDANCE_PLOT: "Each metric (y, ± 1 standard error) against the guidance scale w (x, linear; no guidance "
+                   "drawn at w = 1); one line per sampler and step count.",
+}
+
+
+def caption(name: str) -> str:
+    """What a run plot's axes mean (report.md prints it under the plot)."""
+    return CAPTIONS.get(name, "")
+
+
+def time_column(frame: pd.DataFrame) -> tuple[str, str]:
+    """The time axis: counted seconds per sample when the run recorded them, else wall-clock."""
+    if "counted_seconds_per_sample" in frame and frame["counted_seconds_per_sample"].notna().any():
+        return "counted_seconds_per_sample", "seconds per sample (counted NFE × calibrated call + harness)"
+    return "seconds_per_sample", "wall-clock seconds per sample"
+
+
 def make_plots(frame: pd.DataFrame, out_dir: str | Path, directions: dict[str, bool] | None = None) -> list[Path]:
     """All run plots that the data supports; returns the files written."""
     out_dir = Path(out_dir)
     metrics = metric_names(frame)
+    time_col, time_label = time_column(frame)
     made = [
         plot_vs(frame, metrics, "nfe", out_dir / NFE_PLOT, xlabel="NFE (counted network evaluations per sample)",
                 directions=directions),
-        plot_vs(frame, metrics, "seconds_per_sample", out_dir / TIME_PLOT, xlabel="wall-clock seconds per sample",
-                directions=directions, pareto=True),
+        plot_vs(frame, metrics, time_col, out_dir / TIME_PLOT, xlabel=time_label, directions=directions, pareto=True),
     ]
     if varies(frame, "guidance"):
         g = frame.copy()

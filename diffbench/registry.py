@@ -10,15 +10,18 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import inspect
+import json
 import os
 import re
 import sys
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import pluggy
 
 from diffbench import hookspecs
+from diffbench.text import type_name
 
 KINDS = ("sampler", "scheduler", "target", "model", "metric", "dataset")
 ENTRY_POINT_GROUP = "diffbench"
@@ -55,6 +58,25 @@ DECLARATIONS: dict[str, dict[str, str]] = {
     },
     "dataset": {},
 }
+# Declarations every kind accepts.
+COMMON_DECLARATIONS: dict[str, str] = {
+    "option_help": "dict: option name -> one line saying what it means ('diffbench plugins NAME' prints it)",
+    "option_types": "dict: option name -> type, for options whose default (None) does not say their type",
+    "option_schema": "dict: option name -> JSON Schema fragment of a nested block (diffbench schema shows it)",
+    "path_options": "dict: option name -> 'path' (a file or folder), 'factory' ('file.py:function' or "
+                    "'module:function') or 'path-or-id' (a folder, else an id such as a hub name): a relative "
+                    "path in a suite resolves against the suite file's folder",
+    "check_options": "callable(**options) -> None: the checks that need no loading (validate --no-load runs "
+                     "them); a one-line ValueError, starting with the option's name",
+}
+
+
+PATH_KINDS = ("path", "factory", "path-or-id")
+
+
+def declarations(kind: str) -> dict[str, str]:
+    """The declaration keys ``kind`` accepts with their meanings."""
+    return {**DECLARATIONS.get(kind, {}), **COMMON_DECLARATIONS}
 
 
 class RegistrationError(ValueError):
@@ -196,6 +218,62 @@ def _validate(kind: str, obj: Any, meta: dict[str, Any]) -> dict[str, Any]:
     raise RegistrationError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
 
 
+def _declared_on(obj: Any) -> dict[str, Any]:
+    """Option declarations a component carries as attributes (a metric class's ``option_help``, a loader
+    function's ``check_options``), so a plugin may declare them beside the code or in ``registry.add``."""
+    out = {k: getattr(obj, k) for k in ("option_help", "option_types", "option_schema", "path_options") if isinstance(getattr(obj, k, None), dict)}
+    if callable(getattr(obj, "check_options", None)):
+        out["check_options"] = obj.check_options
+    return out
+
+
+def _check_option_declarations(kind: str, name: str, options: dict[str, Any], meta: dict[str, Any]) -> None:
+    for key in ("option_help", "option_types", "option_schema", "path_options"):
+        given = meta.get(key)
+        if given is None:
+            continue
+        if not isinstance(given, dict):
+            raise RegistrationError(f"{kind} {name!r}: {key} must be a dict by option name, got {given!r}")
+        stray = sorted(set(given) - set(options))
+        if stray:
+            raise RegistrationError(f"{kind} {name!r}: {key} names {stray[0]!r}, which is not an option; "
+                                    f"options are {', '.join(options) or 'none'}")
+    bad = {k: v for k, v in (meta.get("path_options") or {}).items() if v not in PATH_KINDS}
+    if bad:
+        raise RegistrationError(f"{kind} {name!r}: path_options[{next(iter(bad))!r}] must be one of "
+                                f"{', '.join(PATH_KINDS)}, got {next(iter(bad.values()))!r}")
+    if meta.get("check_options") is not None and not callable(meta["check_options"]):
+        raise RegistrationError(f"{kind} {name!r}: check_options must be callable(**options)")
+
+
+def _type_of_default(default: Any) -> Any:
+    for t in (bool, int, float, str, list, dict):
+        if type(default) is t:
+            return t
+    return Any
+
+
+def option_types(comp: "Component") -> dict[str, Any]:
+    """Each option's type: the declared ``option_types``, else the annotation, else the default's type."""
+    hints: dict[str, Any] = {}
+    fn = comp.obj if inspect.isfunction(comp.obj) or inspect.ismethod(comp.obj) else None
+    if fn is not None:
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # unresolvable annotations: fall back to the defaults' types
+            hints = {}
+    declared = comp.meta.get("option_types") or {}
+    return {key: declared.get(key) or hints.get(key) or _type_of_default(default)
+            for key, default in comp.options.items()}
+
+
+def option_rows(comp: "Component") -> list[dict[str, str]]:
+    """The component's options as rows: name, type, default, meaning ('' where the plugin gives none)."""
+    types, helps = option_types(comp), comp.meta.get("option_help") or {}
+    return [{"option": key, "type": type_name(types[key]), "default": json.dumps(_jsonable(default)),
+             "meaning": helps.get(key, "")} for key, default in comp.options.items()]
+
+
 class Registry:
     """Components by kind, each tagged with the plugin and distribution that added it."""
 
@@ -213,15 +291,17 @@ class Registry:
             raise RegistrationError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
         if not isinstance(name, str) or not name:
             raise RegistrationError(f"{kind} name must be a non-empty string")
-        unknown = sorted(set(meta) - set(DECLARATIONS.get(kind, {})))
+        meta = {**_declared_on(obj), **meta}
+        unknown = sorted(set(meta) - set(declarations(kind)))
         if unknown:
-            known = ", ".join(["description", *DECLARATIONS.get(kind, {})])
+            known = ", ".join(["description", *declarations(kind)])
             raise RegistrationError(f"{kind} {name!r}: unknown declaration {unknown[0]!r}; a {kind} declares "
                                     f"{known}")
         if name in self._items[kind]:
             other = self._items[kind][name]
             raise RegistrationError(f"{kind} {name!r} is already registered by plugin {other.plugin!r}")
         options = _validate(kind, obj, meta)
+        _check_option_declarations(kind, name, options, meta)
         doc = description if description is not None else (inspect.getdoc(obj) or "").split("\n")[0]
         comp = Component(kind, name, obj, self._plugin, self._distribution, self._version, options, meta, doc)
         self._items[kind][name] = comp

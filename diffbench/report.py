@@ -15,13 +15,17 @@ import numpy as np
 import pandas as pd
 
 from diffbench import plots
+from diffbench.calibration import COUNTED_TIME_METHOD
 from diffbench.results import STATUS_OK, UNCERTAINTY_SUFFIX, RunDir, metric_names, write_atomic
 
 NFE_WINDOW = 1.25
 Z = 2.0
-RULE = (f"Each cell is compared with the best cell whose counted NFE is within a factor {NFE_WINDOW:g} of its "
-        f"own. A difference is called beyond noise when it exceeds {Z:g} combined standard errors "
-        f"(√(se_cell² + se_best²)); cells share their starting noise, so this test is conservative.")
+RULE = (f"`vs best ≤{NFE_WINDOW:g}× NFE` compares each cell with the best cell whose counted NFE is within a "
+        f"factor {NFE_WINDOW:g} of its own (`no peer`: no other cell is that close in cost, so nothing is "
+        f"claimed). A difference is called beyond noise when it exceeds {Z:g} combined standard errors "
+        f"(√(se_cell² + se_best²)); cells share their starting noise, so this test is conservative. "
+        f"`front (all NFE)` says whether a cell is on the Pareto front of metric against NFE over all cells "
+        f"(no cell is both cheaper or as cheap and better), judged on the estimates, without noise.")
 
 
 def fmt_pm(value: Any, se: Any) -> str:
@@ -43,9 +47,18 @@ def directions(manifest: dict[str, Any]) -> dict[str, bool]:
     return {k: bool(v.get("higher_is_better")) for k, v in manifest.get("metric_values", {}).items()}
 
 
+def verdict_column(metric: str) -> str:
+    return f"{metric} vs best ≤{NFE_WINDOW:g}× NFE"
+
+
+def front_column(metric: str) -> str:
+    return f"{metric} front (all NFE)"
+
+
 def noise_verdicts(frame: pd.DataFrame, metric: str, higher_is_better: bool = False, *,
                    window: float = NFE_WINDOW, z: float = Z) -> pd.Series:
-    """Per cell: 'best', 'within noise' or 'worse (k.k σ)' against the best cell at similar NFE."""
+    """Per cell: 'best', 'within noise' or 'worse (k.k σ)' against the best cell within a factor ``window``
+    of its NFE; 'no peer' when no other cell is that close in cost."""
     out = pd.Series("", index=frame.index, dtype=object)
     ok = frame[(frame["status"] == STATUS_OK) & frame[metric].notna()]
     vals = ok[metric].astype(float)
@@ -54,6 +67,9 @@ def noise_verdicts(frame: pd.DataFrame, metric: str, higher_is_better: bool = Fa
     sign = -1.0 if higher_is_better else 1.0
     for i in ok.index:
         peers = ok.index[(nfe / nfe[i]).between(1 / window, window)]
+        if len(peers) == 1:
+            out[i] = "no peer"
+            continue
         best = min(peers, key=lambda j: sign * vals[j])
         if best == i or vals[best] == vals[i]:
             out[i] = "best"
@@ -64,6 +80,23 @@ def noise_verdicts(frame: pd.DataFrame, metric: str, higher_is_better: bool = Fa
         else:
             k = abs(vals[i] - vals[best]) / combined
             out[i] = f"worse ({k:.1f}σ)" if k > z else "within noise"
+    return out
+
+
+def pareto_verdicts(frame: pd.DataFrame, metric: str, higher_is_better: bool = False) -> pd.Series:
+    """Per cell: 'front' when no cell has NFE ≤ its own and a better value, else 'dominated by <cell>'."""
+    out = pd.Series("", index=frame.index, dtype=object)
+    ok = frame[(frame["status"] == STATUS_OK) & frame[metric].notna() & frame["nfe"].notna()]
+    vals, nfe = ok[metric].astype(float), ok["nfe"].astype(float)
+    sign = -1.0 if higher_is_better else 1.0
+    labels = plots.series_labels(ok) if len(ok) else pd.Series(dtype=object)
+    for i in ok.index:
+        better = ok.index[(nfe <= nfe[i]) & (sign * vals < sign * vals[i])]
+        if not len(better):
+            out[i] = "front"
+            continue
+        j = min(better, key=lambda k: (sign * vals[k], nfe[k]))
+        out[i] = f"dominated by {labels[j]} ({vals[j]:.3g} at {nfe[j]:g} NFE)"
     return out
 
 
@@ -106,8 +139,11 @@ def table(frame: pd.DataFrame, dirs: dict[str, bool] | None = None) -> pd.DataFr
     for m in metric_names(frame):
         t[m] = [fmt_pm(v, s) for v, s in zip(frame[m], frame[m + UNCERTAINTY_SUFFIX])]
         if has_uncertainty(frame, m):  # no verdicts for a metric without errors (solver-error-max)
-            t[f"{m} vs best"] = noise_verdicts(frame, m, dirs.get(m, False))
+            t[verdict_column(m)] = noise_verdicts(frame, m, dirs.get(m, False))
+            t[front_column(m)] = pareto_verdicts(frame, m, dirs.get(m, False))
     t["s/sample"] = frame["seconds_per_sample"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    if "counted_seconds_per_sample" in frame and frame["counted_seconds_per_sample"].notna().any():
+        t["counted s/sample"] = frame["counted_seconds_per_sample"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
     t["net %"] = frame["network_share"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.0f}")
     t["status"] = [s if s == STATUS_OK else f"{s}: {e if isinstance(e, str) else ''}"
                    for s, e in zip(frame["status"], frame["error"])]
@@ -210,8 +246,10 @@ def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: lis
     out += [*_header(manifest), "",
            "## Results", "", markdown(table(frame, dirs)) if len(frame) else "_no cells finished_", ""]
     out += ["**Reading the table.** NFE is counted network evaluations per sample (guidance counts both "
-            "halves); `s/sample` is sampling wall-clock per sample after a warm-up, metrics excluded; "
-            "`net %` is the share of it spent inside the network. " + RULE, ""]
+            "halves); `s/sample` is sampling wall-clock per sample after a warm-up, metrics excluded (it follows "
+            "the machine's load); `counted s/sample` is " + COUNTED_TIME_METHOD + ": the same for the same "
+            "work whatever else the machine runs, and the time axis of the plots; `net %` is the share of "
+            "wall-clock spent inside the network. " + RULE, ""]
     for name, methods in _methods(records).items():
         better = "higher" if dirs.get(name) else "lower"
         out.append(f"- `{name}` ({better} is better): uncertainty is {'; '.join(methods)}")
@@ -227,7 +265,9 @@ def write_report(run: RunDir, frame: pd.DataFrame | None = None, plot_files: lis
                     markdown(orders), ""]
     out += _reference_section(manifest)
     if plot_files:
-        out += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_files] + [""]
+        out += ["## Plots", ""]
+        for p in plot_files:
+            out += [f"![{p.stem}]({p.name})", "", f"*{plots.caption(p.name)}*", ""]
     failed = [r for r in records if r.get("status") != STATUS_OK]
     if failed:
         out += ["## Failed cells", ""] + [f"- `{r['cell_id']}`: {r.get('error')}" for r in failed] + [""]

@@ -33,7 +33,8 @@ STATUS_OK, STATUS_FAILED = "ok", "failed"
 SCHEMA_VERSION = 2
 ID_COLUMNS = ["suite", "cell_id", "model", "sampler", "scheduler", "steps", "nfe", "declared_nfe", "guidance",
               "seeds", "num_samples"]
-TAIL_COLUMNS = ["sample_seconds", "seconds_per_sample", "network_share", "status", "error"]
+TAIL_COLUMNS = ["sample_seconds", "seconds_per_sample", "counted_seconds_per_sample", "network_share", "status",
+                "error"]
 UNCERTAINTY_SUFFIX = "_se"
 NUMBER_COLUMNS = ["steps", "nfe", "declared_nfe", "guidance", "num_samples", "sample_seconds", "seconds_per_sample",
                   "network_share"]

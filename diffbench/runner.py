@@ -14,6 +14,7 @@ import math
 import os
 import shlex
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffbench import plots, report
-from diffbench.calibration import bare_network_seconds, cpu_reference_seconds
+from diffbench.calibration import bare_network_times, counted_seconds_per_sample, cpu_reference_seconds
 from diffbench.cell import CELL_FAILURES, metric_plan, now, sampling_call
 from diffbench.denoiser import DiffusionModel, evaluations_per_call
 from diffbench.devices import resolve_device, resolve_dtype
@@ -318,10 +319,12 @@ def _on_model(suite: Suite, cell: CellSpec) -> str:
 # --- provenance --------------------------------------------------------------------------------
 
 def calibrate(model: DiffusionModel, batch_size: int, repeats: int = 5) -> dict[str, Any]:
-    """Bare network time on one batch: the per-machine yardstick speed comparisons divide by."""
-    seconds = bare_network_seconds(model, batch_size, repeats=repeats)
-    return {"network_seconds_per_call": seconds, "batch_size": batch_size,
-            "method": f"median of {repeats} bare network calls on one batch after 2 warm-up calls",
+    """Bare network time on one batch: the per-machine yardstick speed comparisons divide by (median), and the
+    network part of each cell's counted time (minimum: the call undisturbed by other processes)."""
+    times = bare_network_times(model, batch_size, repeats=repeats)
+    return {"network_seconds_per_call": statistics.median(times), "network_seconds_per_call_min": min(times),
+            "batch_size": batch_size,
+            "method": f"median (and minimum) of {repeats} bare network calls on one batch after 2 warm-up calls",
             "cpu_reference_seconds": cpu_reference_seconds()}
 
 
@@ -631,6 +634,7 @@ def _execute(prep: Prepared, run: RunDir, resumed: bool, executor: Executor, exe
             run.write_manifest(manifest)
             for finished in executor.run(todo):
                 record = finished.record
+                record.update(counted_seconds_per_sample(record, manifest["calibration"].get(record.get("model")) or {}))
                 for path, data in finished.files.items():  # files a worker made for the cell (picture, samples)
                     write_atomic(run.path / path, data)
                 run.write_cell(record)

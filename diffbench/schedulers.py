@@ -41,17 +41,39 @@ def _require_discrete(schedule: NoiseSchedule, spacing: str, steps: int) -> Disc
     return schedule
 
 
-def linspace(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+def linspace(schedule: NoiseSchedule, steps: int, *, t_min: float | None = None,
+             t_max: float | None = None) -> torch.Tensor:
     """Uniform time, endpoints included: t = linspace(t_max, t_min, N) (DDIM/diffusers 'linspace')."""
     if isinstance(schedule, DiscreteVP):
         sched = _require_discrete(schedule, "linspace", steps)
-        # round(i (T-1) / (N-1)) on the exact quotient (one division, so ties go half-to-even as on paper;
-        # diffusers' float linspace rounds a few ties the other way, e.g. N = 27); one step starts at T - 1
+        lo, hi = _trained_range(sched, t_min, t_max)
+        if steps > hi - lo + 1:
+            raise ValueError(f"scheduler 'linspace' allows at most {hi - lo + 1} steps between t_min={lo} and "
+                             f"t_max={hi}, got {steps}")
+        # lo + round(i (hi-lo) / (N-1)) on the exact quotient (one division, so ties go half-to-even as on paper;
+        # diffusers' float linspace rounds a few ties the other way, e.g. N = 27); one step starts at t_max
         i = np.arange(steps - 1, -1, -1)
-        t = np.round(i * (sched.num_steps - 1) / (steps - 1)) if steps > 1 else np.array([sched.num_steps - 1.0])
+        t = lo + np.round(i * (hi - lo) / (steps - 1)) if steps > 1 else np.array([float(hi)])
     else:
-        t = np.linspace(schedule.t_max, schedule.t_min, steps)
+        lo = schedule.t_min if t_min is None else float(t_min)
+        hi = schedule.t_max if t_max is None else float(t_max)
+        if not schedule.t_min <= lo < hi <= schedule.t_max:
+            raise ValueError(f"linspace needs t_min < t_max inside the model's time range [{schedule.t_min:g}, "
+                             f"{schedule.t_max:g}], got t_min={lo:g}, t_max={hi:g}")
+        t = np.linspace(hi, lo, steps)
     return _with_zero(schedule.sigma_of_t(t))
+
+
+def _trained_range(sched: DiscreteVP, t_min: float | None, t_max: float | None) -> tuple[int, int]:
+    """First and last training timestep a grid may use (integers inside 0 .. T-1)."""
+    lo = 0 if t_min is None else t_min
+    hi = sched.num_steps - 1 if t_max is None else t_max
+    for name, v in (("t_min", lo), ("t_max", hi)):
+        if float(v) != int(v) or not 0 <= v <= sched.num_steps - 1:
+            raise ValueError(f"{name} must be a training timestep, an integer in 0..{sched.num_steps - 1}, got {v}")
+    if not lo < hi:
+        raise ValueError(f"need t_min < t_max, got t_min={lo}, t_max={hi}")
+    return int(lo), int(hi)
 
 
 def leading(schedule: NoiseSchedule, steps: int, *, offset: int = 0) -> torch.Tensor:
@@ -119,6 +141,23 @@ def exponential(schedule: NoiseSchedule, steps: int, *, rho: float = 1.0, sigma_
 SCHEDULERS: dict[str, Callable[..., torch.Tensor]] = {
     "linspace": linspace, "leading": leading, "trailing": trailing, "karras": karras,
     "logsnr": logsnr, "quadratic": quadratic, "exponential": exponential,
+}
+
+
+# One line per option ('diffbench plugins NAME' prints them).
+OPTION_HELP: dict[str, dict[str, str]] = {
+    "linspace": {"t_min": "first trained timestep, where the grid ends before σ = 0 (default the model's "
+                          "t_min: 0 on discrete models; 1 gives round(linspace(T, 1, N)) on a (T+1)-entry table)",
+                 "t_max": "last trained timestep, where the grid starts (default the model's t_max: T-1 on "
+                          "discrete models)"},
+    "leading": {"offset": "added to every timestep: diffusers' steps_offset (Stable Diffusion uses 1)"},
+    "karras": {"rho": "ρ of σ^(1/ρ) spacing (EDM: 7)", "sigma_min": "smallest σ > 0 of the grid (default: "
+               "the model's)", "sigma_max": "largest σ of the grid (default: the model's)"},
+    "logsnr": {"sigma_min": "smallest σ > 0 of the grid (default: the model's)",
+               "sigma_max": "largest σ of the grid (default: the model's)"},
+    "exponential": {"rho": "ramp exponent ρ (1: uniform in log σ)", "sigma_min": "smallest σ > 0 of the grid "
+                    "(default: the model's)", "sigma_max": "largest σ of the grid (default: the model's)"},
+    "ddim-quadratic": {"fraction": "the grid tops out at t = fraction · T (DDIM's code: 0.8)"},
 }
 
 

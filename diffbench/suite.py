@@ -8,7 +8,6 @@ is one line naming the YAML path and, where there is a closed set, the allowed v
 from __future__ import annotations
 
 import hashlib
-import inspect
 import itertools
 import json
 import re
@@ -22,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, SerializerFunct
 from pydantic_core import PydanticCustomError
 
 from diffbench.devices import DTYPES
-from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution
+from diffbench.registry import Component, Registry, UnknownComponentError, normalize_distribution, option_types
 from diffbench.timelimit import MAX_SECONDS
 from diffbench.suitefile import MAX_BYTES, SuiteFileError, check_data, parse_yaml, plain, yaml_path
 
@@ -249,31 +248,15 @@ def first_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
 
 # --- plugin options ----------------------------------------------------------------------------
 
-def _type_of_default(default: Any) -> Any:
-    for t in (bool, int, float, str, list, dict):
-        if type(default) is t:
-            return t
-    return Any
-
-
-def _hints(comp: Component) -> dict[str, Any]:
-    fn = comp.obj if inspect.isfunction(comp.obj) or inspect.ismethod(comp.obj) else None
-    if fn is None:
-        return {}
-    try:
-        return typing.get_type_hints(fn)
-    except Exception:  # unresolvable annotations: fall back to the defaults' types
-        return {}
-
-
 def options_model(comp: Component) -> type[BaseModel]:
     """A pydantic model of ``comp``'s options: annotated types where given, else the default's type."""
-    hints = _hints(comp)
+    types, helps, nested = option_types(comp), comp.meta.get("option_help") or {}, comp.meta.get("option_schema") or {}
     fields = {}
     for i, (key, default) in enumerate(comp.options.items()):
-        hint = hints.get(key) or (float if isinstance(default, float) else _type_of_default(default))
+        hint = types[key]
         # aliases keep option names such as 'json' or 'copy' from clashing with BaseModel attributes
-        fields[f"o{i}"] = (hint, Field(default=default, alias=key))
+        fields[f"o{i}"] = (hint, Field(default=default, alias=key, description=helps.get(key),
+                                       json_schema_extra=nested.get(key)))
     return create_model(f"{comp.kind}_{comp.name}_options".replace("-", "_"), __base__=Strict, **fields)
 
 
@@ -286,15 +269,54 @@ def check_options(comp: Component, options: dict[str, Any], path: str) -> dict[s
         if "unknown key" in line:
             line = line.replace("unknown key;", f"{comp.kind} {comp.name!r} has no such option;")
         raise SuiteError(f"{path}.{line}") from None
-    return validated.model_dump(by_alias=True, exclude_unset=True)
+    given = validated.model_dump(by_alias=True, exclude_unset=True)
+    check = comp.meta.get("check_options")
+    if check is not None:
+        try:
+            check(**{**comp.options, **given})
+        except (ValueError, TypeError) as exc:
+            raise SuiteError(f"{path}.{exc}" if str(exc).startswith(tuple(comp.options)) else f"{path}: {exc}") from None
+    return given
 
 
-def _check_component(registry: Registry, kind: str, spec: ComponentSpec, path: str) -> ComponentSpec:
+def _check_component(registry: Registry, kind: str, spec: ComponentSpec, path: str,
+                     base_dir: Path | None = None) -> ComponentSpec:
     try:
         comp = registry.get(kind, spec.name)
     except UnknownComponentError as exc:
         raise SuiteError(f"{path}.name: {exc}") from None
-    return spec.model_copy(update={"options": check_options(comp, spec.options, f"{path}.options")})
+    options = check_options(comp, spec.options, f"{path}.options")
+    if base_dir is not None:
+        options = resolve_paths(comp, options, base_dir)
+    return spec.model_copy(update={"options": options})
+
+
+def _absolute(value: str, base_dir: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+
+def resolve_paths(comp: Component, options: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The component's path options (``path_options``) made absolute against ``base_dir`` (the suite's folder).
+
+    'path': always; 'factory': the file of a 'file.py:function' spec ('module:function' stays a module
+    name); 'path-or-id': when that folder or file exists, else the value stays (an id, e.g. a hub name)."""
+    out = dict(options)
+    for key, how in (comp.meta.get("path_options") or {}).items():
+        value = out.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        if how == "path":
+            out[key] = _absolute(value, base_dir)
+        elif how == "factory":
+            module, sep, attr = value.rpartition(":")
+            if sep and module.endswith(".py"):
+                out[key] = f"{_absolute(module, base_dir)}:{attr}"
+        elif how == "path-or-id":
+            candidate = Path(_absolute(value, base_dir))
+            if candidate.exists():
+                out[key] = str(candidate)
+    return out
 
 
 def _check_requires(requires: dict[str, str], registry: Registry) -> None:
@@ -319,13 +341,17 @@ def _check_requires(requires: dict[str, str], registry: Registry) -> None:
             raise SuiteError(f"requires.{dist}: need {dist}{spec}, found {have}")
 
 
-def check_plugins(suite: Suite, registry: Registry) -> Suite:
-    """Resolve every plugin name and option against ``registry``; return the suite with coerced options."""
+def check_plugins(suite: Suite, registry: Registry, base_dir: Path | None = None) -> Suite:
+    """Resolve every plugin name and option against ``registry``; return the suite with coerced options.
+
+    With ``base_dir`` (the suite file's folder), relative paths in path options become absolute paths
+    against it, so a suite runs the same from any working directory."""
     _check_requires(suite.requires, registry)
-    models = [_check_component(registry, "model", m, "model" if len(suite.model) == 1 else f"model[{i}]")
+    models = [_check_component(registry, "model", m, "model" if len(suite.model) == 1 else f"model[{i}]", base_dir)
               for i, m in enumerate(suite.model)]
-    metrics = [_check_component(registry, "metric", m, f"metrics[{i}]") for i, m in enumerate(suite.metrics)]
-    reference = _check_component(registry, "dataset", suite.reference, "reference") if suite.reference else None
+    metrics = [_check_component(registry, "metric", m, f"metrics[{i}]", base_dir) for i, m in enumerate(suite.metrics)]
+    reference = (_check_component(registry, "dataset", suite.reference, "reference", base_dir)
+                 if suite.reference else None)
     samplers = [_check_component(registry, "sampler", s, f"grid.sampler[{i}]")
                 for i, s in enumerate(suite.grid.sampler)]
     schedulers = [_check_component(registry, "scheduler", s, f"grid.scheduler[{i}]")
@@ -357,8 +383,10 @@ def _check_rule(suite: Suite, rule: Rule, path: str, registry: Registry) -> None
 
 # --- loading -----------------------------------------------------------------------------------
 
-def parse_suite(data: Any, registry: Registry | None = None, *, source: str = "suite") -> Suite:
-    """Validate a suite given as a mapping; with a registry, check plugin names and options too."""
+def parse_suite(data: Any, registry: Registry | None = None, *, source: str = "suite",
+                base_dir: Path | None = None) -> Suite:
+    """Validate a suite given as a mapping; with a registry, check plugin names and options too (relative
+    paths resolve against ``base_dir`` when given)."""
     if not isinstance(data, dict):
         raise SuiteError(f"{source}: a suite must be a mapping of keys, got {type(data).__name__}")
     try:
@@ -370,7 +398,7 @@ def parse_suite(data: Any, registry: Registry | None = None, *, source: str = "s
         suite = Suite.model_validate(data)
     except ValidationError as exc:
         raise SuiteError(first_error(exc)) from None
-    return check_plugins(suite, registry) if registry is not None else suite
+    return check_plugins(suite, registry, base_dir) if registry is not None else suite
 
 
 def stored_suite_data(data: Any) -> Any:
@@ -403,7 +431,7 @@ def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
     except SuiteFileError as exc:
         raise SuiteError(f"{path}: {exc}") from None
     try:
-        return parse_suite(data, registry, source=str(path))
+        return parse_suite(data, registry, source=str(path), base_dir=path.resolve().parent)
     except SuiteError as exc:
         raise SuiteError(f"{path}: {exc}") from None
 

@@ -703,6 +703,15 @@ def _installed_distributions(registry: Registry) -> set[str]:
     return names
 
 
+def _entry_point_groups(distribution: str) -> list[str] | None:
+    """The entry-point groups an installed distribution declares; None when it is not installed."""
+    try:
+        dist = md.distribution(distribution)
+    except md.PackageNotFoundError:
+        return None
+    return sorted({ep.group for ep in dist.entry_points})
+
+
 def components(registry: Registry | None = None, *, kinds: Iterable[str] = KIT_KINDS,
                distribution: str | None = None, plugin: str | None = None) -> Selection:
     """The registry's components the kit can check, optionally only those of one distribution or plugin.
@@ -726,7 +735,12 @@ def components(registry: Registry | None = None, *, kinds: Iterable[str] = KIT_K
     hint = ""
     if distribution is not None and not chosen and not errors:
         installed = sorted(_installed_distributions(registry))
-        if not any(normalize_distribution(n) == want for n in installed):
+        groups = _entry_point_groups(distribution)
+        if groups is not None and not any(normalize_distribution(n) == want for n in installed):
+            hint = (f"distribution {distribution!r} is installed but declares no entry point in group "
+                    f"{ENTRY_POINT_GROUP!r} (its entry-point groups: {', '.join(groups) or 'none'}); add "
+                    f"[project.entry-points.{ENTRY_POINT_GROUP}] to its pyproject.toml and reinstall it")
+        elif not any(normalize_distribution(n) == want for n in installed):
             close = difflib.get_close_matches(distribution, installed, n=1)
             hint = (f"no installed distribution is called {distribution!r} (names match ignoring case and "
                     f"'-', '_', '.'); installed: {', '.join(installed) or 'none'}"

@@ -31,7 +31,11 @@ from diffbench.models.network import DenoiserMLP
 from diffbench.noise import Coef, DiscreteVP, NoiseSchedule
 from diffbench.targets import TARGETS
 
-ARCH = {"shape": [1, 8, 8], "num_classes": 10, "width": 256, "hidden": 512, "depth": 3, "emb_dim": 128}
+# Time embedding periods from 200 to 20000 units (training steps, or t × 1000): DDPM's shortest period,
+# 2π units, made D(x, σ) wiggle in σ faster than solver grids resolve and capped every solver's order
+# above ~25 NFE (scripts/trajectory_floor.py).
+ARCH = {"shape": [1, 8, 8], "num_classes": 10, "width": 256, "hidden": 512, "depth": 3, "emb_dim": 128,
+        "time_min_period": 200.0, "time_max_period": 20000.0}
 
 
 def sample_times(schedule: NoiseSchedule, n: int, gen: torch.Generator) -> np.ndarray:

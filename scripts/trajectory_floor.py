@@ -8,7 +8,8 @@ A third-order solver's differences fall 8× per doubling once the ODE is resolve
 Models trained with DDPM's time embedding (periods from 2π embedding units, the digits models before
 this round's retrain) also run with the embedding's high frequencies frozen: sin/cos components whose
 period is under 200 embedding units (24 of the 64 frequencies) held at their value at 500 units. That
-variant converged 8× per doubling where the unfrozen one stalled near 1e-4.
+variant converged 8× per doubling where the unfrozen one stalled near 1e-4, which is why the shipped
+models were retrained with periods from 200 units (scripts/train_digits.py).
 
 Run: python scripts/trajectory_floor.py [--models NAME ...] [--checkpoint-dir DIR]
 """

@@ -136,7 +136,7 @@ def test_run_show_and_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 cells run (0 failed)" in result.stdout and (out / "cells.csv").exists()
     shown = invoke("show", out)
-    assert shown.exit_code == 0 and "dpm-solver++-2m" in shown.stdout and "mean-norm vs best" in shown.stdout
+    assert shown.exit_code == 0 and "dpm-solver++-2m" in shown.stdout and "mean-norm vs best ≤1.25× NFE" in shown.stdout
     assert invoke("show", tmp_path).stdout == shown.stdout  # a suite's folder: its newest run
     assert_one_line_error(invoke("show", out / "cells"), 2, "not a diffbench run directory")
     assert invoke("report", out).stdout.strip().endswith("report.md")

@@ -180,7 +180,9 @@ def diffbench_register(registry):
     assert ("sampler", "typo-sampler") not in reg
     assert [str(e) for e in reg.errors] == ["plugin 'misspelt': registration failed: sampler 'typo-sampler': "
                                             "unknown declaration 'orders'; a sampler declares description, nfe, "
-                                            "order, stochastic, order_options, stochastic_options, noise_per_step, final_denoised"]
+                                            "order, stochastic, order_options, stochastic_options, noise_per_step, "
+                                            "final_denoised, option_help, option_types, option_schema, path_options, "
+                                            "check_options"]
 
 
 def test_add_and_get():

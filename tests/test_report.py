@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from diffbench.report import RULE, fmt_pm, markdown, noise_verdicts, table, text_table, write_report
+from diffbench.report import RULE, fmt_pm, markdown, noise_verdicts, pareto_verdicts, table, text_table, write_report
 from diffbench.results import RunDir, cells_frame
 from test_results import record
 
@@ -27,8 +27,17 @@ def test_verdicts_compare_with_best_at_similar_nfe():
     assert v[0] == "best"
     assert v[1] == "within noise"  # |6 - 5| / √(0.5² + 0.5²) = 1.41 ≤ 2
     assert v[2] == f"worse ({4 / math.hypot(1.0, 0.5):.1f}σ)"  # 3.6σ
-    assert v[3] == "best"  # NFE 50 has no peer within a factor 1.25
+    assert v[3] == "no peer"  # NFE 50 has no other cell within a factor 1.25: nothing is claimed
     assert v[4] == ""
+
+
+def test_pareto_front_over_all_nfe():
+    """The issue's case: heun at 99 NFE is 'no peer' at its cost, yet a cheaper cell beats it: dominated."""
+    f = cells((50, 0.0103, 0.001), (99, 0.023, 0.002), (10, 0.5, 0.01), (12, 0.4, 0.01))
+    near, front = noise_verdicts(f, "fid"), pareto_verdicts(f, "fid")
+    assert near[1] == "no peer" and front[1].startswith("dominated by") and "(0.0103 at 50 NFE)" in front[1]
+    assert list(front[[0, 2, 3]]) == ["front", "front", "front"]
+    assert near[2] == "worse (7.1σ)" and near[3] == "best"
 
 
 def test_verdicts_respect_direction_and_missing_uncertainty():
@@ -49,11 +58,11 @@ def test_fmt_pm(value, se, text):
 def test_tables():
     f = cells((10, 5.0, 0.5), (20, 3.0, 0.2), (10, None, None, "failed"))
     t = table(f, {"fid": False})
-    assert list(t.columns) == ["sampler", "scheduler", "steps", "NFE", "fid", "fid vs best", "s/sample", "net %",
-                               "status"]
+    assert list(t.columns) == ["sampler", "scheduler", "steps", "NFE", "fid", "fid vs best ≤1.25× NFE",
+                               "fid front (all NFE)", "s/sample", "net %", "status"]
     assert t.loc[2, "status"] == "failed: boom"
     md = markdown(t).splitlines()
-    assert md[0].startswith("| sampler | scheduler") and md[1] == "|---" + "|---" * 8 + "|" and len(md) == 5
+    assert md[0].startswith("| sampler | scheduler") and md[1] == "|---" + "|---" * 9 + "|" and len(md) == 5
     assert "5.00 ± 0.50" in text_table(f)
 
 
@@ -67,9 +76,9 @@ def test_report_md(tmp_path):
                         "git": {"sha": "abc", "dirty": True}, "wall_seconds": 12.0})
     text = write_report(run, frame, [tmp_path / "metric_vs_nfe.png"]).read_text()
     assert text.startswith("# s\n\nwhat it shows")
-    assert "| euler | karras | 2 | 2 | 5.00 ± 0.50 | best |" in text
+    assert "| euler | karras | 2 | 2 | 5.00 ± 0.50 | no peer | front |" in text
     assert RULE in text and "`fid` (lower is better): uncertainty is m" in text
-    assert "![metric_vs_nfe](metric_vs_nfe.png)" in text and "(cells/x.png)" in text
+    assert "![metric_vs_nfe](metric_vs_nfe.png)\n\n*Each metric (y, ± 1 standard error" in text and "(cells/x.png)" in text
     assert "## Failed cells" in text and "git abc (dirty)" in text and "**extractor**: cnn" in text
 
 

@@ -61,7 +61,7 @@ def test_cells_frame_columns_and_order():
     assert list(frame.columns) == [
         "suite", "cell_id", "model", "sampler", "scheduler", "steps", "nfe", "declared_nfe", "guidance", "seeds",
         "num_samples", "fid", "fid_se", "kid", "kid_se",
-        "sample_seconds", "seconds_per_sample", "network_share", "status", "error"]
+        "sample_seconds", "seconds_per_sample", "counted_seconds_per_sample", "network_share", "status", "error"]
     assert list(frame["cell_id"]) == ["c0", "c1", "c2"]
     assert frame.loc[0, "seeds"] == "0;1" and frame.loc[1, "kid_se"] == pytest.approx(0.05)
     assert math.isnan(frame.loc[0, "kid"]) and frame.loc[2, "error"] == "boom"

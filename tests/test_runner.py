@@ -121,7 +121,7 @@ def test_failing_cells_are_recorded_and_the_rest_complete(tmp_path):
 
 
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.drop(columns=["sample_seconds", "seconds_per_sample", "network_share"])
+    return frame.drop(columns=["sample_seconds", "seconds_per_sample", "counted_seconds_per_sample", "network_share"])
 
 
 def test_interrupt_keeps_finished_cells_and_resume_reproduces_the_full_run(tmp_path, finished):
@@ -212,6 +212,25 @@ def test_timing_excludes_metrics_and_is_consistent(tmp_path):
     assert 0 < row["sample_seconds"] < 0.5
     assert row["seconds_per_sample"] == pytest.approx(row["sample_seconds"] / 64)
     assert 0 < row["network_share"] <= 1
+
+
+def test_counted_time_is_nfe_times_calibrated_call_plus_harness(tmp_path):
+    """Each cell's counted time is its counted NFE × (the run's calibrated bare call + its own harness CPU time
+    per call) / batch size; cells doing identical work (ddim and euler: same NFE) share the network part exactly."""
+    res = run(small(grid=grid(sampler=["ddim", "euler"], steps=[4])), tmp_path / "r")
+    run_dir = RunDir(res.path)
+    cal = run_dir.read_manifest()["calibration"]["gmm"]
+    assert cal["network_seconds_per_call_min"] <= cal["network_seconds_per_call"]
+    recs = {r["sampler"]: r for r in run_dir.read_cells()}
+    for rec in recs.values():
+        t = rec["timing"]
+        assert t["network_seconds_per_call"] == cal["network_seconds_per_call_min"] and t["batch_size"] == 32
+        assert rec["counted_seconds_per_sample"] == pytest.approx(
+            rec["nfe"] * (cal["network_seconds_per_call_min"] + rec["harness_seconds_per_call"]) / 32, rel=1e-12)
+        assert "counted NFE" in t["method"]
+    network = {k: r["nfe"] * r["timing"]["network_seconds_per_call"] for k, r in recs.items()}
+    assert network["ddim"] == network["euler"]
+    assert "counted s/sample" in (res.path / "report.md").read_text()
 
 
 def test_configuration_problems_found_before_running(tmp_path):

@@ -1,6 +1,8 @@
 """The conformance kit: every built-in passes it, and deliberately broken components fail it for the right reason."""
 from __future__ import annotations
 
+import importlib.metadata
+
 import inspect
 import math
 import re
@@ -318,6 +320,17 @@ def test_distribution_names_match_as_pip_matches_them():
         "no components selected (kinds sampler, scheduler, target, distribution 'difbench'); no installed "
         "distribution is called 'difbench' (names match ignoring case and '-', '_', '.'); installed: "
         + ", ".join(sorted(testing._installed_distributions(reg))) + "; did you mean 'diffbench'?"]
+
+
+def test_an_installed_distribution_without_the_entry_point_is_named_as_such():
+    """A misspelt entry-point group: the distribution is installed, its 'diffbench' entry point is missing."""
+    reg = default_registry()
+    groups = sorted({ep.group for ep in importlib.metadata.distribution("pytest").entry_points})
+    chosen = testing.components(reg, distribution="pytest")
+    assert chosen == [] and chosen.problems() == [
+        "no components selected (kinds sampler, scheduler, target, distribution 'pytest'); distribution 'pytest' "
+        f"is installed but declares no entry point in group 'diffbench' (its entry-point groups: {', '.join(groups)}); "
+        "add [project.entry-points.diffbench] to its pyproject.toml and reinstall it"]
 
 
 # --- schedulers and targets --------------------------------------------------------------------------

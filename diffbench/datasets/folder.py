@@ -102,3 +102,11 @@ def image_folder(split: str | None = None, *, path: str = "", center_crop: bool 
             yield u8.float() / 127.5 - 1.0  # exact inverse of diffbench's uint8 mapping
 
     return Reference("image-folder", split or "all", identity, len(files), (3, height, width), batches)
+
+
+image_folder.option_help = {
+    "path": "folder of PNG/JPEG images (a split names a subfolder), relative to the suite file",
+    "center_crop": "take the central square of each image's short side",
+    "resize": "resize to this many pixels square with PIL bicubic (0: keep the size)",
+}
+image_folder.path_options = {"path": "path"}

@@ -72,3 +72,7 @@ def check_dimension(reference: Reference, dim: int, extractor: str) -> None:
     if have != dim:
         raise DatasetError(f"dataset 'npz-stats': {reference.identity['path']!r} holds {have}-dimensional "
                            f"statistics; extractor {extractor!r} gives {dim}-dimensional features")
+
+
+npz_stats.option_help = {"path": ".npz with mu (D,) and sigma (D, D) FID statistics, relative to the suite file"}
+npz_stats.path_options = {"path": "path"}

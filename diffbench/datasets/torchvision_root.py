@@ -64,15 +64,38 @@ def _cifar_batch(path: Path) -> np.ndarray:
     return data.reshape(-1, 3, 32, 32)
 
 
-def _mnist(root: Path, name: str, split: str) -> tuple[list[Path], Tensor]:
-    from torchvision.datasets.mnist import read_image_file
+def read_idx_images(path: Path) -> Tensor:
+    """uint8 images (N, 1, H, W) of an idx3-ubyte file, plain or gzip-compressed (as torchvision downloads it)."""
+    import gzip
 
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DatasetError(f"dataset 'torchvision': cannot read {str(path)!r} ({exc})") from None
+    magic = int.from_bytes(data[:4], "big") if len(data) >= 16 else 0
+    if magic != 0x0803:  # unsigned byte, 3 dimensions
+        raise DatasetError(f"dataset 'torchvision': {str(path)!r} is not an idx3-ubyte image file")
+    n, h, w = (int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(3))
+    if len(data) != 16 + n * h * w:
+        raise DatasetError(f"dataset 'torchvision': {str(path)!r} holds {len(data) - 16} bytes of pixels, "
+                           f"not {n}×{h}×{w}")
+    return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).reshape(n, 1, h, w)
+
+
+def _mnist(root: Path, name: str, split: str) -> tuple[list[Path], Tensor]:
     prefix = "train" if split == "train" else "t10k"
-    path = root / name / "raw" / f"{prefix}-images-idx3-ubyte"
-    if not path.is_file():
-        raise DatasetError(f"dataset 'torchvision': {name} {split} images not found at {str(path)!r}")
+    raw = root / name / "raw" / f"{prefix}-images-idx3-ubyte"
+    path = next((p for p in (raw, raw.with_name(raw.name + ".gz")) if p.is_file()), None)  # torchvision keeps both
+    if path is None:
+        raise DatasetError(f"dataset 'torchvision': {name} {split} images not found at {str(raw)!r} (or .gz)")
     if path.stat().st_size > MAX_BATCH_BYTES:
         raise DatasetError(f"dataset 'torchvision': {str(path)!r} is larger than {MAX_BATCH_BYTES >> 20} MiB")
+    if path.suffix == ".gz":
+        return [path], read_idx_images(path)  # (N, 1, H, W) uint8
+    from torchvision.datasets.mnist import read_image_file
+
     try:
         images = read_image_file(str(path))
     except Exception as exc:  # a header whose sizes the data does not have, a wrong magic number
@@ -113,3 +136,11 @@ def torchvision_root(split: str | None = None, *, root: str = "", dataset: str =
             yield part.float() / 127.5 - 1.0  # exact inverse of diffbench's uint8 mapping
 
     return Reference("torchvision", split, identity, len(u8), tuple(u8.shape[1:]), batches)
+
+
+torchvision_root.option_help = {
+    "root": "the root torchvision downloaded into (holds MNIST/raw/ or cifar-10-batches-py/), relative to the suite "
+            "file",
+    "dataset": f"which dataset under root: {', '.join(SUPPORTED)}",
+}
+torchvision_root.path_options = {"root": "path"}

@@ -80,6 +80,8 @@ class SolverError(StreamingMetric):
 
     name = "solver-error"
     options: dict[str, Any] = {"sigma_stop": 1e-6, "rtol": 1e-12, "atol": 1e-12}
+    option_help = {"sigma_stop": "the exact ODE is solved down to this σ when the grid ends at 0",
+                   "rtol": "relative tolerance of the DOP853 reference solve", "atol": "its absolute tolerance"}
     higher_is_better = False
 
     def features(self, *, model: Any, context: MetricContext, **options: Any) -> SampleRows:

@@ -109,6 +109,22 @@ def resolve_extractor(name: str, weights_path: str | None, metric: str) -> Extra
     return Extractor(name, str(path), file_sha256(path), layer)
 
 
+def check_input_shape(name: str, shape: tuple[int, ...]) -> None:
+    """One-line MetricUnavailable when extractor ``name`` cannot take images of ``shape`` (C, H, W)."""
+    if name == digits_cnn.NAME and (len(shape) != 3 or shape[0] not in (1, 3) or tuple(shape[1:]) != (8, 8)):
+        size = "×".join(str(d) for d in shape)
+        raise MetricUnavailable(f"feature extractor {digits_cnn.NAME!r} takes 8×8 images (1 or 3 channels), not {size}; for "
+                                f"other sizes use metric 'swd' (no pretrained network) or extractor {INCEPTION!r}")
+
+
+def extractor_names() -> list[str]:
+    """Extractors the fid, fid-inf, kid and prc metrics accept (torch-fidelity's, less those that load code)."""
+    digits_cnn.register_with_torch_fidelity()
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    return sorted(n for n in FEATURE_EXTRACTORS_REGISTRY if not n.startswith("dinov2"))
+
+
 def _is_safetensors(data: bytes) -> bool:
     """safetensors files start with a little-endian u64 header length, then a JSON object."""
     if len(data) < 10:
@@ -203,6 +219,7 @@ def extract_features(images: Tensor, data_range: tuple[float, float], ext: Extra
                      device: torch.device | str = "cpu", batch_size: int = 256) -> Tensor:
     """Features (N, D) float32 on the CPU of float images (N, C, H, W) in ``data_range``."""
     device = torch.device(device)
+    check_input_shape(ext.name, tuple(images.shape[1:]))
     module = extractor_module(ext, str(device))
     u8 = digits_cnn.to_uint8(images, data_range)
     if u8.shape[1] == 1 and ext.name != digits_cnn.NAME:

@@ -62,6 +62,15 @@ class _FidelityMetric(StreamingMetric):
     options: ClassVar[dict[str, Any]] = {}
     base_options: ClassVar[dict[str, Any]] = {"extractor": None, "weights_path": None, "reference_split": None,
                                               "batch_size": 256}
+    base_help: ClassVar[dict[str, str]] = {
+        "extractor": "feature extractor (list: 'diffbench plugins fid'); null: digits-cnn on digits, else "
+                     f"{INCEPTION}",
+        "weights_path": "the extractor's weights file (diffbench never downloads; null: the default location)",
+        "reference_split": "split of the reference dataset (null: the dataset's default)",
+        "batch_size": "images per extractor call"}
+    option_types: ClassVar[dict[str, Any]] = {"extractor": str | None, "weights_path": str | None,
+                                              "reference_split": str | None}
+    path_options: ClassVar[dict[str, str]] = {"weights_path": "path"}
     needs_features: ClassVar[bool] = True  # False: precomputed statistics (npz-stats) will do
     feature_metric: ClassVar[str] = ""  # the torch-fidelity metric whose default feature layer is used ("" = name)
 
@@ -70,10 +79,13 @@ class _FidelityMetric(StreamingMetric):
         """The extractor and the opened reference; every one-line error a metric can raise before sampling."""
         dataset = getattr(model, "dataset", None)
         if dataset is None:
-            raise MetricUnavailable(f"metric {self.name!r} needs a model with a reference dataset; "
-                                    f"model {getattr(model, 'name', model)!r} has none")
+            raise MetricUnavailable(f"metric {self.name!r} needs reference data: add 'reference:' to the suite (e.g. "
+                                    f"reference: {{name: image-folder, options: {{path: ...}}}}) or the model's "
+                                    f"dataset option; model {getattr(model, 'name', model)!r} has none")
         name = extractor or (digits_cnn.NAME if reference_spec(dataset)[0] == "digits" else INCEPTION)
         ext = resolve_extractor(name, weights_path, self.feature_metric or self.name)
+        if getattr(model, "shape", None):  # before sampling; extract_features checks the images themselves
+            extractors.check_input_shape(ext.name, tuple(model.shape))
         ref = reference.opened(dataset, reference_split, getattr(context, "registry", None))
         if ref.stats is not None:
             if self.needs_features:
@@ -178,6 +190,11 @@ class FID(_FidelityMetric):
     higher_is_better = False
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "se_method": "jackknife", "groups": 20,
                                          "bootstrap": 100}
+    option_help = {**_FidelityMetric.base_help,
+                   "se_method": "how the standard error is estimated: 'jackknife' (delete-a-group, from per-group "
+                                "moments), 'bootstrap' or 'none'",
+                   "groups": "jackknife groups by sample index",
+                   "bootstrap": "resamples of the sample features when se_method is 'bootstrap'"}
     needs_features = False
 
     def score_features(self, gen, ref, context, *, se_method: str, groups: int, bootstrap: int
@@ -221,6 +238,8 @@ class FIDInfinity(_FidelityMetric):
     feature_metric = "fid"  # torch-fidelity knows no "fid-inf": FID's features
     higher_is_better = False
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "points": 15, "min_fraction": 0.1}
+    option_help = {**_FidelityMetric.base_help, "points": "subset sizes the line is fitted over",
+                   "min_fraction": "smallest subset as a fraction of the samples"}
     needs_features = False
 
     def score_features(self, gen, ref, context, *, points: int, min_fraction: float) -> dict[str, MetricValue]:
@@ -250,6 +269,8 @@ class KID(_FidelityMetric):
     name = "kid"
     higher_is_better = False
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "subsets": 100, "subset_size": 1000}
+    option_help = {**_FidelityMetric.base_help, "subsets": "random subsets the MMD² is averaged over",
+                   "subset_size": "samples per subset (at most half the smaller set)"}
 
     def score_features(self, gen, ref, context, *, subsets: int, subset_size: int) -> dict[str, MetricValue]:
         # at most half of the smaller set, so subsets differ and their spread measures sampling noise;
@@ -349,6 +370,8 @@ class PRC(_FidelityMetric):
     name = "prc"
     higher_is_better = True  # precision and recall
     options: ClassVar[dict[str, Any]] = {**_FidelityMetric.base_options, "neighborhood": 3, "max_samples": 8000}
+    option_help = {**_FidelityMetric.base_help, "neighborhood": "k of the k-nearest-neighbour balls",
+                   "max_samples": "at most this many rows of each side (a seeded random subset beyond it)"}
 
     def score_features(self, gen, ref, context, *, neighborhood: int, max_samples: int) -> dict[str, MetricValue]:
         if not (isinstance(max_samples, int) and max_samples > neighborhood):
@@ -434,7 +457,8 @@ class ClassAccuracy(StreamingMetric):
     def features(self, *, model: Any, context: MetricContext, **options: Any) -> ClassMatches:
         if reference_spec(getattr(model, "dataset", None) or "")[0] != "digits":
             raise MetricUnavailable(f"metric 'class-accuracy' needs a digits model; "
-                                    f"model {getattr(model, 'name', model)!r} is on {getattr(model, 'dataset', None)!r}")
+                                    f"model {getattr(model, 'name', model)!r} has reference "
+                                    f"{reference_spec(getattr(model, 'dataset', None) or 'none')[0]!r}")
         return ClassMatches(tuple(float(v) for v in model.data_range))
 
     def score(self, features: Tensor, *, model: Any, result: Any, context: MetricContext,

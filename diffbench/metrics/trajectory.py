@@ -6,9 +6,10 @@ probability-flow ODE (same guidance, same clipping) from the same starting noise
 every diffbench sampler takes there, x = D(x, σ_last). The reference is solved in float64 by
 Dormand–Prince 5(4) in log σ with per-sample step control to ``rtol``/``atol``
 (``diffbench.metrics.ode_reference``): on the Gaussian mixture its error against DOP853 at 1e-12 is
-about the tolerance (tests/metrics/test_trajectory.py); on digits-eps, whose D(x, σ) wiggles in σ, it is
+about the tolerance (tests/metrics/test_trajectory.py); on digits-eps as shipped before its retrain with a smooth time embedding,
+whose D(x, σ) wiggled in σ, it was
 3.5e-6 at the default 1e-7 (1762 NFE a sample, against DOP853 at 1e-9), far below the errors the suites
-report (≥ 3e-4). ``method: dop853`` (8th order) is there for smooth models: on digits-eps it took 2161
+report (≥ 3e-4). ``method: dop853`` (8th order) is there for smooth models: on that model it took 2161
 NFE at 1e-6 and 3475 at 1e-7, so the 5th-order pair, with its smaller steps, is the default.
 
 One reference serves every cell from the same starting noise (model, seed, sample indices, σ_0, guidance,
@@ -263,6 +264,13 @@ class TrajectoryError(StreamingMetric):
     name = "trajectory-error"
     options: dict[str, Any] = {"rtol": 1e-7, "atol": 1e-7, "method": "dopri5", "max_steps": 10_000,
                                "max_samples": None}
+    option_help = {"rtol": "relative tolerance of the reference's error-controlled ODE solve (float64)",
+                   "atol": "absolute tolerance of the reference's ODE solve",
+                   "method": "dopri5 (Dormand–Prince 5(4), default) or dop853 (8(5,3)), in log σ",
+                   "max_steps": "most steps (accepted and rejected) a sample's reference may take; more fails the cell",
+                   "max_samples": "score only samples with index < max_samples (a reference costs a few hundred to "
+                                  "about 2000 NFE a sample, once for every cell from the same noise); null: all"}
+    option_types = {"max_samples": int | None}
     higher_is_better = False
 
     def features(self, *, model: Any, context: MetricContext, rtol: float = 1e-7, atol: float = 1e-7,

@@ -399,3 +399,13 @@ def diffusers_model(*, path: str = "", prompts: str = "", num_classes: int = 0,
         checkpoint_hash=_weights_hash([p for k, p in folders.items()]), dataset=None, data_range=(-1.0, 1.0),
         info=info, time_input=time_input, decoder=network.decode if latent else None,
     )
+
+
+diffusers_model.option_help = {
+    "path": "a diffusers model folder (model_index.json, scheduler/, unet/ or transformer/), relative to the suite "
+            "file; a hub id only with allow_download",
+    "prompts": "text file of prompts, one a line, for text-conditioned models (relative to the suite file)",
+    "num_classes": "class labels 0..num_classes-1 for class-conditional models (0: from the config)",
+    "allow_download": "let diffusers fetch a hub id (off: nothing downloads at run time)",
+}
+diffusers_model.path_options = {"path": "path-or-id", "prompts": "path"}

@@ -97,3 +97,9 @@ def digits_flow(*, checkpoint: str | None = None) -> DiffusionModel:
 
 
 MODELS = {"digits-eps": digits_eps, "digits-v": digits_v, "digits-flow": digits_flow}
+
+
+for _loader in MODELS.values():
+    _loader.option_help = {"checkpoint": "another checkpoint of this model (safetensors, with its training config "
+                                         "in the metadata); default: the shipped one"}
+    _loader.path_options = {"checkpoint": "path"}

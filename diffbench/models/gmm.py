@@ -163,3 +163,19 @@ def gmm(*, dim: int = 2, components: int = 3, seed: int = 0, schedule: str = "ed
         shape=(mix.dim,), checkpoint_hash=mix.fingerprint(), dataset=None, data_range=(-float("inf"), float("inf")),
         info={"dim": mix.dim, "components": mix.components}, analytic=mix, dtype=torch.float64,
     )
+
+
+gmm.option_help = {
+    "dim": "dimension of the random mixture (when means is not given)",
+    "components": "number of Gaussian components of the random mixture",
+    "seed": "seed of the random mixture's means, covariances and weights",
+    "schedule": "noise schedule the exact denoiser is presented under (edm, linear, cosine, ve, flow, ...)",
+    "target": "prediction target the exact network outputs (x0, eps, v, flow)",
+    "means": "explicit component means, a list of vectors (overrides dim/components/seed)",
+    "covs": "explicit covariance matrices, one per mean (default: identity)",
+    "weights": "explicit mixture weights, one per mean (default: equal)",
+    "sigma_min": "smallest σ of a continuous schedule",
+    "sigma_max": "largest σ of a continuous schedule",
+}
+gmm.option_types = {"means": list | None, "covs": list | None, "weights": list | None, "sigma_min": float | None,
+                    "sigma_max": float | None}

@@ -17,14 +17,16 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, min_per
     Without ``min_period``, DDPM's frequencies: 1 to 1/max_period radians per unit (periods 2π to about
     2π·max_period). With it, periods geometric from ``min_period`` to about ``max_period`` units. Short
     periods make the network wiggle in t faster than solver grids resolve, which caps the solvers' orders
-    (scripts/trajectory_floor.py).
+    (scripts/trajectory_floor.py); the shipped digits models use 200 to 20000 units (docs/digits.md).
+    Computed in float64 for float64 times (float32 otherwise), so a float64 solve sees no float32 steps in t.
     """
     half = dim // 2
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32  # float64 runs stay smooth in t
     ratio = max_period if min_period is None else max_period / min_period
-    freqs = torch.exp(-math.log(ratio) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(ratio) * torch.arange(half, device=t.device, dtype=dtype) / half)
     if min_period is not None:
         freqs = freqs * (2 * math.pi / min_period)
-    args = t.float()[:, None] * freqs[None]
+    args = t.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 

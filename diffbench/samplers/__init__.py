@@ -64,9 +64,10 @@ class SamplerInfo:
     noise_per_step: Callable[..., int] | None = None  # noise(k) draws per step, when more than one
     final_denoised: bool = True  # the step into σ = 0 returns D(x, σ) (false: a multistep step down to 0)
 
-    def declarations(self) -> dict[str, Any]:
+    def declarations(self, name: str = "") -> dict[str, Any]:
         """The ``registry.add`` keywords (see diffbench.registry.DECLARATIONS)."""
-        out = {"order": self.order, "nfe": self.nfe, "stochastic": self.stochastic}
+        out = {"order": self.order, "nfe": self.nfe, "stochastic": self.stochastic,
+               "option_help": option_help(self.fn, name)}
         if self.stochastic_options is not None:
             out["stochastic_options"] = self.stochastic_options
         if self.noise_per_step is not None:
@@ -98,3 +99,45 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "restart": SamplerInfo(restart, 2, restart_nfe, _when_positive("restart_times"),
                            noise_per_step=restart_noise_per_step),  # order: of Heun, with restart_times = 0
 }
+
+
+# One line per option ('diffbench plugins NAME' prints them): shared meanings, then per-sampler ones.
+OPTION_HELP: dict[str, str] = {
+    "eta": "noise scale η of each step: 0 deterministic, 1 the ancestral (DDPM-like) amount",
+    "s_noise": "multiplies the fresh noise each step adds (EDM's S_noise)",
+    "lower_order_final": "lower the order of the last steps: true, false or 'auto' (below 15 steps, diffusers' rule)",
+    "churn_amount": "EDM stochastic churn S_churn (Karras et al. 2022, Alg. 2); 0: deterministic",
+    "s_tmin": "churn only where σ ≥ s_tmin (EDM S_tmin)",
+    "s_tmax": "churn only where σ ≤ s_tmax (EDM S_tmax); null: no upper bound",
+    "solver_type": "second-order step form as diffusers names it: 'midpoint' (Lu et al.) or 'heun'",
+}
+SAMPLER_OPTION_HELP: dict[str, dict[str, str]] = {
+    "ddpm": {"variance": "step variance: 'posterior' (β̃_t, Ho et al. eq. 7) or 'beta' (β_t)"},
+    "deis": {"order": "polynomial order 1-3 of the ε extrapolation (tAB-DEIS)"},
+    "lms": {"order": "linear multistep order: points of the Lagrange polynomial in σ"},
+    "dpm-solver++-2s": {"r": "where the intermediate evaluation sits, as a fraction r of the step in λ"},
+    "dpm-solver-2": {"r1": "intermediate point at λ_s + r1 h"},
+    "dpm-solver-3": {"r1": "first intermediate point at λ_s + r1 h", "r2": "second intermediate point at λ_s + r2 h"},
+    "pc": {"snr": "Langevin corrector signal-to-noise ratio r (Song et al. 2021)",
+           "corrector_steps": "Langevin corrector steps per σ",
+           "step_size": "corrector step rule: 'sigma' (per σ, batch-independent) or 'snr' (Song et al.'s, from norms)"},
+    "pndm": {"prk_warmup": "start with 3 pseudo Runge-Kutta steps (diffusers' PNDM); false: PLMS from the start",
+             "midpoint": "where Runge-Kutta half-steps evaluate: 'timestep' (t − ⌊δ/2⌋, diffusers), 'sigma' "
+                         "(√(σσ')), 'auto' (the first on discrete models)"},
+    "restart": {"t_min": "restart interval's low end: the grid σ nearest it", "t_max": "σ the restarts climb back to",
+                "restart_points": "σ points of each restart segment, both ends included (the authors' N_restart: "
+                                  "N_restart − 1 Heun steps)",
+                "restart_times": "restarts at the interval (0: plain Heun)",
+                "restart_gamma": "the authors' restart_gamma: each restart-segment step in [s_tmin, s_tmax] first "
+                                 "raises σ to σ(1 + γ) with fresh noise"},
+}
+
+
+def option_help(fn: Callable[..., Any], name: str) -> dict[str, str]:
+    """The help line of each keyword option of sampler ``fn`` (registered as ``name``) that has one."""
+    import inspect
+
+    params = [p.name for p in inspect.signature(fn).parameters.values()
+              if p.kind is p.KEYWORD_ONLY and p.name not in ("noise", "cond")]
+    table = {**OPTION_HELP, **SAMPLER_OPTION_HELP.get(name, {})}
+    return {p: table[p] for p in params if p in table}

@@ -152,6 +152,23 @@ def test_torchvision_mnist_raw_idx_root(tmp_path):
     assert torch.equal(((all_images(ref) + 1) * 127.5).round().to(torch.uint8)[:, 0], torch.from_numpy(imgs))
 
 
+def test_torchvision_mnist_gz_only_as_downloaded(tmp_path):
+    """torchvision's download leaves the .gz files: read them as they are (same images as unpacked)."""
+    import gzip
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    imgs = np.random.default_rng(1).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">IIII", 2051, 4, 28, 28)
+                                                                     + imgs.tobytes()))
+    ref = torchvision_root("train", root=str(tmp_path), dataset="MNIST")
+    assert ref.num_images == 4
+    assert torch.equal(((all_images(ref) + 1) * 127.5).round().to(torch.uint8)[:, 0], torch.from_numpy(imgs))
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"not an idx file at all"))
+    with pytest.raises(DatasetError, match="is not an idx3-ubyte image file"):
+        torchvision_root("train", root=str(tmp_path), dataset="MNIST")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"root": "/nonexistent-root"}, "does not exist"),
     ({"dataset": "ImageNet"}, "unsupported dataset 'ImageNet'"),

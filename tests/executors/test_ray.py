@@ -77,7 +77,7 @@ def test_digits_smoke_cells_give_the_local_numbers_whole_or_split(ray_instance, 
     """The smoke suite's model and metrics (digits-eps, FID and KID on digits-cnn features), fewer samples;
     also with each cell split across two tasks (features gathered, FID and KID scored once)."""
     data = yaml.safe_load((ROOT / "suites" / "smoke.yaml").read_text())
-    data.update(num_samples=200, batch_size=100, grid={"sampler": ["ddim", "heun"], "scheduler": ["karras"],
+    data.update(metrics=["fid", "kid"], num_samples=200, batch_size=100, grid={"sampler": ["ddim", "heun"], "scheduler": ["karras"],
                                                        "steps": [5]})
     local = run(data, tmp_path / "local")
     remote = run(data, tmp_path / "ray", executor="ray")

@@ -24,7 +24,7 @@ from runhelpers import grid, small
 from test_ray import numbers, run
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMINGS = ["sample_seconds", "seconds_per_sample", "network_share"]
+TIMINGS = ["sample_seconds", "seconds_per_sample", "counted_seconds_per_sample", "network_share"]
 
 
 def test_parse_and_partition():

@@ -106,5 +106,5 @@ def test_an_extractor_that_returns_the_wrong_number_of_rows_names_its_metric(con
 
 def test_a_metric_that_cannot_run_fails_when_planned_before_any_sampling(context):
     no_data = SimpleNamespace(name="gmm", dataset=None, data_range=(-1.0, 1.0))
-    with pytest.raises(MetricError, match="metric 'fid'.*needs a model with a reference dataset"):
+    with pytest.raises(MetricError, match="metric 'fid'.*needs reference data: add 'reference:'"):
         plan_of((fidelity.FID(), {}), context=context, model=no_data)

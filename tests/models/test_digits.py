@@ -41,8 +41,12 @@ def test_checkpoint_loads_without_pickle_and_hash_matches(name, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("pickle used to load a checkpoint")
 
-    for mod, attr in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
-        monkeypatch.setattr(mod, attr, refuse)
+    class RefusingUnpickler(pickle.Unpickler):  # still a class: modules imported meanwhile may subclass it
+        __init__ = refuse
+
+    for mod, attr, stub in ((pickle, "load", refuse), (pickle, "loads", refuse), (pickle, "Unpickler", RefusingUnpickler),
+                            (torch, "load", refuse)):
+        monkeypatch.setattr(mod, attr, stub)
     model = MODELS[name]()
     path = shipped(name)
     assert model.checkpoint_hash == hashlib.sha256(path.read_bytes()).hexdigest()

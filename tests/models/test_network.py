@@ -22,6 +22,15 @@ def test_periods_run_from_min_to_max_period():
     torch.testing.assert_close(emb[:, 127], torch.sin(2 * math.pi * t / slowest), atol=1e-5, rtol=0)
 
 
+def test_float64_times_are_embedded_in_float64():
+    t = torch.tensor([0.3, 123.456789], dtype=torch.float64)
+    emb = timestep_embedding(t, 8, max_period=20000.0, min_period=200.0)
+    periods = 200.0 * 100.0 ** (torch.arange(4, dtype=torch.float64) / 4)
+    want = torch.cat([torch.cos(2 * math.pi * t[:, None] / periods), torch.sin(2 * math.pi * t[:, None] / periods)], 1)
+    assert emb.dtype == torch.float64
+    torch.testing.assert_close(emb, want, atol=1e-14, rtol=0)
+
+
 def test_network_uses_its_embedding_periods():
     torch.manual_seed(0)
     smooth = DenoiserMLP(time_min_period=200.0, time_max_period=20000.0)

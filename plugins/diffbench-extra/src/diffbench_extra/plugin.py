@@ -19,6 +19,14 @@ def diffbench_register(registry) -> None:
     """Register ipndm, ipndm-v and unipc; orders are the slopes measured by diffbench.testing."""
     # ipndm's equal-step weights are exact only on uniform σ grids: on the kit's Karras grid it
     # converges at order 2 whatever max_order; ipndm-v weights the actual steps and keeps order 4.
-    registry.add("sampler", "ipndm", ipndm, order=2, nfe=per_step(1), stochastic=_deterministic)
-    registry.add("sampler", "ipndm-v", ipndm_v, order=4, nfe=per_step(1), stochastic=_deterministic)
-    registry.add("sampler", "unipc", unipc, order=3, nfe=per_step(1), stochastic=_deterministic)
+    # option_help: one line per option, printed by `diffbench plugins NAME`
+    ab_help = {"max_order": "highest Adams–Bashforth order, reached after a lower-order warm-up (1-4)"}
+    registry.add("sampler", "ipndm", ipndm, order=2, nfe=per_step(1), stochastic=_deterministic,
+                 option_help=ab_help)
+    registry.add("sampler", "ipndm-v", ipndm_v, order=4, nfe=per_step(1), stochastic=_deterministic,
+                 option_help=ab_help)
+    registry.add("sampler", "unipc", unipc, order=3, nfe=per_step(1), stochastic=_deterministic, option_help={
+        "solver_order": "order p of the UniP predictor (1-3)",
+        "variant": "B(h) choice: 'bh1' (h) or 'bh2' (e^h - 1)",
+        "corrector": "apply the UniC corrector (reuses the next step's network call)",
+        "lower_order_final": "lower the order over the last steps (diffusers' default: true)"})
