@@ -233,7 +233,7 @@ def validate(suites: tuple[Path, ...], allow_large: bool, no_load: bool, trust_c
                 summary = f"{len(cells)} cells; --no-load: models, grids, plan and warm-up not checked"
             else:
                 summary = preflight(
-                    path, default_registry(), allow_large=allow_large, trust_code=trust_code or None
+                    path, default_registry(), allow_large=allow_large, trust_code=trust_code or None, dry_run=True
                 ).plan.describe()
         except (SuiteError, RunDirError) as exc:
             msg = str(exc)
@@ -280,12 +280,13 @@ def report_cmd(run_dir: Path) -> None:
     Merging writes the whole suite's manifest.json, cells.csv, plots and report.md and lists the
     cells no shard has finished (exit 1 while any is missing).
     """
-    from diffbench.api import draw_report, merge_shards
+    from diffbench.analysis import plots, report
+    from diffbench.api import merge_shards as merge
     from diffbench.run.rundir import find_run
     from diffbench.run.shards import is_sharded
 
     if is_sharded(run_dir):
-        merged = merge_shards(run_dir)
+        merged = merge(run_dir)
         click.echo(merged.run.path / "report.md")
         if merged.missing:
             click.echo(
@@ -295,7 +296,10 @@ def report_cmd(run_dir: Path) -> None:
             )
             sys.exit(EXIT_FAILED)
         return
-    click.echo(draw_report(find_run(run_dir)))
+    run = find_run(run_dir)
+    frame = run.read_csv()
+    files = plots.make_plots(frame, run.path, report.directions(run.read_manifest()))
+    click.echo(report.write_report(run, frame, files))
 
 
 @cli.command(name="compare")

@@ -26,8 +26,17 @@ import diffbench
 import diffbench.models.network as network
 from diffbench.core.denoiser import SigmaDenoiser
 from diffbench.core.noise import initial_noise
-from diffbench.metrics.trajectory import per_sample_rms, reference_grid
+from diffbench.metrics.trajectory import per_sample_rms
 from diffbench.samplers.dpm_solver_pp import dpmpp_3m_corrected
+
+
+def reference_grid(sigma_start: float, sigma_end: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """``steps`` Karras steps (Karras et al. 2022, eq. 5) from σ_start to σ_end > 0, both ends exact, no trailing 0."""
+    ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    out = (sigma_start ** (1 / rho) + ramp * (sigma_end ** (1 / rho) - sigma_start ** (1 / rho))) ** rho
+    out[0], out[-1] = sigma_start, sigma_end
+    return out
+
 
 SHIPPED = network.timestep_embedding
 FROZEN_PERIOD = 200.0  # embedding units (training steps for digits-eps; t × 1000 for digits-v and -flow)

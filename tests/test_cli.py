@@ -57,6 +57,17 @@ def test_validate(tmp_path):
     assert both.exit_code == 2 and "etta" in both.stderr and both.stdout == f"{good}: ok ({plan})\n"
 
 
+def test_validate_states_the_trajectory_references_cost_and_never_solves_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    result = invoke("validate", suite_file(tmp_path, metrics=["trajectory-error"], num_samples=8, batch_size=8))
+    assert result.exit_code == 0, result.output
+    assert (
+        "1 trajectory reference(s), 0 cached: unknown network evaluations to compute (not known before this "
+        "model's first solve (adaptive steps))"
+    ) in result.stdout
+    assert not (tmp_path / "cache" / "trajectory-references").exists()
+
+
 def test_validate_no_load_checks_what_needs_no_model(tmp_path):
     result = invoke("validate", "--no-load", suite_file(tmp_path))
     assert result.exit_code == 0 and result.stdout.endswith(

@@ -143,8 +143,8 @@ def test_declared_values_that_make_no_sense_are_refused(options, match):
 
 def test_trajectory_reference_refinement_is_bounded(tmp_path):
     reg, _ = test_registry()
-    for options in ({"reference_tol": 1.0e-300}, {"max_steps": 2**40}):
-        with pytest.raises(SuiteError, match=r"reference_tol ≥ 1e-12 .* max_steps ≤ 65,536") as err:
+    for options in ({"rtol": 1.0e-300}, {"atol": 1.0e-300}, {"max_steps": 2**40}):
+        with pytest.raises(SuiteError, match=r"rtol, atol ≥ 1e-12 .* max_steps ≤ 65,536") as err:
             run_suite(
                 parse_suite(small(metrics=[{"name": "trajectory-error", "options": options}]), reg),
                 tmp_path / "r",

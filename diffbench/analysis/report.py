@@ -17,13 +17,7 @@ import pandas as pd
 
 from diffbench.analysis import plots
 from diffbench.run.calibration import COUNTED_TIME_METHOD
-from diffbench.run.rundir import (
-    STATUS_OK,
-    UNCERTAINTY_SUFFIX,
-    RunDir,
-    metric_names,
-    write_atomic,
-)
+from diffbench.run.rundir import STATUS_OK, UNCERTAINTY_SUFFIX, RunDir, metric_names, write_atomic
 
 NFE_WINDOW = 1.25
 NOISE_Z = 2.0
@@ -171,7 +165,7 @@ def display_table(frame: pd.DataFrame, dirs: dict[str, bool] | None = None) -> p
 def markdown(t: pd.DataFrame) -> str:
     """A pipe table (no extra dependency)."""
 
-    def cells(row) -> str:
+    def cells(row):
         return "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
 
     lines = [cells(t.columns), "|" + "|".join("---" for _ in t.columns) + "|"]
@@ -228,43 +222,45 @@ TRAJECTORY_REFERENCES = "trajectory_references"
 
 
 def _reference_section(manifest: dict[str, Any]) -> list[str]:
-    """The trajectory-error references: cost, estimated error and how their solver converged, one row each."""
+    """The trajectory-error references: what each cost, where it stopped and how it was solved, one row each."""
     refs = (manifest.get("metric_info") or {}).get(TRAJECTORY_REFERENCES) or {}
     if not refs:
         return []
     rows = []
     for digest, info in refs.items():
-        history = info.get("history") or []
+        stops = info.get("stops") or []
         rows.append(
             {
                 "reference": f"`{digest[:12]}`",
                 "model": info.get("model", "?"),
-                "σ range": f"{info['sigma_start']:.4g} → {info['sigma_end']:.4g}"
-                + (" → 0" if info.get("final_zero") else "")
-                if "sigma_start" in info
-                else "?",
+                "from σ": f"{info['sigma_start']:.4g}" if "sigma_start" in info else "?",
+                "stops (σ_last; → 0: then D)": ", ".join(f"{s:.4g}" + (" → 0" if z else "") for s, z in stops) or "?",
                 "samples": info.get("samples"),
-                "steps": info.get("steps"),
-                "NFE/sample": info.get("nfe_per_sample"),
-                "estimated error": f"{info.get('estimated_error', float('nan')):.2g}",
-                "difference per doubling (steps: RMS)": ", ".join(f"{n}: {d:.2g}" for n, d in history)
-                or "not recorded",
+                "NFE/sample": _fmt_count(info.get("nfe_per_sample")),
+                "NFE": _fmt_count(info.get("nfe")),
+                "steps/sample": _fmt_count(info.get("steps")),
+                "rejected/sample": _fmt_count(info.get("rejected")),
+                "tolerance": f"rtol {info.get('rtol', float('nan')):g}, atol {info.get('atol', float('nan')):g}",
                 "this run": "cached" if info.get("from_cache") else f"computed, {info.get('seconds', 0):.1f} s",
             }
         )
+    computed = sum(float(i.get("nfe") or 0) for i in refs.values() if not i.get("from_cache"))
     return [
         "## trajectory-error references",
         "",
-        "Each reference solves the model's probability-flow ODE with "
-        + str(next(iter(refs.values())).get("method", "a high-order solver"))
-        + ". The differences between successive doublings show how "
-        "the model's own ODE converges: falling about 8× per doubling is the solver's third order; a "
-        "stall means the network's D(x, σ) has structure in σ that coarser grids do not resolve, and no "
-        "sampler can show its order at those step counts.",
+        "Each reference solves the model's probability-flow ODE in float64 with "
+        + str(next(iter(refs.values())).get("method", "an error-controlled solver"))
+        + ", once for every cell from the same starting noise: "
+        "it stops at each cell's last positive σ (then takes D there when the grid ends at 0). "
+        f"Computed in this run: {computed:,.0f} network evaluations.",
         "",
         markdown(pd.DataFrame(rows)),
         "",
     ]
+
+
+def _fmt_count(value: Any) -> str:
+    return "?" if value is None else f"{float(value):,.0f}"
 
 
 def write_report(

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -259,16 +260,58 @@ class SigmaDenoiser:
         if self.counter.batch_size is None:
             self.counter.batch_size = x.shape[0]
         t, c = self._time(sigma)
+        return self._denoise(x, t, c, self.labels, self._pair_labels if self.guidance is not None else None)
+
+    def per_sample(self, x: Tensor, sigmas: Tensor, rows: Tensor | None = None) -> Tensor:
+        """D(x_i, σ_i), each row at its own σ; ``rows[i]``: which of the labels row i has (default: the i-th).
+
+        Error-controlled trajectory references step every sample on its own (float64, so how rows are
+        batched changes results only at float64 rounding)."""
+        labels = self.labels if self.labels is None or rows is None else self.labels[rows.to(self.labels.device)]
+        pair = None
+        if self.guidance is not None:
+            pair = torch.cat(
+                [
+                    labels,
+                    self.model.condition.null(
+                        labels.shape[0], labels.device, labels.dtype if labels.is_floating_point() else None
+                    ),
+                ]
+            )
+        sig = sigmas.detach().to("cpu", torch.float64).numpy()
+        sched = self.model.schedule
+        t = np.asarray(sched.t_of_sigma(sig), dtype=np.float64)
+        k = sched.coef(t)
+        times = t if self.model.time_input is None else [self.model.network_time(a, b) for a, b in zip(sig, t)]
+        shape = (-1,) + (1,) * (x.ndim - 1)
+
+        def column(values) -> Tensor:
+            values = np.broadcast_to(np.asarray(values, dtype=np.float64), sig.shape)
+            return torch.tensor(values, dtype=x.dtype, device=x.device).view(shape)
+
+        c = Coef(*(column(getattr(k, f)) for f in ("alpha", "sigma", "dalpha", "dsigma")))
+        return self._denoise(x, column(times).view(-1), c, labels, pair)
+
+    def _denoise(
+        self, x: Tensor, t: float | Tensor, c: Coef, labels: Tensor | None, pair_labels: Tensor | None
+    ) -> Tensor:
+        """x0_hat at network time ``t`` (a float, or one per row) with coefficients ``c``."""
         x_t = x * c.alpha
         if self.guidance is None:
-            labels = self.labels if self.labels is not None else self._null_labels(x)
-            t_in = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+            labels = labels if labels is not None else self._null_labels(x)
+            t_in = t if isinstance(t, Tensor) else torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
             out = self._checked(self.counter.run(self.model.network, x_t, t_in, labels), x_t)
             x0 = self.model.target.to_x0(out, x_t, c)
         else:
             x_pair = torch.cat([x_t, x_t])
-            t_in = torch.full((x_pair.shape[0],), t, device=x.device, dtype=x.dtype)
-            out = self._checked(self.counter.run(self.model.network, x_pair, t_in, self._pair_labels), x_pair)
+            t_in = (
+                torch.cat([t, t])
+                if isinstance(t, Tensor)
+                else torch.full((x_pair.shape[0],), t, device=x.device, dtype=x.dtype)
+            )
+            out = self._checked(self.counter.run(self.model.network, x_pair, t_in, pair_labels), x_pair)
+            if isinstance(t, Tensor):
+                c = Coef(*(torch.cat([v, v]) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma)))
             x0_c, x0_u = self.model.target.to_x0(out, x_pair, c).chunk(2)
             x0 = torch.lerp(x0_u, x0_c, self.guidance)
         if self.clip_x0:

@@ -57,6 +57,18 @@ class MetricContext:
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # filled by metrics: extractor, reference hash, ...
     registry: Any = None  # where ``dataset`` plugins are looked up (None: the default registry)
+    # σ grids of the run's deterministic cells, by model (``grid_key(model)``): what a metric that shares one
+    # computation across cells (trajectory-error's reference) plans from; empty outside a run
+    # entries {"sigmas": [...], "guidance": g, "clip_x0": bool}
+    grids: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    dry_run: bool = False  # validate: check that every metric can run, never compute a costly reference
+
+
+def grid_key(model: Any) -> str:
+    """The key of ``model`` in ``MetricContext.grids``: its identity as sorted JSON."""
+    import json
+
+    return json.dumps(model.identity(), sort_keys=True, default=str)
 
 
 @runtime_checkable

@@ -19,23 +19,13 @@ from typing import Any, Callable
 import torch
 
 from diffbench.core.denoiser import DiffusionModel
-from diffbench.metrics.base import (
-    Batch,
-    MetricContext,
-    MetricValue,
-    conventional_direction,
-)
+from diffbench.metrics.base import Batch, MetricContext, MetricValue, conventional_direction
 from diffbench.metrics.stream import FeatureRows, MetricError, MetricPlan
 from diffbench.registry import Component, Registry, resolve_options
 from diffbench.run import calibration, drift, pictures
 from diffbench.run.record import CellRecord, new_record, now
 from diffbench.run.rundir import STATUS_FAILED, STATUS_OK, RunDir
-from diffbench.run.sampling import (
-    SampleResult,
-    SamplerOutputError,
-    SamplingCall,
-    SamplingSpec,
-)
+from diffbench.run.sampling import SampleResult, SamplerOutputError, SamplingCall, SamplingSpec
 from diffbench.run.saving import SampleSaver
 from diffbench.run.suite import CellSpec, Suite
 from diffbench.run.timelimit import TimeLimitExceeded
@@ -189,6 +179,19 @@ def stream_group(
     return SampledGroup(rows, pictured.samples(), call.result, extract_s)
 
 
+@dataclass
+class SampledCell:
+    """A cell whose seed groups are sampled and not yet scored: scoring may run on another thread meanwhile."""
+
+    rec: dict[str, Any]
+    groups: list[SampledGroup]
+    plan: MetricPlan | None = None
+    saver: SampleSaver | None = None
+    seconds: float = 0.0  # wall-clock of the sampling phase (counts against the cell's time limit)
+    failure: BaseException | None = None
+    traceback: str | None = None
+
+
 def run_cell(
     suite: Suite,
     cell: CellSpec,
@@ -199,7 +202,7 @@ def run_cell(
     bar: Any,
     time_limit: float | None = None,
     groups: Callable[[int, MetricPlan], SampledGroup] | None = None,
-) -> CellRecord:
+) -> dict[str, Any]:
     """Sample every seed group of one cell, streaming batches into the metrics' features; score each group once.
 
     Samples are not kept: each batch goes through the feature extractors as it is produced (only the
@@ -207,15 +210,34 @@ def run_cell(
     Failures are recorded, not raised. ``time_limit`` (seconds) bounds sampling and scoring together;
     a cell past it is recorded as failed. ``groups(seed, plan)``, when given, supplies each seed
     group's sampled rows instead of sampling here (a cell split across workers, gathered).
+    ``sample_cell`` then ``score_cell`` is the same in two parts.
     """
+    sampled = sample_cell(suite, cell, model, registry, context, run, bar, time_limit, groups)
+    return score_cell(sampled, suite, time_limit, bar)
+
+
+def sample_cell(
+    suite: Suite,
+    cell: CellSpec,
+    model: DiffusionModel,
+    registry: Registry,
+    context: MetricContext,
+    run: RunDir,
+    bar: Any,
+    time_limit: float | None = None,
+    groups: Callable[[int, MetricPlan], SampledGroup] | None = None,
+) -> SampledCell:
+    """The sampling half of ``run_cell``: every seed group sampled into feature rows; a failure is kept, not raised."""
     rec = new_record(suite, cell, model, registry)
     rec["time_limit"] = time_limit
-    results: list[SampleResult] = []
+    out = SampledCell(rec, [])
+    t0 = time.perf_counter()
     try:
         with limit_time(time_limit):
-            plan = metric_plan(suite, model, registry, context)
-            saver = SampleSaver(suite.save_samples, run.path / "samples" / cell.cell_id, tuple(model.data_range))
-            scores, directions, metric_s = [], {}, 0.0
+            out.plan = plan = metric_plan(suite, model, registry, context)
+            out.saver = saver = SampleSaver(
+                suite.save_samples, run.path / "samples" / cell.cell_id, tuple(model.data_range)
+            )
             for seed in suite.seeds:
                 first = seed == suite.seeds[0]
                 group = (
@@ -223,15 +245,35 @@ def run_cell(
                     if groups is not None
                     else stream_group(suite, cell, model, registry, plan, seed, first, bar, saver=saver)
                 )
-                metric_s += group.extract_seconds
+                out.groups.append(group)
                 res = group.result
-                results.append(res)
                 rec["warnings"] += [w for w in res.meta.get("warnings", []) if w not in rec["warnings"]]
                 if first:
                     _describe_sampling(rec, res)
                     rec["sample_image"] = _sample_picture(group.preview, model, run.cell_path(cell.cell_id, ".png"))
                     rec["drift_fingerprint"] = drift.fingerprint(group.preview)
-                bar.set_postfix_str("metrics")
+            # the harness probe times network calls: on this thread, never beside scoring
+            rec["harness"] = probe_harness(suite, cell, model, registry, rec["warnings"])
+    except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a plugin's failure is this cell's result, not the run's
+        out.failure, out.traceback = exc, traceback.format_exc()
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def score_cell(sampled: SampledCell, suite: Suite, time_limit: float | None = None, bar: Any = None) -> dict[str, Any]:
+    """The scoring half of ``run_cell``: each seed group scored once, the record finished (failures recorded)."""
+    rec, results = sampled.rec, [g.result for g in sampled.groups]
+    left = None if time_limit is None else max(time_limit - sampled.seconds, 1e-3)
+    try:
+        if sampled.failure is not None:
+            raise sampled.failure
+        with limit_time(left):
+            plan, scores, directions = sampled.plan, [], {}
+            metric_s = sum(g.extract_seconds for g in sampled.groups)
+            for seed, group in zip(suite.seeds, sampled.groups):
+                res = group.result
+                if bar is not None:
+                    bar.set_postfix_str("metrics")
                 values: dict[str, MetricValue] = {}
                 t0 = time.perf_counter()
                 scored = plan.score(group.rows, res)
@@ -241,6 +283,7 @@ def run_cell(
                     values.update(out)
                     directions.update({name: metric_direction(planned.component, name) for name in out})
                 scores.append(values)
+                rec["warnings"] += [w for w in res.meta.get("warnings", []) if w not in rec["warnings"]]
                 rec["per_seed"].append(
                     {
                         "seed": seed,
@@ -251,18 +294,18 @@ def run_cell(
                         "metrics": {k: vars(v) for k, v in values.items()},
                     }
                 )
-                bar.set_postfix_str("")
+                if bar is not None:
+                    bar.set_postfix_str("")
             _summarise(rec, results)
-            rec["harness"] = probe_harness(suite, cell, model, registry, rec["warnings"])
             values = {**_aggregate(scores), **_block_minima(scores, directions)}
             rec["metrics"] = {
                 name: {**vars(v), "higher_is_better": directions.get(name, False)} for name, v in values.items()
             }
-            if saver.files:
+            if sampled.saver is not None and sampled.saver.files:
                 rec["saved_samples"] = {
                     "mode": suite.save_samples,
-                    "files": saver.files,
-                    "folder": f"samples/{cell.cell_id}",
+                    "files": sampled.saver.files,
+                    "folder": f"samples/{rec['cell_id']}",
                 }
             rec["status"] = STATUS_OK
     except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a plugin's failure is this cell's result, not the run's
@@ -272,7 +315,7 @@ def run_cell(
         known = (CellError, MetricError, SamplerOutputError, TimeLimitExceeded)
         text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
         rec["error"] = text.splitlines()[0] if text else type(exc).__name__
-        rec["traceback"] = traceback.format_exc()
+        rec["traceback"] = sampled.traceback if exc is sampled.failure else traceback.format_exc()
     rec["finished"] = now()
     return rec
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from diffbench.run.suite import Suite, SuiteError, axis_entries
 
@@ -27,6 +28,10 @@ class Plan:
     seeds: int
     num_samples: int
     nfe: float  # declared network evaluations over every sample of every cell
+    references: int = 0  # shared trajectory references the metrics need (cached ones included)
+    references_cached: int = 0
+    reference_nfe: float | None = 0.0  # their network evaluations to compute, estimated; None: not known yet
+    reference_note: str = ""  # how reference_nfe was estimated
 
     @property
     def samples(self) -> int:
@@ -34,18 +39,29 @@ class Plan:
 
     def describe(self) -> str:
         s = "s" if self.seeds != 1 else ""
-        return (
+        text = (
             f"{self.cells} cells × {self.seeds} seed{s} × {self.num_samples} samples = {self.samples:,} samples, "
             f"{self.nfe:,.0f} network evaluations (declared)"
         )
+        if self.references:
+            cost = "unknown" if self.reference_nfe is None else f"about {self.reference_nfe:,.0f}"
+            text += (
+                f"; {self.references} trajectory reference(s), {self.references_cached} cached: {cost} "
+                f"network evaluations to compute ({self.reference_note})"
+            )
+        return text
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "cells": self.cells,
             "seeds": self.seeds,
             "num_samples": self.num_samples,
             "samples": self.samples,
             "network_evaluations": self.nfe,
+            "references": self.references,
+            "references_cached": self.references_cached,
+            "reference_network_evaluations": self.reference_nfe,
+            "reference_estimate": self.reference_note,
         }
 
 

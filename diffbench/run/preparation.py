@@ -9,14 +9,14 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
 from diffbench.core.denoiser import DiffusionModel, evaluations_per_call
-from diffbench.metrics.base import MetricContext
+from diffbench.metrics.base import MetricContext, grid_key
 from diffbench.metrics.stream import MetricError
 from diffbench.registry import Registry, default_registry, resolve_options
 from diffbench.run.cell import CELL_FAILURES, metric_plan, sampling_call
@@ -83,11 +83,14 @@ def check_cells(
     models: dict[str, DiffusionModel],
     registry: Registry,
     allow_large: bool = False,
+    grids: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, float]:
     """Config problems that need the model (guidance on an unconditional model, grids it cannot take, a
-    batch's noise too large); returns each cell's declared network evaluations over all its samples."""
+    batch's noise too large); returns each cell's declared network evaluations over all its samples, and
+    adds the σ grid of every deterministic cell to ``grids`` (by ``grid_key`` of its model)."""
     keys = [s.key for s in suite.grid.scheduler]
     work: dict[str, float] = {}
+    grids = {} if grids is None else grids
     for cell in cells:
         model = models[cell.model.key]
         if cell.guidance is not None and model.condition is None:
@@ -122,6 +125,14 @@ def check_cells(
             bank = noise_draws(comp.meta, grid.sigmas, options) if stochastic is None or stochastic(**options) else 0
         except CELL_FAILURES:
             bank = len(grid.sigmas) - 1  # the cell will record the bug
+        try:
+            deterministic = stochastic is not None and not stochastic(**options)
+        except CELL_FAILURES:
+            deterministic = False
+        if deterministic:
+            grids.setdefault(grid_key(model), []).append(
+                {"sigmas": grid.sigmas.tolist(), "guidance": cell.guidance, "clip_x0": cell.sampler.clip_x0}
+            )
         # what one batch draws before its first network call: starting noise, and the step-noise bank
         # (steps × the sampler's draws per step: pc and restart draw several)
         rows = min(suite.batch_size, suite.num_samples)
@@ -230,6 +241,7 @@ def preflight(
     allow_large: bool = False,
     shard: Shard | None = None,
     trust_code: bool | None = None,
+    dry_run: bool = False,
 ) -> Prepared:
     """Every check a run makes before it writes anything, in the order a run makes them.
 
@@ -237,9 +249,11 @@ def preflight(
     that it is not empty, the output and cache directories (when ``results_root`` is given: as a run
     would use them), the models (device, sizes), every cell's σ grid on its model, guidance on
     conditional models only, the plan's limits, a warm-up that samples one batch per model and
-    tries every metric on it, then one batch of 2 through each model and each sampler given options.
-    Raises SuiteError (or RunDirError) with a one-line message. With ``shard``, only that shard's cells
-    (and its view of the shared run directory). ``trust_code``: see ``static_checks``.
+    tries every metric on it, then one batch of 2 through each model and each sampler given options. Raises
+    SuiteError (or RunDirError) with a one-line message. With
+    ``shard``, only that shard's cells (and its view of the shared run directory). ``trust_code``: see
+    ``static_checks``. ``dry_run`` (validate): metrics check that they can run but compute no costly
+    reference (the plan states what they would cost).
     """
     registry = registry or default_registry()
     suite, cells = static_checks(suite, registry, time_limit=time_limit, allow_large=allow_large, trust_code=trust_code)
@@ -249,13 +263,19 @@ def preflight(
     if suite.metrics:
         check_writable(cache, "cache directory")
     models = load_models(suite, registry)
-    work = check_cells(suite, cells, models, registry, allow_large)  # every cell's, so shards deal them alike
+    grids: dict[str, list[dict[str, Any]]] = {}
+    # every cell's, so shards deal them alike; the grids of the whole suite, also in a shard: a reference
+    # serves the same stops whichever shard solves it
+    work = check_cells(suite, cells, models, registry, allow_large, grids)
     if shard is not None:
         cells = shard.select(cells, work)
     plan = Plan(len(cells), len(suite.seeds), suite.num_samples, sum(work[c.cell_id] for c in cells))
     check_plan(plan, allow_large)
     device = next(iter(models.values())).device
-    context = MetricContext(cache_dir=cache, device=device, seed=suite.seeds[0], info={}, registry=registry)
+    context = MetricContext(
+        cache_dir=cache, device=device, seed=suite.seeds[0], info={}, registry=registry, grids=grids, dry_run=dry_run
+    )
+    plan = _reference_plan(suite, cells, models, registry, context, plan)
     warm_start = time.perf_counter()
     for key, model in models.items():
         warm_up(suite, [c for c in cells if c.model.key == key], model, registry, context)
@@ -326,3 +346,47 @@ def _try_models_and_options(
                 f"{min(TRY_SAMPLES, suite.num_samples)} samples where the defaults do not: "
                 f"{error_line(exc)}"
             )
+
+
+def _reference_plan(
+    suite: Suite,
+    cells: list[CellSpec],
+    models: dict[str, DiffusionModel],
+    registry: Registry,
+    context: MetricContext,
+    plan: Plan,
+) -> Plan:
+    """``plan`` with what the metrics' shared references will cost (metrics with ``planned_cost``), nothing solved."""
+    costs = []
+    for spec in suite.metrics:
+        comp = registry.get("metric", spec.name)
+        estimate = getattr(comp.obj, "planned_cost", None)
+        if not callable(estimate):
+            continue
+        options = resolve_options(comp, spec.options)
+        for key, model in models.items():
+            if not any(c.model.key == key for c in cells):
+                continue
+            try:
+                costs.append(
+                    estimate(
+                        model=model,
+                        context=context,
+                        num_samples=suite.num_samples,
+                        seeds=suite.seeds,
+                        batch_size=suite.batch_size,
+                        **options,
+                    )
+                )
+            except CELL_FAILURES:
+                continue  # the warm-up names a metric that cannot run
+    if not costs:
+        return plan
+    known = [c["nfe"] for c in costs if c["nfe"] is not None]
+    return replace(
+        plan,
+        references=sum(c["references"] for c in costs),
+        references_cached=sum(c["cached"] for c in costs),
+        reference_nfe=sum(known) if len(known) == len(costs) else None,
+        reference_note="; ".join(sorted({c["how"] for c in costs})),
+    )

@@ -179,9 +179,10 @@ def run_suite(
 
     With ``resume``, cells already finished with the same configuration are kept, not rerun
     (failed cells and cells whose record cannot be read are rerun). ``time_limit`` (seconds, overriding the
-    suite's) fails a cell that takes longer. ``announce`` receives the plan and warnings as lines.
-    ``executor`` computes the cells ('local', the default, 'ray', or an Executor); this process writes every
-    record. ``shard`` ('I/N') runs only shard I's cells into the shared ``out_dir`` under a lock of its own (see
+    suite's) fails a cell that
+    takes longer. ``announce`` receives the plan and warnings as lines. ``executor`` computes the
+    cells ('local', the default, 'ray', or an Executor); this process writes every record. ``shard``
+    ('I/N') runs only shard I's cells into the shared ``out_dir`` under a lock of its own (see
     ``diffbench.run.shards``). ``trust_code=True`` lets the suite name code to import and run (a
     ``python`` model's factory; None: the DIFFBENCH_TRUST_CODE environment setting; see
     ``diffbench.util.trust``). Raises SuiteError for a suite that cannot run and RunDirError for

@@ -9,11 +9,11 @@ from runhelpers import record
 
 from diffbench.analysis.report import (
     RULE,
-    display_table,
     fmt_pm,
     markdown,
     noise_verdicts,
     pareto_verdicts,
+    table,
     text_table,
     write_report,
 )
@@ -77,7 +77,7 @@ def test_fmt_pm(value, se, text):
 
 def test_tables():
     f = cells((10, 5.0, 0.5), (20, 3.0, 0.2), (10, None, None, "failed"))
-    t = display_table(f, {"fid": False})
+    t = table(f, {"fid": False})
     assert list(t.columns) == [
         "sampler",
         "scheduler",
@@ -128,17 +128,18 @@ def test_report_lists_trajectory_references_with_their_convergence(tmp_path):
     run.write_cell(record(0, fid=5.0))
     frame = run.write_csv()
     info = {
-        "steps": 1024,
-        "nfe_per_sample": 1985,
-        "estimated_error": 5.9e-6,
+        "steps": 146.5,
+        "rejected": 14.2,
+        "nfe_per_sample": 973.1,
+        "nfe": 31139.2,
         "seconds": 3.1,
         "samples": 32,
         "model": "digits-eps",
         "sigma_start": 157.4,
-        "sigma_end": 0.01,
-        "final_zero": True,
+        "stops": [[0.01, True], [0.3388, True]],
+        "rtol": 1e-6,
+        "atol": 1e-6,
         "from_cache": False,
-        "history": [[128, 5.4e-4], [256, 2.1e-4], [512, 1.6e-4], [1024, 5.9e-6]],
         "method": "m",
     }
     run.write_manifest(
@@ -153,6 +154,7 @@ def test_report_lists_trajectory_references_with_their_convergence(tmp_path):
     text = write_report(run, frame, []).read_text()
     assert "**trajectory_references**" not in text  # a section, not a raw dict in the header
     assert (
-        "| `78c84d01f4c0` | digits-eps | 157.4 → 0.01 → 0 | 32 | 1024 | 1985 | 5.9e-06 | "
-        "128: 0.00054, 256: 0.00021, 512: 0.00016, 1024: 5.9e-06 | computed, 3.1 s |"
+        "| `78c84d01f4c0` | digits-eps | 157.4 | 0.01 → 0, 0.3388 → 0 | 32 | 973 | 31,139 | 146 | 14 | "
+        "rtol 1e-06, atol 1e-06 | computed, 3.1 s |"
     ) in text
+    assert "Computed in this run: 31,139 network evaluations." in text

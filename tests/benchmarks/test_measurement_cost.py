@@ -98,7 +98,139 @@ def test_scoring_cost_at_the_fid_protocols_scale(benchmark, figures):
     figures.extend(scoring_lines(costs))
 
 
-SCRIPT_PARTS = [lambda args: scoring_lines(scoring_costs(*args))]
+# --- the main job and its trajectory references (i18b) ------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = REPO / "suites" / "steps.yaml"
+
+
+def _cells(result) -> list[dict]:
+    from diffbench.run.rundir import RunDir
+
+    return [c for c in RunDir(result.path).read_cells() if c.get("status") == "ok"]
+
+
+def _reference_figures(result) -> dict[str, float]:
+    """Reference NFE computed in this run (Σ over references of NFE a sample × samples) and seconds."""
+    from diffbench.run.rundir import RunDir
+
+    refs = (RunDir(result.path).read_manifest().get("metric_info") or {}).get("trajectory_references") or {}
+    fresh = [r for r in refs.values() if not r.get("from_cache")]
+    return {
+        "references": len(refs),
+        "reference_nfe": sum(r["nfe"] for r in fresh),
+        "reference_seconds": sum(r["seconds"] for r in fresh),
+    }
+
+
+def steps_costs(work: Path, suite: Path = STEPS) -> dict[str, float]:
+    """suites/steps.yaml twice into one cache: the first run computes the references (their NFE against the
+    cells' sample-NFE), the second finds them cached (its wall-clock over its summed sampling time)."""
+    from diffbench.api import run_suite
+
+    first = run_suite(suite, work / "first", progress=False, cache_dir=work / "cache", results_root=work)
+    cells = _cells(first)
+    out = {
+        "cell_nfe": sum(c["nfe"] * c["num_samples"] * len(c["seeds"]) for c in cells),
+        "cell_sampling_seconds_first": sum(c["sample_seconds"] for c in cells),
+        **_reference_figures(first),
+    }
+    second = run_suite(suite, work / "second", progress=False, cache_dir=work / "cache", results_root=work)
+    from diffbench.run.rundir import RunDir
+
+    cells = _cells(second)
+    wall = RunDir(second.path).read_manifest()["wall_seconds"]
+    sampling = sum(c["sample_seconds"] for c in cells)
+    out.update(
+        wall_seconds=wall,
+        sampling_seconds=sampling,
+        metric_seconds=sum(c.get("metric_seconds") or 0.0 for c in cells),
+        ratio=wall / sampling,
+        cells=len(cells),
+    )
+    return out
+
+
+def mnist_like_costs(work: Path, num_samples: int = 8) -> dict[str, float]:
+    """steps.yaml's grid on a random 28×28 network (tests/benchmarks/mnist_like.py, linear-β ε-prediction),
+    every sample scored by trajectory-error: the reference's NFE and seconds against the cells' sampling."""
+    import yaml
+
+    from diffbench.api import run_suite
+    from diffbench.run.suite import parse_suite
+
+    data = yaml.safe_load(STEPS.read_text())
+    data.update(
+        name="steps-mnist-like",
+        num_samples=num_samples,
+        batch_size=num_samples,
+        device="cpu",
+        model={"name": "python", "options": {"factory": "mnist_like:random_unet28", "shape": [1, 28, 28]}},
+        metrics=[{"name": "trajectory-error"}],
+    )
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    result = run_suite(
+        parse_suite(data), work / "mnist-like", progress=False, cache_dir=work / "cache-28", draw=False, trust_code=True
+    )
+    cells = _cells(result)
+    out = {
+        "cell_nfe": sum(c["nfe"] * c["num_samples"] for c in cells),
+        "sampling_seconds": sum(c["sample_seconds"] for c in cells),
+        "samples": num_samples,
+        **_reference_figures(result),
+    }
+    out.update(
+        nfe_ratio=out["reference_nfe"] / out["cell_nfe"],
+        seconds_ratio=out["reference_seconds"] / out["sampling_seconds"],
+    )
+    return out
+
+
+def steps_lines(c: dict[str, float]) -> list[str]:
+    return [
+        f"steps.yaml, references cached: wall {c['wall_seconds']:.1f} s, sampling {c['sampling_seconds']:.1f} s, "
+        f"metrics {c['metric_seconds']:.1f} s; wall/sampling = {c['ratio']:.2f} ({c['cells']} cells)",
+        f"steps.yaml references: {c['references']} computed with {c['reference_nfe']:,.0f} NFE in "
+        f"{c['reference_seconds']:.1f} s, against the cells' {c['cell_nfe']:,.0f} sample-NFE "
+        f"({c['reference_nfe'] / c['cell_nfe']:.3f}×)",
+    ]
+
+
+def mnist_like_lines(c: dict[str, float]) -> list[str]:
+    return [
+        f"28×28 random UNet, steps.yaml's grid, {c['samples']} samples all scored: reference "
+        f"{c['reference_nfe']:,.0f} NFE against the cells' {c['cell_nfe']:,.0f} ({c['nfe_ratio']:.2f}×); "
+        f"{c['reference_seconds']:.1f} s against {c['sampling_seconds']:.1f} s of sampling "
+        f"({c['seconds_ratio']:.2f}×)"
+    ]
+
+
+@pytest.mark.benchmark(group="the main job: whole run against sampling, references cached")
+def test_steps_suite_whole_run_over_sampling_and_reference_cost(benchmark, figures, tmp_path):
+    costs = benchmark.pedantic(steps_costs, args=(tmp_path,), rounds=1, iterations=1)
+    benchmark.extra_info.update(costs)
+    figures.extend(steps_lines(costs))
+
+
+@pytest.mark.benchmark(group="trajectory references on a 28×28 model")
+def test_reference_cost_on_a_28x28_model(benchmark, figures, tmp_path):
+    costs = benchmark.pedantic(mnist_like_costs, args=(tmp_path,), rounds=1, iterations=1)
+    benchmark.extra_info.update(costs)
+    figures.extend(mnist_like_lines(costs))
+
+
+def _in_temp(make, lines):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return lines(make(Path(tmp)))
+
+
+SCRIPT_PARTS = [
+    lambda args: scoring_lines(scoring_costs(*args)),
+    lambda args: _in_temp(steps_costs, steps_lines),
+    lambda args: _in_temp(mnist_like_costs, mnist_like_lines),
+]
 
 
 if __name__ == "__main__":

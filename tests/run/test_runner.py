@@ -395,3 +395,44 @@ def test_a_cache_directory_inside_a_fresh_out_directory_is_not_a_foreign_file(tm
     (other / "notes.txt").write_text("mine")
     with pytest.raises(SuiteError, match="exists and is not a diffbench run directory"):
         run_suite(parse_suite(data, default_registry()), other, progress=False, cache_dir=other / "cache", draw=False)
+
+
+def test_one_trajectory_reference_serves_every_grid_and_is_in_the_plan(tmp_path):
+    """Karras grids to σ_min and to σ = 0.05, at two step counts each: one reference (one solve, two stops),
+    counted in the plan and the manifest; a second run plans it as cached and solves nothing."""
+    data = small(
+        metrics=["trajectory-error", "solver-error"],
+        num_samples=8,
+        batch_size=8,
+        grid=grid(
+            sampler=["euler", "heun", "ddpm"],
+            steps=[3, 5],
+            scheduler=["karras", {"name": "karras", "label": "karras-005", "options": {"sigma_min": 0.05}}],
+        ),
+    )
+    said = []
+    first = run(data, tmp_path / "a", announce=said.append)
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    (ref,) = manifest["metric_info"]["trajectory_references"].values()
+    assert ref["from_cache"] is False and {(round(s, 6), z) for s, z in ref["stops"]} == {(0.002, True), (0.05, True)}
+    plan = manifest["plan"]
+    assert plan["references"] == 1 and plan["references_cached"] == 0 and plan["reference_network_evaluations"] is None
+    assert "1 trajectory reference(s), 0 cached: unknown network evaluations" in said[0]
+    cells = {(r["sampler"], r["scheduler"], r["steps"]): r for r in RunDir(first.path).read_cells()}
+    for key, rec in cells.items():  # to σ_min on the GMM: the exact solver error per coordinate (2-D)
+        if key[0] != "ddpm" and key[1] == "karras":
+            exact = rec["metrics"]["solver-error-mean"]["value"] / 2**0.5
+            assert rec["metrics"]["trajectory-error"]["value"] == pytest.approx(exact, rel=1e-3)
+    said.clear()
+    second = run_suite(
+        parse_suite(data, test_registry()[0]),
+        tmp_path / "b",
+        registry=test_registry()[0],
+        progress=False,
+        cache_dir=tmp_path / "a" / "cache",
+        draw=False,
+        announce=said.append,
+    )
+    assert "1 trajectory reference(s), 1 cached: about 0 network evaluations" in said[0]
+    manifest = json.loads((second.path / "manifest.json").read_text())
+    assert all(e["from_cache"] for e in manifest["metric_info"]["trajectory_references"].values())

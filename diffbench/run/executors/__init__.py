@@ -63,8 +63,9 @@ class Executor(Protocol):
 
 
 def make_executor(name: str = "local", *, address: str | None = None, **options: Any) -> Executor:
-    """An executor by name: 'local' (this process) or 'ray' (one Ray task per cell; ``address`` of a cluster;
-    ``cell_parts`` splits each cell across that many tasks)."""
+    """An executor by name: 'local' (this process; ``overlap`` scores a cell while the next samples, default
+    when sampling off the CPU) or 'ray' (one Ray task per cell; ``address`` of a cluster; ``cell_parts``
+    splits each cell across that many tasks)."""
     if name == "local":
         if address is not None:
             raise ExecutorError("--address needs --executor ray")
@@ -72,7 +73,7 @@ def make_executor(name: str = "local", *, address: str | None = None, **options:
             raise ExecutorError("--cell-parts needs --executor ray")
         from diffbench.run.executors.local import LocalExecutor
 
-        return LocalExecutor()
+        return LocalExecutor(overlap=options.get("overlap"))
     if name == "ray":
         from diffbench.run.executors.ray import RayExecutor
 

@@ -1,14 +1,23 @@
-"""The local executor: every cell in this process, one after another, with a per-sample progress bar."""
+"""The local executor: every cell in this process, one after another, with a per-sample progress bar.
+
+With ``overlap`` a finished cell is scored on a second thread while the next cell samples: by default
+when the models sample off the CPU (GPU sampling, CPU scoring), where the two do not compete for the
+same cores or thread settings (``devices.one_thread``, used by scoring, sets thread counts that are
+per-thread for OpenMP but process-wide for some BLAS builds, so two threads should not both use it). Scores depend
+only on a cell's feature rows, so the records are those of
+the serial order (tests/run/executors/test_local.py compares them).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
-from diffbench.run.cell import run_cell
+from diffbench.run.cell import run_cell, sample_cell, score_cell
 from diffbench.run.executors import Finished, Job
 from diffbench.run.suite import CellSpec
 
@@ -29,16 +38,22 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, overlap: bool | None = None) -> None:
         self.job: Job | None = None
+        self.overlap = overlap  # None: when any model samples off the CPU
 
     def start(self, job: Job) -> dict[str, Any]:
         self.job = job
-        return {"name": self.name, "nodes": [socket.gethostname()]}
+        if self.overlap is None:
+            self.overlap = any(m.device.type != "cpu" for m in job.models.values())
+        return {"name": self.name, "nodes": [socket.gethostname()], "overlap_scoring": self.overlap}
 
     def run(self, cells: list[CellSpec]) -> Iterator[Finished]:
         job = self.job
         assert job is not None, "start() first"
+        if self.overlap:
+            yield from self._overlapped(cells)
+            return
         total = job.suite.num_samples * len(job.suite.seeds)
         for cell in cells:
             with tqdm(
@@ -62,6 +77,48 @@ class LocalExecutor:
                 )
             record["worker"] = worker_info(self.name, record)
             yield Finished(record)  # the picture is already in the run directory: this is the driver
+
+    def _overlapped(self, cells: list[CellSpec]) -> Iterator[Finished]:
+        """Sample cell i+1 while cell i is scored on one worker thread; records come back in cell order."""
+        job = self.job
+        total = job.suite.num_samples * len(job.suite.seeds)
+        limit = job.suite.time_limit
+        pending: Future | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffbench-scoring") as pool:
+            try:
+                for cell in cells:
+                    with tqdm(
+                        total=total,
+                        desc=cell.cell_id.rsplit("-", 1)[0],
+                        unit="sample",
+                        leave=False,
+                        disable=not job.progress,
+                        position=1,
+                        dynamic_ncols=True,
+                    ) as bar:
+                        sampled = sample_cell(
+                            job.suite,
+                            cell,
+                            job.models[cell.model.key],
+                            job.registry,
+                            job.context,
+                            job.run,
+                            bar,
+                            time_limit=limit,
+                        )
+                    if pending is not None:
+                        yield self._finished(pending.result())
+                    pending = pool.submit(score_cell, sampled, job.suite, limit)
+                if pending is not None:
+                    yield self._finished(pending.result())
+                    pending = None
+            finally:
+                if pending is not None:
+                    pending.cancel()
+
+    def _finished(self, record: dict[str, Any]) -> Finished:
+        record["worker"] = worker_info(self.name, record)
+        return Finished(record)
 
     def close(self) -> None:
         self.job = None

@@ -1,0 +1,52 @@
+"""Accuracy and cost of trajectory-error's reference on a real model: each method/tolerance against a much tighter
+solve.
+
+Run: python scripts/reference_accuracy.py MODEL N [METHOD,TOL ...]   e.g.
+     python scripts/reference_accuracy.py digits-eps 2 dop853,1e-6 dop853,1e-7 dopri5,1e-7
+Solves the probability-flow ODE of MODEL (float64, one CPU thread) from N starting points over its Karras
+σ range with DOP853 at rtol = atol = 1e-9, then with each METHOD at TOL, and prints NFE per sample and the
+mean per-sample RMS distance to the tight solve. (README: "Solver accuracy on any model".)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+import diffbench
+from diffbench.core.denoiser import SigmaDenoiser
+from diffbench.core.noise import initial_noise
+from diffbench.metrics.trajectory import model_floor, per_sample_rms, solve_stops
+from diffbench.run.sampling import make_grid
+
+
+def main(name: str, n: int, specs: list[str]) -> None:
+    torch.set_num_threads(1)
+    model = diffbench.load_model(name).placed("cpu", torch.float64)
+    sigma_start, floor = float(make_grid(model, "karras", 10)[0].sigmas[0]), model_floor(model)
+    x = (initial_noise(0, range(n), model.shape, dtype=torch.float32) * sigma_start).double()
+    den = SigmaDenoiser(model)
+    stop = {(floor, False)}
+    tight, info = solve_stops(
+        den, x, sigma_start, floor, stop, rtol=1e-9, atol=1e-9, max_steps=100_000, method="dop853"
+    )
+    print(f"{name}: tight solve (dop853, 1e-9) {info['nfe_per_sample']:.0f} NFE a sample", flush=True)
+    (key,) = tight
+    for spec in specs:
+        method, tol = spec.split(",")
+        t0 = time.perf_counter()
+        out, info = solve_stops(
+            den, x, sigma_start, floor, stop, rtol=float(tol), atol=float(tol), max_steps=100_000, method=method
+        )
+        err = float(per_sample_rms(out[key], tight[key]).mean())
+        print(
+            f"{name} {method} {tol}: {info['nfe_per_sample']:.0f} NFE a sample, error {err:.2e} "
+            f"({time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])

@@ -1,0 +1,77 @@
+"""The local executor: scoring overlapped with the next cell's sampling gives the records of the serial order."""
+
+from __future__ import annotations
+
+import torch
+from runhelpers import grid, small, test_registry
+
+from diffbench.api import run_suite
+from diffbench.run.executors.local import LocalExecutor
+from diffbench.run.rundir import RunDir
+from diffbench.run.suite import parse_suite
+
+# what differs between two runs of the same cells whatever the order: times, dates, where it ran
+VOLATILE = {
+    "started",
+    "finished",
+    "sample_seconds",
+    "seconds_per_sample",
+    "network_seconds",
+    "network_share",
+    "metric_seconds",
+    "network_seconds_per_call",
+    "harness_seconds_per_call",
+    "worker",
+    "traceback",
+    "harness",
+    "timing",
+    "counted_seconds_per_sample",
+}  # timing probes and figures built from them
+
+
+def _records(path):
+    out = {}
+    for rec in RunDir(path).read_cells():
+        rec = {k: v for k, v in rec.items() if k not in VOLATILE}
+        rec["per_seed"] = [{k: v for k, v in s.items() if k not in VOLATILE} for s in rec["per_seed"]]
+        out[rec["cell_id"]] = rec
+    return out
+
+
+def test_overlapped_scoring_gives_the_records_of_the_serial_order(tmp_path):
+    data = small(
+        metrics=["mean-norm", "trajectory-error", "solver-error"],
+        num_samples=16,
+        batch_size=8,
+        seeds=[0, 1],
+        grid=grid(sampler=["euler", "heun", "ddpm", "broken"], steps=[2, 4]),
+    )
+    runs = {}
+    for name, overlap in (("serial", False), ("overlap", True)):
+        registry = test_registry()[0]
+        executor = LocalExecutor(overlap=overlap)
+        result = run_suite(
+            parse_suite(data, registry),
+            tmp_path / name,
+            registry=registry,
+            progress=False,
+            cache_dir=tmp_path / "cache",
+            draw=False,
+            executor=executor,
+        )
+        runs[name] = _records(result.path)
+        manifest = RunDir(result.path).read_manifest()
+        assert manifest["executor"]["overlap_scoring"] is overlap
+    serial, overlapped = runs["serial"], runs["overlap"]
+    assert serial.keys() == overlapped.keys() and len(serial) == 8
+    assert sum(r["status"] == "failed" for r in serial.values()) == 2  # the broken sampler fails its own cells
+    for cell_id, rec in serial.items():
+        assert overlapped[cell_id] == rec, cell_id
+
+
+def test_overlap_is_on_by_default_only_off_the_cpu():
+    class Job:
+        models = {"m": type("M", (), {"device": torch.device("cpu")})()}
+
+    executor = LocalExecutor()
+    assert executor.start(Job())["overlap_scoring"] is False
