@@ -9,11 +9,11 @@ from runhelpers import record
 
 from diffbench.analysis.report import (
     RULE,
+    display_table,
     fmt_pm,
     markdown,
     noise_verdicts,
     pareto_verdicts,
-    table,
     text_table,
     write_report,
 )
@@ -77,7 +77,7 @@ def test_fmt_pm(value, se, text):
 
 def test_tables():
     f = cells((10, 5.0, 0.5), (20, 3.0, 0.2), (10, None, None, "failed"))
-    t = table(f, {"fid": False})
+    t = display_table(f, {"fid": False})
     assert list(t.columns) == [
         "sampler",
         "scheduler",
