@@ -48,7 +48,7 @@ def main() -> None:
                 res = sample(model, sampler, steps=steps, scheduler="karras", sampler_options=opts,
                              num_samples=args.num_samples, seed=0, dtype="float64")
                 value = metric.compute(res.samples, model=model, result=res,
-                                       context=MetricContext(cache_dir=cache), reference_tol=1e-6, max_steps=8192)
+                                       context=MetricContext(cache_dir=cache), rtol=1e-6, atol=1e-6, max_steps=8192)
                 nfe.append(res.nfe)
                 err.append(value["trajectory-error"].value)
             x, y = np.log(nfe), np.log(err)
