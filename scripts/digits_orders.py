@@ -69,7 +69,8 @@ def main() -> None:
                     model=model,
                     result=res,
                     context=MetricContext(cache_dir=cache),
-                    reference_tol=1e-6,
+                    rtol=1e-6,
+                    atol=1e-6,
                     max_steps=8192,
                 )
                 nfe.append(res.nfe)

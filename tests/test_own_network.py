@@ -94,7 +94,7 @@ def _write_folder(root):
         "reference": {"name": "torchvision", "options": {"root": "data", "dataset": "MNIST"}, "split": "train"},
         "metrics": [
             {"name": "swd", "options": {"directions": 32, "groups": 4}},
-            {"name": "trajectory-error", "options": {"reference_tol": 1.0e-3, "first_steps": 16}},
+            {"name": "trajectory-error", "options": {"rtol": 1.0e-3, "atol": 1.0e-3}},
         ],
         "num_samples": 16,
         "batch_size": 16,
