@@ -447,7 +447,7 @@ def _db(db: Path | None) -> Path:
 @handled
 def history_add(run_dir: Path, db: Path | None, branch: str | None, machine: str | None) -> None:
     """Append RUN's cells (commit, date, machine, metrics with s.e., NFE, time, harness, drift) to the history."""
-    from diffbench import history as hist
+    from diffbench.analysis import history as hist
 
     try:
         run_id = hist.add(run_dir, _db(db), branch=branch, machine=machine)
@@ -480,7 +480,7 @@ def history_show(
     db: Path | None, cell: str | None, metric: str | None, z_step: float | None, plot_file: Path | None, as_json: bool
 ) -> None:
     """Print each series of the history, run by run, and the runs (commits) where it stepped."""
-    from diffbench import history as hist
+    from diffbench.analysis import history as hist
 
     try:
         found = hist.series(_db(db), cell, metric, z_step=hist.Z_STEP if z_step is None else z_step)
