@@ -269,7 +269,7 @@ class FID(_FidelityMetric):
         **_FidelityMetric.base_help,
         "se_method": "how the standard error is estimated: 'jackknife' (delete-a-group, from per-group "
         "moments), 'bootstrap' or 'none'",
-        "groups": "jackknife groups by sample index",
+        "groups": "jackknife groups (whole blocks of the model's conditions, by sample index)",
         "bootstrap": "resamples of the sample features when se_method is 'bootstrap'",
     }
     needs_features = False
