@@ -257,7 +257,7 @@ def merge(path: str | Path, registry: Any = None) -> Merged:
 
 
 def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> Merged:
-    from diffbench.run.closing import closed_manifest
+    from diffbench.run.closing import close_run
     from diffbench.run.suite import expand
 
     cells = expand(suite)
@@ -277,7 +277,6 @@ def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dic
     info: dict[str, Any] = {}
     for m in manifests.values():
         info.update(m.get("metric_info") or {})
-    frame = run.write_csv(records)
     running = running_shards(run.path)
     manifest = {
         **{k: v for k, v in first.items() if k not in ("shard", "cells", "resumed", "wall_seconds_before")},
@@ -298,17 +297,15 @@ def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dic
         "executor": {"name": "shards"},
     }
     write_json(run.suite_path, suite_data)
-    run.write_manifest(
-        closed_manifest(
-            manifest,
-            records,
-            frame,
-            total=len(cells),
-            status="complete" if not missing and not running else "incomplete",
-            finished=max(ends).isoformat() if ends else None,
-            metric_info=info,
-            missing=missing,
-            wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
-        )
+    frame = close_run(
+        run,
+        manifest,
+        records,
+        total=len(cells),
+        status="complete" if not missing and not running else "incomplete",
+        finished=max(ends).isoformat() if ends else None,
+        metric_info=info,
+        missing=missing,
+        wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
     )
     return Merged(run, frame, missing, records)
