@@ -77,7 +77,10 @@ def test_stratified_bootstrap_matches_the_spread_and_keeps_each_stratum():
     assert len(np.unique(draws)) < n  # with replacement
     rng, means, ref = stratified_case(12, k)
     values, ses = [], []
-    fid = lambda r: frechet.fid_of(r.mean(0), np.cov(r, rowvar=False), ref)  # noqa: E731
+
+    def fid(r):
+        return frechet.fid_of(r.mean(0), np.cov(r, rowvar=False), ref)
+
     for rep in range(150):
         x = stratified_draw(rng, means, n)
         values.append(fid(x))
