@@ -86,7 +86,7 @@ def test_shards_from_different_checkpoints_are_not_merged(tmp_path):
     assert record["model_identity"]["checkpoint_hash"]  # the test model's weights have a hash
     record["model_identity"]["checkpoint_hash"] = "f" * 64
     path.write_text(json.dumps(record))
-    mixed = r"different checkpoints \(sha256 .* in 1 cell, sha256 ffffffffffff… in 1 cell\)"
+    mixed = r"model '.+' has cells from different checkpoints \(.*sha256 ffffffffffff… in 1 cell"
     with pytest.raises(SuiteError, match=mixed):
         merge(out, executor_registry(), draw=False)
     assert len(list((out / "cells").glob("*.json"))) == 2
