@@ -62,11 +62,18 @@ def stop_name(sigma_end: float, final_zero: bool) -> str:
     return f"{'denoised' if final_zero else 'state'}@{float(sigma_end).hex()}"
 
 
+def shared_sigma(sigma: float) -> float:
+    """σ to 12 significant digits, as references are keyed and solved: grids that reach the same σ by different
+    arithmetic (Karras's ρ-power against a schedule's table: 1e-15 apart) share one reference, where they made
+    one each; 1e-12 of σ moves a solution far less than any tolerance a reference is solved to."""
+    return float(f"{float(sigma):.12g}")
+
+
 def grid_stops(sigmas: Any) -> tuple[float, float, bool]:
-    """(σ_0, last positive σ, whether the grid ends at 0) of a σ grid."""
+    """(σ_0, last positive σ, whether the grid ends at 0) of a σ grid, each σ as ``shared_sigma``."""
     sig = torch.as_tensor(sigmas, dtype=torch.float64)
     positive = sig[sig > 0]
-    return float(sig[0]), float(positive[-1]), float(sig[-1]) == 0.0
+    return shared_sigma(sig[0]), shared_sigma(positive[-1]), float(sig[-1]) == 0.0
 
 
 def solve_stops(
@@ -189,7 +196,7 @@ def reference_key(model, batch: Batch, settings: dict[str, Any]) -> dict[str, An
         "contiguous": idx == list(range(idx[0], idx[0] + len(idx))),
         "indices_sha": hashlib.sha256(json.dumps(idx).encode()).hexdigest()[:16],
         "sigma_start": sigma_start,
-        "sigma_floor": min(model_floor(model), sigma_end),
+        "sigma_floor": shared_sigma(min(model_floor(model), sigma_end)),
         "dtype": res.meta["dtype"],
         "device_type": resolve_device(res.meta["device"]).type,
         "guidance": res.meta.get("guidance"),

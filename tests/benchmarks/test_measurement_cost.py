@@ -147,7 +147,16 @@ def steps_costs(work: Path, suite: Path = STEPS) -> dict[str, float]:
     def run(name: str) -> tuple[Path, float]:
         t0 = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "diffbench.cli", "run", str(suite), "--out", str(work / name), "--no-progress"],
+            [
+                sys.executable,
+                "-c",
+                "from diffbench.cli import main; main()",
+                "run",
+                str(suite),
+                "--out",
+                str(work / name),
+            ]
+            + ["--no-progress"],
             check=True,
             env=env,
             stdout=subprocess.DEVNULL,

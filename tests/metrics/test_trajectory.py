@@ -161,6 +161,22 @@ def test_planned_cost_is_estimated_from_earlier_solves_without_solving(tmp_path)
     assert after["nfe"] == pytest.approx(solved["nfe"])
 
 
+def test_grids_that_start_at_the_same_sigma_by_different_arithmetic_share_one_reference(tmp_path):
+    """digits-eps's Karras and ``trailing`` grids start at σ_max computed two ways (1e-15 apart): one reference."""
+    from diffbench.metrics.trajectory import grid_stops
+    from diffbench.run.sampling import make_grid
+
+    model = diffbench.load_model("digits-eps")
+    karras, trailing = make_grid(model, "karras", 10)[0].sigmas, make_grid(model, "trailing", 10)[0].sigmas
+    assert float(karras[0]) != float(trailing[0]) and float(karras[0]) == pytest.approx(float(trailing[0]), rel=1e-12)
+    assert grid_stops(karras)[0] == grid_stops(trailing)[0]
+    grids = {grid_key(model): [{"sigmas": g.tolist(), "guidance": None, "clip_x0": False} for g in (karras, trailing)]}
+    cost = TrajectoryError().planned_cost(
+        model=model, context=MetricContext(tmp_path, grids=grids), num_samples=8, seeds=[0], batch_size=8
+    )
+    assert cost["references"] == 1
+
+
 def test_max_samples_scores_only_the_first_samples(tmp_path):
     model = _gmm()
     res = diffbench.sample(model, "euler", steps=6, num_samples=12, dtype="float64")
