@@ -17,7 +17,7 @@ from diffbench.core.denoiser import SigmaDenoiser
 from diffbench.metrics.base import MetricContext, grid_key
 from diffbench.metrics.exact import SolverError
 from diffbench.metrics.ode_reference import solve_to_targets
-from diffbench.metrics.trajectory import TrajectoryError, solve_stops
+from diffbench.metrics.trajectory import TrajectoryError, shared_sigma, solve_stops
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
@@ -175,6 +175,17 @@ def test_grids_that_start_at_the_same_sigma_by_different_arithmetic_share_one_re
         model=model, context=MetricContext(tmp_path, grids=grids), num_samples=8, seeds=[0], batch_size=8
     )
     assert cost["references"] == 1
+    # against truth: the reference solved from the shared σ_0 is within its tolerance of the exact solution
+    # from either grid's own σ_0 (the exact mixture, σ_0 1e-15 apart as above)
+    gmm = _gmm()
+    start = 80.0 * (1 + 3e-15)
+    x = start_points(16, 1.0)
+    out, _ = solve_to_targets(
+        SigmaDenoiser(gmm).per_sample, x * shared_sigma(start), shared_sigma(start), [0.01], rtol=1e-7, atol=1e-7
+    )
+    for s0 in (start, 80.0):
+        exact = gmm.analytic.ode_solve(x * s0, s0, 0.01)
+        assert float((out[0.01] - exact).square().mean(1).sqrt().max()) <= 3e-7
 
 
 def test_max_samples_scores_only_the_first_samples(tmp_path):
