@@ -6,12 +6,14 @@ probability-flow ODE (same guidance, same clipping) from the same starting noise
 every diffbench sampler takes there, x = D(x, σ_last). The reference is solved in float64 by
 Dormand–Prince 5(4) in log σ with per-sample step control to ``rtol``/``atol``
 (``diffbench.metrics.ode_reference``): on the Gaussian mixture its error against DOP853 at 1e-12 is
-about the tolerance (tests/metrics/test_trajectory.py); on digits-eps as shipped before its retrain with a smooth
-time embedding,
-whose D(x, σ) wiggled in σ, it was
-3.5e-6 at the default 1e-7 (1762 NFE a sample, against DOP853 at 1e-9), far below the errors the suites
-report (≥ 3e-4). ``method: dop853`` (8th order) is there for smooth models: on that model it took 2161
-NFE at 1e-6 and 3475 at 1e-7, so the 5th-order pair, with its smaller steps, is the default.
+about the tolerance (tests/metrics/test_trajectory.py). On a network it is larger, by a factor the network
+sets: against much tighter solves, at the default 1e-7 about 27× the tolerance on the retrained digits-eps
+(2.7e-6, 328 NFE a sample) and 1100× on a random 28×28 UNet (1.1e-4 at 1e-7; 1.1e-3 at 1e-6). So choose
+``rtol``/``atol`` from the errors the reference serves: its own error (``scripts/reference_accuracy.py``)
+should be ≤ 1 % of the smallest trajectory-error it serves (suites/steps.yaml: 5e-9 for errors down to
+5e-5; the 28×28 benchmark: 3e-6 for errors ≥ 0.4; README, "Solver accuracy"). ``method: dop853`` (8th
+order) is there for smooth models: on digits-eps, whose D(x, σ) wiggles in σ, it needs more NFE than
+the 5th-order pair at every tolerance, so dopri5 is the default.
 
 One reference serves every cell from the same starting noise (model, seed, sample indices, σ_0, guidance,
 clipping, labels): it runs to the model's smallest σ and stops, by side steps that never change its path,
@@ -323,7 +325,8 @@ class TrajectoryError(StreamingMetric):
     name = "trajectory-error"
     options: dict[str, Any] = {"rtol": 1e-7, "atol": 1e-7, "method": "dopri5", "max_steps": 10_000, "max_samples": None}
     option_help = {
-        "rtol": "relative tolerance of the reference's error-controlled ODE solve (float64)",
+        "rtol": "relative tolerance of the reference's error-controlled ODE solve (float64); choose it so the "
+        "reference's own error is ≤ 1 % of the smallest error it serves (scripts/reference_accuracy.py)",
         "atol": "absolute tolerance of the reference's ODE solve",
         "method": "dopri5 (Dormand–Prince 5(4), default) or dop853 (8(5,3)), in log σ",
         "max_steps": "most steps (accepted and rejected) a sample's reference may take; more fails the cell",

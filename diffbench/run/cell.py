@@ -411,11 +411,15 @@ def probe_harness(
             pass
         return call.result.gap_seconds
 
+    t0 = time.perf_counter()
     try:
-        return calibration.harness_probe(gaps)
+        probe = calibration.harness_probe(gaps)
     except CELL_FAILURES as exc:  # e.g. a plugin sampler that cannot take a zero network's output
         warnings.append(f"harness probe failed ({type(exc).__name__}: {exc}); harness not measured")
         return None
+    if probe is not None:
+        probe["probe_seconds"] = time.perf_counter() - t0  # what the probe cost (wall-clock), not what it measures
+    return probe
 
 
 def _sample_picture(samples: torch.Tensor | None, model: DiffusionModel, path: Path) -> str | None:

@@ -214,6 +214,7 @@ def steps_costs(work: Path, suite: Path = STEPS) -> dict[str, float]:
         run_wall_seconds=RunDir(second).read_manifest()["wall_seconds"],
         sampling_seconds=sampling,
         metric_seconds=sum(c.get("metric_seconds") or 0.0 for c in cells),
+        probe_seconds=sum((c.get("harness") or {}).get("probe_seconds") or 0.0 for c in cells),
         ratio=wall / sampling,
         cells=len(cells),
     )
@@ -279,7 +280,10 @@ def steps_lines(c: dict[str, float]) -> list[str]:
     return [
         f"steps.yaml, references cached: `diffbench run` wall {c['wall_seconds']:.1f} s (start-up and plots "
         f"included; the run's own clock {c['run_wall_seconds']:.1f} s), sampling {c['sampling_seconds']:.1f} s, "
-        f"metrics {c['metric_seconds']:.1f} s; whole run / sampling = {c['ratio']:.2f} ({c['cells']} cells)",
+        f"metrics {c['metric_seconds']:.1f} s, harness probes {c['probe_seconds']:.1f} s, other in the run "
+        f"{c['run_wall_seconds'] - c['sampling_seconds'] - c['metric_seconds'] - c['probe_seconds']:.1f} s, "
+        f"start-up and plots {c['wall_seconds'] - c['run_wall_seconds']:.1f} s; whole run / sampling = "
+        f"{c['ratio']:.2f} ({c['cells']} cells)",
         f"steps.yaml references: {c['references']} computed with {c['reference_nfe']:,.0f} NFE in "
         f"{c['reference_seconds']:.1f} s, against the cells' {c['cell_nfe']:,.0f} sample-NFE "
         f"({c['reference_nfe'] / c['cell_nfe']:.3f}×) and the {c['served_cell_nfe']:,.0f} sample-NFE of the "
