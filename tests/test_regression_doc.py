@@ -35,6 +35,12 @@ TINY = {
 }
 
 
+# the workflows' variables this test sets itself: its tiny suite and baseline, and speed allowances wide
+# enough that a loaded test machine cannot fail the gate on speed (the checks are still made and reported)
+OURS = ("SUITE", "BASELINE", "TIME_TOL", "HARNESS_TOL")
+SPEED_ALLOWANCES = {"TIME_TOL": "1000%", "HARNESS_TOL": "1000%"}
+
+
 def workflows() -> tuple[dict, dict]:
     """The GitHub workflow and the GitLab job: the YAML blocks of the doc's "CI workflows" section, in order."""
     section = DOC.read_text().split("## CI workflows", 1)[1].split("\n## ", 1)[0]
@@ -64,6 +70,7 @@ def env(tmp_path_factory) -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "SUITE": str(suite),
         "BASELINE": str(root / "baseline"),
+        **SPEED_ALLOWANCES,
     }
     first = root / "first"
     subprocess.run(
@@ -83,7 +90,7 @@ def run_github(job: dict, cwd: Path, env: dict[str, str], cache: Path) -> list[s
     cwd.mkdir()
     env = {
         **env,
-        **{k: v for k, v in job["env"].items() if k not in ("SUITE", "BASELINE")},
+        **{k: v for k, v in job["env"].items() if k not in OURS},
         "GITHUB_STEP_SUMMARY": str(cwd / "summary.md"),
     }
     ran = []
@@ -143,7 +150,7 @@ def test_gitlab_job_runs_as_documented(env, tmp_path):
     cwd = tmp_path / "ci"
     cwd.mkdir()
     script = "\n".join(line for line in job["script"] if not is_install(line))
-    done = bash(script, cwd, {**env, **{k: v for k, v in job["variables"].items() if k not in ("SUITE", "BASELINE")}})
+    done = bash(script, cwd, {**env, **{k: v for k, v in job["variables"].items() if k not in OURS}})
     assert done.returncode == 0, done.stdout + done.stderr
     for path in job["artifacts"]["paths"] + job["cache"]["paths"]:
         assert (cwd / path).exists(), path

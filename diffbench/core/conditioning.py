@@ -1,9 +1,11 @@
 """What a conditional model is conditioned on, per sample: class labels or text prompts.
 
 Sample i's condition depends only on i (label i mod num_classes, prompt i mod count), like its
-noise, so results do not depend on batch size. Each kind also gives the null condition that
-classifier-free guidance (Ho & Salimans 2022) contrasts with: the label ``num_classes``, or the
-empty prompt. Conditions are built once per batch, before the sampling clock starts.
+noise, so results do not depend on batch size. The conditions repeat every ``period`` indices: a
+cell's samples are a sample stratified by condition (each block of ``period`` consecutive indices holds
+every condition once), which uncertainty estimates must respect (``condition_period``). Each kind
+also gives the null condition that classifier-free guidance (Ho & Salimans 2022) contrasts with:
+the label ``num_classes``, or the empty prompt. Conditions are built once per batch, before the sampling clock starts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ class ClassLabels:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = int(num_classes)
         self.has_null = has_null  # whether the network knows label num_classes (guidance needs it)
+
+    @property
+    def period(self) -> int:
+        """Indices after which the labels repeat."""
+        return self.num_classes
 
     def for_indices(self, indices: list[int], device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
         return torch.tensor([i % self.num_classes for i in indices], dtype=torch.long, device=device)
@@ -78,6 +85,11 @@ class Prompts:
         self.prompts, self.encode, self.source = list(prompts), encode, source
         self._null: Tensor | None = None
 
+    @property
+    def period(self) -> int:
+        """Indices after which the prompts repeat."""
+        return len(self.prompts)
+
     def for_indices(self, indices: list[int], device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
         with torch.inference_mode():
             out = self.encode([self.prompts[i % len(self.prompts)] for i in indices])
@@ -98,3 +110,8 @@ class Prompts:
             "prompts_sha256": digest,
             **({"prompts_file": self.source} if self.source else {}),
         }
+
+
+def condition_period(model: Any) -> int:
+    """How many consecutive sample indices hold each of ``model``'s conditions once (1: unconditional)."""
+    return int(getattr(getattr(model, "condition", None), "period", 1) or 1)

@@ -16,10 +16,11 @@ MAX_DIM = 8192  # feature dimensions (Inception 2048, VGG16 4096); sigma then ta
 MAX_FILE_BYTES = 1 << 30
 
 
-def _npy_shapes(data: bytes) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Each array's declared (shape, dtype), read from the .npy headers without decoding the arrays."""
+def npy_shapes(data) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each array's declared (shape, dtype) in an .npz (its bytes or its path), read from the .npy headers
+    without decoding the arrays."""
     shapes = {}
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
+    with zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data) as z:
         for info in z.infolist():
             with z.open(info) as f:
                 version = np.lib.format.read_magic(f)
@@ -47,7 +48,7 @@ def npz_stats(split: str | None = None, *, path: str = "") -> Reference:
             f"{MAX_DIM} dimensions are far smaller"
         )
     try:
-        shapes = _npy_shapes(data)
+        shapes = npy_shapes(data)
         missing = [k for k in ("mu", "sigma") if k not in shapes]
         if missing:
             raise DatasetError(f"{where} has no {missing[0]!r} array (has: {', '.join(shapes) or 'none'})")

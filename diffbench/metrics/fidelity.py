@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffbench.core.conditioning import condition_period
 from diffbench.datasets import Reference, reference_spec
 from diffbench.datasets.npz_stats import check_dimension
 from diffbench.metrics import digits_cnn, extractors, frechet, reference
@@ -101,6 +102,9 @@ class _FidelityMetric(StreamingMetric):
     path_options: ClassVar[dict[str, str]] = {"weights_path": "path"}
     needs_features: ClassVar[bool] = True  # False: precomputed statistics (npz-stats) will do
     feature_metric: ClassVar[str] = ""  # the torch-fidelity metric whose default feature layer is used ("" = name)
+    # whether score_features takes ``period``: the model's conditions repeat every ``period`` sample indices
+    # (conditioning.condition_period), so its s.e. can respect the stratified design
+    takes_period: ClassVar[bool] = False
 
     def _setup(
         self,
@@ -170,6 +174,8 @@ class _FidelityMetric(StreamingMetric):
                 "torch_fidelity": _torch_fidelity_version(),
             }
         )
+        if self.takes_period:
+            opts["period"] = condition_period(model)
         with one_thread():  # scores must not depend on the process's thread count (local vs Ray worker)
             return self.score_features(features, data, context, **opts)
 
@@ -243,9 +249,12 @@ class FID(_FidelityMetric):
 
     The value comes from float64 per-group moments of the sample features (``metrics.frechet``); its
     s.e. by ``se_method``: ``jackknife`` (default; linearised delete-a-group jackknife over ``groups``
-    groups by sample index, fewer where there are under two samples a group; about the cost of the
-    FID itself), ``bootstrap`` (s.d. over ``bootstrap``
-    resamples; batched on the metric device on CUDA) or ``none``.
+    groups of whole condition blocks, fewer where there are fewer blocks or under two samples a group;
+    about the cost of the FID itself), ``bootstrap`` (s.d. over ``bootstrap`` resamples drawn within
+    each condition; batched on the metric device on CUDA) or ``none``. A conditional model's samples
+    are stratified by condition (``period`` consecutive indices hold each condition once) and both
+    estimates keep that design; where the conditions do not repeat (under two blocks) the samples are
+    treated as independent draws, which overstates the spread of a stratified sample.
     """
 
     name = "fid"
@@ -260,13 +269,14 @@ class FID(_FidelityMetric):
         **_FidelityMetric.base_help,
         "se_method": "how the standard error is estimated: 'jackknife' (delete-a-group, from per-group "
         "moments), 'bootstrap' or 'none'",
-        "groups": "jackknife groups by sample index",
+        "groups": "jackknife groups (whole blocks of the model's conditions, by sample index)",
         "bootstrap": "resamples of the sample features when se_method is 'bootstrap'",
     }
     needs_features = False
+    takes_period = True
 
     def score_features(
-        self, gen, ref, context, *, se_method: str, groups: int, bootstrap: int
+        self, gen, ref, context, *, se_method: str, groups: int, bootstrap: int, period: int = 1
     ) -> dict[str, MetricValue]:
         if se_method not in SE_METHODS:
             raise ValueError(f"fid option se_method must be one of {', '.join(SE_METHODS)}, not {se_method!r}")
@@ -277,18 +287,25 @@ class FID(_FidelityMetric):
         root = reference_root(ref)
         point = "FID (Heusel et al. 2017) from float64 feature moments, tr√(ΣgΣr) by eigvalsh"
         context.info["fid_se_method"] = se_method
+        if len(gen) // period < 2:
+            period = 1  # the conditions do not repeat: no within-condition spread to measure
+        design = f"{period} conditions, sample i in stratum i mod {period}" if period > 1 else "independent samples"
+        context.info["fid_se_strata"] = period
         # the same moments and eigendecomposition whatever the s.e. method, so the value is the same bits
-        groups = min(groups, len(gen) // 2)  # at least two samples a group (a small warm-up batch)
-        moments = frechet.GroupMoments.of_rows(gen.numpy(), max(groups, 1))
+        groups = min(groups, len(gen) // 2, len(gen) // period)  # ≥ 2 samples and ≥ 1 whole block a group
+        moments = frechet.GroupMoments.of_rows(gen.numpy(), max(groups, 1), period=period)
         if se_method == "jackknife" and groups >= 2:
             value, se = frechet.fid_with_jackknife(moments, root)
             value = nonnegative_fid(value, gen, ref.stats())
             context.info["fid_jackknife_groups"] = groups
+            how = "by sample index"
+            if period > 1:
+                how = f"of whole blocks of {period} (sample i in group (i // {period}) mod {groups})"
             return {
                 "fid": MetricValue(
                     value,
                     se,
-                    f"{point}; s.e. = linearised delete-a-group jackknife over {groups} groups by sample index",
+                    f"{point}; s.e. = linearised delete-a-group jackknife over {groups} groups {how} ({design})",
                 )
             }
         value = nonnegative_fid(frechet.fid_with_moments(moments, root), gen, ref.stats())
@@ -296,16 +313,17 @@ class FID(_FidelityMetric):
             why = "se_method=none" if se_method == "none" else f"{len(gen)} samples: too few for the jackknife"
             return {"fid": MetricValue(value, None, f"{point}; no uncertainty ({why})")}
         if context.device.type == "cuda":
-            boots = frechet.bootstrap_fids(gen, root, bootstrap, context.seed, context.device)
+            boots = frechet.bootstrap_fids(gen, root, bootstrap, context.seed, context.device, period=period)
         else:
             fid, g, rng = _fid_against(root), gen.double().numpy(), np.random.default_rng(context.seed)
-            boots = [fid(g[rng.integers(0, len(g), len(g))]) for _ in range(bootstrap)]
+            boots = [fid(g[frechet.bootstrap_draws(len(g), period, rng)]) for _ in range(bootstrap)]
         context.info["fid_bootstrap_resamples"] = bootstrap
+        within = " within each condition" if period > 1 else ""
         return {
             "fid": MetricValue(
                 value,
                 float(np.std(boots, ddof=1)),
-                f"{point}; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features",
+                f"{point}; s.e. = s.d. over {bootstrap} bootstrap resamples of sample features{within} ({design})",
             )
         }
 

@@ -1,8 +1,14 @@
 """FID from per-group float64 moments, with a first-order (linearised) delete-a-group jackknife standard error.
 
-Samples are dealt into G groups by sample index (index mod G: the same groups whatever the batch
-size or the split across workers) and each group keeps its count n_g, Σx and Σxxᵀ in float64,
-shifted by a fixed vector c for accuracy. The totals give the sample mean μ and covariance Σ
+Samples are dealt into G groups by sample index and each group keeps its count n_g, Σx and Σxxᵀ in
+float64, shifted by a fixed vector c for accuracy. A conditional model's samples are stratified by
+condition (sample i gets label i mod K: each block of K consecutive indices holds every class once), so
+the groups are dealt by block: sample i goes to group (i // K) mod G. Each group is then itself a
+stratified subsample and leaving it out leaves the class mix as it was; dealing by i mod G instead
+would put one class in each group (G a multiple of K), and the jackknife would measure the spread of
+the class mix, which the design holds fixed (measured on the digits smoke cells: 3-8x the true
+spread). K = 1 for unconditional models; the groups are the same whatever the batch size or the
+split across workers. The totals give the sample mean μ and covariance Σ
 (N − 1 normalisation), and the point FID against reference statistics (μr, Σr):
 
     FID(μ, Σ) = ‖μ − μr‖² + tr Σ + tr Σr − 2 tr (R Σ R)^½,   R = Σr^½,
@@ -19,9 +25,14 @@ The derivative of tr f(M) is tr(f'(M) dM) (Daleckii–Krein), so with M = V Λ V
     dFID = 2 (μ − μr)·dμ + ⟨B, dΣ⟩,   B = I − R V Λ^-½ Vᵀ R,
 
 where ⟨·,·⟩ is the Frobenius product. Leaving out group g changes (μ, Σ) by (Δμ_g, ΔΣ_g), computed
-exactly from the group's moments, and the jackknife variance is
+exactly from the group's moments, L_g = 2 (μ − μr)·Δμ_g + ⟨B, ΔΣ_g⟩, and the jackknife variance is
+the delete-m jackknife's for groups of unequal size n_g (Busing, Meijer & van der Leeden 1999,
+Statistics and Computing 9), with θ_(g) = FID + L_g, h_g = N / n_g, pseudo-values
+p_g = h_g FID − (h_g − 1) θ_(g) and θ_J = G FID − Σ_g (1 − n_g/N) θ_(g):
 
-    v = (G − 1)/G · Σ_g (L_g − L̄)²,   L_g = 2 (μ − μr)·Δμ_g + ⟨B, ΔΣ_g⟩.
+    v = (1/G) Σ_g (p_g − θ_J)² / (h_g − 1),
+
+which is (G − 1)/G · Σ_g (L_g − L̄)² when the groups are equal.
 
 Each L_g costs O(D²) from the stored moments (⟨B, Σxxᵀ_g⟩ and s_gᵀ B s_g), so the s.e. adds to the
 point FID only the eigenvectors of M and two D × D products. Eigenvalues of M at or below
@@ -46,23 +57,24 @@ EIG_FLOOR = 1e-12
 
 @dataclass
 class GroupMoments:
-    """Per-group count, Σ(x − shift) and Σ(x − shift)(x − shift)ᵀ in float64; groups by sample index mod G."""
+    """Per-group count, Σ(x − shift) and Σ(x − shift)(x − shift)ᵀ in float64; sample i in group (i // period) mod G."""
 
     shift: np.ndarray  # (D,)
     count: np.ndarray  # (G,)
     sums: np.ndarray  # (G, D)
     outer: np.ndarray  # (G, D, D)
+    period: int = 1  # consecutive indices holding each condition once (conditioning.condition_period)
 
     @classmethod
-    def empty(cls, dim: int, groups: int, shift: np.ndarray | None = None) -> "GroupMoments":
+    def empty(cls, dim: int, groups: int, shift: np.ndarray | None = None, period: int = 1) -> "GroupMoments":
         shift = np.zeros(dim) if shift is None else np.asarray(shift, dtype=np.float64)
-        return cls(shift, np.zeros(groups), np.zeros((groups, dim)), np.zeros((groups, dim, dim)))
+        return cls(shift, np.zeros(groups), np.zeros((groups, dim)), np.zeros((groups, dim, dim)), int(period))
 
     @classmethod
-    def of_rows(cls, rows, groups: int, indices=None) -> "GroupMoments":
+    def of_rows(cls, rows, groups: int, indices=None, period: int = 1) -> "GroupMoments":
         """Moments of ``rows`` (N × D, any float dtype; row i has sample index ``indices[i]``, default i)."""
         x = np.asarray(rows)
-        moments = cls.empty(x.shape[1], groups, x[: min(len(x), 1000)].astype(np.float64).mean(0))
+        moments = cls.empty(x.shape[1], groups, x[: min(len(x), 1000)].astype(np.float64).mean(0), period)
         moments.add(x, np.arange(len(x)) if indices is None else np.asarray(indices))
         return moments
 
@@ -72,7 +84,7 @@ class GroupMoments:
 
     def add(self, rows, indices) -> None:
         """Add a batch of rows with their sample indices (one float64 Gram matrix per group present)."""
-        x, g = np.asarray(rows), np.asarray(indices) % self.groups
+        x, g = np.asarray(rows), (np.asarray(indices) // self.period) % self.groups
         for k in np.unique(g):
             xk = x[g == k].astype(np.float64) - self.shift
             self.count[k] += len(xk)
@@ -131,9 +143,21 @@ def fid_with_jackknife(moments: GroupMoments, ref: ReferenceRoot) -> tuple[float
     mu_out = moments.shift + s_out / n_out[:, None]
     b_sigma_out = (b_xx - b_xx_g - np.einsum("gi,ij,gj->g", s_out, b, s_out) / n_out) / (n_out - 1)
     linear = (mu_out - mu) @ grad_mu + b_sigma_out - float(np.vdot(b, sigma))
-    g = moments.groups
-    se = float(np.sqrt((g - 1) / g * ((linear - linear.mean()) ** 2).sum()))
-    return value, se
+    return value, delete_a_group_se(value, value + linear, moments.count)
+
+
+def delete_a_group_se(full: float, left_out: np.ndarray, sizes: np.ndarray) -> float:
+    """Delete-m jackknife s.e. for groups of unequal size (Busing, Meijer & van der Leeden 1999).
+
+    ``full`` is the estimate on all samples, ``left_out[g]`` the estimate without group g of ``sizes[g]``
+    samples; equal groups give the usual (G − 1)/G · Σ (θ_(g) − θ̄)².
+    """
+    left_out, sizes = np.asarray(left_out, dtype=np.float64), np.asarray(sizes, dtype=np.float64)
+    n, g = sizes.sum(), len(sizes)
+    h = n / sizes
+    pseudo = h * full - (h - 1) * left_out
+    centre = g * full - ((1 - sizes / n) * left_out).sum()
+    return float(np.sqrt(((pseudo - centre) ** 2 / (h - 1)).sum() / g))
 
 
 def exact_jackknife(moments: GroupMoments, ref: ReferenceRoot) -> float:
@@ -144,14 +168,26 @@ def exact_jackknife(moments: GroupMoments, ref: ReferenceRoot) -> float:
         n_k, s_k = n - moments.count[k], s - moments.sums[k]
         sigma_k = (xx - moments.outer[k] - np.outer(s_k, s_k) / n_k) / (n_k - 1)
         fids.append(fid_of(moments.shift + s_k / n_k, sigma_k, ref))
-    fids, g = np.array(fids), moments.groups
-    return float(np.sqrt((g - 1) / g * ((fids - fids.mean()) ** 2).sum()))
+    _, mu, sigma = moments.totals()
+    return delete_a_group_se(fid_of(mu, sigma, ref), np.array(fids), moments.count)
 
 
-def bootstrap_fids(rows, ref: ReferenceRoot, resamples: int, seed: int, device="cpu", chunk: int = 8) -> np.ndarray:
+def bootstrap_draws(n: int, period: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one bootstrap resample of n samples, drawn with replacement within each stratum.
+
+    Stratum c holds the samples i with i mod ``period`` = c (one condition each; ``period`` 1: one
+    stratum, the plain bootstrap) and keeps its size, as the sampling design does.
+    """
+    if period == 1:
+        return rng.integers(0, n, n)
+    return np.concatenate([rng.choice(np.arange(c, n, period), len(range(c, n, period))) for c in range(period)])
+
+
+def bootstrap_fids(rows, ref: ReferenceRoot, resamples: int, seed: int, device="cpu", chunk: int = 8,
+                   period: int = 1) -> np.ndarray:
     """FID of ``resamples`` bootstrap resamples of ``rows`` (N × D) as weighted moments on ``device`` (float64).
 
-    Resample b draws N indices with replacement from ``np.random.default_rng(seed)`` (the draws the CPU
+    Resample b is ``bootstrap_draws(N, period, np.random.default_rng(seed))`` (the draws the CPU
     bootstrap makes, so both give the same resamples); its covariance is Xcᵀ diag(w_b) Xc − N δδᵀ over
     N − 1 with w_b the draw counts, Xc the centred rows and δ the resample's mean shift, and the
     eigenvalues of R Σ_b R are computed ``chunk`` resamples at a time.
@@ -169,7 +205,7 @@ def bootstrap_fids(rows, ref: ReferenceRoot, resamples: int, seed: int, device="
     out = []
     for start in range(0, resamples, chunk):
         counts = np.stack(
-            [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(min(chunk, resamples - start))]
+            [np.bincount(bootstrap_draws(n, period, rng), minlength=n) for _ in range(min(chunk, resamples - start))]
         )
         w = torch.as_tensor(counts, dtype=torch.float64, device=device)
         delta = w @ xc / n  # (c, D)

@@ -1,7 +1,9 @@
-"""Closing a run: its manifest's status, end, metric directions, cell counts and cell placements.
+"""Closing a run: cells.csv rewritten in grid order, and its manifest's status, end, metric directions, cell
+counts and cell placements.
 
-The one way a run is closed, whether its cells ran here (local executor), on Ray workers, or in
-shards that ``diffbench report`` merges: every figure comes from the cell records of the suite.
+The one way a run is closed (``close_run``), whether its cells ran here (local executor), on Ray
+workers, or in shards that ``diffbench report`` merges: every figure comes from the cell records of
+the suite. While a run goes, cells.csv holds its rows in completion order (``rundir.CellsCsv``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from diffbench.run.rundir import STATUS_FAILED, STATUS_OK
+from diffbench.run.rundir import STATUS_FAILED, STATUS_OK, RunDir, cells_frame
 
 
 def placement(record: dict[str, Any]) -> dict[str, Any]:
@@ -60,3 +62,35 @@ def closed_manifest(
         "cells": counts,
         "executor": executor,
     }
+
+
+def close_run(
+    run: RunDir,
+    manifest: dict[str, Any],
+    records: list[dict[str, Any]],
+    *,
+    total: int,
+    status: str,
+    finished: str | None,
+    wall_seconds: float | None,
+    metric_info: dict[str, Any],
+    missing: list[str] | None = None,
+) -> pd.DataFrame:
+    """Close ``run``: cells.csv rebuilt from ``records`` in grid order (atomically; only where the run directory
+    owns the table: a shard leaves it to the merge) and the manifest closed (``closed_manifest``) and written.
+    Returns the cells frame."""
+    frame = run.write_csv(records) if run.owns_table else cells_frame(records)
+    run.write_manifest(
+        closed_manifest(
+            manifest,
+            records,
+            frame,
+            total=total,
+            status=status,
+            finished=finished,
+            wall_seconds=wall_seconds,
+            metric_info=metric_info,
+            missing=missing,
+        )
+    )
+    return frame

@@ -1,6 +1,7 @@
 """Preparing a run: every check before anything is written, the models loaded, the warm-up.
 
-Executors (local, Ray) load models through :func:`load_models`; the runner calls :func:`preflight`.
+Executors (local, Ray) load models through :func:`load_models` and warm them up through :func:`warm_up`;
+the runner calls :func:`preflight`.
 """
 
 from __future__ import annotations
@@ -147,37 +148,49 @@ def _on_model(suite: Suite, cell: CellSpec) -> str:
 
 
 def warm_up(
-    suite: Suite, cells: list[CellSpec], model: DiffusionModel, registry: Registry, context: MetricContext
+    suite: Suite,
+    cells: list[CellSpec],
+    model: DiffusionModel,
+    registry: Registry,
+    context: MetricContext | None = None,
 ) -> None:
-    """One untimed full-batch sampling call per model, so first-call costs stay out of every cell's time.
+    """One untimed full-batch sampling call on ``model``, with the first of ``cells``' samplers that samples,
+    so first-call costs stay out of every cell's time. The one warm-up: the run's preparation calls it
+    once per model, and so does each Ray worker process, once per model and run, before its first cell.
 
-    Every metric is set up first and scores the warm-up batch: a metric that cannot run on this model
-    (no reference dataset, extractor weights missing, not analytic, or any other exception) is a
-    configuration error found before anything is written, rather than the same failure in every cell.
-    Scoring the warm-up batch also fills the reference-feature cache. A sampler that fails here fails
-    its own cells later; the warm-up moves on to the next sampler.
+    With ``context`` (the run's preparation), every metric is set up first and scores the warm-up batch:
+    a metric that cannot run on this model (no reference dataset, extractor weights missing, not
+    analytic, or any other exception) is a configuration error found before anything is written,
+    rather than the same failure in every cell; scoring the warm-up batch also fills the
+    reference-feature cache. Without it (a worker, whose driver has made those checks) it only samples.
+    A sampler that fails here fails its own cells later; the warm-up moves on to the next sampler.
     """
-    try:
-        plan = metric_plan(suite, model, registry, context)
-    except MetricError as exc:
-        _metric_config_error(suite, cells[0], exc)
+    plan = None
+    if context is not None:
+        try:
+            plan = metric_plan(suite, model, registry, context)
+        except MetricError as exc:
+            _metric_config_error(suite, cells[0], exc)
     tried = set()
     for cell in cells:
         if cell.sampler.key in tried:
             continue
         tried.add(cell.sampler.key)
-        rows = plan.rows()
+        rows = plan.rows() if plan is not None else None
         try:
             with time_limit(suite.time_limit):
                 call = sampling_call(
                     suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples)
                 )
                 for batch in call:
-                    rows.add(batch)
+                    if rows is not None:
+                        rows.add(batch)
         except MetricError as exc:
             _metric_config_error(suite, cell, exc)
         except (*CELL_FAILURES, TimeLimitExceeded):
             continue  # the cell itself will fail and record why
+        if plan is None:
+            return
         try:
             with time_limit(suite.time_limit):
                 plan.score(rows, call.result)

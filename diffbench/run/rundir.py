@@ -4,13 +4,16 @@ Layout of a run directory::
 
     manifest.json         what ran, where, with which versions; run status
     suite.json            the validated suite
-    cells.csv             one row per cell (rebuilt from cells/ after every cell)
+    cells.csv             one row per cell: while the run goes, a row appended as each cell finishes
+                          (completion order); rewritten in grid order when the run closes
     cells/<cell-id>.json  a cell's record: σ list, timesteps, every option, per-seed numbers
     cells/<cell-id>.png   a sample grid (image models) or scatter (2-D models)
     .lock                 held (fcntl) by the run writing here; shards lock names of their own
 
 Every file is written atomically (a temporary file renamed over it) with the permissions the umask
-gives a new file. A record that cannot be read names its file in one line (DamagedFileError).
+gives a new file, but for the rows appended to cells.csv while a run goes (``CellsCsv``): each is one
+write of whole lines, so a reader, or a run killed mid-way, always finds a parseable file. A record
+that cannot be read names its file in one line (DamagedFileError).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 
@@ -280,13 +283,19 @@ def cell_row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def table_columns(rows: list[dict[str, Any]], first: list[str] | None = None) -> list[str]:
+    """cells.csv's columns for ``rows``: identity, then metric columns (those of ``first`` in its order, then
+    the others in order of first appearance), then cost and status."""
+    metric_cols = [c for c in first or [] if c not in ID_COLUMNS + TAIL_COLUMNS]
+    for r in rows:
+        metric_cols += [k for k in r if k not in ID_COLUMNS + TAIL_COLUMNS and k not in metric_cols]
+    return ID_COLUMNS + metric_cols + TAIL_COLUMNS
+
+
 def cells_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per cell in grid order; metric columns in order of first appearance."""
     rows = [cell_row(r) for r in sorted(records, key=lambda r: r.get("index", 0))]
-    metric_cols: list[str] = []
-    for r in rows:
-        metric_cols += [k for k in r if k not in ID_COLUMNS + TAIL_COLUMNS and k not in metric_cols]
-    return pd.DataFrame(rows, columns=ID_COLUMNS + metric_cols + TAIL_COLUMNS)
+    return pd.DataFrame(rows, columns=table_columns(rows))
 
 
 def metric_names(frame: pd.DataFrame) -> list[str]:
@@ -394,6 +403,7 @@ class RunDir:
         return out
 
     def write_csv(self, records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+        """cells.csv rebuilt whole, in grid order, from ``records`` (default: every record in cells/); atomic."""
         frame = cells_frame(self.read_cells() if records is None else records)
         write_atomic(self.csv_path, frame.to_csv(index=False))
         return frame
@@ -432,6 +442,45 @@ class RunDir:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.manifest_path, manifest)
+
+
+class CellsCsv:
+    """cells.csv kept as a run's cells finish: one appended row per cell, not a rebuild of the whole table.
+
+    A finished cell's row is appended (one write of whole lines, then flushed) when the file already
+    has every column the row fills; the file is rewritten atomically when the row brings a column it
+    lacks (the first cell with a new metric value: older rows get an empty value there), when a cell
+    finishes again, and on the first row this object adds (with the rows it was given: the kept cells
+    of a resumed run). Rows appear in completion order; closing the run (``run/closing.py``) rewrites
+    the file in grid order. A reader sees a parseable file at every moment.
+    """
+
+    def __init__(self, path: str | Path, records: Sequence[dict[str, Any]] = ()) -> None:
+        self.path = Path(path)
+        self.rows = {r["cell_id"]: cell_row(r) for r in sorted(records, key=lambda r: r.get("index", 0))}
+        self.columns: list[str] | None = None  # the file's columns, once this object has written it
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Put ``record``'s row into the file: appended, or the file rewritten (see the class)."""
+        row = cell_row(record)
+        again = self.rows.pop(record["cell_id"], None) is not None
+        self.rows[record["cell_id"]] = row
+        if self.columns is None or again or any(k not in self.columns for k in row):
+            self._rewrite()
+        else:
+            self._append(row)
+
+    def _rewrite(self) -> None:
+        rows = list(self.rows.values())
+        self.columns = table_columns(rows, self.columns)
+        write_atomic(self.path, pd.DataFrame(rows, columns=self.columns).to_csv(index=False))
+
+    def _append(self, row: dict[str, Any]) -> None:
+        data = pd.DataFrame([row], columns=self.columns).to_csv(index=False, header=False).encode()
+        with open(self.path, "ab", buffering=0) as f:  # unbuffered: the line goes out in one write
+            written = f.write(data)
+            while written < len(data):  # a short write (a signal, a full disk) finishes the line
+                written += f.write(data[written:])
 
 
 def is_result_file(relative: Path) -> bool:

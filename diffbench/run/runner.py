@@ -26,7 +26,7 @@ from diffbench.core.denoiser import DiffusionModel
 from diffbench.metrics.base import MetricContext
 from diffbench.registry import Registry
 from diffbench.run.calibration import bare_network_times, counted_seconds_per_sample, cpu_reference_seconds
-from diffbench.run.closing import closed_manifest
+from diffbench.run.closing import close_run
 from diffbench.run.executors import Executor, Job, make_executor
 from diffbench.run.outdir import DEFAULT_ROOT, choose_run_dir, claim_run_dir
 from diffbench.run.preparation import Prepared, preflight
@@ -35,10 +35,10 @@ from diffbench.run.record import now
 from diffbench.run.rundir import (
     SCHEMA_VERSION,
     STATUS_OK,
+    CellsCsv,
     DamagedFileError,
     RunDir,
     as_written,
-    cells_frame,
     write_atomic,
     write_json,
 )
@@ -136,26 +136,21 @@ def _finish(
     cells: list[CellSpec],
     records: dict[str, dict[str, Any]],
 ) -> pd.DataFrame:
-    """Write cells.csv from this suite's cell records and close the manifest (``closed_manifest``).
+    """Close the run from this suite's cell records (``closing.close_run``: cells.csv in grid order, the manifest).
 
     A shard (``run.owns_table`` false) closes only its own manifest: the shared table, plots and report
     are the merge's (``diffbench report RUN``), so shards never write the same file. Plots and the
     report are drawn above this layer (``diffbench.api``)."""
-    rows = list(records.values())
-    frame = run.write_csv(rows) if run.owns_table else cells_frame(rows)
-    run.write_manifest(
-        closed_manifest(
-            manifest,
-            rows,
-            frame,
-            total=len(cells),
-            status=status,
-            finished=now(),
-            metric_info=context.info,
-            wall_seconds=manifest.get("wall_seconds_before", 0.0) + time.perf_counter() - t0,
-        )
+    return close_run(
+        run,
+        manifest,
+        list(records.values()),
+        total=len(cells),
+        status=status,
+        finished=now(),
+        metric_info=context.info,
+        wall_seconds=manifest.get("wall_seconds_before", 0.0) + time.perf_counter() - t0,
     )
-    return frame
 
 
 def run_suite(
@@ -285,7 +280,7 @@ def _execute(
             say(f"warning: {exc}; rerunning its cell")
 
     kept = _records(run, cells, damaged) if resumed else []
-    records = {r["cell_id"]: r for r in kept}  # this suite's records, kept in memory: cells.csv is rebuilt from them
+    records = {r["cell_id"]: r for r in kept}  # this suite's records, kept in memory: the run closes from them
     changed: dict[str, list[str]] = {}
     done = {c.cell_id for c in cells if _finished(records.get(c.cell_id), c, models, changed)}
     for key, hashes in changed.items():
@@ -294,6 +289,8 @@ def _execute(
             f"(sha256 {_short(hashes[0])} then, {_short(models[key].checkpoint_hash)} now); rerunning them"
         )
     todo = [c for c in cells if c.cell_id not in done]
+    # cells.csv while the run goes: the kept cells, then each cell's row as it finishes (a shard writes none)
+    table = CellsCsv(run.csv_path, [records[i] for i in sorted(done)]) if run.owns_table else None
     with _sigterm_interrupts() as sigterm:  # after the executor started: Ray's driver installs a handler of its own
         manifest = base_manifest(suite, models, registry, command)
         manifest.update(plan=prep.plan.as_dict(), time_limit=suite.time_limit, executor=executor_info)
@@ -336,8 +333,8 @@ def _execute(
                     write_atomic(run.path / path, data)
                 run.write_cell(record)
                 records[record["cell_id"]] = as_written(record)
-                if run.owns_table:
-                    run.write_csv(list(records.values()))
+                if table is not None:
+                    table.add(records[record["cell_id"]])
                 ran += 1
                 failed += record["status"] != STATUS_OK
                 outer.update(1)

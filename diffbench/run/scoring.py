@@ -8,6 +8,7 @@ suite's ``reference:`` and ``metrics:`` entries take.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
+from diffbench.datasets.npz_stats import npy_shapes
 from diffbench.metrics.base import Batch, MetricContext
 from diffbench.metrics.digits_cnn import from_uint8
 
@@ -97,15 +99,28 @@ def image_batches(path: Path, batch_size: int) -> Iterator[Tensor]:
         raise ScoreError(f"{str(path)!r}: samples of dtype {arr.dtype}; uint8 images or floats in [-1, 1]")
 
 
+MAX_ARRAY_BYTES = 16 << 30  # decoded: 50,000 samples of 3×256×256 uint8 are 9.8 GB, their 2048 features 0.4 GB
+
+
 def _npz_array(path: Path, keys: tuple[str, ...], what: str) -> np.ndarray:
+    """The array of an .npz named by the first of ``keys`` it holds (or its only array), size checked from its
+    header before it is decoded (at most MAX_ARRAY_BYTES)."""
     if not path.is_file():
         raise ScoreError(f"{str(path)!r}: no such file")
     try:
+        shapes = npy_shapes(path)
+        names = list(shapes)
+        key = names[0] if len(names) == 1 else next((k for k in keys if k in names), None)
+        if key is None:
+            raise ScoreError(f"{str(path)!r}: no array named {' or '.join(keys)} (it holds {', '.join(names)})")
+        shape, dtype = shapes[key]
+        size = math.prod(shape) * dtype.itemsize
+        if size > MAX_ARRAY_BYTES:
+            raise ScoreError(
+                f"{str(path)!r}: array {key!r} {shape} {dtype} decodes to {size / 2**30:.1f} GiB, over the "
+                f"{MAX_ARRAY_BYTES >> 30} GiB limit; score an image folder or features instead"
+            )
         with np.load(path, allow_pickle=False) as data:
-            names = list(data.files)
-            key = names[0] if len(names) == 1 else next((k for k in keys if k in names), None)
-            if key is None:
-                raise ScoreError(f"{str(path)!r}: no array named {' or '.join(keys)} (it holds {', '.join(names)})")
             return data[key]
     except ScoreError:
         raise

@@ -256,8 +256,29 @@ def merge(path: str | Path, registry: Any = None) -> Merged:
         return _merge(run, suite, suite_data, manifests)
 
 
+def check_one_checkpoint(run: RunDir, records: list[dict[str, Any]]) -> None:
+    """SuiteError when cells of one model were computed from different checkpoints (shards run on other weights).
+
+    Nothing is lost: every record stays on disk; ``--resume`` on the current weights reruns the stale cells.
+    """
+    hashes: dict[str, dict[str, int]] = {}
+    for r in records:
+        identity = r.get("model_identity")
+        sha = identity.get("checkpoint_hash") if isinstance(identity, dict) else None
+        if sha is not None:
+            counts = hashes.setdefault(str(r.get("model")), {})
+            counts[sha] = counts.get(sha, 0) + 1
+    for model, counts in hashes.items():
+        if len(counts) > 1:
+            seen = ", ".join(f"sha256 {h[:12]}… in {n} cell{'s' if n > 1 else ''}" for h, n in sorted(counts.items()))
+            raise SuiteError(
+                f"{run.path}: model {model!r} has cells from different checkpoints ({seen}); not merged. "
+                "Rerun the shards with --resume on one checkpoint (cells of another checkpoint are rerun)"
+            )
+
+
 def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> Merged:
-    from diffbench.run.closing import closed_manifest
+    from diffbench.run.closing import close_run
     from diffbench.run.suite import expand
 
     cells = expand(suite)
@@ -268,6 +289,7 @@ def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dic
         for r in run.read_cells(on_damaged=lambda exc: damaged.append(str(exc)))
         if wanted.get(r["cell_id"]) == r.get("config_hash")
     ]
+    check_one_checkpoint(run, records)
     present = {r["cell_id"] for r in records}
     missing = [c.cell_id for c in cells if c.cell_id not in present]
 
@@ -277,7 +299,6 @@ def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dic
     info: dict[str, Any] = {}
     for m in manifests.values():
         info.update(m.get("metric_info") or {})
-    frame = run.write_csv(records)
     running = running_shards(run.path)
     manifest = {
         **{k: v for k, v in first.items() if k not in ("shard", "cells", "resumed", "wall_seconds_before")},
@@ -298,17 +319,15 @@ def _merge(run: RunDir, suite: Suite, suite_data: dict[str, Any], manifests: dic
         "executor": {"name": "shards"},
     }
     write_json(run.suite_path, suite_data)
-    run.write_manifest(
-        closed_manifest(
-            manifest,
-            records,
-            frame,
-            total=len(cells),
-            status="complete" if not missing and not running else "incomplete",
-            finished=max(ends).isoformat() if ends else None,
-            metric_info=info,
-            missing=missing,
-            wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
-        )
+    frame = close_run(
+        run,
+        manifest,
+        records,
+        total=len(cells),
+        status="complete" if not missing and not running else "incomplete",
+        finished=max(ends).isoformat() if ends else None,
+        metric_info=info,
+        missing=missing,
+        wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
     )
     return Merged(run, frame, missing, records)

@@ -11,6 +11,7 @@ from runhelpers import record
 
 from diffbench.run import rundir as results
 from diffbench.run.rundir import (
+    CellsCsv,
     RunDir,
     RunDirError,
     cells_frame,
@@ -98,6 +99,44 @@ def test_run_dir_round_trip_and_strict_json(tmp_path):
     run.write_csv()
     back = run.read_csv()
     assert back.loc[0, "cell_id"] == "c0" and back.loc[0, "steps"] == 2
+
+
+def test_cells_csv_appends_a_row_per_cell_and_rewrites_only_for_a_new_column(tmp_path):
+    run = RunDir(tmp_path / "run")
+    table = CellsCsv(run.csv_path)
+    finished = [record(2, fid=3.0), record(0, fid=4.0), record(3, status="failed"), record(1, fid=5.0, kid=0.5)]
+    before, inode, rewrites = b"", None, 0
+    for n, rec in enumerate(finished, 1):
+        table.add(rec)
+        text = run.csv_path.read_bytes()
+        frame = run.read_csv()  # parseable after every cell
+        assert list(frame["cell_id"]) == [r["cell_id"] for r in finished[:n]]  # completion order
+        if n > 1 and run.csv_path.stat().st_ino == inode:  # appended: the old file is untouched, one line more
+            assert text.startswith(before) and text[len(before) :].count(b"\n") == 1
+        else:
+            rewrites += 1
+        before, inode = text, run.csv_path.stat().st_ino
+    # the first row writes the file; c3 (no metrics: its columns are the file's) appends; c1's kid rewrites
+    assert rewrites == 2
+    assert metric_names(frame) == ["fid", "kid"]
+    assert frame["kid"].isna().tolist() == [True, True, True, False]
+    assert frame.loc[2, "status"] == "failed" and math.isnan(frame.loc[2, "fid"])
+    assert frame.loc[0, "fid"] == 3.0 and frame.loc[3, "kid_se"] == pytest.approx(0.05)
+    # closing rewrites it in grid order: the full rebuild
+    closed = run.write_csv(finished)
+    assert list(closed["cell_id"]) == ["c0", "c1", "c2", "c3"]
+    assert run.csv_path.read_text() == cells_frame(finished).to_csv(index=False)
+
+
+def test_cells_csv_starts_from_the_kept_cells_and_rewrites_a_cell_that_finishes_again(tmp_path):
+    run = RunDir(tmp_path / "run")
+    table = CellsCsv(run.csv_path, [record(1, fid=2.0), record(0, fid=1.0)])
+    table.add(record(3, fid=4.0))
+    assert list(run.read_csv()["cell_id"]) == ["c0", "c1", "c3"]
+    table.add(record(2, fid=3.0))
+    table.add(record(0, fid=9.0))  # the same cell again: replaced, not a second row
+    frame = run.read_csv()
+    assert list(frame["cell_id"]) == ["c1", "c3", "c2", "c0"] and frame["fid"].tolist() == [2.0, 4.0, 3.0, 9.0]
 
 
 def test_find_run_takes_a_run_or_the_newest_in_a_folder(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 
 import pandas as pd
@@ -11,10 +12,11 @@ import torch
 from runhelpers import grid, initial_checksum, small, test_registry
 
 from diffbench.api import run_suite
-from diffbench.run.rundir import RunDir
+from diffbench.run.executors.local import LocalExecutor
+from diffbench.run.rundir import CellsCsv, RunDir, cells_frame
 from diffbench.run.runner import RunInterrupted
 from diffbench.run.sampling import make_grid
-from diffbench.run.suite import SuiteError, parse_suite
+from diffbench.run.suite import SuiteError, expand, parse_suite
 
 
 def run(data, out, registry=None, draw=False, **kw):
@@ -142,6 +144,40 @@ def test_failing_cells_are_recorded_and_the_rest_complete(tmp_path):
     rec = json.loads(next((res.path / "cells").glob("gmm__broken*.json")).read_text())
     assert "Traceback" in rec["traceback"]
     assert "## Failed cells" in (res.path / "report.md").read_text()
+
+
+class _LastFirst(LocalExecutor):
+    """The local executor running the cells in reverse grid order (so completion order is not grid order)."""
+
+    def run(self, cells):
+        return super().run(cells[::-1])
+
+
+def test_cells_csv_grows_a_row_per_finished_cell_and_closes_in_grid_order(tmp_path, monkeypatch):
+    # reversed: the broken cell finishes first (no metric column), then two ok cells (the first brings it)
+    data = small(grid=grid(sampler=["euler", "heun", "broken"], steps=[2]))
+    seen = []
+    add = CellsCsv.add
+
+    def watched(table, record):
+        add(table, record)
+        path = table.path
+        seen.append((path.read_bytes(), path.stat().st_ino, RunDir(path.parent).read_csv()))
+
+    monkeypatch.setattr(CellsCsv, "add", watched)
+    res = run(data, tmp_path / "r", executor=_LastFirst())
+    grid_order = [c.cell_id for c in expand(parse_suite(data, test_registry()[0]))]
+    assert [list(frame["cell_id"]) for _, _, frame in seen] == [grid_order[::-1][:n] for n in (1, 2, 3)]
+    (text0, ino0, first), (text1, ino1, second), (text2, ino2, third) = seen
+    assert "mean-norm" not in first.columns and first.loc[0, "status"] == "failed"
+    # heun brought the metric column: the file was rewritten, the failed row's value empty
+    assert ino1 != ino0 and math.isnan(second.loc[0, "mean-norm"]) and second.loc[1, "mean-norm"] > 0
+    # euler's row was appended: one line more, the file otherwise as it was
+    assert ino2 == ino1 and text2.startswith(text1) and text2[len(text1) :].count(b"\n") == 1
+    assert third.loc[2, "mean-norm"] > 0
+    # the run closed with the file rebuilt in grid order from the records
+    assert (res.path / "cells.csv").read_text() == cells_frame(res.records).to_csv(index=False)
+    assert list(RunDir(res.path).read_csv()["cell_id"]) == grid_order
 
 
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:

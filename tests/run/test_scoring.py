@@ -2,6 +2,7 @@
 the metric gives on the same images in memory."""
 
 import json
+import zipfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -75,7 +76,11 @@ def test_score_takes_metric_options_and_names_bad_input_in_one_line(images, tmp_
         cache=tmp_path / "c",
     )
     assert "20 bootstrap resamples" in boot["fid"]["method"] and boot["fid"]["se"] > 0
+    huge = tmp_path / "huge.npz"  # a header declaring 8 TB of float32, and no data: refused from the header
+    with zipfile.ZipFile(huge, "w") as z, z.open("features.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 30, 2048)})
     cases = [
+        (["--features", huge, "--metric", "fid"], "decodes to 8192.0 GiB, over the 16 GiB limit"),
         (["--features", tmp_path / "features.npz", "--metric", "fid"], "features have 7 dimensions"),
         (["--features", tmp_path / "features.npz", "--metric", "class-accuracy"], "--features works with"),
         ([tmp_path / "samples.npz", "--metric", "{name: fid, options: {groups: 1}}"], "groups must be an integer >= 2"),

@@ -33,6 +33,19 @@ def worker_info(executor: str, record: dict[str, Any], **extra: Any) -> dict[str
     }
 
 
+def cell_bar(job: Job, cell: CellSpec) -> tqdm:
+    """The inner progress bar of one cell: samples over all its seeds, under the run's bar."""
+    return tqdm(
+        total=job.suite.num_samples * len(job.suite.seeds),
+        desc=cell.cell_id.rsplit("-", 1)[0],
+        unit="sample",
+        leave=False,
+        disable=not job.progress,
+        position=1,
+        dynamic_ncols=True,
+    )
+
+
 class LocalExecutor:
     """Cells one after another in the driver process (the default)."""
 
@@ -54,17 +67,8 @@ class LocalExecutor:
         if self.overlap:
             yield from self._overlapped(cells)
             return
-        total = job.suite.num_samples * len(job.suite.seeds)
         for cell in cells:
-            with tqdm(
-                total=total,
-                desc=cell.cell_id.rsplit("-", 1)[0],
-                unit="sample",
-                leave=False,
-                disable=not job.progress,
-                position=1,
-                dynamic_ncols=True,
-            ) as bar:
+            with cell_bar(job, cell) as bar:
                 record = run_cell(
                     job.suite,
                     cell,
@@ -81,21 +85,12 @@ class LocalExecutor:
     def _overlapped(self, cells: list[CellSpec]) -> Iterator[Finished]:
         """Sample cell i+1 while cell i is scored on one worker thread; records come back in cell order."""
         job = self.job
-        total = job.suite.num_samples * len(job.suite.seeds)
         limit = job.suite.time_limit
         pending: Future | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffbench-scoring") as pool:
             try:
                 for cell in cells:
-                    with tqdm(
-                        total=total,
-                        desc=cell.cell_id.rsplit("-", 1)[0],
-                        unit="sample",
-                        leave=False,
-                        disable=not job.progress,
-                        position=1,
-                        dynamic_ncols=True,
-                    ) as bar:
+                    with cell_bar(job, cell) as bar:
                         sampled = sample_cell(
                             job.suite,
                             cell,

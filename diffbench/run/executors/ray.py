@@ -1,7 +1,8 @@
 """The Ray executor: one Ray task per cell on a local instance or a cluster; the driver writes the results.
 
 Each task loads the suite's models in its worker process (once per process and run, on the device
-the worker sees: Ray gives a ``num_gpus=1`` task its own GPU), warms them up untimed, runs the cell
+the worker sees: Ray gives a ``num_gpus=1`` task its own GPU), warms each up untimed with the run's own
+warm-up (``preparation.warm_up``, sampling only: the driver's preparation checked the metrics), runs the cell
 with torch limited to the task's CPUs, and returns the record with its sample picture as bytes.
 A worker process that dies is retried by Ray (``max_retries``); a Python error inside a cell is the
 cell's recorded failure and is not retried (Ray's ``retry_exceptions`` stays off).
@@ -22,14 +23,14 @@ import uuid
 from dataclasses import replace
 from typing import Any, Iterator
 
-from diffbench.run.cell import CELL_FAILURES, CellError, run_cell, sampling_call
+from diffbench.run.cell import CELL_FAILURES, CellError, run_cell
 from diffbench.run.executors import ExecutorError, Finished, Job
 from diffbench.run.executors.local import worker_info
 from diffbench.run.executors.split import Part, cell_parts, describe_split, gather, sample_part
-from diffbench.run.preparation import load_models
+from diffbench.run.preparation import load_models, warm_up
 from diffbench.run.record import failed_record
 from diffbench.run.rundir import RunDir
-from diffbench.run.suite import CellSpec
+from diffbench.run.suite import CellSpec, expand
 from diffbench.run.timelimit import TimeLimitExceeded, time_limit
 from diffbench.util.text import error_line
 
@@ -63,7 +64,8 @@ class _NoBar:
 
 
 def _worker_model(payload: dict[str, Any], cell: CellSpec, threads: int) -> Any:
-    """Set the worker up for ``cell``: torch threads, working directory, the model loaded and warmed once."""
+    """Set the worker up for ``cell``: torch threads, working directory, the model loaded once and warmed once
+    (``preparation.warm_up``, starting with ``cell``'s sampler)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -75,13 +77,8 @@ def _worker_model(payload: dict[str, Any], cell: CellSpec, threads: int) -> Any:
         _STATE.update(token=payload["token"], models=load_models(suite, registry), warmed=set())
     model = _STATE["models"][cell.model.key]
     if cell.model.key not in _STATE["warmed"]:  # first-call costs stay out of the cell's time, as locally
-        try:
-            for _ in sampling_call(
-                suite, cell, model, registry, suite.seeds[0], min(suite.batch_size, suite.num_samples)
-            ):
-                pass
-        except Exception:
-            pass  # the cell itself will fail and record why
+        others = [c for c in expand(suite) if c.model.key == cell.model.key and c.cell_id != cell.cell_id]
+        warm_up(suite, [cell, *others], model, registry)
         _STATE["warmed"].add(cell.model.key)
     return model
 

@@ -75,6 +75,23 @@ def test_two_shards_merged_equal_one_run(whole, tmp_path):
     assert "missing" not in (out / "report.md").read_text().lower()
 
 
+def test_shards_from_different_checkpoints_are_not_merged(tmp_path):
+    """A shard that ran on other weights (its records name another checkpoint hash) stops the merge in one line
+    naming the model and both hashes; every record stays on disk."""
+    data, out = small(grid=grid(sampler=["euler"], steps=[2, 4])), tmp_path / "shared"
+    run(data, out, shard="1/2")
+    run(data, out, shard="2/2")
+    path = sorted((out / "cells").glob("*.json"))[0]
+    record = json.loads(path.read_text())
+    assert record["model_identity"]["checkpoint_hash"]  # the test model's weights have a hash
+    record["model_identity"]["checkpoint_hash"] = "f" * 64
+    path.write_text(json.dumps(record))
+    mixed = r"model '.+' has cells from different checkpoints \(.*sha256 ffffffffffff… in 1 cell"
+    with pytest.raises(SuiteError, match=mixed):
+        merge(out, executor_registry(), draw=False)
+    assert len(list((out / "cells").glob("*.json"))) == 2
+
+
 def test_shards_keep_their_own_manifests_and_need_resume_to_rerun(tmp_path):
     data, out = small(grid=grid(sampler=["euler"], steps=[2, 4])), tmp_path / "shared"
     run(data, out, shard="1/2")
