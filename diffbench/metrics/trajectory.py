@@ -7,8 +7,8 @@ every diffbench sampler takes there, x = D(x, σ_last). The reference is solved 
 Dormand–Prince 5(4) in log σ with per-sample step control to ``rtol``/``atol``
 (``diffbench.metrics.ode_reference``): on the Gaussian mixture its error against DOP853 at 1e-12 is
 about the tolerance (tests/metrics/test_trajectory.py). On a network it is larger, by a factor the network
-sets: against much tighter solves, at the default 1e-7 about 27× the tolerance on the retrained digits-eps
-(2.7e-6, 328 NFE a sample) and 1100× on a random 28×28 UNet (1.1e-4 at 1e-7; 1.1e-3 at 1e-6). So choose
+sets: against much tighter solves, about 27× the tolerance on the retrained digits-eps (2.7e-6 at the default
+1e-7, 331 NFE a sample) and about 1200× on a random 28×28 UNet (3.6e-3 at 3e-6, against 1e-7). So choose
 ``rtol``/``atol`` from the errors the reference serves: its own error (``scripts/reference_accuracy.py``)
 should be ≤ 1 % of the smallest trajectory-error it serves (suites/steps.yaml: 5e-9 for errors down to
 5e-5; the 28×28 benchmark: 3e-6 for errors ≥ 0.4; README, "Solver accuracy"). ``method: dop853`` (8th
