@@ -1,5 +1,8 @@
 """The `digits-cnn` classifier and feature extractor for 1×8×8 digits, registered with torch-fidelity.
 
+diffbench itself extracts with ``DigitsFeatures`` (the same forward, no torch-fidelity import), so a run
+scored with digits-cnn never pays for importing torch-fidelity, torchvision and torch._dynamo.
+
 torch-fidelity hands extractors uint8 images. Samples in [lo, hi] become uint8 by
 u = round((x - lo) / (hi - lo) · 255) clipped to 0..255 (``to_uint8``); the extractor maps
 back with x = u / 255 · 2 - 1 (``from_uint8``), so a digits image (17 grey levels) survives
@@ -78,6 +81,36 @@ def classify(images: Tensor, data_range: tuple[float, float] = (-1.0, 1.0), batc
         return torch.cat([net(from_uint8(to_uint8(b.cpu(), data_range))).argmax(1) for b in images.split(batch_size)])
 
 
+FEATURE_LAYERS = ("128", "logits")
+LAYER_FOR_METRIC = {"isc": "logits", "fid": "128", "kid": "128", "prc": "128"}
+
+
+def features_of_uint8(net: DigitsCNN, x: Tensor, features_list: list[str]) -> tuple[Tensor, ...]:
+    """The extractor's forward: uint8 images B×1×H×W or B×3×H×W (grey by channel mean) → the listed layers."""
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"digits-cnn expects uint8 images Bx1xHxW or Bx3xHxW, got {x.dtype} {tuple(x.shape)}")
+    x = from_uint8(x)
+    x = x.mean(1, keepdim=True) if x.shape[1] == 3 else x
+    feats, logits = net.forward_features(x)
+    out = {"128": feats, "logits": logits}
+    return tuple(out[name] for name in features_list)
+
+
+class DigitsFeatures(nn.Module):
+    """The digits-cnn extractor as diffbench runs it: torch-fidelity's interface (uint8 in, a tuple of the
+    listed layers out) without importing torch-fidelity (whose import pulls in torchvision and torch._dynamo)."""
+
+    def __init__(self, features_list: list[str], weights_path: str | None = None) -> None:
+        super().__init__()
+        self.features_list = list(features_list)
+        self.net, self.checkpoint_hash = build_classifier(weights_path)
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return features_of_uint8(self.net, x, self.features_list)
+
+
 def _feature_extractor_class():
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
@@ -91,21 +124,15 @@ def _feature_extractor_class():
             self.eval()
 
         def forward(self, x):
-            if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
-                raise ValueError(f"digits-cnn expects uint8 images Bx1xHxW or Bx3xHxW, got {x.dtype} {tuple(x.shape)}")
-            x = from_uint8(x)
-            x = x.mean(1, keepdim=True) if x.shape[1] == 3 else x
-            feats, logits = self.net.forward_features(x)
-            out = {"128": feats, "logits": logits}
-            return tuple(out[name] for name in self.features_list)
+            return features_of_uint8(self.net, x, self.features_list)
 
         @staticmethod
         def get_provided_features_list():
-            return "128", "logits"
+            return FEATURE_LAYERS
 
         @staticmethod
         def get_default_feature_layer_for_metric(metric):
-            return {"isc": "logits", "fid": "128", "kid": "128", "prc": "128"}[metric]
+            return LAYER_FOR_METRIC[metric]
 
         @staticmethod
         def can_be_compiled():

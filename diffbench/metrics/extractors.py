@@ -107,7 +107,11 @@ def _extractor_weights(name: str, weights_path: str | None) -> Path:
 
 
 def resolve_extractor(name: str, weights_path: str | None, metric: str) -> Extractor:
-    """Check that ``name`` is a registered torch-fidelity extractor with weights available offline."""
+    """Check that ``name`` is a registered torch-fidelity extractor with weights available offline (digits-cnn,
+    diffbench's own, is resolved without importing torch-fidelity)."""
+    if name == digits_cnn.NAME:
+        path = _extractor_weights(name, weights_path)
+        return Extractor(name, str(path), file_sha256(path), digits_cnn.LAYER_FOR_METRIC[metric])
     digits_cnn.register_with_torch_fidelity()
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
@@ -194,15 +198,15 @@ def _line(exc: BaseException) -> str:
 
 def build_module(ext: Extractor) -> torch.nn.Module:
     """The extractor ``ext`` on the CPU, built by diffbench from its weights loaded as tensors only."""
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-    cls = FEATURE_EXTRACTORS_REGISTRY[ext.name]
     if ext.name == digits_cnn.NAME:
         with open(ext.weights_path, "rb") as f:
             head = f.read(16)
         if not (len(head) > 9 and head[8:9] == b"{"):
             raise UnsafeWeights(f"weights file {ext.weights_path!r} refused: digits-cnn reads only .safetensors")
-        return cls(ext.name, [ext.layer], feature_extractor_weights_path=ext.weights_path)
+        return digits_cnn.DigitsFeatures([ext.layer], ext.weights_path)
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    cls = FEATURE_EXTRACTORS_REGISTRY[ext.name]
     state = load_tensors(ext.weights_path, ext.sha256)
     if ext.name.startswith("clip-"):
         return _build_clip(cls, ext, state)

@@ -186,9 +186,9 @@ class _FidelityMetric(StreamingMetric):
 
 
 def _torch_fidelity_version() -> str:
-    import torch_fidelity
+    from importlib.metadata import version  # not its import: that pulls in torchvision and torch._dynamo
 
-    return torch_fidelity.__version__
+    return version("torch-fidelity")
 
 
 def _fid_against(stats: dict[str, np.ndarray] | frechet.ReferenceRoot):

@@ -6,12 +6,14 @@ probability-flow ODE (same guidance, same clipping) from the same starting noise
 every diffbench sampler takes there, x = D(x, σ_last). The reference is solved in float64 by
 Dormand–Prince 5(4) in log σ with per-sample step control to ``rtol``/``atol``
 (``diffbench.metrics.ode_reference``): on the Gaussian mixture its error against DOP853 at 1e-12 is
-about the tolerance (tests/metrics/test_trajectory.py); on digits-eps as shipped before its retrain with a smooth
-time embedding,
-whose D(x, σ) wiggled in σ, it was
-3.5e-6 at the default 1e-7 (1762 NFE a sample, against DOP853 at 1e-9), far below the errors the suites
-report (≥ 3e-4). ``method: dop853`` (8th order) is there for smooth models: on that model it took 2161
-NFE at 1e-6 and 3475 at 1e-7, so the 5th-order pair, with its smaller steps, is the default.
+about the tolerance (tests/metrics/test_trajectory.py). On a network it is larger, by a factor the network
+sets: against much tighter solves, about 27× the tolerance on the retrained digits-eps (2.7e-6 at the default
+1e-7, 331 NFE a sample) and about 1200× on a random 28×28 UNet (3.6e-3 at 3e-6, against 1e-7). So choose
+``rtol``/``atol`` from the errors the reference serves: its own error (``scripts/reference_accuracy.py``)
+should be ≤ 1 % of the smallest trajectory-error it serves (suites/steps.yaml: 5e-9 for errors down to
+5e-5; the 28×28 benchmark: 3e-6 for errors ≥ 0.4; README, "Solver accuracy"). ``method: dop853`` (8th
+order) is there for smooth models: on digits-eps, whose D(x, σ) wiggles in σ, it needs more NFE than
+the 5th-order pair at every tolerance, so dopri5 is the default.
 
 One reference serves every cell from the same starting noise (model, seed, sample indices, σ_0, guidance,
 clipping, labels): it runs to the model's smallest σ and stops, by side steps that never change its path,
@@ -62,11 +64,18 @@ def stop_name(sigma_end: float, final_zero: bool) -> str:
     return f"{'denoised' if final_zero else 'state'}@{float(sigma_end).hex()}"
 
 
+def shared_sigma(sigma: float) -> float:
+    """σ to 12 significant digits, as references are keyed and solved: grids that reach the same σ by different
+    arithmetic (Karras's ρ-power against a schedule's table: 1e-15 apart) share one reference, where they made
+    one each; 1e-12 of σ moves a solution far less than any tolerance a reference is solved to."""
+    return float(f"{float(sigma):.12g}")
+
+
 def grid_stops(sigmas: Any) -> tuple[float, float, bool]:
-    """(σ_0, last positive σ, whether the grid ends at 0) of a σ grid."""
+    """(σ_0, last positive σ, whether the grid ends at 0) of a σ grid, each σ as ``shared_sigma``."""
     sig = torch.as_tensor(sigmas, dtype=torch.float64)
     positive = sig[sig > 0]
-    return float(sig[0]), float(positive[-1]), float(sig[-1]) == 0.0
+    return shared_sigma(sig[0]), shared_sigma(positive[-1]), float(sig[-1]) == 0.0
 
 
 def solve_stops(
@@ -189,7 +198,7 @@ def reference_key(model, batch: Batch, settings: dict[str, Any]) -> dict[str, An
         "contiguous": idx == list(range(idx[0], idx[0] + len(idx))),
         "indices_sha": hashlib.sha256(json.dumps(idx).encode()).hexdigest()[:16],
         "sigma_start": sigma_start,
-        "sigma_floor": min(model_floor(model), sigma_end),
+        "sigma_floor": shared_sigma(min(model_floor(model), sigma_end)),
         "dtype": res.meta["dtype"],
         "device_type": resolve_device(res.meta["device"]).type,
         "guidance": res.meta.get("guidance"),
@@ -316,7 +325,8 @@ class TrajectoryError(StreamingMetric):
     name = "trajectory-error"
     options: dict[str, Any] = {"rtol": 1e-7, "atol": 1e-7, "method": "dopri5", "max_steps": 10_000, "max_samples": None}
     option_help = {
-        "rtol": "relative tolerance of the reference's error-controlled ODE solve (float64)",
+        "rtol": "relative tolerance of the reference's error-controlled ODE solve (float64); choose it so the "
+        "reference's own error is ≤ 1 % of the smallest error it serves (scripts/reference_accuracy.py)",
         "atol": "absolute tolerance of the reference's ODE solve",
         "method": "dopri5 (Dormand–Prince 5(4), default) or dop853 (8(5,3)), in log σ",
         "max_steps": "most steps (accepted and rejected) a sample's reference may take; more fails the cell",

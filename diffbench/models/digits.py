@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from diffbench.core.denoiser import DiffusionModel
 from diffbench.core.schedules import NoiseSchedule, make_schedule
@@ -40,6 +41,16 @@ SPECS: dict[str, DigitsSpec] = {
 }
 
 
+class _NoInitialisers(TorchFunctionMode):
+    """Skips ``torch.nn.init``'s initialisers (modules built for their shapes only). On the meta device some of
+    them (``normal_``) run Python reference kernels whose first call imports torch._dynamo: seconds of start-up."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs.get("tensor")
+        return func(*args, **(kwargs or {}))
+
+
 def _arch(config: dict[str, Any], state: dict[str, Any], path: Any) -> dict[str, Any]:
     """The checkpoint's architecture, checked against its tensors before anything is allocated: a config
     whose dimensions the weights do not have (a typo, or 10^12 units) is a one-line ValueError."""
@@ -53,7 +64,7 @@ def _arch(config: dict[str, Any], state: dict[str, Any], path: Any) -> dict[str,
             f"checkpoint {path}: arch depth {arch.get('depth')!r} but the weights hold {len(blocks)} blocks"
         )
     try:
-        with torch.device("meta"):  # shapes only: no memory, whatever the config says
+        with torch.device("meta"), _NoInitialisers():  # shapes only: no memory, whatever the config says
             want = {k: tuple(v.shape) for k, v in DenoiserMLP(**arch).state_dict().items()}
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ValueError(f"checkpoint {path}: metadata 'arch' {arch!r} is not buildable ({exc})") from None

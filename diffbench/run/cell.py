@@ -103,10 +103,16 @@ def sampling_call(
     num_samples: int,
     progress: Callable[[int], None] | None = None,
     first_index: int = 0,
+    noise_memo: dict | None = None,
 ) -> SamplingCall:
-    """One seed group (or a slice of it from ``first_index``) of one cell, prepared to stream batch by batch."""
+    """One seed group (or a slice of it from ``first_index``) of one cell, prepared to stream batch by batch
+    (``noise_memo``: see ``SamplingCall``)."""
     return SamplingCall(
-        model, sampling_spec(suite, cell, seed, num_samples, first_index), registry=registry, progress=progress
+        model,
+        sampling_spec(suite, cell, seed, num_samples, first_index),
+        registry=registry,
+        progress=progress,
+        noise_memo=noise_memo,
     )
 
 
@@ -397,18 +403,23 @@ def probe_harness(
     ``calibration.harness_probe`` (outside the cell's timed sampling); None, with a warning, if it fails."""
     probe_model = dataclasses.replace(model, network=zero_network, decoder=None)
     rows = min(suite.batch_size, suite.num_samples)
+    drawn: dict = {}  # the noise is drawn before the first network call, outside every timed gap: drawn once
 
     def gaps() -> list[float]:
-        call = sampling_call(suite, cell, probe_model, registry, suite.seeds[0], rows)
+        call = sampling_call(suite, cell, probe_model, registry, suite.seeds[0], rows, noise_memo=drawn)
         for _ in call:
             pass
         return call.result.gap_seconds
 
+    t0 = time.perf_counter()
     try:
-        return calibration.harness_probe(gaps)
+        probe = calibration.harness_probe(gaps)
     except CELL_FAILURES as exc:  # e.g. a plugin sampler that cannot take a zero network's output
         warnings.append(f"harness probe failed ({type(exc).__name__}: {exc}); harness not measured")
         return None
+    if probe is not None:
+        probe["probe_seconds"] = time.perf_counter() - t0  # what the probe cost (wall-clock), not what it measures
+    return probe
 
 
 def _sample_picture(samples: torch.Tensor | None, model: DiffusionModel, path: Path) -> str | None:

@@ -15,7 +15,7 @@ from diffbench.analysis.plots import (
     make_plots,
     pareto_front,
 )
-from diffbench.run.pictures import save_samples
+from diffbench.run.pictures import save_samples, tile
 from diffbench.run.rundir import cells_frame
 
 
@@ -80,6 +80,18 @@ def test_image_samples_make_a_grid(tmp_path):
     with Image.open(path) as img:
         # 10 × 10 images of 8 px with 1 px padding, upscaled by an integer factor
         assert img.size[0] == img.size[1] and img.size[0] % 91 == 0 and img.mode == "L"
+
+
+def test_a_cell_picture_tiles_images_as_torchvisions_make_grid():
+    import math
+
+    from torchvision.utils import make_grid
+
+    for n, c in [(1, 1), (1, 3), (2, 3), (7, 1), (10, 3), (100, 1)]:
+        images = torch.rand(n, c, 5, 4, generator=torch.Generator().manual_seed(n))
+        nrow = int(math.ceil(math.sqrt(n)))
+        theirs = make_grid(images, nrow=nrow, padding=1, pad_value=1.0)  # grey images become 3 equal channels
+        assert torch.equal(tile(images, nrow=nrow, padding=1, pad_value=1.0), theirs[:c]), (n, c)
 
 
 def test_points_make_a_scatter_and_other_shapes_nothing(tmp_path):

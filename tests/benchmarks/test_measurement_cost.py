@@ -123,37 +123,117 @@ def _reference_figures(result) -> dict[str, float]:
     }
 
 
-def steps_costs(work: Path, suite: Path = STEPS) -> dict[str, float]:
-    """suites/steps.yaml twice into one cache: the first run computes the references (their NFE against the
-    cells' sample-NFE), the second finds them cached (its wall-clock over its summed sampling time)."""
-    from diffbench.api import run_suite
+def _served_cell_nfe(cells: list[dict], scored: int) -> float:
+    """Sample-NFE of what the references serve: the deterministic cells' NFE over the samples they score."""
+    return sum(
+        c["nfe"] * min(c["num_samples"], scored) * len(c["seeds"])
+        for c in cells
+        if (c.get("metrics") or {}).get("trajectory-error") is not None
+    )
 
-    first = run_suite(suite, work / "first", progress=False, cache_dir=work / "cache", results_root=work)
-    cells = _cells(first)
-    out = {
-        "cell_nfe": sum(c["nfe"] * c["num_samples"] * len(c["seeds"]) for c in cells),
-        "cell_sampling_seconds_first": sum(c["sample_seconds"] for c in cells),
-        **_reference_figures(first),
+
+def reference_error(model, tol: float, tight: tuple[str, float], n: int = 2) -> dict[str, float]:
+    """The reference's own error, as trajectory-error solves it (dopri5 at ``tol``, float64, one thread) from the
+    first ``n`` starting points of seed 0 over the Karras σ range to σ_min then D (the stop of every Karras cell),
+    against a much tighter solve (``tight``: method, tolerance): mean per-sample RMS distance, and both NFE."""
+    from diffbench.core.denoiser import SigmaDenoiser
+    from diffbench.core.noise import initial_noise
+    from diffbench.metrics.trajectory import grid_stops, model_floor, per_sample_rms, solve_stops
+    from diffbench.run.sampling import make_grid
+
+    model = model.placed("cpu", torch.float64)
+    start = grid_stops(make_grid(model, "karras", 10)[0].sigmas)[0]
+    floor = model_floor(model)
+    x = (initial_noise(0, range(n), model.shape, dtype=torch.float32) * start).double()
+    den, stop, out = SigmaDenoiser(model), {(floor, True)}, {}
+    with one_thread():
+        for name, method, rtol in (("run", "dopri5", tol), ("tight", *tight)):
+            sol, info = solve_stops(den, x, start, floor, stop, rtol=rtol, atol=rtol, max_steps=60_000, method=method)
+            out[name], out[f"{name}_nfe_per_sample"] = next(iter(sol.values())), info["nfe_per_sample"]
+    return {
+        "reference_error": float(per_sample_rms(out["run"], out["tight"]).mean()),
+        "reference_tol": tol,
+        "tight": f"{tight[0]} at {tight[1]:g}",
+        "tight_nfe_per_sample": out["tight_nfe_per_sample"],
+        "error_samples": n,
     }
-    second = run_suite(suite, work / "second", progress=False, cache_dir=work / "cache", results_root=work)
+
+
+def _smallest_served(cells: list[dict]) -> float:
+    return min(c["metrics"]["trajectory-error"]["value"] for c in cells if "trajectory-error" in (c["metrics"] or {}))
+
+
+def steps_costs(work: Path, suite: Path = STEPS) -> dict[str, float]:
+    """suites/steps.yaml twice into one cache, each as users run it (``diffbench run``, a fresh process): the first
+    computes the references (their NFE against the cells' sample-NFE), the second finds them cached (its whole
+    wall-clock, start-up and plots included, over its summed sampling time)."""
+    import json
+    import os
+    import subprocess
+
     from diffbench.run.rundir import RunDir
 
-    cells = _cells(second)
-    wall = RunDir(second.path).read_manifest()["wall_seconds"]
+    env = {**os.environ, "DIFFBENCH_CACHE_DIR": str(work / "cache")}
+
+    def run(name: str) -> tuple[Path, float]:
+        t0 = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from diffbench.cli import main; main()",
+                "run",
+                str(suite),
+                "--out",
+                str(work / name),
+            ]
+            + ["--no-progress"],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        return work / name, time.perf_counter() - t0
+
+    first, first_wall = run("first")
+    cells = _cells(SimpleNamespace(path=first))
+    scored = json.loads((first / "suite.json").read_text())
+    options = next((m.get("options") or {} for m in scored["metrics"] if m["name"] == "trajectory-error"), {})
+    max_samples = options.get("max_samples")
+    out = {
+        "cell_nfe": sum(c["nfe"] * c["num_samples"] * len(c["seeds"]) for c in cells),
+        "served_cell_nfe": _served_cell_nfe(cells, max_samples or scored["num_samples"]),
+        "cell_sampling_seconds_first": sum(c["sample_seconds"] for c in cells),
+        "first_wall_seconds": first_wall,
+        **_reference_figures(SimpleNamespace(path=first)),
+    }
+    second, wall = run("second")
+    cells = _cells(SimpleNamespace(path=second))
     sampling = sum(c["sample_seconds"] for c in cells)
     out.update(
         wall_seconds=wall,
+        run_wall_seconds=RunDir(second).read_manifest()["wall_seconds"],
         sampling_seconds=sampling,
         metric_seconds=sum(c.get("metric_seconds") or 0.0 for c in cells),
+        probe_seconds=sum((c.get("harness") or {}).get("probe_seconds") or 0.0 for c in cells),
         ratio=wall / sampling,
         cells=len(cells),
     )
+    from diffbench.metrics.trajectory import TrajectoryError
+    from diffbench.models.digits import digits_eps
+
+    tol = options.get("rtol", TrajectoryError.options["rtol"])
+    out.update(reference_error(digits_eps(), tol, ("dopri5", 1e-10)), smallest_served=_smallest_served(cells))
+    out["reference_error_ratio"] = out["reference_error"] / out["smallest_served"]
     return out
 
 
-def mnist_like_costs(work: Path, num_samples: int = 8) -> dict[str, float]:
+MNIST_LIKE_TOL = 3e-6  # chosen from this network's errors (≥ 0.4 at 100 NFE): the reference's own is ≤ 1 % of them
+
+
+def mnist_like_costs(work: Path, num_samples: int = 8, tol: float = MNIST_LIKE_TOL) -> dict[str, float]:
     """steps.yaml's grid on a random 28×28 network (tests/benchmarks/mnist_like.py, linear-β ε-prediction),
-    every sample scored by trajectory-error: the reference's NFE and seconds against the cells' sampling."""
+    every sample scored by trajectory-error at rtol = atol = ``tol``: the reference's NFE and seconds against the
+    cells' sampling, and its own error (against dopri5 at 1e-7, the default) over the smallest error it serves."""
     import yaml
 
     from diffbench.api import run_suite
@@ -166,42 +246,70 @@ def mnist_like_costs(work: Path, num_samples: int = 8) -> dict[str, float]:
         batch_size=num_samples,
         device="cpu",
         model={"name": "python", "options": {"factory": "mnist_like:random_unet28", "shape": [1, 28, 28]}},
-        metrics=[{"name": "trajectory-error"}],
+        metrics=[{"name": "trajectory-error", "options": {"rtol": tol, "atol": tol}}],
     )
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     result = run_suite(
         parse_suite(data), work / "mnist-like", progress=False, cache_dir=work / "cache-28", draw=False, trust_code=True
     )
     cells = _cells(result)
+    served = [c for c in cells if (c.get("metrics") or {}).get("trajectory-error") is not None]
     out = {
         "cell_nfe": sum(c["nfe"] * c["num_samples"] for c in cells),
+        "served_cell_nfe": _served_cell_nfe(cells, num_samples),
         "sampling_seconds": sum(c["sample_seconds"] for c in cells),
+        "served_sampling_seconds": sum(c["sample_seconds"] for c in served),
         "samples": num_samples,
         **_reference_figures(result),
     }
     out.update(
         nfe_ratio=out["reference_nfe"] / out["cell_nfe"],
+        served_nfe_ratio=out["reference_nfe"] / out["served_cell_nfe"],
         seconds_ratio=out["reference_seconds"] / out["sampling_seconds"],
     )
+    from diffbench.models.python import python_model
+
+    net = python_model(factory="mnist_like:random_unet28", shape=[1, 28, 28])
+    out.update(reference_error(net, tol, ("dopri5", 1e-7)), smallest_served=_smallest_served(cells))
+    out["reference_error_ratio"] = out["reference_error"] / out["smallest_served"]
+    out["default_tol_nfe_ratio"] = out["tight_nfe_per_sample"] * num_samples * out["references"] / out["cell_nfe"]
     return out
 
 
 def steps_lines(c: dict[str, float]) -> list[str]:
     return [
-        f"steps.yaml, references cached: wall {c['wall_seconds']:.1f} s, sampling {c['sampling_seconds']:.1f} s, "
-        f"metrics {c['metric_seconds']:.1f} s; wall/sampling = {c['ratio']:.2f} ({c['cells']} cells)",
+        f"steps.yaml, references cached: `diffbench run` wall {c['wall_seconds']:.1f} s (start-up and plots "
+        f"included; the run's own clock {c['run_wall_seconds']:.1f} s), sampling {c['sampling_seconds']:.1f} s, "
+        f"metrics {c['metric_seconds']:.1f} s, harness probes {c['probe_seconds']:.1f} s, other in the run "
+        f"{c['run_wall_seconds'] - c['sampling_seconds'] - c['metric_seconds'] - c['probe_seconds']:.1f} s, "
+        f"start-up and plots {c['wall_seconds'] - c['run_wall_seconds']:.1f} s; whole run / sampling = "
+        f"{c['ratio']:.2f} ({c['cells']} cells)",
         f"steps.yaml references: {c['references']} computed with {c['reference_nfe']:,.0f} NFE in "
         f"{c['reference_seconds']:.1f} s, against the cells' {c['cell_nfe']:,.0f} sample-NFE "
-        f"({c['reference_nfe'] / c['cell_nfe']:.3f}×)",
+        f"({c['reference_nfe'] / c['cell_nfe']:.3f}×) and the {c['served_cell_nfe']:,.0f} sample-NFE of the "
+        f"scored samples of the cells they serve ({c['reference_nfe'] / c['served_cell_nfe']:.2f}×); "
+        f"first run {c['first_wall_seconds']:.1f} s, sampling {c['cell_sampling_seconds_first']:.1f} s",
+        _error_line("steps.yaml", c),
     ]
+
+
+def _error_line(what: str, c: dict[str, float]) -> str:
+    return (
+        f"{what} reference at {c['reference_tol']:g}: own error {c['reference_error']:.2e} against {c['tight']} "
+        f"({c['error_samples']} samples), {100 * c['reference_error_ratio']:.2f} % of the smallest trajectory-error "
+        f"it serves ({c['smallest_served']:.3g})"
+    )
 
 
 def mnist_like_lines(c: dict[str, float]) -> list[str]:
     return [
         f"28×28 random UNet, steps.yaml's grid, {c['samples']} samples all scored: reference "
-        f"{c['reference_nfe']:,.0f} NFE against the cells' {c['cell_nfe']:,.0f} ({c['nfe_ratio']:.2f}×); "
+        f"{c['reference_nfe']:,.0f} NFE against the cells' {c['cell_nfe']:,.0f} ({c['nfe_ratio']:.2f}×) and the "
+        f"deterministic cells' {c['served_cell_nfe']:,.0f} it serves ({c['served_nfe_ratio']:.2f}×); "
         f"{c['reference_seconds']:.1f} s against {c['sampling_seconds']:.1f} s of sampling "
-        f"({c['seconds_ratio']:.2f}×)"
+        f"({c['seconds_ratio']:.2f}×); at the default 1e-7 the reference would take "
+        f"{c['tight_nfe_per_sample']:.0f} NFE a sample ({c['default_tol_nfe_ratio']:.2f}× the cells')",
+        _error_line("28×28", c),
     ]
 
 

@@ -38,3 +38,18 @@ def test_unknown_names_are_one_line_errors():
         digits("val")
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         load_dataset("cifar")
+
+
+def test_the_digits_reference_streams_each_split_it_declares_and_loads_it_only_when_streamed(monkeypatch):
+    import importlib
+
+    digits_module = importlib.import_module("diffbench.datasets.digits")
+    calls = []
+    real = digits_module.digits
+    monkeypatch.setattr(digits_module, "digits", lambda split: calls.append(split) or real(split))
+    for split in ("train", "test", "all"):
+        ref = digits_module.reference(split)
+        assert calls == [] or calls[-1] != split  # opening loads nothing
+        images = torch.cat(list(ref.batches(512)))
+        assert ref.num_images == len(images) == len(real(split)) and ref.shape == tuple(images.shape[1:])
+        assert torch.equal(images, real(split).images)

@@ -6,11 +6,12 @@ import pathlib
 import pickle
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from inception import random_inception_state, save_random_inception
 
-from diffbench.metrics import extractors
+from diffbench.metrics import digits_cnn, extractors
 from diffbench.metrics.base import MetricContext
 from diffbench.metrics.extractors import (
     INCEPTION,
@@ -143,3 +144,59 @@ def test_clip_built_from_tensors_equals_torch_fidelitys_own_torchscript_path(tmp
         theirs = theirs_module(extractors.digits_cnn.to_uint8(images, (-1.0, 1.0)))[0]
     assert ours.shape == (5, 16) and float(ours.std()) > 0
     assert torch.allclose(ours, theirs.float(), rtol=1e-6, atol=1e-6)
+
+
+def test_digits_cnn_as_diffbench_runs_it_equals_the_torch_fidelity_extractor():
+    """diffbench extracts digits-cnn features without importing torch-fidelity: same layer, same numbers."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    from diffbench.datasets import digits
+
+    digits_cnn.register_with_torch_fidelity()
+    for metric in ("fid", "kid", "prc", "isc"):
+        ext = resolve_extractor(digits_cnn.NAME, None, metric)
+        theirs_module = create_feature_extractor(digits_cnn.NAME, [ext.layer], cuda=False, verbose=False)
+        assert ext.layer == theirs_module.get_default_feature_layer_for_metric(metric)
+    ext = resolve_extractor(digits_cnn.NAME, None, "fid")
+    u8 = digits_cnn.to_uint8(digits("test").images[:16])
+    with torch.inference_mode():
+        ours = extractors.build_module(ext)(u8)[0]
+        theirs = create_feature_extractor(digits_cnn.NAME, [ext.layer], cuda=False, verbose=False)(u8)[0]
+    assert ours.shape == (16, 128) and torch.equal(ours, theirs)
+    with pytest.raises(ValueError, match="uint8"):
+        extractors.build_module(ext)(digits("test").images[:2])
+
+
+def test_reference_statistics_are_torch_fidelitys_bit_for_bit():
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    from diffbench.metrics.reference import features_to_statistics
+
+    feats = torch.randn(300, 40, generator=torch.Generator().manual_seed(0)).relu().double()
+    ours, theirs = features_to_statistics(feats), fid_features_to_statistics(feats)
+    assert np.array_equal(ours["mu"], theirs["mu"]) and np.array_equal(ours["sigma"], theirs["sigma"])
+
+
+def test_a_run_scored_with_digits_cnn_imports_neither_torch_fidelity_nor_torchvision(tmp_path):
+    """Start-up imports only what the suite uses: FID/KID on digits-cnn, a cell picture, a digits model."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from diffbench.metrics.base import MetricContext\n"
+        "from diffbench.metrics.fidelity import METRICS\n"
+        "from diffbench.models.digits import digits_eps\n"
+        "from diffbench.run.pictures import save_samples\n"
+        "from types import SimpleNamespace\n"
+        "model = digits_eps()\n"
+        f"ctx = MetricContext(cache_dir={str(tmp_path / 'cache')!r}, seed=0)\n"
+        "x = torch.rand(64, 1, 8, 8) * 2 - 1\n"
+        "stub = SimpleNamespace(name='stub', dataset='digits', data_range=(-1.0, 1.0))\n"
+        "for name in ('fid', 'kid'):\n"
+        "    METRICS[name].compute(x, model=stub, result=None, context=ctx)\n"
+        f"save_samples(x, {str(tmp_path / 'p.png')!r})\n"
+        "print(sorted(m for m in ('torch_fidelity', 'torchvision', 'torch._dynamo') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

@@ -17,7 +17,7 @@ from diffbench.core.denoiser import SigmaDenoiser
 from diffbench.metrics.base import MetricContext, grid_key
 from diffbench.metrics.exact import SolverError
 from diffbench.metrics.ode_reference import solve_to_targets
-from diffbench.metrics.trajectory import TrajectoryError, solve_stops
+from diffbench.metrics.trajectory import TrajectoryError, shared_sigma, solve_stops
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
@@ -159,6 +159,33 @@ def test_planned_cost_is_estimated_from_earlier_solves_without_solving(tmp_path)
     # seed 1 at the estimate of seed 0's path: one step to zero at the floor, no side steps
     assert after["nfe"] == pytest.approx(8 * (1 + 6 * (solved["steps"] + solved["rejected"])) + 8)
     assert after["nfe"] == pytest.approx(solved["nfe"])
+
+
+def test_grids_that_start_at_the_same_sigma_by_different_arithmetic_share_one_reference(tmp_path):
+    """digits-eps's Karras and ``trailing`` grids start at σ_max computed two ways (1e-15 apart): one reference."""
+    from diffbench.metrics.trajectory import grid_stops
+    from diffbench.run.sampling import make_grid
+
+    model = diffbench.load_model("digits-eps")
+    karras, trailing = make_grid(model, "karras", 10)[0].sigmas, make_grid(model, "trailing", 10)[0].sigmas
+    assert float(karras[0]) != float(trailing[0]) and float(karras[0]) == pytest.approx(float(trailing[0]), rel=1e-12)
+    assert grid_stops(karras)[0] == grid_stops(trailing)[0]
+    grids = {grid_key(model): [{"sigmas": g.tolist(), "guidance": None, "clip_x0": False} for g in (karras, trailing)]}
+    cost = TrajectoryError().planned_cost(
+        model=model, context=MetricContext(tmp_path, grids=grids), num_samples=8, seeds=[0], batch_size=8
+    )
+    assert cost["references"] == 1
+    # against truth: the reference solved from the shared σ_0 is within its tolerance of the exact solution
+    # from either grid's own σ_0 (the exact mixture, σ_0 1e-15 apart as above)
+    gmm = _gmm()
+    start = 80.0 * (1 + 3e-15)
+    x = start_points(16, 1.0)
+    out, _ = solve_to_targets(
+        SigmaDenoiser(gmm).per_sample, x * shared_sigma(start), shared_sigma(start), [0.01], rtol=1e-7, atol=1e-7
+    )
+    for s0 in (start, 80.0):
+        exact = gmm.analytic.ode_solve(x * s0, s0, 0.01)
+        assert float((out[0.01] - exact).square().mean(1).sqrt().max()) <= 3e-7
 
 
 def test_max_samples_scores_only_the_first_samples(tmp_path):

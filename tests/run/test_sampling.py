@@ -234,3 +234,21 @@ def test_cuda_matches_cpu_from_the_same_noise(name):
     assert cuda.samples.device.type == "cpu" and cuda.meta["device"].startswith("cuda")
     torch.testing.assert_close(cuda.samples, cpu.samples, rtol=1e-9, atol=1e-9)
     assert cuda.nfe == cpu.nfe == cuda.declared_nfe and cuda.network_seconds > 0
+
+
+def test_a_noise_memo_draws_each_batchs_noise_once_and_gives_the_same_samples(monkeypatch):
+    """The harness probe repeats one call: with a shared memo the noise is drawn once, the samples are unchanged."""
+    from diffbench.run import sampling as sampling_module
+    from diffbench.run.sampling import SamplingCall, SamplingSpec
+
+    model = edm_model("eps")
+    spec = SamplingSpec("ddpm", steps=6, num_samples=10, batch_size=4)
+    plain = torch.cat([b.samples for b in SamplingCall(model, spec)])
+    draws = []
+    real = sampling_module.initial_noise
+    monkeypatch.setattr(sampling_module, "initial_noise", lambda *a, **k: draws.append(1) or real(*a, **k))
+    memo: dict = {}
+    for _ in range(3):
+        again = torch.cat([b.samples for b in SamplingCall(model, spec, noise_memo=memo)])
+        assert torch.equal(again, plain)
+    assert len(draws) == 3 and sorted(memo) == [0, 4, 8]  # three batches, drawn in the first call only
