@@ -635,3 +635,7 @@ def plugins(name: str | None, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="diffbench")
+
+
+if __name__ == "__main__":  # python -m diffbench.cli
+    main()

@@ -241,3 +241,12 @@ def test_run_scores_fid_inf_from_a_suite(tmp_path):
     fid, inf = cell["metrics"]["fid"], cell["metrics"]["fid-inf"]
     assert inf["uncertainty"] > 0 and "FID∞" in inf["method"]
     assert inf["value"] < fid["value"]
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    for module in ("diffbench", "diffbench.cli"):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.startswith("Usage: diffbench"), (module, done.stderr)
