@@ -244,7 +244,6 @@ def test_run_scores_fid_inf_from_a_suite(tmp_path):
 
 
 def test_python_dash_m_runs_the_command_line():
-    import subprocess
     import sys
 
     for module in ("diffbench", "diffbench.cli"):
