@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
-from diffbench.run.cell import run_cell, sample_cell, score_cell
+from diffbench.run.cell import SampledCell, sample_cell, score_cell
 from diffbench.run.executors import Finished, Job
 from diffbench.run.suite import CellSpec
 
@@ -69,18 +69,16 @@ class LocalExecutor:
             return
         for cell in cells:
             with cell_bar(job, cell) as bar:
-                record = run_cell(
-                    job.suite,
-                    cell,
-                    job.models[cell.model.key],
-                    job.registry,
-                    job.context,
-                    job.run,
-                    bar,
-                    time_limit=job.suite.time_limit,
-                )
+                record = score_cell(self._sample(cell, bar), job.suite, job.suite.time_limit, bar)
             record["worker"] = worker_info(self.name, record)
             yield Finished(record)  # the picture is already in the run directory: this is the driver
+
+    def _sample(self, cell: CellSpec, bar: tqdm) -> SampledCell:
+        """The sampling half of ``run_cell`` for ``cell`` on this process (``score_cell`` is the other half)."""
+        job = self.job
+        return sample_cell(
+            job.suite, cell, job.models[cell.model.key], job.registry, job.context, job.run, bar, job.suite.time_limit
+        )
 
     def _overlapped(self, cells: list[CellSpec]) -> Iterator[Finished]:
         """Sample cell i+1 while cell i is scored on one worker thread; records come back in cell order."""
@@ -91,16 +89,7 @@ class LocalExecutor:
             try:
                 for cell in cells:
                     with cell_bar(job, cell) as bar:
-                        sampled = sample_cell(
-                            job.suite,
-                            cell,
-                            job.models[cell.model.key],
-                            job.registry,
-                            job.context,
-                            job.run,
-                            bar,
-                            time_limit=limit,
-                        )
+                        sampled = self._sample(cell, bar)
                     if pending is not None:
                         yield self._finished(pending.result())
                     pending = pool.submit(score_cell, sampled, job.suite, limit)
