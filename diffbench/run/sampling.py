@@ -175,10 +175,8 @@ class SamplingCall:
         progress=None,
         noise_memo: dict[int, tuple[torch.Tensor, StepNoise]] | None = None,
     ) -> None:
-        sampler, steps, scheduler = spec.sampler, spec.steps, spec.scheduler
-        quantize, final_zero, num_samples, seed = spec.quantize, spec.final_zero, spec.num_samples, spec.seed
-        first_index, batch_size, conditional = spec.first_index, spec.batch_size, spec.conditional
-        guidance, clip_x0 = spec.guidance, spec.clip_x0
+        sampler, steps, scheduler, guidance = spec.sampler, spec.steps, spec.scheduler, spec.guidance
+        num_samples, batch_size, conditional = spec.num_samples, spec.batch_size, spec.conditional
         sampler_options, scheduler_options = spec.sampler_options, spec.scheduler_options
         registry = registry or default_registry()
         self.component = comp = registry.get("sampler", sampler)
@@ -186,7 +184,13 @@ class SamplingCall:
         self.device = dev = resolve_device(device) if device is not None else model.device
         model = model.placed(dev, resolve_dtype(dtype, model.dtype))
         grid, sch_opts = make_grid(
-            model, scheduler, steps, scheduler_options, quantize=quantize, final_zero=final_zero, registry=registry
+            model,
+            scheduler,
+            steps,
+            scheduler_options,
+            quantize=spec.quantize,
+            final_zero=spec.final_zero,
+            registry=registry,
         )
         if guidance is not None and model.condition is None:
             raise ValueError(f"model {model.name!r} is unconditional; guidance needs a conditional model")
@@ -200,8 +204,6 @@ class SamplingCall:
         # each batch's starting noise and step-noise bank, kept across calls of the same spec (the harness
         # probe repeats a call many times and times only what happens between network calls)
         self.noise_memo = noise_memo
-        self.num_samples, self.batch_size, self.first_index, self.seed = num_samples, batch_size, first_index, seed
-        self.conditional, self.guidance, self.clip_x0 = conditional, guidance, clip_x0
         self.sampler_options = s_opts
         declared = comp.meta["nfe"](grid.sigmas, **s_opts) * evaluations_per_call(guidance)
         self.result = SampleResult(
@@ -213,18 +215,18 @@ class SamplingCall:
             sampler=sampler,
             sampler_options=s_opts,
             scheduler=scheduler,
-            scheduler_options={**sch_opts, "quantize": quantize, "final_zero": final_zero},
+            scheduler_options={**sch_opts, "quantize": spec.quantize, "final_zero": spec.final_zero},
             sample_seconds=0.0,
             network_seconds=0.0,
             decode_seconds=0.0 if model.decoder is not None else None,
             meta={
-                "seed": seed,
-                "first_index": first_index,
+                "seed": spec.seed,
+                "first_index": spec.first_index,
                 "num_samples": num_samples,
                 "batch_size": batch_size,
                 "guidance": guidance,
                 "conditional": conditional,
-                "clip_x0": clip_x0,
+                "clip_x0": spec.clip_x0,
                 "device": str(dev),
                 "dtype": str(model.dtype).replace("torch.", ""),
                 "warnings": [],
@@ -235,25 +237,26 @@ class SamplingCall:
 
     def __iter__(self) -> Iterator[Batch]:
         model, dev, res, comp, s_opts = self.model, self.device, self.result, self.component, self.sampler_options
+        spec = self.spec
         stochastic = comp.meta.get("stochastic")  # optional for third-party samplers: unknown → maybe stochastic
         sigmas = res.grid.sigmas
         sigma_start = float(sigmas[0])
         labels_seen, nfe_rows = [], 0.0
         with torch.inference_mode():
-            for start in range(0, self.num_samples, self.batch_size):
+            for start in range(0, spec.num_samples, spec.batch_size):
                 if start:  # pages freed by earlier batches go back to the OS: RSS stays flat in N (not timed)
                     release_free_memory()
-                first = self.first_index + start
-                idx = list(range(first, self.first_index + min(start + self.batch_size, self.num_samples)))
-                labels = sample_labels(model, idx, self.conditional)
+                first = spec.first_index + start
+                idx = list(range(first, spec.first_index + min(start + spec.batch_size, spec.num_samples)))
+                labels = sample_labels(model, idx, spec.conditional)
                 counter = NetworkCounter(len(idx), dev)
-                den = SigmaDenoiser(model, labels=labels, guidance=self.guidance, clip_x0=self.clip_x0, counter=counter)
+                den = SigmaDenoiser(model, labels=labels, guidance=spec.guidance, clip_x0=spec.clip_x0, counter=counter)
                 den.prepare(sigmas)  # σ → t conversions are grid set-up, not sampling time
                 drawn = None if self.noise_memo is None else self.noise_memo.get(start)
                 if drawn is None:
-                    z = initial_noise(self.seed, idx, model.shape, device=dev, dtype=model.dtype)
+                    z = initial_noise(spec.seed, idx, model.shape, device=dev, dtype=model.dtype)
                     noise = StepNoise(
-                        self.seed,
+                        spec.seed,
                         idx,
                         model.shape,
                         noise_draws(comp.meta, sigmas, s_opts),
@@ -290,7 +293,7 @@ class SamplingCall:
                     res.labels = torch.cat(labels_seen)
                 if self.progress is not None:
                     self.progress(len(idx))
-                yield Batch(x.detach().to("cpu"), torch.arange(first, first + len(idx)), cpu_labels, self.seed, res)
+                yield Batch(x.detach().to("cpu"), torch.arange(first, first + len(idx)), cpu_labels, spec.seed, res)
 
 
 def sample_batches(
@@ -339,20 +342,20 @@ def sample(
     caller's model as it was: see SamplingCall.
     """
     spec = SamplingSpec(
-        sampler,
-        steps,
-        scheduler,
-        sampler_options,
-        scheduler_options,
-        quantize,
-        final_zero,
-        num_samples,
-        seed,
-        first_index,
-        batch_size,
-        conditional,
-        guidance,
-        clip_x0,
+        sampler=sampler,
+        steps=steps,
+        scheduler=scheduler,
+        sampler_options=sampler_options,
+        scheduler_options=scheduler_options,
+        quantize=quantize,
+        final_zero=final_zero,
+        num_samples=num_samples,
+        seed=seed,
+        first_index=first_index,
+        batch_size=batch_size,
+        conditional=conditional,
+        guidance=guidance,
+        clip_x0=clip_x0,
     )
     call = SamplingCall(model, spec, device=device, dtype=dtype, registry=registry, progress=progress)
     outs = [batch.samples for batch in call]
