@@ -71,16 +71,16 @@ def pndm(denoiser, x, sigmas, *, noise=None, prk_warmup: bool = True, midpoint: 
         denoised = denoiser(x, s)
         e = (x - denoised) / s
         warmup = k < PRK_STEPS if prk_warmup else k == 0
-        if sn == 0.0 and (warmup or not ets):
+        if sn == 0.0 and warmup:
             x = denoised
-        elif prk_warmup and k < PRK_STEPS:  # pseudo RK4 (Liu et al. 2022, eq. 13)
+        elif warmup and prk_warmup:  # pseudo RK4 (Liu et al. 2022, eq. 13)
             mid = prk_midpoint(s, sn, schedule)
             e2 = eps(x + (mid - s) * e, mid)
             e3 = eps(x + (mid - s) * e2, mid)
             e4 = eps(x + (sn - s) * e3, sn)
             ets.append(e)
             x = x + (sn - s) * ((e + 2.0 * e2 + 2.0 * e3 + e4) / 6.0)
-        elif not prk_warmup and k == 0:  # PLMS' first step: pseudo Heun
+        elif warmup:  # PLMS' first step: pseudo Heun
             e1 = eps(x + (sn - s) * e, sn)
             ets.append(e)
             x = x + (sn - s) * (0.5 * (e + e1))
