@@ -211,17 +211,22 @@ def reference_key(model, batch: Batch, settings: dict[str, Any]) -> dict[str, An
     }
 
 
+def stop_groups(context: MetricContext, model: Any) -> dict[tuple, set[tuple[float, bool]]]:
+    """The run's deterministic cells on ``model`` grouped by what one reference serves, (σ_0, guidance, clip_x0),
+    each with the (σ_end, final_zero) stops its cells need."""
+    groups: dict[tuple, set[tuple[float, bool]]] = {}
+    for grid in context.grids.get(grid_key(model), []):
+        start, end, zero = grid_stops(grid["sigmas"])
+        groups.setdefault((start, grid.get("guidance"), grid.get("clip_x0", False)), set()).add((end, zero))
+    return groups
+
+
 def planned_stops(
     context: MetricContext, model: Any, sigma_start: float, guidance: float | None, clip_x0: bool
 ) -> set[tuple[float, bool]]:
     """The (σ_end, final_zero) stops of the run's deterministic cells on ``model`` from σ_start with this
     guidance and clipping."""
-    stops = set()
-    for grid in context.grids.get(grid_key(model), []):
-        start, end, zero = grid_stops(grid["sigmas"])
-        if start == sigma_start and grid.get("guidance") == guidance and grid.get("clip_x0", False) == clip_x0:
-            stops.add((end, zero))
-    return stops
+    return set(stop_groups(context, model).get((sigma_start, guidance, clip_x0), set()))
 
 
 class TrajectoryRows:
@@ -397,10 +402,7 @@ class TrajectoryError(StreamingMetric):
         σ_0, guidance, clipping, seed and batch of scored samples), samples, and NFE estimated from earlier
         solves of the model in the cache; a reference cached with every stop it needs counts 0. ``nfe`` is
         None when the model was never solved at this tolerance."""
-        groups: dict[tuple, set[tuple[float, bool]]] = {}
-        for grid in context.grids.get(grid_key(model), []):
-            start, end, zero = grid_stops(grid["sigmas"])
-            groups.setdefault((start, grid.get("guidance"), grid.get("clip_x0", False)), set()).add((end, zero))
+        groups = stop_groups(context, model)
         scored = num_samples if max_samples is None else min(num_samples, max_samples)
         identity = json.loads(json.dumps(model.identity(), sort_keys=True, default=str))
         earlier = [
