@@ -51,7 +51,9 @@ ABSENT_STOCHASTIC = (
     "trajectory-error absent: sampler {sampler!r} is stochastic with these options; "
     "there is no ODE trajectory to compare with"
 )
-CACHE_FORMAT = 2  # 1: one reference per σ range by step doubling; 2: one per starting point, a tensor per stop
+# 1: one reference per σ range by step doubling; 2: one per starting point, a tensor per stop; 3: its stops and cost
+# in the verified entry (the .json sidecar is for people and cost estimates only)
+CACHE_FORMAT = 3
 
 
 def per_sample_rms(a: Tensor, b: Tensor) -> Tensor:
@@ -116,8 +118,9 @@ def solve_stops(
 
 
 class ReferenceCache:
-    """References on disk: ``<dir>/<sha256 of the key>.safetensors`` (a tensor per stop, with the key and sha256,
-    verified on load: ``diffbench.util.verified_cache``) + ``.json`` (key, stops and cost, for people to read)."""
+    """References on disk: ``<dir>/<sha256 of the key>.safetensors`` (a tensor per stop, with the key, its stops and
+    cost, verified on load: ``diffbench.util.verified_cache``) + ``.json`` (the same key, stops and cost, for people
+    to read and for the plan's cost estimate; never read back as a reference)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -127,32 +130,18 @@ class ReferenceCache:
         return hashlib.sha256(_key_json(key).encode()).hexdigest()[:32]
 
     def load(self, key: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-        """The cached stops and sidecar for ``key``, or None (missing; unreadable, written for another key or not
-        matching its recorded sha256, each with a warning naming the file)."""
-        stem = self.directory / self.digest(key)
-        entry = verified_cache.load(stem.with_suffix(".safetensors"), key=_key_json(key))
+        """The cached stops and their stops and cost for ``key``, or None (missing; unreadable, written for another
+        key or not matching its recorded hashes, each with a warning naming the file)."""
+        entry = verified_cache.load((self.directory / self.digest(key)).with_suffix(".safetensors"), key=_key_json(key))
         if entry is None:
             return None
-        sidecar = stem.with_suffix(".json")
-        try:
-            info = json.loads(sidecar.read_text())
-        except (OSError, ValueError, RecursionError) as exc:
-            verified_cache.stderr_warning(
-                f"cache file {str(sidecar)!r} is unreadable ({type(exc).__name__}); recomputing its reference"
-            )
-            return None
-        if not isinstance(info, dict) or info.get("key") != json.loads(_key_json(key)):
-            verified_cache.stderr_warning(
-                f"cache file {str(sidecar)!r} was written for another key; recomputing its reference"
-            )
-            return None
-        return dict(entry.tensors), {**info, "sha256": entry.sha256}
+        return dict(entry.tensors), {**entry.info, "sha256": entry.sha256}
 
     def save(self, key: dict[str, Any], tensors: dict[str, Tensor], info: dict[str, Any]) -> str:
         """Write atomically (temporary file, then rename): a crash never leaves a half-written reference.
         Returns the file's sha256."""
         stem = self.directory / self.digest(key)
-        sha = verified_cache.save(stem.with_suffix(".safetensors"), tensors, key=_key_json(key))
+        sha = verified_cache.save(stem.with_suffix(".safetensors"), tensors, key=_key_json(key), info=info)
         meta = {**info, "sha256": sha, "key": json.loads(_key_json(key))}
         tmp = stem.with_name(f".{stem.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
@@ -160,13 +149,17 @@ class ReferenceCache:
         return sha
 
     def sidecars(self) -> list[dict[str, Any]]:
-        """Every readable sidecar (for cost estimates)."""
+        """Every readable sidecar whose reference file is there (for cost estimates only: a reference is verified
+        when it is used)."""
         out = []
         for path in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []:
             try:
-                out.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
+                meta = json.loads(path.read_text())
+            except (OSError, ValueError, RecursionError):
                 continue
+            beside = path.with_suffix(".safetensors").is_file()
+            if beside and isinstance(meta, dict) and isinstance(meta.get("key"), dict):
+                out.append(meta)
         return out
 
 

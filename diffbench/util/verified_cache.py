@@ -2,9 +2,10 @@
 
 Every cached computation (reference features, trajectory references, ...) is written with ``save``:
 one safetensors file whose metadata records the key it was computed for, the sha256 of its tensor
-content and a JSON ``info`` mapping, written atomically (a temporary renamed over the file). ``load``
-re-hashes the tensors it read and compares: an entry that cannot be read (truncated, not safetensors),
-was written for another key, or whose content does not match its recorded hash is never used; it
+content and a JSON ``info`` mapping with its own sha256, written atomically (a temporary renamed over
+the file). ``load`` re-hashes the tensors and the info it read and compares: an entry that cannot be
+read (truncated, not safetensors), was written for another key, or whose tensors or info do not match
+their recorded hashes is never used; it
 returns None after a warning naming the file, and the caller recomputes (and overwrites) it. The hash
 returned with an entry is the hash of the tensors returned, so a manifest that records it describes
 what was used.
@@ -42,6 +43,15 @@ def content_sha256(tensors: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def info_json(info: Mapping[str, Any] | None) -> str:
+    """The canonical JSON of an entry's info (what its recorded hash covers)."""
+    return json.dumps(dict(info or {}), sort_keys=True, default=str)
+
+
+def info_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass
 class Entry:
     """A verified cache entry: its tensors, their sha256 and the info it was saved with."""
@@ -52,7 +62,8 @@ class Entry:
 
 
 def save(path: str | Path, tensors: Mapping[str, Tensor], *, key: str, info: Mapping[str, Any] | None = None) -> str:
-    """Write ``tensors`` with ``key``, their sha256 and ``info`` (JSON) atomically; return the sha256."""
+    """Write ``tensors`` with ``key``, their sha256 and ``info`` (JSON, with its sha256) atomically; return the
+    tensors' sha256."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -60,12 +71,10 @@ def save(path: str | Path, tensors: Mapping[str, Tensor], *, key: str, info: Map
     sha = content_sha256(tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    text = info_json(info)
+    metadata = {"key": key, "sha256": sha, "info": text, "info_sha256": info_sha256(text)}
     try:
-        save_file(
-            tensors,
-            str(tmp),
-            metadata={"key": key, "sha256": sha, "info": json.dumps(dict(info or {}), sort_keys=True, default=str)},
-        )
+        save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)  # concurrent readers see the old entry or the new one, never half of one
     finally:
         if tmp.exists():
@@ -90,7 +99,8 @@ def load(path: str | Path, *, key: str, warn: Warn | None = None) -> Entry | Non
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
         meta = header.get("__metadata__") or {}
         tensors = load_bytes(data)
-        info = json.loads(meta.get("info") or "{}")
+        info_text = meta.get("info") or "{}"
+        info = json.loads(info_text)
     except Exception as exc:  # truncated, not safetensors, unreadable: recompute
         text = (str(exc).strip().splitlines() or [""])[0]
         warn(f"cache file {str(path)!r} is unreadable ({type(exc).__name__}: {text}); recomputing it")
@@ -105,4 +115,8 @@ def load(path: str | Path, *, key: str, warn: Warn | None = None) -> Entry | Non
             "recomputing it"
         )
         return None
-    return Entry(tensors, sha, info if isinstance(info, dict) else {})
+    # entries written before the info hash hold no info; any other info must match its recorded hash
+    if meta.get("info_sha256", info_sha256("{}")) != info_sha256(info_text) or not isinstance(info, dict):
+        warn(f"cache file {str(path)!r} does not match its recorded info sha256; recomputing it")
+        return None
+    return Entry(tensors, sha, info)

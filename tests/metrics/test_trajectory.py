@@ -123,14 +123,27 @@ def test_one_reference_serves_every_planned_stop_and_is_cached(tmp_path):
     TrajectoryError().compute(c.samples, model=model, result=c, context=ctx3)
     assert len(list(ctx3.info["trajectory_references"].values())[0]["stops"]) == 3
     assert TrajectoryError().compute(a.samples, model=model, result=a, context=ctx3) == first
-    # a sidecar written for another key is not trusted: the reference is recomputed
+    # the .json sidecar is for people: changing it changes nothing that is used
     sidecar = next(folder.glob("*.json"))
     meta = json.loads(sidecar.read_text())
-    meta["key"]["seed"] = 99
+    meta["key"]["seed"], meta["stops"] = 99, [[1.0, True]]
     sidecar.write_text(json.dumps(meta))
     ctx4 = MetricContext(tmp_path)
     assert TrajectoryError().compute(a.samples, model=model, result=a, context=ctx4) == first
-    assert list(ctx4.info["trajectory_references"].values())[0]["from_cache"] is False
+    (used,) = ctx4.info["trajectory_references"].values()
+    assert used["from_cache"] is True and len(used["stops"]) == 3
+    # the stops and cost inside the verified entry must match their recorded hash: changed, it is recomputed
+    from safetensors.torch import load_file, safe_open, save_file
+
+    entry = next(folder.glob("*.safetensors"))
+    with safe_open(str(entry), framework="pt") as f:
+        header = dict(f.metadata())
+    info = json.loads(header["info"])
+    info["stops"] = info["stops"][:1]
+    save_file(load_file(str(entry)), str(entry), metadata={**header, "info": json.dumps(info, sort_keys=True)})
+    ctx5 = MetricContext(tmp_path)
+    assert TrajectoryError().compute(a.samples, model=model, result=a, context=ctx5) == first
+    assert list(ctx5.info["trajectory_references"].values())[0]["from_cache"] is False
 
 
 def test_a_dry_run_never_solves(tmp_path):

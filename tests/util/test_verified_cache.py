@@ -99,3 +99,19 @@ def test_a_tampered_trajectory_reference_is_recomputed(tmp_path, capsys):
     (log,) = ctx.info["trajectory_references"].values()
     assert log["from_cache"] is False and log["sha256"] == recorded
     assert str(path) in capsys.readouterr().err
+
+
+def test_an_entry_whose_info_does_not_match_its_hash_is_recomputed(tmp_path):
+    path, key = tmp_path / "e.safetensors", "k"
+    t = {"x": torch.arange(4.0)}
+    verified_cache.save(path, t, key=key, info={"stops": [[0.5, True]], "nfe": 10})
+    assert verified_cache.load(path, key=key).info == {"stops": [[0.5, True]], "nfe": 10}
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    save_file(t, str(path), metadata={**meta, "info": json.dumps({"stops": [[0.5, True]], "nfe": 1})})
+    warnings = []
+    assert verified_cache.load(path, key=key, warn=warnings.append) is None
+    assert "info sha256" in warnings[0]
+    # an entry written before info was hashed, with no info, still loads
+    save_file(t, str(path), metadata={"key": key, "sha256": verified_cache.content_sha256(t)})
+    assert verified_cache.load(path, key=key).info == {}
