@@ -203,6 +203,8 @@ def test_fid_keeps_the_stratified_design_of_a_conditional_model(tmp_path):
     jk = FID().score_features(gen, ref, ctx, se_method="jackknife", groups=20, bootstrap=10, period=5)["fid"]
     plain = FID().score_features(gen, ref, ctx, se_method="jackknife", groups=20, bootstrap=10)["fid"]
     root = frechet.ReferenceRoot.of(ref.stats())
+    # the wiring: the metric passes the period to the estimator, whose s.e. is checked against the true spread
+    # of stratified samples in test_jackknife_se_of_a_class_stratified_sample_matches_its_spread
     want = frechet.fid_with_jackknife(frechet.GroupMoments.of_rows(gen.numpy(), 20, period=5), root)
     assert (jk.value, jk.uncertainty) == pytest.approx(want, rel=1e-12)
     assert jk.value == pytest.approx(plain.value, rel=1e-12) and jk.uncertainty < plain.uncertainty / 2
