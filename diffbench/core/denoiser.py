@@ -209,10 +209,14 @@ class SigmaDenoiser:
         self._cache: dict[float, tuple[float, Coef]] = {}
         self._null: Tensor | None = None
         if self.guidance is not None:
-            null = model.condition.null(
-                labels.shape[0], labels.device, labels.dtype if labels.is_floating_point() else None
-            )
-            self._pair_labels = torch.cat([labels, null])
+            self._pair_labels = self._with_null(labels)
+
+    def _with_null(self, labels: Tensor) -> Tensor:
+        """``labels`` followed by as many null conditions: the batch classifier-free guidance evaluates."""
+        null = self.model.condition.null(
+            labels.shape[0], labels.device, labels.dtype if labels.is_floating_point() else None
+        )
+        return torch.cat([labels, null])
 
     def _time(self, sigma: float) -> tuple[float, Coef]:
         hit = self._cache.get(sigma)
@@ -268,16 +272,7 @@ class SigmaDenoiser:
         Error-controlled trajectory references step every sample on its own (float64, so how rows are
         batched changes results only at float64 rounding)."""
         labels = self.labels if self.labels is None or rows is None else self.labels[rows.to(self.labels.device)]
-        pair = None
-        if self.guidance is not None:
-            pair = torch.cat(
-                [
-                    labels,
-                    self.model.condition.null(
-                        labels.shape[0], labels.device, labels.dtype if labels.is_floating_point() else None
-                    ),
-                ]
-            )
+        pair = None if self.guidance is None else self._with_null(labels)
         sig = sigmas.detach().to("cpu", torch.float64).numpy()
         sched = self.model.schedule
         t = np.asarray(sched.t_of_sigma(sig), dtype=np.float64)

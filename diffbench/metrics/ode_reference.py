@@ -111,7 +111,7 @@ def solve_to_targets(
     u_targets = torch.tensor([math.log(s) for s in targets], dtype=torch.float64)
     u_floor = float(u_targets[-1])
     u = torch.full((n,), math.log(sigma_start), dtype=torch.float64)
-    span = u[0].item() - u_floor
+    span = math.log(sigma_start) - u_floor
     h = torch.full((n,), -(first_step if first_step is not None else span / 100), dtype=torch.float64)
     nxt = torch.zeros(n, dtype=torch.long)  # index of each sample's next target
     steps = torch.zeros(n, dtype=torch.long)
@@ -120,11 +120,11 @@ def solve_to_targets(
     out: dict[float, Tensor] = {s: torch.empty_like(x) for s in targets}
     all_rows = torch.arange(n)
 
-    def f(xs: Tensor, us: Tensor, rows: Tensor) -> Tensor:
+    def f(xs: Tensor, us: Tensor, rows: Tensor, rows_dev: Tensor) -> Tensor:
         nfe.index_add_(0, rows, torch.ones_like(rows))
-        return xs - denoise(xs, us.exp(), rows.to(dev))
+        return xs - denoise(xs, us.exp(), rows_dev)
 
-    k1 = f(x, u, all_rows)
+    k1 = f(x, u, all_rows, all_rows.to(dev))
     active = all_rows
     while len(active):
         ua, ha = u[active], h[active]
@@ -141,15 +141,16 @@ def solve_to_targets(
         side_tgt = torch.cat(side_t) if side_t else torch.zeros(0, dtype=torch.long)
         pos = torch.cat([torch.arange(len(active)), side_pos])  # positions in ``active`` of every row
         rows = active[pos]
+        rows_dev = rows.to(dev)  # once a step, not once a stage
         hh = torch.cat([ha, u_targets[side_tgt] - ua[side_pos]])
         hx = hh.to(dev).view((-1,) + (1,) * (x.ndim - 1))
         x0, u0 = x[rows], u[rows]
         ks = [k1[rows]]
         for s in range(1, len(tab.c)):
             xs = x0 + hx * sum(a * k for a, k in zip(tab.a[s], ks) if a != 0.0)
-            ks.append(f(xs, u0 + tab.c[s] * hh, rows))
+            ks.append(f(xs, u0 + tab.c[s] * hh, rows, rows_dev))
         y = x0 + hx * sum(b * k for b, k in zip(tab.b, ks) if b != 0.0)
-        ks.append(f(y, u0 + hh, rows))  # f at the new point: the next step's first stage
+        ks.append(f(y, u0 + hh, rows, rows_dev))  # f at the new point: the next step's first stage
         norm = tab.error_norm(ks, hx.flatten(), x0, y, rtol, atol).cpu()
         m = len(active)
         ok = norm[:m] <= 1.0

@@ -229,6 +229,7 @@ class TrajectoryRows:
         self.model, self.context, self.settings, self.max_samples = model, context, settings, max_samples
         self.cache = ReferenceCache(Path(context.cache_dir) / "trajectory-references")
         self.key: Hashable = ("trajectory-error", json.dumps(settings, sort_keys=True), max_samples)
+        self._float64: dict[torch.device, Any] = {}  # the model in float64 on each device (converted once)
 
     def __call__(self, batch: Batch) -> Tensor:
         res = batch.result
@@ -262,7 +263,9 @@ class TrajectoryRows:
         """The float64 denoiser of this batch's cell and its starting points (those the sampler started from)."""
         res = batch.result
         dev = resolve_device(res.meta["device"])
-        model = self.model.placed(dev, torch.float64)
+        model = self._float64.get(dev)
+        if model is None:
+            model = self._float64[dev] = self.model.placed(dev, torch.float64)
         labels = None if batch.labels is None else batch.labels.to(dev)
         den = SigmaDenoiser(
             model, labels=labels, guidance=res.meta.get("guidance"), clip_x0=res.meta.get("clip_x0", False)
