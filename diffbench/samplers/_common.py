@@ -66,6 +66,11 @@ def require_noise(noise: Noise | None, name: str) -> Noise:
     return noise
 
 
+def churns_at(sigma: float, amount: float, s_tmin: float, s_tmax: float | None) -> bool:
+    """Whether a step from ``sigma`` churns: a positive amount and σ inside [s_tmin, s_tmax] (EDM's S_tmin/S_tmax)."""
+    return amount > 0 and s_tmin <= sigma and (s_tmax is None or sigma <= s_tmax)
+
+
 def churn(
     x: Tensor,
     k: int,
@@ -78,7 +83,7 @@ def churn(
     s_noise: float,
 ) -> tuple[Tensor, float]:
     """EDM stochastic churn (Karras et al. 2022, Alg. 2): raise σ to σ(1+γ) with fresh noise."""
-    if amount <= 0 or sigma < s_tmin or (s_tmax is not None and sigma > s_tmax):
+    if not churns_at(sigma, amount, s_tmin, s_tmax):
         return x, sigma
     gamma = min(amount / n, math.sqrt(2.0) - 1.0)
     sigma_hat = sigma * (1.0 + gamma)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from diffbench.samplers._common import num_steps, require_noise, sigmas_list
+from diffbench.samplers._common import churns_at, num_steps, require_noise, sigmas_list
 from diffbench.samplers.euler import heun_step
 
 
@@ -35,7 +35,7 @@ def _churns(restart_gamma: float, s_tmin: float, s_tmax: float | None, segment: 
     """Which segment steps raise σ by restart_gamma.
 
     Those starting inside [s_tmin, s_tmax] (the authors' S_min/S_max)."""
-    return [restart_gamma > 0 and s_tmin <= a and (s_tmax is None or a <= s_tmax) for a in segment[:-1]]
+    return [churns_at(a, restart_gamma, s_tmin, s_tmax) for a in segment[:-1]]
 
 
 def restart_nfe(
