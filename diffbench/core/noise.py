@@ -9,6 +9,8 @@ bank holds.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -33,8 +35,8 @@ def _padded(numel: int) -> int:
     return max(BLOCK, -(-numel // BLOCK) * BLOCK)
 
 
-def _draw(seed: int, indices, shape, stream: int, dtype: torch.dtype, blocks: int | None = None) -> torch.Tensor:
-    """One float64 draw per sample, cast to ``dtype``: (len(indices), *shape), or (len(indices), blocks, *shape).
+def _draw(seed: int, indices, shape, stream: int, blocks: int | None = None) -> torch.Tensor:
+    """One float64 draw per sample: (len(indices), *shape), or (len(indices), blocks, *shape).
 
     With ``blocks``, each block is a padded row of one (blocks, padded) draw: torch's CPU sampler fills a
     tensor whose size is a multiple of 16 from consecutive uniforms, 16 at a time, so block k's values are
@@ -44,16 +46,43 @@ def _draw(seed: int, indices, shape, stream: int, dtype: torch.dtype, blocks: in
     numel = int(torch.Size(shape).numel())
     rows = 1 if blocks is None else int(blocks)
     width = numel if blocks is None else _padded(numel)
-    out = torch.empty((len(indices), rows, numel), dtype=dtype)
+    out = torch.empty((len(indices), rows, numel), dtype=DRAW_DTYPE)
     for row, i in enumerate(indices):
         gen.manual_seed(stream_seed(seed, i, stream))
         out[row] = torch.randn((rows, width), generator=gen, dtype=DRAW_DTYPE)[:, :numel]
     return out.view(len(indices), *shape) if blocks is None else out.view(len(indices), rows, *shape)
 
 
+MEMO_BYTES = 64 << 20  # recent draws kept (every cell of a suite starts from the same noise; a cell's harness
+# probe draws its step noise again)
+_memo: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def _memo_draw(seed: int, indices, shape, stream: int, blocks: int | None = None) -> torch.Tensor:
+    """``_draw`` in float64 through a memo of recent draws (least recently used dropped first); never modify it."""
+    key = (int(seed), tuple(int(i) for i in indices), tuple(shape), stream, blocks)
+    with _memo_lock:
+        if key in _memo:
+            _memo.move_to_end(key)
+            return _memo[key]
+    drawn = _draw(key[0], key[1], key[2], stream, blocks)
+    with _memo_lock:
+        if drawn.numel() * drawn.element_size() <= MEMO_BYTES:
+            _memo[key] = drawn
+            while sum(t.numel() * t.element_size() for t in _memo.values()) > MEMO_BYTES:
+                _memo.popitem(last=False)
+    return drawn
+
+
+def _cast(drawn: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
+    out = drawn.to(device=device, dtype=dtype)
+    return out.clone() if out.data_ptr() == drawn.data_ptr() else out  # never the memo's own tensor
+
+
 def initial_noise(seed: int, indices, shape, *, device="cpu", dtype=torch.float32) -> torch.Tensor:
     """Standard normal starting noise of shape (len(indices), *shape): the float64 draw cast to ``dtype``."""
-    return _draw(seed, list(indices), tuple(shape), _INITIAL, dtype).to(device=device, dtype=dtype)
+    return _cast(_memo_draw(seed, indices, shape, _INITIAL), device, dtype)
 
 
 class StepNoise:
@@ -70,8 +99,8 @@ class StepNoise:
 
     def __call__(self, k: int) -> torch.Tensor:
         if self._bank is None:
-            bank = _draw(self.seed, self.indices, self.shape, _STEPS, self.dtype, blocks=self.num_steps)
-            self._bank = bank.transpose(0, 1).to(device=self.device, dtype=self.dtype).contiguous()
+            bank = _memo_draw(self.seed, self.indices, self.shape, _STEPS, blocks=self.num_steps)
+            self._bank = _cast(bank.transpose(0, 1), self.device, self.dtype).contiguous()
         if not 0 <= k < self.num_steps:
             raise IndexError(f"step noise index {k} outside 0..{self.num_steps - 1}")
         return self._bank[k]

@@ -7,11 +7,13 @@ it is never raised, so the run goes on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -196,6 +198,7 @@ class SampledCell:
     seconds: float = 0.0  # wall-clock of the sampling phase (counts against the cell's time limit)
     failure: BaseException | None = None
     traceback: str | None = None
+    probe: Callable[[list[str]], dict[str, Any] | None] | None = None  # the harness probe, once sampling succeeded
 
 
 def run_cell(
@@ -216,10 +219,10 @@ def run_cell(
     Failures are recorded, not raised. ``time_limit`` (seconds) bounds sampling and scoring together;
     a cell past it is recorded as failed. ``groups(seed, plan)``, when given, supplies each seed
     group's sampled rows instead of sampling here (a cell split across workers, gathered).
-    ``sample_cell`` then ``score_cell`` is the same in two parts.
+    ``sample_cell`` then ``probe_and_score`` is the same in two parts.
     """
     sampled = sample_cell(suite, cell, model, registry, context, run, bar, time_limit, groups)
-    return score_cell(sampled, suite, time_limit, bar)
+    return probe_and_score(sampled, suite, time_limit, bar)
 
 
 def sample_cell(
@@ -258,12 +261,62 @@ def sample_cell(
                     _describe_sampling(rec, res)
                     rec["sample_image"] = _sample_picture(group.preview, model, run.cell_path(cell.cell_id, ".png"))
                     rec["drift_fingerprint"] = drift.fingerprint(group.preview)
-            # the harness probe times network calls: on this thread, never beside scoring
-            rec["harness"] = probe_harness(suite, cell, model, registry, rec["warnings"])
+            out.probe = functools.partial(probe_harness, suite, cell, model, registry)
     except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a plugin's failure is this cell's result, not the run's
         out.failure, out.traceback = exc, traceback.format_exc()
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def run_probe(sampled: SampledCell, time_limit: float | None = None) -> None:
+    """The sampled cell's harness probe (``probe_harness``) under what is left of its time limit: the result
+    goes to the record, a probe past the limit fails the cell (a sampler that hangs on a zero network)."""
+    if sampled.probe is None or sampled.failure is not None:
+        return
+    left = None if time_limit is None else max(time_limit - sampled.seconds, 1e-3)
+    t0 = time.perf_counter()
+    warnings: list[str] = []
+    try:
+        with limit_time(left):
+            sampled.rec["harness"] = sampled.probe(warnings)
+    except TimeLimitExceeded as exc:
+        sampled.failure, sampled.traceback = exc, traceback.format_exc()
+    sampled.rec["warnings"] += warnings
+    sampled.seconds += time.perf_counter() - t0
+    sampled.probe = None
+
+
+def probe_and_score(
+    sampled: SampledCell, suite: Suite, time_limit: float | None = None, bar: Any = None, *, beside: bool = False
+) -> dict[str, Any]:
+    """The rest of ``run_cell`` after ``sample_cell``: the harness probe (``run_probe``), then ``score_cell``.
+
+    ``beside``: scoring runs on a second thread while this one probes. Both are single-threaded CPU work
+    (``devices.one_thread``), so on two free cores the pair takes about the longer of the two. The probe
+    reads thread CPU time, which another busy core hardly moves (tests/benchmarks/test_harness_gate.py
+    checks the gate with a competitor on every core), and scores depend only on the feature rows: the
+    record is the serial order's, except that a probe past the time limit fails a cell already scored.
+    """
+    if not beside or sampled.probe is None or sampled.failure is not None:
+        run_probe(sampled, time_limit)
+        return score_cell(sampled, suite, time_limit, bar)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffbench-scoring") as pool:
+        scoring = pool.submit(score_cell, sampled, suite, time_limit, bar)
+        probe, sampled.probe = sampled.probe, None
+        left = None if time_limit is None else max(time_limit - sampled.seconds, 1e-3)
+        warnings: list[str] = []
+        try:
+            with limit_time(left):
+                harness = probe(warnings)
+            failure = None
+        except TimeLimitExceeded as exc:
+            harness, failure = None, exc
+        rec = scoring.result()
+    rec["harness"] = harness
+    rec["warnings"] += warnings
+    if failure is not None and rec["status"] == STATUS_OK:
+        fail_record(rec, failure, "".join(traceback.format_exception(failure)))
+    return rec
 
 
 def score_cell(sampled: SampledCell, suite: Suite, time_limit: float | None = None, bar: Any = None) -> dict[str, Any]:
@@ -315,15 +368,20 @@ def score_cell(sampled: SampledCell, suite: Suite, time_limit: float | None = No
                 }
             rec["status"] = STATUS_OK
     except (*CELL_FAILURES, TimeLimitExceeded) as exc:  # a plugin's failure is this cell's result, not the run's
-        rec["status"], rec["metrics"] = STATUS_FAILED, {}
         if results:
             _summarise(rec, results)  # what sampling cost is still worth keeping
-        known = (CellError, MetricError, SamplerOutputError, TimeLimitExceeded)
-        text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
-        rec["error"] = text.splitlines()[0] if text else type(exc).__name__
-        rec["traceback"] = sampled.traceback if exc is sampled.failure else traceback.format_exc()
+        fail_record(rec, exc, sampled.traceback if exc is sampled.failure else traceback.format_exc())
     rec["finished"] = now()
     return rec
+
+
+def fail_record(rec: CellRecord, exc: BaseException, trace: str | None) -> None:
+    """Mark a cell's record failed by ``exc``: no metrics, a one-line error, the traceback."""
+    rec["status"], rec["metrics"] = STATUS_FAILED, {}
+    known = (CellError, MetricError, SamplerOutputError, TimeLimitExceeded)
+    text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
+    rec["error"] = text.splitlines()[0] if text else type(exc).__name__
+    rec["traceback"] = trace
 
 
 def _describe_sampling(rec: CellRecord, res: SampleResult) -> None:
@@ -391,28 +449,46 @@ def harness_per_call(gaps: list[float]) -> float | None:
     return statistics.quantiles(gaps, n=4, method="inclusive")[0]
 
 
-def zero_network(x: torch.Tensor, t: torch.Tensor, labels: Any) -> torch.Tensor:
-    """A network that costs next to nothing: the harness probe's stand-in for the model's."""
-    return torch.zeros_like(x)
+class EnoughGaps(BaseException):
+    """The harness probe has timed the gaps it needs from this call: stops the sampler (a BaseException, so a
+    sampler's ``except Exception`` does not swallow it)."""
 
 
 def probe_harness(
     suite: Suite, cell: CellSpec, model: DiffusionModel, registry: Registry, warnings: list[str]
 ) -> dict[str, Any] | None:
     """The cell's sampler on its grid, options and batch size with a zero network, timed by
-    ``calibration.harness_probe`` (outside the cell's timed sampling); None, with a warning, if it fails."""
+    ``calibration.harness_probe`` (outside the cell's timed sampling); None, with a warning, if it fails.
+
+    A repetition needs ``calibration.MIN_GAPS`` gaps: a call stops at the network call after the last
+    gap it needs (a 100-step sampler is timed on its first 16 steps, not run to the end 12 times)."""
+    calls = 0
+
+    def zero_network(x: torch.Tensor, t: torch.Tensor, labels: Any) -> torch.Tensor:
+        """A network that costs next to nothing: the probe's stand-in for the model's."""
+        nonlocal calls
+        calls += 1
+        if calls > calibration.MIN_GAPS:
+            raise EnoughGaps
+        return torch.zeros_like(x)
+
     probe_model = dataclasses.replace(model, network=zero_network, decoder=None)
     rows = min(suite.batch_size, suite.num_samples)
-    drawn: dict = {}  # the noise is drawn before the first network call, outside every timed gap: drawn once
-
-    def gaps() -> list[float]:
-        call = sampling_call(suite, cell, probe_model, registry, suite.seeds[0], rows, noise_memo=drawn)
-        for _ in call:
-            pass
-        return call.result.gap_seconds
-
     t0 = time.perf_counter()
     try:
+        # one prepared call, iterated once per timing: grid, options and noise are set up once, outside every gap
+        call = sampling_call(suite, cell, probe_model, registry, suite.seeds[0], rows, noise_memo={})
+
+        def gaps() -> list[float]:
+            nonlocal calls
+            calls = 0
+            try:
+                for _ in call:
+                    pass
+            except EnoughGaps:
+                pass
+            return list(call.counter.gap_seconds)
+
         probe = calibration.harness_probe(gaps)
     except CELL_FAILURES as exc:  # e.g. a plugin sampler that cannot take a zero network's output
         warnings.append(f"harness probe failed ({type(exc).__name__}: {exc}); harness not measured")

@@ -204,6 +204,7 @@ class SamplingCall:
         # each batch's starting noise and step-noise bank, kept across calls of the same spec (the harness
         # probe repeats a call many times and times only what happens between network calls)
         self.noise_memo = noise_memo
+        self.counter: NetworkCounter | None = None  # the batch being sampled's counter (the probe reads its gaps)
         self.sampler_options = s_opts
         declared = comp.meta["nfe"](grid.sigmas, **s_opts) * evaluations_per_call(guidance)
         self.result = SampleResult(
@@ -249,7 +250,7 @@ class SamplingCall:
                 first = spec.first_index + start
                 idx = list(range(first, spec.first_index + min(start + spec.batch_size, spec.num_samples)))
                 labels = sample_labels(model, idx, spec.conditional)
-                counter = NetworkCounter(len(idx), dev)
+                self.counter = counter = NetworkCounter(len(idx), dev)
                 den = SigmaDenoiser(model, labels=labels, guidance=spec.guidance, clip_x0=spec.clip_x0, counter=counter)
                 den.prepare(sigmas)  # σ → t conversions are grid set-up, not sampling time
                 drawn = None if self.noise_memo is None else self.noise_memo.get(start)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -47,19 +49,45 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_THREADS_LOCK = threading.Lock()
+_inside = 0  # threads now inside one_thread: the BLAS limits are process-wide, set by the first, undone by the last
+_blas_limit: Any = None
+_controller: tuple[int, Any] | None = None  # (len(sys.modules) when scanned, threadpoolctl's controller)
+
+
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS/OpenMP libraries, scanned again only after new imports (a scan
+    costs milliseconds, and a library such as scipy's OpenBLAS is loaded by an import)."""
+    global _controller
+    from threadpoolctl import ThreadpoolController
+
+    if _controller is None or _controller[0] != len(sys.modules):
+        _controller = (len(sys.modules), ThreadpoolController())
+    return _controller[1]
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """torch and every BLAS library (threadpoolctl) on one thread, restored afterwards.
 
     Sums then round alike in every process whatever its thread count (a Ray worker runs one thread, a
-    local run two), and tiny tensors skip the thread pool's overhead.
+    local run two), and tiny tensors skip the thread pool's overhead. Safe on several threads at once
+    (a harness probe beside a cell's scoring): torch's setting is per thread; the BLAS limits are
+    process-wide, so they hold while any thread is inside.
     """
-    from threadpoolctl import threadpool_limits
-
+    global _inside, _blas_limit
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    with _THREADS_LOCK:
+        if _inside == 0:
+            _blas_limit = _blas_controller().limit(limits=1)
+        _inside += 1
     try:
-        with threadpool_limits(limits=1):
-            yield
+        yield
     finally:
+        with _THREADS_LOCK:
+            _inside -= 1
+            if _inside == 0:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
         torch.set_num_threads(threads)

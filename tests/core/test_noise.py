@@ -97,3 +97,29 @@ def test_step_noise_of_step_k_does_not_depend_on_the_bank_size(shape):
     # checks the installed torch's CPU normal sampler: block k uses only its own padded run of uniforms
     short, long = StepNoise(2, range(3), shape, 3), StepNoise(2, range(3), shape, 40)
     assert all(torch.equal(short(k), long(k)) for k in range(3))
+
+
+def test_repeated_draws_come_from_the_memo_equal_and_unshared(monkeypatch):
+    calls = []
+    real = seeding._draw
+    monkeypatch.setattr(seeding, "_draw", lambda *a, **k: calls.append(a) or real(*a, **k))
+    seeding._memo.clear()
+    first = initial_noise(3, range(4), (2, 3), dtype=torch.float64)
+    kept = first.clone()
+    first.add_(1.0)  # a caller changing its tensor must not change the next caller's
+    again = initial_noise(3, range(4), (2, 3), dtype=torch.float64)
+    assert len(calls) == 1
+    torch.testing.assert_close(again, kept, rtol=0, atol=0)
+    bank = StepNoise(3, range(4), (2, 3), 5, dtype=torch.float64)
+    torch.testing.assert_close(StepNoise(3, range(4), (2, 3), 5)(2), bank(2).float(), rtol=0, atol=0)
+    assert len(calls) == 2  # one bank draw for both dtypes
+
+
+def test_the_memo_keeps_at_most_its_bound(monkeypatch):
+    monkeypatch.setattr(seeding, "MEMO_BYTES", 3 * 4 * 8 * 8)  # three draws of 4 × 8 float64 values
+    seeding._memo.clear()
+    for seed in range(5):
+        initial_noise(seed, range(4), (8,))
+    assert [key[0] for key in seeding._memo] == [2, 3, 4]  # the least recently used went first
+    initial_noise(0, range(4), (1000,))  # larger than the bound: drawn, not kept
+    assert [key[0] for key in seeding._memo] == [2, 3, 4]

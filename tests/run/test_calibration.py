@@ -22,3 +22,41 @@ def test_overhead_pairs_sampling_with_the_total_of_nfe_bare_calls(monkeypatch):
     result = calibration.harness_overhead(gmm(), "euler", steps=5, batch_size=4, repeats=3)
     assert result.ratios == [pytest.approx(0.0)] * 3 and result.median == pytest.approx(0.0)
     assert result.as_dict()["bare_seconds_median"] == pytest.approx(2.0) and result.nfe == 5.0
+
+
+@pytest.mark.parametrize("steps, calls_a_repetition", [(100, 1), (5, 4)])
+def test_the_probe_times_sixteen_gaps_a_repetition_stopping_long_samplers_early(monkeypatch, steps, calls_a_repetition):
+    """A 100-step sampler is stopped after the gaps one repetition needs; a 5-step one (4 gaps) runs 4 whole calls."""
+    from diffbench.registry import default_registry
+    from diffbench.run.cell import probe_harness
+    from diffbench.run.suite import expand, parse_suite
+
+    seen = []
+    real = calibration.harness_probe
+
+    def counting(gaps_of_one_call, repeats=calibration.HARNESS_REPEATS):
+        def counted():
+            gaps = gaps_of_one_call()
+            seen.append(len(gaps))
+            return gaps
+
+        return real(counted, repeats)
+
+    monkeypatch.setattr(calibration, "harness_probe", counting)
+    suite = parse_suite(
+        {
+            "name": "probe",
+            "model": "gmm",
+            "metrics": ["mean-norm"],
+            "num_samples": 8,
+            "batch_size": 8,
+            "grid": {"sampler": ["euler"], "scheduler": ["karras"], "steps": [steps]},
+        }
+    )
+    (cell,) = expand(suite)
+    warnings: list[str] = []
+    probe = probe_harness(suite, cell, gmm(), default_registry(), warnings)
+    assert not warnings and probe["repeats"] == calibration.HARNESS_REPEATS
+    per_call = min(steps - 1, calibration.MIN_GAPS)  # euler: one network call a step
+    assert set(seen) == {per_call}  # the warm-up call and every timed one
+    assert len(seen) == 1 + calibration.HARNESS_REPEATS * calls_a_repetition

@@ -2,10 +2,11 @@
 
 With ``overlap`` a finished cell is scored on a second thread while the next cell samples: by default
 when the models sample off the CPU (GPU sampling, CPU scoring), where the two do not compete for the
-same cores or thread settings (``devices.one_thread``, used by scoring, sets thread counts that are
-per-thread for OpenMP but process-wide for some BLAS builds, so two threads should not both use it). Scores depend
-only on a cell's feature rows, so the records are those of
-the serial order (tests/run/executors/test_local.py compares them).
+same cores. Sampling on the CPU is never overlapped (it would slow the sampling the table times);
+there, with two cores or more, a cell's scoring runs beside its harness probe instead
+(``cell.probe_and_score``): both are single-threaded (``devices.one_thread``, safe on several threads at
+once). Scores depend only on a cell's feature rows, so the records are those of the serial order
+(tests/run/executors/test_local.py compares them).
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
-from diffbench.run.cell import SampledCell, sample_cell, score_cell
+from diffbench.run.cell import SampledCell, probe_and_score, run_probe, sample_cell, score_cell
 from diffbench.run.executors import Finished, Job
 from diffbench.run.suite import CellSpec
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def worker_info(executor: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -51,15 +60,24 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, overlap: bool | None = None) -> None:
+    def __init__(self, overlap: bool | None = None, probe_beside: bool | None = None) -> None:
         self.job: Job | None = None
         self.overlap = overlap  # None: when any model samples off the CPU
+        self.probe_beside = probe_beside  # None: when not overlapping and two cores are free
 
     def start(self, job: Job) -> dict[str, Any]:
         self.job = job
         if self.overlap is None:
             self.overlap = any(m.device.type != "cpu" for m in job.models.values())
-        return {"name": self.name, "nodes": [socket.gethostname()], "overlap_scoring": self.overlap}
+        if self.probe_beside is None:  # CPU sampling: a cell's probe and its scoring (a thread each) on two cores
+            self.probe_beside = not self.overlap and available_cores() >= 2
+        self.probe_beside = self.probe_beside and not self.overlap
+        return {
+            "name": self.name,
+            "nodes": [socket.gethostname()],
+            "overlap_scoring": self.overlap,
+            "probe_beside_scoring": self.probe_beside,
+        }
 
     def run(self, cells: list[CellSpec]) -> Iterator[Finished]:
         job = self.job
@@ -69,7 +87,8 @@ class LocalExecutor:
             return
         for cell in cells:
             with cell_bar(job, cell) as bar:
-                record = score_cell(self._sample(cell, bar), job.suite, job.suite.time_limit, bar)
+                sampled = self._sample(cell, bar)
+                record = probe_and_score(sampled, job.suite, job.suite.time_limit, bar, beside=self.probe_beside)
             record["worker"] = worker_info(self.name, record)
             yield Finished(record)  # the picture is already in the run directory: this is the driver
 
@@ -90,6 +109,7 @@ class LocalExecutor:
                 for cell in cells:
                     with cell_bar(job, cell) as bar:
                         sampled = self._sample(cell, bar)
+                    run_probe(sampled, limit)  # on this thread; the previous cell's scoring goes on meanwhile
                     if pending is not None:
                         yield self._finished(pending.result())
                     pending = pool.submit(score_cell, sampled, job.suite, limit)

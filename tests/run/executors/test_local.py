@@ -6,7 +6,7 @@ import torch
 from runhelpers import grid, small, test_registry
 
 from diffbench.api import run_suite
-from diffbench.run.executors.local import LocalExecutor
+from diffbench.run.executors.local import LocalExecutor, available_cores
 from diffbench.run.rundir import RunDir
 from diffbench.run.suite import parse_suite
 
@@ -38,7 +38,7 @@ def _records(path):
     return out
 
 
-def test_overlapped_scoring_gives_the_records_of_the_serial_order(tmp_path):
+def test_overlapped_scoring_and_scoring_beside_the_probe_give_the_records_of_the_serial_order(tmp_path):
     data = small(
         metrics=["mean-norm", "trajectory-error", "solver-error"],
         num_samples=16,
@@ -47,9 +47,9 @@ def test_overlapped_scoring_gives_the_records_of_the_serial_order(tmp_path):
         grid=grid(sampler=["euler", "heun", "ddpm", "broken"], steps=[2, 4]),
     )
     runs = {}
-    for name, overlap in (("serial", False), ("overlap", True)):
+    for name, overlap, beside in (("serial", False, False), ("overlap", True, None), ("beside", False, True)):
         registry = test_registry()[0]
-        executor = LocalExecutor(overlap=overlap)
+        executor = LocalExecutor(overlap=overlap, probe_beside=beside)
         result = run_suite(
             parse_suite(data, registry),
             tmp_path / name,
@@ -62,11 +62,13 @@ def test_overlapped_scoring_gives_the_records_of_the_serial_order(tmp_path):
         runs[name] = _records(result.path)
         manifest = RunDir(result.path).read_manifest()
         assert manifest["executor"]["overlap_scoring"] is overlap
-    serial, overlapped = runs["serial"], runs["overlap"]
-    assert serial.keys() == overlapped.keys() and len(serial) == 8
-    assert sum(r["status"] == "failed" for r in serial.values()) == 2  # the broken sampler fails its own cells
-    for cell_id, rec in serial.items():
-        assert overlapped[cell_id] == rec, cell_id
+        assert manifest["executor"]["probe_beside_scoring"] is (name == "beside")
+    serial = runs["serial"]
+    assert len(serial) == 8 and sum(r["status"] == "failed" for r in serial.values()) == 2  # broken fails its own
+    for name in ("overlap", "beside"):
+        assert runs[name].keys() == serial.keys()
+        for cell_id, rec in serial.items():
+            assert runs[name][cell_id] == rec, (name, cell_id)
 
 
 def test_overlap_is_on_by_default_only_off_the_cpu():
@@ -74,4 +76,6 @@ def test_overlap_is_on_by_default_only_off_the_cpu():
         models = {"m": type("M", (), {"device": torch.device("cpu")})()}
 
     executor = LocalExecutor()
-    assert executor.start(Job())["overlap_scoring"] is False
+    info = executor.start(Job())
+    assert info["overlap_scoring"] is False
+    assert info["probe_beside_scoring"] is (available_cores() >= 2)
