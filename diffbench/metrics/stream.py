@@ -10,6 +10,7 @@ rows (see ``diffbench.metrics.base``).
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable
 
@@ -92,9 +93,37 @@ class FeatureRows:
         self.extractors, self.owner = extractors, owner or {}
         self.parts: dict[Hashable, list[Tensor]] = {k: [] for k in extractors}
         self.indices: list[Tensor] = []
+        self.extract_seconds = 0.0  # time in the extractors
+        self._pending: tuple[Batch, int] | None = None
+
+    def add_later(self, batch: Batch) -> None:
+        """``add`` the batch before this one now, and this one when the next comes or the rows are read: the
+        last batch of a sampling call is then extracted by whoever reads the rows (the scoring thread, beside
+        the cell's harness probe), on as many torch threads as it would have had here."""
+        self.flush()
+        self._pending = (batch, torch.get_num_threads())
+
+    def flush(self) -> None:
+        """Extract the batch ``add_later`` still holds."""
+        if self._pending is None:
+            return
+        (batch, threads), self._pending = self._pending, None
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # per thread: features are extracted as on the sampling thread
+        try:
+            self.add(batch)
+        finally:
+            torch.set_num_threads(before)
 
     def add(self, batch: Batch) -> None:
         """Run every extractor once on ``batch`` and keep its rows (one per sample)."""
+        t0 = time.perf_counter()
+        try:
+            self._extract(batch)
+        finally:
+            self.extract_seconds += time.perf_counter() - t0
+
+    def _extract(self, batch: Batch) -> None:
         for key, ext in self.extractors.items():
             try:
                 rows = ext(batch)
@@ -110,10 +139,12 @@ class FeatureRows:
         self.indices.append(batch.indices.detach().cpu().long())
 
     def __len__(self) -> int:
-        return sum(len(i) for i in self.indices)
+        pending = 0 if self._pending is None else len(self._pending[0].samples)
+        return sum(len(i) for i in self.indices) + pending
 
     def gathered(self) -> dict[Hashable, Tensor]:
         """Each extractor's rows concatenated in sample-index order (ValueError on a repeated index)."""
+        self.flush()
         if not self.indices:
             raise ValueError("no samples were collected")
         idx = torch.cat(self.indices)
@@ -130,6 +161,7 @@ class FeatureRows:
 
     def export(self) -> dict[str, Any]:
         """Plain tensors to send from a worker: {"indices": (n,), "rows": {key: (n, ...)}} (picklable)."""
+        self.flush()
         return {
             "indices": torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long),
             "rows": {k: torch.cat(v) for k, v in self.parts.items() if v},
@@ -137,6 +169,7 @@ class FeatureRows:
 
     def absorb(self, exported: dict[str, Any]) -> None:
         """Add a worker's ``export()`` (same extractor keys; its sample indices disjoint from the others)."""
+        self.flush()
         if len(exported["indices"]) == 0:
             return
         if set(exported["rows"]) != set(self.parts):

@@ -8,7 +8,7 @@ import torch
 from diffbench.datasets import digits
 from diffbench.metrics import extractors, fidelity
 from diffbench.metrics.base import Batch, MetricContext, MetricValue
-from diffbench.metrics.stream import MetricError, MetricPlan
+from diffbench.metrics.stream import FeatureRows, MetricError, MetricPlan
 from diffbench.registry import Registry
 
 DIGITS_MODEL = SimpleNamespace(name="stub", dataset="digits", data_range=(-1.0, 1.0))
@@ -108,3 +108,32 @@ def test_a_metric_that_cannot_run_fails_when_planned_before_any_sampling(context
     no_data = SimpleNamespace(name="gmm", dataset=None, data_range=(-1.0, 1.0))
     with pytest.raises(MetricError, match="metric 'fid'.*needs reference data: add 'reference:'"):
         plan_of((fidelity.FID(), {}), context=context, model=no_data)
+
+
+def test_add_later_extracts_the_held_batch_when_read_on_the_thread_count_it_was_held_with():
+    """Rows from ``add_later`` equal rows from ``add``; the last batch waits until the rows are read, and is then
+    extracted with the torch thread count of the thread that held it (here 1), whoever reads it."""
+    threads_seen = []
+
+    class Extractor:
+        key = "count-threads"
+
+        def __call__(self, batch):
+            threads_seen.append(torch.get_num_threads())
+            return batch.samples.flatten(1)[:, :3] * 2.0
+
+    images = torch.linspace(-1, 1, 10 * 64).reshape(10, 1, 8, 8)
+    now, later = FeatureRows({"count-threads": Extractor()}), FeatureRows({"count-threads": Extractor()})
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for batch in batches(images, 4):
+            now.add(batch)
+            later.add_later(batch)
+        assert len(threads_seen) == 3 + 2 and len(later) == 10  # the last batch is held, and counted
+    finally:
+        torch.set_num_threads(before)
+    got = later.gathered()["count-threads"]
+    assert threads_seen[-1] == 1 and torch.get_num_threads() == before
+    torch.testing.assert_close(got, now.gathered()["count-threads"], rtol=0, atol=0)
+    assert later.extract_seconds > 0
