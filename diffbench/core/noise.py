@@ -60,16 +60,21 @@ _memo_lock = threading.Lock()
 
 
 def _memo_draw(seed: int, indices, shape, stream: int, blocks: int | None = None) -> torch.Tensor:
-    """``_draw`` in float64 through a memo of recent draws (least recently used dropped first); never modify it."""
-    key = (int(seed), tuple(int(i) for i in indices), tuple(shape), stream, blocks)
+    """``_draw`` in float64 through a memo of recent draws (least recently used dropped first); never modify it.
+
+    Block k of a step bank does not depend on how many blocks were drawn, so a bank of fewer blocks is
+    served from a kept larger one (the samplers of a suite share one bank, as its cells share one start)."""
+    key = (int(seed), tuple(int(i) for i in indices), tuple(shape), stream, blocks is None)
     with _memo_lock:
-        if key in _memo:
+        kept = _memo.get(key)
+        if kept is not None and (blocks is None or kept.shape[1] >= blocks):
             _memo.move_to_end(key)
-            return _memo[key]
+            return kept if blocks is None else kept[:, :blocks]
     drawn = _draw(key[0], key[1], key[2], stream, blocks)
     with _memo_lock:
         if drawn.numel() * drawn.element_size() <= MEMO_BYTES:
             _memo[key] = drawn
+            _memo.move_to_end(key)
             while sum(t.numel() * t.element_size() for t in _memo.values()) > MEMO_BYTES:
                 _memo.popitem(last=False)
     return drawn

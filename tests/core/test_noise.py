@@ -123,3 +123,16 @@ def test_the_memo_keeps_at_most_its_bound(monkeypatch):
     assert [key[0] for key in seeding._memo] == [2, 3, 4]  # the least recently used went first
     initial_noise(0, range(4), (1000,))  # larger than the bound: drawn, not kept
     assert [key[0] for key in seeding._memo] == [2, 3, 4]
+
+
+def test_a_smaller_step_bank_is_served_from_a_kept_larger_one(monkeypatch):
+    calls = []
+    real = seeding._draw
+    monkeypatch.setattr(seeding, "_draw", lambda *a, **k: calls.append(a) or real(*a, **k))
+    seeding._memo.clear()
+    large = StepNoise(1, range(3), (5,), 20, dtype=torch.float64)
+    large(0)
+    small = StepNoise(1, range(3), (5,), 7, dtype=torch.float64)
+    assert all(torch.equal(small(k), large(k)) for k in range(7)) and len(calls) == 1
+    seeding._memo.clear()  # and the same values when the small bank is drawn on its own
+    assert all(torch.equal(StepNoise(1, range(3), (5,), 7, dtype=torch.float64)(k), large(k)) for k in range(7))
