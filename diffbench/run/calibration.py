@@ -122,7 +122,8 @@ HARNESS_REPEATS = 11
 MIN_GAPS = REFERENCE_PIECES  # gaps per repetition: as many as the reference has pieces
 HARNESS_METHOD = (
     "cpu-time: the sampler on the cell's grid, batch size and options with a zero network, one "
-    "torch thread; median thread CPU time between calls (at least 16 per repetition), minimum over {k} "
+    "torch thread; median thread CPU time between calls (per repetition a call's first 16, or whole "
+    "calls of a shorter sampler until at least 16), minimum over {k} "
     "repetitions, divided by the minimum of the same statistic of a fixed CPU reference work "
     "(16 pieces of 4 small tensor ops) timed between them"
 )
