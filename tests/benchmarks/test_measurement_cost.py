@@ -209,12 +209,19 @@ def steps_costs(work: Path, suite: Path = STEPS) -> dict[str, float]:
     second, wall = run("second")
     cells = _cells(SimpleNamespace(path=second))
     sampling = sum(c["sample_seconds"] for c in cells)
+    manifest = RunDir(second).read_manifest()
+    probes = [(c.get("harness") or {}).get("probe_seconds") or 0.0 for c in cells]
+    metrics = [c.get("metric_seconds") or 0.0 for c in cells]
+    beside = bool(manifest["executor"].get("probe_beside_scoring"))
     out.update(
         wall_seconds=wall,
-        run_wall_seconds=RunDir(second).read_manifest()["wall_seconds"],
+        run_wall_seconds=manifest["wall_seconds"],
         sampling_seconds=sampling,
-        metric_seconds=sum(c.get("metric_seconds") or 0.0 for c in cells),
-        probe_seconds=sum((c.get("harness") or {}).get("probe_seconds") or 0.0 for c in cells),
+        metric_seconds=sum(metrics),
+        probe_seconds=sum(probes),
+        probe_beside_scoring=beside,
+        # what the two cost the run: side by side, the longer of each cell's pair; else both
+        scoring_and_probe_seconds=sum(map(max, probes, metrics)) if beside else sum(probes) + sum(metrics),
         ratio=wall / sampling,
         cells=len(cells),
     )
@@ -280,8 +287,10 @@ def steps_lines(c: dict[str, float]) -> list[str]:
     return [
         f"steps.yaml, references cached: `diffbench run` wall {c['wall_seconds']:.1f} s (start-up and plots "
         f"included; the run's own clock {c['run_wall_seconds']:.1f} s), sampling {c['sampling_seconds']:.1f} s, "
-        f"metrics {c['metric_seconds']:.1f} s, harness probes {c['probe_seconds']:.1f} s, other in the run "
-        f"{c['run_wall_seconds'] - c['sampling_seconds'] - c['metric_seconds'] - c['probe_seconds']:.1f} s, "
+        f"metrics {c['metric_seconds']:.1f} s and harness probes {c['probe_seconds']:.1f} s "
+        f"({'side by side' if c['probe_beside_scoring'] else 'one after the other'}: "
+        f"{c['scoring_and_probe_seconds']:.1f} s of the run), other in the run "
+        f"{c['run_wall_seconds'] - c['sampling_seconds'] - c['scoring_and_probe_seconds']:.1f} s, "
         f"start-up and plots {c['wall_seconds'] - c['run_wall_seconds']:.1f} s; whole run / sampling = "
         f"{c['ratio']:.2f} ({c['cells']} cells)",
         f"steps.yaml references: {c['references']} computed with {c['reference_nfe']:,.0f} NFE in "
