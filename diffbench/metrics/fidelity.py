@@ -9,6 +9,7 @@ and resize; or an npz-stats reference's precomputed statistics, which only FID c
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -185,6 +186,7 @@ class _FidelityMetric(StreamingMetric):
         raise NotImplementedError
 
 
+@functools.lru_cache(maxsize=1)  # read from the installed metadata once per process (a few ms each time)
 def _torch_fidelity_version() -> str:
     from importlib.metadata import version  # not its import: that pulls in torchvision and torch._dynamo
 
