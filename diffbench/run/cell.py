@@ -276,8 +276,8 @@ def run_probe(sampled: SampledCell, time_limit: float | None = None) -> None:
     try:
         with limit_time(left):
             sampled.rec["harness"] = sampled.probe(warnings)
-    except TimeLimitExceeded as exc:
-        sampled.failure, sampled.traceback = exc, traceback.format_exc()
+    except TimeLimitExceeded:  # named by the cell's limit, as in sampling, not by what was left of it
+        sampled.failure, sampled.traceback = TimeLimitExceeded(time_limit), traceback.format_exc()
     sampled.rec["warnings"] += warnings
     sampled.seconds += time.perf_counter() - t0
     sampled.probe = None
@@ -306,13 +306,13 @@ def probe_and_score(
             with limit_time(left):
                 harness = probe(warnings)
             failure = None
-        except TimeLimitExceeded as exc:
-            harness, failure = None, exc
+        except TimeLimitExceeded:
+            harness, failure = None, (TimeLimitExceeded(time_limit), traceback.format_exc())
         rec = scoring.result()
     rec["harness"] = harness
     rec["warnings"] += warnings
     if failure is not None and rec["status"] == STATUS_OK:
-        fail_record(rec, failure, "".join(traceback.format_exception(failure)))
+        fail_record(rec, *failure)
     return rec
 
 

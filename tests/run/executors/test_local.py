@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
 import torch
 from runhelpers import grid, small, test_registry
 
@@ -79,3 +82,37 @@ def test_overlap_is_on_by_default_only_off_the_cpu():
     info = executor.start(Job())
     assert info["overlap_scoring"] is False
     assert info["probe_beside_scoring"] is (available_cores() >= 2)
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_sampler_that_hangs_in_the_harness_probe_fails_its_own_cell_at_the_time_limit(tmp_path, beside):
+    """The probe runs under what is left of the cell's time limit, beside scoring or not: a sampler that
+    hangs there fails its cell with the limit's message; the other cells are kept."""
+    registry = test_registry()[0]
+    calls = []
+
+    def hangs_third_time(denoiser, x, sigmas, *, noise=None):
+        """Euler's first step, then nothing; hangs from its third call (warm-up, the cell, the probe's)."""
+        calls.append(1)
+        if len(calls) >= 3:
+            while True:
+                time.sleep(0.01)
+        for i in range(len(sigmas) - 1):
+            x = x + (float(sigmas[i + 1]) - float(sigmas[i])) * (x - denoiser(x, float(sigmas[i]))) / float(sigmas[i])
+        return x
+
+    registry.add("sampler", "hangs", hangs_third_time, order=None, nfe=lambda s, **_: len(s) - 1, stochastic=None)
+    data = small(time_limit=3, num_samples=32, grid=grid(sampler=["hangs", "euler"], steps=[3]))  # one batch
+    result = run_suite(
+        parse_suite(data, registry),
+        tmp_path / "run",
+        registry=registry,
+        progress=False,
+        cache_dir=tmp_path / "cache",
+        draw=False,
+        executor=LocalExecutor(probe_beside=beside),
+    )
+    records = {r["sampler_name"]: r for r in RunDir(result.path).read_cells()}
+    assert records["hangs"]["status"] == "failed" and "time limit of 3 s exceeded" in records["hangs"]["error"]
+    assert records["hangs"]["sample_seconds"] > 0  # what its sampling cost is kept
+    assert records["euler"]["status"] == "ok" and records["euler"]["harness"]["ratio"] > 0
