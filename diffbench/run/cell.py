@@ -197,6 +197,10 @@ class SampledCell:
     traceback: str | None = None
     probe: Callable[[list[str]], dict[str, Any] | None] | None = None  # the harness probe, once sampling succeeded
 
+    def time_left(self, time_limit: float | None) -> float | None:
+        """What the cell's time limit leaves after what it has spent (None: no limit)."""
+        return None if time_limit is None else max(time_limit - self.seconds, 1e-3)
+
 
 def run_cell(
     suite: Suite,
@@ -265,22 +269,29 @@ def sample_cell(
     return out
 
 
-def run_probe(sampled: SampledCell, time_limit: float | None = None) -> None:
-    """The sampled cell's harness probe (``probe_harness``) under what is left of its time limit: the result
-    goes to the record, a probe past the limit fails the cell (a sampler that hangs on a zero network)."""
-    if sampled.probe is None or sampled.failure is not None:
-        return
-    left = None if time_limit is None else max(time_limit - sampled.seconds, 1e-3)
-    t0 = time.perf_counter()
+def _take_probe(sampled: SampledCell, time_limit: float | None) -> tuple[Any, list[str], tuple | None]:
+    """``sampled.probe`` once, under what is left of the cell's time limit: its figures, its warnings and, past
+    the limit, the failure (named by the cell's limit, as in sampling) with its traceback."""
+    probe, sampled.probe = sampled.probe, None
     warnings: list[str] = []
     try:
-        with limit_time(left):
-            sampled.rec["harness"] = sampled.probe(warnings)
-    except TimeLimitExceeded:  # named by the cell's limit, as in sampling, not by what was left of it
-        sampled.failure, sampled.traceback = TimeLimitExceeded(time_limit), traceback.format_exc()
+        with limit_time(sampled.time_left(time_limit)):
+            return probe(warnings), warnings, None
+    except TimeLimitExceeded:  # a sampler that hangs on a zero network
+        return None, warnings, (TimeLimitExceeded(time_limit), traceback.format_exc())
+
+
+def run_probe(sampled: SampledCell, time_limit: float | None = None) -> None:
+    """The sampled cell's harness probe (``probe_harness``) under what is left of its time limit: the figures go
+    to the record; a probe past the limit fails the cell."""
+    if sampled.probe is None or sampled.failure is not None:
+        return
+    t0 = time.perf_counter()
+    sampled.rec["harness"], warnings, failure = _take_probe(sampled, time_limit)
     sampled.rec["warnings"] += warnings
+    if failure is not None:
+        sampled.failure, sampled.traceback = failure
     sampled.seconds += time.perf_counter() - t0
-    sampled.probe = None
 
 
 def probe_and_score(
@@ -299,15 +310,7 @@ def probe_and_score(
         return score_cell(sampled, suite, time_limit, bar)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffbench-scoring") as pool:
         scoring = pool.submit(score_cell, sampled, suite, time_limit, bar)
-        probe, sampled.probe = sampled.probe, None
-        left = None if time_limit is None else max(time_limit - sampled.seconds, 1e-3)
-        warnings: list[str] = []
-        try:
-            with limit_time(left):
-                harness = probe(warnings)
-            failure = None
-        except TimeLimitExceeded:
-            harness, failure = None, (TimeLimitExceeded(time_limit), traceback.format_exc())
+        harness, warnings, failure = _take_probe(sampled, time_limit)
         rec = scoring.result()
     rec["harness"] = harness
     rec["warnings"] += warnings
@@ -319,7 +322,7 @@ def probe_and_score(
 def score_cell(sampled: SampledCell, suite: Suite, time_limit: float | None = None, bar: Any = None) -> dict[str, Any]:
     """The scoring half of ``run_cell``: each seed group scored once, the record finished (failures recorded)."""
     rec, results = sampled.rec, [g.result for g in sampled.groups]
-    left = None if time_limit is None else max(time_limit - sampled.seconds, 1e-3)
+    left = sampled.time_left(time_limit)
     try:
         if sampled.failure is not None:
             raise sampled.failure
