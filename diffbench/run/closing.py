@@ -30,40 +30,6 @@ def metric_directions(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]
     return values
 
 
-def closed_manifest(
-    manifest: dict[str, Any],
-    records: list[dict[str, Any]],
-    frame: pd.DataFrame,
-    *,
-    total: int,
-    status: str,
-    finished: str | None,
-    wall_seconds: float | None,
-    metric_info: dict[str, Any],
-    missing: list[str] | None = None,
-) -> dict[str, Any]:
-    """``manifest`` closed with ``status``: end time, wall-clock seconds, metric directions, cell counts
-    (``missing``: cells no shard finished, for a merge) and where each recorded cell ran."""
-    counts = {
-        "total": total,
-        "ok": int((frame["status"] == STATUS_OK).sum()),
-        "failed": int((frame["status"] == STATUS_FAILED).sum()),
-    }
-    if missing is not None:
-        counts["missing"] = len(missing)
-    executor = {**(manifest.get("executor") or {}), "cells": {r["cell_id"]: placement(r) for r in records}}
-    return {
-        **manifest,
-        "status": status,
-        "finished": finished,
-        "wall_seconds": wall_seconds,
-        "metric_info": metric_info,
-        "metric_values": metric_directions(records),
-        "cells": counts,
-        "executor": executor,
-    }
-
-
 def close_run(
     run: RunDir,
     manifest: dict[str, Any],
@@ -77,20 +43,28 @@ def close_run(
     missing: list[str] | None = None,
 ) -> pd.DataFrame:
     """Close ``run``: cells.csv rebuilt from ``records`` in grid order (atomically; only where the run directory
-    owns the table: a shard leaves it to the merge) and the manifest closed (``closed_manifest``) and written.
-    Returns the cells frame."""
+    owns the table: a shard leaves it to the merge) and ``manifest`` written closed with ``status``: end time,
+    wall-clock seconds, metric directions, cell counts (``missing``: cells no shard finished, for a merge) and
+    where each recorded cell ran. Returns the cells frame."""
     frame = run.write_csv(records) if run.owns_table else cells_frame(records)
+    counts = {
+        "total": total,
+        "ok": int((frame["status"] == STATUS_OK).sum()),
+        "failed": int((frame["status"] == STATUS_FAILED).sum()),
+    }
+    if missing is not None:
+        counts["missing"] = len(missing)
+    executor = {**(manifest.get("executor") or {}), "cells": {r["cell_id"]: placement(r) for r in records}}
     run.write_manifest(
-        closed_manifest(
-            manifest,
-            records,
-            frame,
-            total=total,
-            status=status,
-            finished=finished,
-            wall_seconds=wall_seconds,
-            metric_info=metric_info,
-            missing=missing,
-        )
+        {
+            **manifest,
+            "status": status,
+            "finished": finished,
+            "wall_seconds": wall_seconds,
+            "metric_info": metric_info,
+            "metric_values": metric_directions(records),
+            "cells": counts,
+            "executor": executor,
+        }
     )
     return frame

@@ -32,6 +32,20 @@ VOLATILE = {
 }  # timing probes and figures built from them
 
 
+def _run(data, tmp_path, name, executor, registry=None):
+    """``data`` run quietly into ``tmp_path / name`` by ``executor`` (the test plugins' registry by default)."""
+    registry = registry or test_registry()[0]
+    return run_suite(
+        parse_suite(data, registry),
+        tmp_path / name,
+        registry=registry,
+        progress=False,
+        cache_dir=tmp_path / "cache",
+        draw=False,
+        executor=executor,
+    )
+
+
 def _records(path):
     out = {}
     for rec in RunDir(path).read_cells():
@@ -51,17 +65,7 @@ def test_overlapped_scoring_and_scoring_beside_the_probe_give_the_records_of_the
     )
     runs = {}
     for name, overlap, beside in (("serial", False, False), ("overlap", True, None), ("beside", False, True)):
-        registry = test_registry()[0]
-        executor = LocalExecutor(overlap=overlap, probe_beside=beside)
-        result = run_suite(
-            parse_suite(data, registry),
-            tmp_path / name,
-            registry=registry,
-            progress=False,
-            cache_dir=tmp_path / "cache",
-            draw=False,
-            executor=executor,
-        )
+        result = _run(data, tmp_path, name, LocalExecutor(overlap=overlap, probe_beside=beside))
         runs[name] = _records(result.path)
         manifest = RunDir(result.path).read_manifest()
         assert manifest["executor"]["overlap_scoring"] is overlap
@@ -103,15 +107,7 @@ def test_a_sampler_that_hangs_in_the_harness_probe_fails_its_own_cell_at_the_tim
 
     registry.add("sampler", "hangs", hangs_third_time, order=None, nfe=lambda s, **_: len(s) - 1, stochastic=None)
     data = small(time_limit=3, num_samples=32, grid=grid(sampler=["hangs", "euler"], steps=[3]))  # one batch
-    result = run_suite(
-        parse_suite(data, registry),
-        tmp_path / "run",
-        registry=registry,
-        progress=False,
-        cache_dir=tmp_path / "cache",
-        draw=False,
-        executor=LocalExecutor(probe_beside=beside),
-    )
+    result = _run(data, tmp_path, "run", LocalExecutor(probe_beside=beside), registry)
     records = {r["sampler_name"]: r for r in RunDir(result.path).read_cells()}
     assert records["hangs"]["status"] == "failed" and "time limit of 3 s exceeded" in records["hangs"]["error"]
     assert records["hangs"]["sample_seconds"] > 0  # what its sampling cost is kept
