@@ -52,7 +52,7 @@ ABSENT_STOCHASTIC = (
     "there is no ODE trajectory to compare with"
 )
 # 1: one reference per σ range by step doubling; 2: one per starting point, a tensor per stop; 3: its stops and cost
-# in the verified entry (the .json sidecar is for people and cost estimates only)
+# in the verified entry (the .json sidecar is for people only)
 CACHE_FORMAT = 3
 
 
@@ -120,7 +120,7 @@ def solve_stops(
 class ReferenceCache:
     """References on disk: ``<dir>/<sha256 of the key>.safetensors`` (a tensor per stop, with the key, its stops and
     cost, verified on load: ``diffbench.util.verified_cache``) + ``.json`` (the same key, stops and cost, for people
-    to read and for the plan's cost estimate; never read back as a reference)."""
+    to read; never read back)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -148,18 +148,20 @@ class ReferenceCache:
         os.replace(tmp, stem.with_suffix(".json"))
         return sha
 
-    def sidecars(self) -> list[dict[str, Any]]:
-        """Every readable sidecar whose reference file is there (for cost estimates only: a reference is verified
-        when it is used)."""
+    def entries(self) -> list[dict[str, Any]]:
+        """Every cached reference's key, stops and cost, read from its verified entry's header (its info checked
+        against the recorded hash; the tensors are verified when the reference is used): for cost estimates."""
         out = []
-        for path in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []:
-            try:
-                meta = json.loads(path.read_text())
-            except (OSError, ValueError, RecursionError):
+        for path in sorted(self.directory.glob("*.safetensors")) if self.directory.is_dir() else []:
+            read = verified_cache.read_info(path)
+            if read is None:
                 continue
-            beside = path.with_suffix(".safetensors").is_file()
-            if beside and isinstance(meta, dict) and isinstance(meta.get("key"), dict):
-                out.append(meta)
+            try:
+                key = json.loads(read[0])
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(key, dict):
+                out.append({**read[1], "key": key})
         return out
 
 
@@ -403,7 +405,7 @@ class TrajectoryError(StreamingMetric):
         identity = json.loads(json.dumps(model.identity(), sort_keys=True, default=str))
         earlier = [
             c
-            for c in ReferenceCache(Path(context.cache_dir) / "trajectory-references").sidecars()
+            for c in ReferenceCache(Path(context.cache_dir) / "trajectory-references").entries()
             if c.get("key", {}).get("model") == identity
             and c.get("key", {}).get("rtol") == rtol
             and c.get("key", {}).get("atol") == atol

@@ -28,6 +28,9 @@ from torch import Tensor
 Warn = Callable[[str], None]
 
 
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
+
+
 def stderr_warning(message: str) -> None:
     """The default warning sink: one line on stderr, as the CLI prints its warnings."""
     print(f"diffbench: warning: {message}", file=sys.stderr)
@@ -80,6 +83,28 @@ def save(path: str | Path, tensors: Mapping[str, Tensor], *, key: str, info: Map
         if tmp.exists():
             tmp.unlink()
     return sha
+
+
+def read_info(path: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """An entry's key and info from its header alone, the info checked against its recorded sha256; None when
+    the header cannot be read or the info does not match. The tensors are not read or verified: for estimates
+    (what a cached entry holds), never for using the entry (``load``)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= MAX_HEADER_BYTES:
+                return None
+            meta = json.loads(f.read(size)).get("__metadata__") or {}
+        info_text = meta.get("info") or "{}"
+        info = json.loads(info_text)
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    key = meta.get("key")
+    if not isinstance(key, str) or not isinstance(info, dict):
+        return None
+    if meta.get("info_sha256", info_sha256("{}")) != info_sha256(info_text):
+        return None
+    return key, info
 
 
 def load(path: str | Path, *, key: str, warn: Warn | None = None) -> Entry | None:

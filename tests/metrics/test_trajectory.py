@@ -173,6 +173,15 @@ def test_planned_cost_is_estimated_from_earlier_solves_without_solving(tmp_path)
     # seed 1 at the estimate of seed 0's path: one step to zero at the floor, no side steps
     assert after["nfe"] == pytest.approx(8 * (1 + 6 * (solved["steps"] + solved["rejected"])) + 8)
     assert after["nfe"] == pytest.approx(solved["nfe"])
+    # the estimate reads the verified entry, not the .json sidecar (for people): a changed sidecar changes nothing
+    (sidecar,) = (tmp_path / "trajectory-references").glob("*.json")
+    meta = json.loads(sidecar.read_text())
+    meta["steps"], meta["key"]["seed"] = 10 * meta["steps"], 1
+    sidecar.write_text(json.dumps(meta))
+    again = metric.planned_cost(
+        model=model, context=MetricContext(tmp_path, grids=grids), num_samples=8, seeds=[0, 1], batch_size=8
+    )
+    assert again == after
 
 
 def test_grids_that_start_at_the_same_sigma_by_different_arithmetic_share_one_reference(tmp_path):

@@ -115,3 +115,16 @@ def test_an_entry_whose_info_does_not_match_its_hash_is_recomputed(tmp_path):
     # an entry written before info was hashed, with no info, still loads
     save_file(t, str(path), metadata={"key": key, "sha256": verified_cache.content_sha256(t)})
     assert verified_cache.load(path, key=key).info == {}
+
+
+def test_read_info_gives_key_and_info_from_the_header_and_refuses_info_that_does_not_match_its_hash(tmp_path):
+    path = tmp_path / "e.safetensors"
+    verified_cache.save(path, {"a": torch.zeros(3)}, key="k1", info={"steps": 64, "stops": [[0.5, True]]})
+    assert verified_cache.read_info(path) == ("k1", {"steps": 64, "stops": [[0.5, True]]})
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**meta, "info": json.dumps({"steps": 1, "stops": [[0.5, True]]})})
+    assert verified_cache.read_info(path) is None  # changed info: not used, even for an estimate
+    path.write_bytes(b"\xff" * 4)
+    assert verified_cache.read_info(path) is None
+    assert verified_cache.read_info(tmp_path / "missing.safetensors") is None
