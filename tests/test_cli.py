@@ -206,6 +206,9 @@ def test_real_sigint_keeps_finished_cells(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as in a terminal: a shell's background job (CI's, say) starts with SIGINT ignored, which
+        # Python then leaves ignored, and the run would rightly finish instead
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not list((out / "cells").glob("[!.]*.json")) and time.monotonic() < deadline and proc.poll() is None:
