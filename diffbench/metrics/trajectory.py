@@ -13,7 +13,12 @@ sets: against much tighter solves, about 27× the tolerance on the retrained dig
 should be ≤ 1 % of the smallest trajectory-error it serves (suites/steps.yaml: 5e-9 for errors down to
 5e-5; the 28×28 benchmark: 3e-6 for errors ≥ 0.4; README, "Solver accuracy"). ``method: dop853`` (8th
 order) is there for smooth models: on digits-eps, whose D(x, σ) wiggles in σ, it needs more NFE than
-the 5th-order pair at every tolerance, so dopri5 is the default.
+the 5th-order pair at every tolerance, so dopri5 is the default. ``network_dtype: float32`` evaluates the
+network (and its preconditioning) in float32 inside the float64 solve, for tolerances ≥ 1e-6: on the
+mixture it meets its tolerance as float64 does, on the 28×28 UNet at 3e-6 its own error is the same
+(0.77 % against 0.78 % of the smallest error served) for 3.4× less time on a CPU
+(tests/benchmarks/test_measurement_cost.py); float64 stays the default, since a float32 network cannot
+resolve the tolerances the digits suites need.
 
 One reference serves every cell from the same starting noise (model, seed, sample indices, σ_0, guidance,
 clipping, labels): it runs to the model's smallest σ and stops, by side steps that never change its path,
@@ -32,7 +37,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import torch
 from torch import Tensor
@@ -44,9 +49,11 @@ from diffbench.metrics.ode_reference import METHODS, Tableau, solve_to_targets
 from diffbench.util import verified_cache
 from diffbench.util.devices import one_thread, resolve_device, resolve_dtype
 
-# Bounds on the solve (bounded sizes): steps per sample, and tolerances float64 can resolve.
+# Bounds on the solve (bounded sizes): steps per sample, and the tolerances the network's dtype can resolve
+# (about 5,000 and 8 units of its rounding: float64's 2.2e-16, float32's 1.2e-7).
 MAX_REFERENCE_STEPS = 1 << 16
-MIN_REFERENCE_TOL = 1e-12
+NETWORK_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+MIN_REFERENCE_TOL = {"float64": 1e-12, "float32": 1e-6}
 ABSENT_STOCHASTIC = (
     "trajectory-error absent: sampler {sampler!r} is stochastic with these options; "
     "there is no ODE trajectory to compare with"
@@ -80,8 +87,20 @@ def grid_stops(sigmas: Any) -> tuple[float, float, bool]:
     return shared_sigma(sig[0]), shared_sigma(positive[-1]), float(sig[-1]) == 0.0
 
 
+def in_float64(den: SigmaDenoiser, dtype: torch.dtype = torch.float64) -> Callable[..., Tensor]:
+    """``den.per_sample`` taking and giving float64: the network and its preconditioning run in ``dtype`` (the
+    model must be placed in it), the solve around it stays float64."""
+    if dtype == torch.float64:
+        return den.per_sample
+
+    def evaluate(x: Tensor, sigmas: Tensor, rows: Tensor | None = None) -> Tensor:
+        return den.per_sample(x.to(dtype), sigmas, rows).to(torch.float64)
+
+    return evaluate
+
+
 def solve_stops(
-    den: SigmaDenoiser,
+    denoise: Callable[..., Tensor],
     x: Tensor,
     sigma_start: float,
     floor: float,
@@ -93,9 +112,10 @@ def solve_stops(
     method: str = "dopri5",
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The reference at every (σ_end, final_zero) stop, float64: one ODE solve to ``floor``, then D at the
-    stops that end at 0. Returns tensors by ``stop_name`` and the solve's cost."""
+    stops that end at 0. ``denoise(x, sigmas, rows)`` is D, float64 in and out (``in_float64``). Returns tensors
+    by ``stop_name`` and the solve's cost."""
     states, info = solve_to_targets(
-        den.per_sample,
+        denoise,
         x,
         sigma_start,
         sorted({s for s, _ in stops if not at_floor(s, floor)} | {floor}),
@@ -110,7 +130,7 @@ def solve_stops(
         for sigma_end, final_zero in sorted(stops):
             state = states[floor if at_floor(sigma_end, floor) else sigma_end]
             if final_zero:
-                state = den.per_sample(state, torch.full((len(x),), sigma_end, dtype=torch.float64), rows)
+                state = denoise(state, torch.full((len(x),), sigma_end, dtype=torch.float64), rows)
                 finals += 1
             out[stop_name(sigma_end, final_zero)] = state.detach().cpu()
     info["nfe_per_sample"] += finals
@@ -231,7 +251,10 @@ class TrajectoryRows:
         self.model, self.context, self.settings, self.max_samples = model, context, settings, max_samples
         self.cache = ReferenceCache(Path(context.cache_dir) / "trajectory-references")
         self.key: Hashable = ("trajectory-error", json.dumps(settings, sort_keys=True), max_samples)
-        self._float64: dict[torch.device, Any] = {}  # the model in float64 on each device (converted once)
+        # the network's dtype is in the key only when not float64, so references cached before it was an option
+        # still serve
+        self.network_dtype = NETWORK_DTYPES[settings.get("network_dtype", "float64")]
+        self._placed: dict[torch.device, Any] = {}  # the model in the network's dtype on each device (placed once)
 
     def __call__(self, batch: Batch) -> Tensor:
         res = batch.result
@@ -262,12 +285,13 @@ class TrajectoryRows:
         return out
 
     def _denoiser(self, batch: Batch, x_dtype: torch.dtype) -> tuple[SigmaDenoiser, Tensor]:
-        """The float64 denoiser of this batch's cell and its starting points (those the sampler started from)."""
+        """The denoiser of this batch's cell, in the network's dtype, and its starting points (those the sampler
+        started from) in float64."""
         res = batch.result
         dev = resolve_device(res.meta["device"])
-        model = self._float64.get(dev)
+        model = self._placed.get(dev)
         if model is None:
-            model = self._float64[dev] = self.model.placed(dev, torch.float64)
+            model = self._placed[dev] = self.model.placed(dev, self.network_dtype)
         labels = None if batch.labels is None else batch.labels.to(dev)
         den = SigmaDenoiser(
             model, labels=labels, guidance=res.meta.get("guidance"), clip_x0=res.meta.get("clip_x0", False)
@@ -289,9 +313,10 @@ class TrajectoryRows:
             log.setdefault(digest, {**{k: v for k, v in cached[1].items() if k != "key"}, "from_cache": True})
             return cached[0][want]
         den, x = self._denoiser(batch, resolve_dtype(batch.result.meta["dtype"]))
-        if self.context.dry_run:  # validate: one float64 evaluation at per-sample σ, no solve
+        denoise = in_float64(den, self.network_dtype)
+        if self.context.dry_run:  # validate: one evaluation at per-sample σ, no solve
             with torch.inference_mode():
-                den.per_sample(x[:1], torch.tensor([sigma_start], dtype=torch.float64), torch.arange(1))
+                denoise(x[:1], torch.tensor([sigma_start], dtype=torch.float64), torch.arange(1))
             return None
         stops = {(sigma_end, final_zero)} | planned_stops(
             self.context,
@@ -305,7 +330,8 @@ class TrajectoryRows:
         # on one CPU thread, like scoring: a reference's few dozen rows gain nothing from threads, and on a busy
         # machine OpenMP spinning made each call of digits-eps 25x slower (0.45 s against 0.018 s for 8 rows)
         with one_thread() if x.device.type == "cpu" else contextlib.nullcontext():
-            tensors, info = solve_stops(den, x, sigma_start, key["sigma_floor"], stops, **self.settings)
+            solver = {k: v for k, v in self.settings.items() if k != "network_dtype"}
+            tensors, info = solve_stops(denoise, x, sigma_start, key["sigma_floor"], stops, **solver)
         info.update(
             samples=len(x),
             model=getattr(self.model, "name", None),
@@ -326,7 +352,14 @@ class TrajectoryError(StreamingMetric):
     """
 
     name = "trajectory-error"
-    options: dict[str, Any] = {"rtol": 1e-7, "atol": 1e-7, "method": "dopri5", "max_steps": 10_000, "max_samples": None}
+    options: dict[str, Any] = {
+        "rtol": 1e-7,
+        "atol": 1e-7,
+        "method": "dopri5",
+        "max_steps": 10_000,
+        "max_samples": None,
+        "network_dtype": "float64",
+    }
     option_help = {
         "rtol": "relative tolerance of the reference's error-controlled ODE solve (float64); choose it so the "
         "reference's own error is ≤ 1 % of the smallest error it serves (scripts/reference_accuracy.py)",
@@ -335,6 +368,9 @@ class TrajectoryError(StreamingMetric):
         "max_steps": "most steps (accepted and rejected) a sample's reference may take; more fails the cell",
         "max_samples": "score only samples with index < max_samples (a reference costs a few hundred to "
         "about 2000 NFE a sample, once for every cell from the same noise); null: all",
+        "network_dtype": "float64 (default) or float32: the dtype the reference evaluates the network in (the solve "
+        "stays float64). float32 is several times cheaper on CPUs and most GPUs and resolves tolerances ≥ 1e-6; "
+        "check its own error against a float64 solve (scripts/reference_accuracy.py) before relying on it",
     }
     option_types = {"max_samples": int | None}
     higher_is_better = False
@@ -349,6 +385,7 @@ class TrajectoryError(StreamingMetric):
         method: str = "dopri5",
         max_steps: int = 10_000,
         max_samples: int | None = None,
+        network_dtype: str = "float64",
     ) -> TrajectoryRows:
         """``max_samples``: score only samples with index < max_samples (each reference sample costs a few
         hundred NFE, once for every cell from the same noise)."""
@@ -365,22 +402,25 @@ class TrajectoryError(StreamingMetric):
                 )
         if method not in METHODS:
             raise ValueError(f"trajectory-error method must be one of {', '.join(METHODS)}, got {method!r}")
+        if network_dtype not in NETWORK_DTYPES:
+            raise ValueError(
+                f"trajectory-error network_dtype must be one of {', '.join(NETWORK_DTYPES)}, got {network_dtype!r}"
+            )
         if not (rtol > 0 and atol > 0 and max_steps >= 1):
             raise ValueError("trajectory-error needs rtol > 0, atol > 0 and max_steps ≥ 1")
-        if min(rtol, atol) < MIN_REFERENCE_TOL or max_steps > MAX_REFERENCE_STEPS:
+        floor = MIN_REFERENCE_TOL[network_dtype]
+        if min(rtol, atol) < floor or max_steps > MAX_REFERENCE_STEPS:
             raise ValueError(
-                f"trajectory-error needs rtol, atol ≥ {MIN_REFERENCE_TOL:g} (float64 round-off "
+                f"trajectory-error needs rtol, atol ≥ {floor:g} ({network_dtype} round-off "
                 f"is not resolvable) and max_steps ≤ {MAX_REFERENCE_STEPS:,}; got {rtol:g}, {atol:g} "
                 f"and {max_steps:,}"
             )
         if max_samples is not None and max_samples < 1:
             raise ValueError(f"trajectory-error max_samples must be ≥ 1 or null, got {max_samples}")
-        return TrajectoryRows(
-            model,
-            context,
-            {"rtol": float(rtol), "atol": float(atol), "method": method, "max_steps": max_steps},
-            max_samples,
-        )
+        settings = {"rtol": float(rtol), "atol": float(atol), "method": method, "max_steps": max_steps}
+        if network_dtype != "float64":
+            settings["network_dtype"] = network_dtype
+        return TrajectoryRows(model, context, settings, max_samples)
 
     def planned_cost(
         self,
@@ -395,6 +435,7 @@ class TrajectoryError(StreamingMetric):
         method: str = "dopri5",
         max_steps: int = 10_000,
         max_samples: int | None = None,
+        network_dtype: str = "float64",
     ) -> dict[str, Any]:
         """What the run's references on ``model`` will cost, without solving anything: references (one per
         σ_0, guidance, clipping, seed and batch of scored samples), samples, and NFE estimated from earlier
@@ -410,6 +451,7 @@ class TrajectoryError(StreamingMetric):
             and c.get("key", {}).get("rtol") == rtol
             and c.get("key", {}).get("atol") == atol
             and c.get("key", {}).get("method") == method
+            and c.get("key", {}).get("network_dtype", "float64") == network_dtype
         ]
         per_step = Tableau(method).evaluations_per_step
         path_nfe = [1 + per_step * (c["steps"] + c["rejected"]) for c in earlier if "steps" in c and "rejected" in c]
@@ -464,7 +506,8 @@ class TrajectoryError(StreamingMetric):
                 float(e.mean()),
                 se,
                 f"standard error over {n} samples; reference "
-                f"by {METHODS[opts['method']]}, rtol {opts['rtol']:g}, atol {opts['atol']:g}",
+                f"by {METHODS[opts['method']]}, rtol {opts['rtol']:g}, atol {opts['atol']:g}"
+                + ("" if opts["network_dtype"] == "float64" else f", network in {opts['network_dtype']}"),
             )
         }
 

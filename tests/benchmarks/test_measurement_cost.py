@@ -11,6 +11,7 @@ statistics, Σr^½, KID's reference-subset sums, PRC's reference radii), which a
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -132,23 +133,36 @@ def _served_cell_nfe(cells: list[dict], scored: int) -> float:
     )
 
 
-def reference_error(model, tol: float, tight: tuple[str, float], n: int = 2) -> dict[str, float]:
-    """The reference's own error, as trajectory-error solves it (dopri5 at ``tol``, float64, one thread) from the
-    first ``n`` starting points of seed 0 over the Karras σ range to σ_min then D (the stop of every Karras cell),
-    against a much tighter solve (``tight``: method, tolerance): mean per-sample RMS distance, and both NFE."""
+def reference_error(
+    model, tol: float, tight: tuple[str, float], n: int = 2, network_dtype: str = "float64"
+) -> dict[str, float]:
+    """The reference's own error, as trajectory-error solves it (dopri5 at ``tol``, the network in
+    ``network_dtype``, one thread) from the first ``n`` starting points of seed 0 over the Karras σ range to σ_min
+    then D (the stop of every Karras cell), against a much tighter float64 solve (``tight``: method, tolerance):
+    mean per-sample RMS distance, and both NFE."""
     from diffbench.core.denoiser import SigmaDenoiser
     from diffbench.core.noise import initial_noise
-    from diffbench.metrics.trajectory import grid_stops, model_floor, per_sample_rms, solve_stops
+    from diffbench.metrics.trajectory import (
+        NETWORK_DTYPES,
+        grid_stops,
+        in_float64,
+        model_floor,
+        per_sample_rms,
+        solve_stops,
+    )
     from diffbench.run.sampling import make_grid
 
-    model = model.placed("cpu", torch.float64)
+    network = NETWORK_DTYPES[network_dtype]
     start = grid_stops(make_grid(model, "karras", 10)[0].sigmas)[0]
     floor = model_floor(model)
     x = (initial_noise(0, range(n), model.shape, dtype=torch.float32) * start).double()
-    den, stop, out = SigmaDenoiser(model), {(floor, True)}, {}
+    stop, out = {(floor, True)}, {}
     with one_thread():
-        for name, method, rtol in (("run", "dopri5", tol), ("tight", *tight)):
-            sol, info = solve_stops(den, x, start, floor, stop, rtol=rtol, atol=rtol, max_steps=60_000, method=method)
+        for name, method, rtol, dtype in (("run", "dopri5", tol, network), ("tight", *tight, torch.float64)):
+            denoise = in_float64(SigmaDenoiser(model.placed("cpu", dtype)), dtype)
+            sol, info = solve_stops(
+                denoise, x, start, floor, stop, rtol=rtol, atol=rtol, max_steps=60_000, method=method
+            )
             out[name], out[f"{name}_nfe_per_sample"] = next(iter(sol.values())), info["nfe_per_sample"]
     return {
         "reference_error": float(per_sample_rms(out["run"], out["tight"]).mean()),
@@ -237,10 +251,13 @@ def steps_costs(work: Path, suite: Path = STEPS) -> dict[str, float]:
 MNIST_LIKE_TOL = 3e-6  # chosen from this network's errors (≥ 0.4 at 100 NFE): the reference's own is ≤ 1 % of them
 
 
-def mnist_like_costs(work: Path, num_samples: int = 8, tol: float = MNIST_LIKE_TOL) -> dict[str, float]:
+def mnist_like_costs(
+    work: Path, num_samples: int = 8, tol: float = MNIST_LIKE_TOL, network_dtype: str = "float32"
+) -> dict[str, float]:
     """steps.yaml's grid on a random 28×28 network (tests/benchmarks/mnist_like.py, linear-β ε-prediction),
-    every sample scored by trajectory-error at rtol = atol = ``tol``: the reference's NFE and seconds against the
-    cells' sampling, and its own error (against dopri5 at 1e-7, the default) over the smallest error it serves."""
+    every sample scored by trajectory-error at rtol = atol = ``tol`` with the network in ``network_dtype``: the
+    reference's NFE and seconds against the cells' sampling, and its own error (against a float64 dopri5 solve at
+    1e-7, the default) over the smallest error it serves."""
     import yaml
 
     from diffbench.api import run_suite
@@ -253,11 +270,16 @@ def mnist_like_costs(work: Path, num_samples: int = 8, tol: float = MNIST_LIKE_T
         batch_size=num_samples,
         device="cpu",
         model={"name": "python", "options": {"factory": "mnist_like:random_unet28", "shape": [1, 28, 28]}},
-        metrics=[{"name": "trajectory-error", "options": {"rtol": tol, "atol": tol}}],
+        metrics=[{"name": "trajectory-error", "options": {"rtol": tol, "atol": tol, "network_dtype": network_dtype}}],
     )
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     result = run_suite(
-        parse_suite(data), work / "mnist-like", progress=False, cache_dir=work / "cache-28", draw=False, trust_code=True
+        parse_suite(data),
+        work / f"mnist-like-{network_dtype}",
+        progress=False,
+        cache_dir=work / f"cache-28-{network_dtype}",
+        draw=False,
+        trust_code=True,
     )
     cells = _cells(result)
     served = [c for c in cells if (c.get("metrics") or {}).get("trajectory-error") is not None]
@@ -267,6 +289,7 @@ def mnist_like_costs(work: Path, num_samples: int = 8, tol: float = MNIST_LIKE_T
         "sampling_seconds": sum(c["sample_seconds"] for c in cells),
         "served_sampling_seconds": sum(c["sample_seconds"] for c in served),
         "samples": num_samples,
+        "network_dtype": network_dtype,
         **_reference_figures(result),
     }
     out.update(
@@ -277,7 +300,8 @@ def mnist_like_costs(work: Path, num_samples: int = 8, tol: float = MNIST_LIKE_T
     from diffbench.models.python import python_model
 
     net = python_model(factory="mnist_like:random_unet28", shape=[1, 28, 28])
-    out.update(reference_error(net, tol, ("dopri5", 1e-7)), smallest_served=_smallest_served(cells))
+    out.update(reference_error(net, tol, ("dopri5", 1e-7), network_dtype=network_dtype))
+    out["smallest_served"] = _smallest_served(cells)
     out["reference_error_ratio"] = out["reference_error"] / out["smallest_served"]
     out["default_tol_nfe_ratio"] = out["tight_nfe_per_sample"] * num_samples * out["references"] / out["cell_nfe"]
     return out
@@ -312,13 +336,14 @@ def _error_line(what: str, c: dict[str, float]) -> str:
 
 def mnist_like_lines(c: dict[str, float]) -> list[str]:
     return [
-        f"28×28 random UNet, steps.yaml's grid, {c['samples']} samples all scored: reference "
+        f"28×28 random UNet, steps.yaml's grid, {c['samples']} samples all scored, network in the reference "
+        f"{c['network_dtype']}: reference "
         f"{c['reference_nfe']:,.0f} NFE against the cells' {c['cell_nfe']:,.0f} ({c['nfe_ratio']:.2f}×) and the "
         f"deterministic cells' {c['served_cell_nfe']:,.0f} it serves ({c['served_nfe_ratio']:.2f}×); "
         f"{c['reference_seconds']:.1f} s against {c['sampling_seconds']:.1f} s of sampling "
         f"({c['seconds_ratio']:.2f}×); at the default 1e-7 the reference would take "
         f"{c['tight_nfe_per_sample']:.0f} NFE a sample ({c['default_tol_nfe_ratio']:.2f}× the cells')",
-        _error_line("28×28", c),
+        _error_line(f"28×28 ({c['network_dtype']} network)", c),
     ]
 
 
@@ -330,8 +355,11 @@ def test_steps_suite_whole_run_over_sampling_and_reference_cost(benchmark, figur
 
 
 @pytest.mark.benchmark(group="trajectory references on a 28×28 model")
-def test_reference_cost_on_a_28x28_model(benchmark, figures, tmp_path):
-    costs = benchmark.pedantic(mnist_like_costs, args=(tmp_path,), rounds=1, iterations=1)
+@pytest.mark.parametrize("network_dtype", ["float32", "float64"])
+def test_reference_cost_on_a_28x28_model(benchmark, figures, tmp_path, network_dtype):
+    costs = benchmark.pedantic(
+        mnist_like_costs, args=(tmp_path, 8, MNIST_LIKE_TOL, network_dtype), rounds=1, iterations=1
+    )
     benchmark.extra_info.update(costs)
     figures.extend(mnist_like_lines(costs))
 
@@ -347,6 +375,7 @@ SCRIPT_PARTS = [
     lambda args: scoring_lines(scoring_costs(*args)),
     lambda args: _in_temp(steps_costs, steps_lines),
     lambda args: _in_temp(mnist_like_costs, mnist_like_lines),
+    lambda args: _in_temp(functools.partial(mnist_like_costs, network_dtype="float64"), mnist_like_lines),
 ]
 
 

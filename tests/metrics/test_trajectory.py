@@ -17,7 +17,7 @@ from diffbench.core.denoiser import SigmaDenoiser
 from diffbench.metrics.base import MetricContext, grid_key
 from diffbench.metrics.exact import SolverError
 from diffbench.metrics.ode_reference import solve_to_targets
-from diffbench.metrics.trajectory import TrajectoryError, shared_sigma, solve_stops
+from diffbench.metrics.trajectory import TrajectoryError, in_float64, shared_sigma, solve_stops
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
@@ -61,6 +61,64 @@ def test_the_reference_error_is_about_its_tolerance_far_below_reported_errors(me
     assert 50 < info["nfe_per_sample"] < 500
 
 
+def test_a_float32_network_reference_meets_its_tolerance_on_the_gmm():
+    """network_dtype float32: the network and its preconditioning in float32, the solve in float64. Against the
+    exact mixture flow it is within its tolerance as the float64 network is (both measured 8.0e-7 at 1e-6), and
+    it is a different computation (not bit-equal to the float64 one)."""
+    model = _gmm()
+    x = start_points(64, 80.0)
+    out = {}
+    for dtype in (torch.float64, torch.float32):
+        denoise = in_float64(SigmaDenoiser(model.placed("cpu", dtype)), dtype)
+        out[dtype], _ = solve_to_targets(denoise, x, 80.0, [0.1, 0.002], rtol=1e-6, atol=1e-6)
+        for sigma in (0.1, 0.002):
+            err = float((out[dtype][sigma] - model.analytic.ode_solve(x, 80.0, sigma)).square().mean(1).sqrt().mean())
+            assert err <= 3e-6, (dtype, sigma, err)
+    assert out[torch.float32][0.002].dtype == torch.float64
+    assert not torch.equal(out[torch.float32][0.002], out[torch.float64][0.002])
+
+
+def test_network_dtype_float32_through_the_metric(tmp_path):
+    """The option from a suite's point of view: checked, named in the method, its own cache entry (float64's key
+    unchanged, so references cached before the option serve), its own cost estimates."""
+    model = _gmm()
+    res = diffbench.sample(model, "euler", steps=6, num_samples=8, dtype="float64")
+    metric = TrajectoryError()
+    with pytest.raises(ValueError, match=r"network_dtype must be one of float64, float32, got 'float16'"):
+        metric.features(model=model, context=MetricContext(tmp_path), network_dtype="float16")
+    with pytest.raises(ValueError, match=r"rtol, atol ≥ 1e-06 \(float32 round-off is not resolvable\)"):
+        metric.features(model=model, context=MetricContext(tmp_path), network_dtype="float32")  # default 1e-7
+    assert "network_dtype" not in metric.features(model=model, context=MetricContext(tmp_path)).settings
+    loose = {"rtol": 1e-6, "atol": 1e-6}
+    exact = float(SolverError().errors(res.samples, model=model, result=res).mean()) / math.sqrt(2)
+    values = {}
+    for dtype in ("float64", "float32"):
+        ctx = MetricContext(tmp_path)
+        values[dtype] = metric.compute(res.samples, model=model, result=res, context=ctx, network_dtype=dtype, **loose)[
+            "trajectory-error"
+        ]
+        assert values[dtype].value == pytest.approx(exact, rel=1e-4)
+    assert "network in float32" in values["float32"].method and "network in" not in values["float64"].method
+    keys = sorted(json.loads(p.read_text())["key"].get("network_dtype", "-") for p in tmp_path.glob("*/*.json"))
+    assert keys == ["-", "float32"]
+    grids = {grid_key(model): [{"sigmas": res.grid.sigmas.tolist(), "guidance": None, "clip_x0": False}]}
+    for dtype in ("float64", "float32"):
+        cost = metric.planned_cost(
+            model=model,
+            context=MetricContext(tmp_path, grids=grids),
+            num_samples=8,
+            seeds=[0, 1],
+            batch_size=8,
+            network_dtype=dtype,
+            **loose,
+        )
+        assert cost["cached"] == 1 and cost["nfe"] > 0
+    other = metric.planned_cost(
+        model=model, context=MetricContext(tmp_path, grids=grids), num_samples=8, seeds=[0], batch_size=8, **TIGHT
+    )
+    assert other["cached"] == 0 and other["nfe"] is None  # no earlier solve at this tolerance
+
+
 def test_a_stop_does_not_depend_on_the_other_stops_nor_on_the_batch():
     den = SigmaDenoiser(_gmm())
     x = start_points(16, 80.0)
@@ -84,7 +142,8 @@ def test_final_step_to_zero_is_the_denoiser_at_the_stop():
     model = _gmm()
     den = SigmaDenoiser(model)
     x = start_points(8, 80.0)
-    out, info = solve_stops(den, x, 80.0, 0.002, {(0.1, True), (0.1, False)}, rtol=1e-6, atol=1e-6, max_steps=1000)
+    stops = {(0.1, True), (0.1, False)}
+    out, info = solve_stops(den.per_sample, x, 80.0, 0.002, stops, rtol=1e-6, atol=1e-6, max_steps=1000)
     assert torch.allclose(out["denoised@" + (0.1).hex()], den(out["state@" + (0.1).hex()], 0.1), atol=1e-14)
 
 
