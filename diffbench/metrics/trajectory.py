@@ -99,6 +99,19 @@ def in_float64(den: SigmaDenoiser, dtype: torch.dtype = torch.float64) -> Callab
     return evaluate
 
 
+def check_network_precision(dtype: torch.dtype, device: torch.device) -> None:
+    """ValueError for a float32 network on CUDA while TF32 is allowed: PyTorch runs float32 convolutions (by
+    default) and matmuls (when enabled) in TF32 there, whose ~1e-3 relative error no reference solved to 1e-6
+    survives. The flags are process-wide, so the reference cannot switch them off for itself while a cell
+    samples beside it."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    if dtype == torch.float32 and device.type == "cuda" and tf32:
+        raise ValueError(
+            "trajectory-error network_dtype float32 on CUDA needs TF32 off (torch.backends.cudnn.allow_tf32 and "
+            "torch.backends.cuda.matmul.allow_tf32 False, from a plugin or your script); use float64 there"
+        )
+
+
 def solve_stops(
     denoise: Callable[..., Tensor],
     x: Tensor,
@@ -313,6 +326,7 @@ class TrajectoryRows:
             log.setdefault(digest, {**{k: v for k, v in cached[1].items() if k != "key"}, "from_cache": True})
             return cached[0][want]
         den, x = self._denoiser(batch, resolve_dtype(batch.result.meta["dtype"]))
+        check_network_precision(self.network_dtype, x.device)
         denoise = in_float64(den, self.network_dtype)
         if self.context.dry_run:  # validate: one evaluation at per-sample σ, no solve
             with torch.inference_mode():
@@ -369,8 +383,9 @@ class TrajectoryError(StreamingMetric):
         "max_samples": "score only samples with index < max_samples (a reference costs a few hundred to "
         "about 2000 NFE a sample, once for every cell from the same noise); null: all",
         "network_dtype": "float64 (default) or float32: the dtype the reference evaluates the network in (the solve "
-        "stays float64). float32 is several times cheaper on CPUs and most GPUs and resolves tolerances ≥ 1e-6; "
-        "check its own error against a float64 solve (scripts/reference_accuracy.py) before relying on it",
+        "stays float64). float32 is several times cheaper on CPUs and most GPUs and resolves tolerances ≥ 1e-6 (on "
+        "CUDA only with TF32 off); check its own error against a float64 solve (scripts/reference_accuracy.py) "
+        "before relying on it",
     }
     option_types = {"max_samples": int | None}
     higher_is_better = False
@@ -417,6 +432,7 @@ class TrajectoryError(StreamingMetric):
             )
         if max_samples is not None and max_samples < 1:
             raise ValueError(f"trajectory-error max_samples must be ≥ 1 or null, got {max_samples}")
+        check_network_precision(NETWORK_DTYPES[network_dtype], getattr(model, "device", torch.device("cpu")))
         settings = {"rtol": float(rtol), "atol": float(atol), "method": method, "max_steps": max_steps}
         if network_dtype != "float64":
             settings["network_dtype"] = network_dtype

@@ -119,6 +119,22 @@ def test_network_dtype_float32_through_the_metric(tmp_path):
     assert other["cached"] == 0 and other["nfe"] is None  # no earlier solve at this tolerance
 
 
+def test_a_float32_network_on_cuda_needs_tf32_off(monkeypatch):
+    """TF32 (PyTorch's default for CUDA convolutions) would put ~1e-3 errors into the reference: refused while on.
+    Only the flags are read, so this runs without a GPU."""
+    from diffbench.metrics.trajectory import check_network_precision
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    with pytest.raises(ValueError, match=r"network_dtype float32 on CUDA needs TF32 off"):
+        check_network_precision(torch.float32, cuda)
+    check_network_precision(torch.float64, cuda)  # float64 never uses TF32
+    check_network_precision(torch.float32, cpu)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    check_network_precision(torch.float32, cuda)
+
+
 def test_a_stop_does_not_depend_on_the_other_stops_nor_on_the_batch():
     den = SigmaDenoiser(_gmm())
     x = start_points(16, 80.0)
