@@ -341,9 +341,13 @@ class TrajectoryRows:
         )
         if cached is not None:  # keep what the cache had: one solve gives every stop the same values
             stops |= {tuple(s) for s in cached[1].get("stops", [])}
-        # on one CPU thread, like scoring: a reference's few dozen rows gain nothing from threads, and on a busy
-        # machine OpenMP spinning made each call of digits-eps 25x slower (0.45 s against 0.018 s for 8 rows)
-        with one_thread() if x.device.type == "cpu" else contextlib.nullcontext():
+        # float64 on one CPU thread, like scoring: its values are then the same in a local run and on a Ray
+        # worker, and on a busy machine OpenMP spinning made each call of digits-eps 25x slower (0.45 s against
+        # 0.018 s for 8 rows). A float32 network runs on the threads the batch's features are extracted on (the
+        # sampling's): 1.5-1.9x faster a call on the 28×28 UNet, its values varying with the thread count at
+        # float32 rounding (~1e-7 relative), far below the reference's own error
+        single = x.device.type == "cpu" and self.network_dtype == torch.float64
+        with one_thread() if single else contextlib.nullcontext():
             solver = {k: v for k, v in self.settings.items() if k != "network_dtype"}
             tensors, info = solve_stops(denoise, x, sigma_start, key["sigma_floor"], stops, **solver)
         info.update(

@@ -135,6 +135,34 @@ def test_a_float32_network_on_cuda_needs_tf32_off(monkeypatch):
     check_network_precision(torch.float32, cuda)
 
 
+@pytest.mark.parametrize("network_dtype,threads", [("float64", 1), ("float32", 2)])
+def test_the_reference_thread_count(tmp_path, monkeypatch, network_dtype, threads):
+    """A float64 reference is solved on one thread (values equal in a local run and on a one-thread Ray
+    worker); a float32 network on the caller's threads (the sampling's), where it runs faster."""
+    from diffbench.metrics import trajectory
+
+    seen, solve = [], trajectory.solve_stops
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(trajectory, "solve_stops", spy)
+    model = _gmm()
+    res = diffbench.sample(model, "euler", steps=4, num_samples=4, dtype="float64")
+    torch.set_num_threads(2)  # the single_thread fixture restores the count
+    TrajectoryError().compute(
+        res.samples,
+        model=model,
+        result=res,
+        context=MetricContext(tmp_path),
+        rtol=1e-6,
+        atol=1e-6,
+        network_dtype=network_dtype,
+    )
+    assert seen == [threads]
+
+
 def test_a_stop_does_not_depend_on_the_other_stops_nor_on_the_batch():
     den = SigmaDenoiser(_gmm())
     x = start_points(16, 80.0)
