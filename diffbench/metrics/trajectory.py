@@ -14,11 +14,12 @@ should be ≤ 1 % of the smallest trajectory-error it serves (suites/steps.yaml:
 5e-5; the 28×28 benchmark: 3e-6 for errors ≥ 0.4; README, "Solver accuracy"). ``method: dop853`` (8th
 order) is there for smooth models: on digits-eps, whose D(x, σ) wiggles in σ, it needs more NFE than
 the 5th-order pair at every tolerance, so dopri5 is the default. ``network_dtype: float32`` evaluates the
-network (and its preconditioning) in float32 inside the float64 solve, for tolerances ≥ 1e-6: on the
-mixture it meets its tolerance as float64 does, on the 28×28 UNet at 3e-6 its own error is the same
-(0.77 % against 0.78 % of the smallest error served) for 3.4× less time on a CPU
-(tests/benchmarks/test_measurement_cost.py); float64 stays the default, since a float32 network cannot
-resolve the tolerances the digits suites need.
+network (and its preconditioning) in float32 inside the float64 solve, for tolerances ≥ 1e-6, on the
+threads the sampling used: on the mixture it meets its tolerance as float64 does, on the 28×28 UNet at
+3e-6 its own error is the same (0.77 % against 0.78 % of the smallest error served) in 0.46–0.61× the
+cells' sampling time against float64's 1.74–2.23× (tests/benchmarks/test_measurement_cost.py; README).
+float64 stays the default, since a float32 network cannot resolve the tolerances the digits suites need;
+on CUDA float32 needs TF32 off.
 
 One reference serves every cell from the same starting noise (model, seed, sample indices, σ_0, guidance,
 clipping, labels): it runs to the model's smallest σ and stops, by side steps that never change its path,
