@@ -55,6 +55,19 @@ def info_sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _checked_info(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An entry's info from its header metadata if it matches its recorded sha256, else None. Entries written
+    before the info was hashed hold no info (and no hash): {}."""
+    text = meta.get("info") or "{}"
+    if meta.get("info_sha256", info_sha256("{}")) != info_sha256(text):
+        return None
+    try:
+        info = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 @dataclass
 class Entry:
     """A verified cache entry: its tensors, their sha256 and the info it was saved with."""
@@ -95,16 +108,10 @@ def read_info(path: str | Path) -> tuple[str, dict[str, Any]] | None:
             if not 0 < size <= MAX_HEADER_BYTES:
                 return None
             meta = json.loads(f.read(size)).get("__metadata__") or {}
-        info_text = meta.get("info") or "{}"
-        info = json.loads(info_text)
+        key, info = meta.get("key"), _checked_info(meta)
     except (OSError, ValueError, RecursionError, AttributeError):
         return None
-    key = meta.get("key")
-    if not isinstance(key, str) or not isinstance(info, dict):
-        return None
-    if meta.get("info_sha256", info_sha256("{}")) != info_sha256(info_text):
-        return None
-    return key, info
+    return (key, info) if isinstance(key, str) and info is not None else None
 
 
 def load(path: str | Path, *, key: str, warn: Warn | None = None) -> Entry | None:
@@ -124,8 +131,6 @@ def load(path: str | Path, *, key: str, warn: Warn | None = None) -> Entry | Non
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
         meta = header.get("__metadata__") or {}
         tensors = load_bytes(data)
-        info_text = meta.get("info") or "{}"
-        info = json.loads(info_text)
     except Exception as exc:  # truncated, not safetensors, unreadable: recompute
         text = (str(exc).strip().splitlines() or [""])[0]
         warn(f"cache file {str(path)!r} is unreadable ({type(exc).__name__}: {text}); recomputing it")
@@ -140,8 +145,8 @@ def load(path: str | Path, *, key: str, warn: Warn | None = None) -> Entry | Non
             "recomputing it"
         )
         return None
-    # entries written before the info hash hold no info; any other info must match its recorded hash
-    if meta.get("info_sha256", info_sha256("{}")) != info_sha256(info_text) or not isinstance(info, dict):
+    info = _checked_info(meta)
+    if info is None:
         warn(f"cache file {str(path)!r} does not match its recorded info sha256; recomputing it")
         return None
     return Entry(tensors, sha, info)
