@@ -240,6 +240,18 @@ def reference_key(model, batch: Batch, settings: dict[str, Any]) -> dict[str, An
     }
 
 
+def reference_settings(rtol: float, atol: float, method: str, max_steps: int, network_dtype: str) -> dict[str, Any]:
+    """What a reference is solved with, as its cache key records it: the network's dtype only when not float64,
+    so references cached before it was an option still serve."""
+    settings = {"rtol": float(rtol), "atol": float(atol), "method": method, "max_steps": max_steps}
+    if network_dtype != "float64":
+        settings["network_dtype"] = network_dtype
+    return settings
+
+
+SAME_PATH = ("rtol", "atol", "method", "network_dtype")  # the settings that fix a solve's path (max_steps bounds it)
+
+
 def stop_groups(context: MetricContext, model: Any) -> dict[tuple, set[tuple[float, bool]]]:
     """The run's deterministic cells on ``model`` grouped by what one reference serves, (σ_0, guidance, clip_x0),
     each with the (σ_end, final_zero) stops its cells need."""
@@ -265,9 +277,8 @@ class TrajectoryRows:
         self.model, self.context, self.settings, self.max_samples = model, context, settings, max_samples
         self.cache = ReferenceCache(Path(context.cache_dir) / "trajectory-references")
         self.key: Hashable = ("trajectory-error", json.dumps(settings, sort_keys=True), max_samples)
-        # the network's dtype is in the key only when not float64, so references cached before it was an option
-        # still serve
         self.network_dtype = NETWORK_DTYPES[settings.get("network_dtype", "float64")]
+        self.solver = {k: v for k, v in settings.items() if k != "network_dtype"}  # solve_stops' options
         self._placed: dict[torch.device, Any] = {}  # the model in the network's dtype on each device (placed once)
 
     def __call__(self, batch: Batch) -> Tensor:
@@ -349,8 +360,7 @@ class TrajectoryRows:
         # float32 rounding (~1e-7 relative), far below the reference's own error
         single = x.device.type == "cpu" and self.network_dtype == torch.float64
         with one_thread() if single else contextlib.nullcontext():
-            solver = {k: v for k, v in self.settings.items() if k != "network_dtype"}
-            tensors, info = solve_stops(denoise, x, sigma_start, key["sigma_floor"], stops, **solver)
+            tensors, info = solve_stops(denoise, x, sigma_start, key["sigma_floor"], stops, **self.solver)
         info.update(
             samples=len(x),
             model=getattr(self.model, "name", None),
@@ -438,9 +448,7 @@ class TrajectoryError(StreamingMetric):
         if max_samples is not None and max_samples < 1:
             raise ValueError(f"trajectory-error max_samples must be ≥ 1 or null, got {max_samples}")
         check_network_precision(NETWORK_DTYPES[network_dtype], getattr(model, "device", torch.device("cpu")))
-        settings = {"rtol": float(rtol), "atol": float(atol), "method": method, "max_steps": max_steps}
-        if network_dtype != "float64":
-            settings["network_dtype"] = network_dtype
+        settings = reference_settings(rtol, atol, method, max_steps, network_dtype)
         return TrajectoryRows(model, context, settings, max_samples)
 
     def planned_cost(
@@ -465,14 +473,11 @@ class TrajectoryError(StreamingMetric):
         groups = stop_groups(context, model)
         scored = num_samples if max_samples is None else min(num_samples, max_samples)
         identity = json.loads(json.dumps(model.identity(), sort_keys=True, default=str))
+        wanted = reference_settings(rtol, atol, method, max_steps, network_dtype)
         earlier = [
             c
             for c in ReferenceCache(Path(context.cache_dir) / "trajectory-references").entries()
-            if c.get("key", {}).get("model") == identity
-            and c.get("key", {}).get("rtol") == rtol
-            and c.get("key", {}).get("atol") == atol
-            and c.get("key", {}).get("method") == method
-            and c.get("key", {}).get("network_dtype", "float64") == network_dtype
+            if c["key"].get("model") == identity and all(c["key"].get(k) == wanted.get(k) for k in SAME_PATH)
         ]
         per_step = Tableau(method).evaluations_per_step
         path_nfe = [1 + per_step * (c["steps"] + c["rejected"]) for c in earlier if "steps" in c and "rejected" in c]

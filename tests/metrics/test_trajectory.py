@@ -117,6 +117,13 @@ def test_network_dtype_float32_through_the_metric(tmp_path):
         model=model, context=MetricContext(tmp_path, grids=grids), num_samples=8, seeds=[0], batch_size=8, **TIGHT
     )
     assert other["cached"] == 0 and other["nfe"] is None  # no earlier solve at this tolerance
+    # a float32 solve is no estimate of a float64 one (nor the reverse): a cache holding only float32
+    alone = tmp_path / "float32-only"
+    metric.compute(res.samples, model=model, result=res, context=MetricContext(alone), network_dtype="float32", **loose)
+    plan64 = metric.planned_cost(
+        model=model, context=MetricContext(alone, grids=grids), num_samples=8, seeds=[0], batch_size=8, **loose
+    )
+    assert plan64["cached"] == 0 and plan64["nfe"] is None
 
 
 def test_a_float32_network_on_cuda_needs_tf32_off(monkeypatch):
