@@ -193,12 +193,11 @@ def test_fid_keeps_the_stratified_design_of_a_conditional_model(tmp_path):
 
     from diffbench.metrics.base import MetricContext
     from diffbench.metrics.fidelity import FID
+    from diffbench.metrics.reference import ReferenceData
 
     rng, means, ref_root = stratified_case(13, 5)
     gen = torch.from_numpy(stratified_draw(rng, means, 400))
-    ref = __import__("diffbench.metrics.reference", fromlist=["ReferenceData"]).ReferenceData(
-        SimpleNamespace(stats=None), torch.from_numpy(rng.normal(size=(500, D))), "x"
-    )
+    ref = ReferenceData(SimpleNamespace(stats=None), torch.from_numpy(rng.normal(size=(500, D))), "x")
     ctx = MetricContext(cache_dir=tmp_path)
     jk = FID().score_features(gen, ref, ctx, se_method="jackknife", groups=20, bootstrap=10, period=5)["fid"]
     plain = FID().score_features(gen, ref, ctx, se_method="jackknife", groups=20, bootstrap=10)["fid"]

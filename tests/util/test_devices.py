@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy  # noqa: F401 - loads the BLAS library whose limits are checked
+import pytest
 import torch
 from threadpoolctl import threadpool_info
 
@@ -17,6 +18,9 @@ def blas_threads() -> set[int]:
 
 def test_blas_limits_hold_until_the_last_thread_leaves_and_torch_threads_are_per_thread():
     before, torch_before = blas_threads(), torch.get_num_threads()
+    assert before, "no BLAS library found: the limits would be checked on nothing"
+    if max(before) == 1:
+        pytest.skip("BLAS runs one thread here: a limit of 1 cannot be told from it")
     entered, leave_first, left_first, seen = threading.Event(), threading.Event(), threading.Event(), {}
 
     def first() -> None:
