@@ -69,9 +69,9 @@ class LocalExecutor:
         self.job = job
         if self.overlap is None:
             self.overlap = any(m.device.type != "cpu" for m in job.models.values())
-        if self.probe_beside is None:  # CPU sampling: a cell's probe and its scoring (a thread each) on two cores
-            self.probe_beside = not self.overlap and available_cores() >= 2
-        self.probe_beside = self.probe_beside and not self.overlap
+        if self.probe_beside is None:  # a cell's probe and its scoring (a thread each) on two cores
+            self.probe_beside = available_cores() >= 2
+        self.probe_beside = self.probe_beside and not self.overlap  # only where sampling is on the CPU
         return {
             "name": self.name,
             "nodes": [socket.gethostname()],
