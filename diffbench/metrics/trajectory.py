@@ -14,8 +14,8 @@ should be ≤ 1 % of the smallest trajectory-error it serves (suites/steps.yaml:
 5e-5; the 28×28 benchmark: 3e-6 for errors ≥ 0.4; README, "Solver accuracy"). ``method: dop853`` (8th
 order) is there for smooth models: on digits-eps, whose D(x, σ) wiggles in σ, it needs more NFE than
 the 5th-order pair at every tolerance, so dopri5 is the default. ``network_dtype: float32`` evaluates the
-network (and its preconditioning) in float32 inside the float64 solve, for tolerances ≥ 1e-6, on the
-threads the sampling used: on the mixture it meets its tolerance as float64 does, on the 28×28 UNet at
+network (and its preconditioning) in float32 inside the float64 solve, for tolerances ≥ 1e-6: on the
+mixture it meets its tolerance as float64 does, on the 28×28 UNet at
 3e-6 its own error is the same (0.77 % against 0.78 % of the smallest error served) in 0.46–0.61× the
 cells' sampling time against float64's 1.74–2.23× (tests/benchmarks/test_measurement_cost.py; README).
 float64 stays the default, since a float32 network cannot resolve the tolerances the digits suites need;
@@ -353,13 +353,11 @@ class TrajectoryRows:
         )
         if cached is not None:  # keep what the cache had: one solve gives every stop the same values
             stops |= {tuple(s) for s in cached[1].get("stops", [])}
-        # float64 on one CPU thread, like scoring: its values are then the same in a local run and on a Ray
-        # worker, and on a busy machine OpenMP spinning made each call of digits-eps 25x slower (0.45 s against
-        # 0.018 s for 8 rows). A float32 network runs on the threads the batch's features are extracted on (the
-        # sampling's): 1.5-1.9x faster a call on the 28×28 UNet, its values varying with the thread count at
-        # float32 rounding (~1e-7 relative), far below the reference's own error
-        single = x.device.type == "cpu" and self.network_dtype == torch.float64
-        with one_thread() if single else contextlib.nullcontext():
+        # on one CPU thread, like scoring: its values are then the same in a local run and on a Ray worker; on a
+        # busy machine OpenMP spinning made each call of digits-eps 25x slower (0.45 s against 0.018 s for 8
+        # rows); and a float32 network on the sampling's two threads gained nothing in a run on the 28×28 UNet
+        # (tests/benchmarks/reference_threads.py)
+        with one_thread() if x.device.type == "cpu" else contextlib.nullcontext():
             tensors, info = solve_stops(denoise, x, sigma_start, key["sigma_floor"], stops, **self.solver)
         info.update(
             samples=len(x),
