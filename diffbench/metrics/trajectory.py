@@ -16,8 +16,8 @@ order) is there for smooth models: on digits-eps, whose D(x, σ) wiggles in σ, 
 the 5th-order pair at every tolerance, so dopri5 is the default. ``network_dtype: float32`` evaluates the
 network (and its preconditioning) in float32 inside the float64 solve, for tolerances ≥ 1e-6: on the
 mixture it meets its tolerance as float64 does, on the 28×28 UNet at
-3e-6 its own error is the same (0.77 % against 0.78 % of the smallest error served) in 0.46–0.61× the
-cells' sampling time against float64's 1.74–2.23× (tests/benchmarks/test_measurement_cost.py; README).
+3e-6 its own error is the same (0.77 % against 0.78 % of the smallest error served) in 0.45–0.58× the
+cells' sampling time (four runs) against float64's 1.74–2.23× (tests/benchmarks/test_measurement_cost.py; README).
 float64 stays the default, since a float32 network cannot resolve the tolerances the digits suites need;
 on CUDA float32 needs TF32 off.
 
