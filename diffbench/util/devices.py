@@ -66,6 +66,21 @@ def _blas_controller() -> Any:
     return _controller[1]
 
 
+def _release_blas_control() -> None:
+    """Let the next thread that sets OpenBLAS's limit set it. threadpoolctl (3.6 and later) lets only one thread,
+    the first to set a pthreads OpenBLAS's process-wide pool size, change it, and silently ignores the others
+    until that thread releases control, which its own context manager does on exit. ``one_thread`` sets and
+    restores the limit itself, from whichever thread enters first and leaves last, so it releases control
+    around each set (under _THREADS_LOCK: no thread of ours sets the limit meanwhile). Without this, once the
+    main thread had used ``one_thread`` a scoring thread's limit did nothing, and a restore from a thread
+    other than the one that set the limit left BLAS on one thread for good."""
+    import threadpoolctl
+
+    release = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if release is not None:
+        release(force=True)
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """torch and every BLAS library (threadpoolctl) on one thread, restored afterwards.
@@ -80,7 +95,9 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     with _THREADS_LOCK:
         if _inside == 0:
+            _release_blas_control()
             _blas_limit = _blas_controller().limit(limits=1)
+            _release_blas_control()
         _inside += 1
     try:
         yield
@@ -88,6 +105,8 @@ def one_thread() -> Iterator[None]:
         with _THREADS_LOCK:
             _inside -= 1
             if _inside == 0:
+                _release_blas_control()
                 _blas_limit.restore_original_limits()
+                _release_blas_control()
                 _blas_limit = None
         torch.set_num_threads(threads)
